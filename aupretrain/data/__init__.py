@@ -1,0 +1,1 @@
+"""Data stage: synthetic corpus, video I/O, packing into shards, storage, readers."""

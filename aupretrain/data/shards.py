@@ -1,0 +1,183 @@
+"""The shard format in one place: member names, sample metadata, writer, DALI index, manifest.
+
+A dataset folder (local or s3://) holds `shard-NNNNNN.tar` (WebDataset tar: one sample per clip),
+`shard-NNNNNN.idx` (DALI's wds2idx index) and `manifest.json` (written last). See shards/README.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import webdataset as wds
+
+from . import storage
+
+FORMAT = "aupretrain-clips/1"
+MANIFEST = "manifest.json"
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+def frame_ext(i: int) -> str:
+    """Member extension of frame i of a clip: f00.jpg, f01.jpg, ... (DALI's ext = text after the first dot)."""
+    return f"f{i:02d}.jpg"
+
+
+def frame_exts(clip_len: int) -> list[str]:
+    return [frame_ext(i) for i in range(clip_len)]
+
+
+def make_key(*parts: str | int) -> str:
+    """Sample key from parts; dots and other separators are replaced so DALI sees the right extensions."""
+    return "_".join(_KEY_BAD.sub("-", str(p)) for p in parts)
+
+
+@dataclass
+class ClipMeta:
+    """`<key>.json` of a sample."""
+    video: str  # dataset-relative video id, e.g. "id00012/v003"
+    identity: str
+    frames: list[int]  # source frame indices (at the source frame rate)
+    fps: float
+    size: int
+
+
+@dataclass
+class Sample:
+    key: str
+    jpegs: list[bytes]
+    meta: ClipMeta
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    index: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    format: str = FORMAT
+    created: str = ""
+    samples: int = 0
+    frames: int = 0
+    clip_len: int = 0
+    stride: int = 0
+    size: int = 0
+    fps: float | None = None
+    identities: list[str] = field(default_factory=list)
+    videos: int = 0
+    shards: list[ShardInfo] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "manifest") -> "Manifest":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{source}: not valid JSON ({e})") from e
+        if d.get("format") != FORMAT:
+            raise ValueError(f"{source}: format {d.get('format')!r}, expected {FORMAT!r}")
+        d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]
+        return cls(**d)
+
+
+def load_manifest(root: str) -> Manifest:
+    uri = storage.join(root, MANIFEST)
+    try:
+        text = storage.read_text(uri)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{uri}: no manifest; is {root} a packed dataset (aupretrain-pack)?") from e
+    return Manifest.from_json(text, uri)
+
+
+def wds2idx_bin() -> str:
+    exe = shutil.which("wds2idx") or str(Path(sys.executable).with_name("wds2idx"))
+    if not Path(exe).exists():
+        raise FileNotFoundError("wds2idx not found: it ships with nvidia-dali (pip install nvidia-dali-cuda120)")
+    return exe
+
+
+def write_index(tar_path: Path, idx_path: Path) -> None:
+    """DALI index of a tar via DALI's own wds2idx tool."""
+    subprocess.run([sys.executable, wds2idx_bin(), str(tar_path), str(idx_path)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:06d}"
+
+
+def write_shard(samples: list[Sample], out_root: str, index: int, workdir: Path) -> ShardInfo:
+    """Write one shard (tar + idx) locally with webdataset's TarWriter, then publish both to out_root.
+
+    The index is published before the tar and the manifest after both, so a reader that trusts the
+    manifest never sees a half-written shard; local files are renamed into place atomically.
+    """
+    name = shard_name(index)
+    tar = workdir / f".{name}.tar.tmp"
+    idx = workdir / f".{name}.idx.tmp"
+    with wds.TarWriter(str(tar)) as sink:
+        for s in samples:
+            rec = {"__key__": s.key, "json": json.dumps(asdict(s.meta)).encode()}
+            for i, jpg in enumerate(s.jpegs):
+                rec[frame_ext(i)] = jpg
+            sink.write(rec)
+    write_index(tar, idx)
+    info = ShardInfo(name=f"{name}.tar", index=f"{name}.idx", samples=len(samples), bytes=tar.stat().st_size,
+                     sha256=sha256_file(tar))
+    for local, member in ((idx, info.index), (tar, info.name)):
+        dest = storage.join(out_root, member)
+        if storage.is_s3(out_root):
+            storage.put_file(local, dest)
+            local.unlink()
+        else:
+            local.replace(dest)
+    return info
+
+
+def write_manifest(root: str, manifest: Manifest) -> None:
+    manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    storage.write_text(storage.join(root, MANIFEST), manifest.to_json())
+
+
+def read_samples(tar_path: str) -> list[Sample]:
+    """Read a local shard back into Samples (for tests and tools; training reads through DALI)."""
+    out = []
+    for rec in wds.WebDataset(tar_path, shardshuffle=False, empty_check=False):
+        meta = ClipMeta(**json.loads(rec["json"]))
+        n = len(meta.frames)
+        out.append(Sample(rec["__key__"], [rec[frame_ext(i)] for i in range(n)], meta))
+    return out
+
+
+def local_workdir(out_root: str) -> Path:
+    """Where shards are assembled: the output folder itself when local, a temp folder for S3."""
+    if storage.is_s3(out_root):
+        return Path(tempfile.mkdtemp(prefix="aupretrain-pack-"))
+    p = Path(out_root)
+    p.mkdir(parents=True, exist_ok=True)
+    return p

@@ -1,0 +1,97 @@
+"""Local paths and s3:// URLs behind one small interface (boto3 with its retry modes for S3).
+
+S3 endpoints and credentials come from the usual AWS variables (AWS_ENDPOINT_URL for MinIO/moto, etc.).
+Local writes go to a temporary name and are renamed, so a half-written file is never visible.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def join(base: str, *parts: str) -> str:
+    if is_s3(base):
+        return "/".join([str(base).rstrip("/"), *parts])
+    return str(Path(base, *parts))
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    u = urlparse(uri)
+    return u.netloc, u.path.lstrip("/")
+
+
+@functools.lru_cache(maxsize=1)
+def s3_client():
+    import boto3
+    from botocore.config import Config
+
+    cfg = Config(retries={"max_attempts": int(os.environ.get("AUPRETRAIN_S3_RETRIES", "8")), "mode": "adaptive"},
+                 connect_timeout=10, read_timeout=60)
+    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None, config=cfg)
+
+
+def read_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    return Path(uri).read_bytes()
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def exists(uri: str) -> bool:
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+    return Path(uri).exists()
+
+
+def size(uri: str) -> int:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+    return Path(uri).stat().st_size
+
+
+def put_file(local: str | Path, uri: str) -> None:
+    """Copy a finished local file to its destination (multipart upload via boto3's transfer manager on S3)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().upload_file(str(local), bucket, key)
+        return
+    dest = Path(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if Path(local).resolve() == dest.resolve():
+        return
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(local, tmp)
+    tmp.replace(dest)
+
+
+def write_text(uri: str, text: str) -> None:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
+        return
+    dest = Path(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(dest)

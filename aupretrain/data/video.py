@@ -1,0 +1,99 @@
+"""Video encode/decode with PyAV (bundled FFmpeg): the one place that touches codecs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import av
+import numpy as np
+
+
+class VideoError(RuntimeError):
+    """A video that cannot be opened or decoded; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    fps: float
+    frames: int  # as reported by the container (may be 0 when unknown)
+    width: int
+    height: int
+    codec: str
+
+
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.0, crf: int = 18,
+                preset: str = "veryfast") -> int:
+    """Encode RGB uint8 frames [H, W, 3] to H.264 (yuv420p). Returns the number of frames written.
+
+    The file is written under a temporary name and renamed, so a half-written video is never visible.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    count = 0
+    container = av.open(str(tmp), mode="w", format="mp4")
+    try:
+        stream = None
+        for frame in frames:
+            if stream is None:
+                h, w = frame.shape[:2]
+                if h % 2 or w % 2:
+                    raise ValueError(f"{path}: H.264 yuv420p needs even frame sizes, got {w}x{h}")
+                stream = container.add_stream("libx264", rate=round(fps) if float(fps).is_integer() else fps)
+                stream.width, stream.height = w, h
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": str(crf), "preset": preset}
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            for packet in stream.encode(vf):
+                container.mux(packet)
+            count += 1
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    finally:
+        container.close()
+    if count == 0:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"{path}: no frames to write")
+    tmp.replace(path)
+    return count
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"{path}: no video stream")
+            s = container.streams.video[0]
+            fps = float(s.average_rate or s.guessed_rate or 0.0)
+            return VideoInfo(str(path), fps, int(s.frames or 0), s.codec_context.width,
+                             s.codec_context.height, s.codec_context.name)
+    except VideoError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as e:  # corrupt, truncated, unsupported
+        raise VideoError(f"{path}: cannot open video ({e})") from e
+
+
+def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """Yield decoded RGB uint8 frames [H, W, 3]; raises VideoError naming the file on failure."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+    except VideoError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise VideoError(f"{path}: decode failed ({e})") from e
+
+
+def read_video(path: str | Path) -> np.ndarray:
+    """All frames of a video as [F, H, W, 3] uint8."""
+    frames = list(iter_frames(path))
+    if not frames:
+        raise VideoError(f"{path}: no decodable frames")
+    return np.stack(frames)
