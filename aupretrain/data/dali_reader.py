@@ -1,0 +1,182 @@
+"""DALI pipeline over clip shards: decode T frames per clip (GPU "mixed" or CPU), two augmented views.
+
+Each view draws one set of random augmentation parameters per clip and applies it to every frame of the
+clip, so differences between frames of a view stay expression/pose differences. Output per batch is the
+Batch contract of ARCHITECTURE.md: view1/view2 [B, T, 3, S, S] float (normalised), identity [B],
+video [B], partner [B] (a clip of another identity in the same batch, -1 if none).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import shards, storage
+
+log = logging.getLogger(__name__)
+META_BYTES = 1024  # <key>.json is padded to this many bytes so it batches as a dense tensor
+
+
+@dataclass
+class ReaderSettings:
+    root: str
+    batch_size: int
+    input_size: int
+    rank: int = 0
+    world: int = 1
+    device: str = "auto"
+    num_threads: int = 2
+    prefetch: int = 2
+    shuffle_buffer: int = 256
+    seed: int = 0
+    scale: tuple[float, float] = (0.6, 1.0)
+    brightness: tuple[float, float] = (0.7, 1.3)
+    contrast: tuple[float, float] = (0.7, 1.3)
+    saturation: tuple[float, float] = (0.6, 1.4)
+    hue: float = 10.0
+    blur_sigma: tuple[float, float] = (0.1, 1.2)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    verify_checksums: bool = False
+
+    @classmethod
+    def from_config(cls, cfg, rank: int, world: int) -> "ReaderSettings":
+        d, aug = cfg.data, cfg.data.augment
+        return cls(root=str(d.shards), batch_size=int(d.batch_size), input_size=int(d.input_size), rank=rank,
+                   world=world, device=str(d.device), num_threads=int(d.num_threads), prefetch=int(d.prefetch),
+                   shuffle_buffer=int(d.shuffle_buffer), seed=int(cfg.run.seed) + 7919 * rank,
+                   scale=tuple(aug.scale), brightness=tuple(aug.brightness), contrast=tuple(aug.contrast),
+                   saturation=tuple(aug.saturation), hue=float(aug.hue), blur_sigma=tuple(aug.blur_sigma),
+                   mean=tuple(cfg.model.mean), std=tuple(cfg.model.std), verify_checksums=bool(d.verify_checksums))
+
+
+def use_gpu(device: str) -> bool:
+    if device == "gpu":
+        return True
+    if device == "cpu":
+        return False
+    return torch.cuda.is_available()
+
+
+def check_shards(root: str, manifest: shards.Manifest, verify: bool = False) -> tuple[list[str], list[str], list[dict]]:
+    """Paths of usable shards and their indexes; bad ones (missing, wrong size or checksum) are reported."""
+    paths, idx, bad = [], [], []
+    for s in manifest.shards:
+        tar, ix = storage.join(root, s.name), storage.join(root, s.index)
+        try:
+            if storage.size(tar) != s.bytes:
+                raise ValueError(f"size {storage.size(tar)} != manifest {s.bytes}")
+            if not storage.exists(ix):
+                raise FileNotFoundError("index file missing")
+            if verify and not storage.is_s3(root) and shards.sha256_file(tar) != s.sha256:
+                raise ValueError("sha256 differs from the manifest")
+        except Exception as e:  # noqa: BLE001 - every failure mode of a shard is reported the same way
+            log.warning("skipping shard %s: %s", tar, e)
+            bad.append({"shard": tar, "reason": str(e), "samples": s.samples})
+            continue
+        paths.append(tar)
+        idx.append(ix)
+    if not paths:
+        raise RuntimeError(f"{root}: no usable shards ({len(bad)} bad; first: {bad[0] if bad else 'none listed'})")
+    return paths, idx, bad
+
+
+def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], clip_len: int):
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import math as dmath
+
+    gpu = use_gpu(s.device)
+    dev = "gpu" if gpu else "cpu"
+    device_id = torch.cuda.current_device() if gpu else None
+
+    def view(seq):
+        """One augmented view; operators whose range is neutral (e.g. for evaluation) are left out."""
+        if tuple(s.scale) == (1.0, 1.0):
+            v = fn.resize(seq, size=[s.input_size, s.input_size], antialias=True)
+        else:
+            side = dmath.sqrt(fn.random.uniform(range=list(s.scale)))
+            start = fn.random.uniform(range=[0.0, 1.0], shape=[2]) * (1.0 - side)
+            v = fn.resize(seq, roi_start=start, roi_end=start + side, roi_relative=True,
+                          size=[s.input_size, s.input_size], antialias=True)
+        if tuple(s.brightness) != (1.0, 1.0) or tuple(s.contrast) != (1.0, 1.0):
+            v = fn.brightness_contrast(v, brightness=fn.random.uniform(range=list(s.brightness)),
+                                       contrast=fn.random.uniform(range=list(s.contrast)))
+        if s.hue or tuple(s.saturation) != (1.0, 1.0):
+            v = fn.hsv(v, hue=fn.random.uniform(range=[-s.hue, s.hue]),
+                       saturation=fn.random.uniform(range=list(s.saturation)))
+        if max(s.blur_sigma) > 0:
+            v = fn.gaussian_blur(v, sigma=fn.random.uniform(range=list(s.blur_sigma)), window_size=5)
+        return fn.crop_mirror_normalize(v, dtype=types.FLOAT, output_layout="FCHW",
+                                        mean=[255 * m for m in s.mean], std=[255 * x for x in s.std])
+
+    @pipeline_def(batch_size=s.batch_size, num_threads=s.num_threads, device_id=device_id, seed=s.seed,
+                  prefetch_queue_depth=s.prefetch, enable_checkpointing=True)
+    def pipe():
+        outs = fn.readers.webdataset(
+            paths=paths, index_paths=index_paths, ext=shards.frame_exts(clip_len) + ["json"],
+            missing_component_behavior="error", shard_id=s.rank, num_shards=s.world, random_shuffle=True,
+            initial_fill=s.shuffle_buffer, pad_last_batch=True, name="Reader")
+        frames = [fn.decoders.image(j, device="mixed" if gpu else "cpu", output_type=types.RGB) for j in outs[:clip_len]]
+        seq = fn.stack(*frames, axis_name="F")
+        meta = fn.pad(outs[clip_len], axes=[0], shape=[META_BYTES], fill_value=0)
+        return view(seq), view(seq), meta
+
+    p = pipe()
+    p.build()
+    return p
+
+
+def partners(identity: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """For each clip, the index of a random clip of another identity in the batch (-1 if there is none)."""
+    b = identity.numel()
+    other = identity[None, :] != identity[:, None]
+    score = torch.rand(b, b, generator=generator) + other.float() * 2
+    best = score.argmax(1)
+    return torch.where(other.any(1), best, torch.full_like(best, -1))
+
+
+class ClipLoader:
+    """Endless iterator of training batches for one rank (an epoch ends, the reader starts the next)."""
+
+    def __init__(self, settings: ReaderSettings):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        self.settings = settings
+        self.manifest = shards.load_manifest(settings.root)
+        paths, idx, self.bad_shards = check_shards(settings.root, self.manifest, settings.verify_checksums)
+        self.skipped_samples = sum(b["samples"] for b in self.bad_shards)
+        self.clip_len = self.manifest.clip_len
+        self.identity_ids = {name: i for i, name in enumerate(self.manifest.identities)}
+        self.video_ids: dict[str, int] = {}
+        self.pipe = build_pipeline(settings, paths, idx, self.clip_len)
+        self.iterator = DALIGenericIterator([self.pipe], ["view1", "view2", "meta"], reader_name="Reader",
+                                            auto_reset=True, last_batch_policy=LastBatchPolicy.DROP)
+        self.epoch = 0
+        self._gen = torch.Generator().manual_seed(settings.seed)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.iterator) if hasattr(self.iterator, "__len__") else 1)
+
+    def _decode_meta(self, meta: torch.Tensor) -> list[dict]:
+        raw = meta.cpu().numpy().astype(np.uint8)
+        return [json.loads(bytes(r).rstrip(b"\0")) for r in raw]
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            for out in self.iterator:
+                d = out[0]
+                metas = self._decode_meta(d["meta"])
+                ident = torch.tensor([self.identity_ids.get(m["identity"], -1) for m in metas])
+                video = torch.tensor([self.video_ids.setdefault(m["video"], len(self.video_ids)) for m in metas])
+                yield {"view1": d["view1"], "view2": d["view2"], "identity": ident, "video": video,
+                       "partner": partners(ident, self._gen), "meta": metas}
+            self.epoch += 1
+
+    def state(self) -> bytes:
+        """Serialized reader position and RNG state (DALI checkpoint) for exact resume."""
+        return self.pipe.checkpoint()

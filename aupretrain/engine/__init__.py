@@ -1,0 +1,1 @@
+"""Engine: distribution (init, gather), the training loop, checkpoints, tracking, metrics."""

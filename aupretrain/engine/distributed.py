@@ -1,0 +1,84 @@
+"""Process-group set-up and collectives. The only place that knows about ranks."""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world: int
+    local_rank: int
+    local_world: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group set up by deepspeed / torchrun / srun, or make a group of one."""
+    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ:  # srun without a launcher
+        os.environ.setdefault("RANK", os.environ["SLURM_PROCID"])
+        os.environ.setdefault("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))
+        os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
+    if "RANK" not in os.environ:  # plain `python aupretrain/train.py`
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+
+    if not dist.is_initialized():
+        deepspeed.init_distributed(auto_mpi_discovery=False)
+    world = dist.get_world_size()
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", world)))
+    return DistInfo(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", 0)), local_world)
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate x from every rank along dim 0 (rank order), keeping the autograd graph.
+
+    Backward sums the gradients that every rank's loss sends to each rank's slice, so with the usual
+    gradient averaging across ranks the update equals that of one process on the whole batch.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+def mean_across_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Average detached scalars over ranks in one collective (for logging)."""
+    if not values:
+        return {}
+    names = sorted(values)
+    t = torch.stack([values[n].detach().float().reshape(()) for n in names])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return {n: float(v) for n, v in zip(names, t.tolist())}
+
+
+def broadcast_object(obj, src: int = 0):
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

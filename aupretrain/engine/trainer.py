@@ -1,0 +1,147 @@
+"""The training loop: DeepSpeed engine, DALI batches, gathered negatives, MLflow, checkpoints."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..data.dali_reader import ClipLoader, ReaderSettings
+from ..models.encoder import PretrainModel, save_encoder
+from ..objectives import build_objective
+from . import checkpoint
+from .distributed import DistInfo, barrier, broadcast_object, gather_with_grad, init_distributed, mean_across_ranks
+from .metrics import StepTimer
+from .tracking import Tracker
+
+log = logging.getLogger("aupretrain.train")
+
+
+def resolve_run_dir(cfg: DictConfig, d: DistInfo) -> Path:
+    if cfg.run.dir:
+        path = Path(cfg.run.dir)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S") if d.is_main else None
+        path = Path(cfg.run.root) / f"{cfg.run.name}-{broadcast_object(stamp)}"
+    if d.is_main:
+        path.mkdir(parents=True, exist_ok=True)
+    barrier()
+    return path.resolve()
+
+
+def lr_lambda(cfg: DictConfig):
+    warm, total, floor = int(cfg.optim.warmup_steps), int(cfg.train.steps), float(cfg.optim.min_lr_ratio)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return f
+
+
+def deepspeed_config(cfg: DictConfig, world: int) -> dict:
+    ds = OmegaConf.to_container(cfg.deepspeed, resolve=True)
+    accum = int(ds.get("gradient_accumulation_steps", 1))
+    ds["train_micro_batch_size_per_gpu"] = int(cfg.data.batch_size)
+    ds["train_batch_size"] = int(cfg.data.batch_size) * world * accum
+    return ds
+
+
+def export_encoder(engine, path: Path, extra: dict) -> None:
+    """Rank 0 writes the encoder's fp32 weights (gathered first under ZeRO-3)."""
+    import deepspeed
+
+    enc = engine.module.encoder
+    params = list(enc.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=int(engine.zero_optimization_stage()) == 3):
+        if engine.global_rank == 0:
+            save_encoder(enc, path, extra)
+
+
+def train(cfg: DictConfig) -> dict:
+    import deepspeed
+
+    d = init_distributed()
+    threads = cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(1, d.local_world))
+    torch.set_num_threads(int(threads))
+    run_dir = resolve_run_dir(cfg, d)
+    torch.manual_seed(int(cfg.run.seed))
+    objective = build_objective(cfg.objective)
+    loader = ClipLoader(ReaderSettings.from_config(cfg, d.rank, d.world))
+    model = PretrainModel(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size))
+    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.optim.lr), betas=tuple(cfg.optim.betas),
+                            weight_decay=float(cfg.optim.weight_decay))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
+                                           config=deepspeed_config(cfg, d.world))
+    start, run_id = 0, None
+    found = checkpoint.latest(run_dir) if cfg.train.resume else None
+    if found:
+        state = checkpoint.load(engine, run_dir, found[0])
+        start, run_id = int(state["step"]), state.get("mlflow_run_id")
+        log.info("resumed from %s at step %d", found[1], start)
+    tracker = Tracker(cfg, d.is_main, run_name=run_dir.name, run_id=run_id)
+    run_id = broadcast_object(tracker.run_id)
+    if d.is_main:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        tracker.log_params({"cir": "disabled (objective trains TCL alone)"} if cfg.objective.name == "tcl" else {})
+        tracker.log_metrics({"data/skipped": loader.skipped_samples, "data/samples": loader.manifest.samples}, step=start)
+        log.info("run %s: %d ranks, %d clips/rank/step, %d steps, shards %s (%d samples, %d identities)",
+                 run_dir, d.world, cfg.data.batch_size, cfg.train.steps, cfg.data.shards,
+                 loader.manifest.samples, len(loader.manifest.identities))
+    b = int(cfg.data.batch_size)
+    timer = StepTimer()
+    history: list[float] = []
+    it = iter(loader)
+    meta = lambda: {"mlflow_run_id": run_id, "world_size": d.world, "epoch": loader.epoch,  # noqa: E731
+                    "config": OmegaConf.to_container(cfg, resolve=True)}
+    from tqdm import tqdm
+
+    bar = tqdm(range(start, int(cfg.train.steps)), desc="train", disable=not d.is_main or None, initial=start,
+               total=int(cfg.train.steps))
+    for step in bar:
+        t0 = time.perf_counter()
+        batch = next(it)
+        timer.data_wait(time.perf_counter() - t0)
+        views = torch.cat([batch["view1"], batch["view2"]]).to(engine.device, non_blocking=True)
+        out = engine(views)
+        outputs = {f"{k}{v}": t for k, t in out.items() for v, t in ((1, t[:b]), (2, t[b:]))}
+        keys = gather_with_grad(objective.keys(outputs))
+        loss, parts = objective(outputs, batch, keys, d.rank * b)
+        engine.backward(loss)
+        engine.step()
+        timer.step(views.shape[0] * views.shape[1] // 2)
+        n = step + 1
+        if n % int(cfg.train.log_every) == 0 or n == int(cfg.train.steps):
+            m = mean_across_ranks({"train/loss": loss.detach(), **{f"train/{k}": v for k, v in parts.items()}})
+            m.update(timer.summary(d.world))
+            m["train/lr"] = engine.get_lr()[0]
+            m["data/epoch"] = loader.epoch
+            history.append(m["train/loss"])
+            tracker.log_metrics(m, step=n)
+            bar.set_postfix(loss=f"{m['train/loss']:.3f}", fps=f"{m['perf/frames_per_s']:.0f}")
+        if cfg.train.checkpoint_every and n % int(cfg.train.checkpoint_every) == 0 and n < int(cfg.train.steps):
+            checkpoint.save(engine, run_dir, n, meta(), d.is_main)
+    bar.close()
+    steps = int(cfg.train.steps)
+    if start < steps:
+        checkpoint.save(engine, run_dir, steps, meta(), d.is_main)
+    export_encoder(engine, run_dir / "encoder.pt", {"step": steps, "mlflow_run_id": run_id})
+    barrier()
+    result = {"run_dir": str(run_dir), "mlflow_run_id": run_id, "loss_history": history, "rank": d.rank}
+    if d.is_main:
+        tracker.log_artifact(run_dir / "config.yaml")
+        if cfg.train.eval_at_end:
+            from ..eval.run import evaluate
+            from ..models.encoder import load_encoder
+
+            torch.set_num_threads(os.cpu_count() or 1)
+            result["eval"] = evaluate(cfg, load_encoder(run_dir / "encoder.pt"), tracker, run_dir, step=steps)
+        tracker.finish()
+    return result

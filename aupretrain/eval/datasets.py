@@ -1,0 +1,62 @@
+"""Labelled frame sets for the AU probe. Synthetic: rendered with ground truth, identities disjoint from
+pretraining. (BP4D / DISFA / GFT readers plug in here with the same LabelledFrames output.)"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.synth.corpus import LABELS_SUFFIX, load_labels, write_corpus
+from ..data.video import read_video
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelledFrames:
+    frames: np.ndarray  # [N, H, W, 3] uint8 RGB
+    labels: np.ndarray  # [N, A] {0, 1}
+    intensity: np.ndarray  # [N, A] float (NaN where the dataset has only occurrence)
+    identity: np.ndarray  # [N] int
+    video: np.ndarray  # [N] int
+    aus: list[str]
+    identity_names: list[str]
+
+
+def ensure_synthetic(cfg_eval) -> Path:
+    """Render the evaluation corpus if it is not there yet (deterministic for its seed)."""
+    root = Path(cfg_eval.corpus)
+    n_expected = cfg_eval.identities * cfg_eval.videos_per_identity
+    if len(list(root.glob(f"*/*{LABELS_SUFFIX}"))) < n_expected:
+        log.info("rendering the evaluation corpus into %s", root)
+        write_corpus(root, cfg_eval.identities, cfg_eval.videos_per_identity, cfg_eval.frames, cfg_eval.seed,
+                     first_identity=cfg_eval.first_identity)
+    return root
+
+
+def load_synthetic(root: str | Path, threshold: float = 0.5, frame_stride: int = 1) -> LabelledFrames:
+    root = Path(root)
+    videos = sorted(root.glob("*/*.mp4"))
+    if not videos:
+        raise FileNotFoundError(f"{root}: no labelled videos (<identity>/<video>.mp4 + {LABELS_SUFFIX})")
+    frames, inten, ident, vid, names = [], [], [], [], []
+    aus = None
+    for vi, path in enumerate(videos):
+        lab = load_labels(path)
+        aus = aus or lab["aus"]
+        f = read_video(path)[::frame_stride]
+        a = np.asarray(lab["au"], dtype=np.float32)[::frame_stride]
+        n = min(len(f), len(a))
+        if n < len(a):
+            log.warning("%s: %d frames decoded, %d labelled; using %d", path, len(f), len(a), n)
+        if lab["identity"] not in names:
+            names.append(lab["identity"])
+        frames.append(f[:n])
+        inten.append(a[:n])
+        ident.append(np.full(n, names.index(lab["identity"])))
+        vid.append(np.full(n, vi))
+    inten_a = np.concatenate(inten)
+    return LabelledFrames(np.concatenate(frames), (inten_a >= threshold).astype(np.float32), inten_a,
+                          np.concatenate(ident), np.concatenate(vid), list(aus), names)

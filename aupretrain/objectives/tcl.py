@@ -1,0 +1,78 @@
+"""Margin temporal contrastive loss (TCL) within clips: pure functions of tensors, no process groups.
+
+For anchor frame t of clip b in view v, the positive is the same frame in the other view; negatives are
+the other frames of the same clip (both views) with |t-u| > window, and every frame of every other clip
+of the global batch. An additive margin m is subtracted from the positive cosine similarity:
+
+    l = -log exp((s+ - m)/tau) / (exp((s+ - m)/tau) + sum_neg exp(s-/tau))
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def tcl_logits(anchors: torch.Tensor, keys: torch.Tensor, offset: int, view: int, temperature: float, margin: float,
+               window: int, cross_clip_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of local anchors against all keys, with masking and margin applied; and the positive index.
+
+    anchors: [B, T, d] unit-norm embeddings of this rank's clips in `view` (0 or 1).
+    keys:    [G, 2, T, d] unit-norm embeddings of every clip of the global batch, both views; this rank's
+             clips are keys[offset:offset + B].
+    """
+    b, t, d = anchors.shape
+    g = keys.shape[0]
+    dev = anchors.device
+    logits = anchors.reshape(b * t, d) @ keys.reshape(g * 2 * t, d).T / temperature
+    k = torch.arange(g * 2 * t, device=dev)
+    k_clip, k_view, k_frame = k // (2 * t), (k // t) % 2, k % t
+    a = torch.arange(b * t, device=dev)
+    a_clip, a_frame = offset + a // t, a % t
+    same = a_clip[:, None] == k_clip[None, :]
+    dt = (a_frame[:, None] - k_frame[None, :]).abs()
+    positive = same & (k_view[None, :] == 1 - view) & (dt == 0)
+    excluded = same & (dt <= window) & ~positive  # self, and neighbours inside the temporal window
+    if cross_clip_weight <= 0:
+        excluded = excluded | ~same  # negatives from the same clip only
+    logits = logits.masked_fill(excluded, float("-inf")) - positive.to(logits.dtype) * (margin / temperature)
+    if 0 < cross_clip_weight != 1:  # weight w on each other-clip term of the denominator: + log w on its logit
+        logits = logits + (~same).to(logits.dtype) * math.log(cross_clip_weight)
+    return logits, positive.float().argmax(dim=1)
+
+
+def ranking_loss(z: torch.Tensor, margin: float) -> torch.Tensor:
+    """Temporal ranking within a clip: frames closer in time must be more similar to the anchor.
+
+    z: [B, T, d]. For anchor t and frames u, w with |t-u| < |t-w|: max(0, margin - (s(t,u) - s(t,w))).
+    """
+    b, t, _ = z.shape
+    s = torch.einsum("btd,bud->btu", z, z)
+    idx = torch.arange(t, device=z.device)
+    dist = (idx[:, None] - idx[None, :]).abs()  # [t, u]
+    valid = (dist[:, :, None] < dist[:, None, :]) & (dist[:, :, None] > 0)  # [t, u, w]
+    if not valid.any():
+        return z.sum() * 0
+    hinge = F.relu(margin - (s[:, :, :, None] - s[:, :, None, :]))  # [b, t, u, w]
+    return hinge[:, valid].mean()
+
+
+def tcl_loss(z1: torch.Tensor, z2: torch.Tensor, keys: torch.Tensor, offset: int, temperature: float = 0.1,
+             margin: float = 0.2, window: int = 0, symmetric: bool = True, rank_weight: float = 0.0,
+             rank_margin: float = 0.05, cross_clip_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """TCL loss of this rank's anchors (mean over anchors). Returns (loss, named parts)."""
+    logits, target = tcl_logits(z1, keys, offset, 0, temperature, margin, window, cross_clip_weight)
+    nce = F.cross_entropy(logits, target)
+    acc = (logits.argmax(1) == target).float().mean()
+    if symmetric:
+        logits2, target2 = tcl_logits(z2, keys, offset, 1, temperature, margin, window, cross_clip_weight)
+        nce = 0.5 * (nce + F.cross_entropy(logits2, target2))
+        acc = 0.5 * (acc + (logits2.argmax(1) == target2).float().mean())
+    parts = {"tcl": nce.detach(), "tcl_acc": acc.detach()}
+    loss = nce
+    if rank_weight > 0:
+        r = 0.5 * (ranking_loss(z1, rank_margin) + ranking_loss(z2, rank_margin))
+        parts["rank"] = r.detach()
+        loss = loss + rank_weight * r
+    return loss, parts

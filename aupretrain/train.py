@@ -1,0 +1,59 @@
+"""Pretraining entry point.
+
+    deepspeed --num_gpus 8 aupretrain/train.py data.shards=s3://bucket/vox2 objective=tcl
+    torchrun --nproc_per_node 2 aupretrain/train.py experiment=smoke
+    python aupretrain/train.py experiment=smoke
+
+Arguments are Hydra overrides of configs/. The deepspeed launcher's `--local_rank=N` is accepted (and
+ignored: LOCAL_RANK is in the environment). `--cfg` prints the composed config and exits.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def split_launcher_args(argv: list[str]) -> tuple[list[str], int | None]:
+    """Remove `--local_rank=N` / `--local_rank N` (deepspeed launcher) from argv; return (overrides, N)."""
+    out, local_rank, skip = [], None, False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a.startswith("--local_rank=") or a.startswith("--local-rank="):
+            local_rank = int(a.split("=", 1)[1])
+        elif a in ("--local_rank", "--local-rank"):
+            local_rank = int(argv[i + 1])
+            skip = True
+        else:
+            out.append(a)
+    return out, local_rank
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, local_rank = split_launcher_args(list(sys.argv[1:] if argv is None else argv))
+    if local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
+    from omegaconf import OmegaConf
+
+    from aupretrain.config import load_config
+
+    show = "--cfg" in args
+    cfg = load_config([a for a in args if a != "--cfg"])
+    if show:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s [rank " + os.environ.get("RANK", "0") + "] %(name)s: %(message)s")
+    from aupretrain.engine.trainer import train
+
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtualenv (.venv) on a machine with Python 3.11 and apt.
+# Sourced by the quickstart and test commands; safe to run again (reinstalls only when pyproject changes).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${AUPRETRAIN_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+
+need_apt=()
+command -v g++ >/dev/null || need_apt+=(g++)          # DeepSpeed JIT-builds its CPU comm op
+tar --version 2>/dev/null | grep -q GNU || need_apt+=(tar)  # DALI's wds2idx needs GNU tar
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}";
+  else echo "please install: ${need_apt[*]} (apt-get install ${need_apt[*]})" >&2; exit 1; fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[env] creating $VENV with $PY"
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.aupretrain-installed"
+want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[env] installing aupretrain and its stack into $VENV (first time: a few minutes)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
+  # torch is pinned to the range the local CPU wheel satisfies, so no CUDA build is pulled here.
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  echo "$want" > "$stamp"
+fi
+export PATH="$VENV/bin:$PATH"
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"

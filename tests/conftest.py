@@ -1,0 +1,88 @@
+"""Shared fixtures: a small synthetic corpus, its packed shards, and a real MLflow server."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_env(**extra) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    from aupretrain.data.synth.corpus import write_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(root, identities=4, videos_per_identity=2, frames=40, seed=3, workers=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def packed(corpus, tmp_path_factory) -> Path:
+    from aupretrain.data.pack import PackSettings, pack
+
+    out = tmp_path_factory.mktemp("shards")
+    pack(str(corpus), str(out), PackSettings(clip_len=8, stride=2, size=64, samples_per_shard=6, workers=1))
+    return out
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (sqlite + served artifacts) on a free loopback port; stopped by pid."""
+    d = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{d}/mlflow.db", "--serve-artifacts",
+           "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = open(d / "server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=run_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited: {(d / 'server.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        _stop(proc)
+        raise RuntimeError("mlflow server did not come up in 90 s")
+    yield url
+    _stop(proc)
+    log.close()

@@ -1,0 +1,95 @@
+"""Real launches: deepspeed (2 CPU ranks, gloo, ZeRO-2), torchrun, plain python; MLflow server; eval."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIN, ROOT, run_env
+
+TRAIN = str(ROOT / "aupretrain" / "train.py")
+pytestmark = pytest.mark.slow
+
+
+def common(packed, tmp_path, **kw):
+    args = {"experiment": "smoke", "data.shards": str(packed), "run.root": str(tmp_path / "runs"),
+            "eval.corpus": str(tmp_path / "eval"), **kw}
+    return [f"{k}={v}" for k, v in args.items()]
+
+
+def launch(cmd, tmp_path, timeout=600, **env):
+    r = subprocess.run(cmd, cwd=tmp_path, env=run_env(**env), capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return r
+
+
+def only_run(tmp_path) -> Path:
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_deepspeed_two_ranks_trains_and_logs_to_mlflow(packed, tmp_path, mlflow_server):
+    import mlflow
+
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", TRAIN,
+           *common(packed, tmp_path, **{"train.steps": 40, "train.log_every": 4, "train.eval_at_end": "false",
+                                        "tracking.experiment": "ds-test"})]
+    launch(cmd, tmp_path, MLFLOW_TRACKING_URI=mlflow_server)
+    run_dir = only_run(tmp_path)
+    ck = run_dir / "checkpoints" / "step_40"
+    assert (ck / "COMPLETE").exists() and (run_dir / "encoder.pt").exists()
+    meta = json.loads((ck / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["step"] == 40
+
+    client = mlflow.tracking.MlflowClient(mlflow_server)
+    run = client.get_run(meta["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["objective.name"] == "tcl" and "disabled" in run.data.params["cir"]
+    assert run.data.params["deepspeed.zero_optimization.stage"] == "2"
+    loss = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert len(loss) == 10
+    assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3, f"loss did not go down: {loss}"
+    for key in ("perf/frames_per_s", "perf/step_s", "perf/data_stall_pct", "data/skipped", "train/tcl_acc"):
+        assert key in run.data.metrics
+    arts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert "config.yaml" in arts
+
+    from aupretrain import load_encoder
+    import torch
+
+    enc = load_encoder(run_dir / "encoder.pt")
+    codes = enc.encode(torch.randint(0, 255, (3, 64, 64, 3), dtype=torch.uint8))
+    assert codes.shape == (3, enc.au_dim) and torch.isfinite(codes).all()
+
+
+def test_local_rank_argument_is_accepted_in_one_process(packed, tmp_path):
+    cmd = [sys.executable, TRAIN, "--local_rank=0", *common(packed, tmp_path, **{"train.steps": 2})]
+    r = launch(cmd, tmp_path)
+    run_dir = only_run(tmp_path)
+    assert (run_dir / "checkpoints" / "step_2" / "COMPLETE").exists()
+    assert (tmp_path / "mlflow.db").exists()  # default store: the folder the run started from
+    summary = json.loads((run_dir / "eval.json").read_text())
+    assert set(summary["results"]) == {"pretrained", "random-init"}
+    assert "mean" in r.stdout and "random-init" in r.stdout  # the F1 table is printed
+
+
+def test_torchrun_two_ranks(packed, tmp_path):
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "0", TRAIN,
+           *common(packed, tmp_path, **{"train.steps": 3, "train.eval_at_end": "false", "tracking.enabled": "false"})]
+    launch(cmd, tmp_path)
+    meta = json.loads((only_run(tmp_path) / "checkpoints" / "step_3" / "meta.json").read_text())
+    assert meta["world_size"] == 2
+
+
+def test_resume_continues_from_the_last_complete_checkpoint(packed, tmp_path):
+    run_dir = tmp_path / "runs" / "fixed"
+    base = common(packed, tmp_path, **{"run.dir": str(run_dir), "train.eval_at_end": "false",
+                                       "train.checkpoint_every": 2})
+    launch([sys.executable, TRAIN, *base, "train.steps=4"], tmp_path)
+    r = launch([sys.executable, TRAIN, *base, "train.steps=6"], tmp_path)
+    assert "resumed from" in r.stderr and "at step 4" in r.stderr
+    meta = json.loads((run_dir / "checkpoints" / "step_6" / "meta.json").read_text())
+    first = json.loads((run_dir / "checkpoints" / "step_4" / "meta.json").read_text())
+    assert meta["mlflow_run_id"] == first["mlflow_run_id"]  # the same MLflow run continues

@@ -1,0 +1,66 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aupretrain.objectives import ranking_loss, tcl_logits, tcl_loss
+
+
+def embeddings(b=4, t=8, d=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(b, t, d, generator=g), dim=-1)
+
+
+def test_perfectly_separated_embeddings_reach_the_minimum():
+    z = F.normalize(torch.eye(64)[: 4 * 8].view(4, 8, 64), dim=-1)  # orthogonal frames, identical views
+    loss, parts = tcl_loss(z, z, torch.stack([z, z], 1), 0, temperature=0.05, margin=0.0)
+    assert parts["tcl_acc"] == 1.0
+    assert loss < 1e-6
+    noisy = F.normalize(z + 3.0 * embeddings(d=64), dim=-1)
+    assert tcl_loss(noisy, z, torch.stack([noisy, z], 1), 0, temperature=0.05, margin=0.0)[0] > loss + 0.1
+
+
+def test_margin_raises_the_loss_monotonically():
+    z1, z2 = embeddings(seed=1), embeddings(seed=2)
+    keys = torch.stack([z1, z2], 1)
+    losses = [tcl_loss(z1, z2, keys, 0, margin=m)[0].item() for m in (0.0, 0.1, 0.2, 0.4, 0.8)]
+    assert all(a < b for a, b in zip(losses, losses[1:])), losses
+
+
+def test_positive_and_masks():
+    z1, z2 = embeddings(b=3, t=4), embeddings(b=3, t=4, seed=5)
+    keys = torch.stack([z1, z2], 1)  # [3, 2, 4, d]
+    for view in (0, 1):
+        logits, target = tcl_logits(z1 if view == 0 else z2, keys, 0, view, 0.1, 0.0, window=1)
+        # anchor (clip 1, frame 2) -> positive is clip 1, other view, frame 2
+        a = 1 * 4 + 2
+        assert target[a] == (1 * 2 + (1 - view)) * 4 + 2
+        row = logits[a].view(3, 2, 4)
+        assert torch.isinf(row[1, :, 1]).all() and torch.isinf(row[1, :, 3]).all()  # |t-u| <= window excluded
+        assert torch.isinf(row[1, view, 2]) and torch.isfinite(row[1, 1 - view, 2])  # self excluded, positive kept
+        assert torch.isfinite(row[1, :, 0]).all() and torch.isfinite(row[[0, 2]]).all()  # other clips all negatives
+
+
+def test_offset_selects_this_ranks_clips():
+    z1, z2 = embeddings(b=4), embeddings(b=4, seed=3)
+    keys = torch.stack([z1, z2], 1)
+    full, _ = tcl_loss(z1, z2, keys, 0)
+    half_a, _ = tcl_loss(z1[:2], z2[:2], keys, 0)
+    half_b, _ = tcl_loss(z1[2:], z2[2:], keys, 2)
+    assert torch.allclose(full, (half_a + half_b) / 2, atol=1e-6)
+
+
+def test_ranking_loss_zero_for_temporally_ordered_embeddings():
+    t = torch.arange(8, dtype=torch.float32)
+    ang = t * 0.15
+    z = torch.stack([torch.cos(ang), torch.sin(ang)], -1)[None]  # similarity decays with time distance
+    assert ranking_loss(z, margin=0.0) == 0
+    shuffled = z[:, torch.randperm(8, generator=torch.Generator().manual_seed(0))]
+    assert ranking_loss(shuffled, margin=0.0) > 0
+
+
+def test_loss_has_gradient_everywhere():
+    z1 = embeddings().requires_grad_(True)
+    z2 = embeddings(seed=9).requires_grad_(True)
+    loss, _ = tcl_loss(z1, z2, torch.stack([z1, z2], 1), 0, rank_weight=0.5)
+    loss.backward()
+    assert torch.isfinite(z1.grad).all() and z1.grad.abs().sum() > 0 and z2.grad.abs().sum() > 0

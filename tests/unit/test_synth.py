@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pytest
+
+from aupretrain.data.synth.corpus import contact_sheet, load_labels, write_corpus
+from aupretrain.data.synth.identity import AU_INDEX, AUS, Pose, sample_identity, sample_scene
+from aupretrain.data.synth.render import face_geometry, render
+from aupretrain.data.synth.tracks import sample_au_track
+from aupretrain.data.video import read_video
+
+
+def au(**kw):
+    a = np.zeros(len(AUS))
+    for k, v in kw.items():
+        a[AU_INDEX[k]] = v
+    return a
+
+
+def test_render_is_deterministic():
+    ident, scene = sample_identity(5), sample_scene(9)
+    a = au(AU12=0.7, AU1=0.3)
+    img1, lm1 = render(ident, a, Pose(yaw=4, roll=-2), scene, seed=11)
+    img2, lm2 = render(ident, a, Pose(yaw=4, roll=-2), scene, seed=11)
+    assert img1.dtype == np.uint8 and img1.shape == (112, 112, 3)
+    assert np.array_equal(img1, img2) and np.array_equal(lm1, lm2)
+
+
+def test_same_aus_on_two_identities_give_same_geometry_change():
+    a, b = sample_identity(1), sample_identity(2)
+    scene = sample_scene(0)
+    img_a, _ = render(a, au(AU26=1.0), Pose(), scene, 0)
+    img_b, _ = render(b, au(AU26=1.0), Pose(), scene, 0)
+    assert np.abs(img_a.astype(int) - img_b.astype(int)).mean() > 5  # different people
+    for ident in (a, b):  # the same AU opens both mouths by the same amount
+        g0, g1 = face_geometry(ident, au()), face_geometry(ident, au(AU26=1.0))
+        gap0 = g0["lip_low_in"][4, 1] - g0["lip_up_in"][4, 1]
+        gap1 = g1["lip_low_in"][4, 1] - g1["lip_up_in"][4, 1]
+        assert gap1 - gap0 == pytest.approx(0.24 * 1.12, rel=0.05)
+
+
+@pytest.mark.parametrize("name,check", [
+    ("AU1", lambda g0, g1: g1["brow_l"][0, 1] < g0["brow_l"][0, 1] - 0.1),  # inner brow up
+    ("AU2", lambda g0, g1: g1["brow_l"][-1, 1] < g0["brow_l"][-1, 1] - 0.1),  # outer brow up
+    ("AU4", lambda g0, g1: g1["brow_r"][0, 1] > g0["brow_r"][0, 1] + 0.08 and g1["brow_r"][0, 0] < g0["brow_r"][0, 0]),
+    ("AU12", lambda g0, g1: g1["lip_up_out"][0, 1] < g0["lip_up_out"][0, 1] - 0.05),  # lip corners up
+    ("AU15", lambda g0, g1: g1["lip_up_out"][0, 1] > g0["lip_up_out"][0, 1] + 0.05),  # lip corners down
+    ("AU20", lambda g0, g1: g1["lip_up_in"][-1, 0] > g0["lip_up_in"][-1, 0] + 0.05),  # stretched sideways
+    ("AU43", lambda g0, g1: np.abs(g1["eye_l_low"][:, 1] - g1["eye_l_up"][:, 1]).max() < 0.01),  # eyes closed
+    ("AU6", lambda g0, g1: g1["cheeks"][0, 1] < g0["cheeks"][0, 1] - 0.05),  # cheeks raised
+    ("AU7", lambda g0, g1: g1["eye_l_low"][3, 1] < g0["eye_l_low"][3, 1] - 0.01),  # lower lid up
+])
+def test_each_au_moves_its_landmarks(name, check):
+    ident = sample_identity(3)
+    g0, g1 = face_geometry(ident, au()), face_geometry(ident, au(**{name: 1.0}))
+    assert check(g0, g1)
+    img0, _ = render(ident, au(), Pose(), sample_scene(1), 0)
+    img1, _ = render(ident, au(**{name: 1.0}), Pose(), sample_scene(1), 0)
+    assert np.abs(img0.astype(int) - img1.astype(int)).sum() > 500  # visibly different pixels
+
+
+def test_au_tracks_cover_every_au():
+    tr = sample_au_track(np.random.default_rng(0), 25 * 300, 25.0)
+    assert tr.shape == (7500, len(AUS)) and tr.min() >= 0 and tr.max() <= 1
+    active = (tr >= 0.5).mean(0)
+    assert (active > 0.01).all(), dict(zip(AUS, active))
+    assert (active < 0.6).all()
+
+
+def test_corpus_layout_and_labels(tmp_path):
+    stats = write_corpus(tmp_path, identities=2, videos_per_identity=2, frames=30, seed=1, workers=1)
+    assert stats["videos"] == 4
+    videos = sorted(tmp_path.glob("*/*.mp4"))
+    assert [p.relative_to(tmp_path).as_posix() for p in videos] == [
+        "id00000/v000.mp4", "id00000/v001.mp4", "id00001/v000.mp4", "id00001/v001.mp4"]
+    lab = load_labels(videos[0])
+    frames = read_video(videos[0])
+    assert len(frames) == lab["frames"] == len(lab["au"]) == len(lab["pose"]) == len(lab["landmarks"]) == 30
+    assert lab["aus"] == list(AUS)
+    lm = np.asarray(lab["landmarks"])
+    assert lm.shape[2] == 2 and (lm > 0).all() and (lm < 112).all()
+    assert json.loads((tmp_path / "corpus.json").read_text())["identities"] == 2
+    # Re-running skips complete videos.
+    assert write_corpus(tmp_path, identities=2, videos_per_identity=2, frames=30, seed=1, workers=1)["rendered"] == 0
+
+
+def test_video_matches_renderer(tmp_path):
+    from aupretrain.data.synth.corpus import VideoJob, render_video
+    from aupretrain.data.synth.tracks import sample_au_track, sample_pose_track
+
+    job = VideoJob(str(tmp_path), 0, 0, 12, 25.0, 112, 4)
+    lab = render_video(job)
+    rng = np.random.default_rng(lab["scene_seed"])
+    aus = sample_au_track(rng, 12, 25.0)
+    poses = sample_pose_track(rng, 12, 25.0)
+    img, _ = render(sample_identity(lab["identity_params"]["seed"]), aus[7], poses[7], sample_scene(lab["scene_seed"]), 7)
+    frames = read_video(tmp_path / "id00000" / "v000.mp4")
+    import cv2
+
+    smooth = lambda x: cv2.GaussianBlur(x.astype(np.float32), (0, 0), 1.5)  # noqa: E731 - sensor noise is not kept by H.264
+    err = np.abs(smooth(frames[7]) - smooth(img)).mean()
+    assert err < 2.5
+    assert err < np.abs(smooth(frames[0]) - smooth(img)).mean() or np.allclose(aus[0], aus[7])
+
+
+def test_contact_sheet(tmp_path):
+    import cv2
+
+    p = tmp_path / "sheet.png"
+    contact_sheet(p, seed=0, identities=3, size=64)
+    img = cv2.imread(str(p))
+    assert img.shape[0] == 18 + 3 * 64 and img.shape[1] % 64 == 0 and img.std() > 20
