@@ -86,3 +86,39 @@ def mlflow_server(tmp_path_factory):
     yield url
     _stop(proc)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 endpoint (`moto_server`, in memory) on a free loopback port; yields the env for clients."""
+    port = free_port()
+    d = tmp_path_factory.mktemp("moto")
+    log = open(d / "moto.log", "w")
+    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        _stop(proc)
+        raise RuntimeError("moto_server did not come up")
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from aupretrain.data import storage
+
+    storage.s3_client.cache_clear()
+    yield env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    storage.s3_client.cache_clear()
+    _stop(proc)
+    log.close()

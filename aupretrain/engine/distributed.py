@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+
+# torch.distributed.nn.functional.all_gather still calls the deprecated all_gather_into_tensor on every step.
+warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.*is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message=r".*torch.distributed.nn.functional.*", category=FutureWarning)
 
 
 @dataclass(frozen=True)
