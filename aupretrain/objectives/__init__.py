@@ -35,7 +35,24 @@ class TCLObjective:
                         self.symmetric, self.rank_weight, self.rank_margin, self.cross_clip_weight)
 
 
-OBJECTIVES = {"tcl": TCLObjective}
+class SimCLRObjective(TCLObjective):
+    """SimCLR baseline: NT-Xent with every frame an instance (positive = the same frame in the other view,
+    negatives = every other frame of the global batch in both views). It is TCL with no margin, no temporal
+    window, no ranking term and full-weight negatives, so both share one tested implementation."""
+
+    name = "simclr"
+
+    def __init__(self, cfg: Any):
+        self.temperature = float(cfg.temperature)
+        self.margin, self.window, self.symmetric = 0.0, 0, True
+        self.rank_weight, self.rank_margin, self.cross_clip_weight = 0.0, 0.0, 1.0
+
+    def __call__(self, outputs, batch, keys, offset):
+        loss, parts = super().__call__(outputs, batch, keys, offset)
+        return loss, {"nt_xent": parts["tcl"], "acc": parts["tcl_acc"]}
+
+
+OBJECTIVES = {"tcl": TCLObjective, "simclr": SimCLRObjective}
 
 
 def build_objective(cfg: Any):

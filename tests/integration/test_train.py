@@ -1,5 +1,7 @@
 """Real launches: deepspeed (2 CPU ranks, gloo, ZeRO-2), torchrun, plain python; MLflow server; eval."""
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +21,16 @@ def common(packed, tmp_path, **kw):
 
 
 def launch(cmd, tmp_path, timeout=600, **env):
-    r = subprocess.run(cmd, cwd=tmp_path, env=run_env(**env), capture_output=True, text=True, timeout=timeout)
+    """Run a launcher in its own process group; on timeout the whole group (launcher and ranks) is killed."""
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=run_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} timed out after {timeout} s:\n{out[-3000:]}\n{err[-5000:]}")
+    r = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     return r
 
@@ -76,7 +87,7 @@ def test_local_rank_argument_is_accepted_in_one_process(packed, tmp_path):
 
 
 def test_torchrun_two_ranks(packed, tmp_path):
-    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "0", TRAIN,
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN,
            *common(packed, tmp_path, **{"train.steps": 3, "train.eval_at_end": "false", "tracking.enabled": "false"})]
     launch(cmd, tmp_path)
     meta = json.loads((only_run(tmp_path) / "checkpoints" / "step_3" / "meta.json").read_text())

@@ -64,3 +64,22 @@ def test_loss_has_gradient_everywhere():
     loss, _ = tcl_loss(z1, z2, torch.stack([z1, z2], 1), 0, rank_weight=0.5)
     loss.backward()
     assert torch.isfinite(z1.grad).all() and z1.grad.abs().sum() > 0 and z2.grad.abs().sum() > 0
+
+
+def test_objectives_are_built_from_the_config_tree():
+    from aupretrain.config import load_config
+    from aupretrain.objectives import build_objective
+
+    z1, z2 = embeddings(seed=4), embeddings(seed=6)
+    outputs = {"z1": z1, "z2": z2}
+    tcl = build_objective(load_config(["objective.rank_weight=0.5"]).objective)
+    keys = tcl.keys(outputs)
+    assert keys.shape == (4, 2, 8, 32)
+    loss, parts = tcl(outputs, {}, keys, 0)
+    assert {"tcl", "tcl_acc", "tcl_clip_acc", "rank"} <= set(parts)
+    simclr = build_objective(load_config(["objective=simclr"]).objective)
+    s_loss, s_parts = simclr(outputs, {}, keys, 0)
+    assert torch.allclose(s_loss, tcl_loss(z1, z2, keys, 0, temperature=0.1, margin=0.0)[0])
+    assert set(s_parts) == {"nt_xent", "acc"}
+    with pytest.raises(ValueError, match="unknown objective"):
+        build_objective(type("C", (), {"name": "nope"})())
