@@ -90,7 +90,6 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
     from nvidia.dali import math as dmath
 
     gpu = use_gpu(s.device)
-    dev = "gpu" if gpu else "cpu"
     device_id = torch.cuda.current_device() if gpu else None
 
     def view(seq):

@@ -6,7 +6,6 @@ A dataset folder (local or s3://) holds `shard-NNNNNN.tar` (WebDataset tar: one 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import shutil

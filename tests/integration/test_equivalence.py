@@ -1,5 +1,4 @@
 """The distributed loss is the same computation as one process on the whole batch (gather with grad)."""
-import os
 
 import pytest
 import torch

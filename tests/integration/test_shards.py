@@ -1,6 +1,5 @@
 """Pack -> shards -> DALI read back: pixels, metadata, and exact coverage across 2 ranks."""
 import io
-import json
 
 import numpy as np
 import pytest

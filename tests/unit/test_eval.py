@@ -4,9 +4,9 @@ import torch
 from omegaconf import OmegaConf
 
 from aupretrain.eval.datasets import LabelledFrames
-from aupretrain.eval.probe import au_probe, per_au_f1, subject_folds
+from aupretrain.eval.probe import per_au_f1, subject_folds
 from aupretrain.eval.report import evaluate_codes, identity_split
-from aupretrain.models.encoder import AUEncoder, PretrainModel, load_encoder, save_encoder
+from aupretrain.models.encoder import PretrainModel, load_encoder, save_encoder
 
 EVAL = OmegaConf.create({"folds": 3, "identity_probe": True,
                          "probe": {"steps": 200, "lr": 0.01, "weight_decay": 1e-4, "batch_size": 128}})

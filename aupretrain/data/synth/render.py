@@ -179,7 +179,6 @@ def render(ident: Identity, au: np.ndarray, pose: Pose, scene: Scene, seed: int,
         return (rot @ np.array([x, y, z]))[:2] * unit + np.asarray(centre)
 
     outline = p["outline"]
-    top = outline[outline[:, 1] < xy(0, ident.eye_y)[1]]
     head = (outline - xy(0, 0)) * 1.1 + xy(0, -0.05)
     if ident.hair_style in ("long", "side"):  # hair behind the head, down to the shoulders
         back = np.concatenate([head[np.sin(np.linspace(0, 2 * np.pi, 48, endpoint=False)) < 0.2],
