@@ -102,7 +102,9 @@ def write_corpus(root: str | Path, identities: int, videos_per_identity: int, fr
     bar.close()
     meta = {"identities": identities, "videos_per_identity": videos_per_identity, "frames": frames, "fps": fps,
             "size": size, "seed": seed, "first_identity": first_identity, "aus": list(AUS)}
-    (root / "corpus.json").write_text(json.dumps(meta, indent=2))
+    meta_path = root / "corpus.json"
+    if todo or not meta_path.exists() or json.loads(meta_path.read_text()) != meta:  # unchanged corpus: keep mtime
+        meta_path.write_text(json.dumps(meta, indent=2))
     return {"videos": len(jobs), "rendered": len(todo), "frames_rendered": total,
             "au_active_rate": dict(zip(AUS, (active / max(total, 1)).round(3).tolist()))}
 
