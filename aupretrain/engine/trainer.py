@@ -127,8 +127,8 @@ def train(cfg: DictConfig) -> dict:
             tracker.log_metrics(m, step=n)
             bar.set_postfix(loss=f"{m['train/loss']:.3f}", fps=f"{m['perf/frames_per_s']:.0f}")
             if d.is_main and bar.disable:  # no terminal (batch jobs, CI): progress as log lines
-                log.info("step %d/%d loss %.4f clip_acc %.3f lr %.2e %.0f frames/s stall %.1f%%", n, int(cfg.train.steps),
-                         m["train/loss"], m.get("train/tcl_clip_acc", float("nan")), m["train/lr"],
+                log.info("step %d/%d loss %.4f tcl_acc %.3f lr %.2e %.0f frames/s stall %.1f%%", n, int(cfg.train.steps),
+                         m["train/loss"], m.get("train/tcl_acc", float("nan")), m["train/lr"],
                          m["perf/frames_per_s"], m["perf/data_stall_pct"])
         if cfg.train.checkpoint_every and n % int(cfg.train.checkpoint_every) == 0 and n < int(cfg.train.steps):
             checkpoint.save(engine, run_dir, n, meta(), d.is_main)

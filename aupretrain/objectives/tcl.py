@@ -62,21 +62,18 @@ def tcl_loss(z1: torch.Tensor, z2: torch.Tensor, keys: torch.Tensor, offset: int
              margin: float = 0.2, window: int = 0, symmetric: bool = True, rank_weight: float = 0.0,
              rank_margin: float = 0.05, cross_clip_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """TCL loss of this rank's anchors (mean over anchors). Returns (loss, named parts)."""
-    t = z1.shape[1]
-
     def direction(z, view):
         logits, target = tcl_logits(z, keys, offset, view, temperature, margin, window, cross_clip_weight)
         with torch.no_grad():  # retrieval diagnostics on the similarities without the margin
             hit = (logits + F.one_hot(target, logits.shape[1]) * (margin / temperature)).argmax(1)
             acc = (hit == target).float().mean()
-            clip_acc = (hit // (2 * t) == target // (2 * t)).float().mean()
-        return F.cross_entropy(logits, target), acc, clip_acc
+        return F.cross_entropy(logits, target), acc
 
-    nce, acc, clip_acc = direction(z1, 0)
+    nce, acc = direction(z1, 0)
     if symmetric:
-        nce2, acc2, clip_acc2 = direction(z2, 1)
-        nce, acc, clip_acc = 0.5 * (nce + nce2), 0.5 * (acc + acc2), 0.5 * (clip_acc + clip_acc2)
-    parts = {"tcl": nce.detach(), "tcl_acc": acc, "tcl_clip_acc": clip_acc}
+        nce2, acc2 = direction(z2, 1)
+        nce, acc = 0.5 * (nce + nce2), 0.5 * (acc + acc2)
+    parts = {"tcl": nce.detach(), "tcl_acc": acc}
     loss = nce
     if rank_weight > 0:
         r = 0.5 * (ranking_loss(z1, rank_margin) + ranking_loss(z2, rank_margin))
