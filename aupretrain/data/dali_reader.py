@@ -113,7 +113,7 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
                                         mean=[255 * m for m in s.mean], std=[255 * x for x in s.std])
 
     @pipeline_def(batch_size=s.batch_size, num_threads=s.num_threads, device_id=device_id, seed=s.seed,
-                  prefetch_queue_depth=s.prefetch, enable_checkpointing=True)
+                  prefetch_queue_depth=s.prefetch)
     def pipe():
         outs = fn.readers.webdataset(
             paths=paths, index_paths=index_paths, ext=shards.frame_exts(clip_len) + ["json"],
@@ -175,7 +175,3 @@ class ClipLoader:
                 yield {"view1": d["view1"], "view2": d["view2"], "identity": ident, "video": video,
                        "partner": partners(ident, self._gen), "meta": metas}
             self.epoch += 1
-
-    def state(self) -> bytes:
-        """Serialized reader position and RNG state (DALI checkpoint) for exact resume."""
-        return self.pipe.checkpoint()
