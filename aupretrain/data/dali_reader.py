@@ -159,7 +159,8 @@ class ClipLoader:
 
     @property
     def steps_per_epoch(self) -> int:
-        return max(1, len(self.iterator) if hasattr(self.iterator, "__len__") else 1)
+        """Batches per epoch on this rank (its share of the samples, last partial batch dropped)."""
+        return max(1, len(self.iterator))
 
     def _decode_meta(self, meta: torch.Tensor) -> list[dict]:
         raw = meta.cpu().numpy().astype(np.uint8)

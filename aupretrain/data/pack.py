@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import shards
+from .parallel import parallel_map
 from .video import VideoError, iter_frames, probe_video
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,7 @@ def pack(input_root: str, output_root: str, settings: PackSettings) -> shards.Ma
     rejects: list[dict] = []
     bar = tqdm(total=len(items), unit="video", desc="pack", disable=None)
     jobs = [(it, settings) for it in items]
-    results = ProcessPoolExecutor(workers).map(_pack_one, jobs, chunksize=4) if workers > 1 else map(_pack_one, jobs)
-    for item, (clips, reason) in zip(items, results):
+    for item, (clips, reason) in zip(items, parallel_map(_pack_one, jobs, workers, chunksize=4)):
         if reason:
             log.warning("skipped %s", reason)
             rejects.append({"input": item.path, "reason": reason})

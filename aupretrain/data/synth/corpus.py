@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..parallel import parallel_map
 from ..video import write_video
 from .identity import AU_INDEX, AUS, Pose, sample_identity, sample_scene
 from .render import LANDMARK_GROUPS, render
@@ -86,19 +86,10 @@ def write_corpus(root: str | Path, identities: int, videos_per_identity: int, fr
     active = np.zeros(len(AUS))
     total = 0
     bar = tqdm(total=len(todo) * frames, unit="frame", desc="synth", disable=None)
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = pool.map(render_video, todo)
-            for lab in results:
-                active += (np.asarray(lab["au"]) >= 0.5).sum(0)
-                total += lab["frames"]
-                bar.update(lab["frames"])
-    else:
-        for job in todo:
-            lab = render_video(job)
-            active += (np.asarray(lab["au"]) >= 0.5).sum(0)
-            total += lab["frames"]
-            bar.update(lab["frames"])
+    for lab in parallel_map(render_video, todo, workers):
+        active += (np.asarray(lab["au"]) >= 0.5).sum(0)
+        total += lab["frames"]
+        bar.update(lab["frames"])
     bar.close()
     meta = {"identities": identities, "videos_per_identity": videos_per_identity, "frames": frames, "fps": fps,
             "size": size, "seed": seed, "first_identity": first_identity, "aus": list(AUS)}
