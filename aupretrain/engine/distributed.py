@@ -65,6 +65,16 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x.contiguous()), dim=0)
 
 
+@torch.no_grad()
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate x from every rank along dim 0 (rank order), without autograd (e.g. MoCo's queue keys)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
 def mean_across_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
     """Average detached scalars over ranks in one collective (for logging)."""
     if not values:

@@ -14,8 +14,9 @@ from ..data.dali_reader import ClipLoader, ReaderSettings
 from ..models.encoder import PretrainModel, save_encoder
 from ..objectives import build_objective
 from . import checkpoint
-from .distributed import DistInfo, barrier, broadcast_object, gather_with_grad, init_distributed, mean_across_ranks
+from .distributed import DistInfo, barrier, broadcast_object, init_distributed, mean_across_ranks
 from .metrics import StepTimer
+from .step import train_step
 from .tracking import Tracker
 
 log = logging.getLogger("aupretrain.train")
@@ -74,9 +75,12 @@ def train(cfg: DictConfig) -> dict:
     torch.manual_seed(int(cfg.run.seed))
     objective = build_objective(cfg.objective)
     loader = ClipLoader(ReaderSettings.from_config(cfg, d.rank, d.world))
-    model = PretrainModel(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size))
-    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.optim.lr), betas=tuple(cfg.optim.betas),
-                            weight_decay=float(cfg.optim.weight_decay))
+    parts = objective.model_parts()
+    if parts.get("momentum") and int(cfg.deepspeed.zero_optimization.stage) == 3:
+        raise ValueError("objective=moco needs ZeRO stage 1 or 2 (the EMA update reads the full online weights)")
+    model = PretrainModel(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size), **parts)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(cfg.optim.lr),
+                            betas=tuple(cfg.optim.betas), weight_decay=float(cfg.optim.weight_decay))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                            config=deepspeed_config(cfg, d.world))
@@ -90,12 +94,13 @@ def train(cfg: DictConfig) -> dict:
     run_id = broadcast_object(tracker.run_id)
     if d.is_main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        tracker.log_params({"cir": "disabled (objective trains TCL alone)"} if cfg.objective.name == "tcl" else {})
         tracker.log_metrics({"data/skipped": loader.skipped_samples, "data/samples": loader.manifest.samples}, step=start)
         log.info("run %s: %d ranks, %d clips/rank/step, %d steps, shards %s (%d samples, %d identities)",
                  run_dir, d.world, cfg.data.batch_size, cfg.train.steps, cfg.data.shards,
                  loader.manifest.samples, len(loader.manifest.identities))
     b = int(cfg.data.batch_size)
+    accum = int(cfg.deepspeed.get("gradient_accumulation_steps", 1))
+    clip_len = loader.clip_len
     timer = StepTimer()
     history: list[float] = []
     it = iter(loader)
@@ -107,16 +112,10 @@ def train(cfg: DictConfig) -> dict:
                total=int(cfg.train.steps))
     for step in bar:
         t0 = time.perf_counter()
-        batch = next(it)
+        batches = [next(it) for _ in range(accum)]
         timer.data_wait(time.perf_counter() - t0)
-        views = torch.cat([batch["view1"], batch["view2"]]).to(engine.device, non_blocking=True)
-        out = engine(views)
-        outputs = {f"{k}{v}": t for k, t in out.items() for v, t in ((1, t[:b]), (2, t[b:]))}
-        keys = gather_with_grad(objective.keys(outputs))
-        loss, parts = objective(outputs, batch, keys, d.rank * b)
-        engine.backward(loss)
-        engine.step()
-        timer.step(views.shape[0] * views.shape[1] // 2)
+        loss, parts = train_step(engine, objective, batches, d.rank)
+        timer.step(accum * b * clip_len)
         n = step + 1
         if n % int(cfg.train.log_every) == 0 or n == int(cfg.train.steps):
             m = mean_across_ranks({"train/loss": loss.detach(), **{f"train/{k}": v for k, v in parts.items()}})
@@ -127,9 +126,9 @@ def train(cfg: DictConfig) -> dict:
             tracker.log_metrics(m, step=n)
             bar.set_postfix(loss=f"{m['train/loss']:.3f}", fps=f"{m['perf/frames_per_s']:.0f}")
             if d.is_main and bar.disable:  # no terminal (batch jobs, CI): progress as log lines
-                log.info("step %d/%d loss %.4f tcl_acc %.3f lr %.2e %.0f frames/s stall %.1f%%", n, int(cfg.train.steps),
-                         m["train/loss"], m.get("train/tcl_acc", float("nan")), m["train/lr"],
-                         m["perf/frames_per_s"], m["perf/data_stall_pct"])
+                terms = " ".join(f"{k[6:]} {v:.3f}" for k, v in m.items() if k.startswith("train/") and k != "train/lr")
+                log.info("step %d/%d %s lr %.2e %.0f frames/s stall %.1f%%", n, int(cfg.train.steps), terms,
+                         m["train/lr"], m["perf/frames_per_s"], m["perf/data_stall_pct"])
         if cfg.train.checkpoint_every and n % int(cfg.train.checkpoint_every) == 0 and n < int(cfg.train.steps):
             checkpoint.save(engine, run_dir, n, meta(), d.is_main)
     bar.close()

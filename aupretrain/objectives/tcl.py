@@ -9,9 +9,12 @@ of the global batch. An additive margin m is subtracted from the positive cosine
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .base import Objective
 
 
 def tcl_logits(anchors: torch.Tensor, keys: torch.Tensor, offset: int, view: int, temperature: float, margin: float,
@@ -80,3 +83,53 @@ def tcl_loss(z1: torch.Tensor, z2: torch.Tensor, keys: torch.Tensor, offset: int
         parts["rank"] = r.detach()
         loss = loss + rank_weight * r
     return loss, parts
+
+
+class TCLObjective(Objective):
+    """Margin temporal contrastive learning within clips (global term) + optional ranking term (local)."""
+
+    name = "tcl"
+    has_global = True
+
+    def __init__(self, cfg: Any):
+        self.temperature = float(cfg.temperature)
+        self.margin = float(cfg.margin)
+        self.window = int(cfg.window)
+        self.symmetric = bool(cfg.symmetric)
+        self.rank_weight = float(cfg.rank_weight)
+        self.rank_margin = float(cfg.rank_margin)
+        self.cross_clip_weight = float(cfg.cross_clip_weight)
+
+    def features(self, outputs):
+        return {"z1": outputs["z1"], "z2": outputs["z2"]}
+
+    def keys(self, features):
+        """z of both views, [B, 2, T, d]."""
+        return torch.stack([features["z1"], features["z2"]], dim=1)
+
+    def global_loss(self, features, keys, offset):
+        return tcl_loss(features["z1"], features["z2"], keys, offset, self.temperature, self.margin, self.window,
+                        self.symmetric, 0.0, self.rank_margin, self.cross_clip_weight)
+
+    def local_loss(self, outputs, batch):
+        if self.rank_weight <= 0:
+            return None, {}
+        r = 0.5 * (ranking_loss(outputs["z1"], self.rank_margin) + ranking_loss(outputs["z2"], self.rank_margin))
+        return self.rank_weight * r, {"rank": r.detach()}
+
+
+class SimCLRObjective(TCLObjective):
+    """SimCLR baseline: NT-Xent with every frame an instance (positive = the same frame in the other view,
+    negatives = every other frame of the global batch in both views). It is TCL with no margin, no temporal
+    window, no ranking term and full-weight negatives, so both share one tested implementation."""
+
+    name = "simclr"
+
+    def __init__(self, cfg: Any):
+        self.temperature = float(cfg.temperature)
+        self.margin, self.window, self.symmetric = 0.0, 0, True
+        self.rank_weight, self.rank_margin, self.cross_clip_weight = 0.0, 0.0, 1.0
+
+    def global_loss(self, features, keys, offset):
+        loss, parts = super().global_loss(features, keys, offset)
+        return loss, {"nt_xent": parts["tcl"], "acc": parts["tcl_acc"]}

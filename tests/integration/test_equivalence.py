@@ -1,72 +1,147 @@
-"""The distributed loss is the same computation as one process on the whole batch (gather with grad)."""
+"""The distributed step is the same computation as one process on the whole batch.
 
+Workers run the real engine path (`deepspeed.initialize` on gloo, ZeRO-2, `train_step`) with plain SGD at
+lr 1, so the change of every parameter is minus the gradient DeepSpeed applied. The reference is one
+process computing the objective on the concatenated batch of every rank and micro-batch (fp32).
+"""
 import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from omegaconf import OmegaConf
 
-from aupretrain.engine.distributed import gather_with_grad
 from aupretrain.models.encoder import PretrainModel
-from aupretrain.objectives import tcl_loss
+from aupretrain.objectives import build_objective, split_views
 
 MODEL = {"widths": [8, 16], "blocks": [1, 1], "stem_width": 8, "stem_stride": 1, "stem_pool": False, "norm": "group",
          "norm_groups": 4, "au_grid": 2, "au_dim": 16, "id_dim": 8, "proj_hidden": 16, "proj_dim": 8,
-         "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-B, T, S = 4, 4, 16  # clips per rank, frames, pixels
-
-
-def data(world: int):
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(2, world * B, T, 3, S, S, generator=g)  # two views of the global batch
-
-
-OBJECTIVES = {  # SimCLR's NT-Xent is the same function with no margin, window or ranking term
-    "tcl": dict(temperature=0.1, margin=0.2, window=1, rank_weight=0.3),
-    "simclr": dict(temperature=0.1, margin=0.0, window=0, rank_weight=0.0),
+         "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+         "decoder": {"widths": [16, 8], "start": 4, "norm_groups": 4}}
+B, T, S = 3, 4, 16  # clips per micro-batch, frames, pixels
+OBJECTIVES = {
+    "tcl": dict(name="tcl", temperature=0.1, margin=0.2, window=1, symmetric=True, rank_weight=0.3, rank_margin=0.05,
+                cross_clip_weight=1.0),
+    "simclr": dict(name="simclr", temperature=0.1),
+    "clp": dict(name="clp", temperature=0.1, margin=0.2, window=0, symmetric=True, rank_weight=0.3, rank_margin=0.05,
+                cross_clip_weight=1.0, cir=dict(self_weight=1.0, cycle_weight=1.0, au_weight=0.5, id_weight=0.5,
+                                                frames=2, identity_offset=1, stop_grad_targets=True)),
+    "moco": dict(name="moco", temperature=0.2, momentum=0.99, queue_size=1000, symmetric=True),
 }
 
 
-def loss_of(model, views, keys_fn, offset, objective):
-    b = views.shape[1]
-    z = model(torch.cat([views[0], views[1]]))["z"]
-    z1, z2 = z[:b], z[b:]
-    keys = keys_fn(torch.stack([z1, z2], 1))
-    return tcl_loss(z1, z2, keys, offset, **OBJECTIVES[objective])[0]
+def objective(name):
+    return build_objective(OmegaConf.create(OBJECTIVES[name]))
 
 
-def worker(rank, world, path, out, objective):
-    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+def global_batch(n_clips: int) -> dict:
+    g = torch.Generator().manual_seed(1)
+    views = torch.randn(2, n_clips, T, 3, S, S, generator=g)
+    # partner: another clip of the same micro-batch (micro-batches are blocks of B clips)
+    partner = torch.tensor([(i % B + 1) % B for i in range(n_clips)])
+    return {"view1": views[0], "view2": views[1], "partner": partner}
+
+
+def micro_batch(batch: dict, block: int) -> dict:
+    sl = slice(block * B, (block + 1) * B)
+    return {"view1": batch["view1"][sl], "view2": batch["view2"][sl], "partner": batch["partner"][sl]}
+
+
+def flat_params(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.requires_grad])
+
+
+def worker(rank, world, port, k, name, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
+    import deepspeed
+    import torch.distributed as dist
+
+    from aupretrain.engine.step import train_step
+
+    torch.set_num_threads(1)
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    obj = objective(name)
     torch.manual_seed(0)
-    model = PretrainModel(MODEL, S)
-    views = data(world)[:, rank * B:(rank + 1) * B]
-    loss = loss_of(model, views, gather_with_grad, rank * B, objective)
-    loss.backward()
-    grads = torch.cat([torch.zeros_like(p).flatten() if p.grad is None else p.grad.flatten() for p in model.parameters()])
-    dist.all_reduce(grads)  # what DeepSpeed / DDP do: average the ranks' gradients
-    grads /= world
+    model = PretrainModel(MODEL, S, **obj.model_parts())
+    before = flat_params(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config={
+        "train_micro_batch_size_per_gpu": B, "gradient_accumulation_steps": k, "train_batch_size": B * k * world,
+        "zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True, "gradient_clipping": 0.0,
+        "steps_per_print": 10**9})
+    batch = global_batch(world * k * B)
+    loss, parts = train_step(engine, obj, [micro_batch(batch, rank * k + j) for j in range(k)], rank)
     total = loss.detach().clone()
     dist.all_reduce(total)
-    if rank == 0:
-        torch.save({"loss": total / world, "grads": grads}, out)
+    result = {"loss": total / world, "delta": before - flat_params(engine.module)}
+    if obj.model_parts().get("momentum"):
+        result["queue"] = engine.module.momentum.negatives()
+    torch.save(result, f"{out}.{rank}")
     dist.barrier()  # nobody leaves while the other rank still uses gloo
-    # Leave without running gloo's C++ destructors: at interpreter exit they sometimes abort
-    # ("terminate called without an active exception"), which would fail a correct run.
-    os._exit(0)
+    os._exit(0)  # skip gloo's C++ destructors: at interpreter exit they sometimes abort a correct run
+
+
+def run_ranks(tmp_path, world: int, k: int, name: str) -> list[dict]:
+    from tests.conftest import free_port
+
+    out = str(tmp_path / "result")
+    mp.spawn(worker, args=(world, free_port(), k, name, out), nprocs=world, join=True)
+    return [torch.load(f"{out}.{r}") for r in range(world)]
+
+
+def reference(name: str, n_clips: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and gradient of one process on the whole batch (the partner indices made global)."""
+    obj = objective(name)
+    torch.manual_seed(0)
+    model = PretrainModel(MODEL, S, **obj.model_parts())
+    batch = global_batch(n_clips)
+    batch["partner"] = batch["partner"] + torch.arange(n_clips) // B * B
+    out = split_views(model(torch.cat([batch["view1"], batch["view2"]]), **obj.request(batch, T)), n_clips)
+    loss, _ = obj(out, batch)
+    loss.backward()
+    grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                       for p in model.parameters() if p.requires_grad])
+    return loss.detach(), grads
+
+
+def assert_same(got: dict, loss: torch.Tensor, grads: torch.Tensor) -> None:
+    assert torch.allclose(got["loss"], loss, atol=1e-5, rtol=1e-5), (got["loss"], loss)
+    err = (got["delta"] - grads).abs().max()
+    assert torch.allclose(got["delta"], grads, atol=1e-5, rtol=1e-4), f"max gradient difference {err}"
+    assert grads.abs().sum() > 0
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
-def test_gather_equivalence(tmp_path, objective):
+@pytest.mark.parametrize("name", ["tcl", "clp", "simclr"])
+def test_gather_equivalence(tmp_path, name):
+    """2 ranks with negatives gathered across them == one process on the concatenated batch."""
+    got = run_ranks(tmp_path, world=2, k=1, name=name)
+    assert_same(got[0], *reference(name, 2 * B))
+    assert torch.equal(got[0]["delta"], got[1]["delta"])  # every rank applied the same update
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world,k,name", [(1, 3, "tcl"), (2, 2, "clp")])
+def test_accumulation_equivalence(tmp_path, world, k, name):
+    """k micro-batches with the feature cache == one batch k times the size (every negative kept)."""
+    got = run_ranks(tmp_path, world=world, k=k, name=name)
+    assert_same(got[0], *reference(name, world * k * B))
+
+
+@pytest.mark.slow
+def test_moco_queue_holds_keys_from_every_rank(tmp_path):
     world = 2
-    mp.spawn(worker, args=(world, str(tmp_path / "store"), str(tmp_path / "dist.pt"), objective), nprocs=world,
-             join=True)
-    got = torch.load(tmp_path / "dist.pt")
-    torch.manual_seed(0)
-    model = PretrainModel(MODEL, S)
-    loss = loss_of(model, data(world), lambda k: k, 0, objective)
-    loss.backward()
-    grads = torch.cat([torch.zeros_like(p).flatten() if p.grad is None else p.grad.flatten() for p in model.parameters()])
-    assert torch.allclose(got["loss"], loss.detach(), atol=1e-5, rtol=1e-5)
-    assert torch.allclose(got["grads"], grads, atol=1e-5, rtol=1e-4), (got["grads"] - grads).abs().max()
+    got = run_ranks(tmp_path, world=world, k=1, name="moco")
+    torch.manual_seed(0)  # the momentum encoder of step 1 is the initial encoder: recompute each rank's keys
+    model = PretrainModel(MODEL, S, **objective("moco").model_parts())
+    batch = global_batch(world * B)
+    expected = []
+    for r in range(world):
+        mb = micro_batch(batch, r)
+        expected += [model.momentum.keys(mb["view2"].flatten(0, 1)), model.momentum.keys(mb["view1"].flatten(0, 1))]
+    expected = torch.cat(expected)
+    assert got[0]["queue"].shape == expected.shape == (world * 2 * B * T, MODEL["proj_dim"])
+    assert torch.allclose(got[0]["queue"], expected, atol=1e-6)  # rank 0 holds rank 1's keys too, in rank order
+    assert torch.equal(got[0]["queue"], got[1]["queue"])
+    assert got[0]["loss"] == 0  # no negatives before the first enqueue

@@ -57,7 +57,7 @@ def test_deepspeed_two_ranks_trains_and_logs_to_mlflow(packed, tmp_path, mlflow_
     client = mlflow.tracking.MlflowClient(mlflow_server)
     run = client.get_run(meta["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["objective.name"] == "tcl" and "disabled" in run.data.params["cir"]
+    assert run.data.params["objective.name"] == "tcl"
     assert run.data.params["deepspeed.zero_optimization.stage"] == "2"
     loss = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert len(loss) == 10
@@ -86,12 +86,16 @@ def test_local_rank_argument_is_accepted_in_one_process(packed, tmp_path):
     assert "mean" in r.stdout and "random-init" in r.stdout  # the F1 table is printed
 
 
-def test_torchrun_two_ranks(packed, tmp_path):
+@pytest.mark.parametrize("objective,accum,term", [("clp", 2, "au_consistency"), ("moco", 1, "moco_acc")])
+def test_torchrun_two_ranks(packed, tmp_path, objective, accum, term):
+    """torchrun launch; CLP with feature-cache accumulation and MoCo with its queue run end to end."""
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN,
-           *common(packed, tmp_path, **{"train.steps": 3, "train.eval_at_end": "false", "tracking.enabled": "false"})]
-    launch(cmd, tmp_path)
+           *common(packed, tmp_path, **{"objective": objective, "deepspeed.gradient_accumulation_steps": accum,
+                                        "train.steps": 3, "train.eval_at_end": "false", "tracking.enabled": "false"})]
+    r = launch(cmd, tmp_path)
     meta = json.loads((only_run(tmp_path) / "checkpoints" / "step_3" / "meta.json").read_text())
-    assert meta["world_size"] == 2
+    assert meta["world_size"] == 2 and meta["config"]["objective"]["name"] == objective
+    assert f" {term} " in r.stderr  # the objective's own terms are logged every step
 
 
 def test_resume_continues_from_the_last_complete_checkpoint(packed, tmp_path):

@@ -75,10 +75,11 @@ def test_objectives_are_built_from_the_config_tree():
     tcl = build_objective(load_config(["objective.rank_weight=0.5"]).objective)
     keys = tcl.keys(outputs)
     assert keys.shape == (4, 2, 8, 32)
-    loss, parts = tcl(outputs, {}, keys, 0)
+    loss, parts = tcl(outputs, {})
     assert {"tcl", "tcl_acc", "rank"} <= set(parts)
+    assert torch.allclose(loss, tcl_loss(z1, z2, keys, 0, rank_weight=0.5)[0])  # global NCE + local ranking term
     simclr = build_objective(load_config(["objective=simclr"]).objective)
-    s_loss, s_parts = simclr(outputs, {}, keys, 0)
+    s_loss, s_parts = simclr(outputs, {})
     assert torch.allclose(s_loss, tcl_loss(z1, z2, keys, 0, temperature=0.1, margin=0.0)[0])
     assert set(s_parts) == {"nt_xent", "acc"}
     with pytest.raises(ValueError, match="unknown objective"):

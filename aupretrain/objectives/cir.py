@@ -1,0 +1,87 @@
+"""Cross-identity reconstruction (CIR) losses and the CLP objective (TCL + CIR).
+
+The model's CIR pass (`aupretrain.models.cir.cir_forward`) returns, per clip A and selected frame t,
+the self reconstruction, the cross-identity image "A showing its partner B's AUs" re-encoded, and the
+cycle reconstruction. The terms (all means over this rank's clips; clips without a partner of another
+identity contribute only the self term):
+
+    L_self  = |D(a_t^A, p_s^A) - x_t^A|_1
+    L_cycle = |D(a(x_x), p_s^B) - x_t^B|_1
+    L_au    = 1 - cos(a(x_x), sg(a_t^B))      AU consistency: B's AUs on A's face keep B's AU code
+    L_id    = 1 - cos(p(x_x), sg(p_s^A))      identity consistency: the face stays A
+
+sg = stop-gradient on the targets (`stop_grad_targets`, default on), so the consistency terms move the
+codes of the synthesised image towards the real codes rather than both towards each other.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..models.cir import CIRRequest, select_frames
+from .base import Objective, zero_like
+from .tcl import TCLObjective
+
+
+def _per_clip_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (pred - target).abs().flatten(1).mean(1)  # [B]
+
+
+def _per_clip_cos(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (1 - F.cosine_similarity(pred, target, dim=-1)).mean(1)  # [B, F, D] -> [B]
+
+
+def cir_terms(cir: dict[str, torch.Tensor], stop_grad_targets: bool = True) -> dict[str, torch.Tensor]:
+    """The four CIR terms, each a mean over this rank's clips (clips without a partner count as 0 in the
+    partner terms, so every rank divides by the same B and the distributed mean is the global mean)."""
+    valid = cir["valid"].to(cir["rec_self"].dtype)
+    b = valid.shape[0]
+    sg = (lambda t: t.detach()) if stop_grad_targets else (lambda t: t)
+    return {
+        "rec_self": _per_clip_l1(cir["rec_self"], cir["target_self"]).mean(),
+        "rec_cycle": (valid * _per_clip_l1(cir["rec_cycle"], cir["target_cycle"])).sum() / b,
+        "au_consistency": (valid * _per_clip_cos(cir["a_cross"], sg(cir["a_target"]))).sum() / b,
+        "id_consistency": (valid * _per_clip_cos(cir["p_cross"], sg(cir["p_target"]))).sum() / b,
+    }
+
+
+def cir_loss(cir: dict[str, torch.Tensor], weights: dict[str, float], stop_grad_targets: bool = True
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    terms = cir_terms(cir, stop_grad_targets)
+    loss = zero_like(cir["rec_self"])
+    for name, value in terms.items():
+        loss = loss + float(weights[name]) * value
+    return loss, {k: v.detach() for k, v in terms.items()}
+
+
+class CLPObjective(TCLObjective):
+    """CLP: TCL (global, negatives from every rank) + CIR (local, on view 1 of each clip and its partner)."""
+
+    name = "clp"
+
+    def __init__(self, cfg: Any):
+        super().__init__(cfg)
+        c = cfg.cir
+        self.cir_weights = {"rec_self": float(c.self_weight), "rec_cycle": float(c.cycle_weight),
+                            "au_consistency": float(c.au_weight), "id_consistency": float(c.id_weight)}
+        self.cir_frames = int(c.frames)
+        self.identity_offset = int(c.identity_offset)
+        self.stop_grad_targets = bool(c.stop_grad_targets)
+
+    def model_parts(self):
+        return {"decoder": True}
+
+    def request(self, batch, clip_len):
+        return {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset)}
+
+    def local_loss(self, outputs, batch):
+        loss, parts = cir_loss(outputs["cir"], self.cir_weights, self.stop_grad_targets)
+        rank, rank_parts = super().local_loss(outputs, batch)
+        if rank is not None:
+            loss = loss + rank
+        return loss, {**parts, **rank_parts}
+
+
+__all__ = ["CLPObjective", "Objective", "cir_loss", "cir_terms"]

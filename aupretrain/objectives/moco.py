@@ -1,0 +1,57 @@
+"""MoCo v2 baseline: queries from the online encoder, keys from the momentum encoder, a queue of past
+keys (from every rank) as negatives. Every frame is an instance, as in the SimCLR baseline.
+
+    l = -log exp(q.k+/tau) / (exp(q.k+/tau) + sum_{n in queue} exp(q.n/tau))
+
+Symmetric by default (q of view 1 against k of view 2 and the reverse). The queue and the EMA update
+live in the model's momentum branch; the engine enqueues the keys gathered from all ranks after each
+optimizer step. Before the queue has any keys (the first step) the loss has no negatives and is 0.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .base import Objective
+
+
+def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """q, k [N, d] unit-norm (k without grad), queue [M, d]. Returns (loss, top-1 accuracy)."""
+    pos = (q * k.detach()).sum(-1, keepdim=True)
+    logits = torch.cat([pos, q @ queue.detach().T], dim=1) / temperature
+    target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    acc = (logits.detach().argmax(1) == 0).float().mean()
+    return F.cross_entropy(logits, target), acc
+
+
+class MoCoObjective(Objective):
+    name = "moco"
+    has_global = False  # negatives come from the queue (already holding every rank's keys)
+
+    def __init__(self, cfg: Any):
+        self.temperature = float(cfg.temperature)
+        self.symmetric = bool(cfg.symmetric)
+        self.queue_size = int(cfg.queue_size)
+        self.momentum = float(cfg.momentum)
+
+    def model_parts(self):
+        return {"momentum": {"queue_size": self.queue_size, "momentum": self.momentum}}
+
+    def local_loss(self, outputs, batch):
+        d = outputs["z1"].shape[-1]
+        q1, q2 = outputs["z1"].reshape(-1, d), outputs["z2"].reshape(-1, d)
+        k1, k2 = outputs["k1"].reshape(-1, d), outputs["k2"].reshape(-1, d)
+        loss, acc = moco_loss(q1, k2, outputs["queue"], self.temperature)
+        if self.symmetric:
+            loss2, acc2 = moco_loss(q2, k1, outputs["queue"], self.temperature)
+            loss, acc = 0.5 * (loss + loss2), 0.5 * (acc + acc2)
+        return loss, {"moco": loss.detach(), "moco_acc": acc,
+                      "queue_fill": torch.tensor(outputs["queue"].shape[0] / self.queue_size, device=loss.device)}
+
+    def momentum_keys(self, outputs):
+        d = outputs["k1"].shape[-1]
+        ks = [outputs["k2"], outputs["k1"]] if self.symmetric else [outputs["k2"]]
+        return torch.cat([k.reshape(-1, d) for k in ks]).detach()

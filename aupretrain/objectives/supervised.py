@@ -1,0 +1,44 @@
+"""Supervised upper bound: the same encoder trained on AU labels through a linear classifier on the AU
+code (BCE, per-AU positive weighting from the batch, both views). Needs shards packed with labels."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .base import Objective
+
+
+def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, max_pos_weight: float = 10.0) -> torch.Tensor:
+    """logits, labels [N, C] (labels 0/1). Positive weight per AU = negatives / positives in the batch."""
+    pos = labels.sum(0)
+    pos_weight = ((labels.shape[0] - pos) / pos.clamp(min=1)).clamp(1.0, max_pos_weight)
+    return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight.detach())
+
+
+class SupervisedObjective(Objective):
+    name = "supervised"
+
+    def __init__(self, cfg: Any):
+        self.au_classes = int(cfg.au_classes)
+        self.threshold = float(cfg.label_threshold)
+        self.max_pos_weight = float(cfg.max_pos_weight)
+
+    def model_parts(self):
+        return {"au_classes": self.au_classes}
+
+    def local_loss(self, outputs, batch):
+        if "au" not in batch:
+            raise ValueError("objective=supervised needs AU labels in the shards (pack a labelled corpus; "
+                             "the batch has no 'au')")
+        labels = (batch["au"] >= self.threshold).float().to(outputs["au_logits1"].device)
+        labels = labels.reshape(-1, labels.shape[-1])
+        c = self.au_classes
+        if labels.shape[-1] != c:
+            raise ValueError(f"objective.au_classes={c} but the shards carry {labels.shape[-1]} AU labels")
+        logits = torch.cat([outputs["au_logits1"].reshape(-1, c), outputs["au_logits2"].reshape(-1, c)])
+        loss = supervised_loss(logits, torch.cat([labels, labels]), self.max_pos_weight)
+        with torch.no_grad():
+            acc = ((logits > 0).float() == torch.cat([labels, labels])).float().mean()
+        return loss, {"bce": loss.detach(), "label_acc": acc}

@@ -1,0 +1,177 @@
+"""CIR pairing (checked with the synthetic renderer as an oracle decoder), CIR/MoCo/supervised losses, models."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from aupretrain.data.synth.identity import AUS, Pose, sample_identity, sample_scene
+from aupretrain.data.synth.render import render
+from aupretrain.models.cir import CIRRequest, cir_forward, select_frames
+from aupretrain.models.decoder import Decoder, MomentumBranch
+from aupretrain.objectives import OBJECTIVES, build_objective, cir_terms, moco_loss, supervised_loss
+
+S, T = 48, 4
+N_AU = len(AUS)
+
+
+class RendererOracle:
+    """decode(a, p) renders identity argmax(p) with AU intensities a[:N_AU]; encode looks the image up.
+
+    A perfect, person-independent encoder and a perfect decoder: the AU code is the AU vector itself and
+    the identity code a one-hot. `leak` > 0 makes the AU code carry the identity too (a person-specific
+    encoder) by appending leak * one-hot(identity) to it.
+    """
+
+    def __init__(self, identities, leak: float = 0.0):
+        self.identities = identities
+        self.scene = sample_scene(11)
+        self.leak = leak
+        self.seen: dict[bytes, tuple[np.ndarray, int]] = {}
+
+    def codes(self, au: np.ndarray, ident: int) -> tuple[torch.Tensor, torch.Tensor]:
+        onehot = F.one_hot(torch.tensor(ident), len(self.identities)).float()
+        a = torch.cat([torch.tensor(au, dtype=torch.float32), self.leak * onehot])
+        return a, onehot
+
+    def image(self, au: np.ndarray, ident: int) -> torch.Tensor:
+        img, _ = render(self.identities[ident], au, Pose(), self.scene, seed=0, size=S)
+        self.seen[img.tobytes()] = (np.asarray(au, dtype=np.float64), ident)
+        return torch.from_numpy(img).permute(2, 0, 1).float()
+
+    def decode(self, a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.image(ai[:N_AU].numpy().astype(np.float64), int(pi.argmax())) for ai, pi in zip(a, p)])
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = [self.codes(*self.seen[xi.permute(1, 2, 0).round().to(torch.uint8).numpy().tobytes()]) for xi in x]
+        return torch.stack([a for a, _ in out]), torch.stack([p for _, p in out])
+
+
+def clips(oracle: RendererOracle, tracks: list[np.ndarray]):
+    """Clip i shows identity i with the AU track tracks[i] [T, N_AU]; returns x [B,T,3,S,S], a, p [B,T,D]."""
+    x, a, p = [], [], []
+    for ident, track in enumerate(tracks):
+        x.append(torch.stack([oracle.image(u, ident) for u in track]))
+        codes = [oracle.codes(u, ident) for u in track]
+        a.append(torch.stack([c[0] for c in codes]))
+        p.append(torch.stack([c[1] for c in codes]))
+    return torch.stack(x), torch.stack(a), torch.stack(p)
+
+
+def au_track(seed: int) -> np.ndarray:
+    return np.round(np.random.default_rng(seed).uniform(0, 1, (T, N_AU)), 3)
+
+
+@pytest.fixture(scope="module")
+def two_identities():
+    return [sample_identity(101), sample_identity(202)]
+
+
+def test_cir_same_aus_same_code(two_identities):
+    """Two identities rendered with the same AU vectors: the cross-identity image "A showing B's AUs" is A's
+    own frame, its AU code is B's, its identity code is A's, and the cycle returns B's frame: every CIR term
+    is zero for a person-independent encoder and a perfect decoder."""
+    oracle = RendererOracle(two_identities)
+    shared = au_track(1)
+    x, a, p = clips(oracle, [shared, shared])
+    assert not torch.equal(x[0], x[1])  # different faces ...
+    assert torch.equal(a[0], a[1])  # ... with the same AU code
+    req = CIRRequest(partner=torch.tensor([1, 0]), frames=tuple(range(T)), identity_offset=1)
+    out = cir_forward(oracle.encode, oracle.decode, x, a, p, req)
+    assert torch.equal(out["cross"], x)  # A with B's (identical) AUs is exactly A's frame, and vice versa
+    assert torch.equal(out["a_cross"], a[[1, 0]]) and torch.equal(out["p_cross"], p)
+    assert torch.equal(out["target_cycle"], x[[1, 0]])
+    terms = cir_terms(out)
+    assert all(abs(float(v)) < 1e-6 for v in terms.values()), terms
+
+
+def test_cir_pairs_partner_aus_with_own_identity(two_identities):
+    """With different AUs the cross image is A's face with B's AUs (a new image), and the targets are B's AU
+    code and A's identity code; an encoder whose AU code carries identity is penalised by L_au."""
+    tracks = [au_track(2), au_track(3)]
+    oracle = RendererOracle(two_identities)
+    x, a, p = clips(oracle, tracks)
+    req = CIRRequest(partner=torch.tensor([1, 0]), frames=(0, 3), identity_offset=1)
+    out = cir_forward(oracle.encode, oracle.decode, x, a, p, req)
+    for t_i, t in enumerate(req.frames):
+        want = oracle.image(tracks[1][t], 0)  # identity 0 (A) showing identity 1's AUs at frame t
+        assert torch.equal(out["cross"][0, t_i], want)
+        assert not torch.equal(want, x[0, t]) and not torch.equal(want, x[1, t])
+    assert abs(float(cir_terms(out)["au_consistency"])) < 1e-6 and float(cir_terms(out)["rec_cycle"]) == 0.0
+
+    leaky = RendererOracle(two_identities, leak=1.0)
+    x, a, p = clips(leaky, tracks)
+    terms = cir_terms(cir_forward(leaky.encode, leaky.decode, x, a, p, req))
+    assert float(terms["au_consistency"]) > 0.05  # identity in the AU code is what CIR removes
+    assert float(terms["rec_self"]) == 0.0 and abs(float(terms["id_consistency"])) < 1e-6
+
+
+def test_cir_terms_ignore_clips_without_partner_and_grow_with_error():
+    b, f, d = 3, 2, 5
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn(b, f, 3, 8, 8, generator=g)
+    code = torch.randn(b, f, d, generator=g)
+    perfect = {"rec_self": img, "target_self": img, "rec_cycle": img, "target_cycle": img, "a_cross": code,
+               "a_target": code, "p_cross": code, "p_target": code, "valid": torch.tensor([True, True, False])}
+    assert all(abs(float(v)) < 1e-6 for v in cir_terms(perfect).values())
+    noisy = dict(perfect, rec_cycle=img + 1.0, rec_self=img + 0.5)
+    terms = cir_terms(noisy)
+    assert terms["rec_self"] == pytest.approx(0.5) and terms["rec_cycle"] == pytest.approx(2 / 3)  # clip 2 excluded
+    bad_third = dict(perfect, a_cross=torch.cat([code[:2], -code[2:]]))
+    assert abs(float(cir_terms(bad_third)["au_consistency"])) < 1e-6  # a clip without partner does not count
+
+
+def test_select_frames():
+    assert select_frames(8, 0) == tuple(range(8)) and select_frames(8, 8) == tuple(range(8))
+    assert select_frames(8, 2) == (0, 7) and select_frames(8, 1) == (4,) and select_frames(8, 3) == (0, 4, 7)
+
+
+@pytest.mark.parametrize("size", [48, 64, 112])
+def test_decoder_output_matches_input_size(size):
+    dec = Decoder(16, 8, size, widths=(16, 8), start=7 if size == 112 else 4, norm_groups=4)
+    out = dec(torch.randn(2, 16), torch.randn(2, 8))
+    assert out.shape == (2, 3, size, size)
+    out.abs().mean().backward()
+    assert dec.fc.weight.grad.abs().sum() > 0
+
+
+def test_moco_loss_and_queue():
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(6, 16, generator=g), dim=-1)
+    queue = F.normalize(torch.randn(50, 16, generator=g), dim=-1)
+    good, acc = moco_loss(q, q, queue, 0.2)
+    bad, _ = moco_loss(q, F.normalize(torch.randn(6, 16, generator=g), dim=-1), queue, 0.2)
+    assert acc == 1.0 and good < bad
+
+    enc, proj = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+    br = MomentumBranch(torch.nn.Module(), torch.nn.Module(), queue_size=5, dim=2, momentum=0.9)
+    assert br.negatives().shape == (0, 2)
+    br.enqueue(torch.arange(6.0).view(3, 2))
+    assert br.negatives().tolist() == [[0, 1], [2, 3], [4, 5]]
+    br.enqueue(torch.arange(6.0, 12.0).view(3, 2))  # wraps: 5 slots, newest win
+    assert int(br.queue_count) == 5 and br.queue[0].tolist() == [10, 11] and br.queue[4].tolist() == [8, 9]
+
+    br = MomentumBranch(enc, proj, queue_size=4, dim=4, momentum=0.9)
+    assert not any(p.requires_grad for p in br.parameters())
+    with torch.no_grad():
+        enc.weight.add_(1.0)
+    before = br.encoder.weight.clone()
+    br.update(enc, proj)
+    assert torch.allclose(br.encoder.weight, 0.9 * before + 0.1 * enc.weight)
+
+
+def test_supervised_loss_prefers_correct_logits():
+    labels = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    right = supervised_loss((labels * 2 - 1) * 5, labels)
+    wrong = supervised_loss((1 - labels * 2) * 5, labels)
+    assert right < 0.05 < wrong
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_every_objective_builds_from_the_config_tree(name):
+    from aupretrain.config import load_config
+
+    cfg = load_config([f"objective={name}"])
+    obj = build_objective(cfg.objective)
+    assert obj.name == name == cfg.objective.name
+    OmegaConf.to_container(cfg.objective, resolve=True)
