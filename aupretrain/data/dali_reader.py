@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import shards, storage
+from .labels import FrameLabels
 
 log = logging.getLogger(__name__)
 META_BYTES = 1024  # <key>.json is padded to this many bytes so it batches as a dense tensor
@@ -42,6 +43,7 @@ class ReaderSettings:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     verify_checksums: bool = False
+    labels: str | None = None  # folder of <video>.labels.json: adds `au` [B, T, A] to every batch
 
     @classmethod
     def from_config(cls, cfg, rank: int, world: int) -> "ReaderSettings":
@@ -51,7 +53,8 @@ class ReaderSettings:
                    shuffle_buffer=int(d.shuffle_buffer), seed=int(cfg.run.seed) + 7919 * rank,
                    scale=tuple(aug.scale), brightness=tuple(aug.brightness), contrast=tuple(aug.contrast),
                    saturation=tuple(aug.saturation), hue=float(aug.hue), blur_sigma=tuple(aug.blur_sigma),
-                   mean=tuple(cfg.model.mean), std=tuple(cfg.model.std), verify_checksums=bool(d.verify_checksums))
+                   mean=tuple(cfg.model.mean), std=tuple(cfg.model.std), verify_checksums=bool(d.verify_checksums),
+                   labels=str(d.labels) if d.get("labels") else None)
 
 
 def use_gpu(device: str) -> bool:
@@ -156,6 +159,7 @@ class ClipLoader:
                                             auto_reset=True, last_batch_policy=LastBatchPolicy.DROP)
         self.epoch = 0
         self._gen = torch.Generator().manual_seed(settings.seed)
+        self.labels = FrameLabels(settings.labels) if settings.labels else None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -173,6 +177,9 @@ class ClipLoader:
                 metas = self._decode_meta(d["meta"])
                 ident = torch.tensor([self.identity_ids.get(m["identity"], -1) for m in metas])
                 video = torch.tensor([self.video_ids.setdefault(m["video"], len(self.video_ids)) for m in metas])
-                yield {"view1": d["view1"], "view2": d["view2"], "identity": ident, "video": video,
-                       "partner": partners(ident, self._gen), "meta": metas}
+                batch = {"view1": d["view1"], "view2": d["view2"], "identity": ident, "video": video,
+                         "partner": partners(ident, self._gen), "meta": metas}
+                if self.labels is not None:
+                    batch["au"] = torch.from_numpy(self.labels.batch(metas))
+                yield batch
             self.epoch += 1

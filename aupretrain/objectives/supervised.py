@@ -1,5 +1,6 @@
 """Supervised upper bound: the same encoder trained on AU labels through a linear classifier on the AU
-code (BCE, per-AU positive weighting from the batch, both views). Needs shards packed with labels."""
+code (BCE, per-AU positive weighting from the batch, both views). Needs `data.labels` (the reader
+then adds per-frame labels `au` [B, T, A] to each batch)."""
 from __future__ import annotations
 
 from typing import Any
@@ -30,8 +31,8 @@ class SupervisedObjective(Objective):
 
     def local_loss(self, outputs, batch):
         if "au" not in batch:
-            raise ValueError("objective=supervised needs AU labels in the shards (pack a labelled corpus; "
-                             "the batch has no 'au')")
+            raise ValueError("objective=supervised needs AU labels: set data.labels to the folder of "
+                             "<video>.labels.json files (e.g. the synthetic corpus)")
         labels = (batch["au"] >= self.threshold).float().to(outputs["au_logits1"].device)
         labels = labels.reshape(-1, labels.shape[-1])
         c = self.au_classes

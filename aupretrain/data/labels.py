@@ -1,0 +1,45 @@
+"""Per-frame AU labels for training clips (the supervised upper bound), looked up by video and frame.
+
+Layout: `<root>/<video id>.labels.json` with `"aus"` (AU names) and `"au"` ([frames][AUs] intensities in
+[0, 1], indexed by source frame) — what `aupretrain-synth` writes beside each video. A clip's metadata
+(`video`, `frames`) in the shards selects the rows. Local folders or s3:// prefixes.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from . import storage
+from .synth.corpus import LABELS_SUFFIX
+
+
+class FrameLabels:
+    def __init__(self, root: str):
+        self.root = str(root)
+        self.aus: list[str] | None = None
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _video(self, video: str) -> np.ndarray:
+        if video not in self._cache:
+            path = storage.join(self.root, f"{video}{LABELS_SUFFIX}")
+            try:
+                lab = json.loads(storage.read_text(path))
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{path}: no AU labels for video {video!r} (data.labels={self.root})") from None
+            if self.aus is None:
+                self.aus = list(lab["aus"])
+            elif list(lab["aus"]) != self.aus:
+                raise ValueError(f"{path}: AU list {lab['aus']} differs from {self.aus}")
+            self._cache[video] = np.asarray(lab["au"], dtype=np.float32)
+        return self._cache[video]
+
+    def clip(self, video: str, frames: list[int]) -> np.ndarray:
+        """[T, A] labels of the clip's source frames."""
+        table = self._video(video)
+        if max(frames) >= len(table):
+            raise ValueError(f"{video}: frame {max(frames)} is beyond its {len(table)} labelled frames")
+        return table[frames]
+
+    def batch(self, metas: list[dict]) -> np.ndarray:
+        return np.stack([self.clip(m["video"], m["frames"]) for m in metas])
