@@ -1,0 +1,164 @@
+"""Time and memory of each objective's loss (forward + backward) against batch size and world size.
+
+    python bench/loss.py --json bench/results/loss.json
+
+Each configuration runs in fresh processes (one per rank, gloo on 127.0.0.1): random unit-norm embeddings
+z1, z2 [B, T, d] with gradient, keys gathered across ranks with gradient (the engine's gather_with_grad),
+the objective's loss and backward. CLP adds the CIR terms on tensors of the decoder's output shape; MoCo
+scores against a full queue. Measured on 1 and 2 ranks: median step time and the peak resident memory of
+rank 0 above its state before the first step. Larger world sizes are counted analytically from the
+logit matrix each rank holds: local loss (this rank's anchors x all keys) grows linearly with the world
+size; a global loss (every rank scoring the whole batch) would grow quadratically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OBJECTIVES = {
+    "tcl": dict(name="tcl", temperature=0.1, margin=0.2, window=0, symmetric=True, rank_weight=1.0, rank_margin=0.05,
+                cross_clip_weight=1.0),
+    "simclr": dict(name="simclr", temperature=0.1),
+    "clp": dict(name="clp", temperature=0.1, margin=0.2, window=0, symmetric=True, rank_weight=1.0, rank_margin=0.05,
+                cross_clip_weight=1.0, cir=dict(self_weight=1.0, cycle_weight=1.0, au_weight=0.5, id_weight=0.5,
+                                                frames=2, identity_offset=1, stop_grad_targets=True)),
+    "moco": dict(name="moco", temperature=0.2, momentum=0.999, queue_size=16384, symmetric=True),
+}
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker(a) -> None:
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from omegaconf import OmegaConf
+
+    from aupretrain.engine.distributed import gather_with_grad
+    from aupretrain.objectives import build_objective
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // a.world))
+    if a.world > 1:
+        dist.init_process_group("gloo", rank=a.rank, world_size=a.world)
+    obj = build_objective(OmegaConf.create(OBJECTIVES[a.objective]))
+    g = torch.Generator().manual_seed(a.rank)
+    b, t, d, s, f = a.batch, a.frames, a.dim, a.size, 2
+
+    def inputs():
+        z1 = F.normalize(torch.randn(b, t, d, generator=g), dim=-1).requires_grad_()
+        z2 = F.normalize(torch.randn(b, t, d, generator=g), dim=-1).requires_grad_()
+        out = {"z1": z1, "z2": z2}
+        if a.objective == "moco":
+            out |= {"k1": z2.detach(), "k2": z1.detach(), "queue": F.normalize(torch.randn(16384, d, generator=g), dim=-1)}
+        if a.objective == "clp":
+            img = lambda: torch.randn(b, f, 3, s, s, generator=g)  # noqa: E731
+            code = lambda: torch.randn(b, f, 256, generator=g)  # noqa: E731
+            out["cir"] = {"rec_self": img().requires_grad_(), "target_self": img(), "rec_cycle": img().requires_grad_(),
+                          "target_cycle": img(), "a_cross": code().requires_grad_(), "a_target": code(),
+                          "p_cross": code().requires_grad_(), "p_target": code(), "valid": torch.ones(b, dtype=torch.bool)}
+        return out
+
+    def step():
+        out = inputs()
+        loss, _ = obj(out, {}, gather_with_grad, a.rank * b)
+        loss.backward()
+
+    base = rss_mib()
+    times = []
+    for i in range(a.warmup + a.reps):
+        if a.world > 1:
+            dist.barrier()
+        t0 = time.perf_counter()
+        step()
+        if i >= a.warmup:
+            times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if a.rank == 0:
+        print(json.dumps({"step_ms": 1000 * statistics.median(times), "peak_mib": peak - base}))
+    if a.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def measure(objective: str, batch: int, world: int, a) -> dict:
+    from tests.conftest import free_port
+
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), PYTHONWARNINGS="ignore")
+    args = ["--objective", objective, "--batch", str(batch), "--world", str(world), "--frames", str(a.frames),
+            "--dim", str(a.dim), "--size", str(a.size), "--reps", str(a.reps), "--warmup", str(a.warmup)]
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--rank", str(r), *args], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for r in range(world)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        if p.returncode != 0:
+            raise RuntimeError(f"{objective} B={batch} world={world} failed:\n{err[-3000:]}")
+    return json.loads(outs[0][0].strip().splitlines()[-1])
+
+
+def logit_mib(objective: str, batch: int, frames: int, world: int, local: bool = True) -> float:
+    """Size of the similarity matrices one rank holds (fp32; both directions for symmetric objectives)."""
+    anchors = batch * frames * (world if not local else 1)
+    if objective == "moco":  # queue negatives: independent of the world size; no global term to compare with
+        return 2 * anchors * (1 + 16384) * 4 / 2**20 if local else float("nan")
+    return 2 * anchors * (world * batch * 2 * frames) * 4 / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--objective", default="tcl", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=16, help=argparse.SUPPRESS)
+    ap.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES))
+    ap.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64, 128], help="clips per rank")
+    ap.add_argument("--worlds", type=int, nargs="+", default=[1, 2], help="world sizes to measure")
+    ap.add_argument("--analytic-worlds", type=int, nargs="+", default=[8, 64, 512])
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--size", type=int, default=112, help="CLP: decoder output size")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    if a.worker:
+        return worker(a)
+    from bench.common import report
+
+    rows = []
+    for objective in a.objectives:
+        for batch in a.batches:
+            for world in a.worlds:
+                m = measure(objective, batch, world, a)
+                rows.append({"objective": objective, "clips/rank": batch, "world": world, "kind": "measured",
+                             "step_ms": m["step_ms"], "peak_mib": m["peak_mib"],
+                             "logits_mib/rank": logit_mib(objective, batch, a.frames, world),
+                             "global_loss_logits_mib": logit_mib(objective, batch, a.frames, world, local=False)})
+                print(rows[-1], flush=True)
+            for world in a.analytic_worlds:
+                rows.append({"objective": objective, "clips/rank": batch, "world": world, "kind": "analytic",
+                             "step_ms": float("nan"), "peak_mib": float("nan"),
+                             "logits_mib/rank": logit_mib(objective, batch, a.frames, world),
+                             "global_loss_logits_mib": logit_mib(objective, batch, a.frames, world, local=False)})
+    report(f"Objective loss fwd+bwd per rank (T={a.frames}, d={a.dim}; CPU, gloo)", rows, a.json,
+           {"frames": a.frames, "dim": a.dim, "size": a.size})
+
+
+if __name__ == "__main__":
+    main()
