@@ -13,7 +13,7 @@ echo "== 1/3 synthetic face videos -> $SYNTH"
 aupretrain-synth "$SYNTH" --sheet "$SYNTH/contact_sheet.png"
 echo "== 2/3 pack -> $SHARDS"
 [ -f "$SHARDS/manifest.json" ] && [ "$SHARDS/manifest.json" -nt "$SYNTH/corpus.json" ] \
-  && echo "(shards up to date)" || aupretrain-pack "$SYNTH" "$SHARDS"
+  && echo "(shards up to date)" || aupretrain-pack "$SYNTH" "$SHARDS" --align center
 echo "== 3/3 pretrain on $NPROC ranks (DeepSpeed ZeRO-2), then the AU probe"
 deepspeed --num_gpus "$NPROC" aupretrain/train.py experiment=quickstart data.shards="$SHARDS" "$@"
 echo "== done in $(( $(date +%s) - start )) s; compare runs with: mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db"

@@ -44,7 +44,7 @@ def packed(corpus, tmp_path_factory) -> Path:
     from aupretrain.data.pack import PackSettings, pack
 
     out = tmp_path_factory.mktemp("shards")
-    pack(str(corpus), str(out), PackSettings(clip_len=8, stride=2, size=64, samples_per_shard=6, workers=1))
+    pack(str(corpus), str(out), PackSettings(clip_len=8, stride=2, size=64, samples_per_shard=6, workers=1, align="center"))
     return out
 
 

@@ -1,6 +1,10 @@
-"""aupretrain-pack INPUT OUTPUT [--clip-len T --stride S --size PX --samples-per-shard N --workers W]
+"""aupretrain-pack INPUT OUTPUT [--align detect|center --clip-len T --stride S --size PX ...] [-- OVERRIDES]
 
-Defaults come from configs/pack/default.yaml; extra Hydra overrides may follow `--`.
+INPUT: a folder <identity>/<video>.mp4 (or <identity>/<video>/<frame>.jpg), a .csv/.jsonl list, local or
+s3://bucket/prefix. OUTPUT: a folder or s3://bucket/prefix. Defaults come from configs/pack/default.yaml;
+Hydra overrides of the `pack` group may follow `--` (e.g. `-- pack.main_face=central`). Re-running the same
+command after a crash or Ctrl-C resumes. Exit code 0 when something was packed (rejects are listed in the
+manifest), 2 when nothing could be packed or the input is missing, 130 when interrupted.
 """
 from __future__ import annotations
 
@@ -10,37 +14,53 @@ import logging
 import sys
 import time
 
+from omegaconf import OmegaConf
+
 from ..config import load_config
 from ..data.pack import PackSettings, pack
 
+FLAGS = (("--align", str), ("--detector", str), ("--clip-len", int), ("--stride", int), ("--clip-step", int),
+         ("--size", int), ("--fps", float), ("--samples-per-shard", int), ("--shuffle-buffer", int),
+         ("--jpeg-quality", int), ("--workers", int), ("--seed", int), ("--work-dir", str))
+
+
+def settings_from(cfg_pack, args: argparse.Namespace | None = None) -> PackSettings:
+    c = OmegaConf.to_container(cfg_pack, resolve=True)
+    for k in list(c):
+        v = getattr(args, k, None) if args is not None else None
+        if v is not None:
+            c[k] = v
+    c["thresholds"] = tuple(c["thresholds"])
+    c["template"] = tuple(tuple(p) for p in c["template"])
+    return PackSettings(**c)
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="aupretrain-pack", description="Pack face videos into WebDataset clip "
-                                 "shards with DALI indexes and a manifest.")
-    ap.add_argument("input", help="folder <identity>/<video>.mp4")
+    ap = argparse.ArgumentParser(prog="aupretrain-pack", description="Pack face videos into aligned face-clip "
+                                 "WebDataset shards with DALI indexes and a manifest (resumable).")
+    ap.add_argument("input", help="folder <identity>/<video>.mp4 or <identity>/<video>/<frame>.jpg, a .csv/.jsonl "
+                    "list, or s3://bucket/prefix")
     ap.add_argument("output", help="output folder or s3://bucket/prefix")
-    for flag, typ in (("--clip-len", int), ("--stride", int), ("--clip-step", int), ("--size", int),
-                      ("--fps", float), ("--samples-per-shard", int), ("--jpeg-quality", int), ("--workers", int),
-                      ("--seed", int)):
+    for flag, typ in FLAGS:
         ap.add_argument(flag, type=typ)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides after --")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    c = dict(load_config(a.overrides).pack)
-    for k in list(c):
-        v = getattr(a, k, None)
-        if v is not None:
-            c[k] = v
     t0 = time.time()
     try:
-        m = pack(a.input, a.output, PackSettings(**c))
-    except (FileNotFoundError, RuntimeError) as e:
+        s = settings_from(load_config(a.overrides).pack, a)
+        m = pack(a.input, a.output, s)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"aupretrain-pack: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("aupretrain-pack: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     dt = time.time() - t0
     print(json.dumps({"samples": m.samples, "frames": m.frames, "shards": len(m.shards), "identities": len(m.identities),
                       "videos": m.videos, "rejects": len(m.rejects), "seconds": round(dt, 1),
-                      "frames_per_s": round(m.frames / dt, 1)}, indent=1))
+                      "source_frames_per_s": round(m.stats.get("frames_decoded", 0) / dt, 1),
+                      "packed_frames_per_s": round(m.frames / dt, 1)}, indent=1))
     return 0
 
 

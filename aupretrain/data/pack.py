@@ -1,163 +1,250 @@
-"""videos -> clips -> shuffled WebDataset shards + DALI indexes + manifest.
+"""videos -> face clips -> shuffled WebDataset shards + DALI indexes + manifest, streaming and resumable.
 
-Input: a folder tree `<identity>/<video>.(mp4|avi|mkv|webm|mov)`. Each video is decoded with PyAV,
-optionally resampled to a target fps, face-aligned, cut into clips of T frames at a stride, JPEG-encoded,
-shuffled across videos and written `samples_per_shard` at a time. Bad videos are skipped and recorded in
-the manifest's `rejects` with the reason; the run fails only when nothing at all could be packed.
+1. `inputs.discover` lists the inputs (folder tree, CSV/JSONL list, local or s3://); the list is put in a
+   seeded random order (mixing identities).
+2. Workers (`clips.process_video`, one process per core, a bounded number of videos in flight) turn each
+   video into a *spill file* of JPEG clips in the work folder. The main process takes the results in the
+   shuffled order and appends one line per video (clip count or reject reason) to `journal.jsonl`.
+3. Clips enter a seeded shuffle buffer of `shuffle_buffer` references (not pixels); when it is full a
+   random one leaves into the current shard. Every `samples_per_shard` clips are read back from their
+   spill files and written as one shard (temp name + rename locally, multipart upload on S3), then
+   journalled; spill files whose clips are all in journalled shards are deleted. At the end the buffer is
+   drained in random order, `manifest.json` is written last and the work folder is removed.
 
-Alignment here is `center` (frames are already face crops, as the synthetic corpus is): a centre square
-crop resized to S x S. Detection-based alignment of real footage is issue #3.
+Memory and scratch disk are bounded by the buffer and the videos in flight, not by the corpus. The output
+is a function of (inputs, settings, seed) only — not of the worker count or of interruptions: a re-run after
+a crash or Ctrl-C replays the journal (no pixels are touched for shards already written), reprocesses only
+videos without a journal line and writes only the missing shards, byte-identical to an uninterrupted run.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import random
-from dataclasses import dataclass
+import re
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 from tqdm import tqdm
 
-from . import shards
+from . import shards, spill, storage
+from .clips import PackSettings, VideoResult, process_video
+from .inputs import VideoItem, discover
 from .parallel import parallel_map
-from .video import VideoError, iter_frames, probe_video
 
 log = logging.getLogger(__name__)
-VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+__all__ = ["PackSettings", "pack", "work_folder"]
+_SHARD_FILE = re.compile(r"shard-\d{6}\.(tar|idx)$")
 
 
-@dataclass(frozen=True)
-class PackSettings:
-    clip_len: int = 8
-    stride: int = 2
-    clip_step: int | None = None
-    size: int = 112
-    fps: float | None = None
-    samples_per_shard: int = 256
-    jpeg_quality: int = 90
-    workers: int = 0
-    seed: int = 0
-    align: str = "center"
-
-    @property
-    def step(self) -> int:
-        return self.clip_step or self.clip_len * self.stride
+def work_folder(output: str, settings: PackSettings) -> Path:
+    """Where spill files and the journal live: <output>/.pack-work locally; for s3:// outputs a folder
+    under work_dir (default ~/.cache/aupretrain/pack) named after the output URL."""
+    if settings.work_dir:
+        base = Path(settings.work_dir)
+    elif not storage.is_s3(output):
+        return Path(output) / ".pack-work"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aupretrain" / "pack"
+    return base / hashlib.sha1(str(output).encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class VideoItem:
-    path: str
-    identity: str
-    video: str  # dataset-relative id "<identity>/<stem>"
+class Journal:
+    """Append-only record of finished videos and shards; a torn last line (crash) is ignored."""
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.path = folder / "journal.jsonl"
+        self.videos: dict[str, dict] = {}
+        self.shards: dict[int, shards.ShardInfo] = {}
+        self.resumed = False
+        if self.path.exists():
+            lines = self.path.read_text().splitlines()
+            head = _json(lines[0]) if lines else None
+            if head and head.get("fingerprint") == fingerprint:
+                self.resumed = True
+                for line in lines[1:]:
+                    rec = _json(line)
+                    if rec and "video" in rec:
+                        self.videos[rec["video"]] = rec
+                    elif rec and "shard" in rec:
+                        self.shards[rec["shard"]] = shards.ShardInfo(**rec["info"])
+            else:
+                log.warning("%s: left by a run with other inputs or settings; starting over", folder)
+        if not self.resumed:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            self.path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+        self.f = open(self.path, "a")
+
+    def add(self, rec: dict, sync: bool = False) -> None:
+        self.f.write(json.dumps(rec) + "\n")
+        self.f.flush()
+        if sync:
+            os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()
 
 
-def discover(root: str | Path) -> list[VideoItem]:
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: input folder does not exist")
-    items = []
-    for ident in sorted(p for p in root.iterdir() if p.is_dir()):
-        for v in sorted(ident.iterdir()):
-            if v.is_file() and v.suffix.lower() in VIDEO_EXTS and not v.name.startswith("."):
-                items.append(VideoItem(str(v), ident.name, f"{ident.name}/{v.stem}"))
-    return items
-
-
-def align_center(frame: np.ndarray, size: int) -> np.ndarray:
-    h, w = frame.shape[:2]
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
-    crop = frame[y0:y0 + s, x0:x0 + s]
-    if s != size:
-        crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_LINEAR)
-    return crop
-
-
-def resample_indices(n_src: int, src_fps: float, dst_fps: float | None) -> np.ndarray:
-    """Source frame index for each output frame when resampling src_fps -> dst_fps (nearest frame)."""
-    if not dst_fps or not src_fps or abs(src_fps - dst_fps) < 1e-3:
-        return np.arange(n_src)
-    n_dst = int(np.floor((n_src - 1) * dst_fps / src_fps)) + 1
-    return np.minimum(np.round(np.arange(n_dst) * src_fps / dst_fps).astype(int), n_src - 1)
-
-
-def clip_starts(n: int, settings: PackSettings) -> range:
-    span = (settings.clip_len - 1) * settings.stride + 1
-    return range(0, n - span + 1, settings.step)
-
-
-def pack_video(item: VideoItem, settings: PackSettings) -> tuple[list[shards.Sample], str | None]:
-    """All clips of one video, or ([], reason) when the video is unusable."""
+def _json(line: str):
     try:
-        info = probe_video(item.path)
-        frames = [align_center(f, settings.size) for f in iter_frames(item.path)]
-    except VideoError as e:
-        return [], str(e)
-    if not frames:
-        return [], f"{item.path}: no decodable frames"
-    idx = resample_indices(len(frames), info.fps, settings.fps)
-    fps = settings.fps or info.fps
-    starts = clip_starts(len(idx), settings)
-    if len(starts) == 0:
-        return [], f"{item.path}: too short ({len(frames)} frames) for a clip of {settings.clip_len} at stride {settings.stride}"
-    params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
-    jpg_cache: dict[int, bytes] = {}
-
-    def jpeg(i: int) -> bytes:
-        if i not in jpg_cache:
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR), params)
-            if not ok:
-                raise RuntimeError(f"{item.path}: JPEG encoding failed at frame {i}")
-            jpg_cache[i] = buf.tobytes()
-        return jpg_cache[i]
-
-    out = []
-    for s in starts:
-        src = [int(idx[s + k * settings.stride]) for k in range(settings.clip_len)]
-        meta = shards.ClipMeta(video=item.video, identity=item.identity, frames=src, fps=float(fps), size=settings.size)
-        out.append(shards.Sample(shards.make_key(item.identity, Path(item.path).stem, f"{src[0]:06d}"),
-                                 [jpeg(i) for i in src], meta))
-    return out, None
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
-def _pack_one(args):
-    return pack_video(*args)
+def _work(args) -> VideoResult:
+    return process_video(*args)
 
 
-def pack(input_root: str, output_root: str, settings: PackSettings) -> shards.Manifest:
-    items = discover(input_root)
+class Assembler:
+    """Seeded shuffle buffer of clip references -> shards of samples_per_shard, written in order."""
+
+    def __init__(self, output: str, s: PackSettings, journal: Journal, work: Path, items: dict[str, VideoItem]):
+        self.output, self.s, self.journal, self.work, self.items = output, s, journal, work, items
+        self.rng = random.Random(f"shuffle-{s.seed}")
+        self.buf: list[tuple[str, int]] = []
+        self.cur: list[tuple[str, int]] = []
+        self.remaining: dict[str, int] = {}
+        self.infos: list[shards.ShardInfo] = []
+        self.scratch = Path(tempfile.mkdtemp(prefix="shard-", dir=work)) if storage.is_s3(output) else Path(output)
+
+    def spill_path(self, video: str) -> Path:
+        return self.work / "spill" / f"{hashlib.sha1(video.encode()).hexdigest()[:20]}.clips"
+
+    def add(self, video: str, n: int) -> None:
+        self.remaining[video] = n
+        for c in range(n):
+            self.buf.append((video, c))
+            if len(self.buf) > self.s.shuffle_buffer:
+                j = self.rng.randrange(len(self.buf))
+                self.buf[j], self.buf[-1] = self.buf[-1], self.buf[j]
+                self._emit(self.buf.pop())
+
+    def finish(self) -> None:
+        self.rng.shuffle(self.buf)
+        for ref in self.buf:
+            self._emit(ref)
+        self.buf = []
+        if self.cur:
+            self._write()
+
+    def _emit(self, ref: tuple[str, int]) -> None:
+        self.cur.append(ref)
+        if len(self.cur) == self.s.samples_per_shard:
+            self._write()
+
+    def _published(self, info: shards.ShardInfo) -> bool:
+        try:
+            tar, idx = storage.join(self.output, info.name), storage.join(self.output, info.index)
+            return storage.size(tar) == info.bytes and storage.exists(idx)
+        except Exception:  # noqa: BLE001 - anything unreadable is rewritten
+            return False
+
+    def _write(self) -> None:
+        n = len(self.infos)
+        info = self.journal.shards.get(n)
+        if info is None or not self._published(info):
+            samples = []
+            for video, c in self.cur:
+                path = self.spill_path(video)
+                if not path.exists():  # never expected; rebuild it (deterministic) rather than fail
+                    log.warning("spill file of %s missing; processing the video again", video)
+                    process_video(self.items[video], self.s, str(path))
+                samples.append(spill.read_clip(path, c))
+            info = shards.write_shard(samples, self.output, n, self.scratch)
+            self.journal.add({"shard": n, "info": info.__dict__}, sync=True)
+        self.infos.append(info)
+        for video, _ in self.cur:
+            self.remaining[video] -= 1
+            if self.remaining[video] == 0:
+                self.spill_path(video).unlink(missing_ok=True)
+        self.cur = []
+
+
+def fingerprint(source: str, items: list[VideoItem], s: PackSettings) -> str:
+    h = hashlib.sha256(json.dumps({"input": str(source), "settings": s.content()}, sort_keys=True).encode())
+    for it in items:
+        h.update(json.dumps([it.video, it.path, it.nbytes, str(it.boxes)]).encode())
+    return h.hexdigest()
+
+
+def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
+    items, list_rejects = discover(source)
     if not items:
-        raise FileNotFoundError(f"{input_root}: no videos found (expected <identity>/<video>{{{','.join(VIDEO_EXTS)}}})")
-    workers = settings.workers or min(os.cpu_count() or 1, len(items))
-    samples: list[shards.Sample] = []
-    rejects: list[dict] = []
-    bar = tqdm(total=len(items), unit="video", desc="pack", disable=None)
-    jobs = [(it, settings) for it in items]
-    for item, (clips, reason) in zip(items, parallel_map(_pack_one, jobs, workers, chunksize=4)):
-        if reason:
-            log.warning("skipped %s", reason)
-            rejects.append({"input": item.path, "reason": reason})
-        samples.extend(clips)
-        bar.update(1)
-        bar.set_postfix(clips=len(samples), rejects=len(rejects))
+        raise FileNotFoundError(f"{source}: no videos found (expected <identity>/<video>.mp4|avi|mkv|webm|mov, "
+                                f"<identity>/<video>/<frame>.jpg, or a .csv/.jsonl list)"
+                                + (f"; {list_rejects[0]['reason']}" if list_rejects else ""))
+    work = work_folder(output, s)
+    if not storage.is_s3(output):
+        Path(output).mkdir(parents=True, exist_ok=True)
+    journal = Journal(work, fingerprint(source, items, s))
+    if not journal.resumed and storage.exists(storage.join(output, shards.MANIFEST)):
+        storage.delete(storage.join(output, shards.MANIFEST))  # the old dataset is being replaced
+    by_video = {it.video: it for it in items}
+    order = sorted(items, key=lambda it: it.video)
+    random.Random(f"videos-{s.seed}").shuffle(order)
+    asm = Assembler(output, s, journal, work, by_video)
+    todo = [it for it in order if it.video not in journal.videos]
+    workers = s.workers or min(os.cpu_count() or 1, max(1, len(todo)))
+    results = parallel_map(_work, [(it, s, str(asm.spill_path(it.video))) for it in todo], workers)
+    totals = {"frames_decoded": 0, "frames_sampled": 0, "frames_with_face": 0, "clips_dropped_small": 0,
+              "clips_dropped_blurry": 0}
+    clips, t0, decoded_now = 0, time.time(), 0
+    bar = tqdm(total=len(order), unit="video", desc="pack", disable=None, initial=len(journal.videos))
+    if journal.resumed:
+        log.info("resuming: %d of %d videos and %d shards already done", len(journal.videos), len(order), len(journal.shards))
+    for it in order:
+        rec = journal.videos.get(it.video)
+        if rec is None:
+            r = next(results)
+            assert r.video == it.video, (r.video, it.video)
+            rec = {"video": it.video, "identity": it.identity, "input": it.path, "clips": r.clips, "frames": r.frames,
+                   "sampled": r.sampled, "face_frames": r.face_frames, "dropped": r.dropped, "reason": r.reason}
+            if r.warning:
+                log.warning("%s", r.warning)
+            if r.reason:
+                log.warning("rejected %s", r.reason)
+            journal.add(rec)
+            journal.videos[it.video] = rec
+            decoded_now += r.frames
+            bar.update(1)
+        clips += rec["clips"]
+        for k, key in (("frames", "frames_decoded"), ("sampled", "frames_sampled"), ("face_frames", "frames_with_face")):
+            totals[key] += rec[k]
+        totals["clips_dropped_small"] += rec["dropped"]["small"]
+        totals["clips_dropped_blurry"] += rec["dropped"]["blurry"]
+        asm.add(it.video, rec["clips"])
+        bar.set_postfix(clips=clips, shards=len(asm.infos), fps=f"{decoded_now / max(time.time() - t0, 1e-6):.0f}",
+                        rejects=sum(1 for r in journal.videos.values() if r["reason"]), refresh=False)
     bar.close()
-    if not samples:
-        raise RuntimeError(f"{input_root}: nothing could be packed; {len(rejects)} inputs rejected, first: "
+    rejects = list_rejects + sorted(({"input": r["input"], "reason": r["reason"]} for r in journal.videos.values()
+                                     if r["reason"]), key=lambda r: r["input"])
+    if clips == 0:
+        journal.close()
+        shutil.rmtree(work, ignore_errors=True)
+        raise RuntimeError(f"{source}: nothing could be packed; {len(rejects)} inputs rejected, first: "
                            f"{rejects[0]['reason'] if rejects else 'n/a'}")
-    random.Random(settings.seed).shuffle(samples)  # mix videos and identities across shards
-    workdir = shards.local_workdir(output_root)
-    infos = []
-    n = settings.samples_per_shard
-    for i in tqdm(range(0, len(samples), n), desc="shards", unit="shard", disable=None):
-        infos.append(shards.write_shard(samples[i:i + n], output_root, i // n, workdir))
+    asm.finish()
+    journal.close()
+    packed = [r for r in journal.videos.values() if r["clips"]]
     manifest = shards.Manifest(
-        samples=len(samples), frames=len(samples) * settings.clip_len, clip_len=settings.clip_len,
-        stride=settings.stride, size=settings.size, fps=settings.fps,
-        identities=sorted({s.meta.identity for s in samples}), videos=len({s.meta.video for s in samples}),
-        shards=infos, rejects=rejects,
-        settings={k: getattr(settings, k) for k in settings.__dataclass_fields__} | {"input": str(input_root)},
-    )
-    shards.write_manifest(output_root, manifest)
+        samples=clips, frames=clips * s.clip_len, clip_len=s.clip_len, stride=s.stride, size=s.size, fps=s.fps,
+        identities=sorted({r["identity"] for r in packed}), videos=len(packed), shards=asm.infos, rejects=rejects,
+        stats=totals, settings=s.content() | {"input": str(source)})
+    shards.write_manifest(output, manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    _remove_stale_shards(output, {i.name for i in asm.infos} | {i.index for i in asm.infos})
     return manifest
+
+
+def _remove_stale_shards(output: str, keep: set[str]) -> None:
+    """Shards of an earlier, larger packing of the same output (not in the new manifest)."""
+    for uri, _ in storage.list_files(output.rstrip("/") + "/" if storage.is_s3(output) else output):
+        name = uri.rsplit("/", 1)[-1]
+        if _SHARD_FILE.match(name) and name not in keep and storage.join(output, name) == uri:
+            storage.delete(uri)

@@ -1,6 +1,8 @@
-"""Ordered map over worker processes (or in-process when workers <= 1), with the pool always shut down."""
+"""Ordered, lazy map over worker processes (or in-process when workers <= 1) with a bounded number of
+items in flight, so a million inputs never become a million pending futures; the pool is always shut down."""
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -8,10 +10,19 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int, chunksize: int = 1) -> Iterator[R]:
-    items = list(items)
-    if workers <= 1 or len(items) <= 1:
+def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int | None = None) -> Iterator[R]:
+    """fn over items in order; at most `window` (default 4 x workers) items submitted ahead of the consumer."""
+    if workers <= 1:
         yield from map(fn, items)
         return
-    with ProcessPoolExecutor(min(workers, len(items))) as pool:
-        yield from pool.map(fn, items, chunksize=chunksize)
+    pool = ProcessPoolExecutor(workers)
+    pending: deque = deque()
+    try:
+        for x in items:
+            pending.append(pool.submit(fn, x))
+            if len(pending) >= (window or 4 * workers):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

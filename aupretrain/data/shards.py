@@ -11,8 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,7 +66,6 @@ class ShardInfo:
 @dataclass
 class Manifest:
     format: str = FORMAT
-    created: str = ""
     samples: int = 0
     frames: int = 0
     clip_len: int = 0
@@ -79,6 +76,7 @@ class Manifest:
     videos: int = 0
     shards: list[ShardInfo] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -93,7 +91,8 @@ class Manifest:
         if d.get("format") != FORMAT:
             raise ValueError(f"{source}: format {d.get('format')!r}, expected {FORMAT!r}")
         d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]
-        return cls(**d)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})  # e.g. `created` of older manifests is dropped
 
 
 def load_manifest(root: str) -> Manifest:
@@ -141,7 +140,7 @@ def write_shard(samples: list[Sample], out_root: str, index: int, workdir: Path)
     name = shard_name(index)
     tar = workdir / f".{name}.tar.tmp"
     idx = workdir / f".{name}.idx.tmp"
-    with wds.TarWriter(str(tar)) as sink:
+    with wds.TarWriter(str(tar), mtime=0) as sink:  # fixed member times: reproducible bytes
         for s in samples:
             rec = {"__key__": s.key, "json": json.dumps(asdict(s.meta)).encode()}
             for i, jpg in enumerate(s.jpegs):
@@ -161,7 +160,7 @@ def write_shard(samples: list[Sample], out_root: str, index: int, workdir: Path)
 
 
 def write_manifest(root: str, manifest: Manifest) -> None:
-    manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    """Write manifest.json (last). It holds no timestamp: the same inputs and settings give the same bytes."""
     storage.write_text(storage.join(root, MANIFEST), manifest.to_json())
 
 
@@ -173,12 +172,3 @@ def read_samples(tar_path: str) -> list[Sample]:
         n = len(meta.frames)
         out.append(Sample(rec["__key__"], [rec[frame_ext(i)] for i in range(n)], meta))
     return out
-
-
-def local_workdir(out_root: str) -> Path:
-    """Where shards are assembled: the output folder itself when local, a temp folder for S3."""
-    if storage.is_s3(out_root):
-        return Path(tempfile.mkdtemp(prefix="aupretrain-pack-"))
-    p = Path(out_root)
-    p.mkdir(parents=True, exist_ok=True)
-    return p

@@ -95,3 +95,33 @@ def write_text(uri: str, text: str) -> None:
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.write_text(text)
     tmp.replace(dest)
+
+
+def get_file(uri: str, local: str | Path) -> None:
+    """Copy a file (s3:// object or local path) to a local path (multipart download on S3)."""
+    Path(local).parent.mkdir(parents=True, exist_ok=True)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().download_file(bucket, key, str(local))
+    else:
+        shutil.copyfile(uri, local)
+
+
+def list_files(prefix: str) -> list[tuple[str, int]]:
+    """(uri, size) of every file under a folder or s3:// prefix, sorted by uri."""
+    if is_s3(prefix):
+        bucket, key = split_s3(prefix)
+        out = []
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+            out += [(f"s3://{bucket}/{o['Key']}", int(o["Size"])) for o in page.get("Contents", [])]
+        return sorted(out)
+    root = Path(prefix)
+    return sorted((str(p), p.stat().st_size) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
+
+def delete(uri: str) -> None:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    else:
+        Path(uri).unlink(missing_ok=True)

@@ -75,20 +75,44 @@ def probe_video(path: str | Path) -> VideoInfo:
         raise VideoError(f"{path}: cannot open video ({e})") from e
 
 
-def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Yield decoded RGB uint8 frames [H, W, 3]; raises VideoError naming the file on failure."""
+def upright(frame: np.ndarray, rotation: float) -> np.ndarray:
+    """Apply a display rotation (degrees counter-clockwise, FFmpeg's display-matrix convention)."""
+    k = int(round(rotation / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(frame, k)) if k else frame
+
+
+def iter_timed_frames(path: str | Path) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Yield (index, seconds since the first frame, RGB uint8 [H, W, 3]) with rotation metadata applied.
+
+    Timestamps come from the packets (variable frame rate is kept as it is); frames without one get the
+    previous time plus one average frame period. Raises VideoError naming the file on failure.
+    """
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise VideoError(f"{path}: no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
+            period = 1.0 / float(stream.average_rate or stream.guessed_rate or 25)
+            t0, last = None, None
+            for i, frame in enumerate(container.decode(stream)):
+                t = frame.time
+                if t is None or (last is not None and t <= last):
+                    t = 0.0 if last is None else last + period
+                if t0 is None:
+                    t0 = t
+                last = t
+                yield i, t - t0, upright(frame.to_ndarray(format="rgb24"), frame.rotation or 0)
     except VideoError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as e:
         raise VideoError(f"{path}: decode failed ({e})") from e
+
+
+def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """Yield decoded RGB uint8 frames [H, W, 3] (rotation applied); raises VideoError naming the file."""
+    for _, _, frame in iter_timed_frames(path):
+        yield frame
 
 
 def read_video(path: str | Path) -> np.ndarray:

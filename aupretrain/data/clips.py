@@ -1,0 +1,251 @@
+"""One input video -> aligned face clips in a spill file (the work of one pack worker).
+
+decode (PyAV, rotation applied; or a frame folder) -> resample to `fps` by timestamp -> faces: detect and
+track the main face, align with a smoothed similarity (or `align=center`: centre crop, for inputs that are
+already face crops) -> cut each face segment into clips of T frames at `stride`, one clip every `step`
+frames -> drop clips whose face is too small or too blurry -> JPEG -> spill file.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+import torch
+
+from . import faces, shards
+from .inputs import VideoItem, iter_source_frames, local_copy, read_track
+from .spill import SpillWriter
+from .video import VideoError, probe_video
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PackSettings:
+    """Mirror of configs/pack/default.yaml (the CLI composes that file; these defaults are for library use)."""
+    clip_len: int = 8
+    stride: int = 2
+    clip_step: int | None = None
+    size: int = 112
+    fps: float | None = None
+    frames_fps: float = 25.0
+    samples_per_shard: int = 256
+    shuffle_buffer: int = 8192
+    jpeg_quality: int = 90
+    workers: int = 0
+    seed: int = 0
+    align: str = "detect"
+    detector: str = "mtcnn"
+    detect_every: int = 10
+    landmarks_every: int = 2
+    detect_size: int = 320
+    min_face: float = 0.2
+    thresholds: tuple = (0.6, 0.7, 0.7)
+    main_face: str = "largest"
+    link_iou: float = 0.2
+    min_face_prob: float = 0.8
+    smooth_sigma: float = 2.0
+    template: tuple = ((0.375, 0.42), (0.625, 0.42), (0.5, 0.56), (0.395, 0.71), (0.605, 0.71))
+    min_face_px: float = 40.0
+    min_sharpness: float = 10.0
+    work_dir: str | None = None
+
+    @property
+    def step(self) -> int:
+        return self.clip_step or self.clip_len * self.stride
+
+    def content(self) -> dict:
+        """The settings that decide the packed bytes (not workers or where temporary files go)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in ("workers", "work_dir")}
+
+    def __post_init__(self):
+        if self.align not in ("detect", "center"):
+            raise ValueError(f"pack.align must be detect or center, not {self.align!r}")
+        if self.clip_len < 1 or self.stride < 1 or self.step < 1 or self.samples_per_shard < 1:
+            raise ValueError("pack: clip_len, stride, clip_step and samples_per_shard must be >= 1")
+
+
+def _plain(v):
+    return [_plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+
+@dataclass
+class VideoResult:
+    video: str
+    clips: int = 0
+    frames: int = 0  # source frames decoded
+    face_frames: int = 0  # frames (after resampling) with an aligned face
+    sampled: int = 0  # frames after resampling
+    dropped: dict = field(default_factory=lambda: {"small": 0, "blurry": 0})
+    reason: str | None = None  # why it produced nothing
+    warning: str | None = None
+
+
+def resample(frames: Iterable[tuple[int, float, np.ndarray]], fps: float | None) -> Iterator[tuple[int, np.ndarray]]:
+    """(source index, RGB) at `fps` by timestamp (nearest frame; frames repeat or drop); all frames if fps is None."""
+    if not fps:
+        for i, _, rgb in frames:
+            yield i, rgb
+        return
+    j, prev = 0, None
+    for i, t, rgb in frames:
+        while j / fps <= t:
+            tj = j / fps
+            yield (prev[0], prev[2]) if prev is not None and tj - prev[1] < t - tj else (i, rgb)
+            j += 1
+        prev = (i, t, rgb)
+
+
+def center_faces(frames: Iterable[tuple[int, np.ndarray]]) -> Iterator[faces.FaceFrame]:
+    for i, rgb in frames:
+        yield faces.FaceFrame(i, rgb, None, float(min(rgb.shape[:2])), 0)
+
+
+def align_center(frames: Iterable[faces.FaceFrame], size: int) -> Iterator[faces.Aligned]:
+    """Centre square crop resized to size (inputs that are already face crops, e.g. the synthetic corpus)."""
+    for f in frames:
+        h, w = f.rgb.shape[:2]
+        s = min(h, w)
+        y0, x0 = (h - s) // 2, (w - s) // 2
+        crop = f.rgb[y0:y0 + s, x0:x0 + s]
+        if s != size:
+            crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_LINEAR)
+        yield faces.Aligned(f.index, np.ascontiguousarray(crop), f.face_px, faces.sharpness(crop), 0)
+
+
+def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResult) -> Iterator[faces.Aligned]:
+    counted = _count(iter_source_frames(item, local, s.frames_fps), res)
+    frames = _count_sampled(resample(counted, s.fps), res)
+    if s.align == "center":
+        yield from align_center(center_faces(frames), s.size)
+        return
+    det = faces.Detector(s.detector, s.detect_size, s.min_face, s.thresholds)
+    given = None
+    if item.boxes is not None:
+        first = next(frames, None)
+        if first is None:
+            return
+        h, w = first[1].shape[:2]
+        try:
+            given = read_track(item.boxes, w, h)
+        except (OSError, ValueError) as e:
+            raise VideoError(f"{item.path}: bad face track ({e})") from e
+        frames = _chain(first, frames)
+    tracked = faces.track(frames, det, s.detect_every, s.landmarks_every, s.main_face, s.link_iou, s.min_face_prob, given)
+    yield from faces.align(tracked, np.asarray(s.template), s.size, s.smooth_sigma)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _count(frames, res: VideoResult):
+    for f in frames:
+        res.frames += 1
+        yield f
+
+
+def _count_sampled(frames, res: VideoResult):
+    for f in frames:
+        res.sampled += 1
+        yield f
+
+
+def cut(aligned: Iterable[faces.Aligned], s: PackSettings) -> Iterator[list[tuple[tuple[int, int], faces.Aligned]]]:
+    """Clips of one face segment: T frames `stride` apart, a new clip every `step` frames."""
+    span = (s.clip_len - 1) * s.stride + 1
+    segment, pos, start, buf = None, -1, 0, {}
+    for a in aligned:
+        if a.segment != segment:
+            segment, pos, start, buf = a.segment, -1, 0, {}
+        pos += 1
+        buf[pos] = a
+        if pos == start + span - 1:
+            yield [((segment, start + k * s.stride), buf[start + k * s.stride]) for k in range(s.clip_len)]
+            start += s.step
+            for q in [q for q in buf if q < start]:
+                del buf[q]
+
+
+def process_video(item: VideoItem, s: PackSettings, spill_path: str) -> VideoResult:
+    """Write the clips of one video to spill_path; problems become VideoResult.reason, never exceptions."""
+    res = VideoResult(item.video)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core per worker; results do not depend on the thread count
+    writer = SpillWriter(spill_path)
+    try:
+        with local_copy(item) as local:
+            fps = s.fps or (s.frames_fps if item.frames_dir else probe_video(local).fps)
+            params = [cv2.IMWRITE_JPEG_QUALITY, s.jpeg_quality]
+            written: dict[tuple[int, int], tuple[int, int]] = {}
+            keys: set[str] = set()
+            try:
+                for clip in cut(_faces_counted(aligned_frames(item, local, s, res), res), s):
+                    frames = [a for _, a in clip]
+                    if min(a.face_px for a in frames) < s.min_face_px:
+                        res.dropped["small"] += 1
+                        continue
+                    if float(np.median([a.sharpness for a in frames])) < s.min_sharpness:
+                        res.dropped["blurry"] += 1
+                        continue
+                    refs = []
+                    for pos, a in clip:
+                        if pos not in written:
+                            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(a.crop, cv2.COLOR_RGB2BGR), params)
+                            if not ok:
+                                raise VideoError(f"{item.path}: JPEG encoding failed at frame {a.index}")
+                            written[pos] = writer.frame(buf.tobytes())
+                        refs.append(written[pos])
+                    src = [a.index for a in frames]
+                    key = shards.make_key(item.identity, item.name, f"{src[0]:06d}")
+                    while key in keys:
+                        key += "x"
+                    keys.add(key)
+                    meta = shards.ClipMeta(video=item.video, identity=item.identity, frames=src, fps=float(fps), size=s.size)
+                    writer.clip(key, meta, refs)
+                    res.clips += 1
+                    if len(written) > 4 * s.clip_len * s.stride:  # keep only what later clips may share
+                        for k in sorted(written)[:-2 * s.clip_len * s.stride]:
+                            del written[k]
+            except VideoError as e:
+                if res.clips == 0:
+                    raise
+                res.warning = f"{e} (kept the {res.clips} clips before the error)"
+        if res.clips == 0:
+            res.reason = _why_nothing(item, s, res)
+    except VideoError as e:
+        res.reason = str(e)
+    except Exception as e:  # noqa: BLE001 - a bad input must never stop the run: record it, name the file
+        log.exception("unexpected error on %s", item.path)
+        res.reason = f"{item.path}: unexpected error ({type(e).__name__}: {e})"
+    finally:
+        torch.set_num_threads(threads)
+    if res.reason:
+        writer.abort()
+        res.clips = 0
+    else:
+        writer.close()
+    return res
+
+
+def _faces_counted(aligned, res: VideoResult):
+    for a in aligned:
+        res.face_frames += 1
+        yield a
+
+
+def _why_nothing(item: VideoItem, s: PackSettings, res: VideoResult) -> str:
+    if res.frames == 0:
+        return f"{item.path}: no decodable frames"
+    if res.face_frames == 0:
+        return f"{item.path}: no face found in {res.sampled} frames"
+    span = (s.clip_len - 1) * s.stride + 1
+    if sum(res.dropped.values()) == 0:
+        return (f"{item.path}: too short: {res.face_frames} of {res.sampled} frames have the face, in runs shorter than "
+                f"a clip of {s.clip_len} frames at stride {s.stride} ({span} frames)")
+    return (f"{item.path}: every clip dropped ({res.dropped['small']} face smaller than {s.min_face_px} px, "
+            f"{res.dropped['blurry']} blurrier than sharpness {s.min_sharpness})")

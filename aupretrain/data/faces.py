@@ -1,0 +1,323 @@
+"""Faces in a frame stream: detect (every k frames), follow the main face, align it with a smoothed
+similarity transform from 5 landmarks to a template, and measure size and sharpness.
+
+Stages are generators so a video streams through with a bounded lag (k frames for tracking, 3 sigma for
+smoothing), never held whole in memory:
+
+    frames (index, RGB) ─track─▶ FaceFrame (landmarks, segment) ─align─▶ Aligned (S x S crop, size, sharpness)
+
+A *segment* is a run of consecutive frames showing the same face; clips never cross segments.
+Detectors: `mtcnn` (P/R/O-Net, 5 landmarks; see mtcnn.py) and `haar` (OpenCV's frontal-face cascade;
+boxes only, landmarks placed at mean positions inside the box — a fallback without a landmark model).
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+
+# Mean landmark positions inside an MTCNN-style square face box (for box-only detectors and tracks).
+BOX_LANDMARKS = np.array([[0.31, 0.40], [0.69, 0.40], [0.50, 0.62], [0.35, 0.80], [0.65, 0.80]])
+
+
+@dataclass
+class FaceFrame:
+    index: int  # source frame index
+    rgb: np.ndarray
+    landmarks: np.ndarray | None  # [5, 2] in source pixels; None: no face in this frame
+    face_px: float  # face box side in source pixels
+    segment: int  # -1 when there is no face
+
+
+@dataclass
+class Aligned:
+    index: int
+    crop: np.ndarray  # [S, S, 3] uint8
+    face_px: float
+    sharpness: float  # variance of the Laplacian of the grey crop
+    segment: int
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class Detector:
+    """detect(img) -> boxes [N, 4], scores [N], landmarks [N, 5, 2]; refine(img, boxes) -> same for given boxes.
+
+    Frames whose short side exceeds `detect_size` are downscaled for the search; results are in source pixels.
+    """
+
+    def __init__(self, kind: str = "mtcnn", detect_size: int = 320, min_face: float = 0.12,
+                 thresholds: Iterable[float] = (0.6, 0.7, 0.7)):
+        if kind not in ("mtcnn", "haar"):
+            raise ValueError(f"unknown detector {kind!r} (mtcnn or haar)")
+        self.kind, self.detect_size, self.min_face, self.thresholds = kind, detect_size, min_face, tuple(thresholds)
+        if kind == "mtcnn":
+            from . import mtcnn
+
+            self._mtcnn = mtcnn
+            mtcnn.load_nets()  # fail early (with the install hint) when the weights are missing
+        else:
+            path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+            self._haar = cv2.CascadeClassifier(path)
+            if self._haar.empty():
+                raise FileNotFoundError(f"{path}: OpenCV Haar cascade missing (opencv-python-headless<5 ships it)")
+
+    def detect(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        f = min(1.0, self.detect_size / min(img.shape[:2]))
+        small = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else img
+        min_px = max(12.0, self.min_face * min(small.shape[:2]))
+        if self.kind == "mtcnn":
+            boxes, scores, lms = self._mtcnn.detect(small, min_face=min_px, thresholds=self.thresholds)
+        else:
+            grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+            found = self._haar.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(int(min_px),) * 2)
+            boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in found], np.float64).reshape(-1, 4)
+            scores, lms = np.ones(len(boxes)), box_landmarks(boxes)
+        return boxes / f, scores, lms / f
+
+    def refine(self, img, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Landmarks and face probability for given boxes of one image (or of a list of images, one per box)."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        if self.kind == "mtcnn" and len(boxes):
+            return self._mtcnn.refine(img, boxes)
+        return boxes, np.ones(len(boxes)), box_landmarks(boxes)
+
+
+def box_landmarks(boxes: np.ndarray) -> np.ndarray:
+    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])[:, None, None]
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    origin = np.stack([cx, cy], 1)[:, None, :] - side / 2
+    return origin + BOX_LANDMARKS[None] * side
+
+
+def _near(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same face moving fast: centres less than half a face apart, sizes within a factor 1.5."""
+    sa, sb = a[2] - a[0], b[2] - b[0]
+    dist = np.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2)
+    return dist < 0.5 * (sa + sb) / 2 and max(sa, sb) < 1.5 * min(sa, sb)
+
+
+def choose_main(boxes: np.ndarray, img_shape, previous: np.ndarray | None, policy: str, link_iou: float
+                ) -> tuple[int | None, bool]:
+    """Index of the main face and whether it continues the previous one (IoU >= link_iou, or close by)."""
+    if len(boxes) == 0:
+        return None, False
+    if previous is not None:
+        overlaps = [iou(b, previous) for b in boxes]
+        best = int(np.argmax(overlaps))
+        if overlaps[best] >= link_iou or _near(boxes[best], previous):
+            return best, True
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    if policy == "largest":
+        return int(np.argmax(area)), False
+    if policy == "central":  # the most central of the faces at least half as large as the largest
+        h, w = img_shape[:2]
+        centre = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2 - w / 2, (boxes[:, 1] + boxes[:, 3]) / 2 - h / 2], 1)
+        dist = np.hypot(centre[:, 0], centre[:, 1]) + np.where(area >= area.max() / 2, 0, 1e9)
+        return int(np.argmin(dist)), False
+    raise ValueError(f"unknown main_face policy {policy!r} (largest or central)")
+
+
+def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int = 10, landmarks_every: int = 2,
+          main_face: str = "largest", link_iou: float = 0.2, min_prob: float = 0.8,
+          given: dict[int, np.ndarray] | None = None) -> Iterator[FaceFrame]:
+    """Follow the main face. Full detection on every `every`-th frame. Frames in between get boxes
+    interpolated between two linked detections; every `landmarks_every`-th of them is refined by the
+    landmark net (its face probability below min_prob counts as lost) and the rest interpolate the
+    landmarks of their neighbours. With `given` boxes {source frame: box} (a face track) detection is
+    skipped and only the landmark net runs."""
+    segment, run_open = -1, False
+
+    def emit(idx, rgb, box, lm, prob=1.0):
+        nonlocal segment, run_open
+        if box is None or lm is None or prob < min_prob:
+            run_open = False
+            return FaceFrame(idx, rgb, None, 0.0, -1)
+        if not run_open:
+            segment, run_open = segment + 1, True
+        return FaceFrame(idx, rgb, lm, float(max(box[2] - box[0], box[3] - box[1])), segment)
+
+    def between(batch, boxes, left=None, right=None):
+        """FaceFrames of (idx, rgb) frames with a box each (None: no face); left/right: (box, lm) of the
+        detections just before/after the batch, if any."""
+        n, m = len(batch), max(1, landmarks_every)
+        anchors = {j for j in range(n) if (j + 1) % m == 0 or (j == 0 and left is None) or (j == n - 1 and right is None)}
+        anchors = sorted(j for j in anchors if boxes[j] is not None)
+        known = {-1: left, n: right}
+        if anchors:  # one landmark-net pass over the anchor frames
+            b, p, lm = det.refine([batch[j][1] for j in anchors], np.stack([boxes[j] for j in anchors]))
+            known.update({j: (b[k], lm[k]) if p[k] >= min_prob else None for k, j in enumerate(anchors)})
+        keys = sorted(k for k in known)
+        out = []
+        for j, (idx, rgb) in enumerate(batch):
+            if boxes[j] is None:
+                out.append(emit(idx, rgb, None, None))
+                continue
+            if j in known:
+                out.append(emit(idx, rgb, *(known[j] or (None, None))))
+                continue
+            u = max(k for k in keys if k < j)
+            v = min(k for k in keys if k > j)
+            if known[u] is None or known[v] is None:
+                out.append(emit(idx, rgb, None, None))
+                continue
+            w = (j - u) / (v - u)
+            out.append(emit(idx, rgb, *((1 - w) * a + w * c for a, c in zip(known[u], known[v]))))
+        return out
+
+    if given is not None:
+        batch = []
+        for idx, rgb in frames:
+            batch.append((idx, rgb))
+            if len(batch) == every:
+                yield from between(batch, [given.get(i) for i, _ in batch])
+                batch = []
+        if batch:
+            yield from between(batch, [given.get(i) for i, _ in batch])
+        return
+
+    pending: list[tuple[int, np.ndarray]] = []
+    prev = None  # (box, landmarks) of the main face at the previous detection
+
+    def linked(a, b) -> bool:
+        return iou(a[0], b[0]) >= link_iou or _near(a[0], b[0])
+
+    def bridge(batch, left, right, depth):
+        """Frames between detections left and right; when the face moved too far to link them, detect
+        again in the middle (up to `depth` times) instead of giving up. Returns whether the chain held."""
+        if linked(left, right):
+            n = len(batch) + 1
+            yield from between(batch, [left[0] + (right[0] - left[0]) * (j + 1) / n for j in range(n - 1)], left, right)
+            return True
+        if depth == 0 or not batch:
+            yield from (emit(i, f, None, None) for i, f in batch)
+            return False
+        mid = len(batch) // 2
+        idx, rgb = batch[mid]
+        boxes, _, lms = det.detect(rgb)
+        k, _ = choose_main(boxes, rgb.shape, left[0], main_face, link_iou)
+        if k is None or not linked(left, (boxes[k], lms[k])):
+            yield from (emit(i, f, None, None) for i, f in batch)
+            return False
+        m = (boxes[k], lms[k])
+        ok = yield from bridge(batch[:mid], left, m, depth - 1)
+        yield emit(idx, rgb, *m)
+        return (yield from bridge(batch[mid + 1:], m, right, depth - 1)) and ok
+
+    def keyframe(idx, rgb):
+        nonlocal prev, pending, run_open
+        boxes, _, lms = det.detect(rgb)
+        k, _ = choose_main(boxes, rgb.shape, None if prev is None else prev[0], main_face, link_iou)
+        cur = None if k is None else (boxes[k], lms[k])
+        if prev is not None and cur is not None:
+            chained = yield from bridge(pending, prev, cur, 2)
+        else:
+            chained = False
+            yield from (emit(i, f, None, None) for i, f in pending)
+        if not chained:
+            run_open = False
+        yield emit(idx, rgb, *(cur or (None, None)))
+        prev, pending = cur, []
+
+    for pos, (idx, rgb) in enumerate(frames):
+        if pos % every:
+            pending.append((idx, rgb))
+        else:
+            yield from keyframe(idx, rgb)
+    if pending:  # the last frame is a keyframe too, so the tail is interpolated like the rest
+        last = pending.pop()
+        yield from keyframe(*last)
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama) mapping src points onto dst: params (a, b, tx, ty)
+    of [[a, -b, tx], [b, a, ty]]."""
+    ms, md = src.mean(0), dst.mean(0)
+    s, d = src - ms, dst - md
+    var = (s ** 2).sum()
+    a = (s * d).sum() / var
+    b = (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum() / var
+    return np.array([a, b, md[0] - (a * ms[0] - b * ms[1]), md[1] - (b * ms[0] + a * ms[1])])
+
+
+def warp(img: np.ndarray, p: np.ndarray, size: int) -> np.ndarray:
+    """The S x S crop of img under similarity params p; strong downscaling goes through INTER_AREA first."""
+    a, b, tx, ty = p
+    scale = math.hypot(a, b)
+    m = np.array([[a, -b, tx], [b, a, ty]])
+    if scale < 0.5:  # bilinear warping would alias: shrink the source region with area averaging first
+        inv = cv2.invertAffineTransform(m)
+        corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64) @ inv.T
+        x0, y0 = np.floor(corners.min(0)).astype(int) - 2
+        x1, y1 = np.ceil(corners.max(0)).astype(int) + 2
+        h, w = img.shape[:2]
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if x1 - x0 >= 2 and y1 - y0 >= 2:
+            f = scale / 0.8
+            roi = cv2.resize(img[y0:y1, x0:x1], None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+            fx, fy = roi.shape[1] / (x1 - x0), roi.shape[0] / (y1 - y0)
+            m = np.array([[a / fx, -b / fy, a * x0 - b * y0 + tx], [b / fx, a / fy, b * x0 + a * y0 + ty]])
+            img = roi
+    return cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def sharpness(crop: np.ndarray) -> float:
+    return float(cv2.Laplacian(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
+
+
+def local_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Value at x=0 of a weighted least-squares line through (x, y): a smoother without lag at the ends
+    of a segment (where the window is one-sided) and for steady motion."""
+    if len(x) < 3:
+        return (w[:, None] * y).sum(0) / w.sum()
+    a = np.stack([np.ones_like(x, dtype=np.float64), x], 1) * np.sqrt(w)[:, None]
+    coef = np.linalg.lstsq(a, y * np.sqrt(w)[:, None], rcond=None)[0]
+    return coef[0]
+
+
+def align(faces: Iterable[FaceFrame], template: np.ndarray, size: int, sigma: float = 2.0) -> Iterator[Aligned]:
+    """Aligned crops of the frames that have a face. The similarity parameters are smoothed over time
+    within each segment by a local linear fit with Gaussian weights of `sigma` frames."""
+    dst = np.asarray(template, np.float64) * size
+    r = int(math.ceil(3 * sigma)) if sigma > 0 else 0
+    weights = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2) if sigma > 0 else np.ones(1)
+    window: deque = deque()  # (position, FaceFrame, params) of the current segment, positions >= emitted - r
+    emitted, current, last_pos = 0, None, -1
+
+    def out(pos: int) -> Aligned:
+        ps = [(q, p) for q, _, p in window if abs(q - pos) <= r]
+        par = local_linear(np.array([q - pos for q, _ in ps]), np.array([p for _, p in ps]),
+                           np.array([weights[q - pos + r] for q, _ in ps]))
+        f = next(f for q, f, _ in window if q == pos)
+        crop = warp(f.rgb, par, size)
+        return Aligned(f.index, crop, f.face_px, sharpness(crop), f.segment)
+
+    def drain(upto: int) -> Iterator[Aligned]:
+        nonlocal emitted
+        while emitted <= upto:
+            yield out(emitted)
+            emitted += 1
+            while window and window[0][0] < emitted - r:
+                window.popleft()
+
+    for f in faces:
+        if f.segment != current:
+            yield from drain(last_pos)
+            window.clear()
+            emitted, current, last_pos = 0, f.segment, -1
+        if f.landmarks is None:
+            continue
+        last_pos += 1
+        window.append((last_pos, f, similarity(f.landmarks, dst)))
+        yield from drain(last_pos - r)
+    yield from drain(last_pos)

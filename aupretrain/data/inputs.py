@@ -1,0 +1,217 @@
+"""What to pack: discover input videos (local or s3://) and read their frames.
+
+INPUT is one of
+- a folder tree `<identity>/<video>.(mp4|avi|mkv|webm|mov)` or `<identity>/<video>/<frame>.(jpg|jpeg|png)`,
+  local or `s3://bucket/prefix`;
+- a list file `.csv` (header `path,identity[,video][,boxes]`) or `.jsonl` (`{"path", "identity", "video"?,
+  "boxes"?}` per line), local or on S3. `path` is a video file or a frame folder, local (relative to the
+  list's folder) or `s3://`. `boxes` is an optional face track: a VoxCeleb-style text file
+  (`FRAME X Y W H` rows) or a JSON file / inline list of `[frame, x, y, w, h]`; with it detection is skipped.
+
+Every problem with one input becomes a reject (input, reason) instead of an exception.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from . import storage
+from .video import VideoError, iter_timed_frames
+
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+LIST_EXTS = (".csv", ".jsonl")
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    path: str  # local path or s3:// URL of a video file or of a frame folder
+    identity: str
+    video: str  # unique dataset-relative id "<identity>/<name>"
+    frames_dir: bool = False  # path is a folder of frame images
+    boxes: object = None  # None, a track file path/URL, or a tuple of (frame, x, y, w, h)
+    nbytes: int = 0  # size of the file (or of all frames) when known, for the input fingerprint
+
+    @property
+    def name(self) -> str:
+        return self.video.split("/", 1)[-1]
+
+
+def _natural(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _group_tree(entries: list[tuple[str, int]], root: str) -> list[VideoItem]:
+    """Items from (relative path, size) pairs under root: <identity>/<video>.ext or <identity>/<video>/<frame>."""
+    videos: dict[tuple[str, str], list] = {}
+    for rel, size in entries:
+        parts = PurePosixPath(rel).parts
+        if any(p.startswith(".") for p in parts):
+            continue
+        ext = PurePosixPath(rel).suffix.lower()
+        if len(parts) == 2 and ext in VIDEO_EXTS:
+            videos.setdefault((parts[0], parts[1]), [False, size])
+        elif len(parts) == 3 and ext in IMAGE_EXTS:
+            v = videos.setdefault((parts[0], parts[1]), [True, 0])
+            if v[0]:
+                v[1] += size
+    items = []
+    for (ident, name), (is_dir, size) in sorted(videos.items()):
+        items.append(VideoItem(storage.join(root, ident, name), ident, f"{ident}/{name if is_dir else Path(name).stem}",
+                               frames_dir=is_dir, nbytes=size))
+    return items
+
+
+def _resolve(path: str, base: str) -> str:
+    if storage.is_s3(path) or Path(path).is_absolute():
+        return path
+    return storage.join(base, path)
+
+
+def _parse_list(uri: str) -> tuple[list[VideoItem], list[dict]]:
+    text = storage.read_text(uri)
+    base = uri.rsplit("/", 1)[0] if storage.is_s3(uri) else str(Path(uri).parent)
+    if uri.lower().endswith(".csv"):
+        rows = list(csv.DictReader(io.StringIO(text)))
+    else:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    rows.append({"_error": f"{uri}:{n}: not valid JSON ({e})"})
+    items, rejects = [], []
+    for n, row in enumerate(rows, 1):
+        if "_error" in row or not row.get("path") or not row.get("identity"):
+            rejects.append({"input": f"{uri}:{n}", "reason": row.get("_error") or f"{uri}:{n}: needs `path` and `identity`"})
+            continue
+        path = _resolve(str(row["path"]).strip(), base)
+        boxes = row.get("boxes") or None
+        if isinstance(boxes, str):
+            boxes = _resolve(boxes.strip(), base)
+        elif isinstance(boxes, list):
+            boxes = tuple(tuple(float(v) for v in b) for b in boxes)
+        ident = str(row["identity"]).strip()
+        is_dir = not PurePosixPath(path.rstrip("/")).suffix.lower() in VIDEO_EXTS
+        name = str(row.get("video") or PurePosixPath(path.rstrip("/")).stem)
+        items.append(VideoItem(path, ident, f"{ident}/{name}", frames_dir=is_dir, boxes=boxes))
+    return items, rejects
+
+
+def discover(source: str) -> tuple[list[VideoItem], list[dict]]:
+    """Items to pack and rejects found while listing (duplicate ids, bad list rows), in a stable order."""
+    source = str(source)
+    if source.lower().endswith(LIST_EXTS):
+        try:
+            items, rejects = _parse_list(source)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{source}: list file not found") from e
+    elif storage.is_s3(source):
+        prefix = source.rstrip("/")
+        entries = [(k[len(prefix) + 1:], n) for k, n in storage.list_files(prefix + "/")]
+        items, rejects = _group_tree(entries, prefix), []
+    else:
+        root = Path(source)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{source}: input folder does not exist")
+        entries = [(str(p.relative_to(root).as_posix()), p.stat().st_size) for p in root.glob("*/*") if p.is_file()]
+        entries += [(str(p.relative_to(root).as_posix()), p.stat().st_size) for p in root.glob("*/*/*") if p.is_file()]
+        items, rejects = _group_tree(entries, str(root)), []
+    seen: dict[str, VideoItem] = {}
+    unique = []
+    for it in items:
+        if it.video in seen:
+            rejects.append({"input": it.path, "reason": f"{it.path}: duplicate video id {it.video!r} "
+                            f"(also {seen[it.video].path}); skipped"})
+            continue
+        seen[it.video] = it
+        unique.append(it)
+    return unique, rejects
+
+
+@contextlib.contextmanager
+def local_copy(item: VideoItem) -> Iterator[str]:
+    """A local path for the item's video file or frame folder (downloaded to a temp place for s3://)."""
+    if not storage.is_s3(item.path):
+        yield item.path
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="aupretrain-in-"))
+    try:
+        try:
+            if item.frames_dir:
+                for key, _ in storage.list_files(item.path.rstrip("/") + "/"):
+                    if PurePosixPath(key).suffix.lower() in IMAGE_EXTS:
+                        storage.get_file(key, tmp / PurePosixPath(key).name)
+                local = str(tmp)
+            else:
+                local = str(tmp / PurePosixPath(item.path).name)
+                storage.get_file(item.path, local)
+        except Exception as e:  # noqa: BLE001 - botocore errors after boto3's retries: missing, denied, endpoint down
+            raise VideoError(f"{item.path}: cannot read from S3 ({e})") from e
+        yield local
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def iter_source_frames(item: VideoItem, local: str, frames_fps: float) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(index, seconds, RGB) of a video file or a frame folder (frames in natural name order at frames_fps)."""
+    if not item.frames_dir:
+        yield from iter_timed_frames(local)
+        return
+    d = Path(local)
+    if not d.is_dir():
+        raise VideoError(f"{item.path}: frame folder does not exist")
+    files = sorted((p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=lambda p: _natural(p.name))
+    if not files:
+        raise VideoError(f"{item.path}: no frame images ({', '.join(IMAGE_EXTS)})")
+    for i, f in enumerate(files):
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if img is None:
+            raise VideoError(f"{item.path}: cannot decode frame image {f.name}")
+        yield i, i / frames_fps, cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_track(boxes: object, width: int, height: int) -> dict[int, np.ndarray]:
+    """Face track {frame: [x1, y1, x2, y2]} in pixels from a track file or inline rows [frame, x, y, w, h].
+
+    Coordinates that are all <= 1.5 are fractions of the frame size (as in VoxCeleb2's tracks). Frame
+    numbers of a text track (VoxCeleb style) count from its first row; JSON frames are video frame indices.
+    """
+    relative = False
+    if isinstance(boxes, str):
+        text = storage.read_text(boxes)
+        if boxes.lower().endswith(".json"):
+            rows = json.loads(text)
+        else:
+            rows, relative, started = [], True, False
+            for line in text.splitlines():
+                tok = line.split()
+                if tok[:1] == ["FRAME"]:
+                    started = True
+                elif started and len(tok) >= 5:
+                    rows.append([float(v) for v in tok[:5]])
+    else:
+        rows = list(boxes)
+    if not rows:
+        raise ValueError(f"{boxes if isinstance(boxes, str) else 'inline boxes'}: empty face track")
+    a = np.asarray(rows, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] < 5:
+        raise ValueError("face track rows must be [frame, x, y, w, h]")
+    if relative:
+        a[:, 0] -= a[0, 0]
+    if np.all(a[:, 1:5] <= 1.5):
+        a[:, [1, 3]] *= width
+        a[:, [2, 4]] *= height
+    return {int(f): np.array([x, y, x + w, y + h]) for f, x, y, w, h in a[:, :5]}

@@ -1,0 +1,59 @@
+"""A real face in motion: skimage's `data.astronaut()` (public domain, NASA) animated by a smooth camera
+(pan, zoom, small rotation). Used to check face detection and alignment on real footage (tests, bench).
+
+Each frame is a similarity transform of the one still photo, so perfectly aligned crops of every frame
+are the same image: the spread between aligned crops measures alignment error and jitter directly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FACE_CENTRE = (224.0, 116.0)  # centre of the face in the 512 x 512 photo (between the MTCNN box corners)
+FACE_SIDE = 115.0  # face box side in the photo, pixels
+
+
+def photo() -> np.ndarray:
+    try:
+        from skimage import data
+    except ImportError as e:  # a test/bench dependency: pip install scikit-image
+        raise ImportError("the astronaut animation needs scikit-image (pip install scikit-image)") from e
+    return data.astronaut()
+
+
+def transforms(frames: int, width: int, height: int, face_frac: float = 0.4, zoom: float = 0.2,
+               degrees: float = 8.0, pan: float = 0.12, phase: float = 0.0) -> np.ndarray:
+    """[frames, 2, 3] photo -> frame transforms: the face spans ~face_frac of the frame height, the zoom
+    swings by +-zoom, the rotation by +-degrees and the face centre pans by +-pan of the frame size."""
+    t = np.linspace(0.0, 1.0, frames) * 2 * np.pi + phase
+    scale = face_frac * height / FACE_SIDE * (1 + zoom * np.sin(t))
+    angle = np.deg2rad(degrees * np.sin(1.5 * t + 0.5))
+    cx = width / 2 + pan * width * np.sin(t + 1.0)
+    cy = height / 2 + pan * height * np.sin(2 * t)
+    out = np.zeros((frames, 2, 3))
+    for i in range(frames):
+        c, s = scale[i] * np.cos(angle[i]), scale[i] * np.sin(angle[i])
+        out[i, :, :2] = [[c, -s], [s, c]]
+        out[i, :, 2] = [cx[i], cy[i]] - out[i, :, :2] @ FACE_CENTRE
+    return out
+
+
+def render(frames: int = 48, width: int = 320, height: int = 240, **motion) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB frames [F, H, W, 3] uint8, transforms [F, 2, 3])."""
+    img = photo()
+    ms = transforms(frames, width, height, **motion)
+    video = np.stack([cv2.warpAffine(img, m, (width, height), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_REFLECT) for m in ms])
+    return video, ms
+
+
+def write(path: str | Path, frames: int = 48, width: int = 320, height: int = 240, fps: float = 25.0, **motion) -> np.ndarray:
+    """Render and encode to H.264; returns the transforms."""
+    from ..video import write_video
+
+    video, ms = render(frames, width, height, **motion)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, video, fps=fps)
+    return ms
