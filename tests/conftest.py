@@ -121,3 +121,13 @@ def s3_server(tmp_path_factory):
     storage.s3_client.cache_clear()
     _stop(proc)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def astronaut_mp4(tmp_path_factory):
+    """A real face on video: skimage's astronaut photo animated (pan, zoom, small rotation), 64 frames
+    320x240 H.264. Yields (path, photo -> frame transforms [64, 2, 3])."""
+    from aupretrain.data.synth import astronaut
+
+    path = tmp_path_factory.mktemp("astronaut") / "eileen" / "a000.mp4"
+    return path, astronaut.write(path, frames=64, width=320, height=240)

@@ -275,31 +275,31 @@ def sharpness(crop: np.ndarray) -> float:
     return float(cv2.Laplacian(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
 
 
-def local_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Value at x=0 of a weighted least-squares line through (x, y): a smoother without lag at the ends
-    of a segment (where the window is one-sided) and for steady motion."""
-    if len(x) < 3:
+def local_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, degree: int = 2) -> np.ndarray:
+    """Value at x=0 of a weighted least-squares polynomial through (x, y): a smoother without lag at the
+    ends of a segment (one-sided window) and with little bias on curved motion."""
+    if len(x) <= degree:
         return (w[:, None] * y).sum(0) / w.sum()
-    a = np.stack([np.ones_like(x, dtype=np.float64), x], 1) * np.sqrt(w)[:, None]
-    coef = np.linalg.lstsq(a, y * np.sqrt(w)[:, None], rcond=None)[0]
-    return coef[0]
+    a = np.stack([x.astype(np.float64) ** k for k in range(degree + 1)], 1) * np.sqrt(w)[:, None]
+    return np.linalg.lstsq(a, y * np.sqrt(w)[:, None], rcond=None)[0][0]
 
 
-def align(faces: Iterable[FaceFrame], template: np.ndarray, size: int, sigma: float = 2.0) -> Iterator[Aligned]:
-    """Aligned crops of the frames that have a face. The similarity parameters are smoothed over time
-    within each segment by a local linear fit with Gaussian weights of `sigma` frames."""
+def align(faces: Iterable[FaceFrame], template: np.ndarray, size: int, sigma: float = 3.0) -> Iterator[Aligned]:
+    """Aligned crops of the frames that have a face. Within each segment the landmark tracks are smoothed
+    over time by a local quadratic fit with Gaussian weights of `sigma` frames (0: off), then each frame
+    is warped by the similarity that maps its smoothed landmarks onto the template."""
     dst = np.asarray(template, np.float64) * size
     r = int(math.ceil(3 * sigma)) if sigma > 0 else 0
     weights = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2) if sigma > 0 else np.ones(1)
-    window: deque = deque()  # (position, FaceFrame, params) of the current segment, positions >= emitted - r
+    window: deque = deque()  # (position, FaceFrame) of the current segment, positions >= emitted - r
     emitted, current, last_pos = 0, None, -1
 
     def out(pos: int) -> Aligned:
-        ps = [(q, p) for q, _, p in window if abs(q - pos) <= r]
-        par = local_linear(np.array([q - pos for q, _ in ps]), np.array([p for _, p in ps]),
-                           np.array([weights[q - pos + r] for q, _ in ps]))
-        f = next(f for q, f, _ in window if q == pos)
-        crop = warp(f.rgb, par, size)
+        near = [(q, f) for q, f in window if abs(q - pos) <= r]
+        x = np.array([q - pos for q, _ in near])
+        lm = local_fit(x, np.array([f.landmarks.reshape(-1) for _, f in near]), weights[x + r]).reshape(-1, 2)
+        f = next(f for q, f in near if q == pos)
+        crop = warp(f.rgb, similarity(lm, dst), size)
         return Aligned(f.index, crop, f.face_px, sharpness(crop), f.segment)
 
     def drain(upto: int) -> Iterator[Aligned]:
@@ -318,6 +318,6 @@ def align(faces: Iterable[FaceFrame], template: np.ndarray, size: int, sigma: fl
         if f.landmarks is None:
             continue
         last_pos += 1
-        window.append((last_pos, f, similarity(f.landmarks, dst)))
+        window.append((last_pos, f))
         yield from drain(last_pos - r)
     yield from drain(last_pos)

@@ -1,0 +1,133 @@
+"""Face detection (MTCNN from the wheel's weights), tracking, alignment and decoding details, on a real face."""
+import struct
+
+import cv2
+import numpy as np
+import pytest
+
+from aupretrain.data import faces, mtcnn
+from aupretrain.data.clips import PackSettings, resample
+from aupretrain.data.inputs import read_track
+from aupretrain.data.synth import astronaut
+from aupretrain.data.video import read_video, write_video
+
+TEMPLATE = np.asarray(PackSettings().template)
+
+
+def misalignment(crop: np.ndarray, ref: np.ndarray) -> tuple[float, float, float, float]:
+    """(rotation degrees, centre shift x, y pixels, scale) of crop relative to ref, by ECC image registration."""
+    g = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(np.float32) for x in (ref, crop)]
+    w = np.eye(2, 3, dtype=np.float32)
+    _, w = cv2.findTransformECC(g[0], g[1], w, cv2.MOTION_AFFINE,
+                                (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5), None, 5)
+    c = np.array([ref.shape[1] / 2, ref.shape[0] / 2])
+    shift = w[:, :2] @ c + w[:, 2] - c  # where the crop centre lands
+    return (float(np.degrees(np.arctan2(w[1, 0], w[0, 0]))), float(shift[0]), float(shift[1]),
+            float(np.sqrt(abs(np.linalg.det(w[:, :2])))))
+
+
+@pytest.fixture(scope="module")
+def reference_crop():
+    """The still photo aligned to the template: what every aligned frame of the animation should look like."""
+    photo = astronaut.photo()
+    boxes, _, lms = mtcnn.detect(photo, min_face=40)
+    return faces.warp(photo, faces.similarity(lms[0], TEMPLATE * 112), 112)
+
+
+def test_mtcnn_finds_the_face_with_ordered_landmarks():
+    boxes, scores, lms = mtcnn.detect(astronaut.photo(), min_face=40)
+    assert len(boxes) == 1 and scores[0] > 0.99
+    x1, y1, x2, y2 = boxes[0]
+    assert x1 < astronaut.FACE_CENTRE[0] < x2 and y1 < astronaut.FACE_CENTRE[1] < y2
+    assert 80 < x2 - x1 < 150
+    (lex, ley), (rex, rey), (nx, ny), (mlx, mly), (mrx, mry) = lms[0]
+    assert lex < nx < rex and mlx < mrx  # left/right in image coordinates
+    assert max(ley, rey) < ny < min(mly, mry)  # eyes above the nose tip above the mouth
+    assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in lms[0])
+
+
+def test_no_face_in_noise_and_nms():
+    noise = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    assert len(mtcnn.detect(noise, min_face=40)[0]) == 0
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], float)
+    assert mtcnn.nms(boxes, np.array([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 2]
+
+
+def test_similarity_recovers_a_known_transform():
+    rng = np.random.default_rng(1)
+    src = rng.uniform(0, 100, (5, 2))
+    a, b, tx, ty = 0.8 * np.cos(0.3), 0.8 * np.sin(0.3), 12.0, -4.0
+    dst = src @ np.array([[a, b], [-b, a]]) + [tx, ty]
+    assert np.allclose(faces.similarity(src, dst), [a, b, tx, ty])
+
+
+def test_astronaut_animation_is_tracked_and_aligned_centred_upright_and_stable(reference_crop):
+    video, _ = astronaut.render(64, 320, 240)
+    det = faces.Detector("mtcnn")
+    s = PackSettings()
+    tracked = list(faces.track(enumerate(video), det, s.detect_every, s.landmarks_every))
+    assert sum(f.landmarks is not None for f in tracked) / len(video) >= 0.95
+    assert {f.segment for f in tracked} == {0}  # one face, one unbroken track
+    crops = {sigma: [a.crop for a in faces.align(iter(tracked), TEMPLATE, 112, sigma)] for sigma in (0.0, s.smooth_sigma)}
+    err = np.array([misalignment(c, reference_crop) for c in crops[s.smooth_sigma]])
+    assert np.abs(err[:, 0]).max() < 3.0  # upright: degrees
+    assert np.hypot(err[:, 1], err[:, 2]).mean() < 1.5 and np.hypot(err[:, 1], err[:, 2]).max() < 3.0  # centred: px at 112
+    assert np.abs(err[:, 3] - 1).max() < 0.05  # same scale
+    raw = np.array([misalignment(c, reference_crop) for c in crops[0.0]])
+    jitter = lambda e: np.hypot(*np.diff(e[:, 1:3], axis=0).T).mean()  # noqa: E731 - frame-to-frame change of the offset
+    assert jitter(err) < 0.5 * jitter(raw)  # smoothing removes most of the frame-to-frame jitter
+
+
+def test_main_face_policy_and_lost_frames():
+    boxes = np.array([[0, 0, 100, 100], [120, 80, 200, 160], [280, 200, 300, 220]], float)
+    assert faces.choose_main(boxes, (240, 320), None, "largest", 0.2) == (0, False)
+    assert faces.choose_main(boxes, (240, 320), None, "central", 0.2) == (1, False)  # small faces do not count
+    assert faces.choose_main(boxes, (240, 320), np.array([282, 198, 302, 218.0]), "largest", 0.2) == (2, True)
+    video, _ = astronaut.render(30, 320, 240)
+    video[12:18] = 127  # the face disappears for 6 frames
+    tracked = list(faces.track(enumerate(video), faces.Detector("mtcnn"), 5, 2))
+    lost = [f.index for f in tracked if f.landmarks is None]
+    assert set(range(12, 18)) <= set(lost) and len(lost) <= 10
+    assert len({f.segment for f in tracked if f.segment >= 0}) == 2  # the track breaks and restarts
+
+
+def test_resample_by_timestamp_handles_variable_frame_rate():
+    times = [0.0, 0.04, 0.08, 0.2, 0.24, 0.4]  # gaps: variable frame rate
+    frames = [(i, t, np.full((2, 2, 3), i, np.uint8)) for i, t in enumerate(times)]
+    assert [i for i, _ in resample(iter(frames), 10.0)] == [0, 2, 3, 4, 5]  # t = 0, .1, .2, .3, .4
+    assert [i for i, _ in resample(iter(frames), None)] == list(range(6))
+
+
+def test_rotation_metadata_is_applied(tmp_path):
+    video, _ = astronaut.render(6, 320, 240)
+    path = tmp_path / "rot.mp4"
+    write_video(path, [np.ascontiguousarray(np.rot90(f)) for f in video])  # stored sideways (240 x 320)
+    data = path.read_bytes()
+    ident = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    at = data.index(ident, data.index(b"tkhd"))  # the track's display matrix: rotate 90 degrees clockwise
+    path.write_bytes(data[:at] + struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000) + data[at + 36:])
+    frames = read_video(path)
+    assert frames.shape[1:] == (240, 320, 3)  # upright again
+    assert np.abs(frames.astype(int) - video.astype(int)).mean() < 6
+
+
+def test_voxceleb_style_track_file(tmp_path):
+    f = tmp_path / "track.txt"
+    f.write_text("Identity  : \tid00012\nReference : \tabc\n\nFRAME \tX \tY \tW \tH \n"
+                 "000033 \t0.25 \t0.10 \t0.50 \t0.60 \n000034 \t0.26 \t0.10 \t0.50 \t0.60 \n")
+    track = read_track(str(f), 320, 240)
+    assert sorted(track) == [0, 1]  # frames count from the first row
+    assert np.allclose(track[0], [80, 24, 240, 168])  # fractions of the frame size -> pixels
+    pixels = read_track(((5, 10, 20, 30, 40),), 320, 240)
+    assert np.allclose(pixels[5], [10, 20, 40, 60])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The packer runs the detector on one thread per worker; so do these tests (no oversubscription)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
