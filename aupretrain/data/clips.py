@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import cv2
@@ -62,6 +63,10 @@ class PackSettings:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in ("workers", "work_dir")}
 
     def __post_init__(self):
+        for f in fields(self):  # 40 and 40.0 from a config must give the same manifest
+            v = getattr(self, f.name)
+            if f.type in ("float", "float | None") and isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, f.name, float(v))
         if self.align not in ("detect", "center"):
             raise ValueError(f"pack.align must be detect or center, not {self.align!r}")
         if self.clip_len < 1 or self.stride < 1 or self.step < 1 or self.samples_per_shard < 1:
@@ -177,8 +182,11 @@ def process_video(item: VideoItem, s: PackSettings, spill_path: str) -> VideoRes
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core per worker; results do not depend on the thread count
     writer = SpillWriter(spill_path)
+    local = item.path
     try:
         with local_copy(item) as local:
+            if not item.frames_dir and Path(local).is_file() and Path(local).stat().st_size == 0:
+                raise VideoError(f"{item.path}: empty file (0 bytes)")
             fps = s.fps or (s.frames_fps if item.frames_dir else probe_video(local).fps)
             params = [cv2.IMWRITE_JPEG_QUALITY, s.jpeg_quality]
             written: dict[tuple[int, int], tuple[int, int]] = {}
@@ -224,6 +232,9 @@ def process_video(item: VideoItem, s: PackSettings, spill_path: str) -> VideoRes
         res.reason = f"{item.path}: unexpected error ({type(e).__name__}: {e})"
     finally:
         torch.set_num_threads(threads)
+    if local != item.path:  # name the input (s3://...), not the temporary download
+        res.reason = res.reason and res.reason.replace(local, item.path)
+        res.warning = res.warning and res.warning.replace(local, item.path)
     if res.reason:
         writer.abort()
         res.clips = 0

@@ -62,7 +62,11 @@ class Journal:
         self.shards: dict[int, shards.ShardInfo] = {}
         self.resumed = False
         if self.path.exists():
-            lines = self.path.read_text().splitlines()
+            text = self.path.read_text()
+            if text and not text.endswith("\n"):  # a line torn by a crash: cut it off before appending
+                text = text[: text.rfind("\n") + 1]
+                self.path.write_text(text)
+            lines = text.splitlines()
             head = _json(lines[0]) if lines else None
             if head and head.get("fingerprint") == fingerprint:
                 self.resumed = True

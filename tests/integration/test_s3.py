@@ -28,3 +28,41 @@ def test_missing_s3_manifest_is_a_clear_error(s3_server):
     storage.s3_client().create_bucket(Bucket="empty")
     with pytest.raises(Exception, match="s3://empty/none/manifest.json"):
         shards.load_manifest("s3://empty/none")
+
+
+def test_pack_round_trip_through_s3(astronaut_mp4, s3_server, tmp_path):
+    """Input and output on s3:// (a real moto_server): videos listed and downloaded with boto3, shards
+    uploaded (multipart) before the manifest, unreadable objects rejected, then DALI reads the result."""
+    import json
+
+    from aupretrain.cli.pack import main as pack_main
+
+    path, _ = astronaut_mp4
+    s3 = storage.s3_client()
+    for b in ("vox-in", "vox-out"):
+        s3.create_bucket(Bucket=b)
+    storage.put_file(path, "s3://vox-in/corpus/eileen/a000.mp4")
+    storage.put_file(path, "s3://vox-in/corpus/eileen2/a001.mp4")
+    storage.write_text("s3://vox-in/corpus/bad/broken.mp4", "not a video")
+    work = tmp_path / "work"
+    args = ["--workers", "1", "--samples-per-shard", "3", "--work-dir", str(work)]
+    assert pack_main(["s3://vox-in/corpus", "s3://vox-out/ds", *args]) == 0
+    m = shards.load_manifest("s3://vox-out/ds")
+    assert m.samples == 8 and m.identities == ["eileen", "eileen2"] and len(m.shards) == 3
+    assert [r["input"] for r in m.rejects] == ["s3://vox-in/corpus/bad/broken.mp4"]
+    assert "s3://vox-in/corpus/bad/broken.mp4: cannot open video" in m.rejects[0]["reason"]
+    assert not any(work.iterdir())  # the scratch folder is cleaned up after the manifest
+    keys = sorted(k.rsplit("/", 1)[-1] for k, _ in storage.list_files("s3://vox-out/ds/"))
+    assert keys == ["manifest.json"] + [f"shard-00000{i}.{e}" for i in range(3) for e in ("idx", "tar")]
+    loader = ClipLoader(ReaderSettings(root="s3://vox-out/ds", batch_size=4, input_size=64, device="cpu",
+                                       num_threads=1, shuffle_buffer=4))
+    b = next(iter(loader))
+    assert b["view1"].shape == (4, 8, 3, 64, 64) and {x["identity"] for x in b["meta"]} <= {"eileen", "eileen2"}
+    # a list on S3 naming an object that does not exist: rejected with the reason, the rest is packed
+    storage.write_text("s3://vox-in/list.jsonl", "\n".join(json.dumps(r) for r in [
+        {"path": "corpus/eileen/a000.mp4", "identity": "eileen"},
+        {"path": "s3://vox-in/nothing/here.mp4", "identity": "ghost"}]))
+    assert pack_main(["s3://vox-in/list.jsonl", "s3://vox-out/list", *args]) == 0
+    m = shards.load_manifest("s3://vox-out/list")
+    assert m.samples == 4 and m.rejects[0]["input"] == "s3://vox-in/nothing/here.mp4"
+    assert "cannot read from S3" in m.rejects[0]["reason"]

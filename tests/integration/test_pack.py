@@ -1,0 +1,123 @@
+"""aupretrain-pack on real footage: detection + alignment of the astronaut video, rejects with reasons,
+frame folders, CSV/JSONL lists with face tracks, the CLI's exit codes."""
+import io
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from aupretrain.cli.pack import main as pack_main
+from aupretrain.data import shards
+from aupretrain.data.pack import PackSettings, pack
+from aupretrain.data.video import read_video, write_video
+
+FAST = dict(workers=1, samples_per_shard=4)
+
+
+def all_samples(root) -> list[shards.Sample]:
+    m = shards.load_manifest(str(root))
+    return [s for info in m.shards for s in shards.read_samples(str(root / info.name))]
+
+
+def decode(jpg: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB"))
+
+
+def test_astronaut_is_detected_and_aligned_in_nearly_every_frame(astronaut_mp4, tmp_path):
+    path, _ = astronaut_mp4
+    m = pack(str(path.parents[1]), str(tmp_path / "out"), PackSettings(**FAST))
+    st = m.stats
+    assert st["frames_decoded"] == 64 and st["frames_with_face"] / st["frames_sampled"] >= 0.95
+    assert m.rejects == [] and m.identities == ["eileen"] and m.samples == 4  # 64 frames, span 15, step 16
+    samples = all_samples(tmp_path / "out")
+    crops = np.stack([decode(j) for s in samples for j in s.jpegs]).astype(float)
+    assert crops.shape[1:] == (112, 112, 3)
+    # every aligned frame shows the same face at the same place: close to the mean crop
+    assert np.abs(crops - crops.mean(0)).mean(axis=(1, 2, 3)).max() < 16
+    # the face fills the middle: the photo's skin tone in the centre, not the background
+    centre = crops[:, 50:62, 50:62].mean(axis=(0, 1, 2))
+    assert centre[0] > 150 and centre[0] > centre[2] + 20
+    meta = samples[0].meta
+    assert meta.video == "eileen/a000" and meta.identity == "eileen" and meta.size == 112 and meta.fps == 25.0
+    assert np.diff(meta.frames).tolist() == [2] * 7
+
+
+def test_bad_inputs_are_rejected_with_reasons_and_the_run_goes_on(astronaut_mp4, tmp_path):
+    path, _ = astronaut_mp4
+    src = tmp_path / "in"
+    (src / "eileen").mkdir(parents=True)
+    shutil.copy(path, src / "eileen" / "good.mp4")
+    (src / "nobody").mkdir()
+    rng = np.random.default_rng(0)
+    write_video(src / "nobody" / "wall.mp4", [np.full((96, 128, 3), 100, np.uint8) + rng.integers(0, 20, (96, 128, 3), dtype=np.uint8)
+                                              for _ in range(24)])
+    data = path.read_bytes()
+    (src / "nobody" / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (src / "nobody" / "empty.mp4").write_bytes(b"")
+    (src / "nobody" / "text.avi").write_text("not a video")
+    m = pack(str(src), str(tmp_path / "out"), PackSettings(**FAST))
+    reasons = {r["input"].rsplit("/", 1)[-1]: r["reason"] for r in m.rejects}
+    assert set(reasons) == {"wall.mp4", "truncated.mp4", "empty.mp4", "text.avi"}
+    assert "no face found in 24 frames" in reasons["wall.mp4"]
+    assert "cannot open video" in reasons["truncated.mp4"] and "empty file (0 bytes)" in reasons["empty.mp4"]
+    assert all(r["reason"].startswith(r["input"]) for r in m.rejects)  # every reason names its file
+    assert m.samples == 4 and m.identities == ["eileen"]
+
+
+def test_frame_folders_and_lists_with_face_tracks(astronaut_mp4, tmp_path):
+    path, transforms = astronaut_mp4
+    frames = read_video(path)
+    folder = tmp_path / "frames" / "eileen" / "clip7"
+    folder.mkdir(parents=True)
+    for i, f in enumerate(frames[:40]):
+        cv2.imwrite(str(folder / f"{i + 1}.jpg"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))  # 1.jpg ... 40.jpg: natural order
+    m = pack(str(tmp_path / "frames"), str(tmp_path / "out1"), PackSettings(**FAST))
+    assert m.samples == 2 and m.rejects == [] and all_samples(tmp_path / "out1")[0].meta.video == "eileen/clip7"
+    # a JSONL list: the video with a face track (ground-truth boxes for frames 0-29 only: detection is
+    # skipped, so frames after 29 have no face), the frame folder by relative path, and a missing file
+    side = 115 * np.hypot(transforms[:, 0, 0], transforms[:, 0, 1])
+    centre = transforms[:, :, :2] @ np.array([224.0, 116.0]) + transforms[:, :, 2]
+    boxes = [[i, *(centre[i] - side[i] / 2), side[i], side[i]] for i in range(30)]
+    lst = tmp_path / "list.jsonl"
+    lst.write_text("\n".join(json.dumps(r) for r in [
+        {"path": str(path), "identity": "eileen", "video": "tracked", "boxes": boxes},
+        {"path": "frames/eileen/clip7", "identity": "eileen"},
+        {"path": "missing.mp4", "identity": "ghost"},
+        {"identity": "nopath"}]) + "\n")
+    m = pack(str(lst), str(tmp_path / "out2"), PackSettings(**FAST))
+    by_video = {}
+    for s in all_samples(tmp_path / "out2"):
+        by_video.setdefault(s.meta.video, []).append(s)
+    assert sorted(by_video) == ["eileen/clip7", "eileen/tracked"]
+    assert len(by_video["eileen/tracked"]) == 1 and max(by_video["eileen/tracked"][0].meta.frames) < 30
+    assert {r["input"].rsplit("/", 1)[-1] for r in m.rejects} == {"missing.mp4", "list.jsonl:4"}
+    # the same through a CSV list
+    csv = tmp_path / "list.csv"
+    csv.write_text(f"path,identity,video\n{path},eileen,plain\nframes/eileen/clip7,eileen,\n")
+    m = pack(str(csv), str(tmp_path / "out3"), PackSettings(**FAST))
+    assert m.videos == 2 and m.samples == 6 and m.rejects == []
+
+
+def test_cli_exit_codes_and_clear_errors(tmp_path, capsys):
+    (tmp_path / "in" / "someone").mkdir(parents=True)
+    (tmp_path / "in" / "someone" / "a.mp4").write_bytes(b"not a video")
+    assert pack_main([str(tmp_path / "in"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing could be packed" in err and "a.mp4" in err
+    assert not (tmp_path / "out" / "manifest.json").exists() and not (tmp_path / "out" / ".pack-work").exists()
+    assert pack_main([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    assert "nowhere: input folder does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pack_main([])
+
+
+def test_settings_dataclass_mirrors_the_config():
+    from aupretrain.cli.pack import settings_from
+    from aupretrain.config import load_config
+
+    cfg = settings_from(load_config().pack)
+    assert cfg == PackSettings() and json.dumps(cfg.content()) == json.dumps(PackSettings().content())
+    assert PackSettings(min_face_px=40).content() == PackSettings(min_face_px=40.0).content()
