@@ -10,7 +10,7 @@ score each micro-batch only against its own negatives. Instead (as OpenCLIP's ac
 
 Micro-step j then yields exactly dL/df_j * df_j/dtheta of the loss L of the whole accumulated batch, and the
 k backward passes sum to the gradient of one batch k times the size (`engine.backward(...,
-scale_wrt_gas=True)`: every micro-step already carries the full loss, so DeepSpeed must not divide by k).
+scale_wrt_gas=False)`: every micro-step already carries the full loss, so DeepSpeed must not divide by k).
 Forward passes must be deterministic (no dropout; GroupNorm, not BatchNorm) for the cache to match.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ def train_step(engine, objective: Objective, batches: list[dict[str, Any]], rank
         mk = objective.momentum_keys(outputs)
         if mk is not None:
             queued.append(mk)
-        engine.backward(loss, scale_wrt_gas=True)
+        engine.backward(loss, scale_wrt_gas=False)
         engine.step()
     if hasattr(module, "after_step"):
         module.after_step(gather_no_grad(torch.cat(queued)) if queued else None)
