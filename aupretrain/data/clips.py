@@ -40,9 +40,8 @@ class PackSettings:
     seed: int = 0
     align: str = "detect"
     detector: str = "mtcnn"
-    detect_every: int = 10
-    landmarks_every: int = 2
-    detect_size: int = 320
+    detect_every: int = 15
+    landmarks_every: int = 3
     min_face: float = 0.2
     thresholds: tuple = (0.6, 0.7, 0.7)
     main_face: str = "largest"
@@ -127,7 +126,7 @@ def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResul
     if s.align == "center":
         yield from align_center(center_faces(frames), s.size)
         return
-    det = faces.Detector(s.detector, s.detect_size, s.min_face, s.thresholds)
+    det = faces.Detector(s.detector, s.min_face, s.thresholds)
     given = None
     if item.boxes is not None:
         first = next(frames, None)
@@ -140,7 +139,14 @@ def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResul
             raise VideoError(f"{item.path}: bad face track ({e})") from e
         frames = _chain(first, frames)
     tracked = faces.track(frames, det, s.detect_every, s.landmarks_every, s.main_face, s.link_iou, s.min_face_prob, given)
-    yield from faces.align(tracked, np.asarray(s.template), s.size, s.smooth_sigma)
+    yield from faces.align(tracked, np.asarray(s.template), s.size, s.smooth_sigma, keep=lambda p: in_clip(p, s))
+
+
+def in_clip(pos: int, s: PackSettings) -> bool:
+    """Whether frame `pos` of a face segment belongs to some clip (the others need no crop)."""
+    span = (s.clip_len - 1) * s.stride + 1
+    first = max(0, -(-(pos - span + 1) // s.step))
+    return any((pos - k * s.step) % s.stride == 0 for k in range(first, pos // s.step + 1))
 
 
 def _chain(first, rest):

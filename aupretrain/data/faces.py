@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -36,7 +36,7 @@ class FaceFrame:
 @dataclass
 class Aligned:
     index: int
-    crop: np.ndarray  # [S, S, 3] uint8
+    crop: np.ndarray | None  # [S, S, 3] uint8; None for frames no clip uses
     face_px: float
     sharpness: float  # variance of the Laplacian of the grey crop
     segment: int
@@ -53,14 +53,13 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 class Detector:
     """detect(img) -> boxes [N, 4], scores [N], landmarks [N, 5, 2]; refine(img, boxes) -> same for given boxes.
 
-    Frames whose short side exceeds `detect_size` are downscaled for the search; results are in source pixels.
+    min_face: the smallest face searched for, as a fraction of the frame's short side.
     """
 
-    def __init__(self, kind: str = "mtcnn", detect_size: int = 320, min_face: float = 0.12,
-                 thresholds: Iterable[float] = (0.6, 0.7, 0.7)):
+    def __init__(self, kind: str = "mtcnn", min_face: float = 0.2, thresholds: Iterable[float] = (0.6, 0.7, 0.7)):
         if kind not in ("mtcnn", "haar"):
             raise ValueError(f"unknown detector {kind!r} (mtcnn or haar)")
-        self.kind, self.detect_size, self.min_face, self.thresholds = kind, detect_size, min_face, tuple(thresholds)
+        self.kind, self.min_face, self.thresholds = kind, min_face, tuple(thresholds)
         if kind == "mtcnn":
             from . import mtcnn
 
@@ -73,17 +72,15 @@ class Detector:
                 raise FileNotFoundError(f"{path}: OpenCV Haar cascade missing (opencv-python-headless<5 ships it)")
 
     def detect(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        f = min(1.0, self.detect_size / min(img.shape[:2]))
-        small = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else img
-        min_px = max(12.0, self.min_face * min(small.shape[:2]))
+        min_px = max(12.0, self.min_face * min(img.shape[:2]))
         if self.kind == "mtcnn":
-            boxes, scores, lms = self._mtcnn.detect(small, min_face=min_px, thresholds=self.thresholds)
-        else:
-            grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
-            found = self._haar.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(int(min_px),) * 2)
-            boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in found], np.float64).reshape(-1, 4)
-            scores, lms = np.ones(len(boxes)), box_landmarks(boxes)
-        return boxes / f, scores, lms / f
+            return self._mtcnn.detect(img, min_face=min_px, thresholds=self.thresholds)
+        f = min(1.0, 48.0 / min_px)  # the cascade's 24 px window: search at twice that face size
+        small = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else img
+        grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+        found = self._haar.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(int(min_px * f),) * 2)
+        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in found], np.float64).reshape(-1, 4) / f
+        return boxes, np.ones(len(boxes)), box_landmarks(boxes)
 
     def refine(self, img, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Landmarks and face probability for given boxes of one image (or of a list of images, one per box)."""
@@ -157,6 +154,13 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int = 
         if anchors:  # one landmark-net pass over the anchor frames
             b, p, lm = det.refine([batch[j][1] for j in anchors], np.stack([boxes[j] for j in anchors]))
             known.update({j: (b[k], lm[k]) if p[k] >= min_prob else None for k, j in enumerate(anchors)})
+            for j in anchors:  # the guessed box missed (motion was not linear): a full detection near it
+                if known[j] is None and given is None:
+                    found, _, lms = det.detect(batch[j][1])
+                    near = [k for k in range(len(found)) if iou(found[k], boxes[j]) >= link_iou or _near(found[k], boxes[j])]
+                    if near:
+                        k = max(near, key=lambda k: iou(found[k], boxes[j]))
+                        known[j] = (found[k], lms[k])
         keys = sorted(k for k in known)
         out = []
         for j, (idx, rgb) in enumerate(batch):
@@ -193,8 +197,10 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int = 
         return iou(a[0], b[0]) >= link_iou or _near(a[0], b[0])
 
     def bridge(batch, left, right, depth):
-        """Frames between detections left and right; when the face moved too far to link them, detect
-        again in the middle (up to `depth` times) instead of giving up. Returns whether the chain held."""
+        """Frames between detections left and right. When the face moved too far to link them, detect again
+        in the middle and bridge each half (up to `depth` levels) instead of giving up. Returns whether the
+        chain of links reaches `right`."""
+        nonlocal run_open
         if linked(left, right):
             n = len(batch) + 1
             yield from between(batch, [left[0] + (right[0] - left[0]) * (j + 1) / n for j in range(n - 1)], left, right)
@@ -206,13 +212,14 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int = 
         idx, rgb = batch[mid]
         boxes, _, lms = det.detect(rgb)
         k, _ = choose_main(boxes, rgb.shape, left[0], main_face, link_iou)
-        if k is None or not linked(left, (boxes[k], lms[k])):
+        if k is None:
             yield from (emit(i, f, None, None) for i, f in batch)
             return False
         m = (boxes[k], lms[k])
-        ok = yield from bridge(batch[:mid], left, m, depth - 1)
+        if not (yield from bridge(batch[:mid], left, m, depth - 1)):
+            run_open = False
         yield emit(idx, rgb, *m)
-        return (yield from bridge(batch[mid + 1:], m, right, depth - 1)) and ok
+        return (yield from bridge(batch[mid + 1:], m, right, depth - 1))
 
     def keyframe(idx, rgb):
         nonlocal prev, pending, run_open
@@ -220,7 +227,7 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int = 
         k, _ = choose_main(boxes, rgb.shape, None if prev is None else prev[0], main_face, link_iou)
         cur = None if k is None else (boxes[k], lms[k])
         if prev is not None and cur is not None:
-            chained = yield from bridge(pending, prev, cur, 2)
+            chained = yield from bridge(pending, prev, cur, 3)
         else:
             chained = False
             yield from (emit(i, f, None, None) for i, f in pending)
@@ -284,10 +291,12 @@ def local_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, degree: int = 2) -> n
     return np.linalg.lstsq(a, y * np.sqrt(w)[:, None], rcond=None)[0][0]
 
 
-def align(faces: Iterable[FaceFrame], template: np.ndarray, size: int, sigma: float = 3.0) -> Iterator[Aligned]:
+def align(faces: Iterable[FaceFrame], template: np.ndarray, size: int, sigma: float = 3.0,
+          keep: Callable[[int], bool] | None = None) -> Iterator[Aligned]:
     """Aligned crops of the frames that have a face. Within each segment the landmark tracks are smoothed
     over time by a local quadratic fit with Gaussian weights of `sigma` frames (0: off), then each frame
-    is warped by the similarity that maps its smoothed landmarks onto the template."""
+    is warped by the similarity that maps its smoothed landmarks onto the template. Frames whose position
+    in their segment fails `keep` are passed on without a crop (no clip will use them)."""
     dst = np.asarray(template, np.float64) * size
     r = int(math.ceil(3 * sigma)) if sigma > 0 else 0
     weights = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2) if sigma > 0 else np.ones(1)
@@ -295,6 +304,9 @@ def align(faces: Iterable[FaceFrame], template: np.ndarray, size: int, sigma: fl
     emitted, current, last_pos = 0, None, -1
 
     def out(pos: int) -> Aligned:
+        if keep is not None and not keep(pos):
+            f = next(f for q, f in window if q == pos)
+            return Aligned(f.index, None, f.face_px, 0.0, f.segment)
         near = [(q, f) for q, f in window if abs(q - pos) <= r]
         x = np.array([q - pos for q, _ in near])
         lm = local_fit(x, np.array([f.landmarks.reshape(-1) for _, f in near]), weights[x + r]).reshape(-1, 2)

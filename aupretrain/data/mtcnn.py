@@ -185,11 +185,14 @@ def detect(img: np.ndarray, min_face: float = 20.0, thresholds=(0.6, 0.7, 0.7), 
     while side >= 12:
         scales.append(m * factor ** len(scales))
         side *= factor
-    cands = []
+    cands, level = [], None
     with torch.inference_mode():
         for s in scales:
             hs, ws = int(h * s + 1), int(w * s + 1)
-            reg, prob = pnet(_to_tensor(cv2.resize(img, (ws, hs), interpolation=cv2.INTER_AREA)[None]))
+            # first level: area averaging from the image; then small steps (x0.709) from the level before
+            level = cv2.resize(img if level is None else level, (ws, hs),
+                               interpolation=cv2.INTER_AREA if level is None else cv2.INTER_LINEAR)
+            reg, prob = pnet(_to_tensor(level[None]))
             p, r = prob[0, 1].numpy(), reg[0].numpy()
             ys, xs = np.nonzero(p >= thresholds[0])
             if len(ys) == 0:
