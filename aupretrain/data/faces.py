@@ -151,8 +151,10 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int = 
         anchors = {j for j in range(n) if (j + 1) % m == 0 or (j == 0 and left is None) or (j == n - 1 and right is None)}
         anchors = sorted(j for j in anchors if boxes[j] is not None)
         known = {-1: left, n: right}
-        if anchors:  # one landmark-net pass over the anchor frames
-            b, p, lm = det.refine([batch[j][1] for j in anchors], np.stack([boxes[j] for j in anchors]))
+        if anchors:  # landmark net on the anchor frames, twice: the second pass on the box the first regressed
+            imgs = [batch[j][1] for j in anchors]
+            b, p, lm = det.refine(imgs, np.stack([boxes[j] for j in anchors]))
+            b, p, lm = det.refine(imgs, b)
             known.update({j: (b[k], lm[k]) if p[k] >= min_prob else None for k, j in enumerate(anchors)})
             for j in anchors:  # the guessed box missed (motion was not linear): a full detection near it
                 if known[j] is None and given is None:
