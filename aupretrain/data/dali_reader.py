@@ -7,6 +7,8 @@ video [B], partner [B] (a clip of another identity in the same batch, -1 if none
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -88,7 +90,9 @@ def check_shards(root: str, manifest: shards.Manifest, verify: bool = False) -> 
     return paths, idx, bad
 
 
-def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], clip_len: int):
+def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], clip_len: int,
+                   checkpoint: str | None = None):
+    """The reader pipeline; `checkpoint` (from `ClipLoader.state()`) restores reader position and RNG state."""
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali import math as dmath
 
@@ -116,7 +120,7 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
                                         mean=[255 * m for m in s.mean], std=[255 * x for x in s.std])
 
     @pipeline_def(batch_size=s.batch_size, num_threads=s.num_threads, device_id=device_id, seed=s.seed,
-                  prefetch_queue_depth=s.prefetch)
+                  prefetch_queue_depth=s.prefetch, enable_checkpointing=True)
     def pipe():
         outs = fn.readers.webdataset(
             paths=paths, index_paths=index_paths, ext=shards.frame_exts(clip_len) + ["json"],
@@ -127,7 +131,7 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
         meta = fn.pad(outs[clip_len], axes=[0], shape=[META_BYTES], fill_value=0)
         return view(seq), view(seq), meta
 
-    p = pipe()
+    p = pipe(checkpoint=checkpoint)
     p.build()
     return p
 
@@ -141,10 +145,15 @@ def partners(identity: torch.Tensor, generator: torch.Generator | None = None) -
     return torch.where(other.any(1), best, torch.full_like(best, -1))
 
 
+def video_id(name: str) -> int:
+    """A stable integer id of a video name (the same in every process and run)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=7).digest(), "little")
+
+
 class ClipLoader:
     """Endless iterator of training batches for one rank (an epoch ends, the reader starts the next)."""
 
-    def __init__(self, settings: ReaderSettings):
+    def __init__(self, settings: ReaderSettings, state: dict | None = None):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         self.settings = settings
@@ -153,13 +162,28 @@ class ClipLoader:
         self.skipped_samples = sum(b["samples"] for b in self.bad_shards)
         self.clip_len = self.manifest.clip_len
         self.identity_ids = {name: i for i, name in enumerate(self.manifest.identities)}
-        self.video_ids: dict[str, int] = {}
-        self.pipe = build_pipeline(settings, paths, idx, self.clip_len)
+        self.shard_paths = paths
+        if state is not None and state.get("shards") != paths:
+            log.warning("reader state is for other shards (%d listed, %d usable now): starting a new epoch",
+                        len(state.get("shards") or []), len(paths))
+            state = None
+        self.pipe = build_pipeline(settings, paths, idx, self.clip_len, base64.b64decode(state["dali"]) if state else None)
         self.iterator = DALIGenericIterator([self.pipe], ["view1", "view2", "meta"], reader_name="Reader",
                                             auto_reset=True, last_batch_policy=LastBatchPolicy.DROP)
-        self.epoch = 0
+        self.epoch = int(state["epoch"]) if state else 0
         self._gen = torch.Generator().manual_seed(settings.seed)
+        if state:
+            self._gen.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+        self.restored = state is not None
         self.labels = FrameLabels(settings.labels) if settings.labels else None
+
+    def state(self) -> dict:
+        """Everything needed to continue exactly where this loader is (between batches): the DALI reader
+        position and RNG states, the epoch, the partner sampler's RNG. JSON-serialisable."""
+        cpt = self.iterator.checkpoints()[0]
+        cpt = base64.b64encode(cpt if isinstance(cpt, bytes) else cpt.encode()).decode("ascii")
+        return {"format": 1, "dali": cpt, "epoch": self.epoch,
+                "generator": self._gen.get_state().tolist(), "shards": self.shard_paths}
 
     @property
     def steps_per_epoch(self) -> int:
@@ -176,7 +200,7 @@ class ClipLoader:
                 d = out[0]
                 metas = self._decode_meta(d["meta"])
                 ident = torch.tensor([self.identity_ids.get(m["identity"], -1) for m in metas])
-                video = torch.tensor([self.video_ids.setdefault(m["video"], len(self.video_ids)) for m in metas])
+                video = torch.tensor([video_id(m["video"]) for m in metas])
                 batch = {"view1": d["view1"], "view2": d["view2"], "identity": ident, "video": video,
                          "partner": partners(ident, self._gen), "meta": metas}
                 if self.labels is not None:

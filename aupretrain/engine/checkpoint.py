@@ -18,12 +18,16 @@ def tag(step: int) -> str:
     return f"step_{step}"
 
 
-def save(engine, run_dir: str | Path, step: int, meta: dict, is_main: bool) -> Path:
-    """Every rank writes its DeepSpeed shards; rank 0 writes meta.json, then COMPLETE after all ranks are done."""
+def save(engine, run_dir: str | Path, step: int, meta: dict, is_main: bool, rank: int = 0,
+         reader: dict | None = None) -> Path:
+    """Every rank writes its DeepSpeed shards and its reader state (reader_rank<R>.json); rank 0 writes
+    meta.json, then COMPLETE after all ranks are done."""
     d = root(run_dir)
     engine.save_checkpoint(str(d), tag=tag(step), client_state={"step": step})
-    barrier()
     out = d / tag(step)
+    if reader is not None:
+        (out / f"reader_rank{rank}.json").write_text(json.dumps(reader))
+    barrier()
     if is_main:
         (out / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1))
         (out / COMPLETE).write_text("ok\n")
@@ -45,3 +49,12 @@ def load(engine, run_dir: str | Path, step: int) -> dict:
     _, client = engine.load_checkpoint(str(root(run_dir)), tag=tag(step))
     meta = json.loads((root(run_dir) / tag(step) / "meta.json").read_text())
     return {**(client or {}), **meta}
+
+
+def reader_state(ckpt_dir: str | Path, rank: int, world: int) -> dict | None:
+    """This rank's saved reader state, if the checkpoint was written by the same number of ranks."""
+    path = Path(ckpt_dir) / f"reader_rank{rank}.json"
+    meta = json.loads((Path(ckpt_dir) / "meta.json").read_text())
+    if not path.exists() or int(meta.get("world_size", -1)) != world:
+        return None
+    return json.loads(path.read_text())

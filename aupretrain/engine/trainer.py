@@ -74,7 +74,11 @@ def train(cfg: DictConfig) -> dict:
     run_dir = resolve_run_dir(cfg, d)
     torch.manual_seed(int(cfg.run.seed))
     objective = build_objective(cfg.objective)
-    loader = ClipLoader(ReaderSettings.from_config(cfg, d.rank, d.world))
+    found = checkpoint.latest(run_dir) if cfg.train.resume else None
+    reader = checkpoint.reader_state(found[1], d.rank, d.world) if found else None
+    if found and reader is None:
+        log.warning("no reader state for %d ranks in %s: the data stream restarts its epoch", d.world, found[1])
+    loader = ClipLoader(ReaderSettings.from_config(cfg, d.rank, d.world), state=reader)
     parts = objective.model_parts()
     if parts.get("momentum") and int(cfg.deepspeed.zero_optimization.stage) == 3:
         raise ValueError("objective=moco needs ZeRO stage 1 or 2 (the EMA update reads the full online weights)")
@@ -85,11 +89,11 @@ def train(cfg: DictConfig) -> dict:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                            config=deepspeed_config(cfg, d.world))
     start, run_id = 0, None
-    found = checkpoint.latest(run_dir) if cfg.train.resume else None
     if found:
         state = checkpoint.load(engine, run_dir, found[0])
         start, run_id = int(state["step"]), state.get("mlflow_run_id")
-        log.info("resumed from %s at step %d", found[1], start)
+        log.info("resumed from %s at step %d (data stream %s)", found[1], start,
+                 "continues where it stopped" if loader.restored else "restarts its epoch")
     tracker = Tracker(cfg, d.is_main, run_name=run_dir.name, run_id=run_id)
     run_id = broadcast_object(tracker.run_id)
     if d.is_main:
@@ -108,8 +112,9 @@ def train(cfg: DictConfig) -> dict:
                     "config": OmegaConf.to_container(cfg, resolve=True)}
     from tqdm import tqdm
 
-    bar = tqdm(range(start, int(cfg.train.steps)), desc="train", disable=not d.is_main or None, initial=start,
-               total=int(cfg.train.steps))
+    steps = int(cfg.train.steps)
+    end = min(steps, int(cfg.train.stop_at)) if cfg.train.get("stop_at") else steps  # chained jobs stop early
+    bar = tqdm(range(start, end), desc="train", disable=not d.is_main or None, initial=start, total=steps)
     for step in bar:
         t0 = time.perf_counter()
         batches = [next(it) for _ in range(accum)]
@@ -117,7 +122,7 @@ def train(cfg: DictConfig) -> dict:
         loss, parts = train_step(engine, objective, batches, d.rank)
         timer.step(accum * b * clip_len)
         n = step + 1
-        if n % int(cfg.train.log_every) == 0 or n == int(cfg.train.steps):
+        if n % int(cfg.train.log_every) == 0 or n == end:
             m = mean_across_ranks({"train/loss": loss.detach(), **{f"train/{k}": v for k, v in parts.items()}})
             m.update(timer.summary(d.world))
             m["train/lr"] = engine.get_lr()[0]
@@ -127,14 +132,18 @@ def train(cfg: DictConfig) -> dict:
             bar.set_postfix(loss=f"{m['train/loss']:.3f}", fps=f"{m['perf/frames_per_s']:.0f}")
             if d.is_main and bar.disable:  # no terminal (batch jobs, CI): progress as log lines
                 terms = " ".join(f"{k[6:]} {v:.3f}" for k, v in m.items() if k.startswith("train/") and k != "train/lr")
-                log.info("step %d/%d %s lr %.2e %.0f frames/s stall %.1f%%", n, int(cfg.train.steps), terms,
+                log.info("step %d/%d %s lr %.2e %.0f frames/s stall %.1f%%", n, steps, terms,
                          m["train/lr"], m["perf/frames_per_s"], m["perf/data_stall_pct"])
-        if cfg.train.checkpoint_every and n % int(cfg.train.checkpoint_every) == 0 and n < int(cfg.train.steps):
-            checkpoint.save(engine, run_dir, n, meta(), d.is_main)
+        if cfg.train.checkpoint_every and n % int(cfg.train.checkpoint_every) == 0 and n < end:
+            checkpoint.save(engine, run_dir, n, meta(), d.is_main, d.rank, loader.state())
     bar.close()
-    steps = int(cfg.train.steps)
-    if start < steps:
-        checkpoint.save(engine, run_dir, steps, meta(), d.is_main)
+    if start < end:
+        checkpoint.save(engine, run_dir, end, meta(), d.is_main, d.rank, loader.state())
+    if end < steps:
+        log.info("stopped at step %d of %d (train.stop_at): run again with run.dir=%s to continue", end, steps, run_dir)
+        tracker.finish("KILLED")
+        return {"run_dir": str(run_dir), "mlflow_run_id": run_id, "loss_history": history, "rank": d.rank,
+                "stopped_at": end}
     export_encoder(engine, run_dir / "encoder.pt", {"step": steps, "mlflow_run_id": run_id})
     barrier()
     result = {"run_dir": str(run_dir), "mlflow_run_id": run_id, "loss_history": history, "rank": d.rank}

@@ -101,12 +101,27 @@ def test_torchrun_two_ranks(packed, corpus, tmp_path, objective, accum, term):
 
 
 def test_resume_continues_from_the_last_complete_checkpoint(packed, tmp_path):
-    run_dir = tmp_path / "runs" / "fixed"
-    base = common(packed, tmp_path, **{"run.dir": str(run_dir), "train.eval_at_end": "false",
-                                       "train.checkpoint_every": 2})
-    launch([sys.executable, TRAIN, *base, "train.steps=4"], tmp_path)
-    r = launch([sys.executable, TRAIN, *base, "train.steps=6"], tmp_path)
-    assert "resumed from" in r.stderr and "at step 4" in r.stderr
+    """Stop after 4 of 6 steps (train.stop_at) and continue: the same MLflow run, the data stream continues where it stopped,
+    and the final weights equal those of an uninterrupted 6-step run."""
+    import torch
+
+    def args(name):
+        return common(packed, tmp_path, **{"run.dir": str(tmp_path / "runs" / name), "train.eval_at_end": "false",
+                                           "train.checkpoint_every": 2})
+
+    r = launch([sys.executable, TRAIN, *args("resumed"), "train.steps=6", "train.stop_at=4"], tmp_path)
+    assert "stopped at step 4 of 6" in r.stderr and not (tmp_path / "runs" / "resumed" / "encoder.pt").exists()
+    r = launch([sys.executable, TRAIN, *args("resumed"), "train.steps=6"], tmp_path)
+    assert "resumed from" in r.stderr and "at step 4 (data stream continues where it stopped)" in r.stderr
+    run_dir = tmp_path / "runs" / "resumed"
     meta = json.loads((run_dir / "checkpoints" / "step_6" / "meta.json").read_text())
     first = json.loads((run_dir / "checkpoints" / "step_4" / "meta.json").read_text())
     assert meta["mlflow_run_id"] == first["mlflow_run_id"]  # the same MLflow run continues
+    assert (run_dir / "checkpoints" / "step_4" / "reader_rank0.json").exists()
+
+    launch([sys.executable, TRAIN, *args("straight"), "train.steps=6"], tmp_path)
+    a = torch.load(run_dir / "encoder.pt")["state_dict"]
+    b = torch.load(tmp_path / "runs" / "straight" / "encoder.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5), k
