@@ -4,7 +4,8 @@ INPUT: a folder <identity>/<video>.mp4 (or <identity>/<video>/<frame>.jpg), a .c
 s3://bucket/prefix. OUTPUT: a folder or s3://bucket/prefix. Defaults come from configs/pack/default.yaml;
 Hydra overrides of the `pack` group may follow `--` (e.g. `-- pack.main_face=central`). Re-running the same
 command after a crash or Ctrl-C resumes. Exit code 0 when something was packed (rejects are listed in the
-manifest), 2 when nothing could be packed or the input is missing, 130 when interrupted.
+manifest), 2 when nothing could be packed or the input is missing, 1 when the output cannot be written
+(S3 errors after boto3's retries, disk full), 130 when interrupted.
 """
 from __future__ import annotations
 
@@ -56,6 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aupretrain-pack: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except OSError as e:  # the output became unwritable (disk full, permissions)
+        print(f"aupretrain-pack: error writing {a.output}: {e}; run the same command again to resume", file=sys.stderr)
+        return 1
+    except Exception as e:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if not isinstance(e, (BotoCoreError, ClientError)):
+            raise
+        print(f"aupretrain-pack: S3 error after retries: {e}; run the same command again to resume", file=sys.stderr)
+        return 1
     dt = time.time() - t0
     print(json.dumps({"samples": m.samples, "frames": m.frames, "shards": len(m.shards), "identities": len(m.identities),
                       "videos": m.videos, "rejects": len(m.rejects), "seconds": round(dt, 1),

@@ -50,7 +50,7 @@ class PackSettings:
     smooth_sigma: float = 3.0
     template: tuple = ((0.375, 0.42), (0.625, 0.42), (0.5, 0.56), (0.395, 0.71), (0.605, 0.71))
     min_face_px: float = 40.0
-    min_sharpness: float = 10.0
+    min_sharpness: float = 20.0
     work_dir: str | None = None
 
     @property

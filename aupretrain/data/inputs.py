@@ -116,11 +116,15 @@ def discover(source: str) -> tuple[list[VideoItem], list[dict]]:
     if source.lower().endswith(LIST_EXTS):
         try:
             items, rejects = _parse_list(source)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{source}: list file not found") from e
+        except Exception as e:  # noqa: BLE001 - missing file, not UTF-8, bad CSV, botocore errors for a list on S3
+            raise FileNotFoundError(f"{source}: cannot read the list ({e})") from e
     elif storage.is_s3(source):
         prefix = source.rstrip("/")
-        entries = [(k[len(prefix) + 1:], n) for k, n in storage.list_files(prefix + "/")]
+        try:
+            listed = storage.list_files(prefix + "/")
+        except Exception as e:  # noqa: BLE001 - botocore: no such bucket, denied, endpoint down (after retries)
+            raise FileNotFoundError(f"{source}: cannot list the input ({e})") from e
+        entries = [(k[len(prefix) + 1:], n) for k, n in listed]
         items, rejects = _group_tree(entries, prefix), []
     else:
         root = Path(source)

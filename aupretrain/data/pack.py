@@ -73,7 +73,7 @@ class Journal:
                 for line in lines[1:]:
                     rec = _json(line)
                     if rec and "video" in rec:
-                        self.videos[rec["video"]] = rec
+                        self.videos[rec["video"]] = _compact(rec)
                     elif rec and "shard" in rec:
                         self.shards[rec["shard"]] = shards.ShardInfo(**rec["info"])
             else:
@@ -89,9 +89,17 @@ class Journal:
         self.f.flush()
         if sync:
             os.fsync(self.f.fileno())
+        if "video" in rec:
+            self.videos[rec["video"]] = _compact(rec)
 
     def close(self) -> None:
         self.f.close()
+
+
+def _compact(rec: dict) -> tuple:
+    """(clips, frames, sampled, face_frames, dropped small, dropped blurry, reason): ~100 bytes a video."""
+    return (rec["clips"], rec["frames"], rec["sampled"], rec["face_frames"], rec["dropped"]["small"],
+            rec["dropped"]["blurry"], rec["reason"])
 
 
 def _json(line: str):
@@ -196,38 +204,37 @@ def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
     todo = [it for it in order if it.video not in journal.videos]
     workers = s.workers or min(os.cpu_count() or 1, max(1, len(todo)))
     results = parallel_map(_work, [(it, s, str(asm.spill_path(it.video))) for it in todo], workers)
-    totals = {"frames_decoded": 0, "frames_sampled": 0, "frames_with_face": 0, "clips_dropped_small": 0,
-              "clips_dropped_blurry": 0}
-    clips, t0, decoded_now = 0, time.time(), 0
+    names = ("frames_decoded", "frames_sampled", "frames_with_face", "clips_dropped_small", "clips_dropped_blurry")
+    totals = dict.fromkeys(names, 0)
+    clips, t0, decoded_now, rejects, identities, videos = 0, time.time(), 0, [], set(), 0
     bar = tqdm(total=len(order), unit="video", desc="pack", disable=None, initial=len(journal.videos))
     if journal.resumed:
         log.info("resuming: %d of %d videos and %d shards already done", len(journal.videos), len(order), len(journal.shards))
     for it in order:
-        rec = journal.videos.get(it.video)
-        if rec is None:
+        if it.video not in journal.videos:
             r = next(results)
             assert r.video == it.video, (r.video, it.video)
-            rec = {"video": it.video, "identity": it.identity, "input": it.path, "clips": r.clips, "frames": r.frames,
-                   "sampled": r.sampled, "face_frames": r.face_frames, "dropped": r.dropped, "reason": r.reason}
             if r.warning:
                 log.warning("%s", r.warning)
             if r.reason:
                 log.warning("rejected %s", r.reason)
-            journal.add(rec)
-            journal.videos[it.video] = rec
+            journal.add({"video": it.video, "clips": r.clips, "frames": r.frames, "sampled": r.sampled,
+                         "face_frames": r.face_frames, "dropped": r.dropped, "reason": r.reason})
             decoded_now += r.frames
             bar.update(1)
-        clips += rec["clips"]
-        for k, key in (("frames", "frames_decoded"), ("sampled", "frames_sampled"), ("face_frames", "frames_with_face")):
-            totals[key] += rec[k]
-        totals["clips_dropped_small"] += rec["dropped"]["small"]
-        totals["clips_dropped_blurry"] += rec["dropped"]["blurry"]
-        asm.add(it.video, rec["clips"])
+        n, *stats, reason = journal.videos[it.video]
+        for k, v in zip(names, stats):
+            totals[k] += v
+        if reason:
+            rejects.append({"input": it.path, "reason": reason})
+        elif n:
+            clips, videos = clips + n, videos + 1
+            identities.add(it.identity)
+        asm.add(it.video, n)
         bar.set_postfix(clips=clips, shards=len(asm.infos), fps=f"{decoded_now / max(time.time() - t0, 1e-6):.0f}",
-                        rejects=sum(1 for r in journal.videos.values() if r["reason"]), refresh=False)
+                        rejects=len(rejects), refresh=False)
     bar.close()
-    rejects = list_rejects + sorted(({"input": r["input"], "reason": r["reason"]} for r in journal.videos.values()
-                                     if r["reason"]), key=lambda r: r["input"])
+    rejects = list_rejects + sorted(rejects, key=lambda r: r["input"])
     if clips == 0:
         journal.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -235,10 +242,9 @@ def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
                            f"{rejects[0]['reason'] if rejects else 'n/a'}")
     asm.finish()
     journal.close()
-    packed = [r for r in journal.videos.values() if r["clips"]]
     manifest = shards.Manifest(
         samples=clips, frames=clips * s.clip_len, clip_len=s.clip_len, stride=s.stride, size=s.size, fps=s.fps,
-        identities=sorted({r["identity"] for r in packed}), videos=len(packed), shards=asm.infos, rejects=rejects,
+        identities=sorted(identities), videos=videos, shards=asm.infos, rejects=rejects,
         stats=totals, settings=s.content() | {"input": str(source)})
     shards.write_manifest(output, manifest)
     shutil.rmtree(work, ignore_errors=True)

@@ -121,3 +121,37 @@ def test_settings_dataclass_mirrors_the_config():
     cfg = settings_from(load_config().pack)
     assert cfg == PackSettings() and json.dumps(cfg.content()) == json.dumps(PackSettings().content())
     assert PackSettings(min_face_px=40).content() == PackSettings(min_face_px=40.0).content()
+
+
+def test_small_and_blurry_clips_are_dropped_with_counts(astronaut_mp4, tmp_path):
+    path, _ = astronaut_mp4
+    src = path.parents[1]
+    m = pack(str(src), str(tmp_path / "a"), PackSettings(min_face_px=60.0, **FAST))
+    assert m.samples == 4 and m.stats["clips_dropped_small"] == 0  # faces here are ~70-110 px
+    with pytest.raises(RuntimeError, match=r"every clip dropped \(4 face smaller than 200.0 px"):
+        pack(str(src), str(tmp_path / "b"), PackSettings(min_face_px=200.0, **FAST))
+    video = read_video(path)
+    for sigma in (2, 6):  # Gaussian blur of the source frames (sigma in pixels; the face is ~70-110 px)
+        blurred = tmp_path / f"blur{sigma}" / "eileen" / "soft.mp4"
+        blurred.parent.mkdir(parents=True)
+        write_video(blurred, [cv2.GaussianBlur(f, (0, 0), sigma) for f in video])
+    assert pack(str(tmp_path / "blur2"), str(tmp_path / "c"), PackSettings(**FAST)).samples == 4
+    with pytest.raises(RuntimeError, match=r"every clip dropped \(0 face smaller than 40.0 px, [1-4] blurrier than sharpness 20.0\)"):
+        pack(str(tmp_path / "blur6"), str(tmp_path / "d"), PackSettings(**FAST))
+
+
+def test_odd_sized_yuv444_video_decodes_upright(tmp_path):
+    import av
+
+    path = tmp_path / "odd.mkv"
+    frames = [np.full((121, 161, 3), (40 * i, 100, 200 - 40 * i), np.uint8) for i in range(4)]
+    with av.open(str(path), "w") as c:
+        st = c.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 161, 121, "yuv444p"
+        for f in frames:
+            for p in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in st.encode():
+            c.mux(p)
+    got = read_video(path)
+    assert got.shape == (4, 121, 161, 3) and np.abs(got.astype(int) - np.stack(frames)).mean() < 4
