@@ -25,15 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-OBJECTIVES = {
-    "tcl": dict(name="tcl", temperature=0.1, margin=0.2, window=0, symmetric=True, rank_weight=1.0, rank_margin=0.05,
-                cross_clip_weight=1.0),
-    "simclr": dict(name="simclr", temperature=0.1),
-    "clp": dict(name="clp", temperature=0.1, margin=0.2, window=0, symmetric=True, rank_weight=1.0, rank_margin=0.05,
-                cross_clip_weight=1.0, cir=dict(self_weight=1.0, cycle_weight=1.0, au_weight=0.5, id_weight=0.5,
-                                                frames=2, identity_offset=1, stop_grad_targets=True)),
-    "moco": dict(name="moco", temperature=0.2, momentum=0.999, queue_size=16384, symmetric=True),
-}
+OBJECTIVES = ["tcl", "simclr", "clp", "moco"]  # configured defaults from configs/objective/<name>.yaml
 
 
 def rss_mib() -> float:
@@ -48,15 +40,16 @@ def worker(a) -> None:
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
-    from omegaconf import OmegaConf
-
+    from aupretrain.config import load_config
     from aupretrain.engine.distributed import gather_with_grad
     from aupretrain.objectives import build_objective
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // a.world))
     if a.world > 1:
         dist.init_process_group("gloo", rank=a.rank, world_size=a.world)
-    obj = build_objective(OmegaConf.create(OBJECTIVES[a.objective]))
+    cfg = load_config([f"objective={a.objective}"]).objective
+    obj = build_objective(cfg)
+    queue = int(cfg.get("queue_size", 0))
     g = torch.Generator().manual_seed(a.rank)
     b, t, d, s, f = a.batch, a.frames, a.dim, a.size, 2
 
@@ -65,7 +58,7 @@ def worker(a) -> None:
         z2 = F.normalize(torch.randn(b, t, d, generator=g), dim=-1).requires_grad_()
         out = {"z1": z1, "z2": z2}
         if a.objective == "moco":
-            out |= {"k1": z2.detach(), "k2": z1.detach(), "queue": F.normalize(torch.randn(16384, d, generator=g), dim=-1)}
+            out |= {"k1": z2.detach(), "k2": z1.detach(), "queue": F.normalize(torch.randn(queue, d, generator=g), dim=-1)}
         if a.objective == "clp":
             img = lambda: torch.randn(b, f, 3, s, s, generator=g)  # noqa: E731
             code = lambda: torch.randn(b, f, 256, generator=g)  # noqa: E731
@@ -111,11 +104,11 @@ def measure(objective: str, batch: int, world: int, a) -> dict:
     return json.loads(outs[0][0].strip().splitlines()[-1])
 
 
-def logit_mib(objective: str, batch: int, frames: int, world: int, local: bool = True) -> float:
+def logit_mib(objective: str, batch: int, frames: int, world: int, local: bool = True, queue: int = 0) -> float:
     """Size of the similarity matrices one rank holds (fp32; both directions for symmetric objectives)."""
     anchors = batch * frames * (world if not local else 1)
     if objective == "moco":  # queue negatives: independent of the world size; no global term to compare with
-        return 2 * anchors * (1 + 16384) * 4 / 2**20 if local else float("nan")
+        return 2 * anchors * (1 + queue) * 4 / 2**20 if local else float("nan")
     return 2 * anchors * (world * batch * 2 * frames) * 4 / 2**20
 
 
@@ -126,7 +119,7 @@ def main() -> None:
     ap.add_argument("--objective", default="tcl", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=16, help=argparse.SUPPRESS)
     ap.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
-    ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES))
+    ap.add_argument("--objectives", nargs="+", default=OBJECTIVES)
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64, 128], help="clips per rank")
     ap.add_argument("--worlds", type=int, nargs="+", default=[1, 2], help="world sizes to measure")
     ap.add_argument("--analytic-worlds", type=int, nargs="+", default=[8, 64, 512])
@@ -139,8 +132,10 @@ def main() -> None:
     a = ap.parse_args()
     if a.worker:
         return worker(a)
+    from aupretrain.config import load_config
     from bench.common import report
 
+    queue = int(load_config(["objective=moco"]).objective.queue_size)
     rows = []
     for objective in a.objectives:
         for batch in a.batches:
@@ -148,13 +143,13 @@ def main() -> None:
                 m = measure(objective, batch, world, a)
                 rows.append({"objective": objective, "clips/rank": batch, "world": world, "kind": "measured",
                              "step_ms": m["step_ms"], "peak_mib": m["peak_mib"],
-                             "logits_mib/rank": logit_mib(objective, batch, a.frames, world),
+                             "logits_mib/rank": logit_mib(objective, batch, a.frames, world, queue=queue),
                              "global_loss_logits_mib": logit_mib(objective, batch, a.frames, world, local=False)})
                 print(rows[-1], flush=True)
             for world in a.analytic_worlds:
                 rows.append({"objective": objective, "clips/rank": batch, "world": world, "kind": "analytic",
                              "step_ms": float("nan"), "peak_mib": float("nan"),
-                             "logits_mib/rank": logit_mib(objective, batch, a.frames, world),
+                             "logits_mib/rank": logit_mib(objective, batch, a.frames, world, queue=queue),
                              "global_loss_logits_mib": logit_mib(objective, batch, a.frames, world, local=False)})
     report(f"Objective loss fwd+bwd per rank (T={a.frames}, d={a.dim}; CPU, gloo)", rows, a.json,
            {"frames": a.frames, "dim": a.dim, "size": a.size})
