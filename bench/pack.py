@@ -10,7 +10,9 @@ process per core over the same videos:
   sha256, manifest) from its start to its manifest.
 pack_vs_decode = (source frames/s of pack) / (frames/s of decode-only). Goal: >= 0.30 on 2 cores.
 `--compare-detectors` also measures each detector alone (one thread) on the astronaut frames and on
-synthetic-corpus frames. `--grid` saves aligned crops of one packed video (rows: clips, columns: frames).
+synthetic-corpus frames; `--alignment` the alignment error (rotation, centre shift, scale, frame-to-frame
+jitter) of the astronaut animation against the aligned still photo, with and without smoothing.
+`--grid` saves aligned crops of one packed video (rows: clips, columns: frames).
 """
 from __future__ import annotations
 
@@ -66,6 +68,37 @@ def compare_detectors(frames_real: np.ndarray, frames_synth: np.ndarray, s) -> l
     return rows
 
 
+def alignment(s, frames: int, width: int, height: int) -> list[dict]:
+    """Alignment error of the astronaut animation against the aligned still photo (ECC registration), for
+    the default motion and a fast one, with and without temporal smoothing; one thread."""
+    import torch
+
+    from aupretrain.data import faces
+    from aupretrain.data.synth import astronaut
+
+    torch.set_num_threads(1)
+    ref = astronaut.reference_crop(s.template, s.size)
+    rows = []
+    for motion, kw, n in (("slow (bench videos)", dict(degrees=6.0, zoom=0.15, pan=0.08), frames),
+                          ("fast (tests)", dict(degrees=8.0, zoom=0.2, pan=0.12), 64)):
+        video, _ = astronaut.render(n, width, height, **kw)
+        det = faces.Detector(s.detector, s.min_face, s.thresholds)
+        t = time.perf_counter()
+        tracked = list(faces.track(enumerate(video), det, s.detect_every, s.landmarks_every, s.main_face, s.link_iou,
+                                   s.min_face_prob))
+        track_ms = 1000 * (time.perf_counter() - t) / n
+        for sigma in (0.0, s.smooth_sigma):
+            crops = [a.crop for a in faces.align(iter(tracked), np.asarray(s.template), s.size, sigma)]
+            e = np.array([astronaut.misalignment(c, ref) for c in crops])
+            shift = np.hypot(e[:, 1], e[:, 2])
+            rows.append({"motion": motion, "smooth_sigma": sigma, "frames_with_face": len(crops) / n,
+                         "track_ms_per_frame": track_ms, "angle_max_deg": float(np.abs(e[:, 0]).max()),
+                         "shift_mean_px": float(shift.mean()), "shift_max_px": float(shift.max()),
+                         "scale_dev_max": float(np.abs(e[:, 3] - 1).max()),
+                         "jitter_px_per_frame": float(np.hypot(*np.diff(e[:, 1:3], axis=0).T).mean())})
+    return rows
+
+
 def grid(out: Path, png: str, clips: int = 6) -> None:
     m = shards.load_manifest(str(out))
     samples = [s for info in m.shards for s in shards.read_samples(str(out / info.name))]
@@ -86,6 +119,7 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=360)
     ap.add_argument("--workers", type=int, default=0, help="0: one per core (as the packer)")
     ap.add_argument("--compare-detectors", action="store_true")
+    ap.add_argument("--alignment", action="store_true", help="also measure alignment error and jitter")
     ap.add_argument("--grid", help="PNG of aligned crops from one packed video")
     ap.add_argument("--json")
     ap.add_argument("overrides", nargs="*", help="pack.* Hydra overrides, e.g. pack.detect_every=5")
@@ -123,6 +157,10 @@ def main() -> None:
         det_rows = compare_detectors(real, synth, s)
         extra["detectors"] = det_rows
         report("Detectors alone (one thread)", det_rows, None)
+    if a.alignment:
+        al_rows = alignment(s, a.frames, a.width, a.height)
+        extra["alignment"] = al_rows
+        report("Alignment error vs the aligned still photo (112 px crops)", al_rows, None)
     if a.grid:
         grid(tmp / "shards", a.grid)
     report(f"Packing vs decoding, {len(items)} videos, {workers} workers: ratio {ratio:.2f}, detection rate {rate:.3f}",

@@ -104,6 +104,13 @@ def _near(a: np.ndarray, b: np.ndarray) -> bool:
     return dist < 0.5 * (sa + sb) / 2 and max(sa, sb) < 1.5 * min(sa, sb)
 
 
+def _close(a: np.ndarray, b: np.ndarray, tol: float = 0.05) -> bool:
+    """Boxes within tol of a face size in centre and size (the landmark net sees the face where it expects it)."""
+    sa, sb = max(a[2] - a[0], 1e-6), max(b[2] - b[0], 1e-6)
+    dist = np.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2)
+    return dist < tol * sb and abs(np.log(sa / sb)) < tol
+
+
 def choose_main(boxes: np.ndarray, img_shape, previous: np.ndarray | None, policy: str, link_iou: float
                 ) -> tuple[int | None, bool]:
     """Index of the main face and whether it continues the previous one (IoU >= link_iou, or close by)."""
@@ -151,10 +158,14 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int = 
         anchors = {j for j in range(n) if (j + 1) % m == 0 or (j == 0 and left is None) or (j == n - 1 and right is None)}
         anchors = sorted(j for j in anchors if boxes[j] is not None)
         known = {-1: left, n: right}
-        if anchors:  # landmark net on the anchor frames, twice: the second pass on the box the first regressed
+        if anchors:  # landmark net on the anchor frames; again on its own box where the guessed box was off
             imgs = [batch[j][1] for j in anchors]
-            b, p, lm = det.refine(imgs, np.stack([boxes[j] for j in anchors]))
-            b, p, lm = det.refine(imgs, b)
+            guess = np.stack([boxes[j] for j in anchors])
+            b, p, lm = det.refine(imgs, guess)
+            off = [k for k in range(len(anchors)) if not _close(b[k], guess[k])]
+            if off:
+                b2, p2, lm2 = det.refine([imgs[k] for k in off], b[off])
+                b[off], p[off], lm[off] = b2, p2, lm2
             known.update({j: (b[k], lm[k]) if p[k] >= min_prob else None for k, j in enumerate(anchors)})
             for j in anchors:  # the guessed box missed (motion was not linear): a full detection near it
                 if known[j] is None and given is None:

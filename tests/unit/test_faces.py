@@ -1,7 +1,6 @@
 """Face detection (MTCNN from the wheel's weights), tracking, alignment and decoding details, on a real face."""
 import struct
 
-import cv2
 import numpy as np
 import pytest
 
@@ -14,24 +13,9 @@ from aupretrain.data.video import read_video, write_video
 TEMPLATE = np.asarray(PackSettings().template)
 
 
-def misalignment(crop: np.ndarray, ref: np.ndarray) -> tuple[float, float, float, float]:
-    """(rotation degrees, centre shift x, y pixels, scale) of crop relative to ref, by ECC image registration."""
-    g = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(np.float32) for x in (ref, crop)]
-    w = np.eye(2, 3, dtype=np.float32)
-    _, w = cv2.findTransformECC(g[0], g[1], w, cv2.MOTION_AFFINE,
-                                (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5), None, 5)
-    c = np.array([ref.shape[1] / 2, ref.shape[0] / 2])
-    shift = w[:, :2] @ c + w[:, 2] - c  # where the crop centre lands
-    return (float(np.degrees(np.arctan2(w[1, 0], w[0, 0]))), float(shift[0]), float(shift[1]),
-            float(np.sqrt(abs(np.linalg.det(w[:, :2])))))
-
-
 @pytest.fixture(scope="module")
 def reference_crop():
-    """The still photo aligned to the template: what every aligned frame of the animation should look like."""
-    photo = astronaut.photo()
-    boxes, _, lms = mtcnn.detect(photo, min_face=40)
-    return faces.warp(photo, faces.similarity(lms[0], TEMPLATE * 112), 112)
+    return astronaut.reference_crop(TEMPLATE)
 
 
 def test_mtcnn_finds_the_face_with_ordered_landmarks():
@@ -69,11 +53,11 @@ def test_astronaut_animation_is_tracked_and_aligned_centred_upright_and_stable(r
     assert sum(f.landmarks is not None for f in tracked) / len(video) >= 0.95
     assert {f.segment for f in tracked} == {0}  # one face, one unbroken track
     crops = {sigma: [a.crop for a in faces.align(iter(tracked), TEMPLATE, 112, sigma)] for sigma in (0.0, s.smooth_sigma)}
-    err = np.array([misalignment(c, reference_crop) for c in crops[s.smooth_sigma]])
+    err = np.array([astronaut.misalignment(c, reference_crop) for c in crops[s.smooth_sigma]])
     assert np.abs(err[:, 0]).max() < 3.0  # upright: degrees
     assert np.hypot(err[:, 1], err[:, 2]).mean() < 1.5 and np.hypot(err[:, 1], err[:, 2]).max() < 3.0  # centred: px at 112
     assert np.abs(err[:, 3] - 1).max() < 0.05  # same scale
-    raw = np.array([misalignment(c, reference_crop) for c in crops[0.0]])
+    raw = np.array([astronaut.misalignment(c, reference_crop) for c in crops[0.0]])
     jitter = lambda e: np.hypot(*np.diff(e[:, 1:3], axis=0).T).mean()  # noqa: E731 - frame-to-frame change of the offset
     assert jitter(err) < 0.5 * jitter(raw)  # smoothing removes most of the frame-to-frame jitter
 

@@ -57,3 +57,25 @@ def write(path: str | Path, frames: int = 48, width: int = 320, height: int = 24
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_video(path, video, fps=fps)
     return ms
+
+
+def reference_crop(template, size: int = 112) -> np.ndarray:
+    """The still photo aligned to the template (MTCNN landmarks): what every aligned frame should look like."""
+    from .. import faces, mtcnn
+
+    img = photo()
+    _, _, lms = mtcnn.detect(img, min_face=40)
+    return faces.warp(img, faces.similarity(lms[0], np.asarray(template, np.float64) * size), size)
+
+
+def misalignment(crop: np.ndarray, ref: np.ndarray) -> tuple[float, float, float, float]:
+    """(rotation degrees, centre shift x, y pixels, scale) of an aligned crop relative to the reference,
+    by ECC image registration (affine)."""
+    g = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(np.float32) for x in (ref, crop)]
+    w = np.eye(2, 3, dtype=np.float32)
+    _, w = cv2.findTransformECC(g[0], g[1], w, cv2.MOTION_AFFINE,
+                                (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5), None, 5)
+    c = np.array([ref.shape[1] / 2, ref.shape[0] / 2])
+    shift = w[:, :2] @ c + w[:, 2] - c  # where the crop centre lands
+    return (float(np.degrees(np.arctan2(w[1, 0], w[0, 0]))), float(shift[0]), float(shift[1]),
+            float(np.sqrt(abs(np.linalg.det(w[:, :2])))))
