@@ -26,17 +26,17 @@ from .tcl import TCLObjective
 
 
 def _per_clip_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (pred - target).abs().flatten(1).mean(1)  # [B]
+    return (pred.float() - target.float()).abs().flatten(1).mean(1)  # [B]
 
 
 def _per_clip_cos(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (1 - F.cosine_similarity(pred, target, dim=-1)).mean(1)  # [B, F, D] -> [B]
+    return (1 - F.cosine_similarity(pred.float(), target.float(), dim=-1)).mean(1)  # [B, F, D] -> [B]
 
 
 def cir_terms(cir: dict[str, torch.Tensor], stop_grad_targets: bool = True) -> dict[str, torch.Tensor]:
     """The four CIR terms, each a mean over this rank's clips (clips without a partner count as 0 in the
     partner terms, so every rank divides by the same B and the distributed mean is the global mean)."""
-    valid = cir["valid"].to(cir["rec_self"].dtype)
+    valid = cir["valid"].float()
     b = valid.shape[0]
     sg = (lambda t: t.detach()) if stop_grad_targets else (lambda t: t)
     return {

@@ -20,6 +20,7 @@ from .base import Objective
 def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k [N, d] unit-norm (k without grad), queue [M, d]. Returns (loss, top-1 accuracy)."""
+    q, k, queue = q.float(), k.float(), queue.float()  # fp32 logits also under bf16/fp16 training
     pos = (q * k.detach()).sum(-1, keepdim=True)
     logits = torch.cat([pos, q @ queue.detach().T], dim=1) / temperature
     target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)

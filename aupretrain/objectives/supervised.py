@@ -13,6 +13,7 @@ from .base import Objective
 
 def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, max_pos_weight: float = 10.0) -> torch.Tensor:
     """logits, labels [N, C] (labels 0/1). Positive weight per AU = negatives / positives in the batch."""
+    logits, labels = logits.float(), labels.float()
     pos = labels.sum(0)
     pos_weight = ((labels.shape[0] - pos) / pos.clamp(min=1)).clamp(1.0, max_pos_weight)
     return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight.detach())

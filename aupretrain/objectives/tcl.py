@@ -28,21 +28,24 @@ def tcl_logits(anchors: torch.Tensor, keys: torch.Tensor, offset: int, view: int
     b, t, d = anchors.shape
     g = keys.shape[0]
     dev = anchors.device
-    logits = anchors.reshape(b * t, d) @ keys.reshape(g * 2 * t, d).T / temperature
-    k = torch.arange(g * 2 * t, device=dev)
-    k_clip, k_view, k_frame = k // (2 * t), (k // t) % 2, k % t
+    anchors, keys = anchors.float(), keys.float()  # logits and softmax in fp32 also under bf16/fp16 training
+    logits = (anchors.reshape(b * t, d) @ keys.reshape(g * 2 * t, d).T / temperature).view(b, t, g, 2, t)
+    # Masks and margin only touch each anchor's own clip: a [T, 2, T] pattern (anchor frame, key view, key
+    # frame) applied to the diagonal blocks, so no [B*T, G*2*T] index or mask tensors are ever built.
+    i = torch.arange(t, device=dev)
+    dt = (i[:, None, None] - i[None, None, :]).abs()  # [t, 1, t]
+    positive = (torch.arange(2, device=dev)[None, :, None] == 1 - view) & (dt == 0)  # [t, 2, t]
+    excluded = (dt <= window) & ~positive  # self, and neighbours inside the temporal window
+    own = torch.arange(b, device=dev)
+    block = logits[own, :, offset + own].masked_fill(excluded, float("-inf")) - positive.to(logits.dtype) * (margin / temperature)
+    if cross_clip_weight <= 0:  # negatives from the same clip only
+        logits = torch.full_like(logits, float("-inf"))
+    elif cross_clip_weight != 1:  # weight w on each other-clip term of the denominator: + log w on its logit
+        logits = logits + math.log(cross_clip_weight)
+    logits[own, :, offset + own] = block
     a = torch.arange(b * t, device=dev)
-    a_clip, a_frame = offset + a // t, a % t
-    same = a_clip[:, None] == k_clip[None, :]
-    dt = (a_frame[:, None] - k_frame[None, :]).abs()
-    positive = same & (k_view[None, :] == 1 - view) & (dt == 0)
-    excluded = same & (dt <= window) & ~positive  # self, and neighbours inside the temporal window
-    if cross_clip_weight <= 0:
-        excluded = excluded | ~same  # negatives from the same clip only
-    logits = logits.masked_fill(excluded, float("-inf")) - positive.to(logits.dtype) * (margin / temperature)
-    if 0 < cross_clip_weight != 1:  # weight w on each other-clip term of the denominator: + log w on its logit
-        logits = logits + (~same).to(logits.dtype) * math.log(cross_clip_weight)
-    return logits, positive.float().argmax(dim=1)
+    target = ((offset + a // t) * 2 + (1 - view)) * t + a % t
+    return logits.view(b * t, g * 2 * t), target
 
 
 def ranking_loss(z: torch.Tensor, margin: float) -> torch.Tensor:
@@ -51,6 +54,7 @@ def ranking_loss(z: torch.Tensor, margin: float) -> torch.Tensor:
     z: [B, T, d]. For anchor t and frames u, w with |t-u| < |t-w|: max(0, margin - (s(t,u) - s(t,w))).
     """
     b, t, _ = z.shape
+    z = z.float()
     s = torch.einsum("btd,bud->btu", z, z)
     idx = torch.arange(t, device=z.device)
     dist = (idx[:, None] - idx[None, :]).abs()  # [t, u]

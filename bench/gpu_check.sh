@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU check: what a session lent a GPU machine runs (one prepared call, ~5 min), to record figures that
+# CPU machines cannot give. Not part of the tests or CI. Run from the repository root:
+#
+#   here (once, with network):  bash bench/gpu_check.sh --fetch-wheels     # .whl/ (git-ignored) for the GPU box
+#   on the GPU machine:         bash bench/gpu_check.sh                    # figures to $OUT (else bench/results/gpu)
+#   device tool: run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=420)
+#
+# It measures, on one GPU: (1) the training step of every objective with the real model (resnet18, 112 px,
+# bf16 autocast, 64 clips x 8 frames x 2 views), (2) the objectives' loss memory against batch size and
+# (emulated) world size. The GPU image has torch but not hydra/omegaconf: those travel as wheels in .whl/.
+# DALI (GPU decode) and DeepSpeed/NCCL multi-rank runs are not covered: the DALI wheel (~800 MB) cannot
+# travel to a machine without network, and one GPU cannot host two NCCL ranks.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+WHEELS="hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3"
+if [ "${1:-}" = "--fetch-wheels" ]; then
+  mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+  # all three are pure Python; antlr4 4.9.3 ships as an sdist only, so build its wheel here
+  python3 -m pip wheel -q --no-deps -w .whl $WHEELS && rm -f .whl/*.tar.gz
+  ls -la .whl; exit 0
+fi
+OUT="${OUT:-bench/results/gpu}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ! python3 -c "import hydra, omegaconf" 2>/dev/null; then
+  [ -d .whl ] || { echo "hydra/omegaconf missing and no .whl/ carried (bash bench/gpu_check.sh --fetch-wheels)"; exit 2; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/* || exit 2
+  export PYTHONPATH="/tmp/site"
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"; } 2>&1 | tee "$OUT/gpu.txt"
+status=0
+timeout 200 python3 bench/train_step.py --device cuda --model resnet18 --size 112 --batch 64 --bf16 --reps 10 \
+  --warmup 3 --json "$OUT/train_step.json" 2>&1 | tee "$OUT/train_step.log" || status=1
+timeout 150 python3 bench/loss.py --device cuda --worlds 1 --batches 64 256 --emulated-worlds 8 64 \
+  --analytic-worlds 512 --reps 5 --json "$OUT/loss.json" 2>&1 | tee "$OUT/loss.log" || status=1
+exit $status

@@ -1,0 +1,127 @@
+"""Training-step throughput and memory of each objective with the real model, on one device.
+
+    python bench/train_step.py --json bench/results/train_step.json                          # CPU preset
+    python bench/train_step.py --device cuda --model resnet18 --size 112 --batch 64 --bf16   # a GPU
+
+One process, random clips [B, T, 3, S, S] already on the device (no data loading: this is the compute
+side of a step), the engine's own `train_step` without DeepSpeed (a plain optimizer behind the same
+interface, world size 1: nothing to gather). Reports clip frames/s (T frames per clip, two views each)
+and the peak memory of the step (CUDA allocator peak, or the resident-memory growth on the CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class PlainEngine:
+    """The slice of DeepSpeed's engine interface that `train_step` uses, over a plain torch optimizer
+    (one device, one process, no accumulation), so the benchmark runs where DeepSpeed is not installed."""
+
+    def __init__(self, module, optimizer, device, bf16: bool):
+        self.module, self.optimizer, self.device, self.bf16 = module, optimizer, device, bf16
+
+    def __call__(self, *args, **kwargs):
+        import torch
+
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.module(*args, **kwargs)
+
+    def backward(self, loss, scale_wrt_gas=True):
+        loss.float().backward()
+
+    def step(self):
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def run(name: str, a) -> dict:
+    import torch
+    from omegaconf import OmegaConf
+
+    from aupretrain.config import load_config
+    from aupretrain.engine.step import train_step
+    from aupretrain.models.encoder import PretrainModel
+    from aupretrain.objectives import build_objective
+
+    cfg = load_config([f"objective={name}", f"model={a.model}"])
+    obj = build_objective(cfg.objective)
+    dev = torch.device(a.device)
+    torch.manual_seed(0)
+    model = PretrainModel(OmegaConf.to_container(cfg.model, resolve=True), a.size, **obj.model_parts()).to(dev)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    engine = PlainEngine(model, opt, dev, a.bf16)
+    b, t = a.batch, a.frames
+    g = torch.Generator(device=dev).manual_seed(1)
+    batch = {"view1": torch.randn(b, t, 3, a.size, a.size, generator=g, device=dev),
+             "view2": torch.randn(b, t, 3, a.size, a.size, generator=g, device=dev),
+             "identity": torch.arange(b, device=dev), "partner": (torch.arange(b, device=dev) + 1) % b,
+             "au": (torch.rand(b, t, int(cfg.objective.get("au_classes", 10)), generator=g, device=dev) > 0.7).float()}
+    cuda = dev.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    for _ in range(a.warmup):
+        train_step(engine, obj, [batch], 0)
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times = []
+    for _ in range(a.reps):
+        t0 = time.perf_counter()
+        train_step(engine, obj, [batch], 0)
+        sync()
+        times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    step = statistics.median(times)
+    return {"objective": name, "model": a.model, "size": a.size, "clips": b, "frames": t, "bf16": a.bf16,
+            "step_s": step, "clip_frames_per_s": b * t / step, "images_per_s": 2 * b * t / step,
+            "peak_mib": peak, "params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--objectives", nargs="+", default=["tcl", "clp", "simclr", "moco", "supervised"])
+    ap.add_argument("--model", default="resnet_small")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=16, help="clips per step")
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    import torch
+
+    from bench.common import report
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    rows = []
+    for name in a.objectives:
+        rows.append(run(name, a))
+        print(rows[-1], flush=True)
+    tcl = next((r for r in rows if r["objective"] == "tcl"), None)
+    for r in rows:
+        r["cost_vs_tcl"] = r["step_s"] / tcl["step_s"] if tcl else float("nan")
+    report(f"Training step per objective ({a.model}, {a.size} px, {a.batch} clips x {a.frames} frames, {a.device})",
+           rows, a.json)
+
+
+if __name__ == "__main__":
+    main()
