@@ -16,6 +16,7 @@ from ..objectives import build_objective
 from . import checkpoint
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, mean_across_ranks
 from .metrics import StepTimer
+from .signals import StopRequest
 from .step import train_step
 from .tracking import Tracker
 
@@ -114,6 +115,7 @@ def train(cfg: DictConfig) -> dict:
 
     steps = int(cfg.train.steps)
     end = min(steps, int(cfg.train.stop_at)) if cfg.train.get("stop_at") else steps  # chained jobs stop early
+    stop, saved = StopRequest(), start
     bar = tqdm(range(start, end), desc="train", disable=not d.is_main or None, initial=start, total=steps)
     for step in bar:
         t0 = time.perf_counter()
@@ -136,11 +138,17 @@ def train(cfg: DictConfig) -> dict:
                          m["train/lr"], m["perf/frames_per_s"], m["perf/data_stall_pct"])
         if cfg.train.checkpoint_every and n % int(cfg.train.checkpoint_every) == 0 and n < end:
             checkpoint.save(engine, run_dir, n, meta(), d.is_main, d.rank, loader.state())
+            saved = n
+        if n < end and stop.agreed(engine.device):
+            end = n  # preempted: checkpoint here and return
+            break
     bar.close()
-    if start < end:
+    stop.close()
+    if start < end and saved != end:
         checkpoint.save(engine, run_dir, end, meta(), d.is_main, d.rank, loader.state())
     if end < steps:
-        log.info("stopped at step %d of %d (train.stop_at): run again with run.dir=%s to continue", end, steps, run_dir)
+        why = "signal" if stop.received else "train.stop_at"
+        log.info("stopped at step %d of %d (%s): run again with run.dir=%s to continue", end, steps, why, run_dir)
         tracker.finish("KILLED")
         return {"run_dir": str(run_dir), "mlflow_run_id": run_id, "loss_history": history, "rank": d.rank,
                 "stopped_at": end}

@@ -125,3 +125,38 @@ def test_resume_continues_from_the_last_complete_checkpoint(packed, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5), k
+
+
+def test_sigterm_stops_with_a_checkpoint_and_the_run_continues(packed, tmp_path):
+    """A preemption signal mid-run: the trainer finishes the step, checkpoints, exits 0; a relaunch resumes."""
+    import time
+
+    run_dir = tmp_path / "runs" / "preempted"
+    base = common(packed, tmp_path, **{"run.dir": str(run_dir), "train.eval_at_end": "false", "train.steps": 500,
+                                       "tracking.enabled": "false"})
+    proc = subprocess.Popen([sys.executable, TRAIN, *base], cwd=tmp_path, env=run_env(), stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    lines = []
+    try:
+        deadline = time.time() + 300
+        for line in proc.stderr:  # wait until training is under way
+            lines.append(line)
+            if "step 3/500" in line or time.time() > deadline:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=300)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    err = "".join(lines) + rest
+    assert proc.returncode == 0, err[-3000:]
+    assert "received SIGTERM" in err and "(signal): run again" in err, err[-3000:]
+    stopped = checkpoint_steps(run_dir)
+    assert stopped and 3 <= stopped[-1] < 500 and not (run_dir / "encoder.pt").exists()
+    r = launch([sys.executable, TRAIN, *base, f"train.stop_at={stopped[-1] + 2}"], tmp_path)
+    assert f"at step {stopped[-1]} (data stream continues where it stopped)" in r.stderr
+    assert checkpoint_steps(run_dir)[-1] == stopped[-1] + 2
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    return sorted(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").exists())
