@@ -16,6 +16,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -71,6 +72,22 @@ def _group_tree(entries: list[tuple[str, int]], root: str) -> list[VideoItem]:
         items.append(VideoItem(storage.join(root, ident, name), ident, f"{ident}/{name if is_dir else Path(name).stem}",
                                frames_dir=is_dir, nbytes=size))
     return items
+
+
+def _scan(root: Path) -> Iterator[tuple[str, int]]:
+    """(relative path, size) of <identity>/<video file> and <identity>/<video>/<frame> entries. Video files
+    are stat'ed; frames are only listed (size 1 each: a frame folder's fingerprint is its frame count)."""
+    with os.scandir(root) as idents:
+        for ident in idents:
+            if not ident.is_dir() or ident.name.startswith("."):
+                continue
+            with os.scandir(ident.path) as videos:
+                for v in videos:
+                    if v.is_file():
+                        yield f"{ident.name}/{v.name}", v.stat().st_size
+                    elif v.is_dir() and not v.name.startswith("."):
+                        with os.scandir(v.path) as frames:
+                            yield from ((f"{ident.name}/{v.name}/{f.name}", 1) for f in frames if f.is_file())
 
 
 def _resolve(path: str, base: str) -> str:
@@ -130,9 +147,7 @@ def discover(source: str) -> tuple[list[VideoItem], list[dict]]:
         root = Path(source)
         if not root.is_dir():
             raise FileNotFoundError(f"{source}: input folder does not exist")
-        entries = [(str(p.relative_to(root).as_posix()), p.stat().st_size) for p in root.glob("*/*") if p.is_file()]
-        entries += [(str(p.relative_to(root).as_posix()), p.stat().st_size) for p in root.glob("*/*/*") if p.is_file()]
-        items, rejects = _group_tree(entries, str(root)), []
+        items, rejects = _group_tree(_scan(root), str(root)), []
     seen: dict[str, VideoItem] = {}
     unique = []
     for it in items:

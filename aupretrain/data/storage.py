@@ -27,14 +27,22 @@ def split_s3(uri: str) -> tuple[str, str]:
     return u.netloc, u.path.lstrip("/")
 
 
-@functools.lru_cache(maxsize=1)
-def s3_client():
+@functools.lru_cache(maxsize=4)
+def _client_for(pid: int):
     import boto3
     from botocore.config import Config
 
     cfg = Config(retries={"max_attempts": int(os.environ.get("AUPRETRAIN_S3_RETRIES", "8")), "mode": "adaptive"},
                  connect_timeout=10, read_timeout=60)
     return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None, config=cfg)
+
+
+def s3_client():
+    """One boto3 client per process (clients are not fork-safe: pack workers must not share the parent's)."""
+    return _client_for(os.getpid())
+
+
+s3_client.cache_clear = _client_for.cache_clear
 
 
 def read_bytes(uri: str) -> bytes:

@@ -46,7 +46,7 @@ def test_pack_round_trip_through_s3(astronaut_mp4, s3_server, tmp_path):
     storage.write_text("s3://vox-in/corpus/bad/broken.mp4", "not a video")
     work = tmp_path / "work"
     args = ["--workers", "1", "--samples-per-shard", "3", "--work-dir", str(work)]
-    assert pack_main(["s3://vox-in/corpus", "s3://vox-out/ds", *args]) == 0
+    assert pack_main(["s3://vox-in/corpus", "s3://vox-out/ds", *args[2:], "--workers", "2"]) == 0  # forked workers
     m = shards.load_manifest("s3://vox-out/ds")
     assert m.samples == 8 and m.identities == ["eileen", "eileen2"] and len(m.shards) == 3
     assert [r["input"] for r in m.rejects] == ["s3://vox-in/corpus/bad/broken.mp4"]
