@@ -40,7 +40,7 @@ class PackSettings:
     seed: int = 0
     align: str = "detect"
     detector: str = "mtcnn"
-    detect_every: int = 20
+    detect_every: int = 25
     landmarks_every: int = 3
     min_face: float = 0.2
     thresholds: tuple = (0.6, 0.7, 0.7)

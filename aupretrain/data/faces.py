@@ -152,8 +152,8 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int = 
         return FaceFrame(idx, rgb, lm, float(max(box[2] - box[0], box[3] - box[1])), segment)
 
     def between(batch, boxes, left=None, right=None):
-        """FaceFrames of (idx, rgb) frames with a box each (None: no face); left/right: (box, lm) of the
-        detections just before/after the batch, if any."""
+        """(idx, rgb, box, landmarks) of frames with a guessed box each (None: no face), and whether every
+        landmark-net anchor confirmed its guess; left/right: (box, lm) of the detections around the batch."""
         n, m = len(batch), max(1, landmarks_every)
         anchors = {j for j in range(n) if (j + 1) % m == 0 or (j == 0 and left is None) or (j == n - 1 and right is None)}
         anchors = sorted(j for j in anchors if boxes[j] is not None)
@@ -167,40 +167,32 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int = 
                 b2, p2, lm2 = det.refine([imgs[k] for k in off], b[off])
                 b[off], p[off], lm[off] = b2, p2, lm2
             known.update({j: (b[k], lm[k]) if p[k] >= min_prob else None for k, j in enumerate(anchors)})
-            for j in anchors:  # the guessed box missed (motion was not linear): a full detection near it
-                if known[j] is None and given is None:
-                    found, _, lms = det.detect(batch[j][1])
-                    near = [k for k in range(len(found)) if iou(found[k], boxes[j]) >= link_iou or _near(found[k], boxes[j])]
-                    if near:
-                        k = max(near, key=lambda k: iou(found[k], boxes[j]))
-                        known[j] = (found[k], lms[k])
-        keys = sorted(k for k in known)
+        ok = all(known[j] is not None for j in anchors)
+        keys = sorted(known)
         out = []
         for j, (idx, rgb) in enumerate(batch):
             if boxes[j] is None:
-                out.append(emit(idx, rgb, None, None))
-                continue
-            if j in known:
-                out.append(emit(idx, rgb, *(known[j] or (None, None))))
-                continue
-            u = max(k for k in keys if k < j)
-            v = min(k for k in keys if k > j)
-            if known[u] is None or known[v] is None:
-                out.append(emit(idx, rgb, None, None))
-                continue
-            w = (j - u) / (v - u)
-            out.append(emit(idx, rgb, *((1 - w) * a + w * c for a, c in zip(known[u], known[v]))))
-        return out
+                out.append((idx, rgb, None, None))
+            elif j in known:
+                out.append((idx, rgb, *(known[j] or (None, None))))
+            else:
+                u, v = max(k for k in keys if k < j), min(k for k in keys if k > j)
+                if known[u] is None or known[v] is None:
+                    out.append((idx, rgb, None, None))
+                else:
+                    w = (j - u) / (v - u)
+                    out.append((idx, rgb, *((1 - w) * a + w * c for a, c in zip(known[u], known[v]))))
+        return out, ok
 
     if given is not None:
         batch = []
         for idx, rgb in frames:
             batch.append((idx, rgb))
             if len(batch) == every:
-                yield from between(batch, [given.get(i) for i, _ in batch])
+                yield from (emit(*f) for f in between(batch, [given.get(i) for i, _ in batch])[0])
                 batch = []
         if batch:
-            yield from between(batch, [given.get(i) for i, _ in batch])
+            yield from (emit(*f) for f in between(batch, [given.get(i) for i, _ in batch])[0])
         return
 
     pending: list[tuple[int, np.ndarray]] = []
@@ -216,8 +208,10 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int = 
         nonlocal run_open
         if linked(left, right):
             n = len(batch) + 1
-            yield from between(batch, [left[0] + (right[0] - left[0]) * (j + 1) / n for j in range(n - 1)], left, right)
-            return True
+            out, ok = between(batch, [left[0] + (right[0] - left[0]) * (j + 1) / n for j in range(n - 1)], left, right)
+            if ok or depth == 0 or len(batch) < 2:  # every anchor found the face where the straight path put it
+                yield from (emit(*f) for f in out)
+                return ok
         if depth == 0 or not batch:
             yield from (emit(i, f, None, None) for i, f in batch)
             return False

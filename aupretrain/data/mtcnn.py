@@ -20,6 +20,9 @@ import torch
 from torch import nn
 
 
+RNET_NMS = 0.7  # IoU of the NMS before the O-Net stage (MTCNN's value)
+
+
 def weights_dir() -> Path:
     spec = importlib.util.find_spec("facenet_pytorch")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
@@ -211,7 +214,7 @@ def detect(img: np.ndarray, min_face: float = 20.0, thresholds=(0.6, 0.7, 0.7), 
         if not ok.any():
             return empty
         b, score, reg = b[ok], prob[ok, 1].numpy(), reg[ok].numpy()
-        keep = nms(b, score, 0.7)
+        keep = nms(b, score, RNET_NMS)
         b = _square(_regress(b[keep], reg[keep]))
     boxes, prob, lm = refine(img, b, onet)
     ok = prob > thresholds[2]
