@@ -109,7 +109,8 @@ def center_faces(frames: Iterable[tuple[int, np.ndarray]]) -> Iterator[faces.Fac
 
 
 def align_center(frames: Iterable[faces.FaceFrame], size: int) -> Iterator[faces.Aligned]:
-    """Centre square crop resized to size (inputs that are already face crops, e.g. the synthetic corpus)."""
+    """Centre square crop resized to size (inputs that are already face crops, e.g. the synthetic corpus,
+    whose blurred scenes are intended: no size or sharpness filter applies in this mode)."""
     for f in frames:
         h, w = f.rgb.shape[:2]
         s = min(h, w)
@@ -200,10 +201,10 @@ def process_video(item: VideoItem, s: PackSettings, spill_path: str) -> VideoRes
             try:
                 for clip in cut(_faces_counted(aligned_frames(item, local, s, res), res), s):
                     frames = [a for _, a in clip]
-                    if min(a.face_px for a in frames) < s.min_face_px:
+                    if s.align == "detect" and min(a.face_px for a in frames) < s.min_face_px:
                         res.dropped["small"] += 1
                         continue
-                    if float(np.median([a.sharpness for a in frames])) < s.min_sharpness:
+                    if s.align == "detect" and float(np.median([a.sharpness for a in frames])) < s.min_sharpness:
                         res.dropped["blurry"] += 1
                         continue
                     refs = []
