@@ -228,6 +228,37 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int = 
         yield emit(idx, rgb, *m)
         return (yield from bridge(batch[mid + 1:], m, right, depth - 1))
 
+    def edge(batch, left, right, depth):
+        """Frames between a detection and a detection without the face (one of left/right is None): find
+        where the face ends (or starts) by bisection instead of dropping the whole interval. Returns
+        whether the chain of links reaches `right`."""
+        nonlocal run_open
+        if depth == 0 or not batch:
+            yield from (emit(i, f, None, None) for i, f in batch)
+            return False
+        mid = len(batch) // 2
+        idx, rgb = batch[mid]
+        anchor = left if left is not None else right
+        boxes, _, lms = det.detect(rgb)
+        k, _ = choose_main(boxes, rgb.shape, anchor[0], main_face, link_iou)
+        m = None if k is None or not linked(anchor, (boxes[k], lms[k])) else (boxes[k], lms[k])
+        if left is not None and m is None:  # the face is gone by mid
+            yield from edge(batch[:mid], left, None, depth - 1)
+            yield from (emit(i, f, None, None) for i, f in batch[mid:])
+            return False
+        if left is not None:  # still there at mid
+            if not (yield from bridge(batch[:mid], left, m, depth - 1)):
+                run_open = False
+            yield emit(idx, rgb, *m)
+            return (yield from edge(batch[mid + 1:], m, None, depth - 1))
+        if m is None:  # not there yet at mid
+            yield from (emit(i, f, None, None) for i, f in batch[:mid + 1])
+            return (yield from edge(batch[mid + 1:], None, right, depth - 1))
+        if not (yield from edge(batch[:mid], None, m, depth - 1)):  # already there at mid
+            run_open = False
+        yield emit(idx, rgb, *m)
+        return (yield from bridge(batch[mid + 1:], m, right, depth - 1))
+
     def keyframe(idx, rgb):
         nonlocal prev, pending, run_open
         boxes, _, lms = det.detect(rgb)
@@ -235,6 +266,8 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int = 
         cur = None if k is None else (boxes[k], lms[k])
         if prev is not None and cur is not None:
             chained = yield from bridge(pending, prev, cur, 3)
+        elif prev is not None or cur is not None:  # the face appeared or left in between
+            chained = yield from edge(pending, prev, cur, 3)
         else:
             chained = False
             yield from (emit(i, f, None, None) for i, f in pending)

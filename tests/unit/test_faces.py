@@ -67,11 +67,13 @@ def test_main_face_policy_and_lost_frames():
     assert faces.choose_main(boxes, (240, 320), None, "largest", 0.2) == (0, False)
     assert faces.choose_main(boxes, (240, 320), None, "central", 0.2) == (1, False)  # small faces do not count
     assert faces.choose_main(boxes, (240, 320), np.array([282, 198, 302, 218.0]), "largest", 0.2) == (2, True)
-    video, _ = astronaut.render(30, 320, 240)
-    video[12:18] = 127  # the face disappears for 6 frames
-    tracked = list(faces.track(enumerate(video), faces.Detector("mtcnn"), 5, 2))
-    lost = [f.index for f in tracked if f.landmarks is None]
-    assert set(range(12, 18)) <= set(lost) and len(lost) <= 10
+    video, _ = astronaut.render(100, 320, 240, degrees=6.0, zoom=0.15, pan=0.08)
+    video[:13] = video[40:47] = video[88:] = 127  # the face appears late, leaves for 7 frames, leaves early
+    s = PackSettings()
+    tracked = list(faces.track(enumerate(video), faces.Detector("mtcnn"), s.detect_every, s.landmarks_every))
+    lost = {f.index for f in tracked if f.landmarks is None}
+    gone = set(range(13)) | set(range(40, 47)) | set(range(88, 100))
+    assert gone <= lost and len(lost - gone) <= 6  # face starts and ends found to within a few frames
     assert len({f.segment for f in tracked if f.segment >= 0}) == 2  # the track breaks and restarts
 
 
