@@ -57,12 +57,13 @@ def test_deepspeed_two_ranks_trains_and_logs_to_mlflow(packed, tmp_path, mlflow_
     client = mlflow.tracking.MlflowClient(mlflow_server)
     run = client.get_run(meta["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["objective.name"] == "tcl"
+    assert run.data.params["objective.name"] == "clp"  # the default objective
     assert run.data.params["deepspeed.zero_optimization.stage"] == "2"
     loss = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert len(loss) == 10
     assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3, f"loss did not go down: {loss}"
-    for key in ("perf/frames_per_s", "perf/step_s", "perf/data_stall_pct", "data/skipped", "train/tcl_acc"):
+    for key in ("perf/frames_per_s", "perf/step_s", "perf/data_stall_pct", "data/skipped", "train/tcl_acc",
+                "train/rec_self", "train/au_consistency"):
         assert key in run.data.metrics
     arts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert "config.yaml" in arts

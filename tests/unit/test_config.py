@@ -6,7 +6,7 @@ from aupretrain.train import split_launcher_args
 
 def test_defaults_compose():
     cfg = load_config()
-    assert cfg.objective.name == "tcl" and cfg.deepspeed.zero_optimization.stage == 2
+    assert cfg.objective.name == "clp" and cfg.deepspeed.zero_optimization.stage == 2
     assert cfg.model.name == "resnet18" and cfg.data.shards == "shards/synthetic"
 
 

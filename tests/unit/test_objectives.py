@@ -72,7 +72,7 @@ def test_objectives_are_built_from_the_config_tree():
 
     z1, z2 = embeddings(seed=4), embeddings(seed=6)
     outputs = {"z1": z1, "z2": z2}
-    tcl = build_objective(load_config(["objective.rank_weight=0.5"]).objective)
+    tcl = build_objective(load_config(["objective=tcl", "objective.rank_weight=0.5"]).objective)
     keys = tcl.keys(outputs)
     assert keys.shape == (4, 2, 8, 32)
     loss, parts = tcl(outputs, {})
