@@ -85,6 +85,7 @@ def alignment(s, frames: int, width: int, height: int) -> list[dict]:
     import torch
 
     from aupretrain.data import faces
+    from aupretrain.data.clips import track
     from aupretrain.data.synth import astronaut
 
     torch.set_num_threads(1)
@@ -95,8 +96,7 @@ def alignment(s, frames: int, width: int, height: int) -> list[dict]:
         video, _ = astronaut.render(n, width, height, **kw)
         det = faces.Detector(s.detector, s.min_face, s.thresholds)
         t = time.perf_counter()
-        tracked = list(faces.track(enumerate(video), det, s.detect_every, s.landmarks_every, s.main_face, s.link_iou,
-                                   s.min_face_prob))
+        tracked = list(track(enumerate(video), det, s))
         track_ms = 1000 * (time.perf_counter() - t) / n
         for sigma in (0.0, s.smooth_sigma):
             crops = [a.crop for a in faces.align(iter(tracked), np.asarray(s.template), s.size, sigma)]

@@ -127,7 +127,7 @@ def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResul
     if s.align == "center":
         yield from align_center(center_faces(frames), s.size)
         return
-    det = faces.Detector(s.detector, s.min_face, s.thresholds)
+    det = detector(s)
     given = None
     if item.boxes is not None:
         first = next(frames, None)
@@ -139,8 +139,17 @@ def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResul
         except (OSError, ValueError) as e:
             raise VideoError(f"{item.path}: bad face track ({e})") from e
         frames = _chain(first, frames)
-    tracked = faces.track(frames, det, s.detect_every, s.landmarks_every, s.main_face, s.link_iou, s.min_face_prob, given)
-    yield from faces.align(tracked, np.asarray(s.template), s.size, s.smooth_sigma, keep=lambda p: in_clip(p, s))
+    yield from faces.align(track(frames, det, s, given), np.asarray(s.template), s.size, s.smooth_sigma,
+                           keep=lambda p: in_clip(p, s))
+
+
+def detector(s: PackSettings) -> faces.Detector:
+    return faces.Detector(s.detector, s.min_face, s.thresholds)
+
+
+def track(frames, det: faces.Detector, s: PackSettings, given=None) -> Iterator[faces.FaceFrame]:
+    """faces.track with the pack settings."""
+    return faces.track(frames, det, s.detect_every, s.landmarks_every, s.main_face, s.link_iou, s.min_face_prob, given)
 
 
 def in_clip(pos: int, s: PackSettings) -> bool:

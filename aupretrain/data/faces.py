@@ -56,7 +56,7 @@ class Detector:
     min_face: the smallest face searched for, as a fraction of the frame's short side.
     """
 
-    def __init__(self, kind: str = "mtcnn", min_face: float = 0.2, thresholds: Iterable[float] = (0.6, 0.7, 0.7)):
+    def __init__(self, kind: str, min_face: float, thresholds: Iterable[float]):
         if kind not in ("mtcnn", "haar"):
             raise ValueError(f"unknown detector {kind!r} (mtcnn or haar)")
         self.kind, self.min_face, self.thresholds = kind, min_face, tuple(thresholds)
@@ -132,14 +132,15 @@ def choose_main(boxes: np.ndarray, img_shape, previous: np.ndarray | None, polic
     raise ValueError(f"unknown main_face policy {policy!r} (largest or central)")
 
 
-def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int = 10, landmarks_every: int = 2,
-          main_face: str = "largest", link_iou: float = 0.2, min_prob: float = 0.8,
-          given: dict[int, np.ndarray] | None = None) -> Iterator[FaceFrame]:
-    """Follow the main face. Full detection on every `every`-th frame. Frames in between get boxes
-    interpolated between two linked detections; every `landmarks_every`-th of them is refined by the
-    landmark net (its face probability below min_prob counts as lost) and the rest interpolate the
-    landmarks of their neighbours. With `given` boxes {source frame: box} (a face track) detection is
-    skipped and only the landmark net runs."""
+def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int, landmarks_every: int,
+          main_face: str, link_iou: float, min_prob: float, given: dict[int, np.ndarray] | None = None
+          ) -> Iterator[FaceFrame]:
+    """Follow the main face (settings: configs/pack/default.yaml). Full detection on every `every`-th frame
+    and on the last. Frames in between get boxes interpolated between two linked detections; every
+    `landmarks_every`-th of them is refined by the landmark net (face probability below min_prob: lost)
+    and the rest interpolate the landmarks of their neighbours. Where that straight path fails (fast or
+    curved motion) or the face appears or leaves in between, detections in the middle bisect the interval.
+    With `given` boxes {source frame: box} (a face track) detection is skipped; only the landmark net runs."""
     segment, run_open = -1, False
 
     def emit(idx, rgb, box, lm, prob=1.0):
@@ -331,7 +332,7 @@ def local_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, degree: int = 2) -> n
     return np.linalg.lstsq(a, y * np.sqrt(w)[:, None], rcond=None)[0][0]
 
 
-def align(faces: Iterable[FaceFrame], template: np.ndarray, size: int, sigma: float = 3.0,
+def align(faces: Iterable[FaceFrame], template: np.ndarray, size: int, sigma: float,
           keep: Callable[[int], bool] | None = None) -> Iterator[Aligned]:
     """Aligned crops of the frames that have a face. Within each segment the landmark tracks are smoothed
     over time by a local quadratic fit with Gaussian weights of `sigma` frames (0: off), then each frame

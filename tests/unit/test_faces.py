@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from aupretrain.data import faces, mtcnn
-from aupretrain.data.clips import PackSettings, resample
+from aupretrain.data.clips import PackSettings, detector, resample, track
 from aupretrain.data.inputs import read_track
 from aupretrain.data.synth import astronaut
 from aupretrain.data.video import read_video, write_video
@@ -47,9 +47,8 @@ def test_similarity_recovers_a_known_transform():
 
 def test_astronaut_animation_is_tracked_and_aligned_centred_upright_and_stable(reference_crop):
     video, _ = astronaut.render(64, 320, 240)
-    det = faces.Detector("mtcnn")
     s = PackSettings()
-    tracked = list(faces.track(enumerate(video), det, s.detect_every, s.landmarks_every))
+    tracked = list(track(enumerate(video), detector(s), s))
     assert sum(f.landmarks is not None for f in tracked) / len(video) >= 0.95
     assert {f.segment for f in tracked} == {0}  # one face, one unbroken track
     crops = {sigma: [a.crop for a in faces.align(iter(tracked), TEMPLATE, 112, sigma)] for sigma in (0.0, s.smooth_sigma)}
@@ -70,7 +69,7 @@ def test_main_face_policy_and_lost_frames():
     video, _ = astronaut.render(100, 320, 240, degrees=6.0, zoom=0.15, pan=0.08)
     video[:13] = video[40:47] = video[88:] = 127  # the face appears late, leaves for 7 frames, leaves early
     s = PackSettings()
-    tracked = list(faces.track(enumerate(video), faces.Detector("mtcnn"), s.detect_every, s.landmarks_every))
+    tracked = list(track(enumerate(video), detector(s), s))
     lost = {f.index for f in tracked if f.landmarks is None}
     gone = set(range(13)) | set(range(40, 47)) | set(range(88, 100))
     assert gone <= lost and len(lost - gone) <= 6  # face starts and ends found to within a few frames
@@ -101,9 +100,9 @@ def test_voxceleb_style_track_file(tmp_path):
     f = tmp_path / "track.txt"
     f.write_text("Identity  : \tid00012\nReference : \tabc\n\nFRAME \tX \tY \tW \tH \n"
                  "000033 \t0.25 \t0.10 \t0.50 \t0.60 \n000034 \t0.26 \t0.10 \t0.50 \t0.60 \n")
-    track = read_track(str(f), 320, 240)
-    assert sorted(track) == [0, 1]  # frames count from the first row
-    assert np.allclose(track[0], [80, 24, 240, 168])  # fractions of the frame size -> pixels
+    boxes = read_track(str(f), 320, 240)
+    assert sorted(boxes) == [0, 1]  # frames count from the first row
+    assert np.allclose(boxes[0], [80, 24, 240, 168])  # fractions of the frame size -> pixels
     pixels = read_track(((5, 10, 20, 30, 40),), 320, 240)
     assert np.allclose(pixels[5], [10, 20, 40, 60])
 
