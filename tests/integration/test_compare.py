@@ -6,23 +6,32 @@ import pytest
 from aupretrain.cli.compare import main
 
 
-def log_run(mlflow, name, objective, f1s, random_f1):
-    with mlflow.start_run(run_name=name):
-        mlflow.log_params({"objective.name": objective, "model.name": "resnet_small", "train.steps": 150,
-                           "data.batch_size": 16, "deepspeed.gradient_accumulation_steps": 2})
-        mlflow.log_metrics({"eval/f1_mean": sum(f1s.values()) / len(f1s), "eval_random/f1_mean": random_f1,
-                            "eval/identity_acc": 0.2, **{f"eval/f1/{k}": v for k, v in f1s.items()}})
+def log_run(client, exp, name, metrics, params=None):
+    """A finished run as training logs it (client API: no global tracking URI leaks into later tests)."""
+    run = client.create_run(exp, run_name=name)
+    for k, v in (params or {}).items():
+        client.log_param(run.info.run_id, k, v)
+    for k, v in metrics.items():
+        client.log_metric(run.info.run_id, k, v)
+    client.set_terminated(run.info.run_id)
+
+
+def evaluated(objective, f1s, random_f1):
+    params = {"objective.name": objective, "model.name": "resnet_small", "train.steps": 150, "data.batch_size": 16,
+              "deepspeed.gradient_accumulation_steps": 2}
+    metrics = {"eval/f1_mean": sum(f1s.values()) / len(f1s), "eval_random/f1_mean": random_f1,
+               "eval/identity_acc": 0.2, **{f"eval/f1/{k}": v for k, v in f1s.items()}}
+    return metrics, params
 
 
 def test_compare_ranks_runs_by_mean_f1(mlflow_server, tmp_path, capsys):
     import mlflow
 
-    mlflow.set_tracking_uri(mlflow_server)
-    mlflow.set_experiment("compare-test")
-    log_run(mlflow, "tcl-run", "tcl", {"AU1": 0.2, "AU12": 0.3}, 0.14)
-    log_run(mlflow, "clp-run", "clp", {"AU1": 0.4, "AU12": 0.5}, 0.14)
-    with mlflow.start_run(run_name="not-evaluated"):
-        mlflow.log_metric("train/loss", 1.0)
+    client = mlflow.tracking.MlflowClient(mlflow_server)
+    exp = client.create_experiment("compare-test")
+    log_run(client, exp, "tcl-run", *evaluated("tcl", {"AU1": 0.2, "AU12": 0.3}, 0.14))
+    log_run(client, exp, "clp-run", *evaluated("clp", {"AU1": 0.4, "AU12": 0.5}, 0.14))
+    log_run(client, exp, "not-evaluated", {"train/loss": 1.0})
     out = tmp_path / "cmp.json"
     assert main(["--tracking-uri", mlflow_server, "--experiment", "compare-test", "--json", str(out),
                  "--plot", str(tmp_path / "cmp.png")]) == 0

@@ -44,7 +44,9 @@ def only_run(tmp_path) -> Path:
 def test_deepspeed_two_ranks_trains_and_logs_to_mlflow(packed, tmp_path, mlflow_server):
     import mlflow
 
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", TRAIN,
+    from tests.conftest import free_port
+
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), TRAIN,
            *common(packed, tmp_path, **{"train.steps": 40, "train.log_every": 4, "train.eval_at_end": "false",
                                         "tracking.experiment": "ds-test"})]
     launch(cmd, tmp_path, MLFLOW_TRACKING_URI=mlflow_server)
