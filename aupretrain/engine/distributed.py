@@ -45,6 +45,8 @@ def init_distributed() -> DistInfo:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     import deepspeed
 
+    if torch.cuda.is_available():  # before anything touches CUDA (the DALI pipeline is built before DeepSpeed)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     if not dist.is_initialized():
         deepspeed.init_distributed(auto_mpi_discovery=False)
     world = dist.get_world_size()

@@ -23,8 +23,17 @@ from ..objectives.base import Objective, split_views
 from .distributed import gather_no_grad, gather_with_grad
 
 
-def _to(batch: dict[str, Any], device) -> torch.Tensor:
-    return torch.cat([batch["view1"], batch["view2"]]).to(device, non_blocking=True)
+def input_dtype(engine) -> torch.dtype | None:
+    """DeepSpeed's bf16/fp16 modes hold the module's parameters in that type and do not cast inputs."""
+    if getattr(engine, "bfloat16_enabled", lambda: False)():
+        return torch.bfloat16
+    if getattr(engine, "fp16_enabled", lambda: False)():
+        return torch.float16
+    return None
+
+
+def _to(batch: dict[str, Any], device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return torch.cat([batch["view1"], batch["view2"]]).to(device, dtype=dtype, non_blocking=True)
 
 
 def _add(parts_sum: dict[str, torch.Tensor], parts: dict[str, torch.Tensor], scale: float) -> None:
@@ -43,18 +52,19 @@ def train_step(engine, objective: Objective, batches: list[dict[str, Any]], rank
     k = len(batches)
     b = batches[0]["view1"].shape[0]
     t = batches[0]["view1"].shape[1]
-    device = engine.device
+    device, dtype = engine.device, input_dtype(engine)
     cache: list[dict[str, torch.Tensor]] = []
     if objective.has_global and k > 1:
         with torch.no_grad():
             for batch in batches:  # features only: no decoder pass, no request
-                cache.append({n: v.detach() for n, v in objective.features(split_views(engine(_to(batch, device)), b)).items()})
+                out = engine(_to(batch, device, dtype))
+                cache.append({n: v.detach() for n, v in objective.features(split_views(out, b)).items()})
     module = engine.module
     total = torch.zeros((), device=device)
     parts: dict[str, torch.Tensor] = {}
     queued: list[torch.Tensor] = []
     for j, batch in enumerate(batches):
-        outputs = split_views(engine(_to(batch, device), **objective.request(batch, t)), b)
+        outputs = split_views(engine(_to(batch, device, dtype), **objective.request(batch, t)), b)
         loss = None
         if objective.has_global:
             feats = objective.features(outputs)

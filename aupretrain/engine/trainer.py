@@ -83,6 +83,9 @@ def train(cfg: DictConfig) -> dict:
     parts = objective.model_parts()
     if parts.get("momentum") and int(cfg.deepspeed.zero_optimization.stage) == 3:
         raise ValueError("objective=moco needs ZeRO stage 1 or 2 (the EMA update reads the full online weights)")
+    if parts.get("momentum") and (cfg.deepspeed.get("bf16", {}).get("enabled") or cfg.deepspeed.get("fp16", {}).get("enabled")):
+        raise ValueError("objective=moco with deepspeed.bf16/fp16: the key encoder's EMA (m=0.999) does not move in "
+                         "16-bit weights; use deepspeed.torch_autocast.enabled=true (fp32 weights, bf16 compute)")
     model = PretrainModel(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size), **parts)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(cfg.optim.lr),
                             betas=tuple(cfg.optim.betas), weight_decay=float(cfg.optim.weight_decay))

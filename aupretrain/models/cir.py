@@ -46,8 +46,9 @@ def cir_forward(encode: Encode, decode: Decode, x: torch.Tensor, a: torch.Tensor
     b, t = x.shape[:2]
     f = torch.tensor(req.frames, device=x.device)
     s = (f + req.identity_offset) % t
-    valid = req.partner >= 0
-    partner = torch.where(valid, req.partner.to(x.device), torch.arange(b, device=x.device))
+    partner = req.partner.to(x.device)  # the loader's partner index lives on the CPU
+    valid = partner >= 0
+    partner = torch.where(valid, partner, torch.arange(b, device=x.device))
     nf = f.numel()
 
     def flat(v: torch.Tensor) -> torch.Tensor:
@@ -67,6 +68,6 @@ def cir_forward(encode: Encode, decode: Decode, x: torch.Tensor, a: torch.Tensor
         "cross": unflat(cross),
         "a_cross": unflat(a_cross), "a_target": a_t_b,
         "p_cross": unflat(p_cross), "p_target": p_s,
-        "rec_cycle": unflat(rec_cycle), "target_cycle": x[partner][:, f],
+        "rec_cycle": unflat(rec_cycle), "target_cycle": x[partner[:, None], f[None, :]],
         "valid": valid,
     }

@@ -23,7 +23,10 @@ def files(root):
 
 def run_until(cmd, out, shard: int, sig) -> int:
     """Start the CLI in its own process group; send sig to the group once shard-<shard>.tar is visible."""
-    proc = subprocess.Popen(cmd, env=run_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # as a foreground command gets it: a shell starts background jobs with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler (the suite may itself run in the background)
+    proc = subprocess.Popen(cmd, env=run_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     target = out / f"{shards.shard_name(shard)}.tar"
     deadline = time.time() + 240
     while not target.exists() and proc.poll() is None and time.time() < deadline:

@@ -1,5 +1,6 @@
 """Real launches: deepspeed (2 CPU ranks, gloo, ZeRO-2), torchrun, plain python; MLflow server; eval."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -47,8 +48,10 @@ def test_deepspeed_two_ranks_trains_and_logs_to_mlflow(packed, tmp_path, mlflow_
     from tests.conftest import free_port
 
     cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), TRAIN,
-           *common(packed, tmp_path, **{"train.steps": 40, "train.log_every": 4, "train.eval_at_end": "false",
-                                        "tracking.experiment": "ds-test"})]
+           # TCL: its loss falls visibly within 40 tiny steps (CLP's reconstruction terms are noisier at batch 4;
+           # CLP, MoCo and the supervised bound run end to end in test_torchrun_two_ranks)
+           *common(packed, tmp_path, **{"objective": "tcl", "train.steps": 40, "train.log_every": 4,
+                                        "train.eval_at_end": "false", "tracking.experiment": "ds-test"})]
     launch(cmd, tmp_path, MLFLOW_TRACKING_URI=mlflow_server)
     run_dir = only_run(tmp_path)
     ck = run_dir / "checkpoints" / "step_40"
@@ -59,13 +62,12 @@ def test_deepspeed_two_ranks_trains_and_logs_to_mlflow(packed, tmp_path, mlflow_
     client = mlflow.tracking.MlflowClient(mlflow_server)
     run = client.get_run(meta["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["objective.name"] == "clp"  # the default objective
+    assert run.data.params["objective.name"] == "tcl"
     assert run.data.params["deepspeed.zero_optimization.stage"] == "2"
     loss = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
-    assert len(loss) == 10
+    assert len(loss) == 10 and all(math.isfinite(v) for v in loss)
     assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3, f"loss did not go down: {loss}"
-    for key in ("perf/frames_per_s", "perf/step_s", "perf/data_stall_pct", "data/skipped", "train/tcl_acc",
-                "train/rec_self", "train/au_consistency"):
+    for key in ("perf/frames_per_s", "perf/step_s", "perf/data_stall_pct", "data/skipped", "train/tcl_acc"):
         assert key in run.data.metrics
     arts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert "config.yaml" in arts
