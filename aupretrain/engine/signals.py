@@ -3,8 +3,10 @@
 SIGTERM (Kubernetes pod termination, SLURM's `--signal=TERM@<seconds>` before a time limit, a user's kill) and
 SIGUSR1 set a flag; after every step the ranks agree (one all-reduce of the flag, so a signal that reached only
 some ranks, or reached them in different steps, still stops all of them at the same step); the trainer then
-saves a checkpoint and returns, and a relaunch with the same `run.dir` continues from it. A second signal of
-the same kind is handled the usual way (the process dies), so a stuck run can still be killed.
+saves a checkpoint and returns, and a relaunch with the same `run.dir` continues from it. Repeated signals
+are expected (under `srun torchrun`, Slurm signals every process of the step and torchrun forwards its own copy)
+and only logged; the third one is handled the usual way (the process dies), so a stuck run can still be killed.
+Launchers follow up with SIGKILL after their grace period (30 s for deepspeed and torchrun).
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopRequest:
-    def __init__(self, signals=SIGNALS):
+    def __init__(self, signals=SIGNALS, die_after: int = 3):
         self.received: int | None = None
+        self.count = 0
+        self.die_after = die_after
         self._previous = {}
         for s in signals:
             try:
@@ -29,9 +33,16 @@ class StopRequest:
                 pass
 
     def _handle(self, signum, frame) -> None:
-        log.warning("received %s: stopping with a checkpoint at the end of this step", signal.Signals(signum).name)
-        self.received = signum
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second signal acts as usual
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.count >= self.die_after:  # a run that does not stop: let the signal act as usual
+            log.warning("received %s %d times: giving up on a clean stop", name, self.count)
+            previous = self._previous.get(signum, signal.SIG_DFL)
+            signal.signal(signum, previous if previous not in (None, signal.SIG_IGN) else signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        log.warning("received %s: stopping with a checkpoint at the end of this step", name)
+        self.received = self.received or signum
 
     def agreed(self, device) -> bool:
         """True on every rank once any rank has received a stop signal (collective: call on all ranks)."""

@@ -118,7 +118,7 @@ def train(cfg: DictConfig) -> dict:
 
     steps = int(cfg.train.steps)
     end = min(steps, int(cfg.train.stop_at)) if cfg.train.get("stop_at") else steps  # chained jobs stop early
-    stop, saved = StopRequest(), start
+    stop, saved, why = StopRequest(), start, "train.stop_at"
     bar = tqdm(range(start, end), desc="train", disable=not d.is_main or None, initial=start, total=steps)
     for step in bar:
         t0 = time.perf_counter()
@@ -143,14 +143,13 @@ def train(cfg: DictConfig) -> dict:
             checkpoint.save(engine, run_dir, n, meta(), d.is_main, d.rank, loader.state())
             saved = n
         if n < end and stop.agreed(engine.device):
-            end = n  # preempted: checkpoint here and return
+            end, why = n, "signal"  # preempted (on any rank): checkpoint here and return
             break
     bar.close()
-    stop.close()
     if start < end and saved != end:
         checkpoint.save(engine, run_dir, end, meta(), d.is_main, d.rank, loader.state())
+    stop.close()  # after the last checkpoint: a signal during the save must not kill it
     if end < steps:
-        why = "signal" if stop.received else "train.stop_at"
         log.info("stopped at step %d of %d (%s): run again with run.dir=%s to continue", end, steps, why, run_dir)
         tracker.finish("KILLED")
         return {"run_dir": str(run_dir), "mlflow_run_id": run_id, "loss_history": history, "rank": d.rank,

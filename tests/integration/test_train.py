@@ -132,14 +132,20 @@ def test_resume_continues_from_the_last_complete_checkpoint(packed, tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5), k
 
 
-def test_sigterm_stops_with_a_checkpoint_and_the_run_continues(packed, tmp_path):
-    """A preemption signal mid-run: the trainer finishes the step, checkpoints, exits 0; a relaunch resumes."""
+@pytest.mark.parametrize("launcher", ["python", "torchrun"])
+def test_sigterm_stops_with_a_checkpoint_and_the_run_continues(packed, tmp_path, launcher):
+    """A preemption signal mid-run: the ranks finish the same step, checkpoint, exit 0; a relaunch resumes.
+    Under torchrun only rank 1 is signalled: the ranks must still agree on the step to stop at."""
     import time
+
+    import psutil
 
     run_dir = tmp_path / "runs" / "preempted"
     base = common(packed, tmp_path, **{"run.dir": str(run_dir), "train.eval_at_end": "false", "train.steps": 500,
-                                       "tracking.enabled": "false"})
-    proc = subprocess.Popen([sys.executable, TRAIN, *base], cwd=tmp_path, env=run_env(), stderr=subprocess.PIPE,
+                                       "tracking.enabled": "false", "objective": "tcl"})
+    cmd = [sys.executable, TRAIN] if launcher == "python" else \
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN]
+    proc = subprocess.Popen([*cmd, *base], cwd=tmp_path, env=run_env(), stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True, start_new_session=True)
     lines = []
     try:
@@ -148,7 +154,12 @@ def test_sigterm_stops_with_a_checkpoint_and_the_run_continues(packed, tmp_path)
             lines.append(line)
             if "step 3/500" in line or time.time() > deadline:
                 break
-        proc.send_signal(signal.SIGTERM)
+        target = proc.pid
+        if launcher == "torchrun":  # the worker process of rank 1
+            workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+            assert len(workers) == 1, workers
+            target = workers[0].pid
+        os.kill(target, signal.SIGTERM)
         _, rest = proc.communicate(timeout=300)
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -158,7 +169,9 @@ def test_sigterm_stops_with_a_checkpoint_and_the_run_continues(packed, tmp_path)
     assert "received SIGTERM" in err and "(signal): run again" in err, err[-3000:]
     stopped = checkpoint_steps(run_dir)
     assert stopped and 3 <= stopped[-1] < 500 and not (run_dir / "encoder.pt").exists()
-    r = launch([sys.executable, TRAIN, *base, f"train.stop_at={stopped[-1] + 2}"], tmp_path)
+    ranks = 1 if launcher == "python" else 2
+    assert all((run_dir / "checkpoints" / f"step_{stopped[-1]}" / f"reader_rank{r}.json").exists() for r in range(ranks))
+    r = launch([*cmd, *base, f"train.stop_at={stopped[-1] + 2}"], tmp_path)
     assert f"at step {stopped[-1]} (data stream continues where it stopped)" in r.stderr
     assert checkpoint_steps(run_dir)[-1] == stopped[-1] + 2
 
