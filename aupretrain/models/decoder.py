@@ -57,8 +57,9 @@ def build_decoder(model_cfg: dict[str, Any], input_size: int) -> Decoder:
 class MomentumBranch(nn.Module):
     """MoCo's key encoder (an EMA copy of encoder + projector, never trained by gradients) and its queue.
 
-    The queue is a buffer, so it is saved and restored with the model. The engine feeds `enqueue` with the
-    keys of every rank (gathered), so the queue's negatives are the same on every rank.
+    The queue is a buffer, so it is saved and restored with the model. It starts as random unit vectors (as
+    in MoCo); the engine feeds `enqueue` with the keys of every rank (gathered), so the queue's negatives are
+    the same on every rank.
     """
 
     def __init__(self, encoder: nn.Module, projector: nn.Module, queue_size: int, dim: int, momentum: float):
@@ -68,9 +69,8 @@ class MomentumBranch(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
         self.momentum = float(momentum)
-        self.register_buffer("queue", torch.zeros(int(queue_size), dim))
+        self.register_buffer("queue", F.normalize(torch.randn(int(queue_size), dim), dim=-1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def keys(self, frames: torch.Tensor) -> torch.Tensor:
@@ -93,8 +93,7 @@ class MomentumBranch(nn.Module):
         idx = (int(self.queue_ptr) + torch.arange(n, device=k.device)) % size
         self.queue[idx] = k
         self.queue_ptr.fill_((int(self.queue_ptr) + n) % size)
-        self.queue_count.fill_(min(size, int(self.queue_count) + n))
 
     def negatives(self) -> torch.Tensor:
-        """The filled part of the queue [M, d] (M grows to the queue size during the first steps)."""
-        return self.queue[: int(self.queue_count)].detach().clone()
+        """The queue [K, d] (a copy: the optimizer step must not see it change)."""
+        return self.queue.detach().clone()

@@ -5,7 +5,8 @@ keys (from every rank) as negatives. Every frame is an instance, as in the SimCL
 
 Symmetric by default (q of view 1 against k of view 2 and the reverse). The queue and the EMA update
 live in the model's momentum branch; the engine enqueues the keys gathered from all ranks after each
-optimizer step. Before the queue has any keys (the first step) the loss has no negatives and is 0.
+optimizer step — the view-2 keys only, since both views' keys of a frame are near-duplicates. As in MoCo
+the queue starts as random unit vectors.
 """
 from __future__ import annotations
 
@@ -49,10 +50,7 @@ class MoCoObjective(Objective):
         if self.symmetric:
             loss2, acc2 = moco_loss(q2, k1, outputs["queue"], self.temperature)
             loss, acc = 0.5 * (loss + loss2), 0.5 * (acc + acc2)
-        return loss, {"moco": loss.detach(), "moco_acc": acc,
-                      "queue_fill": torch.tensor(outputs["queue"].shape[0] / self.queue_size, device=loss.device)}
+        return loss, {"moco": loss.detach(), "moco_acc": acc}
 
     def momentum_keys(self, outputs):
-        d = outputs["k1"].shape[-1]
-        ks = [outputs["k2"], outputs["k1"]] if self.symmetric else [outputs["k2"]]
-        return torch.cat([k.reshape(-1, d) for k in ks]).detach()
+        return outputs["k2"].reshape(-1, outputs["k2"].shape[-1]).detach()

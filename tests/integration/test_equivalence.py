@@ -76,7 +76,11 @@ def worker(rank, world, port, k, name, out):
     dist.all_reduce(total)
     result = {"loss": total / world, "delta": before - flat_params(engine.module)}
     if obj.model_parts().get("momentum"):
-        result["queue"] = engine.module.momentum.negatives()
+        m = engine.module
+        result["queue"] = m.momentum.negatives()
+        result["momentum"] = torch.cat([p.detach().flatten() for p in [*m.momentum.encoder.parameters(),
+                                                                       *m.momentum.projector.parameters()]])
+        result["online"] = torch.cat([p.detach().flatten() for p in [*m.encoder.parameters(), *m.projector.parameters()]])
     torch.save(result, f"{out}.{rank}")
     dist.barrier()  # nobody leaves while the other rank still uses gloo
     os._exit(0)  # skip gloo's C++ destructors: at interpreter exit they sometimes abort a correct run
@@ -113,7 +117,7 @@ def assert_same(got: dict, loss: torch.Tensor, grads: torch.Tensor) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tcl", "clp", "simclr"])
+@pytest.mark.parametrize("name", ["tcl", "clp", "simclr", "moco"])
 def test_gather_equivalence(tmp_path, name):
     """2 ranks with negatives gathered across them == one process on the concatenated batch."""
     got = run_ranks(tmp_path, world=2, k=1, name=name)
@@ -127,6 +131,7 @@ def test_accumulation_equivalence(tmp_path, world, k, name):
     """k micro-batches with the feature cache == one batch k times the size (every negative kept)."""
     got = run_ranks(tmp_path, world=world, k=k, name=name)
     assert_same(got[0], *reference(name, world * k * B))
+    assert all(torch.equal(g["delta"], got[0]["delta"]) for g in got)  # every rank applied the same update
 
 
 @pytest.mark.slow
@@ -136,12 +141,14 @@ def test_moco_queue_holds_keys_from_every_rank(tmp_path):
     torch.manual_seed(0)  # the momentum encoder of step 1 is the initial encoder: recompute each rank's keys
     model = PretrainModel(MODEL, S, **objective("moco").model_parts())
     batch = global_batch(world * B)
-    expected = []
-    for r in range(world):
-        mb = micro_batch(batch, r)
-        expected += [model.momentum.keys(mb["view2"].flatten(0, 1)), model.momentum.keys(mb["view1"].flatten(0, 1))]
-    expected = torch.cat(expected)
-    assert got[0]["queue"].shape == expected.shape == (world * 2 * B * T, MODEL["proj_dim"])
-    assert torch.allclose(got[0]["queue"], expected, atol=1e-6)  # rank 0 holds rank 1's keys too, in rank order
+    expected = torch.cat([model.momentum.keys(micro_batch(batch, r)["view2"].flatten(0, 1)) for r in range(world)])
+    n = world * B * T  # the view-2 keys of every frame of every rank
+    assert expected.shape == (n, MODEL["proj_dim"])
+    assert torch.allclose(got[0]["queue"][:n], expected, atol=1e-6)  # rank 0 holds rank 1's keys too, in rank order
+    assert torch.equal(got[0]["queue"][n:], model.momentum.negatives()[n:])  # the rest: the initial random keys
     assert torch.equal(got[0]["queue"], got[1]["queue"])
-    assert got[0]["loss"] == 0  # no negatives before the first enqueue
+    # EMA after the step: theta_k = m theta_k0 + (1 - m) theta_q (theta_k0 = theta_q0, the initial weights)
+    m = OBJECTIVES["moco"]["momentum"]
+    initial = torch.cat([p.detach().flatten() for p in [*model.encoder.parameters(), *model.projector.parameters()]])
+    assert torch.allclose(got[0]["momentum"], m * initial + (1 - m) * got[0]["online"], atol=1e-6)
+    assert not torch.allclose(got[0]["online"], initial)  # the online encoder did move

@@ -91,13 +91,18 @@ def test_local_rank_argument_is_accepted_in_one_process(packed, tmp_path):
     assert "mean" in r.stdout and "random-init" in r.stdout  # the F1 table is printed
 
 
-@pytest.mark.parametrize("objective,accum,term", [("clp", 2, "au_consistency"), ("moco", 1, "moco_acc"),
-                                                  ("supervised", 1, "label_acc")])
-def test_torchrun_two_ranks(packed, corpus, tmp_path, objective, accum, term):
-    """torchrun launch; CLP with feature-cache accumulation and MoCo with its queue run end to end."""
+@pytest.mark.parametrize("objective,accum,term,extra", [
+    ("clp", 2, "au_consistency", {}),
+    ("moco", 1, "moco_acc", {"deepspeed.torch_autocast.enabled": "true"}),  # bf16 compute, fp32 weights and EMA
+    ("supervised", 1, "label_acc", {}),
+    ("tcl", 1, "tcl_acc", {"deepspeed.bf16.enabled": "true"}),  # DeepSpeed's bf16 weights: inputs cast to bf16
+])
+def test_torchrun_two_ranks(packed, corpus, tmp_path, objective, accum, term, extra):
+    """torchrun launch; every objective end to end: CLP with feature-cache accumulation, MoCo with its queue
+    under autocast, the supervised bound with labels, TCL with DeepSpeed's bf16 weights."""
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN,
            *common(packed, tmp_path, **{"objective": objective, "deepspeed.gradient_accumulation_steps": accum,
-                                        "data.labels": str(corpus),
+                                        "data.labels": str(corpus), **extra,
                                         "train.steps": 3, "train.eval_at_end": "false", "tracking.enabled": "false"})]
     r = launch(cmd, tmp_path)
     meta = json.loads((only_run(tmp_path) / "checkpoints" / "step_3" / "meta.json").read_text())

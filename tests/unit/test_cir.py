@@ -145,11 +145,14 @@ def test_moco_loss_and_queue():
 
     enc, proj = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
     br = MomentumBranch(torch.nn.Module(), torch.nn.Module(), queue_size=5, dim=2, momentum=0.9)
-    assert br.negatives().shape == (0, 2)
+    start = br.negatives()
+    assert start.shape == (5, 2) and torch.allclose(start.norm(dim=1), torch.ones(5))  # random unit keys, as MoCo
     br.enqueue(torch.arange(6.0).view(3, 2))
-    assert br.negatives().tolist() == [[0, 1], [2, 3], [4, 5]]
+    assert br.negatives()[:3].tolist() == [[0, 1], [2, 3], [4, 5]] and torch.equal(br.negatives()[3:], start[3:])
     br.enqueue(torch.arange(6.0, 12.0).view(3, 2))  # wraps: 5 slots, newest win
-    assert int(br.queue_count) == 5 and br.queue[0].tolist() == [10, 11] and br.queue[4].tolist() == [8, 9]
+    assert br.queue[0].tolist() == [10, 11] and br.queue[4].tolist() == [8, 9] and int(br.queue_ptr) == 1
+    br.enqueue(torch.arange(20.0).view(10, 2))  # more keys than slots: the newest 5
+    assert sorted(br.queue[:, 0].tolist()) == [10, 12, 14, 16, 18]
 
     br = MomentumBranch(enc, proj, queue_size=4, dim=4, momentum=0.9)
     assert not any(p.requires_grad for p in br.parameters())
@@ -175,3 +178,33 @@ def test_every_objective_builds_from_the_config_tree(name):
     obj = build_objective(cfg.objective)
     assert obj.name == name == cfg.objective.name
     OmegaConf.to_container(cfg.objective, resolve=True)
+
+
+def test_cir_pass_pairs_frames_and_partners():
+    """With codes that name their clip and frame, every decoded image and target comes from the right place:
+    self = (a_t^A, p_s^A), cross = (a_t^B, p_s^A), cycle = (a(cross), p_s^B), s = (t + offset) mod T."""
+    b, t = 3, 5
+    clip = torch.arange(b).view(b, 1, 1).expand(b, t, 1).float()
+    frame = torch.arange(t).view(1, t, 1).expand(b, t, 1).float()
+    a = torch.cat([clip, frame, torch.zeros(b, t, 1)], -1)  # AU code "a[clip, frame]"
+    p = torch.cat([clip, frame, torch.ones(b, t, 1)], -1)  # identity code "p[clip, frame]"
+    x = torch.cat([clip, frame, 2 * torch.ones(b, t, 1)], -1).view(b, t, 3, 1, 1)  # image "x[clip, frame]"
+    # decode writes the (clip, frame) of the AU code and of the identity code into the image; encode reads the
+    # AU code's (clip, frame) back as the new AU code (a perfect person-independent encoder)
+    decode = lambda ac, pc: torch.cat([ac[:, :2], pc[:, :2]], -1).view(-1, 4, 1, 1)  # noqa: E731
+    encode = lambda img: (img.flatten(1)[:, [0, 1, 1]] * torch.tensor([1.0, 1.0, 0.0]), img.flatten(1)[:, 2:])  # noqa: E731
+    partner = torch.tensor([2, -1, 0])
+    req = CIRRequest(partner=partner, frames=(1, 4), identity_offset=2)
+    out = cir_forward(encode, decode, x, a, p, req)
+    for i in range(b):
+        j = int(partner[i]) if partner[i] >= 0 else i
+        for k, f in enumerate(req.frames):
+            s = (f + 2) % t
+            assert out["rec_self"][i, k].flatten().tolist() == [i, f, i, s]
+            assert out["cross"][i, k].flatten().tolist() == [j, f, i, s]
+            assert out["a_target"][i, k].tolist() == [j, f, 0] and out["p_target"][i, k].tolist() == [i, s, 1]
+            assert out["target_self"][i, k].flatten().tolist() == [i, f, 2]
+            assert out["target_cycle"][i, k].flatten().tolist() == [j, f, 2]
+            # the cycle decodes the cross image's re-encoded AU code with the partner's identity code
+            assert out["rec_cycle"][i, k].flatten().tolist() == [j, f, j, s]
+    assert out["valid"].tolist() == [True, False, True]

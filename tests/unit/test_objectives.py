@@ -84,3 +84,36 @@ def test_objectives_are_built_from_the_config_tree():
     assert set(s_parts) == {"nt_xent", "acc"}
     with pytest.raises(ValueError, match="unknown objective"):
         build_objective(type("C", (), {"name": "nope"})())
+
+
+def brute_force_tcl(z1, z2, keys, offset, temperature, margin, window, weight):
+    """The TCL formula written out anchor by anchor (both directions averaged)."""
+    b, t, _ = z1.shape
+    g = keys.shape[0]
+    total = []
+    for view, z in ((0, z1), (1, z2)):
+        for c in range(b):
+            for f in range(t):
+                anchor = z[c, f]
+                pos = (anchor @ keys[offset + c, 1 - view, f] - margin) / temperature
+                terms = [pos.exp()]
+                for kc in range(g):
+                    for kv in range(2):
+                        for kf in range(t):
+                            if kc == offset + c and (abs(kf - f) <= window):
+                                continue  # self, positive and the window: not negatives
+                            w = 1.0 if kc == offset + c else weight
+                            if w > 0:
+                                terms.append(w * (anchor @ keys[kc, kv, kf] / temperature).exp())
+                total.append(-(pos.exp() / torch.stack(terms).sum()).log())
+    return torch.stack(total).mean()
+
+
+@pytest.mark.parametrize("offset,window,weight", [(0, 0, 1.0), (2, 1, 1.0), (1, 2, 0.3), (3, 0, 0.0), (2, 1, 2.0)])
+def test_tcl_matches_the_formula_written_out(offset, window, weight):
+    g = torch.Generator().manual_seed(offset + window)
+    keys = F.normalize(torch.randn(5, 2, 4, 8, generator=g, dtype=torch.float64), dim=-1)
+    z1, z2 = keys[offset:offset + 2, 0], keys[offset:offset + 2, 1]  # this rank's clips inside the global keys
+    loss, _ = tcl_loss(z1, z2, keys, offset, temperature=0.2, margin=0.1, window=window, cross_clip_weight=weight)
+    want = brute_force_tcl(z1, z2, keys, offset, 0.2, 0.1, window, weight)
+    assert torch.allclose(loss.double(), want, atol=1e-5), (loss, want)
