@@ -169,27 +169,23 @@ def main() -> None:
 
     queue = int(load_config(["objective=moco"]).objective.queue_size)
     rows = []
+
+    def row(objective, batch, world, kind, m=None):
+        rows.append({"objective": objective, "clips/rank": batch, "world": world, "kind": kind,
+                     "step_ms": m["step_ms"] if m else float("nan"), "peak_mib": m["peak_mib"] if m else float("nan"),
+                     "logits_mib/rank": logit_mib(objective, batch, a.frames, world, queue=queue),
+                     "global_loss_logits_mib": logit_mib(objective, batch, a.frames, world, local=False)})
+        if m:
+            print(rows[-1], flush=True)
+
     for objective in a.objectives:
         for batch in a.batches:
             for world in a.worlds:
-                m = measure(objective, batch, world, a)
-                rows.append({"objective": objective, "clips/rank": batch, "world": world, "kind": "measured",
-                             "step_ms": m["step_ms"], "peak_mib": m["peak_mib"],
-                             "logits_mib/rank": logit_mib(objective, batch, a.frames, world, queue=queue),
-                             "global_loss_logits_mib": logit_mib(objective, batch, a.frames, world, local=False)})
-                print(rows[-1], flush=True)
+                row(objective, batch, world, "measured", measure(objective, batch, world, a))
             for world in a.emulated_worlds:
-                m = measure(objective, batch, 1, a, emulate=world)
-                rows.append({"objective": objective, "clips/rank": batch, "world": world, "kind": "emulated",
-                             "step_ms": m["step_ms"], "peak_mib": m["peak_mib"],
-                             "logits_mib/rank": logit_mib(objective, batch, a.frames, world, queue=queue),
-                             "global_loss_logits_mib": logit_mib(objective, batch, a.frames, world, local=False)})
-                print(rows[-1], flush=True)
+                row(objective, batch, world, "emulated", measure(objective, batch, 1, a, emulate=world))
             for world in a.analytic_worlds:
-                rows.append({"objective": objective, "clips/rank": batch, "world": world, "kind": "analytic",
-                             "step_ms": float("nan"), "peak_mib": float("nan"),
-                             "logits_mib/rank": logit_mib(objective, batch, a.frames, world, queue=queue),
-                             "global_loss_logits_mib": logit_mib(objective, batch, a.frames, world, local=False)})
+                row(objective, batch, world, "analytic")
     report(f"Objective loss fwd+bwd per rank (T={a.frames}, d={a.dim}; {a.device})", rows, a.json,
            {"frames": a.frames, "dim": a.dim, "size": a.size, "device": a.device})
 
