@@ -28,7 +28,8 @@ def tcl_logits(anchors: torch.Tensor, keys: torch.Tensor, offset: int, view: int
     b, t, d = anchors.shape
     g = keys.shape[0]
     dev = anchors.device
-    anchors, keys = anchors.float(), keys.float()  # logits and softmax in fp32 also under bf16/fp16 training
+    dtype = torch.promote_types(anchors.dtype, torch.float32)  # fp32 logits and softmax also under bf16/fp16
+    anchors, keys = anchors.to(dtype), keys.to(dtype)
     logits = (anchors.reshape(b * t, d) @ keys.reshape(g * 2 * t, d).T / temperature).view(b, t, g, 2, t)
     # Masks and margin only touch each anchor's own clip: a [T, 2, T] pattern (anchor frame, key view, key
     # frame) applied to the diagonal blocks, so no [B*T, G*2*T] index or mask tensors are ever built.
