@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from ..config import load_config
 from ..data.pack import PackSettings, pack
+from ..data.storage import EnvironmentFault
 
 FLAGS = (("--align", str), ("--detector", str), ("--clip-len", int), ("--stride", int), ("--clip-step", int),
          ("--size", int), ("--fps", float), ("--samples-per-shard", int), ("--shuffle-buffer", int),
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aupretrain-pack: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except (EnvironmentFault, MemoryError) as e:  # disk full, out of memory, S3 unreachable: no input is blamed
+        print(f"aupretrain-pack: error: {e}; run the same command again to resume", file=sys.stderr)
+        return 1
     except OSError as e:  # the output became unwritable (disk full, permissions)
         print(f"aupretrain-pack: error writing {a.output}: {e}; run the same command again to resume", file=sys.stderr)
         return 1

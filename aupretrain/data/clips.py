@@ -7,6 +7,7 @@ frames -> drop clips whose face is too small or too blurry -> JPEG -> spill file
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import faces, shards
+from . import faces, shards, storage
 from .inputs import VideoItem, iter_source_frames, local_copy, read_track
 from .spill import SpillWriter
 from .video import VideoError, probe_video
@@ -207,6 +208,7 @@ def process_video(item: VideoItem, s: PackSettings, spill_path: str) -> VideoRes
             params = [cv2.IMWRITE_JPEG_QUALITY, s.jpeg_quality]
             written: dict[tuple[int, int], tuple[int, int]] = {}
             keys: set[str] = set()
+            video_tag = hashlib.sha1(item.video.encode()).hexdigest()[:8]
             try:
                 for clip in cut(_faces_counted(aligned_frames(item, local, s, res), res), s):
                     frames = [a for _, a in clip]
@@ -225,7 +227,8 @@ def process_video(item: VideoItem, s: PackSettings, spill_path: str) -> VideoRes
                             written[pos] = writer.frame(buf.tobytes())
                         refs.append(written[pos])
                     src = [a.index for a in frames]
-                    key = shards.make_key(item.identity, item.name, f"{src[0]:06d}")
+                    # the video id's hash keeps keys unique where names differ only in characters make_key maps
+                    key = shards.make_key(item.identity, item.name, f"{src[0]:06d}", video_tag)
                     while key in keys:
                         key += "x"
                     keys.add(key)
@@ -243,6 +246,13 @@ def process_video(item: VideoItem, s: PackSettings, spill_path: str) -> VideoRes
             res.reason = _why_nothing(item, s, res)
     except VideoError as e:
         res.reason = str(e)
+    except (MemoryError, storage.EnvironmentFault):
+        raise  # not this input's fault: stop the run unrecorded, a rerun resumes
+    except OSError as e:
+        if e.errno in storage.ENVIRONMENT_ERRNOS:  # disk full, too many open files, read-only work folder
+            raise storage.EnvironmentFault(f"{item.path}: {type(e).__name__}: {e}") from e
+        log.exception("unexpected error on %s", item.path)
+        res.reason = f"{item.path}: unexpected error ({type(e).__name__}: {e})"
     except Exception as e:  # noqa: BLE001 - a bad input must never stop the run: record it, name the file
         log.exception("unexpected error on %s", item.path)
         res.reason = f"{item.path}: unexpected error ({type(e).__name__}: {e})"

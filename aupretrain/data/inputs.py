@@ -111,20 +111,37 @@ def _parse_list(uri: str) -> tuple[list[VideoItem], list[dict]]:
                     rows.append({"_error": f"{uri}:{n}: not valid JSON ({e})"})
     items, rejects = [], []
     for n, row in enumerate(rows, 1):
-        if "_error" in row or not row.get("path") or not row.get("identity"):
-            rejects.append({"input": f"{uri}:{n}", "reason": row.get("_error") or f"{uri}:{n}: needs `path` and `identity`"})
-            continue
-        path = _resolve(str(row["path"]).strip(), base)
-        boxes = row.get("boxes") or None
-        if isinstance(boxes, str):
-            boxes = _resolve(boxes.strip(), base)
-        elif isinstance(boxes, list):
-            boxes = tuple(tuple(float(v) for v in b) for b in boxes)
-        ident = str(row["identity"]).strip()
-        is_dir = not PurePosixPath(path.rstrip("/")).suffix.lower() in VIDEO_EXTS
-        name = str(row.get("video") or PurePosixPath(path.rstrip("/")).stem)
-        items.append(VideoItem(path, ident, f"{ident}/{name}", frames_dir=is_dir, boxes=boxes))
+        try:  # one bad row is one reject, never the end of the run
+            items.append(_list_item(row, base, f"{uri}:{n}"))
+        except ValueError as e:
+            rejects.append({"input": f"{uri}:{n}", "reason": str(e)})
     return items, rejects
+
+
+def _list_item(row, base: str, where: str) -> VideoItem:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: a row must be an object with `path` and `identity`, not {type(row).__name__}")
+    if "_error" in row:
+        raise ValueError(row["_error"])
+    if not row.get("path") or not row.get("identity"):
+        raise ValueError(f"{where}: needs `path` and `identity`")
+    path = _resolve(str(row["path"]).strip(), base)
+    boxes = row.get("boxes") or None
+    if isinstance(boxes, str):
+        boxes = _resolve(boxes.strip(), base)
+    elif isinstance(boxes, list):
+        try:
+            boxes = tuple(tuple(float(v) for v in b) for b in boxes)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: `boxes` must be rows of [frame, x, y, w, h] numbers ({e})") from None
+        if any(len(b) != 5 for b in boxes):
+            raise ValueError(f"{where}: `boxes` must be rows of [frame, x, y, w, h]")
+    elif boxes is not None:
+        raise ValueError(f"{where}: `boxes` must be a file path or a list of [frame, x, y, w, h]")
+    ident = str(row["identity"]).strip()
+    is_dir = not PurePosixPath(path.rstrip("/")).suffix.lower() in VIDEO_EXTS
+    name = str(row.get("video") or PurePosixPath(path.rstrip("/")).stem)
+    return VideoItem(path, ident, f"{ident}/{name}", frames_dir=is_dir, boxes=boxes)
 
 
 def discover(source: str) -> tuple[list[VideoItem], list[dict]]:
@@ -178,7 +195,9 @@ def local_copy(item: VideoItem) -> Iterator[str]:
                 local = str(tmp / PurePosixPath(item.path).name)
                 storage.get_file(item.path, local)
         except Exception as e:  # noqa: BLE001 - botocore errors after boto3's retries: missing, denied, endpoint down
-            raise VideoError(f"{item.path}: cannot read from S3 ({e})") from e
+            if storage.is_input_fault(e):  # this object is missing or denied: a reject
+                raise VideoError(f"{item.path}: cannot read from S3 ({e})") from e
+            raise storage.EnvironmentFault(f"{item.path}: cannot read from S3 ({type(e).__name__}: {e})") from e
         yield local
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

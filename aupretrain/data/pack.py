@@ -38,7 +38,7 @@ from .parallel import parallel_map
 
 log = logging.getLogger(__name__)
 __all__ = ["PackSettings", "pack", "work_folder"]
-_SHARD_FILE = re.compile(r"shard-\d{6}\.(tar|idx)$")
+_SHARD_FILE = re.compile(r"\.?shard-\d{6}\.(tar|idx)(\.tmp)?$")  # final names and a crashed run's temp names
 
 
 def work_folder(output: str, settings: PackSettings) -> Path:
@@ -113,6 +113,15 @@ def _work(args) -> VideoResult:
     return process_video(*args)
 
 
+def _worker_died(args, error: BaseException) -> VideoResult:
+    """The input that killed its worker process on its own (out of memory, a crash in FFmpeg or OpenCV)."""
+    item, _, spill_path = args
+    Path(spill_path).unlink(missing_ok=True)
+    res = VideoResult(item.video)
+    res.reason = f"{item.path}: the worker process died on this input ({error}); out of memory, or a crash in a native decoder"
+    return res
+
+
 class Assembler:
     """Seeded shuffle buffer of clip references -> shards of samples_per_shard, written in order."""
 
@@ -166,7 +175,9 @@ class Assembler:
                 path = self.spill_path(video)
                 if not path.exists():  # never expected; rebuild it (deterministic) rather than fail
                     log.warning("spill file of %s missing; processing the video again", video)
-                    process_video(self.items[video], self.s, str(path))
+                    again = process_video(self.items[video], self.s, str(path))
+                    if again.reason:  # it packed before, so this is the environment (e.g. S3 gone), not the input
+                        raise storage.EnvironmentFault(f"{video}: could not be processed again ({again.reason})")
                 samples.append(spill.read_clip(path, c))
             info = shards.write_shard(samples, self.output, n, self.scratch)
             self.journal.add({"shard": n, "info": info.__dict__}, sync=True)
@@ -175,6 +186,7 @@ class Assembler:
             self.remaining[video] -= 1
             if self.remaining[video] == 0:
                 self.spill_path(video).unlink(missing_ok=True)
+                del self.remaining[video]
         self.cur = []
 
 
@@ -203,7 +215,8 @@ def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
     asm = Assembler(output, s, journal, work, by_video)
     todo = [it for it in order if it.video not in journal.videos]
     workers = s.workers or min(os.cpu_count() or 1, max(1, len(todo)))
-    results = parallel_map(_work, [(it, s, str(asm.spill_path(it.video))) for it in todo], workers)
+    results = parallel_map(_work, [(it, s, str(asm.spill_path(it.video))) for it in todo], workers,
+                           on_crash=_worker_died)
     names = ("frames_decoded", "frames_sampled", "frames_with_face", "clips_dropped_small", "clips_dropped_blurry")
     totals = dict.fromkeys(names, 0)
     clips, t0, decoded_now, rejects, identities, videos = 0, time.time(), 0, [], set(), 0

@@ -5,11 +5,35 @@ Local writes go to a temporary name and are renamed, so a half-written file is n
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
 from pathlib import Path
 from urllib.parse import urlparse
+
+
+class EnvironmentFault(OSError):
+    """A failure of the machine or the service, not of one input (local disk full, too many open files, out of
+    memory, S3 unreachable or credentials expired after boto3's retries): the run stops with nothing recorded
+    against the input, and running the same command again resumes."""
+
+
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.EROFS, errno.ENOMEM}
+INPUT_S3_CODES = {"NoSuchKey", "NoSuchBucket", "404", "NotFound", "AccessDenied", "403", "InvalidObjectState"}
+
+
+def is_input_fault(e: BaseException) -> bool:
+    """Whether an S3/OS error reading one input is that input's problem (missing, denied) rather than the
+    environment's (endpoint down, credentials expired, local disk full)."""
+    if isinstance(e, OSError) and not isinstance(e, EnvironmentFault):
+        return e.errno not in ENVIRONMENT_ERRNOS
+    response = getattr(e, "response", None)  # botocore ClientError
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in INPUT_S3_CODES or status in (403, 404)
+    return False
 
 
 def is_s3(uri: str) -> bool:
