@@ -211,7 +211,7 @@ def iter_source_frames(item: VideoItem, local: str, frames_fps: float) -> Iterat
     d = Path(local)
     if not d.is_dir():
         raise VideoError(f"{item.path}: frame folder does not exist")
-    files = sorted((p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=lambda p: _natural(p.name))
+    files = sorted((p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=lambda p: (_natural(p.name), p.name))
     if not files:
         raise VideoError(f"{item.path}: no frame images ({', '.join(IMAGE_EXTS)})")
     for i, f in enumerate(files):

@@ -198,6 +198,8 @@ def fingerprint(source: str, items: list[VideoItem], s: PackSettings) -> str:
 
 
 def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
+    # `in`, `in/` and `/abs/in` are the same run (journal fingerprint, work folder, manifest)
+    source, output = (str(p) if storage.is_s3(str(p)) else str(Path(p).resolve()) for p in (source, output))
     items, list_rejects = discover(source)
     if not items:
         raise FileNotFoundError(f"{source}: no videos found (expected <identity>/<video>.mp4|avi|mkv|webm|mov, "
