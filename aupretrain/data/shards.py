@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -155,6 +156,8 @@ def write_shard(samples: list[Sample], out_root: str, index: int, workdir: Path)
             storage.put_file(local, dest)
             local.unlink()
         else:
+            with open(local, "rb") as f:  # on disk before it has its final name (and before the journal says so)
+                os.fsync(f.fileno())
             local.replace(dest)
     return info
 
