@@ -80,13 +80,13 @@ def train(cfg: DictConfig) -> dict:
     if found and reader is None:
         log.warning("no reader state for %d ranks in %s: the data stream restarts its epoch", d.world, found[1])
     loader = ClipLoader(ReaderSettings.from_config(cfg, d.rank, d.world), state=reader)
-    parts = objective.model_parts()
-    if parts.get("momentum") and int(cfg.deepspeed.zero_optimization.stage) == 3:
+    model_parts = objective.model_parts()
+    if model_parts.get("momentum") and int(cfg.deepspeed.zero_optimization.stage) == 3:
         raise ValueError("objective=moco needs ZeRO stage 1 or 2 (the EMA update reads the full online weights)")
-    if parts.get("momentum") and (cfg.deepspeed.get("bf16", {}).get("enabled") or cfg.deepspeed.get("fp16", {}).get("enabled")):
+    if model_parts.get("momentum") and (cfg.deepspeed.get("bf16", {}).get("enabled") or cfg.deepspeed.get("fp16", {}).get("enabled")):
         raise ValueError("objective=moco with deepspeed.bf16/fp16: the key encoder's EMA (m=0.999) does not move in "
                          "16-bit weights; use deepspeed.torch_autocast.enabled=true (fp32 weights, bf16 compute)")
-    model = PretrainModel(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size), **parts)
+    model = PretrainModel(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size), **model_parts)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(cfg.optim.lr),
                             betas=tuple(cfg.optim.betas), weight_decay=float(cfg.optim.weight_decay))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
