@@ -202,6 +202,15 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int, l
     def linked(a, b) -> bool:
         return iou(a[0], b[0]) >= link_iou or _near(a[0], b[0])
 
+    def main_face_near(rgb, anchor):
+        """(box, landmarks) of the main face of a frame, chosen next to `anchor`'s box; None without a face."""
+        boxes, _, lms = det.detect(rgb)
+        k, _ = choose_main(boxes, rgb.shape, anchor[0], main_face, link_iou)
+        return None if k is None else (boxes[k], lms[k])
+
+    def lost(frames):
+        return (emit(i, f, None, None) for i, f in frames)
+
     def bridge(batch, left, right, depth):
         """Frames between detections left and right. When the face moved too far to link them, detect again
         in the middle and bridge each half (up to `depth` levels) instead of giving up. Returns whether the
@@ -214,16 +223,14 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int, l
                 yield from (emit(*f) for f in out)
                 return ok
         if depth == 0 or not batch:
-            yield from (emit(i, f, None, None) for i, f in batch)
+            yield from lost(batch)
             return False
         mid = len(batch) // 2
         idx, rgb = batch[mid]
-        boxes, _, lms = det.detect(rgb)
-        k, _ = choose_main(boxes, rgb.shape, left[0], main_face, link_iou)
-        if k is None:
-            yield from (emit(i, f, None, None) for i, f in batch)
+        m = main_face_near(rgb, left)
+        if m is None:
+            yield from lost(batch)
             return False
-        m = (boxes[k], lms[k])
         if not (yield from bridge(batch[:mid], left, m, depth - 1)):
             run_open = False
         yield emit(idx, rgb, *m)
@@ -235,17 +242,17 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int, l
         whether the chain of links reaches `right`."""
         nonlocal run_open
         if depth == 0 or not batch:
-            yield from (emit(i, f, None, None) for i, f in batch)
+            yield from lost(batch)
             return False
         mid = len(batch) // 2
         idx, rgb = batch[mid]
         anchor = left if left is not None else right
-        boxes, _, lms = det.detect(rgb)
-        k, _ = choose_main(boxes, rgb.shape, anchor[0], main_face, link_iou)
-        m = None if k is None or not linked(anchor, (boxes[k], lms[k])) else (boxes[k], lms[k])
+        m = main_face_near(rgb, anchor)
+        if m is not None and not linked(anchor, m):
+            m = None
         if left is not None and m is None:  # the face is gone by mid
             yield from edge(batch[:mid], left, None, depth - 1)
-            yield from (emit(i, f, None, None) for i, f in batch[mid:])
+            yield from lost(batch[mid:])
             return False
         if left is not None:  # still there at mid
             if not (yield from bridge(batch[:mid], left, m, depth - 1)):
@@ -253,7 +260,7 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int, l
             yield emit(idx, rgb, *m)
             return (yield from edge(batch[mid + 1:], m, None, depth - 1))
         if m is None:  # not there yet at mid
-            yield from (emit(i, f, None, None) for i, f in batch[:mid + 1])
+            yield from lost(batch[:mid + 1])
             return (yield from edge(batch[mid + 1:], None, right, depth - 1))
         if not (yield from edge(batch[:mid], None, m, depth - 1)):  # already there at mid
             run_open = False
@@ -271,7 +278,7 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int, l
             chained = yield from edge(pending, prev, cur, 3)
         else:
             chained = False
-            yield from (emit(i, f, None, None) for i, f in pending)
+            yield from lost(pending)
         if not chained:
             run_open = False
         yield emit(idx, rgb, *(cur or (None, None)))
