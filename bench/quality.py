@@ -1,69 +1,173 @@
-"""Room to learn: identity-disjoint linear AU probes on the synthetic eval corpus with simple features.
+"""Quality benchmark: every method pretrained with the same budget, probed on the *test* identities.
 
-    python bench/quality.py --json bench/results/quality.json [hydra overrides of eval.*]
-Rows: always-positive, raw pixels, HOG, ground-truth landmarks (pose-normalised), random-init encoder.
-A representation worth pretraining should sit between raw pixels and landmarks.
+    python bench/quality.py --json bench/results/quality.json                   # CPU preset, 1 seed
+    python bench/quality.py --json bench/results/quality.json --seeds 3 --ablations
+    python bench/quality.py --device cuda --json bench/results/quality_gpu.json  # ResNet-18, 112 px, bf16
+    python bench/quality.py --methods tcl clp --seeds 1 -- objective.margin=0.1  # extra Hydra overrides
+
+Each method runs the real entry point (`torchrun ... aupretrain/train.py experiment=quickstart
+objective=<method> run.seed=<s>`: DALI, DeepSpeed, the run's own end-of-training probe) on the synthetic
+pretraining corpus of `configs/synth/` (rendered and packed first if missing); its `eval.json` (linear AU
+probe, subject-exclusive folds, on `eval.split=test` unless overridden) is read back. Reference rows on the
+same test identities: random-init encoder, HOG, always-positive. Tuning belongs on `eval.split=validation`.
+
+JSON: {"mean_f1": {method: mean over seeds}, "mean_f1_std": {...}, "identity_acc": {...},
+"per_au_f1": {method: {AU: F1}}, "ablations": {variant: {...}}, "runs": [...]} (values in [0, 1]).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from bench.common import report  # noqa: E402
 
 from aupretrain.config import load_config  # noqa: E402
-from aupretrain.data.synth.corpus import load_labels  # noqa: E402
-from aupretrain.eval.datasets import ensure_synthetic, load_synthetic  # noqa: E402
-from aupretrain.eval.report import evaluate_codes  # noqa: E402
-from aupretrain.models.encoder import AUEncoder  # noqa: E402
+
+METHODS = ("simclr", "moco", "tcl", "clp", "supervised")
+ABLATIONS = {  # CLP with one part removed (objective overrides)
+    "clp without CIR (= TCL)": ["objective=tcl"],
+    "clp, margin 0": ["objective.margin=0"],
+    "clp, no ranking term": ["objective.rank_weight=0"],
+    "clp, same-view negatives": ["objective.same_view_negatives=true"],
+    "clp, no self-reconstruction": ["objective.cir.self_weight=0"],
+    "clp, no cycle reconstruction": ["objective.cir.cycle_weight=0"],
+    "clp, no AU consistency": ["objective.cir.au_weight=0"],
+    "clp, no identity consistency": ["objective.cir.id_weight=0"],
+}
+DEVICE_PRESETS = {"cpu": ["experiment=quickstart"],
+                  "cuda": ["experiment=quickstart", "model=resnet18", "data.input_size=112", "data.batch_size=64",
+                           "data.num_threads=4", "deepspeed.bf16.enabled=true"]}
 
 
-def landmarks(root: Path) -> np.ndarray:
-    out = []
-    for p in sorted(root.glob("*/*.mp4")):
-        lm = np.asarray(load_labels(p)["landmarks"], np.float32)  # [F, K, 2]
-        lm = lm - lm.mean(1, keepdims=True)
-        lm = lm / np.linalg.norm(lm, axis=(1, 2), keepdims=True)
-        out.append(lm.reshape(len(lm), -1))
-    return np.concatenate(out)
+def ensure_shards(cfg, synth_dir: Path, shards_dir: Path) -> None:
+    """Render the pretraining corpus (configs/synth) and pack it, unless already there and up to date."""
+    bin_ = Path(sys.executable).parent
+    if not (synth_dir / "corpus.json").exists():
+        subprocess.run([str(bin_ / "aupretrain-synth"), str(synth_dir)], check=True)
+    manifest = shards_dir / "manifest.json"
+    if not manifest.exists() or manifest.stat().st_mtime < (synth_dir / "corpus.json").stat().st_mtime:
+        subprocess.run([str(bin_ / "aupretrain-pack"), str(synth_dir), str(shards_dir), "--align", "center"], check=True)
+
+
+def pretrain_and_probe(method: str, seed: int, run_dir: Path, shards: Path, labels: Path, preset: list[str],
+                       extra: list[str], nproc: int, log_dir: Path) -> dict:
+    """One real training run (torchrun, `nproc` ranks) + its end-of-run probe; returns its eval.json."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    args = [*preset, f"objective={method.split(':')[0]}", f"run.seed={seed}", f"run.dir={run_dir}",
+            f"data.shards={shards}", f"data.labels={labels}", "eval.random_baseline=false", "eval.baselines=[]",
+            "tracking.experiment=bench-quality", f"run.name=quality-{method}", *extra]
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", str(nproc),
+           str(ROOT / "aupretrain" / "train.py"), *args]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{run_dir.name}.log"
+    t0 = time.time()
+    with open(log, "w") as f:
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if r.returncode != 0:
+        raise RuntimeError(f"{method} seed {seed} failed (exit {r.returncode}); log: {log}")
+    out = json.loads((run_dir / "eval.json").read_text())["results"]["pretrained"]
+    out["seconds"] = time.time() - t0
+    return out
+
+
+def references(cfg, seeds: list[int]) -> dict[str, list[dict]]:
+    """random-init encoder (one per seed), HOG and always-positive on the configured eval split."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from aupretrain.eval.baselines import always_positive, hog_features
+    from aupretrain.eval.datasets import ensure_synthetic, load_synthetic
+    from aupretrain.eval.report import evaluate_codes, evaluate_encoders
+    from aupretrain.models.encoder import AUEncoder
+
+    data = load_synthetic(ensure_synthetic(cfg.eval), float(cfg.eval.au_threshold), int(cfg.eval.frame_stride))
+    out: dict[str, list[dict]] = {"random": [], "hog": [evaluate_codes(hog_features(data.frames), data, cfg.eval)],
+                                  "always_positive": [always_positive(data)]}
+    for s in seeds:
+        torch.manual_seed(s + 1)
+        enc = AUEncoder(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size))
+        out["random"].append(evaluate_encoders({"r": enc}, data, cfg.eval, seed=s)["r"])
+    return out
+
+
+def summarise(results: dict[str, list[dict]]) -> dict:
+    js: dict = {"mean_f1": {}, "mean_f1_std": {}, "identity_acc": {}, "per_au_f1": {}}
+    for name, rs in results.items():
+        f1 = [r["f1_mean"] for r in rs]
+        js["mean_f1"][name] = float(np.mean(f1))
+        js["mean_f1_std"][name] = float(np.std(f1))
+        ids = [r["identity_acc"] for r in rs if "identity_acc" in r]
+        js["identity_acc"][name] = float(np.mean(ids)) if ids else None
+        js["per_au_f1"][name] = {a: float(np.mean([r["f1"][a] for r in rs])) for a in rs[0]["f1"]}
+    return js
+
+
+def rows_of(js: dict, results: dict[str, list[dict]]) -> list[dict]:
+    return [{"method": n, "seeds": len(results[n]), "mean F1": js["mean_f1"][n], "± std": js["mean_f1_std"][n],
+             "identity acc": js["identity_acc"][n] if js["identity_acc"][n] is not None else float("nan"),
+             "train s / run": float(np.mean([r.get("seconds", 0.0) for r in results[n]]))} for n in results]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json")
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--seeds", type=int, default=1, help="pretraining seeds per method (headline: 3)")
+    ap.add_argument("--ablations", action="store_true", help="also run the CLP ablations (first seed only)")
+    ap.add_argument("--device", default="cpu", choices=sorted(DEVICE_PRESETS))
+    ap.add_argument("--nproc", type=int, default=None, help="ranks per run (default: 2 on CPU, GPUs on cuda)")
+    ap.add_argument("--synth-dir", default="data/synthetic")
+    ap.add_argument("--shards", default="shards/synthetic")
+    ap.add_argument("--work", default="bench/results/quality-runs", help="run folders and logs")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     a = ap.parse_args()
-    cfg = load_config(a.overrides)
-    root = ensure_synthetic(cfg.eval)
-    d = load_synthetic(root, float(cfg.eval.au_threshold))
-    feats = {
-        "raw pixels (24x24 RGB)": np.stack([cv2.resize(f, (24, 24), interpolation=cv2.INTER_AREA)
-                                            for f in d.frames]).reshape(len(d.frames), -1).astype(np.float32) / 255,
-    }
-    hog = cv2.HOGDescriptor((64, 64), (16, 16), (8, 8), (8, 8), 9)
-    feats["HOG (64 px)"] = np.stack([hog.compute(cv2.cvtColor(cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA),
-                                                               cv2.COLOR_RGB2GRAY)).ravel() for f in d.frames])
-    feats["ground-truth landmarks"] = landmarks(root)
-    torch.manual_seed(0)
-    from omegaconf import OmegaConf
+    os.chdir(ROOT)
+    preset = DEVICE_PRESETS[a.device]
+    nproc = a.nproc or (2 if a.device == "cpu" else max(1, __import__("torch").cuda.device_count()))
+    cfg = load_config([*preset, *a.overrides])
+    from aupretrain.eval.datasets import check_identity_sets
 
-    enc = AUEncoder(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size)).eval()
-    feats[f"random-init encoder ({cfg.model.name}, {cfg.data.input_size} px)"] = enc.encode(torch.from_numpy(d.frames)).numpy()
-    base = d.labels.mean(0)
-    rows = [{"features": "always positive", "dim": 0, "f1_mean": float(np.mean(2 * base / (1 + base)))}]
-    per_au = {}
-    for name, x in feats.items():
-        r = evaluate_codes(x, d, cfg.eval)
-        rows.append({"features": name, "dim": int(x.shape[1]), "f1_mean": r["f1_mean"]})
-        per_au[name] = r["f1"]
-    report(f"Identity-disjoint linear AU probe, {len(d.identity_names)} identities, {len(d.labels)} frames", rows,
-           a.json, {"per_au": per_au, "aus": d.aus, "base_rate": dict(zip(d.aus, base.tolist()))})
+    check_identity_sets(cfg)
+    synth_dir, shards, work = Path(a.synth_dir).resolve(), Path(a.shards).resolve(), Path(a.work).resolve()
+    ensure_shards(cfg, synth_dir, shards)
+    seeds = list(range(a.seeds))
+    t0 = time.time()
+    results = references(cfg, seeds)
+    for m in a.methods:
+        results[m] = [pretrain_and_probe(m, s, work / f"{m}-s{s}", shards, synth_dir, preset, a.overrides, nproc,
+                                         work / "logs") for s in seeds]
+        print(f"{m}: mean F1 {np.mean([r['f1_mean'] for r in results[m]]):.3f} ({time.time() - t0:.0f} s so far)",
+              flush=True)
+    js = summarise(results)
+    split = str(cfg.eval.split)
+    report(f"AU quality on the {split} identities ({cfg.eval.identities}), {a.device} preset, "
+           f"{cfg.train.steps} steps per run", rows_of(js, results), None)
+    if a.ablations:
+        abl: dict[str, list[dict]] = {"clp": results["clp"][:1]} if "clp" in results else {}
+        for name, ov in ABLATIONS.items():
+            method = "tcl" if ov == ["objective=tcl"] else "clp"
+            rest = [o for o in ov if not o.startswith("objective=")]
+            tag = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("=", "")
+            abl[name] = [pretrain_and_probe(method, seeds[0], work / f"abl-{tag}", shards, synth_dir, preset,
+                                            [*a.overrides, *rest], nproc, work / "logs")]
+        js["ablations"] = summarise(abl)
+        report("CLP ablations (first seed)", rows_of(js["ablations"], abl), None)
+    js.update({"split": split, "identities": int(cfg.eval.identities), "steps": int(cfg.train.steps),
+               "device": a.device, "seeds": seeds, "total_s": time.time() - t0,
+               "runs": {k: v for k, v in results.items()}})
+    report("summary", [{"method": k, "mean F1": v} for k, v in js["mean_f1"].items()], a.json,
+           {k: v for k, v in js.items() if k != "rows"})
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--bright", type=float, default=0.0, help="brightness/offset jitter amplitude")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (model=..., model.au_grid=0, eval.*)")
     a = ap.parse_args()
-    cfg = load_config(["model=resnet_small", *a.overrides])
+    cfg = load_config(["model=resnet_small", "eval.split=validation", *a.overrides])  # a tuning tool: never the test ids
     thr = float(cfg.eval.au_threshold)
     train_root = Path(a.corpus_root) / f"train-{a.identities}x{a.videos}x{a.frames}"
     if not (train_root / "corpus.json").exists():

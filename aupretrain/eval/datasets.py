@@ -25,6 +25,32 @@ class LabelledFrames:
     identity_names: list[str]
 
 
+def identity_sets(cfg) -> dict[str, range]:
+    """Identity numbers of the synthetic pretraining corpus (`synth`) and of each evaluation split
+    (`eval.splits`): {"pretraining": range, "validation": range, "test": range}."""
+    sets = {"pretraining": range(int(cfg.synth.first_identity), int(cfg.synth.first_identity) + int(cfg.synth.identities))}
+    for name, s in cfg.eval.splits.items():
+        first = int(s.first_identity)
+        sets[str(name)] = range(first, first + int(cfg.eval.identities))
+    return sets
+
+
+def check_identity_sets(cfg) -> None:
+    """Raise ValueError naming the two sets if any identity is in more than one of pretraining, validation
+    and test: tuning happens on validation identities, figures are reported on test identities, and
+    neither may have been seen in pretraining."""
+    sets = identity_sets(cfg)
+    names = list(sets)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ra, rb = sets[a], sets[b]
+            if ra.start < rb.stop and rb.start < ra.stop:
+                raise ValueError(f"identity sets overlap: {a} {ra.start}..{ra.stop - 1} and {b} {rb.start}..{rb.stop - 1} "
+                                 "(set synth.first_identity / eval.splits.*.first_identity so they are disjoint)")
+    if str(cfg.eval.split) not in sets or cfg.eval.split == "pretraining":
+        raise ValueError(f"eval.split={cfg.eval.split!r}: must be one of {sorted(cfg.eval.splits)}")
+
+
 def ensure_synthetic(cfg_eval) -> Path:
     """Render the evaluation corpus if it is not there yet (deterministic for its seed)."""
     root = Path(cfg_eval.corpus)

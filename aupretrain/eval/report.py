@@ -72,7 +72,8 @@ def table(results: dict, aus: list[str]):
     t.add_row("[b]mean[/b]", *[f"[b]{100 * results[n]['f1_mean']:.1f}[/b]" for n in names], "")
     if "identity_acc" in first:
         t.add_row("identity acc (lower = more person-independent)",
-                  *[f"{100 * results[n]['identity_acc']:.1f}" for n in names], f"chance {100 * first['identity_chance']:.1f}")
+                  *[f"{100 * results[n]['identity_acc']:.1f}" if "identity_acc" in results[n] else "–" for n in names],
+                  f"chance {100 * first['identity_chance']:.1f}")
     return t
 
 

@@ -1,10 +1,17 @@
 """Margin temporal contrastive loss (TCL) within clips: pure functions of tensors, no process groups.
 
 For anchor frame t of clip b in view v, the positive is the same frame in the other view; negatives are
-the other frames of the same clip (both views) with |t-u| > window, and every frame of every other clip
-of the global batch. An additive margin m is subtracted from the positive cosine similarity:
+the other frames of the same clip with |t-u| > window (in the other view only unless `same_view_negatives`),
+and every frame of every other clip of the global batch. An additive margin m is subtracted from the
+positive cosine similarity:
 
     l = -log exp((s+ - m)/tau) / (exp((s+ - m)/tau) + sum_neg exp(s-/tau))
+
+Why same-view neighbours are not negatives by default: frame t+1 of the anchor's own view shares the
+anchor's crop, colour distortion and blur, and 80 ms of motion changes few pixels, so it is closer to the
+anchor than the positive (the same frame under another distortion) and the task cannot be solved
+(measured: `tcl_acc` ~ 0 all run). Other-view neighbours carry the same distortion as the positive, so the
+only thing that tells the positive from them is what changed in the face between the frames (AUs, pose).
 """
 from __future__ import annotations
 
@@ -18,12 +25,14 @@ from .base import Objective
 
 
 def tcl_logits(anchors: torch.Tensor, keys: torch.Tensor, offset: int, view: int, temperature: float, margin: float,
-               window: int, cross_clip_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+               window: int, cross_clip_weight: float = 1.0,
+               same_view_negatives: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of local anchors against all keys, with masking and margin applied; and the positive index.
 
     anchors: [B, T, d] unit-norm embeddings of this rank's clips in `view` (0 or 1).
     keys:    [G, 2, T, d] unit-norm embeddings of every clip of the global batch, both views; this rank's
              clips are keys[offset:offset + B].
+    Returns logits [B*T, G*2*T] (fp32; masked keys at -inf) and the positive's column [B*T].
     """
     b, t, d = anchors.shape
     g = keys.shape[0]
@@ -37,6 +46,8 @@ def tcl_logits(anchors: torch.Tensor, keys: torch.Tensor, offset: int, view: int
     dt = (i[:, None, None] - i[None, None, :]).abs()  # [t, 1, t]
     positive = (torch.arange(2, device=dev)[None, :, None] == 1 - view) & (dt == 0)  # [t, 2, t]
     excluded = (dt <= window) & ~positive  # self, and neighbours inside the temporal window
+    if not same_view_negatives:  # the anchor's own view of its clip holds no negatives
+        excluded = excluded | (torch.arange(2, device=dev)[None, :, None] == view).expand(t, 2, t)
     own = torch.arange(b, device=dev)
     block = logits[own, :, offset + own].masked_fill(excluded, float("-inf")) - positive.to(logits.dtype) * (margin / temperature)
     if cross_clip_weight <= 0:  # negatives from the same clip only
@@ -68,20 +79,30 @@ def ranking_loss(z: torch.Tensor, margin: float) -> torch.Tensor:
 
 def tcl_loss(z1: torch.Tensor, z2: torch.Tensor, keys: torch.Tensor, offset: int, temperature: float = 0.1,
              margin: float = 0.2, window: int = 0, symmetric: bool = True, rank_weight: float = 0.0,
-             rank_margin: float = 0.05, cross_clip_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """TCL loss of this rank's anchors (mean over anchors). Returns (loss, named parts)."""
+             rank_margin: float = 0.05, cross_clip_weight: float = 1.0,
+             same_view_negatives: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """TCL loss of this rank's anchors (mean over anchors). Returns (loss, named parts).
+
+    Parts: `tcl` (the InfoNCE term), `tcl_acc` (fraction of anchors whose most similar unmasked key, margin
+    removed, is their positive: retrieval accuracy over the whole global batch) and `tcl_clip_acc` (the same
+    among the keys of the anchor's own clip only: can the code tell frame t from the clip's other frames?
+    chance = 1 / the number of unmasked keys of the clip)."""
     def direction(z, view):
-        logits, target = tcl_logits(z, keys, offset, view, temperature, margin, window, cross_clip_weight)
+        logits, target = tcl_logits(z, keys, offset, view, temperature, margin, window, cross_clip_weight,
+                                    same_view_negatives)
         with torch.no_grad():  # retrieval diagnostics on the similarities without the margin
-            hit = (logits + F.one_hot(target, logits.shape[1]) * (margin / temperature)).argmax(1)
-            acc = (hit == target).float().mean()
-        return F.cross_entropy(logits, target), acc
+            raw = logits + F.one_hot(target, logits.shape[1]) * (margin / temperature)
+            acc = (raw.argmax(1) == target).float().mean()
+            n, t2 = raw.shape[0], 2 * z.shape[1]
+            own = raw.view(n, -1, t2).gather(1, (target // t2).view(n, 1, 1).expand(n, 1, t2)).squeeze(1)
+            clip_acc = (own.argmax(1) == target % t2).float().mean()
+        return F.cross_entropy(logits, target), torch.stack([acc, clip_acc])
 
     nce, acc = direction(z1, 0)
     if symmetric:
         nce2, acc2 = direction(z2, 1)
         nce, acc = 0.5 * (nce + nce2), 0.5 * (acc + acc2)
-    parts = {"tcl": nce.detach(), "tcl_acc": acc}
+    parts = {"tcl": nce.detach(), "tcl_acc": acc[0], "tcl_clip_acc": acc[1]}
     loss = nce
     if rank_weight > 0:
         r = 0.5 * (ranking_loss(z1, rank_margin) + ranking_loss(z2, rank_margin))
@@ -104,6 +125,7 @@ class TCLObjective(Objective):
         self.rank_weight = float(cfg.rank_weight)
         self.rank_margin = float(cfg.rank_margin)
         self.cross_clip_weight = float(cfg.cross_clip_weight)
+        self.same_view_negatives = bool(cfg.get("same_view_negatives", False))
 
     def features(self, outputs):
         return {"z1": outputs["z1"], "z2": outputs["z2"]}
@@ -114,7 +136,7 @@ class TCLObjective(Objective):
 
     def global_loss(self, features, keys, offset):
         return tcl_loss(features["z1"], features["z2"], keys, offset, self.temperature, self.margin, self.window,
-                        self.symmetric, 0.0, self.rank_margin, self.cross_clip_weight)
+                        self.symmetric, 0.0, self.rank_margin, self.cross_clip_weight, self.same_view_negatives)
 
     def local_loss(self, outputs, batch):
         if self.rank_weight <= 0:
@@ -134,7 +156,8 @@ class SimCLRObjective(TCLObjective):
         self.temperature = float(cfg.temperature)
         self.margin, self.window, self.symmetric = 0.0, 0, True
         self.rank_weight, self.rank_margin, self.cross_clip_weight = 0.0, 0.0, 1.0
+        self.same_view_negatives = True  # every other frame of the batch, both views, is a negative
 
     def global_loss(self, features, keys, offset):
         loss, parts = super().global_loss(features, keys, offset)
-        return loss, {"nt_xent": parts["tcl"], "acc": parts["tcl_acc"]}
+        return loss, {"nt_xent": parts["tcl"], "acc": parts["tcl_acc"], "clip_acc": parts["tcl_clip_acc"]}

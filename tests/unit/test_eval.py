@@ -72,3 +72,43 @@ def test_encoder_export_round_trip(tmp_path):
     with pytest.raises(ValueError, match="not an aupretrain encoder"):
         torch.save({"x": 1}, tmp_path / "bad.pt")
         load_encoder(tmp_path / "bad.pt")
+
+
+def test_pretraining_validation_and_test_identities_are_disjoint():
+    from aupretrain.config import load_config
+    from aupretrain.eval.datasets import check_identity_sets, identity_sets
+
+    for preset in ([], ["experiment=quickstart"], ["experiment=smoke"]):
+        cfg = load_config(preset)
+        sets = identity_sets(cfg)
+        assert set(sets) == {"pretraining", "validation", "test"}
+        for a in sets:
+            for b in sets:
+                assert a == b or not set(sets[a]) & set(sets[b]), (preset, a, b)
+        check_identity_sets(cfg)
+        assert cfg.eval.split == "test" and cfg.eval.first_identity == cfg.eval.splits.test.first_identity
+    val = load_config(["eval.split=validation"]).eval
+    assert val.first_identity == 100000 and val.seed != load_config([]).eval.seed and "validation" in val.corpus
+    with pytest.raises(ValueError, match="overlap: pretraining 0..100000 and validation 100000..100023"):
+        check_identity_sets(load_config(["synth.identities=100001"]))
+    with pytest.raises(ValueError, match="eval.split='pretraining'"):
+        check_identity_sets(load_config(["eval.split=pretraining", "+eval.splits.pretraining={first_identity: 900000, seed: 1}"]))
+
+
+def test_reference_rows_always_positive_and_hog():
+    from aupretrain.eval.baselines import always_positive, hog_features
+    from aupretrain.eval.datasets import LabelledFrames
+
+    labels = np.zeros((10, 3), np.float32)
+    labels[:5, 0] = 1  # base rate 0.5 -> F1 2/3; AU b 0.1 -> 2/11; AU c never present: not evaluated
+    labels[:1, 1] = 1
+    frames = np.random.default_rng(0).integers(0, 255, (10, 40, 40, 3), dtype=np.uint8)
+    d = LabelledFrames(frames, labels, labels, np.arange(10) // 2, np.arange(10), ["a", "b", "c"], list("abcde"))
+    r = always_positive(d)
+    assert r["f1"]["a"] == pytest.approx(2 / 3) and r["f1"]["b"] == pytest.approx(2 / 11)
+    assert r["f1_mean"] == pytest.approx((2 / 3 + 2 / 11) / 2) and r["aus_evaluated"] == ["a", "b"]
+    h = hog_features(frames)
+    assert h.shape == (10, 1764) and h.dtype == np.float32 and np.isfinite(h).all()
+    assert not np.allclose(h[0], h[1])  # different images, different descriptors
+    with pytest.raises(ValueError, match="RGB frames"):
+        hog_features(frames[..., 0])

@@ -30,14 +30,18 @@ def test_positive_and_masks():
     z1, z2 = embeddings(b=3, t=4), embeddings(b=3, t=4, seed=5)
     keys = torch.stack([z1, z2], 1)  # [3, 2, 4, d]
     for view in (0, 1):
-        logits, target = tcl_logits(z1 if view == 0 else z2, keys, 0, view, 0.1, 0.0, window=1)
-        # anchor (clip 1, frame 2) -> positive is clip 1, other view, frame 2
-        a = 1 * 4 + 2
-        assert target[a] == (1 * 2 + (1 - view)) * 4 + 2
-        row = logits[a].view(3, 2, 4)
-        assert torch.isinf(row[1, :, 1]).all() and torch.isinf(row[1, :, 3]).all()  # |t-u| <= window excluded
-        assert torch.isinf(row[1, view, 2]) and torch.isfinite(row[1, 1 - view, 2])  # self excluded, positive kept
-        assert torch.isfinite(row[1, :, 0]).all() and torch.isfinite(row[[0, 2]]).all()  # other clips all negatives
+        for same_view in (True, False):
+            logits, target = tcl_logits(z1 if view == 0 else z2, keys, 0, view, 0.1, 0.0, window=1,
+                                        same_view_negatives=same_view)
+            # anchor (clip 1, frame 2) -> positive is clip 1, other view, frame 2
+            a = 1 * 4 + 2
+            assert target[a] == (1 * 2 + (1 - view)) * 4 + 2
+            row = logits[a].view(3, 2, 4)
+            assert torch.isinf(row[1, :, 1]).all() and torch.isinf(row[1, :, 3]).all()  # |t-u| <= window excluded
+            assert torch.isinf(row[1, view, 2]) and torch.isfinite(row[1, 1 - view, 2])  # self excluded, positive kept
+            assert torch.isfinite(row[1, 1 - view, 0])  # other-view frame outside the window: a negative
+            assert torch.isfinite(row[1, view, 0]) == same_view  # same-view frame: a negative only if asked
+            assert torch.isfinite(row[[0, 2]]).all()  # other clips: all negatives
 
 
 def test_offset_selects_this_ranks_clips():
@@ -76,17 +80,17 @@ def test_objectives_are_built_from_the_config_tree():
     keys = tcl.keys(outputs)
     assert keys.shape == (4, 2, 8, 32)
     loss, parts = tcl(outputs, {})
-    assert {"tcl", "tcl_acc", "rank"} <= set(parts)
+    assert {"tcl", "tcl_acc", "tcl_clip_acc", "rank"} <= set(parts)
     assert torch.allclose(loss, tcl_loss(z1, z2, keys, 0, rank_weight=0.5)[0])  # global NCE + local ranking term
     simclr = build_objective(load_config(["objective=simclr"]).objective)
     s_loss, s_parts = simclr(outputs, {})
-    assert torch.allclose(s_loss, tcl_loss(z1, z2, keys, 0, temperature=0.1, margin=0.0)[0])
-    assert set(s_parts) == {"nt_xent", "acc"}
+    assert torch.allclose(s_loss, tcl_loss(z1, z2, keys, 0, temperature=0.1, margin=0.0, same_view_negatives=True)[0])
+    assert set(s_parts) == {"nt_xent", "acc", "clip_acc"}
     with pytest.raises(ValueError, match="unknown objective"):
         build_objective(type("C", (), {"name": "nope"})())
 
 
-def brute_force_tcl(z1, z2, keys, offset, temperature, margin, window, weight):
+def brute_force_tcl(z1, z2, keys, offset, temperature, margin, window, weight, same_view=True):
     """The TCL formula written out anchor by anchor (both directions averaged)."""
     b, t, _ = z1.shape
     g = keys.shape[0]
@@ -100,8 +104,8 @@ def brute_force_tcl(z1, z2, keys, offset, temperature, margin, window, weight):
                 for kc in range(g):
                     for kv in range(2):
                         for kf in range(t):
-                            if kc == offset + c and (abs(kf - f) <= window):
-                                continue  # self, positive and the window: not negatives
+                            if kc == offset + c and (abs(kf - f) <= window or (kv == view and not same_view)):
+                                continue  # self, positive, the window (and the own view): not negatives
                             w = 1.0 if kc == offset + c else weight
                             if w > 0:
                                 terms.append(w * (anchor @ keys[kc, kv, kf] / temperature).exp())
@@ -109,11 +113,27 @@ def brute_force_tcl(z1, z2, keys, offset, temperature, margin, window, weight):
     return torch.stack(total).mean()
 
 
+@pytest.mark.parametrize("same_view", [True, False])
 @pytest.mark.parametrize("offset,window,weight", [(0, 0, 1.0), (2, 1, 1.0), (1, 2, 0.3), (3, 0, 0.0), (2, 1, 2.0)])
-def test_tcl_matches_the_formula_written_out(offset, window, weight):
+def test_tcl_matches_the_formula_written_out(offset, window, weight, same_view):
     g = torch.Generator().manual_seed(offset + window)
     keys = F.normalize(torch.randn(5, 2, 4, 8, generator=g, dtype=torch.float64), dim=-1)
     z1, z2 = keys[offset:offset + 2, 0], keys[offset:offset + 2, 1]  # this rank's clips inside the global keys
-    loss, _ = tcl_loss(z1, z2, keys, offset, temperature=0.2, margin=0.1, window=window, cross_clip_weight=weight)
-    want = brute_force_tcl(z1, z2, keys, offset, 0.2, 0.1, window, weight)
+    loss, _ = tcl_loss(z1, z2, keys, offset, temperature=0.2, margin=0.1, window=window, cross_clip_weight=weight,
+                       same_view_negatives=same_view)
+    want = brute_force_tcl(z1, z2, keys, offset, 0.2, 0.1, window, weight, same_view)
     assert torch.allclose(loss.double(), want, atol=1e-5), (loss, want)
+
+
+def test_clip_accuracy_counts_retrieval_inside_the_own_clip():
+    """Views identical up to noise: every anchor finds its positive within its clip (clip_acc 1), while
+    frames of one clip that all look alike make in-clip retrieval chance-level."""
+    z = embeddings(b=3, t=6, d=64, seed=11)
+    keys = torch.stack([z, z], 1)
+    _, parts = tcl_loss(z, z, keys, 0, margin=0.0)
+    assert parts["tcl_clip_acc"] == 1.0 and parts["tcl_acc"] == 1.0
+    base = z[:, :1].expand(-1, 6, -1)  # one embedding for every frame of a clip, independent noise per view
+    flat = F.normalize(base + 1e-3 * embeddings(b=3, t=6, d=64, seed=12), dim=-1)
+    other = F.normalize(base + 1e-3 * embeddings(b=3, t=6, d=64, seed=13), dim=-1)
+    _, parts = tcl_loss(flat, other, torch.stack([flat, other], 1), 0, margin=0.0)
+    assert parts["tcl_clip_acc"] < 0.6
