@@ -10,7 +10,7 @@ SYNTH="${SYNTH_DIR:-data/synthetic}"
 SHARDS="${SHARDS_DIR:-shards/synthetic}"
 start=$(date +%s)
 echo "== 1/3 synthetic face videos -> $SYNTH"
-aupretrain-synth "$SYNTH" --sheet "$SYNTH/contact_sheet.png"
+aupretrain-synth "$SYNTH" --overwrite --sheet "$SYNTH/contact_sheet.png"
 echo "== 2/3 pack -> $SHARDS"
 [ -f "$SHARDS/manifest.json" ] && [ "$SHARDS/manifest.json" -nt "$SYNTH/corpus.json" ] \
   && echo "(shards up to date)" || aupretrain-pack "$SYNTH" "$SHARDS" --align center

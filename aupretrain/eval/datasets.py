@@ -2,13 +2,15 @@
 pretraining. (BP4D / DISFA / GFT readers plug in here with the same LabelledFrames output.)"""
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..data.synth.corpus import LABELS_SUFFIX, load_labels, write_corpus
+from ..data.synth.corpus import LABELS_SUFFIX, RENDERER_VERSION, load_labels, write_corpus
 from ..data.video import read_video
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,10 @@ def ensure_synthetic(cfg_eval) -> Path:
     """Render the evaluation corpus if it is not there yet (deterministic for its seed)."""
     root = Path(cfg_eval.corpus)
     n_expected = cfg_eval.identities * cfg_eval.videos_per_identity
+    meta = root / "corpus.json"
+    if meta.exists() and json.loads(meta.read_text()).get("renderer") != RENDERER_VERSION:
+        log.warning("%s was rendered by another renderer version: rendering it again", root)
+        shutil.rmtree(root)
     if len(list(root.glob(f"*/*{LABELS_SUFFIX}"))) < n_expected:
         log.info("rendering the evaluation corpus into %s", root)
         write_corpus(root, cfg_eval.identities, cfg_eval.videos_per_identity, cfg_eval.frames, cfg_eval.seed,

@@ -82,6 +82,19 @@ def test_corpus_layout_and_labels(tmp_path):
     assert json.loads((tmp_path / "corpus.json").read_text())["identities"] == 2
     # Re-running skips complete videos.
     assert write_corpus(tmp_path, identities=2, videos_per_identity=2, frames=30, seed=1, workers=1)["rendered"] == 0
+    # Other settings in the same folder would mix two corpora: a clear error, or a clean replacement.
+    with pytest.raises(ValueError, match="frames: 30 -> 20.*--overwrite"):
+        write_corpus(tmp_path, identities=2, videos_per_identity=2, frames=20, seed=1, workers=1)
+    write_corpus(tmp_path, identities=1, videos_per_identity=1, frames=20, seed=1, workers=1, overwrite=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.glob("*/*.mp4"))] == ["id00000/v000.mp4"]
+
+
+def test_short_videos_are_excerpts_of_ongoing_behaviour():
+    """A 1-second video is as AU-active as any second of a long one (tracks do not start at rest)."""
+    short = np.concatenate([sample_au_track(np.random.default_rng(s), 25, 25.0) for s in range(400)])
+    long = sample_au_track(np.random.default_rng(0), 25 * 400, 25.0)
+    rate_short, rate_long = (short >= 0.5).mean(), (long >= 0.5).mean()
+    assert rate_short > 0.7 * rate_long, (rate_short, rate_long)
 
 
 def test_video_matches_renderer(tmp_path):

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from ..video import write_video
 from .identity import AU_INDEX, AUS, Pose, sample_identity, sample_scene
 from .render import LANDMARK_GROUPS, render
 from .tracks import PROTOTYPES, sample_au_track, sample_pose_track
+
+log = logging.getLogger(__name__)
 
 LABELS_SUFFIX = ".labels.json"
 
@@ -74,10 +78,30 @@ def render_video(job: VideoJob) -> dict:
     return labels
 
 
+RENDERER_VERSION = 2  # bump when the same arguments render different videos (2: AU tracks are excerpts)
+
+
 def write_corpus(root: str | Path, identities: int, videos_per_identity: int, frames: int, seed: int,
-                 fps: float = 25.0, size: int = 112, workers: int = 0, first_identity: int = 0) -> dict:
-    """Render the corpus (parallel over videos); skips videos already complete. Returns summary stats."""
+                 fps: float = 25.0, size: int = 112, workers: int = 0, first_identity: int = 0,
+                 overwrite: bool = False) -> dict:
+    """Render the corpus (parallel over videos); skips videos already complete. Returns summary stats.
+
+    Raises ValueError if `root` holds a corpus rendered with other settings (frames, fps, size, seed, videos per
+    identity, renderer version): its videos would be mixed with new ones. `overwrite=True` deletes it first.
+    """
     root = Path(root)
+    old = root / "corpus.json"
+    if old.exists():
+        prev = json.loads(old.read_text())
+        want = {"renderer": RENDERER_VERSION, "videos_per_identity": videos_per_identity, "frames": frames,
+                "fps": fps, "size": size, "seed": seed}
+        diff = {k: (prev.get(k), v) for k, v in want.items() if prev.get(k) != v}
+        if diff and not overwrite:
+            raise ValueError(f"{root} holds a corpus rendered with other settings ({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in diff.items())}); "
+                             "choose another folder or pass overwrite (aupretrain-synth --overwrite) to replace it")
+        if diff:
+            log.warning("%s: replacing a corpus rendered with other settings %s", root, diff)
+            shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     jobs = [VideoJob(str(root), i, v, frames, fps, size, seed)
             for i in range(first_identity, first_identity + identities) for v in range(videos_per_identity)]
@@ -91,7 +115,7 @@ def write_corpus(root: str | Path, identities: int, videos_per_identity: int, fr
         total += lab["frames"]
         bar.update(lab["frames"])
     bar.close()
-    meta = {"identities": identities, "videos_per_identity": videos_per_identity, "frames": frames, "fps": fps,
+    meta = {"renderer": RENDERER_VERSION, "identities": identities, "videos_per_identity": videos_per_identity, "frames": frames, "fps": fps,
             "size": size, "seed": seed, "first_identity": first_identity, "aus": list(AUS)}
     meta_path = root / "corpus.json"
     if todo or not meta_path.exists() or json.loads(meta_path.read_text()) != meta:  # unchanged corpus: keep mtime

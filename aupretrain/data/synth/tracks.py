@@ -30,8 +30,19 @@ def _envelope(n: int, start: float, onset: float, apex: float, offset: float) ->
 
 
 def sample_au_track(rng: np.random.Generator, frames: int, fps: float, events_per_s: float = 0.75,
-                    prototype_p: float = 0.55) -> np.ndarray:
-    """Per-frame AU intensities [frames, len(AUS)] in [0, 1]."""
+                    prototype_p: float = 0.55, lead_s: float = 3.0) -> np.ndarray:
+    """Per-frame AU intensities [frames, len(AUS)] in [0, 1].
+
+    The track is an excerpt of ongoing behaviour: events are sampled from `lead_s` seconds before the first
+    frame, so a short video is as active as any stretch of a long one (a track that started at rest would
+    leave 1-second videos almost without AUs).
+    """
+    lead = int(round(lead_s * fps))
+    return _behaviour(rng, frames + lead, fps, events_per_s, prototype_p)[lead:]
+
+
+def _behaviour(rng: np.random.Generator, frames: int, fps: float, events_per_s: float,
+               prototype_p: float) -> np.ndarray:
     au = np.zeros((frames, len(AUS)))
     t = rng.exponential(1 / events_per_s) * fps * 0.5
     while t < frames:

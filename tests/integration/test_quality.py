@@ -1,0 +1,57 @@
+"""Learnability: the encoder trained with the supervised objective on a tiny synthetic set transfers to new
+identities clearly above the random-init floor (a regression test for the quality issue: the supervised bound
+once scored below random init)."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+pytestmark = pytest.mark.slow
+
+
+def test_supervised_objective_beats_the_random_init_floor_on_new_identities(tmp_path):
+    from aupretrain.config import load_config
+    from aupretrain.data.synth.corpus import write_corpus
+    from aupretrain.eval.baselines import always_positive
+    from aupretrain.eval.datasets import load_synthetic
+    from aupretrain.eval.probe import per_au_f1
+    from aupretrain.eval.report import evaluate_codes
+    from aupretrain.models.encoder import PretrainModel
+    from aupretrain.objectives import supervised_loss
+    from bench.supervised_diag import augment
+
+    # many identities with few frames (the corpus shape that transfers); evaluation identities never seen
+    write_corpus(tmp_path / "train", identities=600, videos_per_identity=1, frames=8, seed=5, workers=1)
+    write_corpus(tmp_path / "eval", identities=24, videos_per_identity=1, frames=40, seed=6, workers=1,
+                 first_identity=300000)
+    train, ev = load_synthetic(tmp_path / "train"), load_synthetic(tmp_path / "eval")
+    cfg = load_config(["model=resnet_small", "eval.folds=3", "eval.probe.steps=300"])
+    mc = OmegaConf.to_container(cfg.model, resolve=True)
+    torch.manual_seed(0)
+    model = PretrainModel(mc, 64, au_classes=train.labels.shape[1])
+    random_init = PretrainModel(mc, 64).encoder.eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    steps = 400
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
+    x_all, y_all = torch.from_numpy(train.frames), torch.from_numpy(train.labels)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(len(x_all), (64,), generator=g)
+        # random similarity warp and brightness (bench/supervised_diag.py): the head pose is not a shortcut
+        x = augment(x_all[idx].permute(0, 3, 1, 2).float(), 64, (0.7, 1.0), 0.1, 15.0, 0.4)
+        x = (x - model.encoder.mean) / model.encoder.std
+        logits = model(x[:, None])["au_logits"][:, 0]
+        loss = supervised_loss(logits, y_all[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    frames = torch.from_numpy(ev.frames)
+    trained = evaluate_codes(model.encoder.encode(frames).numpy(), ev, cfg.eval)["f1_mean"]
+    floor = evaluate_codes(random_init.encode(frames).numpy(), ev, cfg.eval)["f1_mean"]
+    trivial = always_positive(ev)["f1_mean"]
+    with torch.no_grad():  # the objective's own classifier, thresholded at 0.5
+        direct = per_au_f1(ev.labels, torch.sigmoid(model.classifier(model.encoder.encode(frames))).numpy()).mean()
+    # measured when written: probe 0.168, random-init floor 0.103, always-positive 0.153, classifier 0.194
+    assert trained > floor + 0.04, (trained, floor)
+    assert direct > trivial and trained > trivial, (direct, trained, trivial)
