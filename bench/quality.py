@@ -52,8 +52,7 @@ DEVICE_PRESETS = {"cpu": ["experiment=quickstart"],
 def ensure_shards(cfg, synth_dir: Path, shards_dir: Path) -> None:
     """Render the pretraining corpus (configs/synth) and pack it, unless already there and up to date."""
     bin_ = Path(sys.executable).parent
-    if not (synth_dir / "corpus.json").exists():
-        subprocess.run([str(bin_ / "aupretrain-synth"), str(synth_dir)], check=True)
+    subprocess.run([str(bin_ / "aupretrain-synth"), str(synth_dir), "--overwrite"], check=True)  # renders what is missing
     manifest = shards_dir / "manifest.json"
     if not manifest.exists() or manifest.stat().st_mtime < (synth_dir / "corpus.json").stat().st_mtime:
         subprocess.run([str(bin_ / "aupretrain-pack"), str(synth_dir), str(shards_dir), "--align", "center"], check=True)
