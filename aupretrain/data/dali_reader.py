@@ -37,6 +37,7 @@ class ReaderSettings:
     shuffle_buffer: int = 256
     seed: int = 0
     scale: tuple[float, float] = (0.6, 1.0)
+    rotate: float = 0.0  # degrees, +-: one in-plane rotation per clip and view
     brightness: tuple[float, float] = (0.7, 1.3)
     contrast: tuple[float, float] = (0.7, 1.3)
     saturation: tuple[float, float] = (0.6, 1.4)
@@ -53,7 +54,7 @@ class ReaderSettings:
         return cls(root=str(d.shards), batch_size=int(d.batch_size), input_size=int(d.input_size), rank=rank,
                    world=world, device=str(d.device), num_threads=int(d.num_threads), prefetch=int(d.prefetch),
                    shuffle_buffer=int(d.shuffle_buffer), seed=int(cfg.run.seed) + 7919 * rank,
-                   scale=tuple(aug.scale), brightness=tuple(aug.brightness), contrast=tuple(aug.contrast),
+                   scale=tuple(aug.scale), rotate=float(aug.get("rotate", 0.0)), brightness=tuple(aug.brightness), contrast=tuple(aug.contrast),
                    saturation=tuple(aug.saturation), hue=float(aug.hue), blur_sigma=tuple(aug.blur_sigma),
                    mean=tuple(cfg.model.mean), std=tuple(cfg.model.std), verify_checksums=bool(d.verify_checksums),
                    labels=str(d.labels) if d.get("labels") else None)
@@ -101,6 +102,8 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
 
     def view(seq):
         """One augmented view; operators whose range is neutral (e.g. for evaluation) are left out."""
+        if s.rotate:  # one angle per sample = per clip: every frame of the clip turns alike (borders clamped)
+            seq = fn.rotate(seq, angle=fn.random.uniform(range=[-s.rotate, s.rotate]), keep_size=True)
         if tuple(s.scale) == (1.0, 1.0):
             v = fn.resize(seq, size=[s.input_size, s.input_size], antialias=True)
         else:

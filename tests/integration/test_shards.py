@@ -92,6 +92,22 @@ def test_augmented_views_differ_but_share_params_across_frames(packed):
     assert (m1.std(1) < (m1 - m2).abs().mean(1) + 1e-3).all()
 
 
+def test_rotation_turns_each_clip_view_by_one_angle(packed):
+    neutral = dict(root=str(packed), batch_size=2, input_size=48, device="cpu", num_threads=1, shuffle_buffer=1,
+                   scale=(1.0, 1.0), brightness=(1.0, 1.0), contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0,
+                   blur_sigma=(0.0, 0.0))
+    plain = next(iter(ClipLoader(ReaderSettings(**neutral))))
+    assert torch.allclose(plain["view1"], plain["view2"])  # nothing random left: both views are the frames
+    turned = next(iter(ClipLoader(ReaderSettings(**neutral, rotate=30.0))))
+    assert not torch.allclose(turned["view1"], turned["view2"])  # two angles
+    # the difference to the unrotated frames is alike across the clip's frames (one angle per clip and view),
+    # far more alike than between the two views' angles
+    d1 = (turned["view1"] - plain["view1"]).abs().mean(dim=(2, 3, 4))  # [B, T]
+    d2 = (turned["view2"] - plain["view2"]).abs().mean(dim=(2, 3, 4))
+    assert (d1 > 0.05).all() or (d2 > 0.05).all()
+    assert (d1.std(1) < 0.5 * d1.mean(1) + 1e-3).all() and (d2.std(1) < 0.5 * d2.mean(1) + 1e-3).all()
+
+
 def test_bad_shard_is_skipped_and_reported(packed, tmp_path):
     import shutil
 
