@@ -64,7 +64,8 @@ def pretrain_and_probe(method: str, seed: int, run_dir: Path, shards: Path, labe
     if run_dir.exists():
         shutil.rmtree(run_dir)
     args = [*preset, f"objective={method}", f"run.seed={seed}", f"run.dir={run_dir}",
-            f"data.shards={shards}", f"data.labels={labels}", "eval.random_baseline=false", "eval.baselines=[]",
+            f"data.shards={shards}", *([f"data.labels={labels}"] if method == "supervised" else []),
+            "eval.random_baseline=false", "eval.baselines=[]",
             "tracking.experiment=bench-quality", f"run.name=quality-{method}", *extra]
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", str(nproc),
            str(ROOT / "aupretrain" / "train.py"), *args]

@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     stats = write_corpus(out, pick(a.identities, c.identities), pick(a.videos_per_identity, c.videos_per_identity),
                          pick(a.frames, c.frames), pick(a.seed, c.seed), fps=pick(a.fps, c.fps),
-                         size=pick(a.size, c.size), workers=pick(a.workers, c.workers), first_identity=pick(a.first_identity, c.first_identity),
-                         overwrite=a.overwrite)
+                         size=pick(a.size, c.size), workers=pick(a.workers, c.workers),
+                         first_identity=pick(a.first_identity, c.first_identity), overwrite=a.overwrite)
     stats["seconds"] = round(time.time() - t0, 1)
     if a.sheet:
         contact_sheet(a.sheet, pick(a.seed, c.seed), size=pick(a.size, c.size))

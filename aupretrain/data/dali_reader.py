@@ -54,7 +54,8 @@ class ReaderSettings:
         return cls(root=str(d.shards), batch_size=int(d.batch_size), input_size=int(d.input_size), rank=rank,
                    world=world, device=str(d.device), num_threads=int(d.num_threads), prefetch=int(d.prefetch),
                    shuffle_buffer=int(d.shuffle_buffer), seed=int(cfg.run.seed) + 7919 * rank,
-                   scale=tuple(aug.scale), rotate=float(aug.get("rotate", 0.0)), brightness=tuple(aug.brightness), contrast=tuple(aug.contrast),
+                   scale=tuple(aug.scale), rotate=float(aug.rotate), brightness=tuple(aug.brightness),
+                   contrast=tuple(aug.contrast),
                    saturation=tuple(aug.saturation), hue=float(aug.hue), blur_sigma=tuple(aug.blur_sigma),
                    mean=tuple(cfg.model.mean), std=tuple(cfg.model.std), verify_checksums=bool(d.verify_checksums),
                    labels=str(d.labels) if d.get("labels") else None)

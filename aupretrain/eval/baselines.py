@@ -10,17 +10,14 @@ import cv2
 import numpy as np
 
 from .datasets import LabelledFrames
+from .report import f1_summary
 
 
 def always_positive(data: LabelledFrames) -> dict:
     """Result dict (same keys as `report.evaluate_codes`, without an identity probe) of predicting every AU
     present in every frame: per-AU F1 = 2p / (1 + p), p = the AU's base rate in `data`."""
     base = data.labels.mean(0)
-    f1 = 2 * base / (1 + base)
-    present = data.labels.sum(0) > 0
-    return {"f1": {a: float(v) for a, v in zip(data.aus, f1)}, "f1_mean": float(f1[present].mean()),
-            "au_base_rate": {a: float(v) for a, v in zip(data.aus, base)},
-            "aus_evaluated": [a for a, ok in zip(data.aus, present) if ok]}
+    return f1_summary(2 * base / (1 + base), data)
 
 
 def hog_features(frames: np.ndarray, size: int = 64, cell: int = 8, block: int = 16, bins: int = 9) -> np.ndarray:

@@ -2,15 +2,13 @@
 pretraining. (BP4D / DISFA / GFT readers plug in here with the same LabelledFrames output.)"""
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..data.synth.corpus import LABELS_SUFFIX, RENDERER_VERSION, load_labels, write_corpus
+from ..data.synth.corpus import LABELS_SUFFIX, load_labels, write_corpus
 from ..data.video import read_video
 
 log = logging.getLogger(__name__)
@@ -30,7 +28,8 @@ class LabelledFrames:
 def identity_sets(cfg) -> dict[str, range]:
     """Identity numbers of the synthetic pretraining corpus (`synth`) and of each evaluation split
     (`eval.splits`): {"pretraining": range, "validation": range, "test": range}."""
-    sets = {"pretraining": range(int(cfg.synth.first_identity), int(cfg.synth.first_identity) + int(cfg.synth.identities))}
+    first = int(cfg.synth.first_identity)
+    sets = {"pretraining": range(first, first + int(cfg.synth.identities))}
     for name, s in cfg.eval.splits.items():
         first = int(s.first_identity)
         sets[str(name)] = range(first, first + int(cfg.eval.identities))
@@ -49,22 +48,16 @@ def check_identity_sets(cfg) -> None:
             if ra.start < rb.stop and rb.start < ra.stop:
                 raise ValueError(f"identity sets overlap: {a} {ra.start}..{ra.stop - 1} and {b} {rb.start}..{rb.stop - 1} "
                                  "(set synth.first_identity / eval.splits.*.first_identity so they are disjoint)")
-    if str(cfg.eval.split) not in sets or cfg.eval.split == "pretraining":
+    if str(cfg.eval.split) not in cfg.eval.splits or str(cfg.eval.split) == "pretraining":
         raise ValueError(f"eval.split={cfg.eval.split!r}: must be one of {sorted(cfg.eval.splits)}")
 
 
 def ensure_synthetic(cfg_eval) -> Path:
-    """Render the evaluation corpus if it is not there yet (deterministic for its seed)."""
+    """Render the evaluation corpus if it is not there yet (deterministic for its seed). Complete videos are
+    kept; a corpus rendered with other settings or another renderer version is replaced."""
     root = Path(cfg_eval.corpus)
-    n_expected = cfg_eval.identities * cfg_eval.videos_per_identity
-    meta = root / "corpus.json"
-    if meta.exists() and json.loads(meta.read_text()).get("renderer") != RENDERER_VERSION:
-        log.warning("%s was rendered by another renderer version: rendering it again", root)
-        shutil.rmtree(root)
-    if len(list(root.glob(f"*/*{LABELS_SUFFIX}"))) < n_expected:
-        log.info("rendering the evaluation corpus into %s", root)
-        write_corpus(root, cfg_eval.identities, cfg_eval.videos_per_identity, cfg_eval.frames, cfg_eval.seed,
-                     first_identity=cfg_eval.first_identity)
+    write_corpus(root, cfg_eval.identities, cfg_eval.videos_per_identity, cfg_eval.frames, cfg_eval.seed,
+                 first_identity=cfg_eval.first_identity, overwrite=True)
     return root
 
 

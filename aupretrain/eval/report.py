@@ -26,6 +26,14 @@ def identity_split(data: LabelledFrames) -> np.ndarray:
     return test
 
 
+def f1_summary(f1: np.ndarray, data: LabelledFrames) -> dict:
+    """Result dict of per-AU F1 [A] on `data`: per-AU F1, their mean over the AUs present in `data`, base rates."""
+    present = data.labels.sum(0) > 0
+    return {"f1": {a: float(v) for a, v in zip(data.aus, f1)}, "f1_mean": float(f1[present].mean()),
+            "au_base_rate": {a: float(v) for a, v in zip(data.aus, data.labels.mean(0))},
+            "aus_evaluated": [a for a, ok in zip(data.aus, present) if ok]}
+
+
 def evaluate_codes(codes: np.ndarray, data: LabelledFrames, cfg_eval, seed: int = 0) -> dict:
     """Subject-exclusive k-fold linear AU probe on codes; F1 over the pooled out-of-fold predictions."""
     p = cfg_eval.probe
@@ -33,11 +41,7 @@ def evaluate_codes(codes: np.ndarray, data: LabelledFrames, cfg_eval, seed: int 
     for k, test in enumerate(subject_folds(data.identity, int(cfg_eval.folds), seed)):
         probs[test] = au_probe(codes[~test], data.labels[~test], codes[test], p.steps, p.lr, p.weight_decay,
                                p.batch_size, seed + k)
-    f1 = per_au_f1(data.labels, probs)
-    present = data.labels.sum(0) > 0
-    out = {"f1": {a: float(v) for a, v in zip(data.aus, f1)}, "f1_mean": float(f1[present].mean()),
-           "au_base_rate": {a: float(v) for a, v in zip(data.aus, data.labels.mean(0))},
-           "aus_evaluated": [a for a, ok in zip(data.aus, present) if ok]}
+    out = f1_summary(per_au_f1(data.labels, probs), data)
     if cfg_eval.identity_probe:
         test = identity_split(data)
         out["identity_acc"] = identity_probe(codes[~test], data.identity[~test], codes[test], data.identity[test],

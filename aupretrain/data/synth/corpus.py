@@ -97,8 +97,9 @@ def write_corpus(root: str | Path, identities: int, videos_per_identity: int, fr
                 "fps": fps, "size": size, "seed": seed}
         diff = {k: (prev.get(k), v) for k, v in want.items() if prev.get(k) != v}
         if diff and not overwrite:
-            raise ValueError(f"{root} holds a corpus rendered with other settings ({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in diff.items())}); "
-                             "choose another folder or pass overwrite (aupretrain-synth --overwrite) to replace it")
+            changes = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in diff.items())
+            raise ValueError(f"{root} holds a corpus rendered with other settings ({changes}); choose another "
+                             "folder or pass overwrite (aupretrain-synth --overwrite) to replace it")
         if diff:
             log.warning("%s: replacing a corpus rendered with other settings %s", root, diff)
             shutil.rmtree(root)
@@ -115,8 +116,9 @@ def write_corpus(root: str | Path, identities: int, videos_per_identity: int, fr
         total += lab["frames"]
         bar.update(lab["frames"])
     bar.close()
-    meta = {"renderer": RENDERER_VERSION, "identities": identities, "videos_per_identity": videos_per_identity, "frames": frames, "fps": fps,
-            "size": size, "seed": seed, "first_identity": first_identity, "aus": list(AUS)}
+    meta = {"renderer": RENDERER_VERSION, "identities": identities, "videos_per_identity": videos_per_identity,
+            "frames": frames, "fps": fps, "size": size, "seed": seed, "first_identity": first_identity,
+            "aus": list(AUS)}
     meta_path = root / "corpus.json"
     if todo or not meta_path.exists() or json.loads(meta_path.read_text()) != meta:  # unchanged corpus: keep mtime
         meta_path.write_text(json.dumps(meta, indent=2))
