@@ -9,9 +9,10 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def config_dir() -> Path:
-    """configs/ beside the package (editable install or checkout); $AUPRETRAIN_CONFIG_DIR overrides."""
+    """The config tree: `aupretrain/configs/` (package data, so a plain `pip install` has it; the checkout's
+    top-level `configs/` is a link to it); $AUPRETRAIN_CONFIG_DIR overrides."""
     env = os.environ.get("AUPRETRAIN_CONFIG_DIR")
-    d = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    d = Path(env) if env else Path(__file__).resolve().parent / "configs"
     if not (d / "config.yaml").is_file():
         raise FileNotFoundError(f"config tree not found: {d}/config.yaml (set AUPRETRAIN_CONFIG_DIR)")
     return d

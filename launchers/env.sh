@@ -27,12 +27,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
   echo "$want" > "$stamp"
 fi
-# MTCNN face-detector weights for aupretrain-pack: only the weight files of the facenet-pytorch wheel are
-# used (its code imports torchvision). --no-deps: it pins torch<2.3, which would pull a CUDA build.
-if ! "$VENV/bin/python" -c "import importlib.util as u, pathlib as p, sys; s = u.find_spec('facenet_pytorch'); \
-sys.exit(0 if s and (p.Path(list(s.submodule_search_locations)[0]) / 'data' / 'onet.pt').is_file() else 1)" 2>/dev/null; then
-  echo "[env] installing the MTCNN weights (facenet-pytorch 2.6.0, --no-deps)"
-  "$VENV/bin/python" -m pip install -q --no-deps "facenet-pytorch==2.6.0"
-fi
 export PATH="$VENV/bin:$PATH"
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         s = settings_from(load_config(a.overrides).pack, a)
         m = pack(a.input, a.output, s)
-    except (FileNotFoundError, RuntimeError, ValueError) as e:
+    except (FileNotFoundError, RuntimeError, ValueError) as e:  # incl. DetectorUnavailable: once, before any input
         print(f"aupretrain-pack: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ import torch
 
 from . import faces, shards, storage
 from .inputs import VideoItem, iter_source_frames, local_copy, read_track
+from .mtcnn import DetectorUnavailable
 from .spill import SpillWriter
 from .video import VideoError, probe_video
 
@@ -246,7 +247,7 @@ def process_video(item: VideoItem, s: PackSettings, spill_path: str) -> VideoRes
             res.reason = _why_nothing(item, s, res)
     except VideoError as e:
         res.reason = str(e)
-    except (MemoryError, storage.EnvironmentFault):
+    except (MemoryError, storage.EnvironmentFault, DetectorUnavailable):
         raise  # not this input's fault: stop the run unrecorded, a rerun resumes
     except OSError as e:
         if e.errno in storage.ENVIRONMENT_ERRNOS:  # disk full, too many open files, read-only work folder

@@ -11,7 +11,9 @@ import base64
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -163,6 +165,12 @@ class ClipLoader:
         self.settings = settings
         self.manifest = shards.load_manifest(settings.root)
         paths, idx, self.bad_shards = check_shards(settings.root, self.manifest, settings.verify_checksums)
+        if not all(storage.dali_readable(p) for p in paths + idx):  # keys with `#`/`?`: DALI would cut them
+            cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "aupretrain", "shards",
+                         hashlib.sha1(settings.root.encode()).hexdigest()[:16])
+            log.warning("%s: DALI cannot open S3 keys holding %r; reading local copies in %s", settings.root,
+                        storage.DALI_UNSAFE, cache)
+            paths, idx = storage.stage(paths, cache), storage.stage(idx, cache)
         self.skipped_samples = sum(b["samples"] for b in self.bad_shards)
         self.clip_len = self.manifest.clip_len
         self.identity_ids = {name: i for i, name in enumerate(self.manifest.identities)}

@@ -20,6 +20,8 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
+from .mtcnn import DetectorUnavailable
+
 # Mean landmark positions inside an MTCNN-style square face box (for box-only detectors and tracks).
 BOX_LANDMARKS = np.array([[0.31, 0.40], [0.69, 0.40], [0.50, 0.62], [0.35, 0.80], [0.65, 0.80]])
 
@@ -64,12 +66,12 @@ class Detector:
             from . import mtcnn
 
             self._mtcnn = mtcnn
-            mtcnn.load_nets()  # fail early (with the install hint) when the weights are missing
+            mtcnn.load_nets()  # fail early (DetectorUnavailable, one clear error) when the weights are missing
         else:
             path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
             self._haar = cv2.CascadeClassifier(path)
             if self._haar.empty():
-                raise FileNotFoundError(f"{path}: OpenCV Haar cascade missing (opencv-python-headless<5 ships it)")
+                raise DetectorUnavailable(f"{path}: OpenCV Haar cascade missing (opencv-python-headless<5 ships it)")
 
     def detect(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         min_px = max(12.0, self.min_face * min(img.shape[:2]))

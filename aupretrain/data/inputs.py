@@ -1,8 +1,10 @@
 """What to pack: discover input videos (local or s3://) and read their frames.
 
 INPUT is one of
-- a folder tree `<identity>/<video>.(mp4|avi|mkv|webm|mov)` or `<identity>/<video>/<frame>.(jpg|jpeg|png)`,
-  local or `s3://bucket/prefix`;
+- a folder tree `<identity>/<video>.<ext>` (any container PyAV/FFmpeg opens: mp4, m4v, mov, mkv, webm, avi,
+  flv, 3gp, mpg, ts, ...), VoxCeleb2's `<identity>/<youtube id>/00001.mp4` (the video id is the path below
+  the identity), or `<identity>/<video>/<frame>.(jpg|jpeg|png)`, local or `s3://bucket/prefix`; every file
+  that is not packed is listed in the manifest's rejects with the reason;
 - a list file `.csv` (header `path,identity[,video][,boxes]`) or `.jsonl` (`{"path", "identity", "video"?,
   "boxes"?}` per line), local or on S3. `path` is a video file or a frame folder, local (relative to the
   list's folder) or `s3://`. `boxes` is an optional face track: a VoxCeleb-style text file
@@ -30,7 +32,12 @@ import numpy as np
 from . import storage
 from .video import VideoError, iter_timed_frames
 
-VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+# Containers listed here are videos by name; files with other extensions (except NOT_VIDEO_EXTS) are tried
+# with PyAV too, so anything FFmpeg can demux is packed, and what it cannot open is a reject with the reason.
+VIDEO_EXTS = (".mp4", ".m4v", ".mp4v", ".mov", ".avi", ".mkv", ".webm", ".flv", ".3gp", ".3g2", ".mpg", ".mpeg",
+              ".m2v", ".ts", ".mts", ".m2ts", ".wmv", ".asf", ".ogv", ".vob", ".mxf", ".dv", ".y4m")
+NOT_VIDEO_EXTS = (".txt", ".json", ".jsonl", ".csv", ".md", ".xml", ".yaml", ".yml", ".pkl", ".npy", ".npz",
+                  ".wav", ".mp3", ".m4a", ".flac", ".aac", ".ogg", ".opus")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 LIST_EXTS = (".csv", ".jsonl")
 
@@ -53,41 +60,76 @@ def _natural(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def _group_tree(entries: list[tuple[str, int]], root: str) -> list[VideoItem]:
-    """Items from (relative path, size) pairs under root: <identity>/<video>.ext or <identity>/<video>/<frame>."""
+def _group_tree(entries: list[tuple[str, int]], root: str) -> tuple[list[VideoItem], list[dict]]:
+    """Items and rejects from (relative path, size) pairs under root.
+
+    The first folder level is the identity; the video id is the path below it, so both the flat layout
+    `<identity>/<video>.mp4` and VoxCeleb2's `<identity>/<youtube id>/00001.mp4` work. Image files
+    (IMAGE_EXTS) in a folder below the identity make that folder one video of frames. Every other file is
+    a video candidate: known containers (VIDEO_EXTS) and unknown extensions alike are opened with PyAV,
+    and what it cannot open becomes a reject. Files that cannot be an input (directly under the root, an
+    image directly in an identity folder, a metadata file such as `.txt`/`.json` that belongs to no video)
+    are rejects with the reason. Not inputs, and not listed: hidden files and folders (`.name`), images and
+    metadata files at the root (contact sheets, corpus.json), and a video's sidecar files (NOT_VIDEO_EXTS
+    files whose name up to the first dot is the video's: `v000.labels.json`, `v000.txt`).
+    """
     videos: dict[tuple[str, str], list] = {}
+    rejects, meta = [], []
     for rel, size in entries:
         parts = PurePosixPath(rel).parts
-        if any(p.startswith(".") for p in parts):
+        if not parts or any(p.startswith(".") for p in parts):
             continue
         ext = PurePosixPath(rel).suffix.lower()
-        if len(parts) == 2 and ext in VIDEO_EXTS:
-            videos.setdefault((parts[0], parts[1]), [False, size])
-        elif len(parts) == 3 and ext in IMAGE_EXTS:
-            v = videos.setdefault((parts[0], parts[1]), [True, 0])
+        where = storage.join(root, *parts)
+        if len(parts) == 1:
+            if ext not in IMAGE_EXTS + NOT_VIDEO_EXTS:  # dataset metadata at the root (corpus.json, README) is not an input
+                rejects.append({"input": where, "reason": f"{where}: not inside an identity folder "
+                                "(expected <identity>/<video file> or <identity>/<video>/<frames>)"})
+        elif ext in IMAGE_EXTS:
+            if len(parts) == 2:
+                rejects.append({"input": where, "reason": f"{where}: an image directly in an identity folder; "
+                                "frames of a video go in <identity>/<video>/<frame>.jpg"})
+                continue
+            v = videos.setdefault((parts[0], "/".join(parts[1:-1])), [True, 0])
             if v[0]:
                 v[1] += size
+            else:
+                rejects.append({"input": where, "reason": f"{where}: an image beside a video of the same id; skipped"})
+        elif ext in NOT_VIDEO_EXTS:
+            meta.append(parts)
+        else:
+            key = (parts[0], "/".join([*parts[1:-1], PurePosixPath(parts[-1]).stem]))
+            if key in videos:
+                other = "frames of a folder" if videos[key][0] else "another file"
+                rejects.append({"input": where, "reason": f"{where}: video id {'/'.join(key)!r} is also used by "
+                                f"{other} (names that differ only in the extension); skipped"})
+                continue
+            videos[key] = [False, size, "/".join(parts[1:])]
+    for parts in meta:  # a video's sidecar (<video>.labels.json, <video>.txt track) is not an input of its own
+        stem = "/".join([*parts[1:-1], parts[-1].split(".", 1)[0]])
+        if (parts[0], stem) not in videos:
+            where = storage.join(root, *parts)
+            rejects.append({"input": where, "reason": f"{where}: not a video ({PurePosixPath(parts[-1]).suffix} "
+                            "file, and no video of that name beside it); skipped"})
     items = []
-    for (ident, name), (is_dir, size) in sorted(videos.items()):
-        items.append(VideoItem(storage.join(root, ident, name), ident, f"{ident}/{name if is_dir else Path(name).stem}",
-                               frames_dir=is_dir, nbytes=size))
-    return items
+    for (ident, name), v in sorted(videos.items()):
+        rel = name if v[0] else v[2]
+        items.append(VideoItem(storage.join(root, ident, *rel.split("/")), ident, f"{ident}/{name}",
+                               frames_dir=v[0], nbytes=v[1]))
+    return items, rejects
 
 
 def _scan(root: Path) -> Iterator[tuple[str, int]]:
-    """(relative path, size) of <identity>/<video file> and <identity>/<video>/<frame> entries. Video files
-    are stat'ed; frames are only listed (size 1 each: a frame folder's fingerprint is its frame count)."""
-    with os.scandir(root) as idents:
-        for ident in idents:
-            if not ident.is_dir() or ident.name.startswith("."):
+    """(relative POSIX path, size) of every file below root, hidden folders skipped. Video files are
+    stat'ed; images are only listed (size 1 each: a frame folder's fingerprint is its frame count)."""
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = Path(folder).relative_to(root)
+        for f in sorted(files):
+            if f.startswith("."):
                 continue
-            with os.scandir(ident.path) as videos:
-                for v in videos:
-                    if v.is_file():
-                        yield f"{ident.name}/{v.name}", v.stat().st_size
-                    elif v.is_dir() and not v.name.startswith("."):
-                        with os.scandir(v.path) as frames:
-                            yield from ((f"{ident.name}/{v.name}/{f.name}", 1) for f in frames if f.is_file())
+            r = (rel / f).as_posix()
+            yield r, 1 if Path(f).suffix.lower() in IMAGE_EXTS else os.stat(os.path.join(folder, f)).st_size
 
 
 def _resolve(path: str, base: str) -> str:
@@ -139,7 +181,13 @@ def _list_item(row, base: str, where: str) -> VideoItem:
     elif boxes is not None:
         raise ValueError(f"{where}: `boxes` must be a file path or a list of [frame, x, y, w, h]")
     ident = str(row["identity"]).strip()
-    is_dir = not PurePosixPath(path.rstrip("/")).suffix.lower() in VIDEO_EXTS
+    suffix = PurePosixPath(path.rstrip("/")).suffix.lower()
+    if suffix in VIDEO_EXTS:  # a video file by name; otherwise a folder of frames unless it is a file
+        is_dir = False
+    elif storage.is_s3(path):
+        is_dir = path.endswith("/") or not suffix
+    else:
+        is_dir = Path(path).is_dir() or (not suffix and not Path(path).exists())
     name = str(row.get("video") or PurePosixPath(path.rstrip("/")).stem)
     return VideoItem(path, ident, f"{ident}/{name}", frames_dir=is_dir, boxes=boxes)
 
@@ -159,12 +207,12 @@ def discover(source: str) -> tuple[list[VideoItem], list[dict]]:
         except Exception as e:  # noqa: BLE001 - botocore: no such bucket, denied, endpoint down (after retries)
             raise FileNotFoundError(f"{source}: cannot list the input ({e})") from e
         entries = [(k[len(prefix) + 1:], n) for k, n in listed]
-        items, rejects = _group_tree(entries, prefix), []
+        items, rejects = _group_tree(entries, prefix)
     else:
         root = Path(source)
         if not root.is_dir():
             raise FileNotFoundError(f"{source}: input folder does not exist")
-        items, rejects = _group_tree(_scan(root), str(root)), []
+        items, rejects = _group_tree(_scan(root), str(root))
     seen: dict[str, VideoItem] = {}
     unique = []
     for it in items:

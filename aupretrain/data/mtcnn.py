@@ -1,17 +1,18 @@
 """MTCNN face detector (Zhang et al. 2016) in plain torch + numpy: boxes, scores and 5 landmarks.
 
-The P-, R- and O-Net weights are the ones shipped in the `facenet-pytorch` wheel
-(`facenet_pytorch/data/{pnet,rnet,onet}.pt`; facenet-pytorch is MIT-licensed, the weights were converted
-from the original MTCNN release of Zhang et al., also MIT). That package itself is never imported (it
-imports torchvision, which does not load beside this torch build): only its weight files are read, so it
-is installed with `pip install --no-deps facenet-pytorch` (launchers/env.sh does this).
+The P-, R- and O-Net weights ship with this package (`aupretrain/data/mtcnn_weights/`, package data): they
+are the files of the `facenet-pytorch` 2.6.0 wheel (`facenet_pytorch/data/{pnet,rnet,onet}.pt`, MIT License;
+converted there from the original MTCNN release of Zhang et al., also MIT), copied unchanged. A plain
+`pip install aupretrain` therefore gives a working detector; facenet-pytorch is not a dependency (its code
+imports torchvision). `AUPRETRAIN_MTCNN_WEIGHTS=<folder>` points at other copies of the three files.
 
 Landmark order: left eye, right eye, nose tip, left mouth corner, right mouth corner (image left/right).
 """
 from __future__ import annotations
 
 import functools
-import importlib.util
+import hashlib
+import os
 from pathlib import Path
 
 import cv2
@@ -23,15 +24,34 @@ from torch import nn
 RNET_NMS = 0.7  # IoU of the NMS before the O-Net stage (MTCNN's value)
 
 
+WEIGHTS_SHA256 = {  # the facenet-pytorch 2.6.0 files
+    "pnet.pt": "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f",
+    "rnet.pt": "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86",
+    "onet.pt": "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
+}
+
+
+class DetectorUnavailable(RuntimeError):
+    """The face detector cannot be loaded (weights missing, damaged or unreadable): an environment fault of
+    the whole run, raised once at start, never a reject of one input."""
+
+
 def weights_dir() -> Path:
-    spec = importlib.util.find_spec("facenet_pytorch")  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("MTCNN weights not found: install them with "
-                                "`pip install --no-deps facenet-pytorch==2.6.0` (launchers/env.sh does this)")
-    d = Path(list(spec.submodule_search_locations)[0]) / "data"
-    missing = [n for n in ("pnet.pt", "rnet.pt", "onet.pt") if not (d / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{d}: MTCNN weight files missing: {missing}")
+    """The folder holding pnet.pt, rnet.pt and onet.pt: $AUPRETRAIN_MTCNN_WEIGHTS, else the package data.
+
+    Raises:
+        DetectorUnavailable: a file is missing or its sha256 differs from the shipped weights.
+    """
+    env = os.environ.get("AUPRETRAIN_MTCNN_WEIGHTS")
+    d = Path(env) if env else Path(__file__).resolve().parent / "mtcnn_weights"
+    for name, digest in WEIGHTS_SHA256.items():
+        f = d / name
+        if not f.is_file():
+            raise DetectorUnavailable(f"MTCNN weights missing: {f} (they ship with the aupretrain package; "
+                                      "reinstall it, or set AUPRETRAIN_MTCNN_WEIGHTS to a folder with the three files)")
+        if hashlib.sha256(f.read_bytes()).hexdigest() != digest:
+            raise DetectorUnavailable(f"MTCNN weights damaged: {f} (sha256 differs from the facenet-pytorch 2.6.0 "
+                                      "file); reinstall the package")
     return d
 
 
@@ -93,11 +113,15 @@ class ONet(nn.Module):
 
 @functools.lru_cache(maxsize=1)
 def load_nets() -> tuple[PNet, RNet, ONet]:
+    """The three networks in eval mode. Raises DetectorUnavailable when the weights cannot be loaded."""
     d = weights_dir()
     nets = []
     for cls, name in ((PNet, "pnet.pt"), (RNet, "rnet.pt"), (ONet, "onet.pt")):
         net = cls()
-        net.load_state_dict(torch.load(d / name, map_location="cpu", weights_only=True))
+        try:
+            net.load_state_dict(torch.load(d / name, map_location="cpu", weights_only=True))
+        except Exception as e:  # noqa: BLE001 - unpickling refused, wrong keys, unreadable file
+            raise DetectorUnavailable(f"MTCNN weights {d / name} cannot be loaded ({type(e).__name__}: {e})") from e
         nets.append(net.eval())
     return tuple(nets)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import shards, spill, storage
-from .clips import PackSettings, VideoResult, process_video
+from .clips import PackSettings, VideoResult, detector, process_video
 from .inputs import VideoItem, discover
 from .parallel import parallel_map
 
@@ -202,9 +202,11 @@ def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
     source, output = (str(p) if storage.is_s3(str(p)) else str(Path(p).resolve()) for p in (source, output))
     items, list_rejects = discover(source)
     if not items:
-        raise FileNotFoundError(f"{source}: no videos found (expected <identity>/<video>.mp4|avi|mkv|webm|mov, "
+        raise FileNotFoundError(f"{source}: no videos found (expected <identity>/<video file>, "
                                 f"<identity>/<video>/<frame>.jpg, or a .csv/.jsonl list)"
                                 + (f"; {list_rejects[0]['reason']}" if list_rejects else ""))
+    if s.align == "detect":
+        detector(s)  # the detector loads once here, or the run stops with one clear error (DetectorUnavailable)
     work = work_folder(output, s)
     if not storage.is_s3(output):
         Path(output).mkdir(parents=True, exist_ok=True)

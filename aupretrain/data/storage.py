@@ -10,7 +10,6 @@ import functools
 import os
 import shutil
 from pathlib import Path
-from urllib.parse import urlparse
 
 
 class EnvironmentFault(OSError):
@@ -47,8 +46,48 @@ def join(base: str, *parts: str) -> str:
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    u = urlparse(uri)
-    return u.netloc, u.path.lstrip("/")
+    """`s3://bucket/key` -> (bucket, key), split at the first `/` after the bucket.
+
+    No URL parsing: an S3 key may hold any UTF-8 character, `#`, `?`, `=`, `%`, spaces and `+` included
+    (AWS S3 User Guide, "Naming Amazon S3 objects"), and each stands for itself, never a fragment or query.
+
+    Raises:
+        ValueError: the URI does not start with `s3://` or names no bucket.
+    """
+    uri = str(uri)
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri}: not an s3:// URI")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"{uri}: no bucket name after s3://")
+    return bucket, key
+
+
+DALI_UNSAFE = "#?"  # DALI's S3 client cuts an s3:// path at these (URL fragment/query); measured with DALI 1.x
+
+
+def dali_readable(uri: str) -> bool:
+    """Whether DALI's readers can open this path as it is (local paths always; s3:// keys without `#`/`?`)."""
+    return not is_s3(uri) or not any(c in uri for c in DALI_UNSAFE)
+
+
+def stage(uris: list[str], cache: str | Path) -> list[str]:
+    """Local copies of s3:// files under `cache` (downloaded once: a file of the right size is reused; temp
+    name + rename so a half-download is never used); local paths are returned unchanged."""
+    out = []
+    for uri in uris:
+        if not is_s3(uri):
+            out.append(uri)
+            continue
+        bucket, key = split_s3(uri)
+        dest = Path(cache, bucket, *key.split("/"))
+        if not dest.is_file() or dest.stat().st_size != size(uri):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+            get_file(uri, tmp)
+            tmp.replace(dest)
+        out.append(str(dest))
+    return out
 
 
 @functools.lru_cache(maxsize=4)

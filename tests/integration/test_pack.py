@@ -155,3 +155,60 @@ def test_odd_sized_yuv444_video_decodes_upright(tmp_path):
             c.mux(p)
     got = read_video(path)
     assert got.shape == (4, 121, 161, 3) and np.abs(got.astype(int) - np.stack(frames)).mean() < 4
+
+
+def test_every_container_and_the_voxceleb2_layout_are_packed_or_rejected_by_name(corpus, tmp_path):
+    """The same video under container extensions beyond mp4, and in VoxCeleb2's nested layout, is packed;
+    every file that is not packed is in `rejects` with its reason; sidecars and root metadata are not inputs."""
+    src = next(corpus.glob("*/*.mp4"))
+    root = tmp_path / "in"
+    exts = [".mp4", ".m4v", ".3gp", ".mpg", ".flv", ".ts", ".mp4v", ".MOV", ".weird"]
+    for i, ext in enumerate(exts):
+        (root / f"p{i}").mkdir(parents=True)
+        shutil.copy(src, root / f"p{i}" / f"clip{ext}")
+    (root / "p0" / "clip.labels.json").write_text("{}")  # a sidecar of p0/clip.mp4: not an input
+    (root / "vox" / "21Uxsk56VDQ").mkdir(parents=True)
+    shutil.copy(src, root / "vox" / "21Uxsk56VDQ" / "00001.mp4")
+    (root / "vox" / "21Uxsk56VDQ" / "00001.txt").write_text("FRAME X Y W H\n")  # its VoxCeleb track: a sidecar
+    (root / "p1" / "notes.txt").write_text("hello")  # belongs to no video
+    (root / "p1" / "broken.avi").write_bytes(b"not a video at all")
+    (root / "stray.mp4").write_bytes(src.read_bytes())  # no identity folder
+    (root / "p2" / "photo.jpg").write_bytes(b"\xff\xd8")  # an image directly in an identity folder
+    (root / "corpus.json").write_text("{}")  # root metadata: not an input
+    out = tmp_path / "out"
+    assert pack_main([str(root), str(out), "--align", "center", "--clip-len", "8", "--stride", "2", "--size", "32",
+                      "--workers", "1"]) == 0
+    m = shards.load_manifest(out)
+    assert m.videos == len(exts) + 1
+    assert m.identities == sorted([f"p{i}" for i in range(len(exts))] + ["vox"])
+    assert {s.meta.video for s in all_samples(out)} >= {"vox/21Uxsk56VDQ/00001", "p5/clip", "p8/clip"}
+    rejected = {r["input"]: r["reason"] for r in m.rejects}
+    assert sorted(rejected) == sorted(str(root / p) for p in ("p1/notes.txt", "p1/broken.avi", "stray.mp4",
+                                                              "p2/photo.jpg"))
+    assert "cannot open video" in rejected[str(root / "p1/broken.avi")]
+    assert "not inside an identity folder" in rejected[str(root / "stray.mp4")]
+    assert "not a video" in rejected[str(root / "p1/notes.txt")]
+
+
+def test_missing_detector_weights_are_one_error_at_start(corpus, tmp_path, monkeypatch, capsys):
+    """Without the MTCNN weights the packer stops before any input with one line naming the file (exit 2):
+    nothing is rejected, nothing is written."""
+    from aupretrain.data import mtcnn
+
+    mtcnn.load_nets.cache_clear()
+    monkeypatch.setenv("AUPRETRAIN_MTCNN_WEIGHTS", str(tmp_path / "nowhere"))
+    try:
+        assert pack_main([str(corpus), str(tmp_path / "out"), "--workers", "1"]) == 2
+    finally:
+        mtcnn.load_nets.cache_clear()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MTCNN weights missing" in err[0] and str(tmp_path / "nowhere" / "pnet.pt") in err[0]
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for n in ("pnet.pt", "rnet.pt", "onet.pt"):
+        shutil.copy(mtcnn.Path(mtcnn.__file__).parent / "mtcnn_weights" / n, damaged / n)
+    (damaged / "onet.pt").write_bytes(b"truncated")
+    monkeypatch.setenv("AUPRETRAIN_MTCNN_WEIGHTS", str(damaged))
+    with pytest.raises(mtcnn.DetectorUnavailable, match="onet.pt"):
+        mtcnn.weights_dir()
