@@ -42,16 +42,29 @@ def main(argv: list[str] | None = None) -> int:
 
     from aupretrain.config import load_config
 
+    from hydra.errors import HydraException
+
     show = "--cfg" in args
-    cfg = load_config([a for a in args if a != "--cfg"])
+    try:
+        cfg = load_config([a for a in args if a != "--cfg"])
+    except HydraException as e:  # an override that does not parse or names no key
+        if os.environ.get("RANK", "0") == "0":
+            print(f"aupretrain-train: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     if show:
         print(OmegaConf.to_yaml(cfg))
         return 0
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s [rank " + os.environ.get("RANK", "0") + "] %(name)s: %(message)s")
     from aupretrain.engine.trainer import train
+    from aupretrain.errors import UsageError
 
-    train(cfg)
+    try:
+        train(cfg)
+    except UsageError as e:  # a setting or input to fix: one line (from rank 0), no traceback
+        if os.environ.get("RANK", "0") == "0":
+            print(f"aupretrain-train: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -172,6 +172,15 @@ class ClipLoader:
                         storage.DALI_UNSAFE, cache)
             paths, idx = storage.stage(paths, cache), storage.stage(idx, cache)
         self.skipped_samples = sum(b["samples"] for b in self.bad_shards)
+        usable = self.manifest.samples - self.skipped_samples
+        if usable // settings.world < settings.batch_size:  # DALI would yield no full batch on some rank
+            from ..errors import UsageError
+
+            raise UsageError(
+                f"{settings.root}: {usable} usable clips, but each of the {settings.world} ranks needs at least "
+                f"data.batch_size={settings.batch_size} clips per step ({settings.batch_size * settings.world} in "
+                f"all); lower data.batch_size, use fewer ranks, or pack more clips (more videos, or a smaller "
+                f"--clip-step)")
         self.clip_len = self.manifest.clip_len
         self.identity_ids = {name: i for i, name in enumerate(self.manifest.identities)}
         self.shard_paths = paths

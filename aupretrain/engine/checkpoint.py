@@ -45,16 +45,20 @@ def latest(run_dir: str | Path) -> tuple[int, Path] | None:
     return best
 
 
+def read_meta(ckpt_dir: str | Path) -> dict:
+    """A complete checkpoint's meta.json (step, world_size, mlflow_run_id, epoch, config)."""
+    return json.loads((Path(ckpt_dir) / "meta.json").read_text())
+
+
 def load(engine, run_dir: str | Path, step: int) -> dict:
     _, client = engine.load_checkpoint(str(root(run_dir)), tag=tag(step))
-    meta = json.loads((root(run_dir) / tag(step) / "meta.json").read_text())
-    return {**(client or {}), **meta}
+    return {**(client or {}), **read_meta(root(run_dir) / tag(step))}
 
 
 def reader_state(ckpt_dir: str | Path, rank: int, world: int) -> dict | None:
     """This rank's saved reader state, if the checkpoint was written by the same number of ranks."""
     path = Path(ckpt_dir) / f"reader_rank{rank}.json"
-    meta = json.loads((Path(ckpt_dir) / "meta.json").read_text())
+    meta = read_meta(ckpt_dir)
     if not path.exists() or int(meta.get("world_size", -1)) != world:
         return None
     return json.loads(path.read_text())

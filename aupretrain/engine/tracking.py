@@ -1,8 +1,27 @@
-"""MLflow tracking from rank 0 (DeepSpeed has no MLflow monitor); other ranks get the run id."""
+"""MLflow tracking that never stops training: rank 0 only, every call queued to one background thread.
+
+DeepSpeed has no MLflow monitor, and `mlflow.log_*` blocks on the store (HTTP retries for minutes; a locked
+sqlite file raises "database is locked"). Here the training loop only appends to a queue; a worker thread
+owns an `MlflowClient` and sends the queue in order. When the store fails (server down or restarting,
+sqlite locked, network), the worker warns once, keeps the queue and retries with exponential backoff (1 s
+up to `tracking.retry_max_s`), then says how long the gap was and sends what waited. The queue is bounded
+(`tracking.max_pending` operations; beyond it the oldest metric batches are dropped and counted). Every
+metric is also appended to `<run>/metrics.jsonl`, so nothing is lost whatever the store does.
+
+The run folder remembers where its run lives (`<run>/tracking.json`: uri, experiment, run id). A resumed
+job uses that store (unless `tracking.uri` is set) and that run; if the run is gone from the store, it warns
+and starts a new run tagged `aupretrain.resumed_from_run_id`.
+"""
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import os
+import socket
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -10,58 +29,247 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import flatten
 
 log = logging.getLogger(__name__)
+RECORD = "tracking.json"
+PERMANENT = {"INVALID_PARAMETER_VALUE", "INVALID_STATE", "BAD_REQUEST"}  # MLflow error codes not worth a retry
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (longer ones are cut, with a marker)
 
 
-def tracking_uri(cfg: DictConfig) -> str:
-    """Config value, else $MLFLOW_TRACKING_URI, else a sqlite store in the folder the run started from."""
-    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+def tracking_uri(cfg: DictConfig, run_dir: str | Path | None = None) -> str:
+    """Where the run is tracked: `tracking.uri`, else the store the run folder recorded (a resumed job),
+    else $MLFLOW_TRACKING_URI, else a sqlite store in the folder the first job started from."""
+    if cfg.tracking.uri:
+        return str(cfg.tracking.uri)
+    rec = read_record(run_dir) if run_dir else None
+    if rec and rec.get("uri"):
+        return rec["uri"]
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def read_record(run_dir: str | Path) -> dict | None:
+    """`<run>/tracking.json` ({"uri", "experiment", "run_id"}) if the run folder has one."""
+    p = Path(run_dir) / RECORD
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def run_tags(cfg: DictConfig, world_size: int) -> dict[str, str]:
+    """Tags that let runs be compared weeks later: versions, git commit, world size, host, objective."""
+    import importlib.metadata as md
+    import subprocess
+
+    tags = {"objective": str(cfg.objective.name), "world_size": str(world_size), "host": socket.gethostname()}
+    for pkg in ("torch", "deepspeed", "nvidia-dali-cuda120", "mlflow", "aupretrain"):
+        try:
+            tags[f"version.{pkg}"] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        root = Path(__file__).resolve().parents[2]
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if sha.returncode == 0:
+            tags["mlflow.source.git.commit"] = sha.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {**tags, **{str(k): str(v) for k, v in cfg.tracking.tags.items()}}
 
 
 class Tracker:
-    """Thin wrapper: a no-op on ranks other than 0 and when tracking is disabled."""
+    """Asynchronous, best-effort MLflow run of one training run; a no-op on other ranks or when disabled.
 
-    def __init__(self, cfg: DictConfig, active: bool, run_name: str, run_id: str | None = None):
+    Args:
+        cfg: the composed config (`tracking.*`).
+        active: True on rank 0.
+        run_name: the MLflow run name of a new run.
+        run_id: the run to continue (from a checkpoint), or None for a new run.
+        run_dir: the run folder (`tracking.json`, `metrics.jsonl`); None: nothing written locally.
+        tags: extra tags of a new run (`run_tags`).
+    """
+
+    def __init__(self, cfg: DictConfig, active: bool, run_name: str, run_id: str | None = None,
+                 run_dir: str | Path | None = None, tags: dict | None = None):
         self.active = bool(active and cfg.tracking.enabled)
         self.run_id: str | None = None
         if not self.active:
             return
-        import mlflow
+        t = cfg.tracking
+        self.uri = tracking_uri(cfg, run_dir)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.retry_max = float(t.get("retry_max_s", 30))
+        self.max_pending = int(t.get("max_pending", 10000))
+        self.flush_timeout = float(t.get("flush_timeout_s", 60))
+        self.dropped = 0
+        self._ops: collections.deque = collections.deque()
+        self._cv = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self._started = threading.Event()
+        self._metrics_file = open(self.run_dir / "metrics.jsonl", "a") if self.run_dir else None
+        self._tmp = Path(tempfile.mkdtemp(prefix="aupretrain-mlflow-"))
+        params = flatten(cfg) if run_id is None else None
+        self._put(lambda c: self._start(c, str(t.experiment), run_name, run_id, params,
+                                        OmegaConf.to_yaml(cfg, resolve=True), tags or {}))
+        threading.Thread(target=self._worker, name="mlflow-tracker", daemon=True).start()
+        if not self._started.wait(float(t.get("start_timeout_s", 30))):
+            log.warning("MLflow at %s did not answer within %s s; training goes on, the run is created (and "
+                        "everything logged meanwhile sent) when it does", self.uri, t.get("start_timeout_s", 30))
 
-        self.mlflow = mlflow
-        mlflow.set_tracking_uri(tracking_uri(cfg))
-        mlflow.set_experiment(cfg.tracking.experiment)
-        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
-        self.run_id = run.info.run_id
-        if run_id is None:
-            params = flatten(cfg)
-            items = list(params.items())
-            for i in range(0, len(items), 100):
-                mlflow.log_params(dict(items[i:i + 100]))
-            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-            mlflow.set_tags({"objective": cfg.objective.name, **{str(k): str(v) for k, v in cfg.tracking.tags.items()}})
-        log.info("MLflow run %s at %s", self.run_id, mlflow.get_tracking_uri())
+    # -- what the training loop calls: never blocks on the store, never raises ------------------------------
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.active and metrics:
-            self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        if not (self.active and metrics):
+            return
+        vals, ts = {k: float(v) for k, v in metrics.items()}, int(time.time() * 1000)
+        if self._metrics_file:
+            self._metrics_file.write(json.dumps({"step": step, "time_ms": ts, **vals}) + "\n")
+            self._metrics_file.flush()
+        from mlflow.entities import Metric
+
+        batch = [Metric(k, v, ts, step) for k, v in vals.items()]
+        self._put(lambda c: c.log_batch(self.run_id, metrics=batch), metric=True)
 
     def log_params(self, params: dict) -> None:
         if self.active:
-            self.mlflow.log_params({k: str(v) for k, v in params.items()})
+            from mlflow.entities import Param
+
+            items = [Param(k, str(v)) for k, v in params.items()]
+            self._put(lambda c: c.log_batch(self.run_id, params=items))
+
+    def set_tags(self, tags: dict) -> None:
+        if self.active:
+            from mlflow.entities import RunTag
+
+            items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+            self._put(lambda c: c.log_batch(self.run_id, tags=items))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if self.active:
-            self.mlflow.log_artifact(str(path), artifact_path)
+        if self.active:  # a snapshot now: the file may change before the worker sends it
+            snap = self._tmp / f"{len(os.listdir(self._tmp))}" / Path(path).name
+            snap.parent.mkdir()
+            snap.write_bytes(Path(path).read_bytes())
+            self._put(lambda c: c.log_artifact(self.run_id, str(snap), artifact_path))
 
     def log_figure(self, fig, name: str) -> None:
         if self.active:
-            self.mlflow.log_figure(fig, name)
+            snap = self._tmp / f"{len(os.listdir(self._tmp))}" / Path(name).name
+            snap.parent.mkdir()
+            fig.savefig(snap)
+            folder = str(Path(name).parent) if Path(name).parent != Path(".") else None
+            self._put(lambda c: c.log_artifact(self.run_id, str(snap), folder))
 
     def log_text(self, text: str, name: str) -> None:
         if self.active:
-            self.mlflow.log_text(text, name)
+            self._put(lambda c: c.log_text(self.run_id, text, name))
 
     def finish(self, status: str = "FINISHED") -> None:
-        if self.active:
-            self.mlflow.end_run(status=status)
-            self.active = False
+        """End the run with `status` and wait up to `tracking.flush_timeout_s` for the queue to drain."""
+        if not self.active:
+            return
+        self.active = False
+        if self.dropped:
+            self._put(lambda c: c.set_tag(self.run_id, "aupretrain.dropped_metric_batches", str(self.dropped)))
+        self._put(lambda c: c.set_terminated(self.run_id, status))
+        timeout = self.flush_timeout
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+            done = self._cv.wait_for(lambda: not self._ops and not self._busy, timeout)
+            left = len(self._ops)
+        if self._metrics_file:
+            self._metrics_file.close()
+        if not done:
+            where = f"; every metric is in {self.run_dir / 'metrics.jsonl'}" if self.run_dir else ""
+            log.warning("MLflow at %s still unreachable: %d tracking operations not sent%s", self.uri, left, where)
+
+    # -- the worker -----------------------------------------------------------------------------------------
+
+    def _put(self, op, metric: bool = False) -> None:
+        with self._cv:
+            if len(self._ops) >= self.max_pending:
+                for i, (_, is_metric) in enumerate(self._ops):
+                    if is_metric and i > 0:  # never the run's creation (first)
+                        del self._ops[i]
+                        self.dropped += 1
+                        break
+            self._ops.append((op, metric))
+            self._cv.notify_all()
+
+    def _worker(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.uri)
+        down_since, delay = None, 1.0
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._ops or self._closed)
+                if not self._ops:
+                    self._cv.notify_all()
+                    return
+                op = self._ops[0][0]
+                self._busy = True
+            try:
+                op(client)
+            except Exception as e:  # noqa: BLE001 - any store failure: keep the op, back off, retry
+                if getattr(e, "error_code", None) in PERMANENT:  # the store answered "never": drop, do not retry
+                    log.warning("MLflow refused a tracking operation (%s); skipped", str(e).splitlines()[0][:300])
+                    with self._cv:
+                        self._ops.popleft()
+                        self._busy = False
+                        self._cv.notify_all()
+                    continue
+                if down_since is None:
+                    down_since = time.time()
+                    log.warning("MLflow at %s failed (%s: %s); training goes on, tracking retries in the "
+                                "background (metrics are kept in the run folder)", self.uri, type(e).__name__,
+                                str(e).splitlines()[0][:200] if str(e) else "")
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+                time.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                continue
+            if down_since is not None:
+                log.warning("MLflow at %s is back after %.0f s; sending %d queued operations", self.uri,
+                            time.time() - down_since, len(self._ops))
+                down_since, delay = None, 1.0
+            with self._cv:
+                self._ops.popleft()
+                self._busy = False
+                self._cv.notify_all()
+
+    def _start(self, client, experiment: str, run_name: str, run_id: str | None, params: dict | None,
+               config_yaml: str, tags: dict) -> None:
+        """Continue `run_id` if the store has it, else create a run (params, config, tags); record it."""
+        from mlflow.exceptions import MlflowException
+
+        resumed_from = None
+        if run_id is not None:
+            try:
+                client.get_run(run_id)
+                client.update_run(run_id, status="RUNNING")
+                self.run_id = run_id
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                log.warning("MLflow run %s not found at %s: starting a new run tagged "
+                            "aupretrain.resumed_from_run_id=%s", run_id, self.uri, run_id)
+                resumed_from = run_id
+        if self.run_id is None:
+            exp = client.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+            extra = {"aupretrain.resumed_from_run_id": resumed_from} if resumed_from else {}
+            run = client.create_run(exp_id, run_name=run_name, tags={**tags, **extra})
+            self.run_id = run.info.run_id
+            from mlflow.entities import Param
+
+            items = [Param(k, v if len(v) <= MAX_PARAM_LENGTH else v[:MAX_PARAM_LENGTH - 12] + "...[cut]")
+                     for k, v in (params or {}).items()]
+            for i in range(0, len(items), 100):
+                client.log_batch(self.run_id, params=items[i:i + 100])
+            client.log_text(self.run_id, config_yaml, "config.yaml")
+        if self.run_dir:
+            (self.run_dir / RECORD).write_text(json.dumps({"uri": self.uri, "experiment": experiment,
+                                                           "run_id": self.run_id}, indent=1))
+        log.info("MLflow run %s at %s", self.run_id, self.uri)
+        self._started.set()

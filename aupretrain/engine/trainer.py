@@ -13,12 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 from ..data.dali_reader import ClipLoader, ReaderSettings
 from ..models.encoder import PretrainModel, save_encoder
 from ..objectives import build_objective
-from . import checkpoint
+from ..errors import UsageError
+from . import checkpoint, resume
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, mean_across_ranks
 from .metrics import StepTimer
 from .signals import StopRequest
 from .step import train_step
-from .tracking import Tracker
+from .tracking import Tracker, run_tags
 
 log = logging.getLogger("aupretrain.train")
 
@@ -76,15 +77,17 @@ def train(cfg: DictConfig) -> dict:
     torch.manual_seed(int(cfg.run.seed))
     objective = build_objective(cfg.objective)
     found = checkpoint.latest(run_dir) if cfg.train.resume else None
+    changes: dict = {}
+    if found:  # refused up front (one clear error) before any data or state is touched
+        changes = resume.check_resume(checkpoint.read_meta(found[1]), OmegaConf.to_container(cfg, resolve=True),
+                                      d.world, str(found[1]))
     reader = checkpoint.reader_state(found[1], d.rank, d.world) if found else None
-    if found and reader is None:
-        log.warning("no reader state for %d ranks in %s: the data stream restarts its epoch", d.world, found[1])
     loader = ClipLoader(ReaderSettings.from_config(cfg, d.rank, d.world), state=reader)
     model_parts = objective.model_parts()
     if model_parts.get("momentum") and int(cfg.deepspeed.zero_optimization.stage) == 3:
-        raise ValueError("objective=moco needs ZeRO stage 1 or 2 (the EMA update reads the full online weights)")
+        raise UsageError("objective=moco needs ZeRO stage 1 or 2 (the EMA update reads the full online weights)")
     if model_parts.get("momentum") and (cfg.deepspeed.get("bf16", {}).get("enabled") or cfg.deepspeed.get("fp16", {}).get("enabled")):
-        raise ValueError("objective=moco with deepspeed.bf16/fp16: the key encoder's EMA (m=0.999) does not move in "
+        raise UsageError("objective=moco with deepspeed.bf16/fp16: the key encoder's EMA (m=0.999) does not move in "
                          "16-bit weights; use deepspeed.torch_autocast.enabled=true (fp32 weights, bf16 compute)")
     model = PretrainModel(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size), **model_parts)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(cfg.optim.lr),
@@ -96,12 +99,19 @@ def train(cfg: DictConfig) -> dict:
     if found:
         state = checkpoint.load(engine, run_dir, found[0])
         start, run_id = int(state["step"]), state.get("mlflow_run_id")
-        log.info("resumed from %s at step %d (data stream %s)", found[1], start,
-                 "continues where it stopped" if loader.restored else "restarts its epoch")
-    tracker = Tracker(cfg, d.is_main, run_name=run_dir.name, run_id=run_id)
+        resume.apply_optimizer_settings(opt, sched, cfg, lr_lambda(cfg))
+        log.info("resumed from %s at step %d (data stream %s)%s", found[1], start,
+                 "continues where it stopped" if loader.restored else "restarts its epoch",
+                 f"; changed: {resume.describe(changes)}" if changes else "")
+    tracker = Tracker(cfg, d.is_main, run_name=run_dir.name, run_id=run_id, run_dir=run_dir if d.is_main else None,
+                      tags=run_tags(cfg, d.world))
     run_id = broadcast_object(tracker.run_id)
     if d.is_main:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        record = run_dir / ("config.yaml" if not found else f"config.step_{start}.yaml")  # the record is never rewritten
+        OmegaConf.save(cfg, record, resolve=True)
+        if found:
+            tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), record.name)
+            tracker.set_tags({f"resume.step_{start}.changed": resume.describe(changes) or "nothing"})
         tracker.log_metrics({"data/skipped": loader.skipped_samples, "data/samples": loader.manifest.samples}, step=start)
         log.info("run %s: %d ranks, %d clips/rank/step, %d steps, shards %s (%d samples, %d identities)",
                  run_dir, d.world, cfg.data.batch_size, cfg.train.steps, cfg.data.shards,
@@ -112,8 +122,8 @@ def train(cfg: DictConfig) -> dict:
     timer = StepTimer()
     history: list[float] = []
     it = iter(loader)
-    meta = lambda: {"mlflow_run_id": run_id, "world_size": d.world, "epoch": loader.epoch,  # noqa: E731
-                    "config": OmegaConf.to_container(cfg, resolve=True)}
+    meta = lambda: {"mlflow_run_id": tracker.run_id or run_id, "world_size": d.world,  # noqa: E731
+                    "epoch": loader.epoch, "config": OmegaConf.to_container(cfg, resolve=True)}
     from tqdm import tqdm
 
     steps = int(cfg.train.steps)
@@ -158,7 +168,7 @@ def train(cfg: DictConfig) -> dict:
     barrier()
     result = {"run_dir": str(run_dir), "mlflow_run_id": run_id, "loss_history": history, "rank": d.rank}
     if d.is_main:
-        tracker.log_artifact(run_dir / "config.yaml")
+        tracker.log_artifact(run_dir / "config.yaml")  # the first job's; resumed jobs logged theirs at start
         if cfg.train.eval_at_end:
             from ..eval.run import evaluate
             from ..models.encoder import load_encoder

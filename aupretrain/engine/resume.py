@@ -1,0 +1,64 @@
+"""What a resumed job may change: the new config against the checkpoint's, and applying what can change.
+
+A checkpoint records the config that was in effect (`meta.json`). On resume every changed key is named:
+- keys in `APPLIED` take effect from the first resumed step (the LR schedule's inputs, logging, evaluation,
+  tracking, loader threads, augmentation, data paths — a new shard list restarts the data epoch);
+- any other change (model, objective, batch size, input size, ZeRO/precision, seed ...) cannot take effect on
+  the restored weights, optimizer state and data stream, so the job is refused before anything is loaded.
+The record is never rewritten: `<run>/config.yaml` stays the first job's config; each resumed job writes
+`<run>/config.step_<N>.yaml` and tags the MLflow run with what changed (`resume.step_<N>.changed`).
+"""
+from __future__ import annotations
+
+from ..config import flatten
+from ..errors import UsageError
+
+APPLIED = ("train.", "eval.", "tracking.", "run.name", "run.root", "run.dir", "data.num_threads", "data.prefetch",
+           "data.device", "data.verify_checksums", "data.augment.", "data.shards", "data.labels", "optim.lr",
+           "optim.weight_decay", "optim.betas", "optim.warmup_steps", "optim.min_lr_ratio", "synth.", "pack.")
+
+
+def changed_keys(old: dict, new: dict) -> dict[str, tuple[str | None, str | None]]:
+    """{dotted key: (checkpoint value, new value)} for every key whose value differs (flattened, as strings)."""
+    a, b = flatten(old), flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_resume(meta: dict, cfg: dict, world: int, ckpt: str) -> dict[str, tuple]:
+    """The changes a resumed job applies; raises UsageError (naming every offending key) for the others.
+
+    Args:
+        meta: the checkpoint's meta.json (`world_size`, `config`, `step`).
+        cfg: the new job's resolved config as a dict.
+        world: the new job's world size.
+        ckpt: the checkpoint folder, for the message.
+    """
+    saved_world = int(meta.get("world_size", world))
+    if saved_world != world:
+        raise UsageError(f"{ckpt} was written by {saved_world} ranks and this job has {world}: ZeRO optimizer "
+                         f"partitions cannot be loaded on another world size yet; resume with {saved_world} ranks "
+                         "(or start a new run with run.dir=<new folder>)")
+    changes = changed_keys(meta.get("config") or {}, cfg)
+    refused = {k: v for k, v in changes.items() if not k.startswith(APPLIED)}
+    if refused:
+        listed = ", ".join(f"{k} ({a} -> {b})" for k, (a, b) in refused.items())
+        raise UsageError(f"{ckpt}: these settings differ from the checkpoint's and cannot take effect on a resumed "
+                         f"run: {listed}; revert them, or start a new run with run.dir=<new folder>")
+    return changes
+
+
+def apply_optimizer_settings(optimizer, scheduler, cfg, lr_lambda) -> None:
+    """Put the new job's optim.* into the restored optimizer and LambdaLR (both keep the old values in their
+    state dicts): base LR, weight decay and betas of every param group, and the current step's LR."""
+    lr = float(cfg.optim.lr)
+    for g in optimizer.param_groups:
+        g["initial_lr"] = lr
+        g["weight_decay"] = float(cfg.optim.weight_decay)
+        g["betas"] = tuple(float(b) for b in cfg.optim.betas)
+        g["lr"] = lr * lr_lambda(scheduler.last_epoch)
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def describe(changes: dict[str, tuple]) -> str:
+    return "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changes.items())

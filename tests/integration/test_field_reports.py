@@ -1,0 +1,152 @@
+"""Field reports on the training side, each as its user met it: a tracking outage, a resume from another
+folder, changed settings on resume, a dataset smaller than one batch. Real launches, real MLflow stores."""
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_env
+
+TRAIN = str(ROOT / "aupretrain" / "train.py")
+pytestmark = pytest.mark.slow
+
+
+def env():
+    e = run_env()
+    e.pop("MLFLOW_TRACKING_URI", None)  # the default store: <cwd>/mlflow.db
+    return e
+
+
+def train(args, cwd: Path, ok: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    cwd.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([sys.executable, TRAIN, *args], cwd=cwd, env=env(), capture_output=True, text=True,
+                       timeout=timeout)
+    if ok:
+        assert r.returncode == 0, f"{args} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    return r
+
+
+def base(packed, run_dir, **kw):
+    args = {"experiment": "smoke", "data.shards": str(packed), "run.dir": str(run_dir), "train.eval_at_end": "false",
+            "tracking.retry_max_s": 4, **kw}
+    return [f"{k}={v}" for k, v in args.items()]
+
+
+def meta(run_dir: Path, step: int) -> dict:
+    return json.loads((run_dir / "checkpoints" / f"step_{step}" / "meta.json").read_text())
+
+
+def metric_steps(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+def test_tracking_outage_never_stops_training(packed, tmp_path):
+    """The default sqlite store is locked by another process (BEGIN EXCLUSIVE) for 45 s after step 3: training
+    goes on to the end, warns once, and the metrics reach the store once it is free again."""
+    from mlflow.tracking import MlflowClient
+
+    run_dir, db = tmp_path / "run", tmp_path / "mlflow.db"
+    log = open(tmp_path / "train.log", "w")
+    proc = subprocess.Popen([sys.executable, TRAIN, *base(packed, run_dir, **{"train.steps": 40})], cwd=tmp_path,
+                            env=env(), stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    locker = None
+    try:
+        deadline = time.time() + 300
+        while not (run_dir / "metrics.jsonl").exists() or max(metric_steps(run_dir) or [0]) < 3:
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "train.log").read_text()[-3000:]
+            time.sleep(0.2)
+        locker = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time\n"
+                                   f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+                                   "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True)\n"
+                                   "time.sleep(45); c.execute('ROLLBACK')"], stdout=subprocess.PIPE, text=True)
+        assert locker.stdout.readline().strip() == "locked"
+        locked_at = time.time()
+        assert proc.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
+    finally:
+        for p in (proc, locker):
+            if p is not None and p.poll() is None:
+                p.kill()
+    out = (tmp_path / "train.log").read_text()
+    assert (run_dir / "checkpoints" / "step_40" / "COMPLETE").exists() and (run_dir / "encoder.pt").exists()
+    assert out.count("tracking retries in the background") == 1, out[-3000:]  # warned once
+    assert max(metric_steps(run_dir)) == 40  # the run folder has every metric whatever the store did
+    if time.time() - locked_at < 45:
+        pytest.fail("training ended before the lock was released: the outage was not exercised")
+    assert "is back after" in out, out[-3000:]
+    client = MlflowClient(f"sqlite:///{db}")
+    run_id = meta(run_dir, 40)["mlflow_run_id"]
+    steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
+    assert steps == set(range(1, 41))  # nothing lost: the queue was sent once the store was back
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_resume_from_another_folder_finds_its_run_or_starts_a_tagged_one(packed, tmp_path):
+    """Job 1 starts in a/, job 2 resumes from b/: the run folder's record leads it to a/mlflow.db and the same
+    run. With that store gone, job 3 warns and starts a new run tagged with the old id."""
+    from mlflow.tracking import MlflowClient
+
+    run_dir = tmp_path / "run"
+    args = base(packed, run_dir, **{"train.steps": 6})
+    train([*args, "train.stop_at=2"], tmp_path / "a")
+    first = meta(run_dir, 2)["mlflow_run_id"]
+    assert json.loads((run_dir / "tracking.json").read_text())["uri"] == f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}"
+    train([*args, "train.stop_at=4"], tmp_path / "b")
+    assert meta(run_dir, 4)["mlflow_run_id"] == first and not (tmp_path / "b" / "mlflow.db").exists()
+    hist = MlflowClient(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}").get_metric_history(first, "train/loss")
+    assert {m.step for m in hist} == {1, 2, 3, 4}
+    (tmp_path / "a" / "mlflow.db").unlink()  # the store is gone (a fresh one appears at the same place)
+    r = train(args, tmp_path / "c")
+    assert f"MLflow run {first} not found" in r.stderr
+    new = meta(run_dir, 6)["mlflow_run_id"]
+    with sqlite3.connect(tmp_path / "a" / "mlflow.db") as db:  # not MlflowClient: it caches the deleted file's engine
+        tags = dict(db.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (new,)).fetchall())
+    assert new != first and tags["aupretrain.resumed_from_run_id"] == first
+
+
+def test_changed_settings_on_resume_are_applied_and_recorded_or_refused(packed, tmp_path):
+    """optim.lr changed on resume takes effect at the next step and is recorded (per-job config file, MLflow
+    tag); the first job's record is kept. A change that cannot take effect is refused with one line."""
+    from mlflow.tracking import MlflowClient
+
+    from aupretrain.config import load_config
+    from aupretrain.engine.trainer import lr_lambda
+
+    run_dir = tmp_path / "run"
+    args = base(packed, run_dir, **{"train.steps": 6})
+    train([*args, "train.stop_at=2"], tmp_path)
+    r = train([*args, "train.stop_at=4", "optim.lr=1e-4"], tmp_path)
+    assert "changed: optim.lr: 0.002 -> 0.0001" in r.stderr, r.stderr[-2000:]
+    f = lr_lambda(load_config(["experiment=smoke", "train.steps=6"]))
+    lr = metric_steps(run_dir, "train/lr")
+    assert lr[2] == pytest.approx(2e-3 * f(2)) and lr[3] == pytest.approx(1e-4 * f(3))  # the new LR from step 3
+    assert "lr: 0.002" in (run_dir / "config.yaml").read_text()  # the first job's record is not rewritten
+    assert "lr: 0.0001" in (run_dir / "config.step_2.yaml").read_text()
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(meta(run_dir, 4)["mlflow_run_id"])
+    assert run.data.tags["resume.step_2.changed"].startswith("optim.lr: 0.002 -> 0.0001")
+    assert run.data.params["optim.lr"] == "0.002"  # MLflow params are the first job's; the tag says what changed
+    r = train([*args, "optim.lr=1e-4", "data.batch_size=2", "model.stem_width=16"], tmp_path, ok=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    err = [x for x in r.stderr.splitlines() if x.startswith("aupretrain-train: error:")]
+    assert len(err) == 1 and "data.batch_size (4 -> 2)" in err[0] and "cannot take effect" in err[0]
+    assert not (run_dir / "checkpoints" / "step_6").exists()
+
+
+def test_too_few_clips_for_one_batch_is_a_clear_error_at_start(corpus, tmp_path):
+    """One 40-frame video gives 2 clips; batch 4 needs 4: exit 2 with what to change, not DALI's 'no data'."""
+    from aupretrain.cli.pack import main as pack_main
+
+    video = next(corpus.glob("*/*.mp4"))
+    (tmp_path / "one" / "solo").mkdir(parents=True)
+    shutil.copy(video, tmp_path / "one" / "solo" / "v.mp4")
+    assert pack_main([str(tmp_path / "one"), str(tmp_path / "shards"), "--align", "center", "--clip-len", "8",
+                      "--stride", "2", "--size", "64", "--workers", "1"]) == 0
+    r = train(base(tmp_path / "shards", tmp_path / "run", **{"tracking.enabled": "false"}), tmp_path, ok=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "2 usable clips" in r.stderr and "data.batch_size=4" in r.stderr
