@@ -182,6 +182,12 @@ def test_sigterm_stops_with_a_checkpoint_and_the_run_continues(packed, tmp_path,
     assert stopped and 3 <= stopped[-1] < 500 and not (run_dir / "encoder.pt").exists()
     ranks = 1 if launcher == "python" else 2
     assert all((run_dir / "checkpoints" / f"step_{stopped[-1]}" / f"reader_rank{r}.json").exists() for r in range(ranks))
+    if launcher == "torchrun":  # resuming these 2-rank ZeRO partitions on 1 rank: refused up front, one line
+        one = subprocess.run([sys.executable, TRAIN, *base], cwd=tmp_path, env=run_env(), capture_output=True,
+                             text=True, timeout=300)
+        err1 = [x for x in one.stderr.splitlines() if x.startswith("aupretrain-train: error:")]
+        assert one.returncode == 2 and "Traceback" not in one.stderr and len(err1) == 1, one.stderr[-3000:]
+        assert "written by 2 ranks and this job has 1" in err1[0] and "restarts its epoch" not in one.stderr
     r = launch([*cmd, *base, f"train.stop_at={stopped[-1] + 2}"], tmp_path)
     assert f"at step {stopped[-1]} (data stream continues where it stopped)" in r.stderr
     assert checkpoint_steps(run_dir)[-1] == stopped[-1] + 2
