@@ -76,7 +76,11 @@ def train(cfg: DictConfig) -> dict:
     run_dir = resolve_run_dir(cfg, d)
     torch.manual_seed(int(cfg.run.seed))
     objective = build_objective(cfg.objective)
-    found = checkpoint.latest(run_dir) if cfg.train.resume else None
+    # rank 0 chooses the checkpoint and every rank uses its choice (NFS caches and node-local views differ)
+    found = broadcast_object(checkpoint.latest(run_dir) if cfg.train.resume and d.is_main else None)
+    if found and not (found[1] / checkpoint.COMPLETE).exists():
+        raise UsageError(f"rank {d.rank} cannot see {found[1]}, the checkpoint rank 0 resumes from: run.dir must be "
+                         "on storage every rank shares")
     changes: dict = {}
     if found:  # refused up front (one clear error) before any data or state is touched
         changes = resume.check_resume(checkpoint.read_meta(found[1]), OmegaConf.to_container(cfg, resolve=True),

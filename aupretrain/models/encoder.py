@@ -119,8 +119,16 @@ def save_encoder(encoder: AUEncoder, path, extra: dict | None = None) -> None:
 
 
 def load_encoder(path, map_location: str = "cpu") -> AUEncoder:
-    """Load an exported encoder (`<run>/encoder.pt`) for feature extraction or fine-tuning."""
-    ck = torch.load(path, map_location=map_location, weights_only=False)
+    """Load an exported encoder (`<run>/encoder.pt`) for feature extraction or fine-tuning.
+
+    The file is read with `torch.load(weights_only=True)`: tensors, numbers, strings, lists and dicts only,
+    so a file carrying any other pickled object is refused (`pickle.UnpicklingError`) instead of running it.
+
+    Raises:
+        pickle.UnpicklingError: the file holds objects other than plain data.
+        ValueError: not an aupretrain encoder file.
+    """
+    ck = torch.load(path, map_location=map_location, weights_only=True)
     if ck.get("format") != "aupretrain-encoder/1":
         raise ValueError(f"{path}: not an aupretrain encoder file (format={ck.get('format')!r})")
     cfg = dict(ck["config"])
