@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
 from pathlib import Path
 
+from ..errors import UsageError
 from .distributed import barrier
+
+log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
 
@@ -19,9 +24,9 @@ def tag(step: int) -> str:
 
 
 def save(engine, run_dir: str | Path, step: int, meta: dict, is_main: bool, rank: int = 0,
-         reader: dict | None = None) -> Path:
+         reader: dict | None = None, keep: int = 0) -> Path:
     """Every rank writes its DeepSpeed shards and its reader state (reader_rank<R>.json); rank 0 writes
-    meta.json, then COMPLETE after all ranks are done."""
+    meta.json, then COMPLETE after all ranks are done, then keeps only the newest `keep` (0: all)."""
     d = root(run_dir)
     engine.save_checkpoint(str(d), tag=tag(step), client_state={"step": step})
     out = d / tag(step)
@@ -31,8 +36,49 @@ def save(engine, run_dir: str | Path, step: int, meta: dict, is_main: bool, rank
     if is_main:
         (out / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1))
         (out / COMPLETE).write_text("ok\n")
+        if keep:
+            prune(run_dir, keep)
     barrier()
     return out
+
+
+def prune(run_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints (and any unfinished one older than them);
+    returns what was deleted. Only rank 0 calls it, after the newest checkpoint is complete."""
+    done = sorted((int(m.group(1)), p) for p in root(run_dir).glob("step_*")
+                  if (m := re.fullmatch(r"step_(\d+)", p.name)) and (p / COMPLETE).exists())
+    if len(done) <= keep:
+        return []
+    oldest_kept = done[-keep][0]
+    gone = [p for p in root(run_dir).glob("step_*")
+            if (m := re.fullmatch(r"step_(\d+)", p.name)) and int(m.group(1)) < oldest_kept]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    if gone:
+        log.info("removed %d old checkpoint(s), keeping the newest %d (train.keep_checkpoints)", len(gone), keep)
+    return gone
+
+
+def resolve(run_dir: str | Path, resume) -> tuple[int, Path] | None:
+    """The checkpoint to resume from for `train.resume`: `auto` (or true) = the newest complete one in run_dir,
+    if any; `never` (or false) = none; a path = that checkpoint folder (`.../step_<N>`, which must be complete)
+    or the newest complete checkpoint of that run folder.
+
+    Raises:
+        UsageError: a path that holds no complete checkpoint.
+    """
+    if resume in (True, "auto", "true"):
+        return latest(run_dir)
+    if resume in (False, None, "never", "false"):
+        return None
+    p = Path(str(resume))
+    if (p / COMPLETE).exists() and re.fullmatch(r"step_(\d+)", p.name):
+        return int(p.name.split("_")[1]), p.resolve()
+    found = latest(p)
+    if found is None:
+        raise UsageError(f"train.resume={resume}: no complete checkpoint there (expected a run folder or its "
+                         "checkpoints/step_<N> folder with a COMPLETE marker)")
+    return found[0], found[1].resolve()
 
 
 def latest(run_dir: str | Path) -> tuple[int, Path] | None:
@@ -50,9 +96,11 @@ def read_meta(ckpt_dir: str | Path) -> dict:
     return json.loads((Path(ckpt_dir) / "meta.json").read_text())
 
 
-def load(engine, run_dir: str | Path, step: int) -> dict:
-    _, client = engine.load_checkpoint(str(root(run_dir)), tag=tag(step))
-    return {**(client or {}), **read_meta(root(run_dir) / tag(step))}
+def load(engine, ckpt_dir: str | Path) -> dict:
+    """Load a complete checkpoint folder (`.../checkpoints/step_<N>`) into the engine; returns its meta."""
+    ckpt_dir = Path(ckpt_dir)
+    _, client = engine.load_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name)
+    return {**(client or {}), **read_meta(ckpt_dir)}
 
 
 def reader_state(ckpt_dir: str | Path, rank: int, world: int) -> dict | None:

@@ -77,7 +77,15 @@ def train(cfg: DictConfig) -> dict:
     torch.manual_seed(int(cfg.run.seed))
     objective = build_objective(cfg.objective)
     # rank 0 chooses the checkpoint and every rank uses its choice (NFS caches and node-local views differ)
-    found = broadcast_object(checkpoint.latest(run_dir) if cfg.train.resume and d.is_main else None)
+    choice = None
+    if d.is_main:
+        try:
+            choice = ("ok", checkpoint.resolve(run_dir, cfg.train.resume))
+        except UsageError as e:
+            choice = ("error", str(e))
+    kind, found = broadcast_object(choice)
+    if kind == "error":
+        raise UsageError(found)
     if found and not (found[1] / checkpoint.COMPLETE).exists():
         raise UsageError(f"rank {d.rank} cannot see {found[1]}, the checkpoint rank 0 resumes from: run.dir must be "
                          "on storage every rank shares")
@@ -101,8 +109,10 @@ def train(cfg: DictConfig) -> dict:
                                            config=deepspeed_config(cfg, d.world))
     start, run_id = 0, None
     if found:
-        state = checkpoint.load(engine, run_dir, found[0])
+        state = checkpoint.load(engine, found[1])
         start, run_id = int(state["step"]), state.get("mlflow_run_id")
+        if not found[1].is_relative_to(run_dir):  # another run's checkpoint (train.resume=PATH): a new MLflow run
+            run_id = None
         resume.apply_optimizer_settings(opt, sched, cfg, lr_lambda(cfg))
         log.info("resumed from %s at step %d (data stream %s)%s", found[1], start,
                  "continues where it stopped" if loader.restored else "restarts its epoch",
@@ -111,16 +121,19 @@ def train(cfg: DictConfig) -> dict:
                       tags=run_tags(cfg, d.world))
     run_id = broadcast_object(tracker.run_id)
     if d.is_main:
-        record = run_dir / ("config.yaml" if not found else f"config.step_{start}.yaml")  # the record is never rewritten
+        first = not found or not (run_dir / "config.yaml").exists()
+        record = run_dir / ("config.yaml" if first else f"config.step_{start}.yaml")  # the record is never rewritten
         OmegaConf.save(cfg, record, resolve=True)
         if found:
             tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), record.name)
-            tracker.set_tags({f"resume.step_{start}.changed": resume.describe(changes) or "nothing"})
+            tracker.set_tags({f"resume.step_{start}.changed": resume.describe(changes) or "nothing",
+                              f"resume.step_{start}.checkpoint": str(found[1])})
         tracker.log_metrics({"data/skipped": loader.skipped_samples, "data/samples": loader.manifest.samples}, step=start)
         log.info("run %s: %d ranks, %d clips/rank/step, %d steps, shards %s (%d samples, %d identities)",
                  run_dir, d.world, cfg.data.batch_size, cfg.train.steps, cfg.data.shards,
                  loader.manifest.samples, len(loader.manifest.identities))
     b = int(cfg.data.batch_size)
+    keep = int(cfg.train.get("keep_checkpoints", 0))
     accum = int(cfg.deepspeed.get("gradient_accumulation_steps", 1))
     clip_len = loader.clip_len
     timer = StepTimer()
@@ -154,14 +167,14 @@ def train(cfg: DictConfig) -> dict:
                 log.info("step %d/%d %s lr %.2e %.0f frames/s stall %.1f%%", n, steps, terms,
                          m["train/lr"], m["perf/frames_per_s"], m["perf/data_stall_pct"])
         if cfg.train.checkpoint_every and n % int(cfg.train.checkpoint_every) == 0 and n < end:
-            checkpoint.save(engine, run_dir, n, meta(), d.is_main, d.rank, loader.state())
+            checkpoint.save(engine, run_dir, n, meta(), d.is_main, d.rank, loader.state(), keep)
             saved = n
         if n < end and stop.agreed(engine.device):
             end, why = n, "signal"  # preempted (on any rank): checkpoint here and return
             break
     bar.close()
     if start < end and saved != end:
-        checkpoint.save(engine, run_dir, end, meta(), d.is_main, d.rank, loader.state())
+        checkpoint.save(engine, run_dir, end, meta(), d.is_main, d.rank, loader.state(), keep)
     stop.close()  # after the last checkpoint: a signal during the save must not kill it
     if end < steps:
         log.info("stopped at step %d of %d (%s): run again with run.dir=%s to continue", end, steps, why, run_dir)

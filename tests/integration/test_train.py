@@ -219,3 +219,23 @@ def test_zero_stages(packed, tmp_path, stage):
     assert all(v.numel() > 0 and v.dtype in (torch.float32, torch.int64) for v in sd.values())
     codes = enc.encode(torch.randint(0, 255, (2, 48, 48, 3), dtype=torch.uint8))
     assert codes.shape == (2, enc.au_dim) and torch.isfinite(codes).all()
+
+
+def test_checkpoints_are_pruned_and_resume_takes_auto_never_or_a_path(packed, tmp_path):
+    """train.keep_checkpoints keeps the newest k complete checkpoints; train.resume=PATH starts a new run folder
+    from another run's checkpoint; never starts over; a path without a checkpoint is a one-line error."""
+    first = tmp_path / "runs" / "first"
+    base = common(packed, tmp_path, **{"train.eval_at_end": "false", "tracking.enabled": "false", "train.steps": 5})
+    launch([sys.executable, TRAIN, *base, f"run.dir={first}", "train.checkpoint_every=1", "train.keep_checkpoints=2"],
+           tmp_path)
+    assert checkpoint_steps(first) == [4, 5] and not (first / "checkpoints" / "step_3").exists()
+    second = tmp_path / "runs" / "second"
+    r = launch([sys.executable, TRAIN, *base, f"run.dir={second}", "train.steps=6",
+                f"train.resume={first / 'checkpoints' / 'step_4'}"], tmp_path)
+    assert f"resumed from {first / 'checkpoints' / 'step_4'} at step 4" in r.stderr
+    assert checkpoint_steps(second) == [6] and (second / "config.yaml").exists() and (second / "encoder.pt").exists()
+    r = launch([sys.executable, TRAIN, *base, f"run.dir={second}", "train.steps=6", "train.resume=never"], tmp_path)
+    assert "resumed from" not in r.stderr and "step 6/6" in r.stderr
+    bad = subprocess.run([sys.executable, TRAIN, *base, f"run.dir={second}", f"train.resume={tmp_path / 'nothing'}"],
+                         cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "no complete checkpoint there" in bad.stderr and "Traceback" not in bad.stderr
