@@ -15,7 +15,8 @@ from ..errors import UsageError
 
 APPLIED = ("train.", "eval.", "tracking.", "run.name", "run.root", "run.dir", "data.num_threads", "data.prefetch",
            "data.device", "data.verify_checksums", "data.augment.", "data.shards", "data.labels", "optim.lr",
-           "optim.weight_decay", "optim.betas", "optim.warmup_steps", "optim.min_lr_ratio", "synth.", "pack.")
+           "optim.weight_decay", "optim.betas", "optim.momentum", "optim.warmup_steps", "optim.min_lr_ratio",
+           "optim.lr_scaling", "optim.reference_batch", "synth.", "pack.")
 
 
 def changed_keys(old: dict, new: dict) -> dict[str, tuple[str | None, str | None]]:
@@ -45,19 +46,6 @@ def check_resume(meta: dict, cfg: dict, world: int, ckpt: str) -> dict[str, tupl
         raise UsageError(f"{ckpt}: these settings differ from the checkpoint's and cannot take effect on a resumed "
                          f"run: {listed}; revert them, or start a new run with run.dir=<new folder>")
     return changes
-
-
-def apply_optimizer_settings(optimizer, scheduler, cfg, lr_lambda) -> None:
-    """Put the new job's optim.* into the restored optimizer and LambdaLR (both keep the old values in their
-    state dicts): base LR, weight decay and betas of every param group, and the current step's LR."""
-    lr = float(cfg.optim.lr)
-    for g in optimizer.param_groups:
-        g["initial_lr"] = lr
-        g["weight_decay"] = float(cfg.optim.weight_decay)
-        g["betas"] = tuple(float(b) for b in cfg.optim.betas)
-        g["lr"] = lr * lr_lambda(scheduler.last_epoch)
-    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
-    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 def describe(changes: dict[str, tuple]) -> str:

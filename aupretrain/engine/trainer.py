@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from ..errors import UsageError
 from . import checkpoint, resume
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, mean_across_ranks
 from .metrics import StepTimer
+from .optim import apply_settings, build_optimizer, lr_lambda
 from .signals import StopRequest
 from .step import train_step
 from .tracking import Tracker, run_tags
@@ -34,18 +34,6 @@ def resolve_run_dir(cfg: DictConfig, d: DistInfo) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     barrier()
     return path.resolve()
-
-
-def lr_lambda(cfg: DictConfig):
-    warm, total, floor = int(cfg.optim.warmup_steps), int(cfg.train.steps), float(cfg.optim.min_lr_ratio)
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        t = (step - warm) / max(1, total - warm)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-    return f
 
 
 def deepspeed_config(cfg: DictConfig, world: int) -> dict:
@@ -102,18 +90,17 @@ def train(cfg: DictConfig) -> dict:
         raise UsageError("objective=moco with deepspeed.bf16/fp16: the key encoder's EMA (m=0.999) does not move in "
                          "16-bit weights; use deepspeed.torch_autocast.enabled=true (fp32 weights, bf16 compute)")
     model = PretrainModel(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size), **model_parts)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(cfg.optim.lr),
-                            betas=tuple(cfg.optim.betas), weight_decay=float(cfg.optim.weight_decay))
+    ds_cfg = deepspeed_config(cfg, d.world)
+    opt = build_optimizer(cfg, model, int(ds_cfg["train_batch_size"]))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
-                                           config=deepspeed_config(cfg, d.world))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds_cfg)
     start, run_id = 0, None
     if found:
         state = checkpoint.load(engine, found[1])
         start, run_id = int(state["step"]), state.get("mlflow_run_id")
         if not found[1].is_relative_to(run_dir):  # another run's checkpoint (train.resume=PATH): a new MLflow run
             run_id = None
-        resume.apply_optimizer_settings(opt, sched, cfg, lr_lambda(cfg))
+        apply_settings(opt, sched, cfg, int(ds_cfg["train_batch_size"]))
         log.info("resumed from %s at step %d (data stream %s)%s", found[1], start,
                  "continues where it stopped" if loader.restored else "restarts its epoch",
                  f"; changed: {resume.describe(changes)}" if changes else "")
@@ -134,6 +121,7 @@ def train(cfg: DictConfig) -> dict:
                  loader.manifest.samples, len(loader.manifest.identities))
     b = int(cfg.data.batch_size)
     keep = int(cfg.train.get("keep_checkpoints", 0))
+    check_every = max(1, int(cfg.train.get("signal_check_every", 1)))  # a collective + host sync: not every step
     accum = int(cfg.deepspeed.get("gradient_accumulation_steps", 1))
     clip_len = loader.clip_len
     timer = StepTimer()
@@ -169,7 +157,7 @@ def train(cfg: DictConfig) -> dict:
         if cfg.train.checkpoint_every and n % int(cfg.train.checkpoint_every) == 0 and n < end:
             checkpoint.save(engine, run_dir, n, meta(), d.is_main, d.rank, loader.state(), keep)
             saved = n
-        if n < end and stop.agreed(engine.device):
+        if n < end and n % check_every == 0 and stop.agreed(engine.device):
             end, why = n, "signal"  # preempted (on any rank): checkpoint here and return
             break
     bar.close()

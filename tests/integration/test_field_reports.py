@@ -116,7 +116,7 @@ def test_changed_settings_on_resume_are_applied_and_recorded_or_refused(packed, 
     from mlflow.tracking import MlflowClient
 
     from aupretrain.config import load_config
-    from aupretrain.engine.trainer import lr_lambda
+    from aupretrain.engine.optim import lr_lambda
 
     run_dir = tmp_path / "run"
     args = base(packed, run_dir, **{"train.steps": 6})
