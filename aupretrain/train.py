@@ -60,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     from aupretrain.errors import UsageError
 
     try:
-        train(cfg)
+        result = train(cfg)
     except UsageError as e:  # a setting or input to fix: one line (from rank 0), no traceback
         if os.environ.get("RANK", "0") == "0":
             print(f"aupretrain-train: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return 1 if result.get("eval_exit") else 0  # the end-of-run evaluation failed (its process said why)
 
 
 if __name__ == "__main__":

@@ -174,11 +174,24 @@ def train(cfg: DictConfig) -> dict:
     result = {"run_dir": str(run_dir), "mlflow_run_id": run_id, "loss_history": history, "rank": d.rank}
     if d.is_main:
         tracker.log_artifact(run_dir / "config.yaml")  # the first job's; resumed jobs logged theirs at start
-        if cfg.train.eval_at_end:
-            from ..eval.run import evaluate
-            from ..models.encoder import load_encoder
-
-            torch.set_num_threads(os.cpu_count() or 1)
-            result["eval"] = evaluate(cfg, load_encoder(run_dir / "encoder.pt"), tracker, run_dir, step=steps)
         tracker.finish()
+        if cfg.train.eval_at_end:
+            result["eval_exit"] = evaluate_in_own_process(run_dir, record, steps, tracker.run_id)
     return result
+
+
+def evaluate_in_own_process(run_dir: Path, config: Path, step: int, run_id: str | None) -> int:
+    """`aupretrain-eval` on the exported encoder as a fresh process (spawned, not forked: no CUDA, NCCL or DALI
+    threads of the training job are inherited, and it gets every core); results go to <run>/eval.json and
+    the same MLflow run. Returns its exit status (logged as an error when not 0)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "aupretrain.cli.evaluate", str(run_dir / "encoder.pt"), "--config", str(config),
+           "--step", str(step), *(["--mlflow-run", run_id] if run_id else [])]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                                                            "MASTER_ADDR", "MASTER_PORT")}
+    rc = subprocess.run(cmd, env=env).returncode
+    if rc != 0:
+        log.error("evaluation failed (exit %d); run it again with: %s", rc, " ".join(cmd))
+    return rc

@@ -95,6 +95,13 @@ def test_local_rank_argument_is_accepted_in_one_process(packed, tmp_path):
     assert summary["split"] == "test"
     for row in ("mean", "random-init", "HOG", "always-positive"):  # the F1 table is printed with reference rows
         assert row in r.stdout
+    # the probe ran as its own process and logged into the training run (the store the run folder recorded)
+    from mlflow.tracking import MlflowClient
+
+    run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
+    assert run.data.metrics["eval/f1_mean"] == pytest.approx(summary["results"]["pretrained"]["f1_mean"])
+    assert "eval_hog/f1_mean" in run.data.metrics and run.info.status == "FINISHED"
 
 
 @pytest.mark.parametrize("objective,accum,term,extra", [
