@@ -3,10 +3,15 @@ __version__ = "0.1.0"
 
 
 def load_encoder(path, map_location: str = "cpu"):
-    """Load an exported AU encoder (`<run>/encoder.pt`)."""
-    from .models.encoder import load_encoder as _load
+    """An exported AU encoder as a module: face crops uint8 [N, 3, H, W] (or float in [0, 1]) -> AU codes [N, D].
 
-    return _load(path, map_location)
+    `path`: an `aupretrain-export` folder (config.json + model.safetensors) or a run's `encoder.pt` (read with
+    weights_only=True). Resizing and normalisation happen inside; `.encode(frames [N, H, W, 3] uint8)` also
+    works. See `aupretrain.models.encoder.AUCodeModel`.
+    """
+    from .models.encoder import AUCodeModel, load_encoder as _load
+
+    return AUCodeModel(_load(path, map_location)).eval()
 
 
 __all__ = ["__version__", "load_encoder"]

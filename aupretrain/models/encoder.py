@@ -118,20 +118,93 @@ def save_encoder(encoder: AUEncoder, path, extra: dict | None = None) -> None:
                 "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()}, **(extra or {})}, path)
 
 
-def load_encoder(path, map_location: str = "cpu") -> AUEncoder:
-    """Load an exported encoder (`<run>/encoder.pt`) for feature extraction or fine-tuning.
+SAFETENSORS_FORMAT = "aupretrain-encoder/2"
 
-    The file is read with `torch.load(weights_only=True)`: tensors, numbers, strings, lists and dicts only,
+
+def save_encoder_folder(encoder: AUEncoder, out, extra: dict | None = None) -> None:
+    """Write `<out>/model.safetensors` (fp32 weights) and `<out>/config.json` (model config, input size,
+    format, provenance) — the export format of `aupretrain-export`."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
+               for k, v in encoder.state_dict().items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps({"format": SAFETENSORS_FORMAT, "model": encoder.config,
+                                                 **(extra or {})}, indent=1))
+
+
+def load_encoder(path, map_location: str = "cpu") -> AUEncoder:
+    """Load an encoder for feature extraction or fine-tuning: an export folder (`config.json` +
+    `model.safetensors`, from `aupretrain-export`), its `model.safetensors`, or a training run's `encoder.pt`.
+
+    `encoder.pt` is read with `torch.load(weights_only=True)`: tensors, numbers, strings, lists and dicts only,
     so a file carrying any other pickled object is refused (`pickle.UnpicklingError`) instead of running it.
 
     Raises:
-        pickle.UnpicklingError: the file holds objects other than plain data.
-        ValueError: not an aupretrain encoder file.
+        FileNotFoundError: nothing loadable at `path`.
+        pickle.UnpicklingError: an `encoder.pt` holding objects other than plain data.
+        ValueError: not an aupretrain encoder.
     """
-    ck = torch.load(path, map_location=map_location, weights_only=True)
-    if ck.get("format") != "aupretrain-encoder/1":
-        raise ValueError(f"{path}: not an aupretrain encoder file (format={ck.get('format')!r})")
-    cfg = dict(ck["config"])
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent if p.suffix == ".safetensors" else None
+    if folder is not None:
+        from safetensors.torch import load_file
+
+        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{path}: an export folder needs config.json and model.safetensors")
+        meta = json.loads((folder / "config.json").read_text())
+        if meta.get("format") != SAFETENSORS_FORMAT:
+            raise ValueError(f"{folder / 'config.json'}: not an aupretrain encoder (format={meta.get('format')!r})")
+        cfg, state = dict(meta["model"]), load_file(str(folder / "model.safetensors"), device=map_location)
+    else:
+        if not p.is_file():
+            raise FileNotFoundError(f"{path}: no such encoder file or export folder")
+        ck = torch.load(p, map_location=map_location, weights_only=True)
+        if not isinstance(ck, dict) or ck.get("format") != "aupretrain-encoder/1":
+            raise ValueError(f"{path}: not an aupretrain encoder file (format={ck.get('format') if isinstance(ck, dict) else None!r})")
+        cfg, state = dict(ck["config"]), ck["state_dict"]
     enc = AUEncoder(cfg, cfg.pop("input_size"))
-    enc.load_state_dict(ck["state_dict"])
+    enc.load_state_dict(state)
     return enc.eval()
+
+
+class AUCodeModel(nn.Module):
+    """What `aupretrain.load_encoder` returns: aligned face crops in, AU codes out.
+
+    forward(x): x is uint8 [N, 3, H, W] (0..255) or float [N, 3, H, W] in [0, 1], RGB, any H, W (aligned crops
+    as `aupretrain-pack` cuts them); resized (bilinear, antialiased) to the training input size and normalised
+    inside. Returns the AU code [N, D] (float32). `encoder` is the underlying AUEncoder.
+    """
+
+    def __init__(self, encoder: AUEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    @property
+    def au_dim(self) -> int:
+        return self.encoder.au_dim
+
+    @property
+    def config(self) -> dict:
+        return self.encoder.config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected face crops [N, 3, H, W], got {tuple(x.shape)}")
+        x = x.float() if x.dtype == torch.uint8 else x.float() * 255.0
+        s = self.encoder.input_size
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        return self.encoder((x - self.encoder.mean) / self.encoder.std)["a"]
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """AU codes [N, D] of RGB uint8 frames [N, H, W, 3] (channels last, as decoded video frames)."""
+        return self.encoder.encode(frames, batch_size)

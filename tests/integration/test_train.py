@@ -227,6 +227,15 @@ def test_zero_stages(packed, tmp_path, stage):
     assert all(v.numel() > 0 and v.dtype in (torch.float32, torch.int64) for v in sd.values())
     codes = enc.encode(torch.randint(0, 255, (2, 48, 48, 3), dtype=torch.uint8))
     assert codes.shape == (2, enc.au_dim) and torch.isfinite(codes).all()
+    # aupretrain-export gathers the same fp32 encoder from the checkpoint's partitions, as safetensors + JSON
+    from aupretrain.cli.export import main as export_main
+
+    assert export_main([str(run_dir / "checkpoints" / "step_4"), str(tmp_path / "export")]) == 0
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["step"] == 4
+    exported = load_encoder(tmp_path / "export")
+    crops = torch.randint(0, 255, (2, 3, 40, 40), dtype=torch.uint8)  # uint8 NCHW, resized inside
+    assert torch.allclose(exported(crops), enc(crops), atol=1e-5)
+    assert torch.allclose(exported(crops.float() / 255), enc(crops), atol=1e-5)  # float in [0, 1] alike
 
 
 def test_checkpoints_are_pruned_and_resume_takes_auto_never_or_a_path(packed, tmp_path):

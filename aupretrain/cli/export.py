@@ -1,0 +1,75 @@
+"""aupretrain-export RUN_OR_CHECKPOINT OUT: the encoder as safetensors + JSON config, fp32.
+
+    aupretrain-export runs/exp1 exports/exp1                           # the run's final encoder, else its newest checkpoint
+    aupretrain-export runs/exp1/checkpoints/step_4000 exports/exp1-4k  # any complete checkpoint, any ZeRO stage
+
+OUT gets `model.safetensors` (fp32 encoder weights) and `config.json` (model config, input size, step, MLflow run
+id, source). Load it with `aupretrain.load_encoder(OUT)`. Checkpoints are read with DeepSpeed's
+`get_fp32_state_dict_from_zero_checkpoint`, which gathers ZeRO partitions (stages 1–3) into full fp32 weights;
+a stage-0 checkpoint holds the full module and is read with `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def encoder_from_checkpoint(ckpt: Path):
+    """(AUEncoder, meta) from a complete DeepSpeed checkpoint folder `.../checkpoints/step_<N>`."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from ..engine.checkpoint import read_meta
+    from ..models.encoder import AUEncoder
+
+    meta = read_meta(ckpt)
+    if int(meta["config"]["deepspeed"]["zero_optimization"]["stage"]) == 0:  # no partitions: the full module is saved
+        import torch
+
+        full = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
+        full = {k: v.float() if v.is_floating_point() else v for k, v in full.items()}
+    else:
+        full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+    state = {k[len("encoder."):]: v for k, v in full.items() if k.startswith("encoder.")}
+    cfg = meta["config"]
+    enc = AUEncoder(cfg["model"], int(cfg["data"]["input_size"]))
+    missing, unexpected = enc.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.endswith(("mean", "std"))]:
+        raise ValueError(f"{ckpt}: encoder weights do not match the model config (missing {missing}, unexpected {unexpected})")
+    return enc.eval(), meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="aupretrain-export", description=__doc__.splitlines()[0])
+    ap.add_argument("source", help="a run folder or a checkpoint folder (.../checkpoints/step_N)")
+    ap.add_argument("out", help="output folder (model.safetensors + config.json)")
+    a = ap.parse_args(argv)
+    from ..engine.checkpoint import COMPLETE, latest
+    from ..models.encoder import load_encoder, save_encoder_folder
+
+    src = Path(a.source)
+    try:
+        if (src / "encoder.pt").is_file():
+            import torch
+
+            enc = load_encoder(src / "encoder.pt")
+            ck = torch.load(src / "encoder.pt", weights_only=True)
+            extra = {"step": ck.get("step"), "mlflow_run_id": ck.get("mlflow_run_id"), "source": str(src / "encoder.pt")}
+        else:
+            ckpt = src if (src / COMPLETE).exists() else (latest(src) or (None, None))[1]
+            if ckpt is None:
+                raise FileNotFoundError(f"{src}: no encoder.pt and no complete checkpoint (a run folder or "
+                                        ".../checkpoints/step_N with a COMPLETE marker)")
+            enc, meta = encoder_from_checkpoint(ckpt)
+            extra = {"step": meta["step"], "mlflow_run_id": meta.get("mlflow_run_id"), "source": str(ckpt)}
+    except (FileNotFoundError, ValueError) as e:
+        print(f"aupretrain-export: error: {e}", file=sys.stderr)
+        return 2
+    save_encoder_folder(enc, a.out, extra)
+    print(json.dumps({"out": str(Path(a.out).resolve()), "au_dim": enc.au_dim, **extra}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
