@@ -58,14 +58,12 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` (sqlite + served artifacts) on a free loopback port; stopped by pid."""
-    d = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
+def start_mlflow_server(d: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` (sqlite in d + served artifacts) on 127.0.0.1:port, up and answering /health."""
+    d.mkdir(parents=True, exist_ok=True)
     cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{d}/mlflow.db", "--serve-artifacts",
            "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log = open(d / "server.log", "w")
+    log = open(d / "server.log", "a")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env=run_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
     url = f"http://127.0.0.1:{port}"
@@ -76,15 +74,20 @@ def mlflow_server(tmp_path_factory):
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return proc
         except OSError:
             time.sleep(0.5)
-    else:
-        _stop(proc)
-        raise RuntimeError("mlflow server did not come up in 90 s")
-    yield url
     _stop(proc)
-    log.close()
+    raise RuntimeError("mlflow server did not come up in 90 s")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on a free loopback port for the session; stopped by pid."""
+    port = free_port()
+    proc = start_mlflow_server(tmp_path_factory.mktemp("mlflow"), port)
+    yield f"http://127.0.0.1:{port}"
+    _stop(proc)
 
 
 @pytest.fixture(scope="session")

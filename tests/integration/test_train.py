@@ -70,7 +70,7 @@ def test_deepspeed_two_ranks_trains_and_logs_to_mlflow(packed, tmp_path, mlflow_
     # The pretext task is solvable: retrieval of the positive among the 8 clips x 2 views x 8 frames of the
     # global batch (own view of the own clip masked: 120 candidates, chance 1/120) rises well above chance.
     acc = [m.value for m in client.get_metric_history(run.info.run_id, "train/tcl_acc")]
-    assert max(acc[-3:]) > 4 / 120 and sum(acc[-3:]) > sum(acc[:3]), acc
+    assert sum(acc[-3:]) / 3 > 4 / 120, acc  # the mean of the last three logs is above 4x chance
     for key in ("perf/frames_per_s", "perf/step_s", "perf/data_stall_pct", "data/skipped", "train/tcl_acc"):
         assert key in run.data.metrics
     arts = [a.path for a in client.list_artifacts(run.info.run_id)]

@@ -1,0 +1,131 @@
+"""AU codes per frame of a user's own video, with the packer's face detection, tracking and alignment.
+
+Each frame of the input is one row: frame index, timestamp (s), whether a face was found, the face box in
+source pixels (the region the aligned crop covers, mapped back through the alignment similarity) and the AU
+code [D] of the encoder. A frame without a face is a row with empty values, not an error. Faces go through
+exactly what `aupretrain-pack` does (`pack.*` settings: MTCNN every `detect_every` frames, tracking between,
+5-point similarity alignment with temporal smoothing at `pack.size`), so they look like pretraining crops.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from ..data import faces
+from ..data.clips import PackSettings, align_center, center_faces, detector, track
+from ..data.inputs import IMAGE_EXTS, VIDEO_EXTS
+from ..data.video import VideoError, iter_timed_frames
+
+
+@dataclass
+class FrameRow:
+    input: str
+    frame: int
+    time_s: float
+    box: tuple[float, float, float, float] | None  # x1, y1, x2, y2 in source pixels; None: no face
+    code: np.ndarray | None  # [D] AU code; None: no face
+
+
+def list_inputs(path: str | Path) -> list[Path]:
+    """A video or image file, or every video and image file below a folder (sorted)."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTS + IMAGE_EXTS
+                   and not any(part.startswith(".") for part in f.relative_to(p).parts))
+    if not found:
+        raise FileNotFoundError(f"{path}: no video ({', '.join(VIDEO_EXTS)}) or image files")
+    return found
+
+
+def _frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
+    if path.suffix.lower() in IMAGE_EXTS:
+        import cv2
+
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise VideoError(f"{path}: cannot decode image")
+        yield 0, 0.0, cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return
+    yield from iter_timed_frames(path)
+
+
+def _crop_box(landmarks: np.ndarray, template: np.ndarray, size: int) -> tuple[float, float, float, float]:
+    """The source-pixel box of the S x S aligned crop: its corners mapped back through the similarity."""
+    a, b, tx, ty = faces.similarity(landmarks, np.asarray(template, np.float64) * size)
+    m = np.array([[a, -b, tx], [b, a, ty], [0, 0, 1]])
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64) @ np.linalg.inv(m).T
+    return (float(corners[:, 0].min()), float(corners[:, 1].min()), float(corners[:, 0].max()),
+            float(corners[:, 1].max()))
+
+
+def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[FrameRow]:
+    """Rows of one input, in frame order. `encode(uint8 [N, S, S, 3]) -> [N, D]` (e.g. AUEncoder.encode)."""
+    times: dict[int, float] = {}
+    lms: dict[int, np.ndarray] = {}
+    shape: list[int] = [0, 0]
+
+    def timed():
+        for i, t, rgb in _frames(path):
+            times[i], shape[:] = t, rgb.shape[:2]
+            yield i, rgb
+
+    def tapped(fs: Iterable[faces.FaceFrame]):
+        for f in fs:
+            if f.landmarks is not None:
+                lms[f.index] = f.landmarks
+            yield f
+
+    if s.align == "center":
+        aligned = align_center(center_faces(timed()), s.size)
+    else:
+        aligned = faces.align(tapped(track(timed(), detector(s), s)), np.asarray(s.template), s.size, s.smooth_sigma)
+    done = 0  # frames up to here have been emitted
+
+    def flush(pending: list[faces.Aligned]) -> Iterator[FrameRow]:
+        nonlocal done
+        codes = np.asarray(encode(torch.from_numpy(np.stack([a.crop for a in pending]))), dtype=np.float32)
+        for a, c in zip(pending, codes):
+            yield from ((FrameRow(str(path), i, times[i], None, None)) for i in range(done, a.index))
+            if s.align == "center":  # the centre square
+                (h, w), side = shape, min(shape)
+                box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+            else:
+                box = _crop_box(lms.pop(a.index), s.template, s.size)
+            yield FrameRow(str(path), a.index, times[a.index], box, c)
+            done = a.index + 1
+
+    pending: list[faces.Aligned] = []
+    for a in aligned:
+        pending.append(a)
+        if len(pending) == batch:
+            yield from flush(pending)
+            pending = []
+    if pending:
+        yield from flush(pending)
+    for i in range(done, max(times, default=-1) + 1):
+        yield FrameRow(str(path), i, times[i], None, None)
+
+
+def write_csv(rows: Iterable[FrameRow], out: str | Path, dim: int) -> dict[str, int]:
+    """Write rows as CSV (`input, frame, time_s, face, x1, y1, x2, y2, a0 … a<D-1>`); returns counts."""
+    n = faces_found = 0
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["input", "frame", "time_s", "face", "x1", "y1", "x2", "y2", *[f"a{k}" for k in range(dim)]])
+        for r in rows:
+            n += 1
+            if r.code is None:
+                w.writerow([r.input, r.frame, f"{r.time_s:.4f}", 0, *[""] * (4 + dim)])
+            else:
+                faces_found += 1
+                w.writerow([r.input, r.frame, f"{r.time_s:.4f}", 1, *[f"{v:.1f}" for v in r.box],
+                            *[f"{v:.6g}" for v in r.code]])
+    return {"frames": n, "frames_with_face": faces_found}
