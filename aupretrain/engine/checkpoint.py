@@ -91,6 +91,36 @@ def latest(run_dir: str | Path) -> tuple[int, Path] | None:
     return best
 
 
+def universal(ckpt_dir: str | Path, is_main: bool) -> Path:
+    """The DeepSpeed universal form of a checkpoint (`<ckpt>/universal/`, loadable on any number of ranks with
+    `checkpoint.load_universal`), converted once by rank 0 with `deepspeed.checkpoint.ds_to_universal` into a
+    temporary folder that is renamed when complete; every rank returns after the barrier.
+
+    Raises:
+        RuntimeError: the conversion failed (its output is in the message).
+    """
+    import subprocess
+    import sys
+
+    ckpt_dir = Path(ckpt_dir)
+    out = ckpt_dir / "universal"
+    if is_main and not (out / COMPLETE).exists():
+        tmp = ckpt_dir / ".universal.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.warning("converting %s to a DeepSpeed universal checkpoint (another number of ranks)", ckpt_dir)
+        r = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                            str(ckpt_dir), "--output_folder", str(tmp), "--inject_missing_state"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{ckpt_dir}: conversion to a universal checkpoint failed:\n{r.stdout[-2000:]}{r.stderr[-3000:]}")
+        shutil.copy(ckpt_dir / "meta.json", tmp / "meta.json")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        (out / COMPLETE).write_text("ok\n")
+    barrier()
+    return out
+
+
 def read_meta(ckpt_dir: str | Path) -> dict:
     """A complete checkpoint's meta.json (step, world_size, mlflow_run_id, epoch, config)."""
     return json.loads((Path(ckpt_dir) / "meta.json").read_text())

@@ -91,12 +91,16 @@ def train(cfg: DictConfig) -> dict:
                          "16-bit weights; use deepspeed.torch_autocast.enabled=true (fp32 weights, bf16 compute)")
     model = PretrainModel(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size), **model_parts)
     ds_cfg = deepspeed_config(cfg, d.world)
+    load_from = found[1] if found else None
+    if "world_size" in changes:  # another number of ranks: the universal form of the checkpoint
+        load_from = checkpoint.universal(found[1], d.is_main)
+        ds_cfg["checkpoint"] = {"load_universal": True}
     opt = build_optimizer(cfg, model, int(ds_cfg["train_batch_size"]))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds_cfg)
     start, run_id = 0, None
     if found:
-        state = checkpoint.load(engine, found[1])
+        state = checkpoint.load(engine, load_from)
         start, run_id = int(state["step"]), state.get("mlflow_run_id")
         if not found[1].is_relative_to(run_dir):  # another run's checkpoint (train.resume=PATH): a new MLflow run
             run_id = None

@@ -189,12 +189,6 @@ def test_sigterm_stops_with_a_checkpoint_and_the_run_continues(packed, tmp_path,
     assert stopped and 3 <= stopped[-1] < 500 and not (run_dir / "encoder.pt").exists()
     ranks = 1 if launcher == "python" else 2
     assert all((run_dir / "checkpoints" / f"step_{stopped[-1]}" / f"reader_rank{r}.json").exists() for r in range(ranks))
-    if launcher == "torchrun":  # resuming these 2-rank ZeRO partitions on 1 rank: refused up front, one line
-        one = subprocess.run([sys.executable, TRAIN, *base], cwd=tmp_path, env=run_env(), capture_output=True,
-                             text=True, timeout=300)
-        err1 = [x for x in one.stderr.splitlines() if x.startswith("aupretrain-train: error:")]
-        assert one.returncode == 2 and "Traceback" not in one.stderr and len(err1) == 1, one.stderr[-3000:]
-        assert "written by 2 ranks and this job has 1" in err1[0] and "restarts its epoch" not in one.stderr
     r = launch([*cmd, *base, f"train.stop_at={stopped[-1] + 2}"], tmp_path)
     assert f"at step {stopped[-1]} (data stream continues where it stopped)" in r.stderr
     assert checkpoint_steps(run_dir)[-1] == stopped[-1] + 2
@@ -237,6 +231,12 @@ def test_zero_stages(packed, tmp_path, stage):
     crops = torch.randint(0, 255, (2, 3, 40, 40), dtype=torch.uint8)  # uint8 NCHW, resized inside
     assert torch.allclose(exported(crops), enc(crops), atol=1e-5)
     assert torch.allclose(exported(crops.float() / 255), enc(crops), atol=1e-5)  # float in [0, 1] alike
+    if stage == 3:  # another number of ranks under ZeRO-3 (no universal conversion here): refused, one line
+        one = subprocess.run([sys.executable, TRAIN, *cmd[5:], "train.steps=6"], cwd=tmp_path, env=run_env(),
+                             capture_output=True, text=True, timeout=300)
+        err = [x for x in one.stderr.splitlines() if x.startswith("aupretrain-train: error:")]
+        assert one.returncode == 2 and "Traceback" not in one.stderr and len(err) == 1, one.stderr[-3000:]
+        assert "written by 2 ranks and this job has 1" in err[0] and "not stage 3" in err[0]
 
 
 def test_checkpoints_are_pruned_and_resume_takes_auto_never_or_a_path(packed, tmp_path):
@@ -257,3 +257,28 @@ def test_checkpoints_are_pruned_and_resume_takes_auto_never_or_a_path(packed, tm
     bad = subprocess.run([sys.executable, TRAIN, *base, f"run.dir={second}", f"train.resume={tmp_path / 'nothing'}"],
                          cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no complete checkpoint there" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_universal_checkpoint_resize(packed, tmp_path):
+    """2 ranks -> 1 rank -> 2 ranks under ZeRO-2 through DeepSpeed universal checkpoints. The weights arrive intact
+    (a resumed step at lr 0 leaves them equal to the 2-rank checkpoint's), the data stream restarts its epoch
+    with a warning, and the run finishes on the new number of ranks."""
+    import torch
+
+    from aupretrain.cli.export import encoder_from_checkpoint
+
+    run_dir = tmp_path / "runs" / "resize"
+    base = common(packed, tmp_path, **{"run.dir": str(run_dir), "train.eval_at_end": "false", "train.steps": 6,
+                                       "tracking.enabled": "false", "objective": "tcl"})
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN]
+    launch([*torchrun, *base, "train.stop_at=2"], tmp_path)
+    r = launch([sys.executable, TRAIN, *base, "train.stop_at=3", "optim.lr=0"], tmp_path)
+    assert "world_size: 2 -> 1" in r.stderr and "data stream restarts its epoch" in r.stderr, r.stderr[-3000:]
+    two, _ = encoder_from_checkpoint(run_dir / "checkpoints" / "step_2")
+    one, meta = encoder_from_checkpoint(run_dir / "checkpoints" / "step_3")
+    assert meta["world_size"] == 1
+    for (k, a), b in zip(two.state_dict().items(), one.state_dict().values()):
+        assert torch.equal(a, b), k  # loaded from the 2-rank partitions, unchanged by a step at lr 0
+    r = launch([*torchrun, *base], tmp_path)
+    assert "world_size: 1 -> 2" in r.stderr and (run_dir / "encoder.pt").exists()
+    assert json.loads((run_dir / "checkpoints" / "step_6" / "meta.json").read_text())["world_size"] == 2
