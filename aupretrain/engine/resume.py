@@ -46,6 +46,10 @@ def check_resume(meta: dict, cfg: dict, world: int, ckpt: str) -> dict[str, tupl
                          f"{saved_world} ranks (or start a new run with run.dir=<new folder>)")
     changes = changed_keys(meta.get("config") or {}, cfg)
     refused = {k: v for k, v in changes.items() if not k.startswith(APPLIED)}
+    if refused and all(a is None for a, _ in refused.values()):  # settings the checkpoint's version did not have
+        raise UsageError(f"{ckpt} was written by an older aupretrain without the settings {', '.join(refused)}; its "
+                         "optimizer and model state may not match this version: resume it with the version that "
+                         "wrote it, or start a new run with run.dir=<new folder>")
     if refused:
         listed = ", ".join(f"{k} ({a} -> {b})" for k, (a, b) in refused.items())
         raise UsageError(f"{ckpt}: these settings differ from the checkpoint's and cannot take effect on a resumed "
