@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import UsageError
-from .distributed import barrier
+from .distributed import barrier, broadcast_object
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,28 @@ def latest(run_dir: str | Path) -> tuple[int, Path] | None:
         if m and (p / COMPLETE).exists() and (best is None or int(m.group(1)) > best[0]):
             best = (int(m.group(1)), p)
     return best
+
+
+def choose(run_dir: str | Path, resume, is_main: bool, rank: int) -> tuple[int, Path] | None:
+    """`resolve` on rank 0, broadcast to every rank (NFS caches and node-local views differ between ranks), so
+    all ranks load the same checkpoint; a UsageError is raised on every rank alike.
+
+    Raises:
+        UsageError: `resolve` refused the setting, or this rank cannot see the chosen checkpoint.
+    """
+    choice = None
+    if is_main:
+        try:
+            choice = ("ok", resolve(run_dir, resume))
+        except UsageError as e:
+            choice = ("error", str(e))
+    kind, found = broadcast_object(choice)
+    if kind == "error":
+        raise UsageError(found)
+    if found and not (found[1] / COMPLETE).exists():
+        raise UsageError(f"rank {rank} cannot see {found[1]}, the checkpoint rank 0 resumes from: run.dir must be "
+                         "on storage every rank shares")
+    return found
 
 
 def universal(ckpt_dir: str | Path, is_main: bool) -> Path:

@@ -64,19 +64,7 @@ def train(cfg: DictConfig) -> dict:
     run_dir = resolve_run_dir(cfg, d)
     torch.manual_seed(int(cfg.run.seed))
     objective = build_objective(cfg.objective)
-    # rank 0 chooses the checkpoint and every rank uses its choice (NFS caches and node-local views differ)
-    choice = None
-    if d.is_main:
-        try:
-            choice = ("ok", checkpoint.resolve(run_dir, cfg.train.resume))
-        except UsageError as e:
-            choice = ("error", str(e))
-    kind, found = broadcast_object(choice)
-    if kind == "error":
-        raise UsageError(found)
-    if found and not (found[1] / checkpoint.COMPLETE).exists():
-        raise UsageError(f"rank {d.rank} cannot see {found[1]}, the checkpoint rank 0 resumes from: run.dir must be "
-                         "on storage every rank shares")
+    found = checkpoint.choose(run_dir, cfg.train.resume, d.is_main, d.rank)  # rank 0 decides for all
     changes: dict = {}
     if found:  # refused up front (one clear error) before any data or state is touched
         changes = resume.check_resume(checkpoint.read_meta(found[1]), OmegaConf.to_container(cfg, resolve=True),
