@@ -34,6 +34,12 @@ def split_launcher_args(argv: list[str]) -> tuple[list[str], int | None]:
     return out, local_rank
 
 
+def launcher_rank() -> str:
+    """This process's global rank as the launcher gave it (before the process group exists): RANK from
+    deepspeed / torchrun, SLURM_PROCID from a bare srun, else "0"."""
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args, local_rank = split_launcher_args(list(sys.argv[1:] if argv is None else argv))
     if local_rank is not None:
@@ -48,21 +54,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config([a for a in args if a != "--cfg"])
     except HydraException as e:  # an override that does not parse or names no key
-        if os.environ.get("RANK", "0") == "0":
+        if launcher_rank() == "0":
             print(f"aupretrain-train: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if show:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s [rank " + os.environ.get("RANK", "0") + "] %(name)s: %(message)s")
+    rank = launcher_rank()
+    level = logging.INFO if rank == "0" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s [rank " + rank + "] %(name)s: %(message)s")
     from aupretrain.engine.trainer import train
     from aupretrain.errors import UsageError
 
     try:
         result = train(cfg)
     except UsageError as e:  # a setting or input to fix: one line (from rank 0), no traceback
-        if os.environ.get("RANK", "0") == "0":
+        if launcher_rank() == "0":
             print(f"aupretrain-train: error: {e}", file=sys.stderr)
         return 2
     return 1 if result.get("eval_exit") else 0  # the end-of-run evaluation failed (its process said why)

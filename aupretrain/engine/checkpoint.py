@@ -13,6 +13,7 @@ from .distributed import barrier, broadcast_object
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
+STOP_RECORD = "last_stop.json"
 
 
 def root(run_dir: str | Path) -> Path:
@@ -39,6 +40,22 @@ def save(engine, run_dir: str | Path, step: int, meta: dict, is_main: bool, rank
         if keep:
             prune(run_dir, keep)
     barrier()
+    return out
+
+
+def record_stop(run_dir: str | Path, step: int, steps: int, reason: str, world: int, run_id: str | None) -> Path:
+    """Rank 0: write `<run>/last_stop.json` (atomically) — where and why this job stopped:
+    {"step", "steps", "reason": "signal" | "train.stop_at" | "finished", "world_size", "mlflow_run_id", "time"}.
+    Launchers read it: `launchers/slurm/train.sbatch` requeues the job when the reason is "signal"; a job that
+    crashed writes none (the launcher removes the previous one before starting)."""
+    import os
+    import time
+
+    out = Path(run_dir) / STOP_RECORD
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"step": step, "steps": steps, "reason": reason, "world_size": world,
+                               "mlflow_run_id": run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
+    os.replace(tmp, out)
     return out
 
 

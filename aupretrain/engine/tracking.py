@@ -18,6 +18,7 @@ import collections
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -178,6 +179,8 @@ class Tracker:
             left = len(self._ops)
         if self._metrics_file:
             self._metrics_file.close()
+        if done:  # artifact snapshots are sent; an unsent queue keeps them until the process ends
+            shutil.rmtree(self._tmp, ignore_errors=True)
         if not done:
             where = f"; every metric is in {self.run_dir / 'metrics.jsonl'}" if self.run_dir else ""
             log.warning("MLflow at %s still unreachable: %d tracking operations not sent%s", self.uri, left, where)

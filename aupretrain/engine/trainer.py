@@ -158,6 +158,8 @@ def train(cfg: DictConfig) -> dict:
     stop.close()  # after the last checkpoint: a signal during the save must not kill it
     if end < steps:
         log.info("stopped at step %d of %d (%s): run again with run.dir=%s to continue", end, steps, why, run_dir)
+        if d.is_main:
+            checkpoint.record_stop(run_dir, end, steps, why, d.world, tracker.run_id or run_id)
         tracker.finish("KILLED")
         return {"run_dir": str(run_dir), "mlflow_run_id": run_id, "loss_history": history, "rank": d.rank,
                 "stopped_at": end}
@@ -165,6 +167,7 @@ def train(cfg: DictConfig) -> dict:
     barrier()
     result = {"run_dir": str(run_dir), "mlflow_run_id": run_id, "loss_history": history, "rank": d.rank}
     if d.is_main:
+        checkpoint.record_stop(run_dir, steps, steps, "finished", d.world, tracker.run_id or run_id)
         tracker.log_artifact(run_dir / "config.yaml")  # the first job's; resumed jobs logged theirs at start
         tracker.finish()
         if cfg.train.eval_at_end:

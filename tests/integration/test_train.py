@@ -124,16 +124,16 @@ def test_torchrun_two_ranks(packed, corpus, tmp_path, objective, accum, term, ex
 
 
 def test_resume_continues_from_the_last_complete_checkpoint(packed, tmp_path):
-    """Stop after 4 of 6 steps (train.stop_at) and continue: the same MLflow run, the data stream continues where it stopped,
-    and the final weights equal those of an uninterrupted 6-step run."""
-    import torch
-
+    """Stop after 4 of 6 steps (train.stop_at) and continue: the same MLflow run, the data stream continues where it
+    stopped."""
     def args(name):
         return common(packed, tmp_path, **{"run.dir": str(tmp_path / "runs" / name), "train.eval_at_end": "false",
                                            "train.checkpoint_every": 2})
 
     r = launch([sys.executable, TRAIN, *args("resumed"), "train.steps=6", "train.stop_at=4"], tmp_path)
     assert "stopped at step 4 of 6" in r.stderr and not (tmp_path / "runs" / "resumed" / "encoder.pt").exists()
+    stop = json.loads((tmp_path / "runs" / "resumed" / "last_stop.json").read_text())
+    assert (stop["reason"], stop["step"], stop["steps"], stop["world_size"]) == ("train.stop_at", 4, 6, 1)
     r = launch([sys.executable, TRAIN, *args("resumed"), "train.steps=6"], tmp_path)
     assert "resumed from" in r.stderr and "at step 4 (data stream continues where it stopped)" in r.stderr
     run_dir = tmp_path / "runs" / "resumed"
@@ -141,19 +141,14 @@ def test_resume_continues_from_the_last_complete_checkpoint(packed, tmp_path):
     first = json.loads((run_dir / "checkpoints" / "step_4" / "meta.json").read_text())
     assert meta["mlflow_run_id"] == first["mlflow_run_id"]  # the same MLflow run continues
     assert (run_dir / "checkpoints" / "step_4" / "reader_rank0.json").exists()
-
-    launch([sys.executable, TRAIN, *args("straight"), "train.steps=6"], tmp_path)
-    a = torch.load(run_dir / "encoder.pt")["state_dict"]
-    b = torch.load(tmp_path / "runs" / "straight" / "encoder.pt")["state_dict"]
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5), k
+    # equality with an uninterrupted run, loss by loss, is test_resume_bit_exact's
 
 
-@pytest.mark.parametrize("launcher", ["python", "torchrun"])
+@pytest.mark.parametrize("launcher", ["python"])
 def test_sigterm_stops_with_a_checkpoint_and_the_run_continues(packed, tmp_path, launcher):
-    """A preemption signal mid-run: the ranks finish the same step, checkpoint, exit 0; a relaunch resumes.
-    Under torchrun only rank 1 is signalled: the ranks must still agree on the step to stop at."""
+    """A preemption signal mid-run: the process finishes its step, checkpoints, exits 0; a relaunch resumes.
+    `launcher=torchrun` (signals rank 1 of 2 only) works too; the suite leaves that case to the Kubernetes
+    entrypoint test (test_k8s.py), where one pod's rank of two is signalled, to keep CI time down."""
     import time
 
     import psutil

@@ -1,0 +1,195 @@
+"""Kubernetes launch files: manifests validated offline (core kinds against Kubernetes' own schemas with
+kubernetes-validate, the PyTorchJob against its CRD schema kept in the repo, its pod templates against
+PodTemplateSpec), and the image's entrypoint run as two simulated pods — two processes given the environment
+the training-operator or the Indexed Job gives a pod — doing a real 2-node c10d rendezvous and training."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, free_port, run_env
+
+K8S = ROOT / "launchers" / "k8s"
+KUBERNETES_VERSION = "1.30"  # the oldest version the manifests target (backoffLimitPerIndex is GA in 1.33, beta 1.29+)
+
+
+def documents(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+
+
+def pod_template_errors(template: dict) -> list[str]:
+    """Errors of a pod template against Kubernetes' PodTemplateSpec schema (strict: unknown fields are errors)."""
+    import jsonschema
+    import kubernetes_validate
+    from referencing import Registry, Resource
+
+    folder = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    versions = sorted((p.name for p in folder.glob(f"v{KUBERNETES_VERSION}.*-local-strict")))
+    schema = json.loads((folder / versions[-1] / "podtemplatespec-v1.json").read_text())
+    defs = json.loads((folder / versions[-1] / "_definitions.json").read_text())
+    registry = Resource.from_contents(schema) @ (Resource.from_contents(defs) @ Registry())
+    validator = jsonschema.Draft202012Validator(schema, registry=registry)
+    return [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(template)]
+
+
+def validate(doc: dict) -> list[str]:
+    """Validation errors of one manifest document ([] when valid)."""
+    import jsonschema
+    import kubernetes_validate
+
+    if doc["kind"] == "PyTorchJob":
+        schema = json.loads((K8S / "schema" / "pytorchjob-v1.schema.json").read_text())
+        errors = [f"{'.'.join(map(str, e.path))}: {e.message}"
+                  for e in jsonschema.Draft202012Validator(schema).iter_errors(doc)]
+        for role, spec in doc["spec"]["pytorchReplicaSpecs"].items():
+            errors += [f"{role}.template.{e}" for e in pod_template_errors(spec["template"])]
+        return errors
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        return [f"{'.'.join(map(str, e.path))}: {e.message}"]
+    return []
+
+
+def pod_specs() -> dict[str, dict]:
+    job = next(d for d in documents("indexed-job.yaml") if d["kind"] == "Job")
+    ptj = documents("pytorchjob.yaml")[0]
+    return {"indexed-job": job["spec"]["template"]["spec"],
+            **{f"pytorchjob-{r}": s["template"]["spec"] for r, s in ptj["spec"]["pytorchReplicaSpecs"].items()}}
+
+
+def test_manifests_validate_against_their_schemas():
+    files = ["common.yaml", "pytorchjob.yaml", "indexed-job.yaml"]
+    kinds = []
+    for name in files:
+        for doc in documents(name):
+            kinds.append(doc["kind"])
+            assert validate(doc) == [], (name, doc["kind"])
+    assert sorted(kinds) == ["ConfigMap", "Job", "PersistentVolumeClaim", "PyTorchJob", "Secret", "Service"]
+    # the validators do catch mistakes (a test that cannot fail proves nothing)
+    bad = copy.deepcopy(documents("pytorchjob.yaml")[0])
+    bad["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["resource"] = {}
+    bad["spec"]["pytorchReplicaSpecs"]["Launcher"] = bad["spec"]["pytorchReplicaSpecs"]["Worker"]
+    errors = validate(bad)
+    assert any("resource" in e for e in errors) and any("Launcher" in e for e in errors), errors
+    job = copy.deepcopy(next(d for d in documents("indexed-job.yaml") if d["kind"] == "Job"))
+    job["spec"]["completions"] = "two"
+    assert validate(job)
+
+
+def test_manifests_carry_what_a_multi_node_job_needs():
+    common = {d["kind"]: d for d in documents("common.yaml")}
+    assert "ReadWriteMany" in common["PersistentVolumeClaim"]["spec"]["accessModes"]
+    assert {"MLFLOW_TRACKING_URI", "AUPRETRAIN_SHARDS", "RUN_DIR"} <= set(common["ConfigMap"]["data"])
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(common["Secret"]["stringData"])
+    for name, spec in pod_specs().items():
+        c = spec["containers"][0]
+        assert spec["terminationGracePeriodSeconds"] >= 300, name  # a step + a checkpoint must fit
+        assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["runAsUser"] != 0, name
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False, name
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == c["resources"]["requests"]["nvidia.com/gpu"], name
+        assert {"cpu", "memory"} <= set(c["resources"]["requests"]), name
+        shm = next(v for v in spec["volumes"] if v["name"] == "dshm")
+        assert shm["emptyDir"]["medium"] == "Memory" and shm["emptyDir"]["sizeLimit"], name
+        assert any(m["mountPath"] == "/dev/shm" for m in c["volumeMounts"]), name
+        refs = [next(iter(e.values()))["name"] for e in c["envFrom"]]
+        assert refs == ["aupretrain-config", "aupretrain-s3"], name
+    job, service = (next(d for d in documents("indexed-job.yaml") if d["kind"] == k) for k in ("Job", "Service"))
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {"job-name": job["metadata"]["name"]}
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    sub = job["spec"]["template"]["spec"]["subdomain"]
+    assert env["MASTER_ADDR"] == f"{job['metadata']['name']}-0.{sub}" and sub == service["metadata"]["name"]
+    assert int(env["NNODES"]) == job["spec"]["completions"] == job["spec"]["parallelism"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "launchers/k8s/entrypoint.sh" in dockerfile and 'ENTRYPOINT ["aupretrain-k8s-entrypoint"]' in dockerfile
+    assert "USER 1000" in dockerfile
+
+
+def pod_env(kind: str, index: int, port: int, run_dir: Path, shards: Path, db: Path) -> dict:
+    """The environment the manifest and its controller give pod `index`, with the cluster addresses and sizes
+    replaced by this machine's (pod DNS names -> 127.0.0.1, 8 GPUs -> 1 CPU rank)."""
+    if kind == "indexed-job":
+        job = next(d for d in documents("indexed-job.yaml") if d["kind"] == "Job")
+        c = job["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in c["env"]}
+        env.update(JOB_COMPLETION_INDEX=str(index), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    else:
+        role = "Master" if index == 0 else "Worker"
+        c = documents("pytorchjob.yaml")[0]["spec"]["pytorchReplicaSpecs"][role]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in c["env"]}
+        # what the training-operator adds for a pod (v1 PyTorchJob without elasticPolicy)
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(index), WORLD_SIZE="2",
+                   PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=str(port), PET_NODE_RANK=str(index))
+    env.update(NPROC_PER_NODE="1", PET_NPROC_PER_NODE="1", RUN_DIR=str(run_dir), AUPRETRAIN_SHARDS=str(shards),
+               MLFLOW_TRACKING_URI=f"sqlite:///{db}", HOSTNAME=f"pod-{index}", OMP_NUM_THREADS="1",
+               RDZV_ID=f"{kind}-{port}")
+    return run_env(**env)
+
+
+def start_pods(kind, tmp_path, packed, port, overrides) -> list[subprocess.Popen]:
+    run_dir, db = tmp_path / "runs" / "k8s", tmp_path / "mlflow.db"
+    return [subprocess.Popen(["bash", str(K8S / "entrypoint.sh"), *overrides], cwd=tmp_path,
+                             env=pod_env(kind, i, port, run_dir, packed, db), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True) for i in range(2)]
+
+
+def finish(pods, timeout=420) -> list[str]:
+    outs = []
+    try:
+        for p in pods:
+            outs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in pods:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    for p, out in zip(pods, outs):
+        assert p.returncode == 0, out[-4000:]
+    return outs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["pytorchjob", "indexed-job"])
+def test_two_simulated_pods_rendezvous_and_train(kind, packed, tmp_path):
+    """Two pods, one rank each, c10d rendezvous: one run of world size 2 (both pods' ranks take part), one
+    MLflow run. The Indexed-Job pods are also terminated mid-run (SIGTERM to pod 1's entrypoint, as the
+    kubelet does): both stop at the same step with a checkpoint, exit 0, and recreated pods finish the run."""
+    import mlflow
+
+    steps = 12
+    overrides = ["experiment=smoke", f"train.steps={steps}", "train.eval_at_end=false", "train.log_every=1",
+                 "train.signal_check_every=1", f"eval.corpus={tmp_path / 'eval'}"]
+    port = free_port()
+    pods = start_pods(kind, tmp_path, packed, port, overrides)
+    run_dir = tmp_path / "runs" / "k8s"
+    if kind == "indexed-job":
+        deadline = time.time() + 240
+        while not (run_dir / "metrics.jsonl").exists() or len((run_dir / "metrics.jsonl").read_text().splitlines()) < 2:
+            assert time.time() < deadline and all(p.poll() is None for p in pods), [p.poll() for p in pods]
+            time.sleep(0.5)
+        pods[1].send_signal(signal.SIGTERM)  # the entrypoint (PID 1 in the container)
+        outs = finish(pods)
+        stop = json.loads((run_dir / "last_stop.json").read_text())
+        assert stop["reason"] == "signal" and stop["step"] < steps, stop
+        assert "SIGTERM: asking the ranks to checkpoint" in outs[1]
+        assert "received SIGUSR1" in outs[1], outs[1][-3000:]  # pod 1's rank got it; pod 0's followed the agreement
+        pods = start_pods(kind, tmp_path, packed, free_port(), overrides)  # the Job recreates the pods
+    outs = finish(pods)
+    log = "\n".join(outs)
+    assert "run " in log and ": 2 ranks," in log, log[-4000:]
+    assert "rendezvous 127.0.0.1:" in outs[0] and "rendezvous 127.0.0.1:" in outs[1]
+    stop = json.loads((run_dir / "last_stop.json").read_text())
+    assert stop["reason"] == "finished" and stop["step"] == steps and stop["world_size"] == 2, stop
+    assert (run_dir / "encoder.pt").exists()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["aupretrain"], output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED", [(r.info.run_id, r.info.status) for r in runs]
+    history = mlflow.tracking.MlflowClient().get_metric_history(runs[0].info.run_id, "train/loss")
+    assert sorted({m.step for m in history}) == list(range(1, steps + 1))
