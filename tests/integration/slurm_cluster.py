@@ -92,7 +92,7 @@ class SlurmCluster:
         host = socket.gethostname().split(".")[0]
         ctld_port, d_port = _free_ports(2)
         self.conf.write_text(f"""ClusterName=aupretrain-test
-SlurmctldHost={host}
+SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -118,7 +118,7 @@ SchedulerParameters=sched_interval=2,bf_interval=1
 MinJobAge=600
 KillWait=30
 InactiveLimit=0
-NodeName={host} CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN
+NodeName={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """)
         subprocess.run([_sbin("slurmctld"), "-f", str(self.conf)], env=self.env, check=True)
