@@ -19,11 +19,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from . import shards, storage
+from . import integrity, shards, storage
 from .labels import FrameLabels
 
 log = logging.getLogger(__name__)
-META_BYTES = 1024  # <key>.json is padded to this many bytes so it batches as a dense tensor
+META_BYTES = 1024
+MAX_RECOVERIES = 20  # pipeline rebuilds after damaged samples, per loader (then the error is raised)  # <key>.json is padded to this many bytes so it batches as a dense tensor
 
 
 @dataclass
@@ -71,31 +72,42 @@ def use_gpu(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-def check_shards(root: str, manifest: shards.Manifest, verify: bool = False) -> tuple[list[str], list[str], list[dict]]:
-    """Paths of usable shards and their indexes; bad ones (missing, wrong size or checksum) are reported."""
-    paths, idx, bad = [], [], []
+def check_shards(root: str, manifest: shards.Manifest, verify: bool = False
+                 ) -> tuple[list[str], list[str], list[dict], dict[str, int]]:
+    """Usable shard paths, their index paths, bad shards [{"shard", "reason", "samples"}] (missing, another size
+    than the manifest's — a truncated upload —, index missing, unreadable or pointing past the end, checksum)
+    and {reason: samples} left out of usable shards (samples missing a member; DALI skips them)."""
+    exts = shards.frame_exts(manifest.clip_len) + ["json"]
+    paths, idx, bad, skipped = [], [], [], {}
     for s in manifest.shards:
         tar, ix = storage.join(root, s.name), storage.join(root, s.index)
         try:
-            if storage.size(tar) != s.bytes:
-                raise ValueError(f"size {storage.size(tar)} != manifest {s.bytes}")
+            n = storage.size(tar)
+            if n != s.bytes:
+                raise ValueError(f"{integrity.TRUNCATED if n < s.bytes else 'wrong size'}: {n} bytes, the manifest "
+                                 f"says {s.bytes}")
             if not storage.exists(ix):
                 raise FileNotFoundError("index file missing")
+            missing = integrity.check_index(integrity.parse_index(storage.read_text(ix), ix), n, exts, tar)
             if verify and not storage.is_s3(root) and shards.sha256_file(tar) != s.sha256:
                 raise ValueError("sha256 differs from the manifest")
         except Exception as e:  # noqa: BLE001 - every failure mode of a shard is reported the same way
             log.warning("skipping shard %s: %s", tar, e)
             bad.append({"shard": tar, "reason": str(e), "samples": s.samples})
             continue
+        if missing:
+            log.warning("%s: %d samples miss a member (e.g. %s): skipped", tar, len(missing), missing[0])
+            skipped[integrity.MISSING] = skipped.get(integrity.MISSING, 0) + len(missing)
         paths.append(tar)
         idx.append(ix)
     if not paths:
         raise RuntimeError(f"{root}: no usable shards ({len(bad)} bad; first: {bad[0] if bad else 'none listed'})")
-    return paths, idx, bad
+    return paths, idx, bad, skipped
 
 
-def shared_dataset_view(root: str, verify: bool = False) -> tuple[shards.Manifest, list[str], list[str], list[dict]]:
-    """(manifest, usable shard paths, their index paths, bad shards) as rank 0 sees them, on every rank.
+def shared_dataset_view(root: str, verify: bool = False
+                        ) -> tuple[shards.Manifest, list[str], list[str], list[dict], dict[str, int]]:
+    """(manifest, *check_shards(...)) as rank 0 sees them, on every rank.
 
     Rank 0 alone reads the manifest and checks every shard (size, index, optional sha256) — one pass over
     storage per job instead of one per rank (at 512 ranks x 10k shards that is the difference between 10k and
@@ -159,7 +171,7 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
     def pipe():
         outs = fn.readers.webdataset(
             paths=paths, index_paths=index_paths, ext=shards.frame_exts(clip_len) + ["json"],
-            missing_component_behavior="error", shard_id=s.rank, num_shards=s.world, random_shuffle=True,
+            missing_component_behavior="skip", shard_id=s.rank, num_shards=s.world, random_shuffle=True,
             initial_fill=s.shuffle_buffer, pad_last_batch=True, name="Reader")
         frames = [fn.decoders.image(j, device="mixed" if gpu else "cpu", output_type=types.RGB) for j in outs[:clip_len]]
         seq = fn.stack(*frames, axis_name="F")
@@ -189,17 +201,18 @@ class ClipLoader:
     """Endless iterator of training batches for one rank (an epoch ends, the reader starts the next)."""
 
     def __init__(self, settings: ReaderSettings, state: dict | None = None):
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
         self.settings = settings
-        self.manifest, paths, idx, self.bad_shards = shared_dataset_view(settings.root, settings.verify_checksums)
+        self.manifest, paths, idx, self.bad_shards, skipped = shared_dataset_view(settings.root,
+                                                                                  settings.verify_checksums)
         if not all(storage.dali_readable(p) for p in paths + idx):  # keys with `#`/`?`: DALI would cut them
             cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "aupretrain", "shards",
                          hashlib.sha1(settings.root.encode()).hexdigest()[:16])
             log.warning("%s: DALI cannot open S3 keys holding %r; reading local copies in %s", settings.root,
                         storage.DALI_UNSAFE, cache)
             paths, idx = storage.stage(paths, cache), storage.stage(idx, cache)
-        self.skipped_samples = sum(b["samples"] for b in self.bad_shards)
+        # samples left out, by reason: at start (rank 0's check, the same on every rank) and found by this rank
+        self.skipped = {integrity.UNREADABLE_SHARD: sum(b["samples"] for b in self.bad_shards), **skipped}
+        self.found_damaged: dict[str, int] = {}
         usable = self.manifest.samples - self.skipped_samples
         if usable // settings.world < settings.batch_size:  # DALI would yield no full batch on some rank
             from ..errors import UsageError
@@ -211,28 +224,123 @@ class ClipLoader:
                 f"--clip-step)")
         self.clip_len = self.manifest.clip_len
         self.identity_ids = {name: i for i, name in enumerate(self.manifest.identities)}
-        self.shard_paths = paths
+        self.shard_paths, self.index_paths = paths, list(idx)
+        self._source_index = dict(zip(paths, idx))
         if state is not None and state.get("shards") != paths:
             log.warning("reader state is for other shards (%d listed, %d usable now): starting a new epoch",
                         len(state.get("shards") or []), len(paths))
             state = None
-        self.pipe = build_pipeline(settings, paths, idx, self.clip_len, base64.b64decode(state["dali"]) if state else None)
-        self.iterator = DALIGenericIterator([self.pipe], ["view1", "view2", "meta"], reader_name="Reader",
-                                            auto_reset=True, last_batch_policy=LastBatchPolicy.DROP)
+        # damaged samples this rank found before a resume: left out again, so the restored reader state matches
+        self.quarantine: dict[str, dict[str, str]] = dict(state.get("quarantine", {})) if state else {}
+        self._apply_quarantine()
         self.epoch = int(state["epoch"]) if state else 0
+        self._dali_epoch = self.epoch  # epochs of the current pipeline (its shard rotation), for a scan
+        self._build(base64.b64decode(state["dali"]) if state else None)
         self._gen = torch.Generator().manual_seed(settings.seed)
         if state:
             self._gen.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
         self.restored = state is not None
         self.labels = FrameLabels(settings.labels) if settings.labels else None
 
+    @property
+    def skipped_samples(self) -> int:
+        """Samples left out at start (unreadable shards, samples missing a member; the same on every rank)."""
+        return sum(self.skipped.values())
+
+    def _build(self, checkpoint: bytes | None = None) -> None:
+        """Build the pipeline and its iterator (which already runs the first batches: damage found there is
+        handled like damage found later, `_recover`)."""
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        for attempt in range(MAX_RECOVERIES + 1):
+            self.pipe = build_pipeline(self.settings, self.shard_paths, self.index_paths, self.clip_len, checkpoint)
+            try:
+                self.iterator = DALIGenericIterator([self.pipe], ["view1", "view2", "meta"], reader_name="Reader",
+                                                    auto_reset=True, last_batch_policy=LastBatchPolicy.DROP)
+                return
+            except RuntimeError as e:
+                del self.pipe
+                if attempt == MAX_RECOVERIES:
+                    raise
+                self._find_damage(e)
+                checkpoint = None
+                self._dali_epoch = 0
+
+    def _index_cache(self) -> Path:
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "aupretrain", "indexes",
+                    hashlib.sha1(f"{self.settings.root}:{self.settings.rank}:{os.getpid()}".encode()).hexdigest()[:16])
+
+    def _apply_quarantine(self) -> None:
+        """Point the reader at local copies of the indexes of shards with quarantined samples, without them."""
+        for i, tar in enumerate(self.shard_paths):
+            drop = self.quarantine.get(tar)
+            if drop:
+                src = self._source_index[tar]
+                local = self._index_cache() / Path(src).name
+                integrity.write_index(integrity.parse_index(storage.read_text(src), src), set(drop), local)
+                self.index_paths[i] = str(local)
+
+    def _share(self) -> list[int]:
+        """Indexes (into shard_paths) of the shards holding this rank's share of the current epoch: DALI gives
+        rank r of W the contiguous samples [N k / W, N (k+1) / W) with k = (r + epoch) mod W."""
+        counts = [len(integrity.parse_index(storage.read_text(ix), ix)) for ix in self.index_paths]
+        w = self.settings.world
+        k = (self.settings.rank + self._dali_epoch) % w
+        n = sum(counts)
+        lo, hi = n * k // w, n * (k + 1) // w
+        out, start = [], 0
+        for i, c in enumerate(counts):
+            if start < hi and start + c > lo:
+                out.append(i)
+            start += c
+        return out
+
+    def _recover(self, error: BaseException) -> None:
+        """The pipeline failed (an undecodable JPEG, JSON that does not parse): find the damaged samples in this
+        rank's shards, leave them out, rebuild the pipeline (this rank restarts its epoch). Re-raises `error`
+        when no damaged sample is found (then it is not the data's fault)."""
+        self._find_damage(error)
+        del self.iterator, self.pipe
+        self._dali_epoch = 0
+        self._build()
+
+    def _find_damage(self, error: BaseException) -> None:
+        """Scan this rank's shards (its share of the epoch first, then the rest) for damaged samples and put
+        them in quarantine (local index copies without them). Re-raises `error` when there is none."""
+        first = str(error).strip().splitlines()
+        log.warning("rank %d: the input pipeline failed (%s); scanning its shards for damaged samples",
+                    self.settings.rank, next((ln for ln in reversed(first) if "failure" in ln or "Error" in ln),
+                                             first[0] if first else type(error).__name__))
+        exts = shards.frame_exts(self.clip_len)
+        order = self._share()
+        found: dict[str, dict[str, str]] = {}
+        for pass_ in (order, [i for i in range(len(self.shard_paths)) if i not in order]):
+            for i in pass_:
+                tar, ix = self.shard_paths[i], self.index_paths[i]
+                samples = integrity.parse_index(storage.read_text(ix), ix)
+                bad = integrity.scan_shard(storage.read_bytes(tar), samples, exts)
+                if bad:
+                    found[tar] = bad
+            if found:
+                break
+        if not found:
+            raise error
+        for tar, bad in found.items():
+            for key, why in bad.items():
+                log.warning("left out damaged sample %s of %s (%s)", key, tar, why)
+                self.found_damaged[why] = self.found_damaged.get(why, 0) + 1
+            self.quarantine[tar] = {**self.quarantine.get(tar, {}), **bad}
+        self._apply_quarantine()
+        log.warning("rank %d: %d damaged samples left out; its reader restarts its epoch", self.settings.rank,
+                    sum(len(b) for b in found.values()))
+
     def state(self) -> dict:
         """Everything needed to continue exactly where this loader is (between batches): the DALI reader
         position and RNG states, the epoch, the partner sampler's RNG. JSON-serialisable."""
         cpt = self.iterator.checkpoints()[0]
         cpt = base64.b64encode(cpt if isinstance(cpt, bytes) else cpt.encode()).decode("ascii")
-        return {"format": 1, "dali": cpt, "epoch": self.epoch,
-                "generator": self._gen.get_state().tolist(), "shards": self.shard_paths}
+        return {"format": 1, "dali": cpt, "epoch": self.epoch, "generator": self._gen.get_state().tolist(),
+                "shards": self.shard_paths, "quarantine": self.quarantine}
 
     @property
     def steps_per_epoch(self) -> int:
@@ -244,15 +352,28 @@ class ClipLoader:
         return [json.loads(bytes(r).rstrip(b"\0")) for r in raw]
 
     def __iter__(self) -> Iterator[dict]:
+        recoveries = 0
         while True:
-            for out in self.iterator:
-                d = out[0]
-                metas = self._decode_meta(d["meta"])
-                ident = torch.tensor([self.identity_ids.get(m["identity"], -1) for m in metas])
-                video = torch.tensor([video_id(m["video"]) for m in metas])
+            it = iter(self.iterator)
+            while True:
+                try:
+                    d = next(it)[0]
+                    metas = self._decode_meta(d["meta"])
+                    ident = torch.tensor([self.identity_ids.get(m["identity"], -1) for m in metas])
+                    video = torch.tensor([video_id(m["video"]) for m in metas])
+                except StopIteration:
+                    break
+                except (RuntimeError, ValueError, UnicodeDecodeError, KeyError, TypeError) as e:  # DALI: RuntimeError
+                    recoveries += 1
+                    if recoveries > MAX_RECOVERIES:
+                        raise
+                    self._recover(e)
+                    it = iter(self.iterator)
+                    continue
                 batch = {"view1": d["view1"], "view2": d["view2"], "identity": ident, "video": video,
                          "partner": partners(ident, self._gen), "meta": metas}
                 if self.labels is not None:
                     batch["au"] = torch.from_numpy(self.labels.batch(metas))
                 yield batch
             self.epoch += 1
+            self._dali_epoch += 1

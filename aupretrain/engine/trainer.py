@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..data import integrity
 from ..data.dali_reader import ClipLoader, ReaderSettings
 from ..models.encoder import PretrainModel, save_encoder
 from ..objectives import build_objective
@@ -53,6 +54,19 @@ def export_encoder(engine, path: Path, extra: dict) -> None:
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=int(engine.zero_optimization_stage()) == 3):
         if engine.global_rank == 0:
             save_encoder(enc, path, extra)
+
+
+RUNTIME_DAMAGE = (integrity.BAD_JPEG, integrity.BAD_JSON)  # found by a rank while reading (the same keys on all)
+
+
+def skipped_metrics(loader: ClipLoader, found: dict[str, float] | None = None) -> dict[str, float]:
+    """`data/skipped` and `data/skipped/<reason>`: samples left out at start (rank 0's check) plus the damaged
+    samples every rank found while reading (`found`, summed over ranks)."""
+    out = {f"data/skipped/{r}": float(n) for r, n in loader.skipped.items()}
+    for r, n in (found or {}).items():
+        out[f"data/skipped/{r}"] = out.get(f"data/skipped/{r}", 0.0) + round(n)
+    out["data/skipped"] = sum(out.values())
+    return out
 
 
 def train(cfg: DictConfig) -> dict:
@@ -107,7 +121,7 @@ def train(cfg: DictConfig) -> dict:
             tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), record.name)
             tracker.set_tags({f"resume.step_{start}.changed": resume.describe(changes) or "nothing",
                               f"resume.step_{start}.checkpoint": str(found[1])})
-        tracker.log_metrics({"data/skipped": loader.skipped_samples, "data/samples": loader.manifest.samples}, step=start)
+        tracker.log_metrics({"data/samples": loader.manifest.samples, **skipped_metrics(loader)}, step=start)
         log.info("run %s: %d ranks, %d clips/rank/step, %d steps, shards %s (%d samples, %d identities)",
                  run_dir, d.world, cfg.data.batch_size, cfg.train.steps, cfg.data.shards,
                  loader.manifest.samples, len(loader.manifest.identities))
@@ -135,7 +149,10 @@ def train(cfg: DictConfig) -> dict:
         timer.step(accum * b * clip_len)
         n = step + 1
         if n % int(cfg.train.log_every) == 0 or n == end:
-            m = mean_across_ranks({"train/loss": loss.detach(), **{f"train/{k}": v for k, v in parts.items()}})
+            m = mean_across_ranks({"train/loss": loss.detach(), **{f"train/{k}": v for k, v in parts.items()},
+                                   **{f"found/{r}": torch.tensor(float(loader.found_damaged.get(r, 0)))
+                                      for r in RUNTIME_DAMAGE}})
+            m.update(skipped_metrics(loader, {r: m.pop(f"found/{r}") * d.world for r in RUNTIME_DAMAGE}))
             m.update(timer.summary(d.world))
             m["train/lr"] = engine.get_lr()[0]
             m["data/epoch"] = loader.epoch

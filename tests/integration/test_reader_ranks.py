@@ -22,7 +22,7 @@ def _view_worker(rank, world, port, root, broken_on, out):
         real = storage.size
         storage.size = lambda uri: 1 if uri.endswith("shard-000000.tar") else real(uri)
     try:
-        manifest, paths, idx, bad = dali_reader.shared_dataset_view(root)
+        manifest, paths, idx, bad, skipped = dali_reader.shared_dataset_view(root)
         out[rank] = ([p.rsplit("/", 1)[-1] for p in paths], [b["shard"].rsplit("/", 1)[-1] for b in bad],
                      manifest.samples)
     except Exception as e:  # noqa: BLE001 - reported to the test
