@@ -24,6 +24,7 @@ def free_port() -> int:
 
 def run_env(**extra) -> dict:
     env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)  # hermetic: a store only where a test names one
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update({k: str(v) for k, v in extra.items()})
@@ -134,3 +135,13 @@ def astronaut_mp4(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("astronaut") / "eileen" / "a000.mp4"
     return path, astronaut.write(path, frames=64, width=320, height=240)
+
+
+def tracked_runs(db) -> tuple:
+    """(client, runs of the "aupretrain" experiment) of a sqlite store, without touching mlflow's global URI
+    (mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI, which later tests' subprocesses would inherit)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("aupretrain")
+    return client, (client.search_runs([exp.experiment_id]) if exp else [])

@@ -1,4 +1,5 @@
-"""DALI pipeline over clip shards: decode T frames per clip (GPU "mixed" or CPU), two augmented views.
+"""DALI pipeline over clip shards: decode T frames per clip (GPU "mixed" or CPU), two augmented views (the
+Gaussian blur is applied to the batch afterwards, in torch: `augment.blur_views`).
 
 Each view draws one set of random augmentation parameters per clip and applies it to every frame of the
 clip, so differences between frames of a view stay expression/pose differences. Output per batch is the
@@ -12,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -20,48 +20,14 @@ import numpy as np
 import torch
 
 from . import integrity, shards, storage
+from .augment import blur_views
+from .dataset import (ReaderSettings, check_shards, partners, require_full_batches,  # noqa: F401 (re-exported)
+                      shared_dataset_view, video_id)
 from .labels import FrameLabels
 
 log = logging.getLogger(__name__)
-META_BYTES = 1024
-MAX_RECOVERIES = 20  # pipeline rebuilds after damaged samples, per loader (then the error is raised)  # <key>.json is padded to this many bytes so it batches as a dense tensor
-
-
-@dataclass
-class ReaderSettings:
-    root: str
-    batch_size: int
-    input_size: int
-    rank: int = 0
-    world: int = 1
-    device: str = "auto"
-    num_threads: int = 2
-    prefetch: int = 2
-    shuffle_buffer: int = 256
-    seed: int = 0
-    scale: tuple[float, float] = (0.6, 1.0)
-    rotate: float = 0.0  # degrees, +-: one in-plane rotation per clip and view
-    brightness: tuple[float, float] = (0.7, 1.3)
-    contrast: tuple[float, float] = (0.7, 1.3)
-    saturation: tuple[float, float] = (0.6, 1.4)
-    hue: float = 10.0
-    blur_sigma: tuple[float, float] = (0.1, 1.2)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    verify_checksums: bool = False
-    labels: str | None = None  # folder of <video>.labels.json: adds `au` [B, T, A] to every batch
-
-    @classmethod
-    def from_config(cls, cfg, rank: int, world: int) -> "ReaderSettings":
-        d, aug = cfg.data, cfg.data.augment
-        return cls(root=str(d.shards), batch_size=int(d.batch_size), input_size=int(d.input_size), rank=rank,
-                   world=world, device=str(d.device), num_threads=int(d.num_threads), prefetch=int(d.prefetch),
-                   shuffle_buffer=int(d.shuffle_buffer), seed=int(cfg.run.seed) + 7919 * rank,
-                   scale=tuple(aug.scale), rotate=float(aug.rotate), brightness=tuple(aug.brightness),
-                   contrast=tuple(aug.contrast),
-                   saturation=tuple(aug.saturation), hue=float(aug.hue), blur_sigma=tuple(aug.blur_sigma),
-                   mean=tuple(cfg.model.mean), std=tuple(cfg.model.std), verify_checksums=bool(d.verify_checksums),
-                   labels=str(d.labels) if d.get("labels") else None)
+META_BYTES = 1024  # <key>.json is padded to this many bytes so it batches as a dense tensor
+MAX_RECOVERIES = 20  # pipeline rebuilds after damaged samples, per loader (then the error is raised)
 
 
 def use_gpu(device: str) -> bool:
@@ -70,69 +36,6 @@ def use_gpu(device: str) -> bool:
     if device == "cpu":
         return False
     return torch.cuda.is_available()
-
-
-def check_shards(root: str, manifest: shards.Manifest, verify: bool = False
-                 ) -> tuple[list[str], list[str], list[dict], dict[str, int]]:
-    """Usable shard paths, their index paths, bad shards [{"shard", "reason", "samples"}] (missing, another size
-    than the manifest's — a truncated upload —, index missing, unreadable or pointing past the end, checksum)
-    and {reason: samples} left out of usable shards (samples missing a member; DALI skips them)."""
-    exts = shards.frame_exts(manifest.clip_len) + ["json"]
-    paths, idx, bad, skipped = [], [], [], {}
-    for s in manifest.shards:
-        tar, ix = storage.join(root, s.name), storage.join(root, s.index)
-        try:
-            n = storage.size(tar)
-            if n != s.bytes:
-                raise ValueError(f"{integrity.TRUNCATED if n < s.bytes else 'wrong size'}: {n} bytes, the manifest "
-                                 f"says {s.bytes}")
-            if not storage.exists(ix):
-                raise FileNotFoundError("index file missing")
-            missing = integrity.check_index(integrity.parse_index(storage.read_text(ix), ix), n, exts, tar)
-            if verify and not storage.is_s3(root) and shards.sha256_file(tar) != s.sha256:
-                raise ValueError("sha256 differs from the manifest")
-        except Exception as e:  # noqa: BLE001 - every failure mode of a shard is reported the same way
-            log.warning("skipping shard %s: %s", tar, e)
-            bad.append({"shard": tar, "reason": str(e), "samples": s.samples})
-            continue
-        if missing:
-            log.warning("%s: %d samples miss a member (e.g. %s): skipped", tar, len(missing), missing[0])
-            skipped[integrity.MISSING] = skipped.get(integrity.MISSING, 0) + len(missing)
-        paths.append(tar)
-        idx.append(ix)
-    if not paths:
-        raise RuntimeError(f"{root}: no usable shards ({len(bad)} bad; first: {bad[0] if bad else 'none listed'})")
-    return paths, idx, bad, skipped
-
-
-def shared_dataset_view(root: str, verify: bool = False
-                        ) -> tuple[shards.Manifest, list[str], list[str], list[dict], dict[str, int]]:
-    """(manifest, *check_shards(...)) as rank 0 sees them, on every rank.
-
-    Rank 0 alone reads the manifest and checks every shard (size, index, optional sha256) — one pass over
-    storage per job instead of one per rank (at 512 ranks x 10k shards that is the difference between 10k and
-    5M requests at start) — and broadcasts the result, so every rank splits exactly the same shard list even
-    when its own view of storage differs (NFS attribute caches, a transient S3 error). An error on rank 0 (no
-    manifest, no usable shard) is raised on every rank, so none waits in a collective. Without a process group
-    (one process) this is `load_manifest` + `check_shards`."""
-    import torch.distributed as dist
-
-    many = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if not many or dist.get_rank() == 0:
-        try:
-            manifest = shards.load_manifest(root)
-            view: tuple | BaseException = (manifest, *check_shards(root, manifest, verify))
-        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
-            view = e
-    else:
-        view = None
-    if many:
-        box = [view]
-        dist.broadcast_object_list(box, src=0)
-        view = box[0]
-    if isinstance(view, BaseException):
-        raise view
-    return view
 
 
 def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], clip_len: int,
@@ -161,8 +64,6 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
         if s.hue or tuple(s.saturation) != (1.0, 1.0):
             v = fn.hsv(v, hue=fn.random.uniform(range=[-s.hue, s.hue]),
                        saturation=fn.random.uniform(range=list(s.saturation)))
-        if max(s.blur_sigma) > 0:
-            v = fn.gaussian_blur(v, sigma=fn.random.uniform(range=list(s.blur_sigma)), window_size=5)
         return fn.crop_mirror_normalize(v, dtype=types.FLOAT, output_layout="FCHW",
                                         mean=[255 * m for m in s.mean], std=[255 * x for x in s.std])
 
@@ -183,20 +84,6 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
     return p
 
 
-def partners(identity: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """For each clip, the index of a random clip of another identity in the batch (-1 if there is none)."""
-    b = identity.numel()
-    other = identity[None, :] != identity[:, None]
-    score = torch.rand(b, b, generator=generator) + other.float() * 2
-    best = score.argmax(1)
-    return torch.where(other.any(1), best, torch.full_like(best, -1))
-
-
-def video_id(name: str) -> int:
-    """A stable integer id of a video name (the same in every process and run)."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=7).digest(), "little")
-
-
 class ClipLoader:
     """Endless iterator of training batches for one rank (an epoch ends, the reader starts the next)."""
 
@@ -213,19 +100,14 @@ class ClipLoader:
         # samples left out, by reason: at start (rank 0's check, the same on every rank) and found by this rank
         self.skipped = {integrity.UNREADABLE_SHARD: sum(b["samples"] for b in self.bad_shards), **skipped}
         self.found_damaged: dict[str, int] = {}
-        usable = self.manifest.samples - self.skipped_samples
-        if usable // settings.world < settings.batch_size:  # DALI would yield no full batch on some rank
-            from ..errors import UsageError
-
-            raise UsageError(
-                f"{settings.root}: {usable} usable clips, but each of the {settings.world} ranks needs at least "
-                f"data.batch_size={settings.batch_size} clips per step ({settings.batch_size * settings.world} in "
-                f"all); lower data.batch_size, use fewer ranks, or pack more clips (more videos, or a smaller "
-                f"--clip-step)")
+        require_full_batches(settings, self.manifest.samples - self.skipped_samples)
         self.clip_len = self.manifest.clip_len
         self.identity_ids = {name: i for i, name in enumerate(self.manifest.identities)}
         self.shard_paths, self.index_paths = paths, list(idx)
         self._source_index = dict(zip(paths, idx))
+        if state is not None and state.get("loader", "dali") != "dali":
+            log.warning("reader state is from the %s loader: the DALI reader starts a new epoch", state.get("loader"))
+            state = None
         if state is not None and state.get("shards") != paths:
             log.warning("reader state is for other shards (%d listed, %d usable now): starting a new epoch",
                         len(state.get("shards") or []), len(paths))
@@ -339,7 +221,8 @@ class ClipLoader:
         position and RNG states, the epoch, the partner sampler's RNG. JSON-serialisable."""
         cpt = self.iterator.checkpoints()[0]
         cpt = base64.b64encode(cpt if isinstance(cpt, bytes) else cpt.encode()).decode("ascii")
-        return {"format": 1, "dali": cpt, "epoch": self.epoch, "generator": self._gen.get_state().tolist(),
+        return {"format": 1, "loader": "dali", "dali": cpt, "epoch": self.epoch,
+                "generator": self._gen.get_state().tolist(),
                 "shards": self.shard_paths, "quarantine": self.quarantine}
 
     @property
@@ -372,6 +255,7 @@ class ClipLoader:
                     continue
                 batch = {"view1": d["view1"], "view2": d["view2"], "identity": ident, "video": video,
                          "partner": partners(ident, self._gen), "meta": metas}
+                blur_views(batch, self.settings, self._gen)
                 if self.labels is not None:
                     batch["au"] = torch.from_numpy(self.labels.batch(metas))
                 yield batch

@@ -3,7 +3,7 @@
 Where each kind of damage is caught:
 - a shard whose tar is missing, has another size than the manifest says (truncated upload), or whose index is
   missing, unreadable or points past the end of the tar: rank 0's start-up check leaves the shard out and
-  names it (`check_index`, `dali_reader.check_shards`);
+  names it (`check_index`, `dataset.check_shards`);
 - a sample missing a member (a frame or its JSON): counted from the index at start; DALI's reader skips it
   (`missing_component_behavior="skip"`);
 - a sample whose JPEG does not decode or whose JSON does not parse: found when the pipeline fails on it. The

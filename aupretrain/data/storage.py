@@ -115,6 +115,17 @@ def read_bytes(uri: str) -> bytes:
     return Path(uri).read_bytes()
 
 
+def read_range(uri: str, offset: int, size: int) -> bytes:
+    """`size` bytes of a file from `offset` (an S3 ranged GET, or a seek)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        rng = f"bytes={offset}-{offset + size - 1}"
+        return s3_client().get_object(Bucket=bucket, Key=key, Range=rng)["Body"].read()
+    with open(uri, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
 def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 

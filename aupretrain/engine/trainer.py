@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import integrity
-from ..data.dali_reader import ClipLoader, ReaderSettings
+from ..data.dataset import build_loader
 from ..models.encoder import PretrainModel, save_encoder
 from ..objectives import build_objective
 from ..errors import UsageError
@@ -59,7 +59,7 @@ def export_encoder(engine, path: Path, extra: dict) -> None:
 RUNTIME_DAMAGE = (integrity.BAD_JPEG, integrity.BAD_JSON)  # found by a rank while reading (the same keys on all)
 
 
-def skipped_metrics(loader: ClipLoader, found: dict[str, float] | None = None) -> dict[str, float]:
+def skipped_metrics(loader, found: dict[str, float] | None = None) -> dict[str, float]:
     """`data/skipped` and `data/skipped/<reason>`: samples left out at start (rank 0's check) plus the damaged
     samples every rank found while reading (`found`, summed over ranks)."""
     out = {f"data/skipped/{r}": float(n) for r, n in loader.skipped.items()}
@@ -84,7 +84,7 @@ def train(cfg: DictConfig) -> dict:
         changes = resume.check_resume(checkpoint.read_meta(found[1]), OmegaConf.to_container(cfg, resolve=True),
                                       d.world, str(found[1]))
     reader = checkpoint.reader_state(found[1], d.rank, d.world) if found else None
-    loader = ClipLoader(ReaderSettings.from_config(cfg, d.rank, d.world), state=reader)
+    loader = build_loader(cfg, d.rank, d.world, state=reader)
     model_parts = objective.model_parts()
     if model_parts.get("momentum") and int(cfg.deepspeed.zero_optimization.stage) == 3:
         raise UsageError("objective=moco needs ZeRO stage 1 or 2 (the EMA update reads the full online weights)")

@@ -58,7 +58,8 @@ def damage(src, dst):
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
-def test_damaged_samples_and_shards_are_skipped_counted_and_training_goes_on(corpus, tmp_path):
+@pytest.mark.parametrize("loader", ["dali", "torch"])
+def test_damaged_samples_and_shards_are_skipped_counted_and_training_goes_on(corpus, tmp_path, loader):
     import subprocess
 
     from aupretrain.data.pack import PackSettings, pack
@@ -70,7 +71,7 @@ def test_damaged_samples_and_shards_are_skipped_counted_and_training_goes_on(cor
     damage(clean, damaged)
     run_dir = tmp_path / "run"
     args = ["experiment=smoke", f"data.shards={damaged}", f"run.dir={run_dir}", "train.steps=10",
-            "train.eval_at_end=false", "data.batch_size=2", "objective=tcl"]
+            "train.eval_at_end=false", "data.batch_size=2", "objective=tcl", f"data.loader={loader}"]
     r = subprocess.run([sys.executable, str(ROOT / "aupretrain" / "train.py"), *args], cwd=tmp_path, env=run_env(),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]

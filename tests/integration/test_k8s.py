@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port, run_env
+from tests.conftest import ROOT, free_port, run_env, tracked_runs
 
 K8S = ROOT / "launchers" / "k8s"
 KUBERNETES_VERSION = "1.30"  # the oldest version the manifests target (backoffLimitPerIndex is GA in 1.33, beta 1.29+)
@@ -161,8 +161,6 @@ def test_two_simulated_pods_rendezvous_and_train(kind, packed, tmp_path):
     """Two pods, one rank each, c10d rendezvous: one run of world size 2 (both pods' ranks take part), one
     MLflow run. The Indexed-Job pods are also terminated mid-run (SIGTERM to pod 1's entrypoint, as the
     kubelet does): both stop at the same step with a checkpoint, exit 0, and recreated pods finish the run."""
-    import mlflow
-
     steps = 12
     overrides = ["experiment=smoke", f"train.steps={steps}", "train.eval_at_end=false", "train.log_every=1",
                  "train.signal_check_every=1", f"eval.corpus={tmp_path / 'eval'}"]
@@ -188,8 +186,7 @@ def test_two_simulated_pods_rendezvous_and_train(kind, packed, tmp_path):
     stop = json.loads((run_dir / "last_stop.json").read_text())
     assert stop["reason"] == "finished" and stop["step"] == steps and stop["world_size"] == 2, stop
     assert (run_dir / "encoder.pt").exists()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["aupretrain"], output_format="list")
+    client, runs = tracked_runs(tmp_path / "mlflow.db")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED", [(r.info.run_id, r.info.status) for r in runs]
-    history = mlflow.tracking.MlflowClient().get_metric_history(runs[0].info.run_id, "train/loss")
+    history = client.get_metric_history(runs[0].info.run_id, "train/loss")
     assert sorted({m.step for m in history}) == list(range(1, steps + 1))

@@ -10,14 +10,12 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, free_port, run_env
+from tests.conftest import ROOT, free_port, run_env, tracked_runs
 
 pytestmark = pytest.mark.slow
 
 
 def test_deepspeed_no_ssh_two_hosts_train_one_run(packed, tmp_path):
-    import mlflow
-
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     run_dir, db, steps = tmp_path / "runs" / "two-hosts", tmp_path / "mlflow.db", 6
@@ -42,6 +40,5 @@ def test_deepspeed_no_ssh_two_hosts_train_one_run(packed, tmp_path):
     assert stop == {**stop, "reason": "finished", "step": steps, "world_size": 2}, stop
     # rank 1 (the second host) wrote its own reader state into the checkpoint
     assert (run_dir / "checkpoints" / f"step_{steps}" / "reader_rank1.json").exists()
-    mlflow.set_tracking_uri(f"sqlite:///{db}")
-    runs = mlflow.search_runs(experiment_names=["aupretrain"], output_format="list")
+    _, runs = tracked_runs(db)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

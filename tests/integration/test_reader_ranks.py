@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch.multiprocessing as mp
 
 from tests.conftest import free_port
@@ -14,7 +13,7 @@ from tests.conftest import free_port
 def _view_worker(rank, world, port, root, broken_on, out):
     import torch.distributed as dist
 
-    from aupretrain.data import dali_reader, storage
+    from aupretrain.data import dataset, storage
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -22,7 +21,7 @@ def _view_worker(rank, world, port, root, broken_on, out):
         real = storage.size
         storage.size = lambda uri: 1 if uri.endswith("shard-000000.tar") else real(uri)
     try:
-        manifest, paths, idx, bad, skipped = dali_reader.shared_dataset_view(root)
+        manifest, paths, idx, bad, skipped = dataset.shared_dataset_view(root)
         out[rank] = ([p.rsplit("/", 1)[-1] for p in paths], [b["shard"].rsplit("/", 1)[-1] for b in bad],
                      manifest.samples)
     except Exception as e:  # noqa: BLE001 - reported to the test

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, run_env
+from tests.conftest import ROOT, run_env, tracked_runs
 from tests.integration.slurm_cluster import SlurmCluster, ensure_installed
 
 pytestmark = pytest.mark.slow
@@ -29,8 +29,6 @@ def _steps(run_dir) -> list[int]:
 
 
 def test_sbatch_preempted_requeues_and_resumes(slurm, packed, tmp_path):
-    import mlflow
-
     submit = tmp_path / "submit"
     submit.mkdir()
     db = tmp_path / "mlflow.db"
@@ -65,10 +63,8 @@ def test_sbatch_preempted_requeues_and_resumes(slurm, packed, tmp_path):
     assert f"stopped at step {preempted_at} of {steps} (signal)" in out, out[-4000:]
     assert f"at step {preempted_at} (data stream" in out, out[-4000:]  # the requeued job resumed there
     # one MLflow run for both jobs, with every step's metrics and finished
-    mlflow.set_tracking_uri(f"sqlite:///{db}")
-    runs = mlflow.search_runs(experiment_names=["aupretrain"], output_format="list")
+    client, runs = tracked_runs(db)
     assert len(runs) == 1, [r.info.run_id for r in runs]
-    client = mlflow.tracking.MlflowClient()
     history = client.get_metric_history(runs[0].info.run_id, "train/loss")
     assert sorted({m.step for m in history}) == list(range(1, steps + 1))
     assert runs[0].info.status == "FINISHED"

@@ -1,0 +1,151 @@
+"""Baseline clip loader (`data.loader=torch`): PIL decode + torch augmentation + a torch `DataLoader`, the same
+batch contract, sample split, augmentations and damaged-data handling as the DALI reader.
+
+It is the fallback where DALI is not installed and the yardstick of `bench/data.py`. Samples are read by byte
+range through the shards' DALI indexes (local files or S3 range GETs), so ranks split the samples exactly as
+DALI does (rank r of W reads the contiguous share k = (r + epoch) mod W of the samples, shuffled per epoch with
+a seeded RNG) and a resumed run continues from the same sample. Each view draws one crop box, rotation and
+colour change per clip and applies it to every frame (`augment.augment_view`, DALI's operators in torch); the
+blur is applied to the batch, as for the DALI reader (`augment.blur_views`).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import integrity, shards, storage
+from .augment import augment_view, blur_views
+from .dataset import ReaderSettings, partners, require_full_batches, shared_dataset_view, video_id
+from .labels import FrameLabels
+
+log = logging.getLogger(__name__)
+
+class _Clips(torch.utils.data.Dataset):
+    """Map-style dataset over (tar, IndexedSample) pairs: decoded, checked and augmented in the worker."""
+
+    def __init__(self, samples, order, settings: ReaderSettings, clip_len: int, seed: tuple, offset: int):
+        self.samples, self.order, self.s, self.clip_len = samples, order, settings, clip_len
+        self.seed, self.offset = seed, offset  # draws depend on (seed, epoch, position in the epoch): resumable
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def _read(self, tar: str, smp: integrity.IndexedSample, ext: str) -> bytes:
+        off, size = smp.members[ext]
+        return storage.read_range(tar, off, size)
+
+    def __getitem__(self, i: int) -> dict:
+        from PIL import Image
+
+        skipped = []
+        for j in range(len(self.order)):  # a damaged sample is replaced by the next one of the epoch's order
+            tar, smp = self.samples[self.order[(i + j) % len(self.order)]]
+            try:
+                meta = json.loads(self._read(tar, smp, "json"))
+                if not isinstance(meta, dict) or not {"video", "identity"} <= set(meta):
+                    raise ValueError("not clip metadata")
+            except (ValueError, UnicodeDecodeError):
+                skipped.append((integrity.BAD_JSON, tar, smp.key))
+                continue
+            try:
+                frames = np.stack([np.asarray(Image.open(io.BytesIO(self._read(tar, smp, e))).convert("RGB"))
+                                   for e in shards.frame_exts(self.clip_len)])
+            except (OSError, ValueError, SyntaxError):
+                skipped.append((integrity.BAD_JPEG, tar, smp.key))
+                continue
+            g = torch.Generator().manual_seed(int(np.random.SeedSequence([*self.seed, self.offset + i]).generate_state(1)[0]))
+            clip = torch.from_numpy(frames)
+            return {"view1": augment_view(clip, self.s, g), "view2": augment_view(clip, self.s, g), "meta": meta,
+                    "skipped": skipped}
+        raise RuntimeError("every sample of this rank's share is damaged")
+
+
+class TorchClipLoader:
+    """Endless iterator of training batches for one rank, the interface of `dali_reader.ClipLoader`."""
+
+    def __init__(self, settings: ReaderSettings, state: dict | None = None):
+        self.settings = settings
+        self.manifest, paths, idx, self.bad_shards, skipped = shared_dataset_view(settings.root,
+                                                                                  settings.verify_checksums)
+        self.skipped = {integrity.UNREADABLE_SHARD: sum(b["samples"] for b in self.bad_shards), **skipped}
+        self.found_damaged: dict[str, int] = {}
+        require_full_batches(settings, self.manifest.samples - sum(self.skipped.values()))
+        self.clip_len = self.manifest.clip_len
+        self.identity_ids = {name: i for i, name in enumerate(self.manifest.identities)}
+        self.shard_paths = paths
+        exts = [*shards.frame_exts(self.clip_len), "json"]
+        self.samples = [(tar, smp) for tar, ix in zip(paths, idx)
+                        for smp in integrity.parse_index(storage.read_text(ix), ix) if all(e in smp.members for e in exts)]
+        if state is not None and (state.get("shards") != paths or state.get("loader") != "torch"):
+            log.warning("reader state is for other shards or another loader: starting a new epoch")
+            state = None
+        # damaged samples found so far ({tar: {key: reason}}): left out from the next epoch on, and after a resume
+        self.quarantine: dict[str, dict[str, str]] = dict(state.get("quarantine", {})) if state else {}
+        self._drop_quarantined()
+        self.epoch = int(state["epoch"]) if state else 0
+        self.position = int(state["position"]) if state else 0  # samples of this epoch's order already served
+        self._gen = torch.Generator().manual_seed(settings.seed)
+        if state:
+            self._gen.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+        self.restored = state is not None
+        self.labels = FrameLabels(settings.labels) if settings.labels else None
+
+    def _drop_quarantined(self) -> None:
+        self.samples = [(tar, smp) for tar, smp in self.samples if smp.key not in self.quarantine.get(tar, {})]
+
+    def _order(self, epoch: int) -> list[int]:
+        """This rank's share of `epoch` (DALI's split and rotation), shuffled with a seed of (seed, epoch)."""
+        n, w = len(self.samples), self.settings.world
+        k = (self.settings.rank + epoch) % w
+        share = np.arange(n * k // w, n * (k + 1) // w)
+        np.random.default_rng([self.settings.seed, epoch]).shuffle(share)
+        return share.tolist()
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self._order(self.epoch)) // self.settings.batch_size)
+
+    def state(self) -> dict:
+        """Where this loader is (between batches): epoch, samples served, partner RNG. JSON-serialisable."""
+        return {"format": 1, "loader": "torch", "epoch": self.epoch, "position": self.position,
+                "generator": self._gen.get_state().tolist(), "shards": self.shard_paths, "quarantine": self.quarantine}
+
+    def __iter__(self) -> Iterator[dict]:
+        b = self.settings.batch_size
+        while True:
+            order = self._order(self.epoch)
+            usable = len(order) // b * b  # the last partial batch is dropped, as DALI does
+            rest = order[self.position:usable]
+            data = _Clips(self.samples, rest, self.settings, self.clip_len, (self.settings.seed, self.epoch),
+                          self.position)
+            workers = max(0, int(self.settings.num_threads))
+            loader = torch.utils.data.DataLoader(data, batch_size=b, shuffle=False, drop_last=True,
+                                                 num_workers=workers, collate_fn=list,
+                                                 prefetch_factor=self.settings.prefetch if workers else None,
+                                                 persistent_workers=False)
+            for items in loader:
+                self.position += b
+                for it in items:
+                    for why, tar, key in it["skipped"]:
+                        if key not in self.quarantine.setdefault(tar, {}):
+                            log.warning("left out damaged sample %s of %s (%s)", key, tar, why)
+                            self.found_damaged[why] = self.found_damaged.get(why, 0) + 1
+                            self.quarantine[tar][key] = why
+                metas = [it["meta"] for it in items]
+                ident = torch.tensor([self.identity_ids.get(m["identity"], -1) for m in metas])
+                batch = {"view1": torch.stack([it["view1"] for it in items]),
+                         "view2": torch.stack([it["view2"] for it in items]), "identity": ident,
+                         "video": torch.tensor([video_id(m["video"]) for m in metas]),
+                         "partner": partners(ident, self._gen), "meta": metas}
+                blur_views(batch, self.settings, self._gen)
+                if self.labels is not None:
+                    batch["au"] = torch.from_numpy(self.labels.batch(metas))
+                yield batch
+            self.epoch += 1
+            self.position = 0
+            self._drop_quarantined()
