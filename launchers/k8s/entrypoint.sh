@@ -26,7 +26,14 @@ JOIN_TIMEOUT=${JOIN_TIMEOUT:-900}
 RUN_DIR=${RUN_DIR:-/runs/aupretrain}
 ARGS=(run.dir="$RUN_DIR")
 [ -n "${AUPRETRAIN_SHARDS:-}" ] && ARGS+=(data.shards="$AUPRETRAIN_SHARDS")
-echo "$(date -Is) pod ${HOSTNAME:-?} (index ${JOB_COMPLETION_INDEX:-${PET_NODE_RANK:-${RANK:-?}}}): $NNODES nodes x $NPROC ranks," \
+INDEX=${JOB_COMPLETION_INDEX:-${PET_NODE_RANK:-${RANK:-}}}
+# Pod 0 (the rendezvous address) hosts the c10d store; said explicitly rather than guessed from hostnames,
+# which a pod's resolver may map to another interface than the one MASTER_ADDR names.
+HOST_CONF=""
+if [ -n "$INDEX" ]; then
+  if [ "$INDEX" = 0 ]; then HOST_CONF=",is_host=1"; else HOST_CONF=",is_host=0"; fi
+fi
+echo "$(date -Is) pod ${HOSTNAME:-?} (index ${INDEX:-?}): $NNODES nodes x $NPROC ranks," \
      "rendezvous $ENDPOINT id $RDZV_ID, run $RUN_DIR"
 # Unset the per-pod RANK/WORLD_SIZE the operator sets for the pod: torchrun sets them per rank.
 unset RANK WORLD_SIZE LOCAL_RANK
@@ -35,7 +42,7 @@ unset RANK WORLD_SIZE LOCAL_RANK
 # exit 0. Forwarding TERM to torchrun instead would SIGKILL the ranks 30 s later, mid-checkpoint.
 torchrun --nnodes "$NNODES" --nproc_per_node "$NPROC" \
   --rdzv_backend c10d --rdzv_endpoint "$ENDPOINT" --rdzv_id "$RDZV_ID" \
-  --rdzv_conf "join_timeout=$JOIN_TIMEOUT" --max_restarts "$MAX_RESTARTS" \
+  --rdzv_conf "join_timeout=$JOIN_TIMEOUT$HOST_CONF" --max_restarts "$MAX_RESTARTS" \
   -m aupretrain.train "${ARGS[@]}" "$@" &
 AGENT=$!
 stop() { echo "$(date -Is) SIGTERM: asking the ranks to checkpoint and stop"; pkill -USR1 -P "$AGENT" || true; }

@@ -42,3 +42,4 @@ def test_deepspeed_no_ssh_two_hosts_train_one_run(packed, tmp_path):
     assert (run_dir / "checkpoints" / f"step_{steps}" / "reader_rank1.json").exists()
     _, runs = tracked_runs(db)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+

@@ -1,6 +1,7 @@
 """Learnability: the encoder trained with the supervised objective on a tiny synthetic set transfers to new
 identities clearly above the random-init floor (a regression test for the quality issue: the supervised bound
 once scored below random init)."""
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -21,10 +22,10 @@ def test_supervised_objective_beats_the_random_init_floor_on_new_identities(tmp_
 
     # many identities with few frames (the corpus shape that transfers); evaluation identities never seen
     write_corpus(tmp_path / "train", identities=600, videos_per_identity=1, frames=8, seed=5, workers=1)
-    write_corpus(tmp_path / "eval", identities=24, videos_per_identity=1, frames=40, seed=6, workers=1,
+    write_corpus(tmp_path / "eval", identities=48, videos_per_identity=1, frames=40, seed=6, workers=1,
                  first_identity=300000)
     train, ev = load_synthetic(tmp_path / "train"), load_synthetic(tmp_path / "eval")
-    cfg = load_config(["model=resnet_small", "eval.folds=3", "eval.probe.steps=300"])
+    cfg = load_config(["model=resnet_small", "eval.folds=4", "eval.probe.steps=300", "eval.identity_probe=false"])
     mc = OmegaConf.to_container(cfg.model, resolve=True)
     torch.manual_seed(0)
     model = PretrainModel(mc, 64, au_classes=train.labels.shape[1])
@@ -47,13 +48,18 @@ def test_supervised_objective_beats_the_random_init_floor_on_new_identities(tmp_
         sched.step()
     model.eval()
     frames = torch.from_numpy(ev.frames)
-    trained = evaluate_codes(model.encoder.encode(frames).numpy(), ev, cfg.eval)["f1_mean"]
-    floor = evaluate_codes(random_init.encode(frames).numpy(), ev, cfg.eval)["f1_mean"]
+
+    def probe(codes):  # the probe's mean F1 over three fold assignments and seeds: one fit on 36 identities is noisy
+        return float(np.mean([evaluate_codes(codes, ev, cfg.eval, seed=k)["f1_mean"] for k in range(3)]))
+
+    trained = probe(model.encoder.encode(frames).numpy())
+    floor = probe(random_init.encode(frames).numpy())
     trivial = always_positive(ev)["f1_mean"]
     with torch.no_grad():  # the objective's own classifier, thresholded at 0.5
         direct = per_au_f1(ev.labels, torch.sigmoid(model.classifier(model.encoder.encode(frames))).numpy()).mean()
-    # measured: probe 0.168 / 0.144, random-init floor 0.103, always-positive 0.153, classifier 0.194 / 0.244
-    # (this box / CI). The probe is fitted on 16 identities x 40 frames, so its figure moves by ~0.03 between
-    # machines; the objective's own classifier, trained on 600 identities, is the steadier read against trivial.
-    assert trained > floor + 0.03, (trained, floor)
-    assert direct > trivial + 0.025, (direct, trivial)
+    # measured (48 evaluation identities, probe averaged over 3 fold assignments): probe 0.151 / 0.139, random-init
+    # floor 0.094 / 0.095, always-positive 0.158, classifier 0.237 / 0.256 in two runs on one machine (CPU training
+    # is not bit-reproducible run to run); with 24 identities and one probe fit the probe moved by 0.06 between runs.
+    print(f"probe {trained:.3f} floor {floor:.3f} always-positive {trivial:.3f} classifier {direct:.3f}")
+    assert trained > floor + 0.025, (trained, floor)
+    assert direct > trivial + 0.04, (direct, trivial)

@@ -145,7 +145,7 @@ def test_resume_continues_from_the_last_complete_checkpoint(packed, tmp_path):
 
 
 @pytest.mark.parametrize("launcher", ["python"])
-def test_sigterm_stops_with_a_checkpoint_and_the_run_continues(packed, tmp_path, launcher):
+def test_preemption_sigterm_stops_with_a_checkpoint_and_the_run_continues(packed, tmp_path, launcher):
     """A preemption signal mid-run: the process finishes its step, checkpoints, exits 0; a relaunch resumes.
     `launcher=torchrun` (signals rank 1 of 2 only) works too; the suite leaves that case to the Kubernetes
     entrypoint test (test_k8s.py), where one pod's rank of two is signalled, to keep CI time down."""

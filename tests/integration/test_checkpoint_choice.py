@@ -1,0 +1,48 @@
+"""Rank 0 decides which checkpoint a job resumes from and every rank loads that one, whatever its own view of
+the run folder (NFS attribute caches, node-local disks); a refusal on rank 0 is raised on every rank."""
+from __future__ import annotations
+
+import os
+
+import torch.multiprocessing as mp
+
+from tests.conftest import free_port
+
+
+def _worker(rank, world, port, run_dir, resume, out):
+    import torch.distributed as dist
+
+    from aupretrain.engine import checkpoint
+    from aupretrain.errors import UsageError
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if rank == 1:  # a stale view: this rank believes step 6 is the newest complete checkpoint
+        real = checkpoint.latest
+        checkpoint.latest = lambda d: (6, checkpoint.root(d) / "step_6") if real(d) else None
+    try:
+        found = checkpoint.choose(run_dir, resume, rank == 0, rank)
+        out[rank] = found[0] if found else None
+    except UsageError as e:
+        out[rank] = f"UsageError: {e}"
+    dist.destroy_process_group()
+
+
+def choices(run_dir, resume):
+    with mp.Manager() as m:
+        out = m.dict()
+        mp.spawn(_worker, args=(2, free_port(), str(run_dir), resume, out), nprocs=2, join=True)
+        return dict(out)
+
+
+def test_ranks_agree_on_resume_step(tmp_path):
+    run = tmp_path / "run"
+    for step, complete in ((2, True), (4, True), (6, False)):  # step 6 was cut off mid-write
+        d = run / "checkpoints" / f"step_{step}"
+        d.mkdir(parents=True)
+        if complete:
+            (d / "COMPLETE").write_text("ok\n")
+    assert choices(run, "auto") == {0: 4, 1: 4}  # rank 1's stale view of step 6 is not used
+    assert choices(run, "never") == {0: None, 1: None}
+    bad = choices(run, str(tmp_path / "elsewhere"))  # refused on rank 0: the same error on both ranks
+    assert bad[0] == bad[1] and bad[0].startswith("UsageError: train.resume=") and "no complete checkpoint" in bad[0]
