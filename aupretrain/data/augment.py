@@ -12,7 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dataset import ReaderSettings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .dataset import ReaderSettings
 
 # RGB <-> YIQ (NTSC), the colour space of DALI's `hsv` operator
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])

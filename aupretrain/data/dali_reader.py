@@ -20,9 +20,8 @@ import numpy as np
 import torch
 
 from . import integrity, shards, storage
-from .augment import blur_views
-from .dataset import (ReaderSettings, check_shards, partners, require_full_batches,  # noqa: F401 (re-exported)
-                      shared_dataset_view, video_id)
+from .dataset import (ReaderSettings, assemble_batch, check_shards, partners,  # noqa: F401 (re-exported)
+                      require_full_batches, shared_dataset_view, video_id)
 from .labels import FrameLabels
 
 log = logging.getLogger(__name__)
@@ -241,9 +240,8 @@ class ClipLoader:
             while True:
                 try:
                     d = next(it)[0]
-                    metas = self._decode_meta(d["meta"])
-                    ident = torch.tensor([self.identity_ids.get(m["identity"], -1) for m in metas])
-                    video = torch.tensor([video_id(m["video"]) for m in metas])
+                    batch = assemble_batch(d["view1"], d["view2"], self._decode_meta(d["meta"]), self.identity_ids,
+                                           self._gen, self.settings, self.labels)
                 except StopIteration:
                     break
                 except (RuntimeError, ValueError, UnicodeDecodeError, KeyError, TypeError) as e:  # DALI: RuntimeError
@@ -253,11 +251,6 @@ class ClipLoader:
                     self._recover(e)
                     it = iter(self.iterator)
                     continue
-                batch = {"view1": d["view1"], "view2": d["view2"], "identity": ident, "video": video,
-                         "partner": partners(ident, self._gen), "meta": metas}
-                blur_views(batch, self.settings, self._gen)
-                if self.labels is not None:
-                    batch["au"] = torch.from_numpy(self.labels.batch(metas))
                 yield batch
             self.epoch += 1
             self._dali_epoch += 1

@@ -142,6 +142,24 @@ def video_id(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=7).digest(), "little")
 
 
+def assemble_batch(view1: torch.Tensor, view2: torch.Tensor, metas: list[dict], identity_ids: dict[str, int],
+                   generator: torch.Generator, settings: ReaderSettings, labels=None) -> dict:
+    """The batch contract from two views [B, T, 3, S, S] and the clips' metadata (both loaders): identity [B]
+    (-1 for an identity the manifest does not list), video [B] (`video_id`), partner [B] (drawn from
+    `generator`), the batch blur (`augment.blur_views`), and `au` [B, T, A] when `labels` (FrameLabels) is set.
+    Raises KeyError when a clip's metadata lacks `identity` or `video`."""
+    from .augment import blur_views
+
+    ident = torch.tensor([identity_ids.get(m["identity"], -1) for m in metas])
+    batch = {"view1": view1, "view2": view2, "identity": ident,
+             "video": torch.tensor([video_id(m["video"]) for m in metas]),
+             "partner": partners(ident, generator), "meta": metas}
+    blur_views(batch, settings, generator)
+    if labels is not None:
+        batch["au"] = torch.from_numpy(labels.batch(metas))
+    return batch
+
+
 def build_loader(cfg, rank: int, world: int, state: dict | None = None):
     """The training loader `data.loader` names: "dali" (`ClipLoader`), "torch" (the baseline
     `torch_reader.TorchClipLoader`) or "auto" (DALI when it can be imported, else the baseline, logged)."""

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from . import integrity, shards, storage
-from .augment import augment_view, blur_views
-from .dataset import ReaderSettings, partners, require_full_batches, shared_dataset_view, video_id
+from .augment import augment_view
+from .dataset import ReaderSettings, assemble_batch, require_full_batches, shared_dataset_view
 from .labels import FrameLabels
 
 log = logging.getLogger(__name__)
@@ -136,16 +136,9 @@ class TorchClipLoader:
                             log.warning("left out damaged sample %s of %s (%s)", key, tar, why)
                             self.found_damaged[why] = self.found_damaged.get(why, 0) + 1
                             self.quarantine[tar][key] = why
-                metas = [it["meta"] for it in items]
-                ident = torch.tensor([self.identity_ids.get(m["identity"], -1) for m in metas])
-                batch = {"view1": torch.stack([it["view1"] for it in items]),
-                         "view2": torch.stack([it["view2"] for it in items]), "identity": ident,
-                         "video": torch.tensor([video_id(m["video"]) for m in metas]),
-                         "partner": partners(ident, self._gen), "meta": metas}
-                blur_views(batch, self.settings, self._gen)
-                if self.labels is not None:
-                    batch["au"] = torch.from_numpy(self.labels.batch(metas))
-                yield batch
+                yield assemble_batch(torch.stack([it["view1"] for it in items]),
+                                     torch.stack([it["view2"] for it in items]), [it["meta"] for it in items],
+                                     self.identity_ids, self._gen, self.settings, self.labels)
             self.epoch += 1
             self.position = 0
             self._drop_quarantined()
