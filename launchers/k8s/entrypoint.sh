@@ -40,7 +40,11 @@ unset RANK WORLD_SIZE LOCAL_RANK
 # Pod termination (SIGTERM to PID 1, then SIGKILL after terminationGracePeriodSeconds): the ranks are asked
 # to stop with a checkpoint (USR1, aupretrain/engine/signals.py) and torchrun is left running until they
 # exit 0. Forwarding TERM to torchrun instead would SIGKILL the ranks 30 s later, mid-checkpoint.
-torchrun --nnodes "$NNODES" --nproc_per_node "$NPROC" \
+# LOCAL_ADDR (optional, e.g. the pod IP from the downward API): the address this node advertises to the others
+# (the rank-0 node's becomes the workers' MASTER_ADDR); default: what the hostname resolves to.
+LOCAL=()
+[ -n "${LOCAL_ADDR:-}" ] && LOCAL=(--local_addr "$LOCAL_ADDR")
+torchrun --nnodes "$NNODES" --nproc_per_node "$NPROC" "${LOCAL[@]}" \
   --rdzv_backend c10d --rdzv_endpoint "$ENDPOINT" --rdzv_id "$RDZV_ID" \
   --rdzv_conf "join_timeout=$JOIN_TIMEOUT$HOST_CONF" --max_restarts "$MAX_RESTARTS" \
   -m aupretrain.train "${ARGS[@]}" "$@" &

@@ -104,7 +104,7 @@ def test_manifests_carry_what_a_multi_node_job_needs():
         assert refs == ["aupretrain-config", "aupretrain-s3"], name
     job, service = (next(d for d in documents("indexed-job.yaml") if d["kind"] == k) for k in ("Job", "Service"))
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {"job-name": job["metadata"]["name"]}
-    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     sub = job["spec"]["template"]["spec"]["subdomain"]
     assert env["MASTER_ADDR"] == f"{job['metadata']['name']}-0.{sub}" and sub == service["metadata"]["name"]
     assert int(env["NNODES"]) == job["spec"]["completions"] == job["spec"]["parallelism"]
@@ -119,12 +119,14 @@ def pod_env(kind: str, index: int, port: int, run_dir: Path, shards: Path, db: P
     if kind == "indexed-job":
         job = next(d for d in documents("indexed-job.yaml") if d["kind"] == "Job")
         c = job["spec"]["template"]["spec"]["containers"][0]
-        env = {e["name"]: e["value"] for e in c["env"]}
-        env.update(JOB_COMPLETION_INDEX=str(index), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+        env.update(JOB_COMPLETION_INDEX=str(index), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   LOCAL_ADDR="127.0.0.1")  # status.podIP
     else:
         role = "Master" if index == 0 else "Worker"
         c = documents("pytorchjob.yaml")[0]["spec"]["pytorchReplicaSpecs"][role]["template"]["spec"]["containers"][0]
-        env = {e["name"]: e["value"] for e in c["env"]}
+        env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+        env["LOCAL_ADDR"] = "127.0.0.1"  # status.podIP
         # what the training-operator adds for a pod (v1 PyTorchJob without elasticPolicy)
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(index), WORLD_SIZE="2",
                    PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=str(port), PET_NODE_RANK=str(index))
