@@ -145,3 +145,40 @@ def tracked_runs(db) -> tuple:
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("aupretrain")
     return client, (client.search_runs([exp.experiment_id]) if exp else [])
+
+
+def _gloo_rank(rank, world, port, fn, args, out):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        out[rank] = fn(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def on_two_ranks(fn, *args) -> dict:
+    """{rank: fn(rank, *args)} from two spawned processes in one gloo process group (fn: a module-level
+    function; its return value must pickle)."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as m:
+        out = m.dict()
+        mp.spawn(_gloo_rank, args=(2, free_port(), fn, args, out), nprocs=2, join=True)
+        return dict(out)
+
+
+def run_together(procs: list[subprocess.Popen], timeout: float = 420) -> list[str]:
+    """Wait for processes started together (each in its own session, stdout piped, stderr merged); on a timeout
+    or error every one still running is killed with its group. Asserts each exited 0; returns their outputs."""
+    outs = []
+    try:
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    return outs

@@ -2,37 +2,25 @@
 the run folder (NFS attribute caches, node-local disks); a refusal on rank 0 is raised on every rank."""
 from __future__ import annotations
 
-import os
-
-import torch.multiprocessing as mp
-
-from tests.conftest import free_port
+from tests.conftest import on_two_ranks
 
 
-def _worker(rank, world, port, run_dir, resume, out):
-    import torch.distributed as dist
-
+def _choose(rank, run_dir, resume):
     from aupretrain.engine import checkpoint
     from aupretrain.errors import UsageError
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     if rank == 1:  # a stale view: this rank believes step 6 is the newest complete checkpoint
         real = checkpoint.latest
         checkpoint.latest = lambda d: (6, checkpoint.root(d) / "step_6") if real(d) else None
     try:
         found = checkpoint.choose(run_dir, resume, rank == 0, rank)
-        out[rank] = found[0] if found else None
+        return found[0] if found else None
     except UsageError as e:
-        out[rank] = f"UsageError: {e}"
-    dist.destroy_process_group()
+        return f"UsageError: {e}"
 
 
 def choices(run_dir, resume):
-    with mp.Manager() as m:
-        out = m.dict()
-        mp.spawn(_worker, args=(2, free_port(), str(run_dir), resume, out), nprocs=2, join=True)
-        return dict(out)
+    return on_two_ranks(_choose, str(run_dir), resume)
 
 
 def test_ranks_agree_on_resume_step(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import signal
 import subprocess
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port, run_env, tracked_runs
+from tests.conftest import ROOT, free_port, run_env, run_together, tracked_runs
 
 K8S = ROOT / "launchers" / "k8s"
 KUBERNETES_VERSION = "1.30"  # the oldest version the manifests target (backoffLimitPerIndex is GA in 1.33, beta 1.29+)
@@ -143,20 +142,6 @@ def start_pods(kind, tmp_path, packed, port, overrides) -> list[subprocess.Popen
                              stderr=subprocess.STDOUT, text=True, start_new_session=True) for i in range(2)]
 
 
-def finish(pods, timeout=420) -> list[str]:
-    outs = []
-    try:
-        for p in pods:
-            outs.append(p.communicate(timeout=timeout)[0])
-    finally:
-        for p in pods:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-    for p, out in zip(pods, outs):
-        assert p.returncode == 0, out[-4000:]
-    return outs
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pytorchjob", "indexed-job"])
 def test_two_simulated_pods_rendezvous_and_train(kind, packed, tmp_path):
@@ -175,13 +160,13 @@ def test_two_simulated_pods_rendezvous_and_train(kind, packed, tmp_path):
             assert time.time() < deadline and all(p.poll() is None for p in pods), [p.poll() for p in pods]
             time.sleep(0.5)
         pods[1].send_signal(signal.SIGTERM)  # the entrypoint (PID 1 in the container)
-        outs = finish(pods)
+        outs = run_together(pods)
         stop = json.loads((run_dir / "last_stop.json").read_text())
         assert stop["reason"] == "signal" and stop["step"] < steps, stop
         assert "SIGTERM: asking the ranks to checkpoint" in outs[1]
         assert "received SIGUSR1" in outs[1], outs[1][-3000:]  # pod 1's rank got it; pod 0's followed the agreement
         pods = start_pods(kind, tmp_path, packed, free_port(), overrides)  # the Job recreates the pods
-    outs = finish(pods)
+    outs = run_together(pods)
     log = "\n".join(outs)
     assert "run " in log and ": 2 ranks," in log, log[-4000:]
     assert "rendezvous 127.0.0.1:" in outs[0] and "rendezvous 127.0.0.1:" in outs[1]

@@ -4,13 +4,11 @@ one run and log one MLflow run."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, free_port, run_env, tracked_runs
+from tests.conftest import ROOT, free_port, run_env, run_together, tracked_runs
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +24,7 @@ def test_deepspeed_no_ssh_two_hosts_train_one_run(packed, tmp_path):
     hosts = [subprocess.Popen([str(ROOT / "launchers/deepspeed/multinode.sh"), *args], cwd=tmp_path,
                               env=run_env(NODE_RANK=str(i), **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, start_new_session=True) for i in range(2)]
-    outs = []
-    try:
-        outs = [h.communicate(timeout=420)[0] for h in hosts]
-    finally:
-        for h in hosts:
-            if h.poll() is None:
-                os.killpg(h.pid, signal.SIGKILL)
-    for h, out in zip(hosts, outs):
-        assert h.returncode == 0, out[-4000:]
+    outs = run_together(hosts)
     assert ": 2 ranks," in outs[0], outs[0][-3000:]
     stop = json.loads((run_dir / "last_stop.json").read_text())
     assert stop == {**stop, "reason": "finished", "step": steps, "world_size": 2}, stop

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, run_env, tracked_runs
+from tests.conftest import ROOT, run_env, run_together, tracked_runs
 
 pytestmark = pytest.mark.slow
 
@@ -61,16 +60,7 @@ def test_two_network_namespaces_rendezvous_and_train_one_run(two_hosts, packed, 
                                        f"eval.corpus={tmp_path / 'eval'}"], cwd=tmp_path, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       start_new_session=True))
-    outs = []
-    try:
-        outs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                outs.append(p.communicate()[0])
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
+    outs = run_together(procs, timeout=240)
     assert ": 2 ranks," in "\n".join(outs)
     stop = json.loads((run_dir / "last_stop.json").read_text())
     assert (stop["reason"], stop["step"], stop["world_size"]) == ("finished", steps, 2)

@@ -3,37 +3,24 @@ rank's own view of storage differs); an error on rank 0 reaches every rank inste
 uneven shards take equal steps and together read every clip of an epoch once."""
 from __future__ import annotations
 
-import os
-
-import torch.multiprocessing as mp
-
-from tests.conftest import free_port
+from tests.conftest import on_two_ranks
 
 
-def _view_worker(rank, world, port, root, broken_on, out):
-    import torch.distributed as dist
-
+def _view(rank, root, broken_on):
     from aupretrain.data import dataset, storage
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     if rank == broken_on:  # this rank's view of storage differs: the first shard looks truncated
         real = storage.size
         storage.size = lambda uri: 1 if uri.endswith("shard-000000.tar") else real(uri)
     try:
         manifest, paths, idx, bad, skipped = dataset.shared_dataset_view(root)
-        out[rank] = ([p.rsplit("/", 1)[-1] for p in paths], [b["shard"].rsplit("/", 1)[-1] for b in bad],
-                     manifest.samples)
+        return ([p.rsplit("/", 1)[-1] for p in paths], [b["shard"].rsplit("/", 1)[-1] for b in bad], manifest.samples)
     except Exception as e:  # noqa: BLE001 - reported to the test
-        out[rank] = f"{type(e).__name__}: {e}"
-    dist.destroy_process_group()
+        return f"{type(e).__name__}: {e}"
 
 
 def views(root, broken_on):
-    with mp.Manager() as m:
-        out = m.dict()
-        mp.spawn(_view_worker, args=(2, free_port(), str(root), broken_on, out), nprocs=2, join=True)
-        return dict(out)
+    return on_two_ranks(_view, str(root), broken_on)
 
 
 def test_every_rank_uses_rank0s_shard_list(packed):
