@@ -53,7 +53,7 @@ def decode_only(settings, clip_len: int):
     from aupretrain.data.dali_reader import use_gpu
     from aupretrain.data.dataset import shared_dataset_view
 
-    _, paths, idx, _, _ = shared_dataset_view(settings.root)
+    _, paths, idx, _, _, _ = shared_dataset_view(settings.root)
     gpu = use_gpu(settings.device)
 
     @pipeline_def(batch_size=settings.batch_size, num_threads=settings.num_threads, device_id=0 if gpu else None,

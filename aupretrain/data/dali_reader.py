@@ -88,8 +88,8 @@ class ClipLoader:
 
     def __init__(self, settings: ReaderSettings, state: dict | None = None):
         self.settings = settings
-        self.manifest, paths, idx, self.bad_shards, skipped = shared_dataset_view(settings.root,
-                                                                                  settings.verify_checksums)
+        self.manifest, paths, idx, self.bad_shards, skipped, _ = shared_dataset_view(settings.root,
+                                                                                     settings.verify_checksums)
         if not all(storage.dali_readable(p) for p in paths + idx):  # keys with `#`/`?`: DALI would cut them
             cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "aupretrain", "shards",
                          hashlib.sha1(settings.root.encode()).hexdigest()[:16])

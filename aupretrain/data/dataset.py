@@ -53,12 +53,13 @@ class ReaderSettings:
 
 
 def check_shards(root: str, manifest: shards.Manifest, verify: bool = False
-                 ) -> tuple[list[str], list[str], list[dict], dict[str, int]]:
+                 ) -> tuple[list[str], list[str], list[dict], dict[str, int], list[int]]:
     """Usable shard paths, their index paths, bad shards [{"shard", "reason", "samples"}] (missing, another size
-    than the manifest's — a truncated upload —, index missing, unreadable or pointing past the end, checksum)
-    and {reason: samples} left out of usable shards (samples missing a member; DALI skips them)."""
+    than the manifest's — a truncated upload —, index missing, unreadable or pointing past the end, checksum),
+    {reason: samples} left out of usable shards (samples missing a member; DALI skips them), and the number of
+    complete samples of each usable shard (so no other rank needs to read an index to split the samples)."""
     exts = shards.frame_exts(manifest.clip_len) + ["json"]
-    paths, idx, bad, skipped = [], [], [], {}
+    paths, idx, bad, skipped, counts = [], [], [], {}, []
     for s in manifest.shards:
         tar, ix = storage.join(root, s.name), storage.join(root, s.index)
         try:
@@ -68,7 +69,8 @@ def check_shards(root: str, manifest: shards.Manifest, verify: bool = False
                                  f"says {s.bytes}")
             if not storage.exists(ix):
                 raise FileNotFoundError("index file missing")
-            missing = integrity.check_index(integrity.parse_index(storage.read_text(ix), ix), n, exts, tar)
+            entries = integrity.parse_index(storage.read_text(ix), ix)
+            missing = integrity.check_index(entries, n, exts, tar)
             if verify and not storage.is_s3(root) and shards.sha256_file(tar) != s.sha256:
                 raise ValueError("sha256 differs from the manifest")
         except Exception as e:  # noqa: BLE001 - every failure mode of a shard is reported the same way
@@ -80,13 +82,14 @@ def check_shards(root: str, manifest: shards.Manifest, verify: bool = False
             skipped[integrity.MISSING] = skipped.get(integrity.MISSING, 0) + len(missing)
         paths.append(tar)
         idx.append(ix)
+        counts.append(len(entries) - len(missing))
     if not paths:
         raise RuntimeError(f"{root}: no usable shards ({len(bad)} bad; first: {bad[0] if bad else 'none listed'})")
-    return paths, idx, bad, skipped
+    return paths, idx, bad, skipped, counts
 
 
 def shared_dataset_view(root: str, verify: bool = False
-                        ) -> tuple[shards.Manifest, list[str], list[str], list[dict], dict[str, int]]:
+                        ) -> tuple[shards.Manifest, list[str], list[str], list[dict], dict[str, int], list[int]]:
     """(manifest, *check_shards(...)) as rank 0 sees them, on every rank.
 
     Rank 0 alone reads the manifest and checks every shard (size, index, optional sha256) — one pass over

@@ -28,12 +28,12 @@ log = logging.getLogger(__name__)
 class _Clips(torch.utils.data.Dataset):
     """Map-style dataset over (tar, IndexedSample) pairs: decoded, checked and augmented in the worker."""
 
-    def __init__(self, samples, order, settings: ReaderSettings, clip_len: int, seed: tuple, offset: int):
-        self.samples, self.order, self.s, self.clip_len = samples, order, settings, clip_len
+    def __init__(self, items, settings: ReaderSettings, clip_len: int, seed: tuple, offset: int):
+        self.items, self.s, self.clip_len = items, settings, clip_len  # items: [(tar, IndexedSample)] in order
         self.seed, self.offset = seed, offset  # draws depend on (seed, epoch, position in the epoch): resumable
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.items)
 
     def _read(self, tar: str, smp: integrity.IndexedSample, ext: str) -> bytes:
         off, size = smp.members[ext]
@@ -43,8 +43,8 @@ class _Clips(torch.utils.data.Dataset):
         from PIL import Image
 
         skipped = []
-        for j in range(len(self.order)):  # a damaged sample is replaced by the next one of the epoch's order
-            tar, smp = self.samples[self.order[(i + j) % len(self.order)]]
+        for j in range(len(self.items)):  # a damaged sample is replaced by the next one of the epoch's order
+            tar, smp = self.items[(i + j) % len(self.items)]
             try:
                 meta = json.loads(self._read(tar, smp, "json"))
                 if not isinstance(meta, dict) or not {"video", "identity"} <= set(meta):
@@ -70,23 +70,22 @@ class TorchClipLoader:
 
     def __init__(self, settings: ReaderSettings, state: dict | None = None):
         self.settings = settings
-        self.manifest, paths, idx, self.bad_shards, skipped = shared_dataset_view(settings.root,
-                                                                                  settings.verify_checksums)
+        self.manifest, paths, idx, self.bad_shards, skipped, counts = shared_dataset_view(settings.root,
+                                                                                          settings.verify_checksums)
         self.skipped = {integrity.UNREADABLE_SHARD: sum(b["samples"] for b in self.bad_shards), **skipped}
         self.found_damaged: dict[str, int] = {}
         require_full_batches(settings, self.manifest.samples - sum(self.skipped.values()))
         self.clip_len = self.manifest.clip_len
         self.identity_ids = {name: i for i, name in enumerate(self.manifest.identities)}
         self.shard_paths = paths
-        exts = [*shards.frame_exts(self.clip_len), "json"]
-        self.samples = [(tar, smp) for tar, ix in zip(paths, idx)
-                        for smp in integrity.parse_index(storage.read_text(ix), ix) if all(e in smp.members for e in exts)]
+        self.index_paths = idx
+        self._starts = np.cumsum([0, *counts])  # global sample index of each shard's first complete sample
+        self._indexes: dict[int, list[integrity.IndexedSample]] = {}  # read when a share first needs the shard
         if state is not None and (state.get("shards") != paths or state.get("loader") != "torch"):
             log.warning("reader state is for other shards or another loader: starting a new epoch")
             state = None
         # damaged samples found so far ({tar: {key: reason}}): left out from the next epoch on, and after a resume
         self.quarantine: dict[str, dict[str, str]] = dict(state.get("quarantine", {})) if state else {}
-        self._drop_quarantined()
         self.epoch = int(state["epoch"]) if state else 0
         self.position = int(state["position"]) if state else 0  # samples of this epoch's order already served
         self._gen = torch.Generator().manual_seed(settings.seed)
@@ -95,16 +94,24 @@ class TorchClipLoader:
         self.restored = state is not None
         self.labels = FrameLabels(settings.labels) if settings.labels else None
 
-    def _drop_quarantined(self) -> None:
-        self.samples = [(tar, smp) for tar, smp in self.samples if smp.key not in self.quarantine.get(tar, {})]
+    def _sample(self, g: int) -> tuple[str, integrity.IndexedSample]:
+        """(tar, sample) of global sample index g; the shard's index is read the first time one is needed."""
+        i = int(np.searchsorted(self._starts, g, side="right")) - 1
+        if i not in self._indexes:
+            ix, exts = self.index_paths[i], [*shards.frame_exts(self.clip_len), "json"]
+            self._indexes[i] = [s for s in integrity.parse_index(storage.read_text(ix), ix)
+                                if all(e in s.members for e in exts)]
+        return self.shard_paths[i], self._indexes[i][g - int(self._starts[i])]
 
-    def _order(self, epoch: int) -> list[int]:
-        """This rank's share of `epoch` (DALI's split and rotation), shuffled with a seed of (seed, epoch)."""
-        n, w = len(self.samples), self.settings.world
+    def _order(self, epoch: int) -> list[tuple[str, integrity.IndexedSample]]:
+        """This rank's share of `epoch` (DALI's split and rotation over the complete samples), shuffled with a
+        seed of (seed, epoch), without the samples found damaged so far. Reads only the share's indexes."""
+        n, w = int(self._starts[-1]), self.settings.world
         k = (self.settings.rank + epoch) % w
         share = np.arange(n * k // w, n * (k + 1) // w)
         np.random.default_rng([self.settings.seed, epoch]).shuffle(share)
-        return share.tolist()
+        items = [self._sample(int(g)) for g in share]
+        return [(tar, smp) for tar, smp in items if smp.key not in self.quarantine.get(tar, {})]
 
     @property
     def steps_per_epoch(self) -> int:
@@ -121,8 +128,7 @@ class TorchClipLoader:
             order = self._order(self.epoch)
             usable = len(order) // b * b  # the last partial batch is dropped, as DALI does
             rest = order[self.position:usable]
-            data = _Clips(self.samples, rest, self.settings, self.clip_len, (self.settings.seed, self.epoch),
-                          self.position)
+            data = _Clips(rest, self.settings, self.clip_len, (self.settings.seed, self.epoch), self.position)
             workers = max(0, int(self.settings.num_threads))
             loader = torch.utils.data.DataLoader(data, batch_size=b, shuffle=False, drop_last=True,
                                                  num_workers=workers, collate_fn=list,
@@ -141,4 +147,3 @@ class TorchClipLoader:
                                      self.identity_ids, self._gen, self.settings, self.labels)
             self.epoch += 1
             self.position = 0
-            self._drop_quarantined()

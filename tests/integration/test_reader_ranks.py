@@ -13,7 +13,7 @@ def _view(rank, root, broken_on):
         real = storage.size
         storage.size = lambda uri: 1 if uri.endswith("shard-000000.tar") else real(uri)
     try:
-        manifest, paths, idx, bad, skipped = dataset.shared_dataset_view(root)
+        manifest, paths, idx, bad, skipped, counts = dataset.shared_dataset_view(root)
         return ([p.rsplit("/", 1)[-1] for p in paths], [b["shard"].rsplit("/", 1)[-1] for b in bad], manifest.samples)
     except Exception as e:  # noqa: BLE001 - reported to the test
         return f"{type(e).__name__}: {e}"

@@ -115,8 +115,9 @@ def test_bad_shard_is_skipped_and_reported(packed, tmp_path):
     shutil.copytree(packed, bad)
     m = shards.load_manifest(str(bad))
     (bad / m.shards[0].name).write_bytes(b"truncated")
-    paths, idx, rejected, skipped = check_shards(str(bad), m)
+    paths, idx, rejected, skipped, counts = check_shards(str(bad), m)
     assert len(paths) == len(m.shards) - 1 and rejected[0]["shard"].endswith(m.shards[0].name)
+    assert counts == [s.samples for s in m.shards[1:]]
     assert "truncated shard" in rejected[0]["reason"] and skipped == {}
     loader = ClipLoader(ReaderSettings(root=str(bad), batch_size=2, input_size=32, device="cpu", num_threads=1,
                                        shuffle_buffer=2))
