@@ -88,8 +88,8 @@ class ClipLoader:
 
     def __init__(self, settings: ReaderSettings, state: dict | None = None):
         self.settings = settings
-        self.manifest, paths, idx, self.bad_shards, skipped, _ = shared_dataset_view(settings.root,
-                                                                                     settings.verify_checksums)
+        self.manifest, paths, idx, self.bad_shards, skipped, self._counts = shared_dataset_view(
+            settings.root, settings.verify_checksums)
         if not all(storage.dali_readable(p) for p in paths + idx):  # keys with `#`/`?`: DALI would cut them
             cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "aupretrain", "shards",
                          hashlib.sha1(settings.root.encode()).hexdigest()[:16])
@@ -164,7 +164,7 @@ class ClipLoader:
     def _share(self) -> list[int]:
         """Indexes (into shard_paths) of the shards holding this rank's share of the current epoch: DALI gives
         rank r of W the contiguous samples [N k / W, N (k+1) / W) with k = (r + epoch) mod W."""
-        counts = [len(integrity.parse_index(storage.read_text(ix), ix)) for ix in self.index_paths]
+        counts = [c - len(self.quarantine.get(tar, {})) for tar, c in zip(self.shard_paths, self._counts)]
         w = self.settings.world
         k = (self.settings.rank + self._dali_epoch) % w
         n = sum(counts)
