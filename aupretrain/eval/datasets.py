@@ -1,9 +1,9 @@
 """Labelled frame sets for the AU probe. Synthetic: rendered with ground truth, identities disjoint from
-pretraining. (BP4D / DISFA / GFT readers plug in here with the same LabelledFrames output.)"""
+pretraining. BP4D / DISFA / GFT: `au_datasets.py`, with the same LabelledFrames output."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,17 @@ class LabelledFrames:
     identity: np.ndarray  # [N] int
     video: np.ndarray  # [N] int
     aus: list[str]
-    identity_names: list[str]
+    identity_names: list[str]  # subject name of each identity number
+    # Optional (real datasets fill them; the synthetic path leaves the defaults):
+    frame_index: np.ndarray | None = None  # [N] int: the frame's number in its source (label file numbering)
+    video_names: list[str] = field(default_factory=list)  # name of each video number, e.g. "F001_T1"
+    dataset: str = "synthetic"
+    info: dict = field(default_factory=dict)  # counts: frames dropped (no face, unknown label, ...), cache hits
+
+    @property
+    def subject_names(self) -> np.ndarray:
+        """[N] str: the subject of each frame (identity_names[identity])."""
+        return np.asarray(self.identity_names, dtype=object)[self.identity]
 
 
 def identity_sets(cfg) -> dict[str, range]:

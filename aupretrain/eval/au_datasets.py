@@ -1,0 +1,253 @@
+"""BP4D, DISFA and GFT as LabelledFrames, read from a folder in the layout the dataset owners distribute.
+
+Layouts (details and sources: docs/evaluation.md):
+
+    BP4D   <root>/Sequences/<subject>/<task>/<frame>.jpg          e.g. Sequences/F001/T1/0001.jpg
+           <root>/AUCoding/AU_OCC/<subject>_<task>.csv             first column the frame number, then one
+                                                                   column per AU ("1", "2", ... or "AU1"),
+                                                                   values 0 / 1, 9 = not coded
+    DISFA  <root>/Videos_LeftCamera/LeftVideo<subject>_comp.avi   e.g. LeftVideoSN001_comp.avi
+           <root>/ActionUnit_Labels/<subject>/<subject>_au<k>.txt lines "frame,intensity" (0-5), frame 1-based
+    GFT    <root>/Videos/<subject>.<ext>                           OUR ASSUMPTION (no public layout found):
+           <root>/AUCoding/<subject>.csv                           the BP4D CSV convention, frame 1-based
+
+Label conventions: BP4D / GFT occurrence 1 = present; an evaluated AU coded 9 (unknown) drops the frame
+(counted in `info["unknown_label"]`). DISFA: present when intensity >= 2 (the JAA-Net / ME-GraphAU
+convention). AU sets: the 12 BP4D AUs, 8 DISFA AUs and 10 GFT AUs of the literature (AUS below).
+
+Faces are detected, tracked and aligned with the packer's code (`aligned.py`) and cached; frames without a
+face are dropped and counted (`info["no_face"]`).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.clips import PackSettings
+from ..data.inputs import VIDEO_EXTS
+from ..errors import UsageError
+from .aligned import Source, aligned_crops
+from .datasets import LabelledFrames
+
+log = logging.getLogger(__name__)
+
+AUS = {  # the AUs the literature evaluates (JAA-Net, ECCV 2018; ME-GraphAU, IJCAI 2022; GFT: Girard et al., FG 2017)
+    "bp4d": [1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24],
+    "disfa": [1, 2, 4, 6, 9, 12, 25, 26],
+    "gft": [1, 2, 4, 6, 10, 12, 14, 15, 23, 24],
+}
+UNKNOWN = 9  # BP4D / GFT occurrence code of a frame the coders could not code
+DISFA_PRESENT = 2  # DISFA: an AU is present at intensity >= 2 (JAA-Net / ME-GraphAU)
+
+
+@dataclass
+class Sequence:
+    subject: str
+    source: Source
+    frames: np.ndarray  # [F] int: labelled frame numbers (in the source's numbering)
+    labels: np.ndarray  # [F, A] int: 0 / 1, UNKNOWN (9) where not coded
+    intensity: np.ndarray  # [F, A] float; NaN where the dataset has occurrence only
+    first: int = 0  # the label file's number of the video's first frame (1: 1-based); 0 for frame folders
+
+
+def _need(path: Path, what: str, folder: bool = False) -> Path:
+    ok = path.is_dir() if folder else path.is_file()
+    if not ok:
+        kind = "folder" if folder else "file"
+        raise UsageError(f"{path}: missing {what} {kind}" + (" (it is a file)" if folder and path.exists() else ""))
+    return path
+
+
+def read_occurrence_csv(path: Path, aus: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """BP4D `AU_OCC` CSV (GFT: the same convention) -> frame numbers [F] int and occurrence [F, A] int
+    (0, 1 or 9) of `aus`, in file order. The first column is the frame number whatever its header ("0",
+    "Frame"); AU columns are named "<k>" or "AU<k>". Raises UsageError naming the file for a missing AU
+    column, a non-integer value or an empty file."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        raise UsageError(f"{path}: AU occurrence file has no frames (expected a header 'Frame,1,2,4,...' and rows)")
+    header = [h.strip() for h in rows[0]]
+    col = {}
+    for j, h in enumerate(header[1:], 1):
+        m = re.fullmatch(r"(?:AU)?0*(\d+)", h, re.IGNORECASE)
+        if m:
+            col[int(m.group(1))] = j
+    missing = [a for a in aus if a not in col]
+    if missing:
+        raise UsageError(f"{path}: no column for AU {', '.join(map(str, missing))} (header: {','.join(header[:8])}...)")
+    try:
+        data = np.array([[int(float(r[0]))] + [int(float(r[col[a]])) for a in aus] for r in rows[1:] if r],
+                        dtype=np.int64)
+    except (ValueError, IndexError) as e:
+        raise UsageError(f"{path}: unreadable AU occurrence row ({e})") from e
+    return data[:, 0], data[:, 1:]
+
+
+def _frame_files(folder: Path) -> list[tuple[int, Path]]:
+    files = []
+    for p in folder.iterdir():
+        if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.stem.isdigit():
+            files.append((int(p.stem), p))
+    return sorted(files)
+
+
+def bp4d_sequences(root: Path) -> list[Sequence]:
+    """Every `<subject>_<task>.csv` of `AUCoding/AU_OCC` with its frame folder `Sequences/<subject>/<task>`.
+    Raises UsageError naming the folder or file that is missing or empty."""
+    seq_root = _need(root / "Sequences", "BP4D frame", folder=True)
+    occ = _need(root / "AUCoding" / "AU_OCC", "BP4D AU occurrence (AUCoding/AU_OCC)", folder=True)
+    csvs = sorted(occ.glob("*.csv"))
+    if not csvs:
+        raise UsageError(f"{occ}: no <subject>_<task>.csv label files")
+    out = []
+    for c in csvs:
+        subject, _, task = c.stem.partition("_")
+        if not task:
+            raise UsageError(f"{c}: label file name is not <subject>_<task>.csv")
+        folder = _need(seq_root / subject / task, f"frame folder for {c.name}:", folder=True)
+        files = _frame_files(folder)
+        if not files:
+            raise UsageError(f"{folder}: no frames <number>.jpg")
+        frames, labels = read_occurrence_csv(c, AUS["bp4d"])
+        out.append(Sequence(subject, Source(f"{subject}_{task}", folder, files), frames, labels,
+                            np.full(labels.shape, np.nan, np.float32)))
+    return out
+
+
+def disfa_sequences(root: Path) -> list[Sequence]:
+    """Every `ActionUnit_Labels/<subject>/` with its video `Videos_LeftCamera/LeftVideo<subject>_comp.avi`.
+    Label frame numbers are 1-based (the first line is frame 1) and refer to the video's decode order; a file
+    starting at frame 0 is read as 0-based. Raises UsageError naming a missing video or AU label file."""
+    lab_root = _need(root / "ActionUnit_Labels", "DISFA label (ActionUnit_Labels)", folder=True)
+    vid_root = _need(root / "Videos_LeftCamera", "DISFA video (Videos_LeftCamera)", folder=True)
+    subjects = sorted(p.name for p in lab_root.iterdir() if p.is_dir())
+    if not subjects:
+        raise UsageError(f"{lab_root}: no <subject> folders (e.g. SN001/SN001_au1.txt)")
+    out = []
+    for subj in subjects:
+        video = _need(vid_root / f"LeftVideo{subj}_comp.avi", f"video for {subj}:")
+        cols, frames = [], None
+        for a in AUS["disfa"]:
+            p = _need(lab_root / subj / f"{subj}_au{a}.txt", f"AU{a} label")
+            try:
+                rows = np.loadtxt(p, delimiter=",", ndmin=2)
+            except ValueError as e:
+                raise UsageError(f"{p}: unreadable (expected lines 'frame,intensity': {e})") from e
+            if rows.shape[1] != 2 or len(rows) == 0:
+                raise UsageError(f"{p}: expected lines 'frame,intensity', got {rows.shape[1]} columns")
+            f = rows[:, 0].astype(np.int64)
+            if frames is not None and not np.array_equal(f[:len(frames)], frames[:len(f)]):
+                raise UsageError(f"{p}: frame numbers differ from {subj}_au{AUS['disfa'][0]}.txt")
+            n = len(f) if frames is None else min(len(f), len(frames))
+            if frames is not None and n < max(len(f), len(frames)):
+                log.warning("%s: %d frames, other AUs of %s have %d; using %d", p, len(f), subj, len(frames), n)
+            frames = f[:n]
+            cols = [c[:n] for c in cols] + [rows[:n, 1].astype(np.float32)]
+        inten = np.stack(cols, 1)
+        first = 1 if frames.min() >= 1 else 0
+        out.append(Sequence(subj, Source(subj, video), frames - first, (inten >= DISFA_PRESENT).astype(np.int64),
+                            inten, first))
+    return out
+
+
+def gft_sequences(root: Path) -> list[Sequence]:
+    """OUR ASSUMED layout (see the module docstring): every `AUCoding/<subject>.csv` with one video
+    `Videos/<subject>.<ext>`; frame numbers 1-based in the video's decode order."""
+    vid_root = _need(root / "Videos", "GFT video (Videos)", folder=True)
+    lab_root = _need(root / "AUCoding", "GFT AU occurrence (AUCoding)", folder=True)
+    csvs = sorted(lab_root.glob("*.csv"))
+    if not csvs:
+        raise UsageError(f"{lab_root}: no <subject>.csv label files")
+    out = []
+    for c in csvs:
+        videos = [p for p in vid_root.glob(f"{c.stem}.*") if p.suffix.lower() in VIDEO_EXTS]
+        if not videos:
+            raise UsageError(f"{vid_root}/{c.stem}.mp4: missing video for {c.name}")
+        frames, labels = read_occurrence_csv(c, AUS["gft"])
+        first = 1 if frames.min() >= 1 else 0
+        out.append(Sequence(c.stem, Source(c.stem, sorted(videos)[0]), frames - first, labels,
+                            np.full(labels.shape, np.nan, np.float32), first))
+    return out
+
+
+READERS = {"bp4d": bp4d_sequences, "disfa": disfa_sequences, "gft": gft_sequences}
+
+
+def load_au_dataset(name: str, root: str | Path, s: PackSettings, cache: str | Path | None = None,
+                    frame_stride: int = 1, subjects: list[str] | None = None) -> LabelledFrames:
+    """BP4D / DISFA / GFT at `root` (the owners' layout) -> LabelledFrames of aligned face crops.
+
+    frames [N, S, S, 3] uint8 (S = s.size), labels [N, A] {0, 1}, intensity [N, A] (DISFA; NaN otherwise),
+    identity [N] (index into identity_names = subjects), video [N] (index into video_names = sequences),
+    frame_index [N] (the label file's frame number). Every `frame_stride`-th frame of a sequence is read.
+    Dropped frames are counted in `info`: no_face, unknown_label (an evaluated AU coded 9), unlabelled (a
+    frame read that the label file does not cover), no_image (a labelled frame missing from the source),
+    unreadable. `subjects` keeps only those subjects.
+
+    Raises UsageError naming the file or folder for a missing or malformed input (see the readers), and when
+    no frame is left.
+    """
+    if name not in READERS:
+        raise UsageError(f"eval.dataset={name!r}: must be one of synthetic, {', '.join(READERS)}")
+    if frame_stride < 1:
+        raise UsageError(f"eval.frame_stride={frame_stride}: must be >= 1")
+    root = _need(Path(root).expanduser(), f"{name.upper()} root (eval.root)", folder=True)
+    seqs = READERS[name](root)
+    if subjects:
+        seqs = [q for q in seqs if q.subject in set(subjects)]
+        if not seqs:
+            raise UsageError(f"{root}: none of the subjects {subjects} found")
+    info = {"sequences": len(seqs), "frames_read": 0, "no_face": 0, "unknown_label": 0, "unlabelled": 0,
+            "no_image": 0, "unreadable": 0, "cache_hits": 0}
+    parts = {k: [] for k in ("frames", "labels", "inten", "ident", "video", "index")}
+    subj_names: list[str] = []
+    for vi, q in enumerate(seqs):
+        c = aligned_crops(q.source, s, None if cache is None else Path(cache).expanduser(), name, frame_stride)
+        info["cache_hits"] += int(c.cached)
+        info["frames_read"] += c.seen
+        info["unreadable"] += c.unreadable
+        info["no_face"] += c.seen - c.unreadable - len(c.index)
+        if q.source.frames is None:  # a video: decoded frames vs labelled frames
+            last = int(q.frames.max()) + 1
+            if c.total != last:
+                log.warning("%s: %d frames decoded, %d labelled; using the first %d", q.source.path, c.total, last,
+                            min(c.total, last))
+        else:
+            have = {f for f, _ in q.source.frames}
+            missing = int(np.sum(~np.isin(q.frames, list(have))))
+            if missing:
+                log.warning("%s: %d labelled frames have no image; they are left out", q.source.path, missing)
+                info["no_image"] += missing
+        row = {int(f): i for i, f in enumerate(q.frames)}
+        keep = np.array([int(f) in row for f in c.index], bool)
+        info["unlabelled"] += int((~keep).sum())
+        rows = np.array([row[int(f)] for f in c.index[keep]], np.int64)
+        lab, crops, idx = q.labels[rows], c.crops[keep], c.index[keep]
+        known = (lab != UNKNOWN).all(1)
+        info["unknown_label"] += int((~known).sum())
+        if not known.any():
+            log.warning("%s: no labelled frame with a face", q.source.path)
+            continue
+        if q.subject not in subj_names:
+            subj_names.append(q.subject)
+        parts["frames"].append(crops[known])
+        parts["labels"].append(lab[known].astype(np.float32))
+        parts["inten"].append(q.intensity[rows][known])
+        parts["ident"].append(np.full(int(known.sum()), subj_names.index(q.subject)))
+        parts["video"].append(np.full(int(known.sum()), vi))
+        parts["index"].append(idx[known] + q.first)
+    if not parts["labels"]:
+        raise UsageError(f"{root}: no labelled frame with a face found ({info})")
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    log.info("%s: %d frames of %d subjects kept; dropped %s", name, len(cat["labels"]), len(subj_names),
+             {k: v for k, v in info.items() if k in ("no_face", "unknown_label", "unlabelled", "no_image", "unreadable")})
+    return LabelledFrames(cat["frames"], cat["labels"], cat["inten"], cat["ident"].astype(np.int64),
+                          cat["video"].astype(np.int64), [f"AU{a}" for a in AUS[name]], subj_names,
+                          frame_index=cat["index"].astype(np.int64),
+                          video_names=[q.source.name for q in seqs], dataset=name, info=info)
