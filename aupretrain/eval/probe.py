@@ -26,15 +26,29 @@ def _fit(x: np.ndarray, y: np.ndarray, loss_fn, out_dim: int, steps: int, lr: fl
     return probe.eval()
 
 
-def au_probe(train_x, train_y, test_x, steps=500, lr=1e-2, weight_decay=1e-4, batch_size=256, seed=0) -> np.ndarray:
-    """Fit on (train_x, train_y {0,1} [N, A]); return P(AU present) for test_x."""
+def pos_weights(train_y: np.ndarray) -> torch.Tensor:
+    """Per-AU BCE positive weight [A]: negatives / positives of the training labels, capped at 50."""
     pos = train_y.sum(0)
-    pos_weight = torch.as_tensor((len(train_y) - pos) / np.maximum(pos, 1.0), dtype=torch.float32).clamp(max=50)
-    loss = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    probe = _fit(train_x, train_y.astype(np.float32), lambda o, t: loss(o, t.float()), train_y.shape[1], steps, lr,
-                 weight_decay, batch_size, seed)
+    return torch.as_tensor((len(train_y) - pos) / np.maximum(pos, 1.0), dtype=torch.float32).clamp(max=50)
+
+
+def fit_au_probe(train_x, train_y, steps=500, lr=1e-2, weight_decay=1e-4, batch_size=256, seed=0) -> nn.Module:
+    """The fitted probe (BatchNorm1d + Linear, eval mode): codes [N, D] -> AU logits [N, A]."""
+    loss = nn.BCEWithLogitsLoss(pos_weight=pos_weights(train_y))
+    return _fit(train_x, train_y.astype(np.float32), lambda o, t: loss(o, t.float()), train_y.shape[1], steps, lr,
+                weight_decay, batch_size, seed)
+
+
+def predict(probe: nn.Module, x) -> np.ndarray:
+    """P(AU present) [N, A] of codes x [N, D]."""
     with torch.no_grad():
-        return torch.sigmoid(probe(torch.as_tensor(test_x, dtype=torch.float32))).numpy()
+        return torch.sigmoid(probe(torch.as_tensor(x, dtype=torch.float32))).numpy()
+
+
+def au_probe(train_x, train_y, test_x, steps=500, lr=1e-2, weight_decay=1e-4, batch_size=256, seed=0) -> np.ndarray:
+    """Fit on (train_x [N, D], train_y {0,1} [N, A]) for `steps` AdamW steps; return P(AU present) [M, A]
+    for test_x [M, D]."""
+    return predict(fit_au_probe(train_x, train_y, steps, lr, weight_decay, batch_size, seed), test_x)
 
 
 def identity_probe(train_x, train_id, test_x, test_id, steps=500, lr=1e-2, weight_decay=1e-4, batch_size=256,
@@ -57,6 +71,24 @@ def subject_folds(identity: np.ndarray, k: int, seed: int = 0) -> list[np.ndarra
     return [np.isin(identity, g) for g in groups]
 
 
-def per_au_f1(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    pred = (probs >= threshold).astype(int)
+def per_au_f1(labels: np.ndarray, probs: np.ndarray, threshold: float | np.ndarray = 0.5) -> np.ndarray:
+    """F1 [A] of each AU (scikit-learn, 0 where an AU has no positive and no prediction): labels {0,1}
+    [N, A], probs [N, A], threshold a number or one per AU [A]."""
+    pred = (probs >= np.asarray(threshold, dtype=np.float64)).astype(int)
     return np.array([f1_score(labels[:, j].astype(int), pred[:, j], zero_division=0) for j in range(labels.shape[1])])
+
+
+def best_thresholds(labels: np.ndarray, probs: np.ndarray, grid) -> tuple[np.ndarray, np.ndarray]:
+    """Per AU, the threshold of `grid` with the highest F1 on (labels, probs) — to be called on a
+    validation split only. Returns (thresholds [A], their F1 [A]); an AU without a positive keeps 0.5."""
+    grid = np.asarray(list(grid), dtype=np.float64)
+    y = labels[None] > 0  # [1, N, A]; F1 = 2 tp / (2 tp + fp + fn), 0 when nothing is positive (as per_au_f1)
+    pred = probs[None] >= grid[:, None, None]  # [G, N, A]
+    tp = (pred & y).sum(1)
+    denom = pred.sum(1) + y.sum(1)
+    f = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)  # [G, A]
+    best = f.argmax(0)
+    thr = grid[best]
+    absent = labels.sum(0) == 0
+    thr[absent] = 0.5
+    return thr, f[best, np.arange(labels.shape[1])]

@@ -1,0 +1,86 @@
+"""`aupretrain-eval --save-head PATH`: one AU head trained on every labelled frame, kept for later use.
+
+PATH is a folder: `head.safetensors` (the probe's tensors: `bn.*` BatchNorm1d + `linear.*` Linear for the
+linear protocol; `head.*` plus the fine-tuned `encoder.*` for `protocol=finetune`) and `head.json` (format,
+protocol, AU names, per-AU thresholds, code dim, steps / epochs / lr, dataset, the encoder it was trained
+on). Settings are chosen as in the evaluation (validation subjects carved from all subjects when
+`eval.select` is validation), then the head is refitted on every frame.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .datasets import LabelledFrames
+from .probe import fit_au_probe
+from .report import select_linear, select_mode
+
+FORMAT = "aupretrain-au-head/1"
+
+
+def save_head(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write `<path>/head.safetensors` and `<path>/head.json`; returns the folder."""
+    from safetensors.torch import save_file
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
+               for k, v in tensors.items()}, str(out / "head.safetensors"))
+    (out / "head.json").write_text(json.dumps({"format": FORMAT, **meta}, indent=1))
+    return out
+
+
+def load_linear_head(path: str | Path) -> tuple[nn.Module, dict]:
+    """(BatchNorm1d + Linear probe in eval mode: codes [N, D] -> AU logits [N, A], head.json contents)."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((Path(path) / "head.json").read_text())
+    if meta.get("format") != FORMAT or meta.get("protocol") != "linear":
+        raise ValueError(f"{path}: not a linear aupretrain AU head ({meta.get('format')}, {meta.get('protocol')})")
+    d, a = int(meta["code_dim"]), len(meta["aus"])
+    probe = nn.Sequential(nn.BatchNorm1d(d), nn.Linear(d, a))
+    st = load_file(str(Path(path) / "head.safetensors"))
+    probe.load_state_dict({k.replace("bn.", "0.").replace("linear.", "1."): v for k, v in st.items()})
+    return probe.eval(), meta
+
+
+def final_linear_head(codes: np.ndarray, data: LabelledFrames, cfg_eval, seed: int = 0) -> tuple[dict, dict]:
+    """(tensors, meta) of a linear probe fitted on all of codes [N, D] / data.labels, with steps and
+    thresholds chosen on validation subjects (select=validation) or the fixed defaults (none)."""
+    p = cfg_eval.probe
+    if select_mode(cfg_eval, data.dataset) == "validation" and len(np.unique(data.identity)) >= 2:
+        sel = select_linear(codes, data, np.ones(len(codes), bool), cfg_eval, seed)
+        steps, thr = sel["steps"], sel["thresholds"]
+    else:
+        steps, thr = int(p.steps), np.full(len(data.aus), 0.5)
+    probe = fit_au_probe(codes, data.labels, steps, p.lr, p.weight_decay, p.batch_size, seed)
+    tensors = {k.replace("0.", "bn.", 1) if k.startswith("0.") else k.replace("1.", "linear.", 1): v
+               for k, v in probe.state_dict().items()}
+    meta = {"protocol": "linear", "aus": list(data.aus), "thresholds": [float(t) for t in thr],
+            "code_dim": int(codes.shape[1]), "steps": steps, "dataset": data.dataset, "frames": int(len(codes)),
+            "subjects": list(data.identity_names)}
+    return tensors, meta
+
+
+def final_finetuned_head(encoder, data: LabelledFrames, cfg_eval, seed: int = 0) -> tuple[dict, dict]:
+    """(tensors, meta) of the encoder + linear head fine-tuned on every frame (settings as in the evaluation)."""
+    from . import finetune
+
+    f = cfg_eval.finetune
+    if select_mode(cfg_eval, data.dataset) == "validation" and len(np.unique(data.identity)) >= 2:
+        sel = finetune.select_finetune(encoder, data, np.ones(len(data.labels), bool), cfg_eval, seed)
+    else:
+        sel = {"epochs": max(int(e) for e in f.epochs), "lr": float(f.lr[0]), "thresholds": np.full(len(data.aus), 0.5)}
+    model = finetune.train(encoder, data.frames, data.labels, sel["epochs"], sel["lr"], float(f.weight_decay),
+                           int(f.batch_size), seed)
+    tensors = {f"head.{k}": v for k, v in model.head.state_dict().items()}
+    tensors.update({f"encoder.{k}": v for k, v in model.encoder.state_dict().items()})
+    meta = {"protocol": "finetune", "aus": list(data.aus), "thresholds": [float(t) for t in sel["thresholds"]],
+            "code_dim": int(encoder.au_dim), "epochs": int(sel["epochs"]), "lr": float(sel["lr"]),
+            "encoder_config": encoder.config, "dataset": data.dataset, "frames": int(len(data.labels)),
+            "subjects": list(data.identity_names)}
+    return tensors, meta
