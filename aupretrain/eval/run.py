@@ -2,44 +2,117 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..models.encoder import AUEncoder
 from .baselines import always_positive, hog_features
-from .datasets import check_identity_sets, ensure_synthetic, load_synthetic
-from .report import evaluate_codes, evaluate_encoders, figure, print_table
+from .datasets import LabelledFrames, check_identity_sets, ensure_synthetic, load_synthetic
+from .report import embedding_figure, evaluate_codes, evaluate_encoders, figure, print_table, select_mode
+
+log = logging.getLogger(__name__)
 
 
-def evaluate(cfg, encoder: AUEncoder, tracker=None, out_dir: str | Path | None = None, step: int | None = None) -> dict:
-    """Probe `encoder` (and the configured reference rows) on the `eval.split` identities; print the table,
-    write `<out_dir>/eval.json`, log `eval/*` metrics. Raises ValueError if the pretraining, validation and
-    test identity sets of the config overlap."""
+def pack_settings(cfg, size: int):
+    """The packer's settings (`pack.*`) at the encoder's input size: evaluation crops = pretraining crops."""
+    from dataclasses import replace
+
+    from ..cli.pack import settings_from
+
+    return replace(settings_from(cfg.pack), size=int(size))
+
+
+def load_data(cfg, encoder: AUEncoder) -> tuple[LabelledFrames, list[np.ndarray] | None, str]:
+    """(data, test masks per fold or None for the seeded default, where the folds come from) for
+    `eval.dataset`: synthetic (rendered, identity sets checked) or bp4d | disfa | gft at `eval.root`."""
     e = cfg.eval
-    check_identity_sets(cfg)
-    data = load_synthetic(ensure_synthetic(e), float(e.au_threshold), int(e.frame_stride))
+    name = str(e.get("dataset", "synthetic"))
+    if name == "synthetic":
+        check_identity_sets(cfg)
+        data = load_synthetic(ensure_synthetic(e), float(e.au_threshold), int(e.frame_stride))
+        return data, None, f"seeded subject split into {int(e.folds)} folds (seed {int(cfg.run.seed)})"
+    from ..errors import UsageError
+    from .aligned import default_cache
+    from .au_datasets import load_au_dataset
+    from .folds import standard_folds
+
+    if not e.get("root"):
+        raise UsageError(f"eval.root: set it to the folder of your {name.upper()} copy (eval.root=PATH)")
+    cache = e.get("cache")
+    cache = None if cache == "none" else Path(cache) if cache else default_cache()
+    data = load_au_dataset(name, e.root, pack_settings(cfg, encoder.input_size), cache, int(e.frame_stride),
+                           list(e.get("subjects") or []) or None)
+    masks, source = standard_folds(name, data.subject_names, int(e.folds), int(cfg.run.seed))
+    return data, masks, source
+
+
+def _save_fig(fig, out_dir, name, tracker):
+    import matplotlib.pyplot as plt
+
+    if out_dir is not None:
+        fig.savefig(Path(out_dir, name), dpi=110)
+    if tracker is not None:
+        tracker.log_figure(fig, f"eval/{name}")
+    plt.close(fig)
+
+
+def evaluate(cfg, encoder: AUEncoder, tracker=None, out_dir: str | Path | None = None, step: int | None = None,
+             save_head: str | Path | None = None, pretraining_run: str | None = None) -> dict:
+    """Probe `encoder` (and the configured reference rows) on `eval.dataset` with `eval.protocol`; print the
+    table, write `<out_dir>/eval.json`, `eval_f1.png` (per-AU F1 bars) and `eval_pca.png` (2-D PCA of the
+    codes by identity and by AU), log `eval/*` metrics, tags and both figures. With `save_head` keep a head trained on every frame (see head.py).
+    Raises ValueError (UsageError) for overlapping synthetic identity sets or a bad dataset folder."""
+    e = cfg.eval
+    seed = int(cfg.run.seed)
+    data, masks, fold_source = load_data(cfg, encoder)
+    protocol = str(e.get("protocol", "linear"))
+    if protocol not in ("linear", "finetune"):
+        raise ValueError(f"eval.protocol={protocol!r}: must be linear or finetune")
     encoders = {"pretrained": encoder}
     if e.random_baseline:
-        torch.manual_seed(int(cfg.run.seed) + 1)
+        torch.manual_seed(seed + 1)
         c = dict(encoder.config)
         encoders["random-init"] = AUEncoder(c, c.pop("input_size"))
-    results = evaluate_encoders(encoders, data, e, seed=int(cfg.run.seed))
-    refs = list(e.get("baselines", []))
-    for name in refs:
+    codes: dict[str, np.ndarray] = {}
+    results = evaluate_encoders(encoders, data, e, seed=seed, folds=masks, codes_out=codes)
+    if protocol == "finetune":
+        from .finetune import evaluate_finetune
+
+        ft = evaluate_finetune(encoder, data, e, seed, masks)
+        if "identity_acc" in results["pretrained"]:  # leakage of the frozen code the fine-tuning started from
+            ft.update({k: results["pretrained"][k] for k in ("identity_acc", "identity_chance")})
+        results = {"pretrained (fine-tuned)": ft, "pretrained (linear)": results.pop("pretrained"), **results}
+    for name in list(e.get("baselines", [])):
         if name == "hog":
-            results["HOG"] = evaluate_codes(hog_features(data.frames), data, e, seed=int(cfg.run.seed))
+            results["HOG"] = evaluate_codes(hog_features(data.frames), data, e, seed=seed, folds=masks)
         elif name == "always_positive":
             results["always-positive"] = always_positive(data)
         else:
             raise ValueError(f"eval.baselines: unknown reference row {name!r} (hog | always_positive)")
     print_table(results, data.aus)
     summary = {"split": str(e.split), "aus": data.aus, "frames": int(len(data.labels)),
-               "identities": len(data.identity_names), "results": results}
+               "identities": len(data.identity_names), "results": results, "dataset": data.dataset,
+               "protocol": protocol, "select": select_mode(e, data.dataset), "fold_source": fold_source,
+               "data_info": data.info, "subjects": list(data.identity_names)}
+    if data.dataset != "synthetic":  # identity sets (split) are the synthetic corpus's
+        summary.pop("split")
+        summary["root"] = str(e.root)
+    if pretraining_run:
+        summary["pretraining_run"] = pretraining_run
+    if save_head is not None:
+        from .head import final_finetuned_head, final_linear_head, save_head as write_head
+
+        tensors, meta = (final_finetuned_head(encoder, data, e, seed) if protocol == "finetune"
+                         else final_linear_head(codes["pretrained"], data, e, seed))
+        summary["head"] = str(write_head(save_head, tensors, meta))
     if out_dir is not None:
         Path(out_dir, "eval.json").write_text(json.dumps(summary, indent=1))
     if tracker is not None:
-        for name, prefix in (("pretrained", "eval"), ("random-init", "eval_random"), ("HOG", "eval_hog"),
+        main = next(iter(results))
+        for name, prefix in ((main, "eval"), ("pretrained (linear)", "eval_linear"), ("random-init", "eval_random"), ("HOG", "eval_hog"),
                              ("always-positive", "eval_always_positive")):
             if name not in results:
                 continue
@@ -47,11 +120,15 @@ def evaluate(cfg, encoder: AUEncoder, tracker=None, out_dir: str | Path | None =
             m = {f"{prefix}/f1_mean": r["f1_mean"], **{f"{prefix}/f1/{a}": v for a, v in r["f1"].items()}}
             if "identity_acc" in r:
                 m[f"{prefix}/identity_acc"] = r["identity_acc"]
+            for f in r.get("folds", []) if name == main else []:
+                m[f"{prefix}/fold{f['fold']}/f1_mean"] = f["f1_mean"]
             tracker.log_metrics(m, step=step or 0)
+        tracker.set_tags({"eval.dataset": data.dataset, "eval.protocol": protocol,
+                          **({"eval.pretraining_run": pretraining_run} if pretraining_run else {})})
         tracker.log_text(json.dumps(summary, indent=1), "eval/eval.json")
-        import matplotlib.pyplot as plt
-
-        fig = figure(results, data.aus)
-        tracker.log_figure(fig, "eval/f1.png")
-        plt.close(fig)
+    fig = figure(results, data.aus)
+    if tracker is not None:
+        tracker.log_figure(fig, "eval/f1.png")  # the name training runs have always logged
+    _save_fig(fig, out_dir, "eval_f1.png", None)
+    _save_fig(embedding_figure(codes["pretrained"], data, seed=seed), out_dir, "eval_pca.png", tracker)
     return summary

@@ -1,0 +1,169 @@
+"""Real-dataset protocol pieces on small arrays: label files, standard folds, selection on validation only,
+the probe on informative and random codes, fine-tuning on tiny data, the saved head."""
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from aupretrain.errors import UsageError
+from aupretrain.eval.au_datasets import AUS, read_occurrence_csv
+from aupretrain.eval.baselines import always_positive
+from aupretrain.eval.datasets import LabelledFrames
+from aupretrain.eval.folds import STANDARD_PARTS, standard_folds, validation_subjects
+from aupretrain.eval.report import evaluate_codes
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny probes are many times slower with 2 threads on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+EVAL = OmegaConf.create({"folds": 3, "identity_probe": False, "select": "validation", "validation_fraction": 0.25,
+                         "select_steps": [100, 400], "select_thresholds": [0.2, 0.35, 0.5, 0.65, 0.8],
+                         "probe": {"steps": 400, "lr": 0.01, "weight_decay": 1e-4, "batch_size": 128}})
+
+
+def test_occurrence_csv_reads_frame_column_and_the_aus_asked_for(tmp_path):
+    p = tmp_path / "F001_T1.csv"
+    p.write_text("0,1,2,3,4\n10,1,0,1,9\n11,0,1,0,0\n")  # the real files' header starts "0,1,2,..."
+    frames, lab = read_occurrence_csv(p, [1, 4])
+    assert frames.tolist() == [10, 11] and lab.tolist() == [[1, 9], [0, 0]]
+    with pytest.raises(UsageError, match=r"F001_T1.csv: no column for AU 7"):
+        read_occurrence_csv(p, [1, 7])
+    p.write_text("Frame,AU01,AU4\n1,1,x\n")
+    with pytest.raises(UsageError, match="unreadable AU occurrence row"):
+        read_occurrence_csv(p, [1, 4])
+
+
+def test_standard_fold_lists_are_the_literatures_and_disjoint():
+    for name, n in (("bp4d", 41), ("disfa", 27)):
+        parts = STANDARD_PARTS[name]
+        every = [s for p in parts for s in p]
+        assert len(every) == len(set(every)) == n
+    assert len(AUS["bp4d"]) == 12 and len(AUS["disfa"]) == 8 and len(AUS["gft"]) == 10
+    subjects = np.repeat([s for p in STANDARD_PARTS["bp4d"] for s in p], 3)
+    masks, source = standard_folds("bp4d", subjects)
+    assert "ME-GraphAU" in source and len(masks) == 3
+    assert np.array_equal(np.sum(masks, 0), np.ones(len(subjects)))
+    for k, m in enumerate(masks):  # fold 1 tests part 3, fold 3 tests part 1
+        assert set(subjects[m]) == set(STANDARD_PARTS["bp4d"][2 - k])
+        for other in masks[:k]:
+            assert not set(subjects[m]) & set(subjects[other])
+
+
+def test_unknown_subjects_fall_back_to_a_seeded_split(caplog):
+    subjects = np.repeat(["F001", "M011", "F007", "X999", "Y123", "Z555"], 4)
+    masks, source = standard_folds("bp4d", subjects, 3, seed=5)
+    assert source.startswith("seeded") and "standard 3-fold split not usable" in caplog.text
+    seen = set()
+    for m in masks:
+        assert not set(subjects[m]) & seen
+        seen |= set(subjects[m])
+    assert seen == set(subjects)
+    sub, src = standard_folds("disfa", np.repeat(["SN001", "SN013", "SN003"], 2))  # one per part: standard
+    assert "ME-GraphAU" in src and [set(np.repeat(["SN001", "SN013", "SN003"], 2)[m]) for m in sub] == \
+        [{"SN003"}, {"SN013"}, {"SN001"}]
+
+
+def fake_set(n_id=9, per_id=60, seed=0, aus=3):
+    rng = np.random.default_rng(seed)
+    ident = np.repeat(np.arange(n_id), per_id)
+    video = ident * 2 + (np.arange(len(ident)) % per_id >= per_id // 2)
+    labels = (rng.uniform(size=(len(ident), aus)) < 0.3).astype(np.float32)
+    names = [s for p in STANDARD_PARTS["disfa"] for s in p[:n_id // 3]]  # n_id/3 subjects of each part
+    return LabelledFrames(np.zeros((len(ident), 4, 4, 3), np.uint8), labels, labels.copy(), ident, video,
+                          [f"AU{a}" for a in AUS["disfa"][:aus]], names, dataset="disfa"), rng
+
+
+def test_selection_never_reads_a_test_fold_index():
+    data, rng = fake_set()
+    codes = np.concatenate([data.labels * 2 + rng.normal(0, 0.5, data.labels.shape), rng.normal(size=(len(data.labels), 4))], 1)
+    masks, _ = standard_folds("disfa", data.subject_names)
+    log: list = []
+    cfg = OmegaConf.merge(EVAL, {"select_steps": [30, 60]})  # what is read matters here, not convergence
+    out = evaluate_codes(codes, data, cfg, folds=masks, selection_log=log)
+    stages = {(e["fold"], e["stage"]) for e in log}
+    assert stages == {(k, s) for k in range(3) for s in ("select_fit", "select_score", "fit", "predict")}
+    for e in log:
+        test = set(np.flatnonzero(masks[e["fold"]]))
+        idx = set(e["index"].tolist())
+        if e["stage"] == "predict":
+            assert idx == test
+        else:  # choosing steps and thresholds, and the final fit: training folds only
+            assert idx and not idx & test, e["stage"]
+    for k in range(3):  # validation is carved by subject: no subject both fits and scores the selection
+        fit, score = (next(e["index"] for e in log if e["fold"] == k and e["stage"] == s) for s in ("select_fit", "select_score"))
+        assert not set(data.identity[fit]) & set(data.identity[score])
+        f = out["folds"][k]
+        assert f["steps"] in (30, 60) and set(f["thresholds"].values()) <= {0.2, 0.35, 0.5, 0.65, 0.8}
+        assert not set(f["validation_subjects"]) & set(f["test_subjects"])
+    assert out["select"] == "validation" and 0 <= out["f1_fold_mean"] <= 1
+
+
+def test_probe_near_perfect_on_informative_codes_and_chance_on_random():
+    data, rng = fake_set()
+    person = rng.normal(size=(9, 8))[data.identity]  # identity offsets the probe must see through
+    good = np.concatenate([data.labels * 2 + rng.normal(0, 0.3, data.labels.shape), person], 1)
+    masks, _ = standard_folds("disfa", data.subject_names)
+    r_good = evaluate_codes(good, data, EVAL, folds=masks)
+    r_bad = evaluate_codes(rng.normal(size=good.shape), data, EVAL, folds=masks)
+    chance = always_positive(data)["f1_mean"]  # ~0.46 at base rate 0.3
+    assert r_good["f1_mean"] > 0.95 and min(f["f1_mean"] for f in r_good["folds"]) > 0.9
+    assert abs(r_bad["f1_mean"] - chance) < 0.12 and r_bad["f1_mean"] < 0.6
+
+
+def test_select_none_keeps_the_fixed_protocol():
+    data, rng = fake_set()
+    codes = rng.normal(size=(len(data.labels), 6))
+    cfg = OmegaConf.merge(EVAL, {"select": "none"})
+    out = evaluate_codes(codes, data, cfg)
+    assert out["select"] == "none" and all(f["steps"] == 400 and set(f["thresholds"].values()) == {0.5}
+                                           for f in out["folds"])
+    assert OmegaConf.merge(EVAL, {"select": "auto"}).select == "auto"
+    from aupretrain.eval.report import select_mode
+
+    assert select_mode(OmegaConf.create({"select": "auto"}), "synthetic") == "none"
+    assert select_mode(OmegaConf.create({"select": "auto"}), "bp4d") == "validation"
+    with pytest.raises(ValueError, match="needs >= 2 training subjects"):
+        validation_subjects(np.zeros(4, int), np.ones(4, bool), 0.25, 0)
+
+
+TINY = {"widths": [8, 16], "blocks": [1, 1], "stem_width": 8, "stem_stride": 2, "stem_pool": False, "norm": "group",
+        "norm_groups": 4, "au_grid": 2, "au_dim": 12, "id_dim": 6, "proj_hidden": 16, "proj_dim": 8,
+        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+
+def test_finetune_protocol_runs_on_tiny_data_and_selects_on_validation_only(tmp_path):
+    from aupretrain.eval.finetune import evaluate_finetune
+    from aupretrain.eval.head import final_finetuned_head, final_linear_head, load_linear_head, save_head
+    from aupretrain.models.encoder import AUEncoder
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    data, _ = fake_set(n_id=6, per_id=12, aus=2)
+    frames = rng.integers(0, 60, (len(data.labels), 32, 32, 3)).astype(np.uint8)
+    frames[data.labels[:, 0] > 0, :16, :16] = 250  # AU1: a bright patch; AU2: a bright lower half
+    frames[data.labels[:, 1] > 0, 16:] = 250
+    data.frames = frames
+    cfg = OmegaConf.merge(EVAL, {"finetune": {"epochs": [1, 3], "lr": [3e-3], "weight_decay": 1e-4, "batch_size": 16}})
+    masks, _ = standard_folds("disfa", data.subject_names)
+    log: list = []
+    enc = AUEncoder(TINY, 32)
+    out = evaluate_finetune(enc, data, cfg, folds=masks, selection_log=log)
+    assert out["protocol"] == "finetune" and len(out["folds"]) == 3
+    assert all(f["epochs"] in (1, 3) and f["lr"] == 3e-3 for f in out["folds"])
+    for e in log:
+        if e["stage"].startswith("select") or e["stage"] == "fit":
+            assert not set(e["index"].tolist()) & set(np.flatnonzero(masks[e["fold"]]))
+    assert out["f1_mean"] > always_positive(data)["f1_mean"]  # the patches are learnable in a few epochs
+    tensors, meta = final_finetuned_head(enc, data, cfg)
+    assert meta["protocol"] == "finetune" and "head.weight" in tensors and any(k.startswith("encoder.") for k in tensors)
+    codes = enc.encode(torch.from_numpy(frames)).numpy()
+    tensors, meta = final_linear_head(codes, data, cfg)
+    save_head(tmp_path / "head", tensors, meta)
+    probe, meta2 = load_linear_head(tmp_path / "head")
+    assert meta2["aus"] == data.aus and meta2["code_dim"] == 12 and len(meta2["thresholds"]) == 2
+    assert probe(torch.from_numpy(codes[:5])).shape == (5, 2)
