@@ -62,7 +62,7 @@ def train(encoder: AUEncoder, frames: np.ndarray, labels: np.ndarray, epochs: in
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(frames), generator=g)
-        for i in range(0, len(order) - bs + 1 if len(order) >= bs else 1, bs):
+        for i in range(0, len(order) - bs + 1, bs):  # whole batches (bs <= N); the remainder waits for the next epoch's shuffle
             idx = order[i:i + bs].numpy()
             opt.zero_grad(set_to_none=True)
             loss_fn(model(torch.from_numpy(frames[idx]).to(dev)), y[idx].to(dev)).backward()

@@ -22,8 +22,8 @@ def one_thread():
 
 
 EVAL = OmegaConf.create({"folds": 3, "identity_probe": False, "select": "validation", "validation_fraction": 0.25,
-                         "select_steps": [100, 400], "select_thresholds": [0.2, 0.35, 0.5, 0.65, 0.8],
-                         "probe": {"steps": 400, "lr": 0.01, "weight_decay": 1e-4, "batch_size": 128}})
+                         "select_steps": [50, 150], "select_thresholds": [0.2, 0.35, 0.5, 0.65, 0.8],
+                         "probe": {"steps": 150, "lr": 0.05, "weight_decay": 1e-4, "batch_size": 128}})
 
 
 def test_occurrence_csv_reads_frame_column_and_the_aus_asked_for(tmp_path):
@@ -120,7 +120,7 @@ def test_select_none_keeps_the_fixed_protocol():
     codes = rng.normal(size=(len(data.labels), 6))
     cfg = OmegaConf.merge(EVAL, {"select": "none"})
     out = evaluate_codes(codes, data, cfg)
-    assert out["select"] == "none" and all(f["steps"] == 400 and set(f["thresholds"].values()) == {0.5}
+    assert out["select"] == "none" and all(f["steps"] == 150 and set(f["thresholds"].values()) == {0.5}
                                            for f in out["folds"])
     assert OmegaConf.merge(EVAL, {"select": "auto"}).select == "auto"
     from aupretrain.eval.report import select_mode
