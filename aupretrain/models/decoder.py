@@ -19,8 +19,9 @@ from .resnet import norm_layer
 
 class Decoder(nn.Module):
     def __init__(self, au_dim: int, id_dim: int, output_size: int, widths=(256, 128, 64, 32), start: int = 4,
-                 norm: str = "group", norm_groups: int = 8):
+                 norm: str = "group", norm_groups: int = 8, channels_last: bool = False):
         super().__init__()
+        self.channels_last = bool(channels_last)
         widths = tuple(int(w) for w in widths)
         self.output_size = int(output_size)
         self.start = int(start)
@@ -42,6 +43,8 @@ class Decoder(nn.Module):
     def forward(self, a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """a [N, au_dim], p [N, id_dim] -> image [N, 3, S, S] (normalised like the encoder's input)."""
         h = self.fc(torch.cat([a, p], dim=-1)).view(a.shape[0], self.width0, self.start, self.start)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
         x = self.to_rgb(self.body(torch.relu(h)))
         if x.shape[-1] != self.output_size:  # sizes that are not start * 2^k
             x = F.interpolate(x, size=(self.output_size, self.output_size), mode="bilinear", align_corners=False)
@@ -51,7 +54,8 @@ class Decoder(nn.Module):
 def build_decoder(model_cfg: dict[str, Any], input_size: int) -> Decoder:
     c = model_cfg["decoder"]
     return Decoder(int(model_cfg["au_dim"]), int(model_cfg["id_dim"]), input_size, c["widths"], c["start"],
-                   model_cfg["norm"], int(c["norm_groups"]))
+                   model_cfg["norm"], int(c["norm_groups"]),
+                   bool(model_cfg.get("channels_last", False)))
 
 
 class MomentumBranch(nn.Module):

@@ -25,7 +25,8 @@ class AUEncoder(nn.Module):
         self.config = {**c, "input_size": int(input_size)}
         self.input_size = int(input_size)
         self.trunk = ResNetTrunk(tuple(c["widths"]), tuple(c["blocks"]), c["stem_width"], c["stem_stride"],
-                                 c["stem_pool"], c["norm"], c["norm_groups"])
+                                 c["stem_pool"], c["norm"], c["norm_groups"],
+                                 bool(c.get("channels_last", False)))
         d = self.trunk.out_dim
         g = int(c.get("au_grid", 0))
         # AU code from a coarse spatial grid of the feature map: AUs are local (brows, lids, lip corners),

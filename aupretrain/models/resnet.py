@@ -2,6 +2,11 @@
 
 GroupNorm by default: per-sample statistics make the forward pass identical whether a batch is split
 across ranks or not, and keep frames of one clip from leaking information through batch statistics.
+
+`channels_last`: the input is laid out NHWC before the first convolution, so every convolution and norm
+runs on channels-last tensors (measured on 2 CPU cores, resnet_small at 64 px: 1.6x the fwd+bwd speed;
+on GPUs it is the layout tensor cores want, PyTorch's "channels last memory format" tutorial). Values are
+the same up to float rounding; parameters keep their layout (DeepSpeed flattens them).
 """
 from __future__ import annotations
 
@@ -39,8 +44,9 @@ class ResNetTrunk(nn.Module):
     """images [N, 3, S, S] -> feature map [N, widths[-1], h, w]."""
 
     def __init__(self, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), stem_width: int = 64, stem_stride: int = 2,
-                 stem_pool: bool = True, norm: str = "group", norm_groups: int = 32):
+                 stem_pool: bool = True, norm: str = "group", norm_groups: int = 32, channels_last: bool = False):
         super().__init__()
+        self.channels_last = bool(channels_last)
         k = 7 if stem_stride > 1 and stem_pool else 3
         layers = [nn.Conv2d(3, stem_width, k, stem_stride, k // 2, bias=False), norm_layer(norm, stem_width, norm_groups),
                   nn.ReLU(inplace=True)]
@@ -58,4 +64,6 @@ class ResNetTrunk(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.body(x)

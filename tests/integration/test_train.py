@@ -123,27 +123,6 @@ def test_torchrun_two_ranks(packed, corpus, tmp_path, objective, accum, term, ex
     assert f" {term} " in r.stderr  # the objective's own terms are logged every step
 
 
-def test_resume_continues_from_the_last_complete_checkpoint(packed, tmp_path):
-    """Stop after 4 of 6 steps (train.stop_at) and continue: the same MLflow run, the data stream continues where it
-    stopped."""
-    def args(name):
-        return common(packed, tmp_path, **{"run.dir": str(tmp_path / "runs" / name), "train.eval_at_end": "false",
-                                           "train.checkpoint_every": 2})
-
-    r = launch([sys.executable, TRAIN, *args("resumed"), "train.steps=6", "train.stop_at=4"], tmp_path)
-    assert "stopped at step 4 of 6" in r.stderr and not (tmp_path / "runs" / "resumed" / "encoder.pt").exists()
-    stop = json.loads((tmp_path / "runs" / "resumed" / "last_stop.json").read_text())
-    assert (stop["reason"], stop["step"], stop["steps"], stop["world_size"]) == ("train.stop_at", 4, 6, 1)
-    r = launch([sys.executable, TRAIN, *args("resumed"), "train.steps=6"], tmp_path)
-    assert "resumed from" in r.stderr and "at step 4 (data stream continues where it stopped)" in r.stderr
-    run_dir = tmp_path / "runs" / "resumed"
-    meta = json.loads((run_dir / "checkpoints" / "step_6" / "meta.json").read_text())
-    first = json.loads((run_dir / "checkpoints" / "step_4" / "meta.json").read_text())
-    assert meta["mlflow_run_id"] == first["mlflow_run_id"]  # the same MLflow run continues
-    assert (run_dir / "checkpoints" / "step_4" / "reader_rank0.json").exists()
-    # equality with an uninterrupted run, loss by loss, is test_resume_bit_exact's
-
-
 @pytest.mark.parametrize("launcher", ["python"])
 def test_preemption_sigterm_stops_with_a_checkpoint_and_the_run_continues(packed, tmp_path, launcher):
     """A preemption signal mid-run: the process finishes its step, checkpoints, exits 0; a relaunch resumes.
@@ -255,7 +234,8 @@ def test_checkpoints_are_pruned_and_resume_takes_auto_never_or_a_path(packed, tm
 
 
 def test_universal_checkpoint_resize(packed, tmp_path):
-    """2 ranks -> 1 rank -> 2 ranks under ZeRO-2 through DeepSpeed universal checkpoints. The weights arrive intact
+    """A job ends at train.stop_at with a checkpoint and its reason recorded; then 2 ranks -> 1 rank -> 2 ranks
+    under ZeRO-2 through DeepSpeed universal checkpoints. The weights arrive intact
     (a resumed step at lr 0 leaves them equal to the 2-rank checkpoint's), the data stream restarts its epoch
     with a warning, and the run finishes on the new number of ranks."""
     import torch
@@ -266,7 +246,13 @@ def test_universal_checkpoint_resize(packed, tmp_path):
     base = common(packed, tmp_path, **{"run.dir": str(run_dir), "train.eval_at_end": "false", "train.steps": 6,
                                        "tracking.enabled": "false", "objective": "tcl"})
     torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN]
-    launch([*torchrun, *base, "train.stop_at=2"], tmp_path)
+    r = launch([*torchrun, *base, "train.stop_at=2"], tmp_path)
+    # a job that ends at train.stop_at says so, keeps no encoder yet and records why it stopped
+    assert "stopped at step 2 of 6" in r.stderr and not (run_dir / "encoder.pt").exists()
+    stop = json.loads((run_dir / "last_stop.json").read_text())
+    assert (stop["reason"], stop["step"], stop["steps"], stop["world_size"]) == ("train.stop_at", 2, 6, 2)
+    assert {p.name for p in (run_dir / "checkpoints" / "step_2").glob("reader_rank*.json")} == \
+        {"reader_rank0.json", "reader_rank1.json"}
     r = launch([sys.executable, TRAIN, *base, "train.stop_at=3", "optim.lr=0"], tmp_path)
     assert "world_size: 2 -> 1" in r.stderr and "data stream restarts its epoch" in r.stderr, r.stderr[-3000:]
     two, _ = encoder_from_checkpoint(run_dir / "checkpoints" / "step_2")
