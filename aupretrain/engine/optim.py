@@ -10,8 +10,10 @@
   (SGDR without restarts, Loshchilov & Hutter 2017).
 - `optim.name`: `adamw` (torch.optim.AdamW) or `lars` (SGD + momentum with layer-wise trust ratios, You et al.
   2017, "Large Batch Training of Convolutional Networks"; biases and norms excluded from adaptation and decay, as
-  in SimCLR/BYOL/solo-learn). LARS needs each parameter as its own tensor, so it is refused under ZeRO stages
-  1–3, which hand the optimizer flat partitions (the trust ratio would be computed over a whole partition).
+  in SimCLR/BYOL/solo-learn), or `lamb` (Adam moments with the same layer-wise trust ratio, You et al. 2020,
+  "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes", Algorithm 2). LARS and LAMB need
+  each parameter as its own tensor, so they are refused under ZeRO stages 1–3, which hand the optimizer flat
+  partitions (the trust ratio would be computed over a whole partition).
 """
 from __future__ import annotations
 
@@ -89,23 +91,60 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+class LAMB(torch.optim.Optimizer):
+    """LAMB (You et al. 2020, Algorithm 2, bias-corrected moments): per parameter,
+    `r = m_hat / (sqrt(v_hat) + eps) + wd * w`, update `w <- w - lr * (||w|| / ||r||) * r` (trust ratio 1 when
+    either norm is 0); groups with `lars_exclude` (biases, norms) take the plain Adam step `w <- w - lr * r`."""
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0, eps: float = 1e-6):
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "weight_decay": weight_decay, "eps": eps,
+                                  "lars_exclude": False})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for g in self.param_groups:
+            b1, b2 = g["betas"]
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"], st["exp_avg"], st["exp_avg_sq"] = 0, torch.zeros_like(p), torch.zeros_like(p)
+                st["step"] += 1
+                m, v = st["exp_avg"], st["exp_avg_sq"]
+                m.mul_(b1).add_(p.grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                r = (m / (1 - b1 ** st["step"])) / ((v / (1 - b2 ** st["step"])).sqrt() + g["eps"])
+                if g["weight_decay"]:
+                    r.add_(p, alpha=g["weight_decay"])
+                trust = 1.0
+                if not g["lars_exclude"]:
+                    w, n = torch.norm(p), torch.norm(r)
+                    trust = torch.where((w > 0) & (n > 0), w / n, torch.ones_like(w))
+                p.add_(r * trust, alpha=-g["lr"])
+        return loss
+
+
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, global_batch: int) -> torch.optim.Optimizer:
     """The optimizer of `optim.name` over `param_groups(model)` at the scaled LR.
 
     Raises:
-        UsageError: an unknown `optim.name`, or LARS under ZeRO stage 1–3.
+        UsageError: an unknown `optim.name`, or LARS / LAMB under ZeRO stage 1–3.
     """
     name, lr = str(cfg.optim.get("name", "adamw")), scaled_lr(cfg, global_batch)
     groups = param_groups(model, float(cfg.optim.weight_decay))
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.optim.betas))
+    if name in ("lars", "lamb") and int(cfg.deepspeed.zero_optimization.stage) != 0:
+        raise UsageError(f"optim.name={name} needs deepspeed=zero0: ZeRO stages 1-3 give the optimizer flat "
+                         "partitions, so layer-wise trust ratios would span many layers")
     if name == "lars":
-        if int(cfg.deepspeed.zero_optimization.stage) != 0:
-            raise UsageError("optim.name=lars needs deepspeed=zero0: ZeRO stages 1-3 give the optimizer flat "
-                             "partitions, so layer-wise trust ratios would span many layers")
         return LARS(groups, lr=lr, momentum=float(cfg.optim.get("momentum", 0.9)),
                     eta=float(cfg.optim.get("lars_eta", 0.02)))
-    raise UsageError(f"optim.name={name!r}: expected adamw or lars")
+    if name == "lamb":
+        return LAMB(groups, lr=lr, betas=tuple(cfg.optim.betas))
+    raise UsageError(f"optim.name={name!r}: expected adamw, lars or lamb")
 
 
 def apply_settings(optimizer: torch.optim.Optimizer, scheduler, cfg: DictConfig, global_batch: int) -> None:

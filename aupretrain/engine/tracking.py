@@ -8,6 +8,10 @@ up to `tracking.retry_max_s`), then says how long the gap was and sends what wai
 (`tracking.max_pending` operations; beyond it the oldest metric batches are dropped and counted). Every
 metric is also appended to `<run>/metrics.jsonl`, so nothing is lost whatever the store does.
 
+Also from the worker's queue: system metrics sampled by a daemon thread every `tracking.system_metrics_every_s`
+(MLflow's own `system/*` names: CPU, memory, disk, network, per-GPU memory and utilisation), and the shards'
+manifest as the run's dataset input (`log_dataset`, MLflow's dataset tracking: name, digest, source URI).
+
 The run folder remembers where its run lives (`<run>/tracking.json`: uri, experiment, run id). A resumed
 job uses that store (unless `tracking.uri` is set) and that run; if the run is gone from the store, it warns
 and starts a new run tagged `aupretrain.resumed_from_run_id`.
@@ -55,12 +59,30 @@ def read_record(run_dir: str | Path) -> dict | None:
         return None
 
 
-def run_tags(cfg: DictConfig, world_size: int) -> dict[str, str]:
-    """Tags that let runs be compared weeks later: versions, git commit, world size, host, objective."""
+def device_description() -> str:
+    """This process's device, e.g. "NVIDIA H200 (139.8 GiB)" or "cpu (2 cores)"."""
+    import torch
+
+    if torch.cuda.is_available():
+        i = torch.cuda.current_device()
+        p = torch.cuda.get_device_properties(i)
+        return f"{p.name} ({p.total_memory / 2 ** 30:.1f} GiB)"
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def run_tags(cfg: DictConfig, world_size: int, hosts: list[str] | None = None,
+             devices: list[str] | None = None) -> dict[str, str]:
+    """Tags that let runs be compared weeks later: versions, git commit, world size, hosts and devices (one
+    entry per rank, gathered by the caller; counted, e.g. "2 x cpu (2 cores)"), objective."""
+    import collections as _c
     import importlib.metadata as md
     import subprocess
 
-    tags = {"objective": str(cfg.objective.name), "world_size": str(world_size), "host": socket.gethostname()}
+    hosts = hosts or [socket.gethostname()]
+    devices = devices or [device_description()]
+    tags = {"objective": str(cfg.objective.name), "world_size": str(world_size), "host": hosts[0],
+            "hosts": ",".join(dict.fromkeys(hosts)), "nodes": str(len(set(hosts))),
+            "devices": "; ".join(f"{n} x {d}" for d, n in _c.Counter(devices).items())}
     for pkg in ("torch", "deepspeed", "nvidia-dali-cuda120", "mlflow", "aupretrain"):
         try:
             tags[f"version.{pkg}"] = md.version(pkg)
@@ -112,17 +134,22 @@ class Tracker:
         self._put(lambda c: self._start(c, str(t.experiment), run_name, run_id, params,
                                         OmegaConf.to_yaml(cfg, resolve=True), tags or {}))
         threading.Thread(target=self._worker, name="mlflow-tracker", daemon=True).start()
+        every = float(t.get("system_metrics_every_s", 0) or 0)
+        if every > 0:
+            threading.Thread(target=self._sample_system, args=(every,), name="mlflow-system-metrics",
+                             daemon=True).start()
         if not self._started.wait(float(t.get("start_timeout_s", 30))):
             log.warning("MLflow at %s did not answer within %s s; training goes on, the run is created (and "
                         "everything logged meanwhile sent) when it does", self.uri, t.get("start_timeout_s", 30))
 
     # -- what the training loop calls: never blocks on the store, never raises ------------------------------
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int, local: bool = True) -> None:
+        """Queue `metrics` at `step`; `local`: also append them to `<run>/metrics.jsonl`."""
         if not (self.active and metrics):
             return
         vals, ts = {k: float(v) for k, v in metrics.items()}, int(time.time() * 1000)
-        if self._metrics_file:
+        if self._metrics_file and local:
             self._metrics_file.write(json.dumps({"step": step, "time_ms": ts, **vals}) + "\n")
             self._metrics_file.flush()
         from mlflow.entities import Metric
@@ -163,6 +190,39 @@ class Tracker:
         if self.active:
             self._put(lambda c: c.log_text(self.run_id, text, name))
 
+    def log_dataset(self, uri: str, manifest_json: str, context: str = "train") -> None:
+        """Record the shards a run reads as its MLflow dataset input: source `uri` (a folder or s3:// prefix),
+        name = its last path part, digest = the first 10 hex digits of the manifest's sha256 (the same shards
+        give the same digest), and the manifest itself as artifact `dataset/manifest.json`."""
+        if not self.active:
+            return
+        import hashlib
+
+        digest = hashlib.sha256(manifest_json.encode()).hexdigest()[:10]
+        name = str(uri).rstrip("/").rsplit("/", 1)[-1] or str(uri)
+
+        def op(c):
+            import warnings
+
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
+            from mlflow.data.meta_dataset import MetaDataset
+            from mlflow.entities import DatasetInput, InputTag
+
+            try:
+                with warnings.catch_warnings():  # "can be interpreted in multiple ways" for local folders
+                    warnings.simplefilter("ignore", UserWarning)
+                    source = resolve_dataset_source(str(uri))
+            except Exception:  # noqa: BLE001 - a scheme MLflow has no source type for: keep the URI as text
+                from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+                source = HTTPDatasetSource(str(uri))
+            ds = MetaDataset(source, name=name, digest=digest)
+            c.log_inputs(self.run_id, datasets=[DatasetInput(ds._to_mlflow_entity(),
+                                                             [InputTag("mlflow.data.context", context)])])
+
+        self._put(op)
+        self.log_text(manifest_json, "dataset/manifest.json")
+
     def finish(self, status: str = "FINISHED") -> None:
         """End the run with `status` and wait up to `tracking.flush_timeout_s` for the queue to drain."""
         if not self.active:
@@ -184,6 +244,24 @@ class Tracker:
         if not done:
             where = f"; every metric is in {self.run_dir / 'metrics.jsonl'}" if self.run_dir else ""
             log.warning("MLflow at %s still unreachable: %d tracking operations not sent%s", self.uri, left, where)
+
+    # -- system metrics ---------------------------------------------------------------------------------------
+
+    def _sample_system(self, every: float) -> None:
+        """Every `every` s until the run ends: MLflow's system-metric names (`system/...`), queued like any
+        metric (so a store outage delays them, never the training). Step = sample number, as MLflow's own."""
+        n = 0
+        while self.active:
+            time.sleep(every)
+            if not self.active:
+                return
+            try:
+                m = system_metrics(self.run_dir)
+            except Exception as e:  # noqa: BLE001 - sampling must never hurt training
+                log.debug("system metrics: %s", e)
+                continue
+            self.log_metrics(m, step=n, local=False)
+            n += 1
 
     # -- the worker -----------------------------------------------------------------------------------------
 
@@ -276,3 +354,35 @@ class Tracker:
                                                            "run_id": self.run_id}, indent=1))
         log.info("MLflow run %s at %s", self.run_id, self.uri)
         self._started.set()
+
+
+def system_metrics(path: str | Path | None = None) -> dict[str, float]:
+    """One sample of host and device use under MLflow's system-metric names (psutil; GPUs through torch.cuda:
+    memory from `mem_get_info`, utilisation when NVML is available). `path`: the disk whose use is reported."""
+    import psutil
+    import torch
+
+    vm = psutil.virtual_memory()
+    m = {"system/cpu_utilization_percentage": psutil.cpu_percent(),
+         "system/system_memory_usage_megabytes": (vm.total - vm.available) / 2 ** 20,
+         "system/system_memory_usage_percentage": vm.percent,
+         "system/process_rss_megabytes": psutil.Process().memory_info().rss / 2 ** 20}
+    try:
+        du = psutil.disk_usage(str(path or "/"))
+        m["system/disk_usage_megabytes"], m["system/disk_usage_percentage"] = du.used / 2 ** 20, du.percent
+    except OSError:
+        pass
+    net = psutil.net_io_counters()
+    if net is not None:
+        m["system/network_receive_megabytes"] = net.bytes_recv / 2 ** 20
+        m["system/network_transmit_megabytes"] = net.bytes_sent / 2 ** 20
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            m[f"system/gpu_{i}_memory_usage_megabytes"] = (total - free) / 2 ** 20
+            m[f"system/gpu_{i}_memory_usage_percentage"] = 100.0 * (total - free) / total
+            try:
+                m[f"system/gpu_{i}_utilization_percentage"] = float(torch.cuda.utilization(i))
+            except Exception:  # noqa: BLE001 - no NVML
+                pass
+    return m

@@ -15,12 +15,12 @@ from ..models.encoder import PretrainModel, save_encoder
 from ..objectives import build_objective
 from ..errors import UsageError
 from . import checkpoint, resume
-from .distributed import DistInfo, barrier, broadcast_object, init_distributed, mean_across_ranks
+from .distributed import DistInfo, barrier, broadcast_object, gather_objects, init_distributed, mean_across_ranks
 from .metrics import StepTimer
 from .optim import apply_settings, build_optimizer, lr_lambda
 from .signals import StopRequest
 from .step import train_step
-from .tracking import Tracker, run_tags
+from .tracking import Tracker, device_description, run_tags
 
 log = logging.getLogger("aupretrain.train")
 
@@ -110,8 +110,11 @@ def train(cfg: DictConfig) -> dict:
         log.info("resumed from %s at step %d (data stream %s)%s", found[1], start,
                  "continues where it stopped" if loader.restored else "restarts its epoch",
                  f"; changed: {resume.describe(changes)}" if changes else "")
+    import socket
+
+    where = gather_objects((socket.gethostname(), device_description()))  # every rank's host and device, for the tags
     tracker = Tracker(cfg, d.is_main, run_name=run_dir.name, run_id=run_id, run_dir=run_dir if d.is_main else None,
-                      tags=run_tags(cfg, d.world))
+                      tags=run_tags(cfg, d.world, [h for h, _ in where], [dv for _, dv in where]))
     run_id = broadcast_object(tracker.run_id)
     if d.is_main:
         first = not found or not (run_dir / "config.yaml").exists()
@@ -122,6 +125,8 @@ def train(cfg: DictConfig) -> dict:
             tracker.set_tags({f"resume.step_{start}.changed": resume.describe(changes) or "nothing",
                               f"resume.step_{start}.checkpoint": str(found[1])})
         tracker.log_metrics({"data/samples": loader.manifest.samples, **skipped_metrics(loader)}, step=start)
+        if not found:
+            tracker.log_dataset(str(cfg.data.shards), loader.manifest.to_json())
         log.info("run %s: %d ranks, %d clips/rank/step, %d steps, shards %s (%d samples, %d identities)",
                  run_dir, d.world, cfg.data.batch_size, cfg.train.steps, cfg.data.shards,
                  loader.manifest.samples, len(loader.manifest.identities))

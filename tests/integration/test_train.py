@@ -51,7 +51,8 @@ def test_deepspeed_two_ranks_trains_and_logs_to_mlflow(packed, tmp_path, mlflow_
            # TCL: its loss falls visibly within 40 tiny steps (CLP's reconstruction terms are noisier at batch 4;
            # CLP, MoCo and the supervised bound run end to end in test_torchrun_two_ranks)
            *common(packed, tmp_path, **{"objective": "tcl", "train.steps": 40, "train.log_every": 4,
-                                        "train.eval_at_end": "false", "tracking.experiment": "ds-test"})]
+                                        "train.eval_at_end": "false", "tracking.experiment": "ds-test",
+                                        "tracking.system_metrics_every_s": 1})]
     launch(cmd, tmp_path, MLFLOW_TRACKING_URI=mlflow_server)
     run_dir = only_run(tmp_path)
     ck = run_dir / "checkpoints" / "step_40"
@@ -74,7 +75,22 @@ def test_deepspeed_two_ranks_trains_and_logs_to_mlflow(packed, tmp_path, mlflow_
     for key in ("perf/frames_per_s", "perf/step_s", "perf/data_stall_pct", "data/skipped", "train/tcl_acc"):
         assert key in run.data.metrics
     arts = [a.path for a in client.list_artifacts(run.info.run_id)]
-    assert "config.yaml" in arts
+    assert "config.yaml" in arts and "dataset" in arts
+    # where it ran (every rank's host and device) and what it read (the shards as the run's dataset input)
+    assert run.data.tags["nodes"] == "1" and run.data.tags["devices"].startswith("2 x cpu")
+    (inp,) = run.inputs.dataset_inputs
+    import hashlib
+
+    from aupretrain.data.shards import Manifest
+
+    manifest = Manifest.from_json((packed / "manifest.json").read_text()).to_json()
+    assert inp.dataset.name == packed.name
+    assert inp.dataset.digest == hashlib.sha256(manifest.encode()).hexdigest()[:10]
+    assert json.loads(inp.dataset.source)["uri"].endswith(packed.name)
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "train"
+    cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")  # sampled every second
+    assert cpu and all(0 <= m.value <= 100 for m in cpu)
+    assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
 
     from aupretrain import load_encoder
     import torch

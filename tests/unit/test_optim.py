@@ -1,4 +1,4 @@
-"""Optimizer components: parameter groups, LR scaling rules, the schedule, LARS against its formula."""
+"""Optimizer components: parameter groups, LR scaling rules, the schedule, LARS and LAMB against their formulas."""
 import math
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from aupretrain.config import load_config
-from aupretrain.engine.optim import LARS, build_optimizer, lr_lambda, param_groups, scaled_lr
+from aupretrain.engine.optim import LAMB, LARS, build_optimizer, lr_lambda, param_groups, scaled_lr
 from aupretrain.errors import UsageError
 
 
@@ -51,3 +51,32 @@ def test_lars_is_refused_on_flat_zero_partitions():
     with pytest.raises(UsageError, match="deepspeed=zero0"):
         build_optimizer(load_config(["optim.name=lars"]), nn.Linear(2, 2), 32)
     assert isinstance(build_optimizer(load_config(["optim.name=lars", "deepspeed=zero0"]), nn.Linear(2, 2), 32), LARS)
+
+
+def test_lamb_steps_match_the_formula_and_exclude_biases():
+    """Two steps of LAMB (You et al. 2020, Algorithm 2) against the formula written out."""
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 3)
+    opt = LAMB(param_groups(lin, 0.01), lr=0.1, betas=(0.9, 0.99), eps=1e-6)
+    m = {n: torch.zeros_like(p) for n, p in lin.named_parameters()}
+    v = {n: torch.zeros_like(p) for n, p in lin.named_parameters()}
+    for t in (1, 2):
+        opt.zero_grad()
+        lin(torch.randn(8, 5)).pow(2).sum().backward()
+        before = {n: p.detach().clone() for n, p in lin.named_parameters()}
+        grads = {n: p.grad.clone() for n, p in lin.named_parameters()}
+        opt.step()
+        for n, p in lin.named_parameters():
+            m[n] = 0.9 * m[n] + 0.1 * grads[n]
+            v[n] = 0.99 * v[n] + 0.01 * grads[n] ** 2
+            r = (m[n] / (1 - 0.9 ** t)) / ((v[n] / (1 - 0.99 ** t)).sqrt() + 1e-6)
+            if n == "weight":  # decayed and scaled by the trust ratio ||w|| / ||r||
+                r = r + 0.01 * before[n]
+                r = r * before[n].norm() / r.norm()
+            assert torch.allclose(p, before[n] - 0.1 * r, atol=1e-6), (n, t)
+
+
+def test_lamb_is_built_from_config_on_zero0_only():
+    with pytest.raises(UsageError, match="deepspeed=zero0"):
+        build_optimizer(load_config(["optim.name=lamb"]), nn.Linear(2, 2), 32)
+    assert isinstance(build_optimizer(load_config(["optim.name=lamb", "deepspeed=zero0"]), nn.Linear(2, 2), 32), LAMB)
