@@ -1,12 +1,15 @@
-"""aupretrain-extract INPUT OUT.csv --encoder E: AU codes per frame of your own video(s).
+"""aupretrain-extract INPUT OUT.csv --encoder E [--head H]: AU codes (or AU probabilities) per frame of your own video(s).
 
     aupretrain-extract interview.mp4 interview_au.csv --encoder exports/quickstart
     aupretrain-extract videos/ codes.csv --encoder runs/x/encoder.pt -- pack.detect_every=10
+    aupretrain-extract interview.mp4 aus.csv --encoder exports/quickstart --head heads/bp4d   # AU probabilities
 
 INPUT: a video file, an image, or a folder (every video and image below it). Faces are detected, tracked and
 aligned exactly as `aupretrain-pack` does (`pack.*` settings; `--align center` for inputs that are already face
 crops). One CSV row per frame: input, frame, time_s, face (0/1), x1, y1, x2, y2 (face box in source pixels),
-a0 … a<D-1> (the AU code). A frame without a face is a row with empty values. An input that cannot be read is
+a0 … a<D-1> (the AU code) — or, with `--head` (a folder from `aupretrain-eval --save-head`), one column per AU
+named after it (`AU1`, `AU2`, …: P(AU present)) plus `<AU>_on` (0/1 at the head's own per-AU threshold). A
+frame without a face is a row with empty values. An input that cannot be read is
 reported and skipped; the exit code is 0 when at least one input gave rows, 2 otherwise.
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("input", help="video, image, or folder of them")
     ap.add_argument("out", help="CSV to write")
     ap.add_argument("--encoder", required=True, help="aupretrain-export folder or a run's encoder.pt")
+    ap.add_argument("--head", help="an AU head folder (aupretrain-eval --save-head): write AU probabilities, not codes")
     ap.add_argument("--align", choices=["detect", "center"], help="default: pack.align (detect)")
     ap.add_argument("--batch", type=int, default=64, help="crops per encoder call")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the pack group after -- (e.g. pack.detect_every=10)")
@@ -38,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         enc = load_encoder(a.encoder)
+        predictor = None
+        if a.head:
+            from ..eval.head import load_head
+
+            predictor = load_head(a.head, enc)
         s = settings_from(load_config(a.overrides).pack, argparse.Namespace(align=a.align))
         inputs = list_inputs(a.input)
         if s.align == "detect":
@@ -48,12 +57,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aupretrain-extract: error: {e}", file=sys.stderr)
         return 2
     skipped = []
+    if predictor is None:
+        encode, columns = enc.encode, [f"a{k}" for k in range(enc.au_dim)]
+    else:  # probabilities, then 0/1 at the head's thresholds
+        import torch
+
+        thr = torch.from_numpy(predictor.thresholds)
+
+        def encode(frames, batch_size=256):
+            p = predictor(frames, batch_size)
+            return torch.cat([p, (p >= thr).float()], dim=1)
+
+        columns = [*predictor.aus, *[f"{au}_on" for au in predictor.aus]]
 
     def rows():
         bar = tqdm(unit="frame", desc="extract", disable=None)
         for path in inputs:
             try:
-                for r in extract(path, enc.encode, s, a.batch):
+                for r in extract(path, encode, s, a.batch):
                     bar.update(1)
                     yield r
             except VideoError as e:  # a bad input: reported, the others go on
@@ -61,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 skipped.append(str(path))
         bar.close()
 
-    counts = write_csv(rows(), a.out, enc.au_dim)
+    counts = write_csv(rows(), a.out, columns)
     print(json.dumps({"out": a.out, "inputs": len(inputs), "skipped": skipped, **counts}, indent=1))
     return 0 if counts["frames"] else 2
 

@@ -114,12 +114,16 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
         yield FrameRow(str(path), i, times[i], None, None)
 
 
-def write_csv(rows: Iterable[FrameRow], out: str | Path, dim: int) -> dict[str, int]:
-    """Write rows as CSV (`input, frame, time_s, face, x1, y1, x2, y2, a0 … a<D-1>`); returns counts."""
+def write_csv(rows: Iterable[FrameRow], out: str | Path, columns: int | list[str]) -> dict[str, int]:
+    """Write rows as CSV (`input, frame, time_s, face, x1, y1, x2, y2`, then one column per value of a row's
+    code: `columns` names them, or an int D names them a0 … a<D-1>); returns counts."""
     n = faces_found = 0
+    if isinstance(columns, int):
+        columns = [f"a{k}" for k in range(columns)]
+    dim = len(columns)
     with open(out, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["input", "frame", "time_s", "face", "x1", "y1", "x2", "y2", *[f"a{k}" for k in range(dim)]])
+        w.writerow(["input", "frame", "time_s", "face", "x1", "y1", "x2", "y2", *columns])
         for r in rows:
             n += 1
             if r.code is None:

@@ -44,8 +44,66 @@ def load_linear_head(path: str | Path) -> tuple[nn.Module, dict]:
     d, a = int(meta["code_dim"]), len(meta["aus"])
     probe = nn.Sequential(nn.BatchNorm1d(d), nn.Linear(d, a))
     st = load_file(str(Path(path) / "head.safetensors"))
-    probe.load_state_dict({k.replace("bn.", "0.").replace("linear.", "1."): v for k, v in st.items()})
+    try:
+        probe.load_state_dict({k.replace("bn.", "0.").replace("linear.", "1."): v for k, v in st.items()})
+    except RuntimeError as e:  # tensors that do not fit head.json's sizes
+        raise ValueError(f"{path}: head.safetensors does not match head.json ({str(e).splitlines()[-1].strip()})") from None
     return probe.eval(), meta
+
+
+class AUPredictor(nn.Module):
+    """Aligned face frames -> per-AU probabilities: an encoder's AU code through a saved head.
+
+    `forward(frames)`: RGB uint8 [N, H, W, 3] -> P(AU present) [N, A] (float32); `aus` names the columns and
+    `thresholds` [A] are the per-AU decision thresholds chosen when the head was trained."""
+
+    def __init__(self, encoder, head: nn.Module, meta: dict):
+        super().__init__()
+        self.encoder, self.head, self.meta = encoder, head, meta
+        self.aus = list(meta["aus"])
+        self.thresholds = np.asarray(meta.get("thresholds", [0.5] * len(self.aus)), dtype=np.float32)
+
+    @torch.no_grad()
+    def forward(self, frames: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        codes = self.encoder.encode(frames, batch_size)
+        return torch.sigmoid(self.head(codes)).float()
+
+
+def load_head(path: str | Path, encoder=None) -> AUPredictor:
+    """A head saved by `aupretrain-eval --save-head` as an `AUPredictor`.
+
+    Linear heads sit on `encoder` (the one they were trained on; its code size must match `code_dim`);
+    fine-tuned heads carry their own encoder, so `encoder` is ignored for them.
+
+    Raises:
+        FileNotFoundError: no head.json / head.safetensors in `path`.
+        ValueError: not an aupretrain AU head, or a linear head whose code size differs from the encoder's.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    if not (folder / "head.json").is_file() or not (folder / "head.safetensors").is_file():
+        raise FileNotFoundError(f"{path}: an AU head folder needs head.json and head.safetensors "
+                                "(written by aupretrain-eval --save-head)")
+    meta = json.loads((folder / "head.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{folder / 'head.json'}: not an aupretrain AU head (format={meta.get('format')!r})")
+    if meta.get("protocol") == "finetune":
+        from ..models.encoder import AUEncoder
+
+        st = load_file(str(folder / "head.safetensors"))
+        cfg = dict(meta["encoder_config"])
+        enc = AUEncoder(cfg, cfg.pop("input_size"))
+        enc.load_state_dict({k[len("encoder."):]: v for k, v in st.items() if k.startswith("encoder.")})
+        head = nn.Linear(enc.au_dim, len(meta["aus"]))
+        head.load_state_dict({k[len("head."):]: v for k, v in st.items() if k.startswith("head.")})
+        return AUPredictor(enc.eval(), head.eval(), meta)
+    if encoder is None:
+        raise ValueError(f"{path}: a linear head needs the encoder it was trained on")
+    if int(meta["code_dim"]) != int(encoder.au_dim):
+        raise ValueError(f"{path}: the head takes {meta['code_dim']}-d AU codes, the encoder gives {encoder.au_dim}-d")
+    probe, meta = load_linear_head(folder)
+    return AUPredictor(encoder, probe, meta)
 
 
 def final_linear_head(codes: np.ndarray, data: LabelledFrames, cfg_eval, seed: int = 0) -> tuple[dict, dict]:

@@ -39,3 +39,37 @@ def test_extract_gives_one_row_per_frame_with_faces_boxes_and_codes(astronaut_mp
         assert np.isfinite(code).all()
     blank = [r for r in rows if r["input"].endswith("blank.mp4")]
     assert len(blank) == 5 and all(r["face"] == "0" and r["a0"] == "" and r["x1"] == "" for r in blank)
+
+
+def test_extract_with_a_head_gives_au_probabilities(astronaut_mp4, tmp_path, capsys):
+    """--head (a folder as aupretrain-eval --save-head writes it): per-AU probabilities equal to the head applied
+    to the AU codes of the same frames, and 0/1 columns at the head's own thresholds; a head for another code size
+    is one clear error."""
+    from aupretrain.eval.head import save_head
+
+    path, _ = astronaut_mp4
+    torch.manual_seed(0)
+    save_encoder_folder(AUEncoder(TINY, 32), tmp_path / "enc")
+    bn, lin = torch.nn.BatchNorm1d(12), torch.nn.Linear(12, 2)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    tensors = {**{f"bn.{k}": v for k, v in bn.state_dict().items()}, **{f"linear.{k}": v for k, v in lin.state_dict().items()}}
+    save_head(tmp_path / "head", tensors, {"protocol": "linear", "aus": ["AU1", "AU12"], "thresholds": [0.4, 0.6],
+                                           "code_dim": 12})
+    enc_args = ["--encoder", str(tmp_path / "enc")]
+    assert extract_main([str(path), str(tmp_path / "codes.csv"), *enc_args]) == 0
+    assert extract_main([str(path), str(tmp_path / "aus.csv"), *enc_args, "--head", str(tmp_path / "head")]) == 0
+    codes = [r for r in csv.DictReader(open(tmp_path / "codes.csv")) if r["face"] == "1"]
+    aus = [r for r in csv.DictReader(open(tmp_path / "aus.csv")) if r["face"] == "1"]
+    assert len(aus) == len(codes) > 0 and list(aus[0])[8:] == ["AU1", "AU12", "AU1_on", "AU12_on"]
+    x = torch.tensor([[float(r[f"a{k}"]) for k in range(12)] for r in codes])
+    with torch.no_grad():
+        want = torch.sigmoid(lin(bn.eval()(x))).numpy()
+    got = np.array([[float(r["AU1"]), float(r["AU12"])] for r in aus])
+    assert np.allclose(got, want, atol=1e-4)
+    on = np.array([[float(r["AU1_on"]), float(r["AU12_on"])] for r in aus])
+    assert (on == (got >= np.array([0.4, 0.6]))).all()
+    save_head(tmp_path / "wide", tensors, {"protocol": "linear", "aus": ["AU1", "AU12"], "code_dim": 16})
+    capsys.readouterr()
+    assert extract_main([str(path), str(tmp_path / "x.csv"), *enc_args, "--head", str(tmp_path / "wide")]) == 2
+    assert "16-d AU codes" in capsys.readouterr().err
