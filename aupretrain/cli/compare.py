@@ -1,12 +1,13 @@
 """aupretrain-compare: compare pretraining runs tracked in MLflow by their AU probe results.
 
     aupretrain-compare                          # every evaluated run of experiment "aupretrain"
-    aupretrain-compare --experiment ablations --json cmp.json --plot cmp.png
-    aupretrain-compare --runs RUN_ID RUN_ID ...
+    aupretrain-compare ablations --out results/ablations   # -> results/ablations.csv + .png
+    aupretrain-compare --runs RUN_ID RUN_ID ... --json cmp.json
 
 Tracking store: --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (as training).
-One row per run: objective, model, steps, clips per rank per step, mean F1 and its random-init floor, identity
-accuracy (lower = more person-independent), and per-AU F1. Sorted by mean F1.
+One row per run: objective, model, steps, clips per rank per step, evaluation dataset and protocol, mean F1 and
+its random-init floor, identity accuracy (lower = more person-independent), training frames/s, and per-AU F1.
+Sorted by mean F1; printed, and saved as `<out>.csv` and `<out>.png` (default out: compare-<experiment>).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 def collect(client, runs) -> list[dict]:
     rows = []
     for run in runs:
-        m, p = run.data.metrics, run.data.params
+        m, p, tags = run.data.metrics, run.data.params, run.data.tags
         if "eval/f1_mean" not in m:
             continue
         batch = int(p.get("data.batch_size", 0) or 0) * int(p.get("deepspeed.gradient_accumulation_steps", 1) or 1)
@@ -29,6 +30,8 @@ def collect(client, runs) -> list[dict]:
             "objective": p.get("objective.name", "?"), "model": p.get("model.name", "?"),
             "steps": int(float(p.get("train.steps", 0) or 0)),
             "clips/rank/step": batch,
+            "dataset": tags.get("eval.dataset", "synthetic"), "protocol": tags.get("eval.protocol", "linear"),
+            "frames_per_s": m.get("perf/frames_per_s"),
             "f1_mean": m["eval/f1_mean"], "f1_random": m.get("eval_random/f1_mean"),
             "identity_acc": m.get("eval/identity_acc"),
             "f1": {k.split("/", 2)[2]: v for k, v in m.items() if k.startswith("eval/f1/")},
@@ -42,14 +45,31 @@ def show(rows: list[dict]) -> None:
 
     aus = sorted({a for r in rows for a in r["f1"]}, key=lambda a: (len(a), a))
     t = Table(title="Runs by mean AU F1 (x100, linear probe, identity-held-out)")
-    for c in ("run", "objective", "model", "steps", "clips/rank/step", "mean F1", "random-init", "identity acc", *aus):
-        t.add_column(c, justify="left" if c in ("run", "objective", "model") else "right")
+    text = ("run", "objective", "model", "dataset", "protocol")
+    for c in ("run", "objective", "model", "steps", "clips/rank/step", "dataset", "protocol", "mean F1", "random-init",
+              "identity acc", "frames/s", *aus):
+        t.add_column(c, justify="left" if c in text else "right")
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
     for r in rows:
-        t.add_row(r["run"], r["objective"], r["model"], str(r["steps"]), str(r["clips/rank/step"]),
-                  f"[b]{pct(r['f1_mean'])}[/b]", pct(r["f1_random"]), pct(r["identity_acc"]),
+        fps = "–" if r["frames_per_s"] is None else f"{r['frames_per_s']:.0f}"
+        t.add_row(r["run"], r["objective"], r["model"], str(r["steps"]), str(r["clips/rank/step"]), r["dataset"],
+                  r["protocol"], f"[b]{pct(r['f1_mean'])}[/b]", pct(r["f1_random"]), pct(r["identity_acc"]), fps,
                   *[pct(r["f1"].get(a)) for a in aus])
     Console(width=200).print(t)
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    """One line per run: the table's columns, then `F1 <AU>` per AU (F1 and accuracies in [0, 1])."""
+    import csv
+
+    aus = sorted({a for r in rows for a in r["f1"]}, key=lambda a: (len(a), a))
+    cols = ["run", "run_id", "objective", "model", "steps", "clips/rank/step", "dataset", "protocol", "f1_mean",
+            "f1_random", "identity_acc", "frames_per_s"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*cols, *[f"F1 {a}" for a in aus]])
+        for r in rows:
+            w.writerow([("" if r[c] is None else r[c]) for c in cols] + [r["f1"].get(a, "") for a in aus])
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -71,12 +91,15 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="aupretrain-compare", description=__doc__.splitlines()[0])
+    ap.add_argument("experiment_name", nargs="?", metavar="EXPERIMENT", help="MLflow experiment (default: aupretrain)")
     ap.add_argument("--tracking-uri")
-    ap.add_argument("--experiment", default="aupretrain")
+    ap.add_argument("--experiment", help="the same as EXPERIMENT")
     ap.add_argument("--runs", nargs="+", help="run ids (default: every run of the experiment with eval results)")
-    ap.add_argument("--json", help="write the rows here")
-    ap.add_argument("--plot", help="write a bar chart (PNG) here")
+    ap.add_argument("--out", help="write <out>.csv and <out>.png (default: compare-<experiment>)")
+    ap.add_argument("--json", help="also write the rows as JSON here")
+    ap.add_argument("--plot", help="write the bar chart (PNG) here instead of <out>.png")
     a = ap.parse_args(argv)
+    a.experiment = a.experiment_name or a.experiment or "aupretrain"
     import mlflow
 
     uri = a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
@@ -94,10 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aupretrain-compare: error: no run with eval results in {uri}", file=sys.stderr)
         return 2
     show(rows)
+    out = Path(a.out or f"compare-{a.experiment if not a.runs else 'runs'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out.with_name(out.name + ".csv"))
+    plot(rows, a.plot or str(out.with_name(out.name + ".png")))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
-    if a.plot:
-        plot(rows, a.plot)
+    print(f"saved {out.with_name(out.name + '.csv')} and {a.plot or out.with_name(out.name + '.png')}")
     return 0
 
 

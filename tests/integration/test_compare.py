@@ -33,12 +33,17 @@ def test_compare_ranks_runs_by_mean_f1(mlflow_server, tmp_path, capsys):
     log_run(client, exp, "clp-run", *evaluated("clp", {"AU1": 0.4, "AU12": 0.5}, 0.14))
     log_run(client, exp, "not-evaluated", {"train/loss": 1.0})
     out = tmp_path / "cmp.json"
-    assert main(["--tracking-uri", mlflow_server, "--experiment", "compare-test", "--json", str(out),
-                 "--plot", str(tmp_path / "cmp.png")]) == 0
+    assert main(["compare-test", "--tracking-uri", mlflow_server, "--json", str(out),
+                 "--out", str(tmp_path / "table")]) == 0
     rows = json.loads(out.read_text())
     assert [r["objective"] for r in rows] == ["clp", "tcl"]  # sorted by mean F1; the unevaluated run left out
     assert rows[0]["f1_mean"] == pytest.approx(0.45) and rows[0]["clips/rank/step"] == 32
     assert rows[0]["f1"] == {"AU1": 0.4, "AU12": 0.5}
-    assert (tmp_path / "cmp.png").stat().st_size > 0
+    assert (tmp_path / "table.png").stat().st_size > 0
+    import csv
+
+    table = list(csv.DictReader(open(tmp_path / "table.csv")))
+    assert [r["run"] for r in table] == ["clp-run", "tcl-run"] and float(table[0]["F1 AU12"]) == pytest.approx(0.5)
+    assert table[0]["dataset"] == "synthetic" and table[0]["protocol"] == "linear"
     assert "clp-run" in capsys.readouterr().out
     assert main(["--tracking-uri", mlflow_server, "--experiment", "nope"]) == 2
