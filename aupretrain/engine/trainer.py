@@ -17,6 +17,7 @@ from ..errors import UsageError
 from . import checkpoint, resume
 from .distributed import DistInfo, barrier, broadcast_object, gather_objects, init_distributed, mean_across_ranks
 from .metrics import StepTimer
+from .online_probe import OnlineProbe
 from .optim import apply_settings, build_optimizer, lr_lambda
 from .signals import StopRequest
 from .step import train_step
@@ -130,6 +131,7 @@ def train(cfg: DictConfig) -> dict:
         log.info("run %s: %d ranks, %d clips/rank/step, %d steps, shards %s (%d samples, %d identities)",
                  run_dir, d.world, cfg.data.batch_size, cfg.train.steps, cfg.data.shards,
                  loader.manifest.samples, len(loader.manifest.identities))
+    online = OnlineProbe(cfg, d.is_main)
     b = int(cfg.data.batch_size)
     keep = int(cfg.train.get("keep_checkpoints", 0))
     check_every = max(1, int(cfg.train.get("signal_check_every", 1)))  # a collective + host sync: not every step
@@ -168,6 +170,8 @@ def train(cfg: DictConfig) -> dict:
                 terms = " ".join(f"{k[6:]} {v:.3f}" for k, v in m.items() if k.startswith("train/") and k != "train/lr")
                 log.info("step %d/%d %s lr %.2e %.0f frames/s stall %.1f%%", n, steps, terms,
                          m["train/lr"], m["perf/frames_per_s"], m["perf/data_stall_pct"])
+        if online.due(n):  # rank 0, no gradient; the other ranks wait at the next collective
+            tracker.log_metrics(online(n, engine.module.encoder), step=n)
         if cfg.train.checkpoint_every and n % int(cfg.train.checkpoint_every) == 0 and n < end:
             checkpoint.save(engine, run_dir, n, meta(), d.is_main, d.rank, loader.state(), keep)
             saved = n

@@ -56,8 +56,8 @@ class AUEncoder(nn.Module):
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """AU codes [N, au_dim] of RGB uint8 frames [N, H, W, 3]."""
-        dev = next(self.parameters()).device
-        out = [self(self.preprocess(frames[i:i + batch_size].to(dev)))["a"].float().cpu()
+        w = next(self.parameters())  # inputs follow the weights' device and dtype (bf16 under DeepSpeed's bf16)
+        out = [self(self.preprocess(frames[i:i + batch_size].to(w.device)).to(w.dtype))["a"].float().cpu()
                for i in range(0, len(frames), batch_size)]
         return torch.cat(out) if out else torch.empty(0, self.au_dim)
 

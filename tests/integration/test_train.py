@@ -101,7 +101,9 @@ def test_deepspeed_two_ranks_trains_and_logs_to_mlflow(packed, tmp_path, mlflow_
 
 
 def test_local_rank_argument_is_accepted_in_one_process(packed, tmp_path):
-    cmd = [sys.executable, TRAIN, "--local_rank=0", *common(packed, tmp_path, **{"train.steps": 2})]
+    cmd = [sys.executable, TRAIN, "--local_rank=0", *common(packed, tmp_path, **{
+        "train.steps": 2, "train.online_probe.every": 1, "train.online_probe.identities": 4,
+        "train.online_probe.frames": 12})]
     r = launch(cmd, tmp_path)
     run_dir = only_run(tmp_path)
     assert (run_dir / "checkpoints" / "step_2" / "COMPLETE").exists()
@@ -118,6 +120,21 @@ def test_local_rank_argument_is_accepted_in_one_process(packed, tmp_path):
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
     assert run.data.metrics["eval/f1_mean"] == pytest.approx(summary["results"]["pretrained"]["f1_mean"])
     assert "eval_hog/f1_mean" in run.data.metrics and run.info.status == "FINISHED"
+    # the online probe ran at steps 1 and 2 on validation identities (its own corpus, not the test one)
+    online = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(run_id, "online/f1_mean")
+    assert sorted(m.step for m in online) == [1, 2] and all(0 <= m.value <= 1 for m in online)
+    assert (tmp_path / "synthetic_online-validation-4x1x12-s7").is_dir()
+    # aupretrain-compare reads this real run back: one row with its objective, dataset, protocol, F1 and speed
+    import csv
+
+    from aupretrain.cli.compare import main as compare
+
+    assert compare(["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "cmp")]) == 0
+    (row,) = list(csv.DictReader(open(tmp_path / "cmp.csv")))
+    assert row["run_id"] == run_id and row["objective"] == run.data.params["objective.name"]
+    assert (row["dataset"], row["protocol"]) == ("synthetic", "linear") and float(row["frames_per_s"]) > 0
+    assert float(row["f1_mean"]) == pytest.approx(summary["results"]["pretrained"]["f1_mean"])
+    assert (tmp_path / "cmp.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("objective,accum,term,extra", [
