@@ -22,8 +22,8 @@ from bench.common import report  # noqa: E402
 
 
 def ensure_shards(path: Path) -> Path:
-    from aupretrain.data.pack import PackSettings, pack
-    from aupretrain.data.synth.corpus import write_corpus
+    from aupretrain.pack.packer import PackSettings, pack
+    from aupretrain.synth.corpus import write_corpus
 
     if (path / "manifest.json").exists():
         return path

@@ -35,10 +35,10 @@ from bench.common import report  # noqa: E402
 from aupretrain.cli.pack import settings_from  # noqa: E402
 from aupretrain.config import load_config  # noqa: E402
 from aupretrain.data import shards  # noqa: E402
-from aupretrain.data.inputs import discover  # noqa: E402
-from aupretrain.data.pack import pack  # noqa: E402
-from aupretrain.data.parallel import parallel_map  # noqa: E402
-from aupretrain.data.video import iter_frames  # noqa: E402
+from aupretrain.pack.inputs import discover  # noqa: E402
+from aupretrain.pack.packer import pack  # noqa: E402
+from aupretrain.pack.parallel import parallel_map  # noqa: E402
+from aupretrain.pack.video import iter_frames  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -54,7 +54,7 @@ def decode_count(path: str) -> int:
 
 
 def make_videos(root: Path, n: int, frames: int, width: int, height: int) -> None:
-    from aupretrain.data.synth import astronaut
+    from aupretrain.synth import astronaut
 
     for k in range(n):
         astronaut.write(root / f"id{k % 4:02d}" / f"v{k:03d}.mp4", frames=frames, width=width, height=height,
@@ -64,7 +64,7 @@ def make_videos(root: Path, n: int, frames: int, width: int, height: int) -> Non
 def compare_detectors(frames_real: np.ndarray, frames_synth: np.ndarray, s) -> list[dict]:
     import torch
 
-    from aupretrain.data.faces import Detector
+    from aupretrain.pack.faces import Detector
 
     torch.set_num_threads(1)
     rows = []
@@ -84,9 +84,9 @@ def alignment(s, frames: int, width: int, height: int) -> list[dict]:
     the default motion and a fast one, with and without temporal smoothing; one thread."""
     import torch
 
-    from aupretrain.data import faces
-    from aupretrain.data.clips import track
-    from aupretrain.data.synth import astronaut
+    from aupretrain.pack import faces
+    from aupretrain.pack.clips import track
+    from aupretrain.synth import astronaut
 
     torch.set_num_threads(1)
     ref = astronaut.reference_crop(s.template, s.size)
@@ -170,8 +170,8 @@ def main() -> None:
              "decode_cpu_seconds": decode_cpu, "pack_cpu_seconds": pack_cpu, "load_average": os.getloadavg(),
              "videos": len(items), "samples": m.samples, "rejects": m.rejects, "stats": st, "settings": s.content()}
     if a.compare_detectors:
-        from aupretrain.data.synth.corpus import write_corpus
-        from aupretrain.data.video import read_video
+        from aupretrain.synth.corpus import write_corpus
+        from aupretrain.pack.video import read_video
 
         real = np.concatenate([read_video(it.path)[::5] for it in items[:2]])
         write_corpus(tmp / "synth", identities=3, videos_per_identity=1, frames=40, seed=0, workers=1)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import report  # noqa: E402
 
 from aupretrain.config import load_config  # noqa: E402
-from aupretrain.data.synth.corpus import write_corpus  # noqa: E402
+from aupretrain.synth.corpus import write_corpus  # noqa: E402
 from aupretrain.eval.datasets import ensure_synthetic, load_synthetic  # noqa: E402
 from aupretrain.eval.probe import per_au_f1  # noqa: E402
 from aupretrain.models.encoder import AUEncoder  # noqa: E402

@@ -16,10 +16,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import report  # noqa: E402
 
-from aupretrain.data.synth.corpus import VideoJob, render_video  # noqa: E402
-from aupretrain.data.synth.identity import AUS, sample_identity, sample_scene  # noqa: E402
-from aupretrain.data.synth.render import render  # noqa: E402
-from aupretrain.data.synth.tracks import sample_au_track, sample_pose_track  # noqa: E402
+from aupretrain.synth.corpus import VideoJob, render_video  # noqa: E402
+from aupretrain.synth.identity import AUS, sample_identity, sample_scene  # noqa: E402
+from aupretrain.synth.render import render  # noqa: E402
+from aupretrain.synth.tracks import sample_au_track, sample_pose_track  # noqa: E402
 
 
 def main() -> None:

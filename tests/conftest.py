@@ -33,7 +33,7 @@ def run_env(**extra) -> dict:
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
-    from aupretrain.data.synth.corpus import write_corpus
+    from aupretrain.synth.corpus import write_corpus
 
     root = tmp_path_factory.mktemp("corpus")
     write_corpus(root, identities=4, videos_per_identity=2, frames=40, seed=3, workers=1)
@@ -42,7 +42,7 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def packed(corpus, tmp_path_factory) -> Path:
-    from aupretrain.data.pack import PackSettings, pack
+    from aupretrain.pack.packer import PackSettings, pack
 
     out = tmp_path_factory.mktemp("shards")
     pack(str(corpus), str(out), PackSettings(clip_len=8, stride=2, size=64, samples_per_shard=6, workers=1, align="center"))
@@ -131,7 +131,7 @@ def s3_server(tmp_path_factory):
 def astronaut_mp4(tmp_path_factory):
     """A real face on video: skimage's astronaut photo animated (pan, zoom, small rotation), 64 frames
     320x240 H.264. Yields (path, photo -> frame transforms [64, 2, 3])."""
-    from aupretrain.data.synth import astronaut
+    from aupretrain.synth import astronaut
 
     path = tmp_path_factory.mktemp("astronaut") / "eileen" / "a000.mp4"
     return path, astronaut.write(path, frames=64, width=320, height=240)

@@ -7,10 +7,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from aupretrain.data.synth.identity import AU_INDEX, sample_identity, sample_scene
-from aupretrain.data.synth.render import render
-from aupretrain.data.synth.tracks import sample_au_track, sample_pose_track
-from aupretrain.data.video import write_video
+from aupretrain.synth.identity import AU_INDEX, sample_identity, sample_scene
+from aupretrain.synth.render import render
+from aupretrain.synth.tracks import sample_au_track, sample_pose_track
+from aupretrain.pack.video import write_video
 from aupretrain.eval.au_datasets import AUS
 
 PAD = 32  # grey border around the 112 px render: the frame is 176 x 176 and the face must be found
@@ -19,8 +19,8 @@ PAD = 32  # grey border around the 112 px render: the frame is 176 x 176 and the
 def _findable(seed: int) -> int:
     """The first identity seed from 1000 + 7 x seed whose neutral face MTCNN finds (not every synthetic
     identity is found by the real detector: some are too stylised)."""
-    from aupretrain.data import mtcnn
-    from aupretrain.data.synth.identity import Pose
+    from aupretrain.pack import mtcnn
+    from aupretrain.synth.identity import Pose
 
     s = 1000 + 7 * seed
     while True:

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from ..config import load_config
-    from ..data.mtcnn import DetectorUnavailable
-    from ..data.video import VideoError
+    from ..pack.mtcnn import DetectorUnavailable
+    from ..pack.video import VideoError
     from ..eval.extract import extract, list_inputs, write_csv
     from ..models.encoder import load_encoder
     from .pack import settings_from
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         s = settings_from(load_config(a.overrides).pack, argparse.Namespace(align=a.align))
         inputs = list_inputs(a.input)
         if s.align == "detect":
-            from ..data.clips import detector
+            from ..pack.clips import detector
 
             detector(s)  # the detector loads once here, or one clear error
     except (FileNotFoundError, ValueError, DetectorUnavailable) as e:

@@ -18,7 +18,7 @@ import time
 from omegaconf import OmegaConf
 
 from ..config import load_config
-from ..data.pack import PackSettings, pack
+from ..pack.packer import PackSettings, pack
 from ..data.storage import EnvironmentFault
 
 FLAGS = (("--align", str), ("--detector", str), ("--clip-len", int), ("--stride", int), ("--clip-step", int),

@@ -11,7 +11,7 @@ import sys
 import time
 
 from ..config import load_config
-from ..data.synth.corpus import contact_sheet, write_corpus
+from ..synth.corpus import contact_sheet, write_corpus
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,1 +1,1 @@
-"""Data stage: synthetic corpus, video I/O, packing into shards, storage, readers."""
+"""Data stage (online): the shard format and manifest, local/S3 storage, the dataset view every rank agrees on, the DALI reader and the torch baseline loader, augmentation, damaged-data handling, optional AU labels."""

@@ -11,7 +11,7 @@ import json
 import numpy as np
 
 from . import storage
-from .synth.corpus import LABELS_SUFFIX
+from ..synth.corpus import LABELS_SUFFIX
 
 
 class FrameLabels:

@@ -21,9 +21,9 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from ..data import faces
-from ..data.clips import PackSettings, align_center, center_faces, detector, track
-from ..data.video import VideoError, iter_timed_frames
+from ..pack import faces
+from ..pack.clips import PackSettings, align_center, center_faces, detector, track
+from ..pack.video import VideoError, iter_timed_frames
 from ..errors import UsageError
 
 log = logging.getLogger(__name__)

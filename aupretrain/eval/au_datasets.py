@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.clips import PackSettings
-from ..data.inputs import VIDEO_EXTS
+from ..pack.clips import PackSettings
+from ..pack.inputs import VIDEO_EXTS
 from ..errors import UsageError
 from .aligned import Source, aligned_crops
 from .datasets import LabelledFrames

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.synth.corpus import LABELS_SUFFIX, load_labels, write_corpus
-from ..data.video import read_video
+from ..synth.corpus import LABELS_SUFFIX, load_labels, write_corpus
+from ..pack.video import read_video
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from ..data import faces
-from ..data.clips import PackSettings, align_center, center_faces, detector, track
-from ..data.inputs import IMAGE_EXTS, VIDEO_EXTS
-from ..data.video import VideoError, iter_timed_frames
+from ..pack import faces
+from ..pack.clips import PackSettings, align_center, center_faces, detector, track
+from ..pack.inputs import IMAGE_EXTS, VIDEO_EXTS
+from ..pack.video import VideoError, iter_timed_frames
 
 
 @dataclass

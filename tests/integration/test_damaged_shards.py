@@ -62,7 +62,7 @@ def damage(src, dst):
 def test_damaged_samples_and_shards_are_skipped_counted_and_training_goes_on(corpus, tmp_path, loader):
     import subprocess
 
-    from aupretrain.data.pack import PackSettings, pack
+    from aupretrain.pack.packer import PackSettings, pack
 
     clean = tmp_path / "clean"
     pack(str(corpus), str(clean), PackSettings(clip_len=8, stride=2, size=64, samples_per_shard=4, workers=1,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from aupretrain.data.clips import PackSettings
+from aupretrain.pack.clips import PackSettings
 from aupretrain.errors import UsageError
 from aupretrain.eval.au_datasets import AUS, load_au_dataset
 from tests.fake_au_datasets import write_bp4d, write_disfa, write_gft

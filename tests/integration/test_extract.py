@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from aupretrain.cli.extract import main as extract_main
-from aupretrain.data.video import write_video
+from aupretrain.pack.video import write_video
 from aupretrain.models.encoder import AUEncoder, save_encoder_folder
 
 TINY = {"widths": [8, 16], "blocks": [1, 1], "stem_width": 8, "stem_stride": 2, "stem_pool": False, "norm": "group",

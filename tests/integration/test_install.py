@@ -20,14 +20,14 @@ def test_wheel_carries_configs_and_detector_weights(tmp_path):
     wheel = next((tmp_path / "dist").glob("aupretrain-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"aupretrain/configs/config.yaml", "aupretrain/configs/experiment/quickstart.yaml",
-            "aupretrain/data/mtcnn_weights/onet.pt", "aupretrain/data/mtcnn_weights/pnet.pt",
-            "aupretrain/data/mtcnn_weights/rnet.pt"} <= names
+            "aupretrain/pack/mtcnn_weights/onet.pt", "aupretrain/pack/mtcnn_weights/pnet.pt",
+            "aupretrain/pack/mtcnn_weights/rnet.pt"} <= names
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True)
     probe = ("import aupretrain, pathlib; assert pathlib.Path(aupretrain.__file__).is_relative_to(pathlib.Path(r'%s')); "
              "from aupretrain.config import load_config; c = load_config(['experiment=smoke']); "
-             "from aupretrain.data.mtcnn import load_nets; load_nets(); print(c.objective.name)" % site)
+             "from aupretrain.pack.mtcnn import load_nets; load_nets(); print(c.objective.name)" % site)
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]

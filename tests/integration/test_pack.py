@@ -11,8 +11,8 @@ from PIL import Image
 
 from aupretrain.cli.pack import main as pack_main
 from aupretrain.data import shards
-from aupretrain.data.pack import PackSettings, pack
-from aupretrain.data.video import read_video, write_video
+from aupretrain.pack.packer import PackSettings, pack
+from aupretrain.pack.video import read_video, write_video
 
 FAST = dict(workers=1, samples_per_shard=4)
 
@@ -193,7 +193,7 @@ def test_every_container_and_the_voxceleb2_layout_are_packed_or_rejected_by_name
 def test_missing_detector_weights_are_one_error_at_start(corpus, tmp_path, monkeypatch, capsys):
     """Without the MTCNN weights the packer stops before any input with one line naming the file (exit 2):
     nothing is rejected, nothing is written."""
-    from aupretrain.data import mtcnn
+    from aupretrain.pack import mtcnn
 
     mtcnn.load_nets.cache_clear()
     monkeypatch.setenv("AUPRETRAIN_MTCNN_WEIGHTS", str(tmp_path / "nowhere"))

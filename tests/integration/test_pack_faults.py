@@ -8,9 +8,11 @@ import signal
 
 import pytest
 
-from aupretrain.data import shards, spill, storage
-from aupretrain.data.pack import PackSettings, pack
-from aupretrain.data.parallel import parallel_map
+from aupretrain.data import shards, storage
+
+from aupretrain.pack import spill
+from aupretrain.pack.packer import PackSettings, pack
+from aupretrain.pack.parallel import parallel_map
 
 CENTER = dict(align="center", samples_per_shard=4, workers=1, clip_len=4, stride=2)
 

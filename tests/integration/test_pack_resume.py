@@ -9,8 +9,8 @@ import time
 import pytest
 
 from aupretrain.data import shards
-from aupretrain.data.pack import PackSettings, pack
-from aupretrain.data.synth import astronaut
+from aupretrain.pack.packer import PackSettings, pack
+from aupretrain.synth import astronaut
 
 from tests.conftest import run_env
 

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 def test_supervised_objective_beats_the_random_init_floor_on_new_identities(tmp_path):
     from aupretrain.config import load_config
-    from aupretrain.data.synth.corpus import write_corpus
+    from aupretrain.synth.corpus import write_corpus
     from aupretrain.eval.baselines import always_positive
     from aupretrain.eval.datasets import load_synthetic
     from aupretrain.eval.probe import per_au_f1

@@ -8,9 +8,9 @@ from PIL import Image
 
 from aupretrain.data import shards
 from aupretrain.data.dali_reader import ClipLoader, ReaderSettings, check_shards
-from aupretrain.data.pack import PackSettings, pack
-from aupretrain.data.synth.corpus import load_labels
-from aupretrain.data.video import read_video
+from aupretrain.pack.packer import PackSettings, pack
+from aupretrain.synth.corpus import load_labels
+from aupretrain.pack.video import read_video
 
 NEUTRAL = dict(scale=(1.0, 1.0), brightness=(1.0, 1.0), contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0,
                blur_sigma=(0.0, 0.0))

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from aupretrain.data.synth.identity import AUS, Pose, sample_identity, sample_scene
-from aupretrain.data.synth.render import render
+from aupretrain.synth.identity import AUS, Pose, sample_identity, sample_scene
+from aupretrain.synth.render import render
 from aupretrain.models.cir import CIRRequest, cir_forward, select_frames
 from aupretrain.models.decoder import Decoder, MomentumBranch
 from aupretrain.objectives import OBJECTIVES, build_objective, cir_terms, moco_loss, supervised_loss

@@ -4,11 +4,11 @@ import struct
 import numpy as np
 import pytest
 
-from aupretrain.data import faces, mtcnn
-from aupretrain.data.clips import PackSettings, detector, resample, track
-from aupretrain.data.inputs import read_track
-from aupretrain.data.synth import astronaut
-from aupretrain.data.video import read_video, write_video
+from aupretrain.pack import faces, mtcnn
+from aupretrain.pack.clips import PackSettings, detector, resample, track
+from aupretrain.pack.inputs import read_track
+from aupretrain.synth import astronaut
+from aupretrain.pack.video import read_video, write_video
 
 TEMPLATE = np.asarray(PackSettings().template)
 

@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from aupretrain.data.synth.corpus import contact_sheet, load_labels, write_corpus
-from aupretrain.data.synth.identity import AU_INDEX, AUS, Pose, sample_identity, sample_scene
-from aupretrain.data.synth.render import face_geometry, render
-from aupretrain.data.synth.tracks import sample_au_track
-from aupretrain.data.video import read_video
+from aupretrain.synth.corpus import contact_sheet, load_labels, write_corpus
+from aupretrain.synth.identity import AU_INDEX, AUS, Pose, sample_identity, sample_scene
+from aupretrain.synth.render import face_geometry, render
+from aupretrain.synth.tracks import sample_au_track
+from aupretrain.pack.video import read_video
 
 
 def au(**kw):
@@ -98,8 +98,8 @@ def test_short_videos_are_excerpts_of_ongoing_behaviour():
 
 
 def test_video_matches_renderer(tmp_path):
-    from aupretrain.data.synth.corpus import VideoJob, render_video
-    from aupretrain.data.synth.tracks import sample_au_track, sample_pose_track
+    from aupretrain.synth.corpus import VideoJob, render_video
+    from aupretrain.synth.tracks import sample_au_track, sample_pose_track
 
     job = VideoJob(str(tmp_path), 0, 0, 12, 25.0, 112, 4)
     lab = render_video(job)

@@ -17,7 +17,9 @@ import cv2
 import numpy as np
 import torch
 
-from . import faces, shards, storage
+from . import faces
+
+from ..data import shards, storage
 from .inputs import VideoItem, iter_source_frames, local_copy, read_track
 from .mtcnn import DetectorUnavailable
 from .spill import SpillWriter

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..parallel import parallel_map
-from ..video import write_video
+from ..pack.parallel import parallel_map
+from ..pack.video import write_video
 from .identity import AU_INDEX, AUS, Pose, sample_identity, sample_scene
 from .render import LANDMARK_GROUPS, render
 from .tracks import PROTOTYPES, sample_au_track, sample_pose_track

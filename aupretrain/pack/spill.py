@@ -10,7 +10,7 @@ import os
 import struct
 from pathlib import Path
 
-from . import shards
+from ..data import shards
 
 
 class SpillWriter:

@@ -29,7 +29,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from . import storage
+from ..data import storage
 from .video import VideoError, iter_timed_frames
 
 # Containers listed here are videos by name; files with other extensions (except NOT_VIDEO_EXTS) are tried

@@ -31,7 +31,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import shards, spill, storage
+from ..data import shards, storage
+
+from . import spill
 from .clips import PackSettings, VideoResult, detector, process_video
 from .inputs import VideoItem, discover
 from .parallel import parallel_map

@@ -1,6 +1,6 @@
 """MTCNN face detector (Zhang et al. 2016) in plain torch + numpy: boxes, scores and 5 landmarks.
 
-The P-, R- and O-Net weights ship with this package (`aupretrain/data/mtcnn_weights/`, package data): they
+The P-, R- and O-Net weights ship with this package (`aupretrain/pack/mtcnn_weights/`, package data): they
 are the files of the `facenet-pytorch` 2.6.0 wheel (`facenet_pytorch/data/{pnet,rnet,onet}.pt`, MIT License;
 converted there from the original MTCNN release of Zhang et al., also MIT), copied unchanged. A plain
 `pip install aupretrain` therefore gives a working detector; facenet-pytorch is not a dependency (its code

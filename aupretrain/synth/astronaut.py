@@ -51,7 +51,7 @@ def render(frames: int = 48, width: int = 320, height: int = 240, **motion) -> t
 
 def write(path: str | Path, frames: int = 48, width: int = 320, height: int = 240, fps: float = 25.0, **motion) -> np.ndarray:
     """Render and encode to H.264; returns the transforms."""
-    from ..video import write_video
+    from ..pack.video import write_video
 
     video, ms = render(frames, width, height, **motion)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def write(path: str | Path, frames: int = 48, width: int = 320, height: int = 24
 
 def reference_crop(template, size: int = 112) -> np.ndarray:
     """The still photo aligned to the template (MTCNN landmarks): what every aligned frame should look like."""
-    from .. import faces, mtcnn
+    from ..pack import faces, mtcnn
 
     img = photo()
     _, _, lms = mtcnn.detect(img, min_face=40)
