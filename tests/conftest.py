@@ -182,3 +182,14 @@ def run_together(procs: list[subprocess.Popen], timeout: float = 420) -> list[st
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]
     return outs
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: tiny probes run many times slower with 2 threads on a busy 2-core box."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,16 +13,8 @@ from aupretrain.errors import UsageError
 from aupretrain.eval.au_datasets import AUS, load_au_dataset
 from tests.fake_au_datasets import write_bp4d, write_disfa, write_gft
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 S = PackSettings(size=48)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,8 @@ from aupretrain.eval.datasets import LabelledFrames
 from aupretrain.eval.folds import STANDARD_PARTS, standard_folds, validation_subjects
 from aupretrain.eval.report import evaluate_codes
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny probes are many times slower with 2 threads on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 EVAL = OmegaConf.create({"folds": 3, "identity_probe": False, "select": "validation", "validation_fraction": 0.25,
