@@ -71,6 +71,7 @@ class OnlineProbe:
             codes = encoder.encode(self.frames).float().numpy()
         finally:
             encoder.train(was)
-        r = evaluate_codes(codes, self.data, self.cfg_eval, seed=0)
+        with torch.random.fork_rng(devices=[]):  # the probe seeds torch's global RNG: training's stream stays as it was
+            r = evaluate_codes(codes, self.data, self.cfg_eval, seed=0)
         log.info("step %d: online AU probe (validation identities) mean F1 %.3f", step, r["f1_mean"])
         return {"online/f1_mean": r["f1_mean"], **{f"online/f1/{a}": v for a, v in r["f1"].items()}}
