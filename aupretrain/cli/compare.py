@@ -119,11 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     show(rows)
     out = Path(a.out or f"compare-{a.experiment if not a.runs else 'runs'}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out.with_name(out.name + ".csv"))
-    plot(rows, a.plot or str(out.with_name(out.name + ".png")))
+    table, chart = out.with_name(out.name + ".csv"), Path(a.plot) if a.plot else out.with_name(out.name + ".png")
+    write_csv(rows, table)
+    plot(rows, str(chart))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
-    print(f"saved {out.with_name(out.name + '.csv')} and {a.plot or out.with_name(out.name + '.png')}")
+    print(f"saved {table} and {chart}")
     return 0
 
 
