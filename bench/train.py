@@ -39,12 +39,11 @@ sys.path.insert(0, str(ROOT))
 def worker(a) -> None:
     """One rank: build the model and engine, time `a.reps` steps after `a.warmup`; rank 0 prints a JSON line."""
     import torch
-    from omegaconf import OmegaConf
 
     from aupretrain.config import load_config
     from aupretrain.engine.distributed import barrier, init_distributed
     from aupretrain.engine.step import train_step
-    from aupretrain.models.encoder import PretrainModel
+    from aupretrain.methods import build_method
     from aupretrain.objectives import build_objective
     from bench.train_step import PlainEngine
 
@@ -56,7 +55,7 @@ def worker(a) -> None:
     rank = d.rank if d else 0
     obj = build_objective(cfg.objective)
     torch.manual_seed(0)
-    model = PretrainModel(OmegaConf.to_container(cfg.model, resolve=True), a.size, **obj.model_parts())
+    model = build_method(cfg.objective, cfg.model, a.size)
     if a.engine == "deepspeed":
         import deepspeed
 

@@ -43,18 +43,17 @@ class PlainEngine:
 
 def run(name: str, a) -> dict:
     import torch
-    from omegaconf import OmegaConf
 
     from aupretrain.config import load_config
     from aupretrain.engine.step import train_step
-    from aupretrain.models.encoder import PretrainModel
+    from aupretrain.methods import build_method
     from aupretrain.objectives import build_objective
 
     cfg = load_config([f"objective={name}", f"model={a.model}"])
     obj = build_objective(cfg.objective)
     dev = torch.device(a.device)
     torch.manual_seed(0)
-    model = PretrainModel(OmegaConf.to_container(cfg.model, resolve=True), a.size, **obj.model_parts()).to(dev)
+    model = build_method(cfg.objective, cfg.model, a.size).to(dev)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     engine = PlainEngine(model, opt, dev, a.bf16)
     b, t = a.batch, a.frames

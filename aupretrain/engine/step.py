@@ -46,7 +46,7 @@ def train_step(engine, objective: Objective, batches: list[dict[str, Any]], rank
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Run the k = len(batches) micro-steps of one optimizer step on this rank.
 
-    `engine` is a DeepSpeed engine (forward, backward(loss, scale_wrt_gas=...), step()) configured with
+    `engine` is a DeepSpeed engine around an `aupretrain.methods.Method` (forward, backward(loss, scale_wrt_gas=...), step()) configured with
     gradient_accumulation_steps = k. Returns the loss of the whole step (detached) and its named parts.
     """
     k = len(batches)
@@ -59,12 +59,12 @@ def train_step(engine, objective: Objective, batches: list[dict[str, Any]], rank
             for batch in batches:  # features only: no decoder pass, no request
                 out = engine(_to(batch, device, dtype))
                 cache.append({n: v.detach() for n, v in objective.features(split_views(out, b)).items()})
-    module = engine.module
+    method = engine.module
     total = torch.zeros((), device=device)
     parts: dict[str, torch.Tensor] = {}
     queued: list[torch.Tensor] = []
     for j, batch in enumerate(batches):
-        outputs = split_views(engine(_to(batch, device, dtype), **objective.request(batch, t)), b)
+        outputs = split_views(engine(_to(batch, device, dtype), **method.request(batch, t)), b)
         loss = None
         if objective.has_global:
             feats = objective.features(outputs)
@@ -84,6 +84,5 @@ def train_step(engine, objective: Objective, batches: list[dict[str, Any]], rank
             queued.append(mk)
         engine.backward(loss, scale_wrt_gas=False)
         engine.step()
-    if hasattr(module, "after_step"):
-        module.after_step(gather_no_grad(torch.cat(queued)) if queued else None)
+    method.after_step(gather_no_grad(torch.cat(queued)) if queued else None)
     return total, parts

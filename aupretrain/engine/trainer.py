@@ -11,9 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..data import integrity
 from ..data.dataset import build_loader
-from ..models.encoder import PretrainModel, save_encoder
+from ..methods import build_method, method_class
+from ..models.encoder import save_encoder
 from ..objectives import build_objective
-from ..errors import UsageError
 from . import checkpoint, resume
 from .distributed import DistInfo, barrier, broadcast_object, gather_objects, init_distributed, mean_across_ranks
 from .metrics import StepTimer
@@ -73,26 +73,22 @@ def skipped_metrics(loader, found: dict[str, float] | None = None) -> dict[str, 
 def train(cfg: DictConfig) -> dict:
     import deepspeed
 
-    d = init_distributed()
+    d = init_distributed(cfg.train.get("collective_timeout_s"))
     threads = cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(1, d.local_world))
     torch.set_num_threads(int(threads))
     run_dir = resolve_run_dir(cfg, d)
     torch.manual_seed(int(cfg.run.seed))
     objective = build_objective(cfg.objective)
+    method_class(cfg.objective.name).check(cfg)  # settings the method cannot train with: refused first
     found = checkpoint.choose(run_dir, cfg.train.resume, d.is_main, d.rank)  # rank 0 decides for all
     changes: dict = {}
     if found:  # refused up front (one clear error) before any data or state is touched
+        checkpoint.vet(found[1])
         changes = resume.check_resume(checkpoint.read_meta(found[1]), OmegaConf.to_container(cfg, resolve=True),
                                       d.world, str(found[1]))
     reader = checkpoint.reader_state(found[1], d.rank, d.world) if found else None
     loader = build_loader(cfg, d.rank, d.world, state=reader)
-    model_parts = objective.model_parts()
-    if model_parts.get("momentum") and int(cfg.deepspeed.zero_optimization.stage) == 3:
-        raise UsageError("objective=moco needs ZeRO stage 1 or 2 (the EMA update reads the full online weights)")
-    if model_parts.get("momentum") and (cfg.deepspeed.get("bf16", {}).get("enabled") or cfg.deepspeed.get("fp16", {}).get("enabled")):
-        raise UsageError("objective=moco with deepspeed.bf16/fp16: the key encoder's EMA (m=0.999) does not move in "
-                         "16-bit weights; use deepspeed.torch_autocast.enabled=true (fp32 weights, bf16 compute)")
-    model = PretrainModel(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size), **model_parts)
+    model = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
     ds_cfg = deepspeed_config(cfg, d.world)
     load_from = found[1] if found else None
     if "world_size" in changes:  # another number of ranks: the universal form of the checkpoint

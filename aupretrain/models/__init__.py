@@ -1,4 +1,4 @@
-"""Models: ResNet trunk, AUEncoder (AU + identity heads), pretraining model with projector."""
-from .encoder import AUEncoder, PretrainModel, load_encoder, save_encoder
+"""Models: the ResNet trunk and the AUEncoder (AU + identity codes); its save/load formats."""
+from .encoder import AUCodeModel, AUEncoder, load_encoder, save_encoder
 
-__all__ = ["AUEncoder", "PretrainModel", "load_encoder", "save_encoder"]
+__all__ = ["AUCodeModel", "AUEncoder", "load_encoder", "save_encoder"]

@@ -1,4 +1,7 @@
-"""AUEncoder (trunk + AU head + identity head + preprocessing) and the pretraining model around it."""
+"""AUEncoder (trunk + AU head + identity head + preprocessing), its file formats and `AUCodeModel`.
+
+The modules a pretraining method adds around it (projector, decoder, momentum branch, classifier) live with
+the method in `aupretrain.methods`."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,8 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cir import CIRRequest, cir_forward
-from .decoder import MomentumBranch, build_decoder
 from .resnet import ResNetTrunk
 
 
@@ -60,58 +61,6 @@ class AUEncoder(nn.Module):
         out = [self(self.preprocess(frames[i:i + batch_size].to(w.device)).to(w.dtype))["a"].float().cpu()
                for i in range(0, len(frames), batch_size)]
         return torch.cat(out) if out else torch.empty(0, self.au_dim)
-
-
-class PretrainModel(nn.Module):
-    """Encoder + projector g (a -> unit-norm contrastive embedding z), and the parts an objective asks for:
-    a decoder (CIR), a momentum branch with its queue (MoCo), an AU classifier (supervised bound).
-    No distribution logic here: the engine gathers and feeds keys across ranks.
-    """
-
-    def __init__(self, model_cfg: dict[str, Any], input_size: int, decoder: bool = False,
-                 momentum: dict[str, Any] | None = None, au_classes: int = 0):
-        super().__init__()
-        c = dict(model_cfg)
-        self.encoder = AUEncoder(c, input_size)
-        self.projector = nn.Sequential(nn.Linear(c["au_dim"], c["proj_hidden"]), nn.ReLU(inplace=True),
-                                       nn.Linear(c["proj_hidden"], c["proj_dim"]))
-        self.decoder = build_decoder(c, input_size) if decoder else None
-        self.momentum = MomentumBranch(self.encoder, self.projector, int(momentum["queue_size"]), int(c["proj_dim"]),
-                                       float(momentum["momentum"])) if momentum else None
-        self.classifier = nn.Linear(c["au_dim"], au_classes) if au_classes else None
-
-    def _codes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.encoder(images)
-        return out["a"], out["p"]
-
-    def forward(self, clips: torch.Tensor, cir: CIRRequest | None = None) -> dict[str, Any]:
-        """clips [N, T, 3, S, S] (N = 2B: view 1 then view 2 of B clips) -> a, p [N, T, D], z [N, T, d] (unit
-        norm); with a CIR request also `cir` (the reconstruction pass on view 1); with a momentum branch
-        `k` [N, T, d] (momentum keys) and `queue` [M, d]; with a classifier `au_logits` [N, T, C]."""
-        n, t = clips.shape[:2]
-        frames = clips.flatten(0, 1)
-        out = self.encoder(frames)
-        z = F.normalize(self.projector(out["a"]), dim=-1)
-        res: dict[str, Any] = {"a": out["a"].view(n, t, -1), "p": out["p"].view(n, t, -1), "z": z.view(n, t, -1)}
-        if cir is not None:
-            if self.decoder is None:
-                raise ValueError("a CIR request needs the model built with decoder=True")
-            b = cir.partner.shape[0]
-            res["cir"] = cir_forward(self._codes, self.decoder, clips[:b], res["a"][:b], res["p"][:b], cir)
-        if self.momentum is not None:
-            res["k"] = self.momentum.keys(frames).view(n, t, -1)
-            res["queue"] = self.momentum.negatives()
-        if self.classifier is not None:
-            res["au_logits"] = self.classifier(out["a"]).view(n, t, -1)
-        return res
-
-    @torch.no_grad()
-    def after_step(self, keys: torch.Tensor | None) -> None:
-        """After an optimizer step: EMA-update the momentum branch and enqueue the keys of every rank."""
-        if self.momentum is not None:
-            self.momentum.update(self.encoder, self.projector)
-            if keys is not None:
-                self.momentum.enqueue(keys)
 
 
 def save_encoder(encoder: AUEncoder, path, extra: dict | None = None) -> None:

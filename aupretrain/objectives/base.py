@@ -10,7 +10,8 @@ accumulate gradients without losing any of them:
 - the **local** term is a mean of per-clip terms (ranking, reconstruction, MoCo, supervised), computed
   on one micro-batch's outputs.
 
-Everything here is a function of tensors: no process groups, no model calls.
+Everything here is a function of tensors: no process groups, no model calls. The modules whose outputs the
+terms read (decoder, momentum branch, classifier) belong to the method (`aupretrain.methods`).
 """
 from __future__ import annotations
 
@@ -41,14 +42,6 @@ def zero_like(ref: torch.Tensor) -> torch.Tensor:
 class Objective:
     name = "base"
     has_global = False  # whether the objective has a term over the global batch (needs gathered keys)
-
-    def model_parts(self) -> dict[str, Any]:
-        """Keyword arguments for PretrainModel: which optional parts this objective needs."""
-        return {}
-
-    def request(self, batch: dict[str, Any], clip_len: int) -> dict[str, Any]:
-        """Keyword arguments for the model's forward on this batch (e.g. the CIR request)."""
-        return {}
 
     def features(self, outputs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Per-clip tensors (dim 0 = clip) the global term needs; cached without grad under accumulation."""

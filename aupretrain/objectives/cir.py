@@ -1,6 +1,6 @@
 """Cross-identity reconstruction (CIR) losses and the CLP objective (TCL + CIR).
 
-The model's CIR pass (`aupretrain.models.cir.cir_forward`) returns, per clip A and selected frame t,
+CLP's CIR pass (`aupretrain.methods.clp.cir_forward`) returns, per clip A and selected frame t,
 the self reconstruction, the cross-identity image "A showing its partner B's AUs" re-encoded, and the
 cycle reconstruction. The terms (all means over this rank's clips; clips without a partner of another
 identity contribute only the self term):
@@ -20,7 +20,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..models.cir import CIRRequest, select_frames
 from .base import Objective, zero_like
 from .tcl import TCLObjective
 
@@ -66,15 +65,7 @@ class CLPObjective(TCLObjective):
         c = cfg.cir
         self.cir_weights = {"rec_self": float(c.self_weight), "rec_cycle": float(c.cycle_weight),
                             "au_consistency": float(c.au_weight), "id_consistency": float(c.id_weight)}
-        self.cir_frames = int(c.frames)
-        self.identity_offset = int(c.identity_offset)
         self.stop_grad_targets = bool(c.stop_grad_targets)
-
-    def model_parts(self):
-        return {"decoder": True}
-
-    def request(self, batch, clip_len):
-        return {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset)}
 
     def local_loss(self, outputs, batch):
         loss, parts = cir_loss(outputs["cir"], self.cir_weights, self.stop_grad_targets)

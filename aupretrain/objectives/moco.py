@@ -4,7 +4,7 @@ keys (from every rank) as negatives. Every frame is an instance, as in the SimCL
     l = -log exp(q.k+/tau) / (exp(q.k+/tau) + sum_{n in queue} exp(q.n/tau))
 
 Symmetric by default (q of view 1 against k of view 2 and the reverse). The queue and the EMA update
-live in the model's momentum branch; the engine enqueues the keys gathered from all ranks after each
+live in the method's momentum branch (`aupretrain.methods.moco`); the engine enqueues the keys gathered from all ranks after each
 optimizer step — the view-2 keys only, since both views' keys of a frame are near-duplicates. As in MoCo
 the queue starts as random unit vectors.
 """
@@ -36,11 +36,6 @@ class MoCoObjective(Objective):
     def __init__(self, cfg: Any):
         self.temperature = float(cfg.temperature)
         self.symmetric = bool(cfg.symmetric)
-        self.queue_size = int(cfg.queue_size)
-        self.momentum = float(cfg.momentum)
-
-    def model_parts(self):
-        return {"momentum": {"queue_size": self.queue_size, "momentum": self.momentum}}
 
     def local_loss(self, outputs, batch):
         d = outputs["z1"].shape[-1]

@@ -1,5 +1,5 @@
 """Supervised upper bound: the same encoder trained on AU labels through a linear classifier on the AU
-code (BCE, per-AU positive weighting from the batch, both views). Needs `data.labels` (the reader
+code (the method's classifier, `aupretrain.methods.supervised`; BCE, per-AU positive weighting from the batch, both views). Needs `data.labels` (the reader
 then adds per-frame labels `au` [B, T, A] to each batch)."""
 from __future__ import annotations
 
@@ -26,9 +26,6 @@ class SupervisedObjective(Objective):
         self.au_classes = int(cfg.au_classes)
         self.threshold = float(cfg.label_threshold)
         self.max_pos_weight = float(cfg.max_pos_weight)
-
-    def model_parts(self):
-        return {"au_classes": self.au_classes}
 
     def local_loss(self, outputs, batch):
         if "au" not in batch:

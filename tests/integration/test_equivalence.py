@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
-from aupretrain.models.encoder import PretrainModel
+from aupretrain.methods import build_method
 from aupretrain.objectives import build_objective, split_views
 
 MODEL = {"widths": [8, 16], "blocks": [1, 1], "stem_width": 8, "stem_stride": 1, "stem_pool": False, "norm": "group",
@@ -32,6 +32,10 @@ OBJECTIVES = {
 
 def objective(name):
     return build_objective(OmegaConf.create(OBJECTIVES[name]))
+
+
+def method(name):
+    return build_method(OBJECTIVES[name], MODEL, S)
 
 
 def global_batch(n_clips: int) -> dict:
@@ -63,7 +67,7 @@ def worker(rank, world, port, k, name, out):
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     obj = objective(name)
     torch.manual_seed(0)
-    model = PretrainModel(MODEL, S, **obj.model_parts())
+    model = method(name)
     before = flat_params(model)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config={
@@ -75,7 +79,7 @@ def worker(rank, world, port, k, name, out):
     total = loss.detach().clone()
     dist.all_reduce(total)
     result = {"loss": total / world, "delta": before - flat_params(engine.module)}
-    if obj.model_parts().get("momentum"):
+    if name == "moco":
         m = engine.module
         result["queue"] = m.momentum.negatives()
         result["momentum"] = torch.cat([p.detach().flatten() for p in [*m.momentum.encoder.parameters(),
@@ -98,10 +102,10 @@ def reference(name: str, n_clips: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and gradient of one process on the whole batch (the partner indices made global)."""
     obj = objective(name)
     torch.manual_seed(0)
-    model = PretrainModel(MODEL, S, **obj.model_parts())
+    model = method(name)
     batch = global_batch(n_clips)
     batch["partner"] = batch["partner"] + torch.arange(n_clips) // B * B
-    out = split_views(model(torch.cat([batch["view1"], batch["view2"]]), **obj.request(batch, T)), n_clips)
+    out = split_views(model(torch.cat([batch["view1"], batch["view2"]]), **model.request(batch, T)), n_clips)
     loss, _ = obj(out, batch)
     loss.backward()
     grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
@@ -139,7 +143,7 @@ def test_moco_queue_holds_keys_from_every_rank(tmp_path):
     world = 2
     got = run_ranks(tmp_path, world=world, k=1, name="moco")
     torch.manual_seed(0)  # the momentum encoder of step 1 is the initial encoder: recompute each rank's keys
-    model = PretrainModel(MODEL, S, **objective("moco").model_parts())
+    model = method("moco")
     batch = global_batch(world * B)
     expected = torch.cat([model.momentum.keys(micro_batch(batch, r)["view2"].flatten(0, 1)) for r in range(world)])
     n = world * B * T  # the view-2 keys of every frame of every rank

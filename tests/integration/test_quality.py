@@ -16,7 +16,7 @@ def test_supervised_objective_beats_the_random_init_floor_on_new_identities(tmp_
     from aupretrain.eval.datasets import load_synthetic
     from aupretrain.eval.probe import per_au_f1
     from aupretrain.eval.report import evaluate_codes
-    from aupretrain.models.encoder import PretrainModel
+    from aupretrain.methods import Method, SupervisedMethod
     from aupretrain.objectives import supervised_loss
     from bench.supervised_diag import augment
 
@@ -28,8 +28,8 @@ def test_supervised_objective_beats_the_random_init_floor_on_new_identities(tmp_
     cfg = load_config(["model=resnet_small", "eval.folds=4", "eval.probe.steps=300", "eval.identity_probe=false"])
     mc = OmegaConf.to_container(cfg.model, resolve=True)
     torch.manual_seed(0)
-    model = PretrainModel(mc, 64, au_classes=train.labels.shape[1])
-    random_init = PretrainModel(mc, 64).encoder.eval()
+    model = SupervisedMethod(mc, 64, au_classes=train.labels.shape[1])
+    random_init = Method(mc, 64).encoder.eval()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     steps = 400
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)

@@ -7,8 +7,7 @@ from omegaconf import OmegaConf
 
 from aupretrain.synth.identity import AUS, Pose, sample_identity, sample_scene
 from aupretrain.synth.render import render
-from aupretrain.models.cir import CIRRequest, cir_forward, select_frames
-from aupretrain.models.decoder import Decoder, MomentumBranch
+from aupretrain.methods import CIRRequest, Decoder, MomentumBranch, cir_forward, select_frames
 from aupretrain.objectives import OBJECTIVES, build_objective, cir_terms, moco_loss, supervised_loss
 
 S, T = 48, 4

@@ -6,7 +6,8 @@ from omegaconf import OmegaConf
 from aupretrain.eval.datasets import LabelledFrames
 from aupretrain.eval.probe import per_au_f1, subject_folds
 from aupretrain.eval.report import evaluate_codes, identity_split
-from aupretrain.models.encoder import PretrainModel, load_encoder, save_encoder
+from aupretrain.methods import Method
+from aupretrain.models.encoder import load_encoder, save_encoder
 
 EVAL = OmegaConf.create({"folds": 3, "identity_probe": True,
                          "probe": {"steps": 200, "lr": 0.01, "weight_decay": 1e-4, "batch_size": 128}})
@@ -61,7 +62,7 @@ def test_encoder_export_round_trip(tmp_path):
     cfg = {"widths": [8, 16], "blocks": [1, 1], "stem_width": 8, "stem_stride": 2, "stem_pool": False,
            "norm": "group", "norm_groups": 4, "au_grid": 2, "au_dim": 12, "id_dim": 6, "proj_hidden": 16,
            "proj_dim": 8, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    model = PretrainModel(cfg, 32)
+    model = Method(cfg, 32)
     out = model(torch.randn(2, 3, 3, 32, 32))
     assert out["a"].shape == (2, 3, 12) and out["p"].shape == (2, 3, 6)
     assert torch.allclose(out["z"].norm(dim=-1), torch.ones(2, 3))

@@ -1,0 +1,67 @@
+"""The method module every objective trains: the AU encoder, the projector g, and the hooks a method with
+extra modules overrides (solo-learn's `BaseMethod`; here the losses stay in `aupretrain.objectives`).
+
+A method is an `nn.Module` the engine hands to DeepSpeed. It carries no distribution logic: the engine
+gathers keys across ranks and passes them to `after_step`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.encoder import AUEncoder
+
+
+class Method(nn.Module):
+    """Encoder + projector g (AU code `a` -> unit-norm contrastive embedding `z`): TCL and SimCLR as they are.
+
+    Args:
+        model_cfg: the `model` config (encoder widths, code sizes, projector sizes; `aupretrain/configs/model/`).
+        input_size: side of the square input in pixels.
+        objective_cfg: the `objective` config (read by methods with extra modules).
+    """
+
+    def __init__(self, model_cfg: dict[str, Any], input_size: int, objective_cfg: Any = None):
+        super().__init__()
+        c = dict(model_cfg)
+        self.encoder = AUEncoder(c, input_size)
+        self.projector = nn.Sequential(nn.Linear(c["au_dim"], c["proj_hidden"]), nn.ReLU(inplace=True),
+                                       nn.Linear(c["proj_hidden"], c["proj_dim"]))
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """Refuse settings this method cannot train with (`UsageError`), before any model is built."""
+
+    def request(self, batch: dict[str, Any], clip_len: int) -> dict[str, Any]:
+        """Keyword arguments for `forward` on this batch (what the extra modules need from the loader)."""
+        return {}
+
+    def codes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [N, 3, S, S] (normalised) -> (a [N, au_dim], p [N, id_dim])."""
+        out = self.encoder(images)
+        return out["a"], out["p"]
+
+    def forward(self, clips: torch.Tensor, **request: Any) -> dict[str, Any]:
+        """clips [N, T, 3, S, S] (N = 2B: view 1 then view 2 of B clips) -> a, p [N, T, D] and z [N, T, d]
+        (unit norm), plus what `extra` adds."""
+        n, t = clips.shape[:2]
+        frames = clips.flatten(0, 1)
+        out = self.encoder(frames)
+        z = F.normalize(self.projector(out["a"]), dim=-1)
+        res: dict[str, Any] = {"a": out["a"].view(n, t, -1), "p": out["p"].view(n, t, -1), "z": z.view(n, t, -1)}
+        res.update(self.extra(clips, frames, out, res, **request))
+        return res
+
+    def extra(self, clips: torch.Tensor, frames: torch.Tensor, out: dict[str, torch.Tensor],
+              res: dict[str, Any], **request: Any) -> dict[str, Any]:
+        """Outputs of the method's own modules (frames = clips flattened to [N*T, 3, S, S])."""
+        if request:
+            raise ValueError(f"{type(self).__name__} takes no request, got {sorted(request)}")
+        return {}
+
+    @torch.no_grad()
+    def after_step(self, keys: torch.Tensor | None) -> None:
+        """After each optimizer step; `keys` are the objective's momentum keys gathered from every rank."""

@@ -1,0 +1,147 @@
+"""CLP's method: the encoder + projector, and its own CIR modules (the decoder D(a, p) and the cross-identity
+reconstruction pass). The loss terms on the pass's outputs are pure functions in `aupretrain.objectives.cir`.
+
+The decoder maps an AU code `a` and an identity code `p` to a normalised image [N, 3, S, S]: a linear
+layer to a small feature map, then upsampling stages (nearest x2 + 3x3 conv + norm + ReLU), then a 3x3
+conv to RGB. Its output lives in the same normalised space as the encoder's input, so reconstruction
+targets are the (augmented, normalised) training views themselves.
+
+The CIR pass (the method's reading of the paper; `docs/method.md`): for clip A of this rank's batch and its
+partner B (a clip of a different identity), at the selected frames t and the identity frame
+s = (t + identity_offset) mod T:
+
+    self   x_hat = D(a_t^A, p_s^A)            target x_t^A
+    cross  x_x   = D(a_t^B, p_s^A)            "A showing B's AUs" (no pixel target: neither video shows it)
+    re-encode    a(x_x) -> target a_t^B (AU consistency),  p(x_x) -> target p_s^A (identity consistency)
+    cycle  x_c   = D(a(x_x), p_s^B)           target x_t^B
+
+`cir_forward` takes `encode` and `decode` as callables, so the same pass runs with the trained networks or,
+in tests, with an oracle (the synthetic renderer) to check the pairing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.resnet import norm_layer
+from .base import Method
+
+Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # images [N,3,S,S] -> (a [N,D], p [N,D])
+Decode = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (a, p) -> images [N,3,S,S]
+
+
+@dataclass(frozen=True)
+class CIRRequest:
+    """What the objective asks the model to compute: partners and the frames used."""
+    partner: torch.Tensor  # [B] index of a clip of another identity in this rank's batch, -1 if none
+    frames: tuple[int, ...]  # frame indices t used for reconstruction
+    identity_offset: int = 1  # identity code from frame s = (t + offset) mod T
+
+
+def select_frames(clip_len: int, count: int) -> tuple[int, ...]:
+    """`count` evenly spaced frame indices of a clip (all frames when count is 0 or >= clip_len)."""
+    if count <= 0 or count >= clip_len:
+        return tuple(range(clip_len))
+    if count == 1:
+        return (clip_len // 2,)
+    return tuple(round(i * (clip_len - 1) / (count - 1)) for i in range(count))
+
+
+def cir_forward(encode: Encode, decode: Decode, x: torch.Tensor, a: torch.Tensor, p: torch.Tensor,
+                req: CIRRequest) -> dict[str, torch.Tensor]:
+    """x [B, T, 3, S, S] the view's images, a/p [B, T, D] their codes. Returns tensors [B, F, ...]."""
+    b, t = x.shape[:2]
+    f = torch.tensor(req.frames, device=x.device)
+    s = (f + req.identity_offset) % t
+    partner = req.partner.to(x.device)  # the loader's partner index lives on the CPU
+    valid = partner >= 0
+    partner = torch.where(valid, partner, torch.arange(b, device=x.device))
+    nf = f.numel()
+
+    def flat(v: torch.Tensor) -> torch.Tensor:
+        return v.reshape(b * nf, *v.shape[2:])
+
+    def unflat(v: torch.Tensor) -> torch.Tensor:
+        return v.reshape(b, nf, *v.shape[1:])
+
+    a_t, p_s = a[:, f], p[:, s]  # A's AU codes at t, A's identity codes at s
+    a_t_b, p_s_b = a_t[partner], p_s[partner]  # the partner's
+    rec_self = decode(flat(a_t), flat(p_s))
+    cross = decode(flat(a_t_b), flat(p_s))
+    a_cross, p_cross = encode(cross)
+    rec_cycle = decode(a_cross, flat(p_s_b))
+    return {
+        "rec_self": unflat(rec_self), "target_self": x[:, f],
+        "cross": unflat(cross),
+        "a_cross": unflat(a_cross), "a_target": a_t_b,
+        "p_cross": unflat(p_cross), "p_target": p_s,
+        "rec_cycle": unflat(rec_cycle), "target_cycle": x[partner[:, None], f[None, :]],
+        "valid": valid,
+    }
+
+
+class Decoder(nn.Module):
+    def __init__(self, au_dim: int, id_dim: int, output_size: int, widths=(256, 128, 64, 32), start: int = 4,
+                 norm: str = "group", norm_groups: int = 8, channels_last: bool = False):
+        super().__init__()
+        self.channels_last = bool(channels_last)
+        widths = tuple(int(w) for w in widths)
+        self.output_size = int(output_size)
+        self.start = int(start)
+        self.fc = nn.Linear(au_dim + id_dim, widths[0] * start * start)
+        layers: list[nn.Module] = []
+        size, cin = start, widths[0]
+        for w in widths[1:]:
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, w, 3, 1, 1, bias=False),
+                       norm_layer(norm, w, norm_groups), nn.ReLU(inplace=True)]
+            size, cin = size * 2, w
+        while size < self.output_size:  # more stages at the last width until the output size is reached
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cin, 3, 1, 1, bias=False),
+                       norm_layer(norm, cin, norm_groups), nn.ReLU(inplace=True)]
+            size *= 2
+        self.body = nn.Sequential(*layers)
+        self.to_rgb = nn.Conv2d(cin, 3, 3, 1, 1)
+        self.width0 = widths[0]
+
+    def forward(self, a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """a [N, au_dim], p [N, id_dim] -> image [N, 3, S, S] (normalised like the encoder's input)."""
+        h = self.fc(torch.cat([a, p], dim=-1)).view(a.shape[0], self.width0, self.start, self.start)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        x = self.to_rgb(self.body(torch.relu(h)))
+        if x.shape[-1] != self.output_size:  # sizes that are not start * 2^k
+            x = F.interpolate(x, size=(self.output_size, self.output_size), mode="bilinear", align_corners=False)
+        return x
+
+
+def build_decoder(model_cfg: dict[str, Any], input_size: int) -> Decoder:
+    c = model_cfg["decoder"]
+    return Decoder(int(model_cfg["au_dim"]), int(model_cfg["id_dim"]), input_size, c["widths"], c["start"],
+                   model_cfg["norm"], int(c["norm_groups"]),
+                   bool(model_cfg.get("channels_last", False)))
+
+
+class CLPMethod(Method):
+    """TCL's encoder + projector and CIR's decoder. `request` draws the CIR frames and takes the loader's
+    partner of each clip; `forward` then adds `cir` (the pass's tensors, [B, F, ...]) computed on view 1.
+    Settings: `objective.cir.frames`, `objective.cir.identity_offset`, `model.decoder`."""
+
+    def __init__(self, model_cfg: dict[str, Any], input_size: int, objective_cfg: Any = None):
+        super().__init__(model_cfg, input_size, objective_cfg)
+        self.decoder = build_decoder(model_cfg, input_size)
+        cir = objective_cfg["cir"]
+        self.cir_frames, self.identity_offset = int(cir["frames"]), int(cir["identity_offset"])
+
+    def request(self, batch, clip_len):
+        return {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset)}
+
+    def extra(self, clips, frames, out, res, cir: CIRRequest | None = None, **request):
+        super().extra(clips, frames, out, res, **request)
+        if cir is None:  # the feature-only pass of gradient accumulation
+            return {}
+        b = cir.partner.shape[0]
+        return {"cir": cir_forward(self.codes, self.decoder, clips[:b], res["a"][:b], res["p"][:b], cir)}
