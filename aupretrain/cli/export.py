@@ -5,13 +5,15 @@
 
 OUT gets `model.safetensors` (fp32 encoder weights) and `config.json` (model config, input size, step, MLflow run
 id, source). Load it with `aupretrain.load_encoder(OUT)`. Checkpoints are read with DeepSpeed's
-`get_fp32_state_dict_from_zero_checkpoint`, which gathers ZeRO partitions (stages 1–3) into full fp32 weights;
+`get_fp32_state_dict_from_zero_checkpoint` once every file passed `engine.checkpoint.vet` (no pickled code),
+which gathers ZeRO partitions (stages 1–3) into full fp32 weights;
 a stage-0 checkpoint holds the full module and is read with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -20,9 +22,10 @@ def encoder_from_checkpoint(ckpt: Path):
     """(AUEncoder, meta) from a complete DeepSpeed checkpoint folder `.../checkpoints/step_<N>`."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from ..engine.checkpoint import read_meta
+    from ..engine.checkpoint import read_meta, vet
     from ..models.encoder import AUEncoder
 
+    vet(ckpt)  # DeepSpeed's reader unpickles with weights_only=False: refuse files that would run code first
     meta = read_meta(ckpt)
     if int(meta["config"]["deepspeed"]["zero_optimization"]["stage"]) == 0:  # no partitions: the full module is saved
         import torch
@@ -63,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                                         ".../checkpoints/step_N with a COMPLETE marker)")
             enc, meta = encoder_from_checkpoint(ckpt)
             extra = {"step": meta["step"], "mlflow_run_id": meta.get("mlflow_run_id"), "source": str(ckpt)}
-    except (FileNotFoundError, ValueError) as e:
-        print(f"aupretrain-export: error: {e}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:  # UsageError is a ValueError
+        print(f"aupretrain-export: error: {' '.join(str(e).split())[:600]}", file=sys.stderr)
         return 2
     save_encoder_folder(enc, a.out, extra)
     print(json.dumps({"out": str(Path(a.out).resolve()), "au_dim": enc.au_dim, **extra}, indent=1))

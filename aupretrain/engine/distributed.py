@@ -33,8 +33,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> DistInfo:
-    """Join the process group set up by deepspeed / torchrun / srun, or make a group of one."""
+def init_distributed(timeout_s: float | None = None) -> DistInfo:
+    """Join the process group set up by deepspeed / torchrun / srun, or make a group of one.
+
+    `timeout_s`: how long a collective may wait for the other ranks before it fails the job (a dead or stuck
+    rank; torch.distributed's `timeout`, default 30 min). With gloo a dead peer usually fails the collective at
+    once; with NCCL the timeout is what ends the wait."""
     if "RANK" not in os.environ and "SLURM_PROCID" in os.environ:  # srun without a launcher
         os.environ.setdefault("RANK", os.environ["SLURM_PROCID"])
         os.environ.setdefault("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))
@@ -48,7 +52,10 @@ def init_distributed() -> DistInfo:
     if torch.cuda.is_available():  # before anything touches CUDA (the DALI pipeline is built before DeepSpeed)
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     if not dist.is_initialized():
-        deepspeed.init_distributed(auto_mpi_discovery=False)
+        from datetime import timedelta
+
+        kw = {"timeout": timedelta(seconds=float(timeout_s))} if timeout_s else {}
+        deepspeed.init_distributed(auto_mpi_discovery=False, **kw)
     world = dist.get_world_size()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", world)))
     return DistInfo(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", 0)), local_world)

@@ -1,45 +1,15 @@
 """Real launches: deepspeed (2 CPU ranks, gloo, ZeRO-2), torchrun, plain python; MLflow server; eval."""
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, ROOT, run_env
+from tests.conftest import BIN, run_env
+from tests.launch import TRAIN, checkpoint_steps, common, launch, only_run
 
-TRAIN = str(ROOT / "aupretrain" / "train.py")
 pytestmark = pytest.mark.slow
-
-
-def common(packed, tmp_path, **kw):
-    args = {"experiment": "smoke", "data.shards": str(packed), "run.root": str(tmp_path / "runs"),
-            "eval.corpus": str(tmp_path / "eval"), **kw}
-    return [f"{k}={v}" for k, v in args.items()]
-
-
-def launch(cmd, tmp_path, timeout=600, **env):
-    """Run a launcher in its own process group; on timeout the whole group (launcher and ranks) is killed."""
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=run_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} timed out after {timeout} s:\n{out[-3000:]}\n{err[-5000:]}")
-    r = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
-    return r
-
-
-def only_run(tmp_path) -> Path:
-    runs = list((tmp_path / "runs").iterdir())
-    assert len(runs) == 1, runs
-    return runs[0]
 
 
 def test_deepspeed_two_ranks_trains_and_logs_to_mlflow(packed, tmp_path, mlflow_server):
@@ -156,55 +126,6 @@ def test_torchrun_two_ranks(packed, corpus, tmp_path, objective, accum, term, ex
     assert f" {term} " in r.stderr  # the objective's own terms are logged every step
 
 
-@pytest.mark.parametrize("launcher", ["python"])
-def test_preemption_sigterm_stops_with_a_checkpoint_and_the_run_continues(packed, tmp_path, launcher):
-    """A preemption signal mid-run: the process finishes its step, checkpoints, exits 0; a relaunch resumes.
-    `launcher=torchrun` (signals rank 1 of 2 only) works too; the suite leaves that case to the Kubernetes
-    entrypoint test (test_k8s.py), where one pod's rank of two is signalled, to keep CI time down."""
-    import time
-
-    import psutil
-
-    run_dir = tmp_path / "runs" / "preempted"
-    base = common(packed, tmp_path, **{"run.dir": str(run_dir), "train.eval_at_end": "false", "train.steps": 500,
-                                       "tracking.enabled": "false", "objective": "tcl"})
-    cmd = [sys.executable, TRAIN] if launcher == "python" else \
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN]
-    proc = subprocess.Popen([*cmd, *base], cwd=tmp_path, env=run_env(), stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, start_new_session=True)
-    lines = []
-    try:
-        deadline = time.time() + 300
-        for line in proc.stderr:  # wait until training is under way
-            lines.append(line)
-            if "step 3/500" in line or time.time() > deadline:
-                break
-        target = proc.pid
-        if launcher == "torchrun":  # the worker process of rank 1
-            workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
-            assert len(workers) == 1, workers
-            target = workers[0].pid
-        os.kill(target, signal.SIGTERM)
-        _, rest = proc.communicate(timeout=300)
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    err = "".join(lines) + rest
-    assert proc.returncode == 0, err[-3000:]
-    assert "received SIGTERM" in err and "(signal): run again" in err, err[-3000:]
-    stopped = checkpoint_steps(run_dir)
-    assert stopped and 3 <= stopped[-1] < 500 and not (run_dir / "encoder.pt").exists()
-    ranks = 1 if launcher == "python" else 2
-    assert all((run_dir / "checkpoints" / f"step_{stopped[-1]}" / f"reader_rank{r}.json").exists() for r in range(ranks))
-    r = launch([*cmd, *base, f"train.stop_at={stopped[-1] + 2}"], tmp_path)
-    assert f"at step {stopped[-1]} (data stream continues where it stopped)" in r.stderr
-    assert checkpoint_steps(run_dir)[-1] == stopped[-1] + 2
-
-
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    return sorted(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").exists())
-
-
 @pytest.mark.parametrize("stage", [0, 1, 3])
 def test_zero_stages(packed, tmp_path, stage):
     """ZeRO stages 0, 1 and 3 (stage 2 is every other test's default) on 2 ranks: trains, checkpoints (stage 3
@@ -296,54 +217,3 @@ def test_universal_checkpoint_resize(packed, tmp_path):
     r = launch([*torchrun, *base], tmp_path)
     assert "world_size: 1 -> 2" in r.stderr and (run_dir / "encoder.pt").exists()
     assert json.loads((run_dir / "checkpoints" / "step_6" / "meta.json").read_text())["world_size"] == 2
-
-
-def test_resume_bit_exact(packed, tmp_path):
-    """kill -9 a 2-rank run once its step-4 checkpoint is complete, relaunch: every per-step loss after the step it
-    resumes from equals the uninterrupted run's exactly (fp32 on CPU; data stream, RNGs, optimizer, schedule)."""
-    import time
-
-    def losses(run_dir):
-        out = {}
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            rec = json.loads(line)
-            if "train/loss" in rec:
-                out[rec["step"]] = rec["train/loss"]  # a relaunch's rows come later and win
-        return out
-
-    def cmd(name):
-        return [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN,
-                *common(packed, tmp_path, **{"run.dir": str(tmp_path / "runs" / name), "train.eval_at_end": "false",
-                                             "train.steps": 16, "train.checkpoint_every": 4,
-                                             "train.keep_checkpoints": 0, "objective": "tcl"})]
-
-    launch(cmd("straight"), tmp_path)
-    killed = tmp_path / "runs" / "killed"
-    proc = subprocess.Popen(cmd("killed"), cwd=tmp_path, env=run_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while not (killed / "checkpoints" / "step_4" / "COMPLETE").exists():
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.05)
-    finally:  # launcher and both ranks, no chance to clean up (the ranks may sit in their own process groups)
-        import psutil
-
-        tree = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
-        for pid in tree:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
-        for pid in tree[1:]:
-            while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                time.sleep(0.05)
-    assert not (killed / "encoder.pt").exists()
-    r = launch(cmd("killed"), tmp_path)
-    import re
-
-    k = int(re.search(r"at step (\d+) \(data stream continues where it stopped\)", r.stderr).group(1))
-    assert 4 <= k < 16
-    a, b = losses(tmp_path / "runs" / "straight"), losses(killed)
-    assert [b[s] for s in range(k + 1, 17)] == [a[s] for s in range(k + 1, 17)], (k, a, b)
