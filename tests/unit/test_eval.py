@@ -113,23 +113,3 @@ def test_reference_rows_always_positive_and_hog():
     assert not np.allclose(h[0], h[1])  # different images, different descriptors
     with pytest.raises(ValueError, match="RGB frames"):
         hog_features(frames[..., 0])
-
-
-class _Payload:
-    """An object whose unpickling would run code (os.system): what a tampered encoder file could carry."""
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, ("echo pwned > /dev/null",))
-
-
-def test_checkpoint_refuses_pickled_payload(tmp_path):
-    """load_encoder reads with weights_only=True: a file with the right format key and a code-running object
-    inside is refused before anything runs."""
-    import pickle
-
-    torch.save({"format": "aupretrain-encoder/1", "config": {}, "state_dict": {}, "extra": _Payload()},
-               tmp_path / "evil.pt")
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        load_encoder(tmp_path / "evil.pt")
