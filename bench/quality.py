@@ -2,6 +2,7 @@
 
     python bench/quality.py --json bench/results/quality.json                   # CPU preset, 1 seed
     python bench/quality.py --json bench/results/quality.json --seeds 3 --ablations
+    python bench/quality.py --methods clp --ablations margin ranking --json bench/results/abl.json  # some ablations
     python bench/quality.py --device cuda --json bench/results/quality_gpu.json  # ResNet-18, 112 px, bf16
     python bench/quality.py --methods tcl clp --seeds 1 -- objective.margin=0.1  # extra Hydra overrides
 
@@ -124,7 +125,9 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--seeds", type=int, default=1, help="pretraining seeds per method (headline: 3)")
-    ap.add_argument("--ablations", action="store_true", help="also run the CLP ablations (first seed only)")
+    ap.add_argument("--ablations", nargs="*", default=None, metavar="WORD",
+                    help="also run the CLP ablations (first seed only); with words, only those whose name has one "
+                         "(e.g. --ablations margin ranking 'AU consistency')")
     ap.add_argument("--device", default="cpu", choices=sorted(DEVICE_PRESETS))
     ap.add_argument("--nproc", type=int, default=None, help="ranks per run (default: 2 on CPU, GPUs on cuda)")
     ap.add_argument("--synth-dir", default="data/synthetic")
@@ -153,9 +156,10 @@ def main() -> None:
     split = str(cfg.eval.split)
     report(f"AU quality on the {split} identities ({cfg.eval.identities}), {a.device} preset, "
            f"{cfg.train.steps} steps per run", rows_of(js, results), None)
-    if a.ablations:
+    if a.ablations is not None:
         abl: dict[str, list[dict]] = {"clp": results["clp"][:1]} if "clp" in results else {}
-        for name, ov in ABLATIONS.items():
+        chosen = {n: ov for n, ov in ABLATIONS.items() if not a.ablations or any(w in n for w in a.ablations)}
+        for name, ov in chosen.items():
             method = "tcl" if ov == ["objective=tcl"] else "clp"
             rest = [o for o in ov if not o.startswith("objective=")]
             tag = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("=", "")
