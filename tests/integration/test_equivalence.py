@@ -55,7 +55,7 @@ def flat_params(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.requires_grad])
 
 
-def worker(rank, world, port, k, name, out):
+def worker(rank, world, port, k, name, out, precision="fp32"):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
     import deepspeed
@@ -73,12 +73,14 @@ def worker(rank, world, port, k, name, out):
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config={
         "train_micro_batch_size_per_gpu": B, "gradient_accumulation_steps": k, "train_batch_size": B * k * world,
         "zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True, "gradient_clipping": 0.0,
-        "steps_per_print": 10**9})
+        "steps_per_print": 10**9,
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 8}})  # dynamic loss scale from 2^8
     batch = global_batch(world * k * B)
     loss, parts = train_step(engine, obj, [micro_batch(batch, rank * k + j) for j in range(k)], rank)
     total = loss.detach().clone()
     dist.all_reduce(total)
-    result = {"loss": total / world, "delta": before - flat_params(engine.module)}
+    result = {"loss": total / world, "delta": before - flat_params(engine.module).float(),
+              "dtype": next(engine.module.parameters()).dtype, "skipped": bool(getattr(engine, "skipped_steps", 0))}
     if name == "moco":
         m = engine.module
         result["queue"] = m.momentum.negatives()
@@ -90,11 +92,11 @@ def worker(rank, world, port, k, name, out):
     os._exit(0)  # skip gloo's C++ destructors: at interpreter exit they sometimes abort a correct run
 
 
-def run_ranks(tmp_path, world: int, k: int, name: str) -> list[dict]:
+def run_ranks(tmp_path, world: int, k: int, name: str, precision: str = "fp32") -> list[dict]:
     from tests.conftest import free_port
 
     out = str(tmp_path / "result")
-    mp.spawn(worker, args=(world, free_port(), k, name, out), nprocs=world, join=True)
+    mp.spawn(worker, args=(world, free_port(), k, name, out, precision), nprocs=world, join=True)
     return [torch.load(f"{out}.{r}") for r in range(world)]
 
 
@@ -156,3 +158,16 @@ def test_moco_queue_holds_keys_from_every_rank(tmp_path):
     initial = torch.cat([p.detach().flatten() for p in [*model.encoder.parameters(), *model.projector.parameters()]])
     assert torch.allclose(got[0]["momentum"], m * initial + (1 - m) * got[0]["online"], atol=1e-6)
     assert not torch.allclose(got[0]["online"], initial)  # the online encoder did move
+
+
+@pytest.mark.slow
+def test_fp16_step_follows_the_fp32_gradient(tmp_path):
+    """DeepSpeed fp16 (half weights and activations, fp32 master weights, dynamic loss scaling) on 2 ranks: the
+    step is the fp32 step up to half precision (same loss to 1 %, update along the fp32 gradient)."""
+    got = run_ranks(tmp_path, world=2, k=1, name="tcl", precision="fp16")
+    loss, grads = reference("tcl", 2 * B)
+    assert got[0]["dtype"] == torch.float16 and not got[0]["skipped"]  # no overflow at scale 2^8
+    assert torch.allclose(got[0]["loss"], loss, rtol=1e-2), (got[0]["loss"], loss)
+    cos = torch.nn.functional.cosine_similarity(got[0]["delta"], grads, dim=0)
+    assert cos > 0.99, f"fp16 update vs fp32 gradient: cosine {cos:.4f}"
+    assert torch.equal(got[0]["delta"], got[1]["delta"])
