@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import logging
 import os
@@ -20,8 +21,8 @@ import numpy as np
 import torch
 
 from . import integrity, shards, storage
-from .dataset import (ReaderSettings, assemble_batch, check_shards, partners,  # noqa: F401 (re-exported)
-                      require_full_batches, shared_dataset_view, video_id)
+from .dataset import (ReaderSettings, assemble_batch, check_shards, local_cache,  # noqa: F401 (re-exported)
+                      partners, require_full_batches, shared_dataset_view, video_id)
 from .labels import FrameLabels
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class ClipLoader:
         # samples left out, by reason: at start (rank 0's check, the same on every rank) and found by this rank
         self.skipped = {integrity.UNREADABLE_SHARD: sum(b["samples"] for b in self.bad_shards), **skipped}
         self.found_damaged: dict[str, int] = {}
-        require_full_batches(settings, self.manifest.samples - self.skipped_samples)
+        require_full_batches(settings, sum(self._counts))
         self.clip_len = self.manifest.clip_len
         self.identity_ids = {name: i for i, name in enumerate(self.manifest.identities)}
         self.shard_paths, self.index_paths = paths, list(idx)
@@ -148,8 +149,30 @@ class ClipLoader:
                 self._dali_epoch = 0
 
     def _index_cache(self) -> Path:
-        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "aupretrain", "indexes",
-                    hashlib.sha1(f"{self.settings.root}:{self.settings.rank}:{os.getpid()}".encode()).hexdigest()[:16])
+        return local_cache("indexes", hashlib.sha1(f"{self.settings.root}:{self.settings.rank}:{os.getpid()}"
+                                                   .encode()).hexdigest()[:16])
+
+    def _reindex(self, i: int, data: bytes, samples: list[integrity.IndexedSample]) -> bool:
+        """When the index this rank reads for shard i does not match the tar (every member's header checked:
+        the tar is in memory; rank 0's start-up check reads two), read an index rebuilt from the tar from now
+        on. Returns whether it did (not when the tar itself cannot be indexed: then its samples are scanned)."""
+        tar = self.shard_paths[i]
+        try:
+            integrity.verify_index(samples, lambda off, n: data[off:off + n], len(data), tar, full=True)
+            return False
+        except integrity.IndexMismatch as e:
+            try:
+                text = integrity.index_tar(io.BytesIO(data), tar)
+            except ValueError:
+                return False
+            log.warning("rank %d: %s; rebuilt the index from the tar", self.settings.rank, e)
+        local = self._index_cache() / f"{Path(tar).stem}.rebuilt.idx"
+        integrity.write_text(local, text)
+        self._source_index[tar] = self.index_paths[i] = str(local)
+        entries = integrity.parse_index(text, str(local))
+        missing = integrity.check_index(entries, shards.frame_exts(self.clip_len) + ["json"])
+        self._counts[i] = len(entries) - len(missing)
+        return True
 
     def _apply_quarantine(self) -> None:
         """Point the reader at local copies of the indexes of shards with quarantined samples, without them."""
@@ -186,8 +209,9 @@ class ClipLoader:
         self._build()
 
     def _find_damage(self, error: BaseException) -> None:
-        """Scan this rank's shards (its share of the epoch first, then the rest) for damaged samples and put
-        them in quarantine (local index copies without them). Re-raises `error` when there is none."""
+        """Scan this rank's shards (its share of the epoch first, then the rest) for indexes that do not match
+        their tar (`_reindex`) and damaged samples, and put those in quarantine (local index copies without
+        them). Re-raises `error` when there is neither."""
         first = str(error).strip().splitlines()
         log.warning("rank %d: the input pipeline failed (%s); scanning its shards for damaged samples",
                     self.settings.rank, next((ln for ln in reversed(first) if "failure" in ln or "Error" in ln),
@@ -195,16 +219,22 @@ class ClipLoader:
         exts = shards.frame_exts(self.clip_len)
         order = self._share()
         found: dict[str, dict[str, str]] = {}
+        reindexed = False
         for pass_ in (order, [i for i in range(len(self.shard_paths)) if i not in order]):
             for i in pass_:
                 tar, ix = self.shard_paths[i], self.index_paths[i]
+                data = storage.read_bytes(tar)
                 samples = integrity.parse_index(storage.read_text(ix), ix)
-                bad = integrity.scan_shard(storage.read_bytes(tar), samples, exts)
+                if self._reindex(i, data, samples):
+                    reindexed = True
+                    samples = [s for s in integrity.parse_index(storage.read_text(self.index_paths[i]))
+                               if s.key not in self.quarantine.get(tar, {})]
+                bad = integrity.scan_shard(data, samples, exts)
                 if bad:
                     found[tar] = bad
-            if found:
+            if found or reindexed:
                 break
-        if not found:
+        if not found and not reindexed:
             raise error
         for tar, bad in found.items():
             for key, why in bad.items():
@@ -212,8 +242,8 @@ class ClipLoader:
                 self.found_damaged[why] = self.found_damaged.get(why, 0) + 1
             self.quarantine[tar] = {**self.quarantine.get(tar, {}), **bad}
         self._apply_quarantine()
-        log.warning("rank %d: %d damaged samples left out; its reader restarts its epoch", self.settings.rank,
-                    sum(len(b) for b in found.values()))
+        log.warning("rank %d: %d damaged samples left out%s; its reader restarts its epoch", self.settings.rank,
+                    sum(len(b) for b in found.values()), ", indexes rebuilt" if reindexed else "")
 
     def state(self) -> dict:
         """Everything needed to continue exactly where this loader is (between batches): the DALI reader

@@ -4,9 +4,14 @@ share (partners, video ids), and the choice of loader (`data.loader`: DALI `Clip
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -52,59 +57,182 @@ class ReaderSettings:
                    labels=str(d.labels) if d.get("labels") else None)
 
 
-def check_shards(root: str, manifest: shards.Manifest, verify: bool = False
-                 ) -> tuple[list[str], list[str], list[dict], dict[str, int], list[int]]:
-    """Usable shard paths, their index paths, bad shards [{"shard", "reason", "samples"}] (missing, another size
-    than the manifest's — a truncated upload —, index missing, unreadable or pointing past the end, checksum),
-    {reason: samples} left out of usable shards (samples missing a member; DALI skips them), and the number of
-    complete samples of each usable shard (so no other rank needs to read an index to split the samples)."""
+def local_cache(*parts: str) -> Path:
+    """A folder of this machine's cache: `$XDG_CACHE_HOME/aupretrain/<parts>` (default ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "aupretrain", *parts)
+
+
+def _absent(e: BaseException) -> bool:
+    """Whether `e` says the file does not exist (locally or on S3)."""
+    response = getattr(e, "response", None)  # botocore ClientError
+    code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+    return isinstance(e, FileNotFoundError) or code in ("404", "NoSuchKey", "NotFound")
+
+
+def rebuild_index(tar: str, size: int | None = None) -> str:
+    """The DALI index text of the tar at `tar` (local path or s3://), from the tar's own headers
+    (`integrity.index_tar`) in its first `size` bytes (default: all of it; rank 0 passes the size it checked).
+    Raises ValueError when those are not a complete tar."""
+    n = storage.size(tar) if size is None else size
+    return integrity.index_tar(io.BytesIO(storage.read_range(tar, 0, n)), tar)
+
+
+def check_shard(root: str, s: shards.ShardInfo, verify: bool = False
+                ) -> tuple[list[integrity.IndexedSample], str | None, int, list[str]]:
+    """Rank 0's check of one shard of the manifest: (its samples, the index text to read instead of its own
+    index file or None, samples cut off a truncated tar, what differs from the manifest, to be logged).
+
+    The tar is the truth: its index is verified against it (`integrity.verify_index`: 2 small reads) and, when
+    it is missing, unreadable or does not describe the tar, rebuilt from the tar; a tar shorter than the
+    manifest says keeps the samples before the cut (`integrity.complete_prefix`). Raises FileNotFoundError (no
+    such tar) or ValueError (empty, sha256 differs with `verify`, or no sample can be read) naming why."""
+    tar, ix = storage.join(root, s.name), storage.join(root, s.index)
+    try:
+        n = storage.size(tar)
+    except Exception as e:
+        if _absent(e):
+            raise FileNotFoundError("listed in the manifest, but there is no such file") from e
+        raise
+    if n == 0:
+        raise ValueError(f"empty file (0 bytes; the manifest says {s.bytes})")
+    if verify and not storage.is_s3(root) and shards.sha256_file(tar) != s.sha256:
+        raise ValueError("sha256 differs from the manifest")
+    notes, text, cut, entries = [], None, 0, None
+    read = functools.partial(storage.read_range, tar)
+    try:
+        entries = integrity.parse_index(storage.read_text(ix), ix)
+        integrity.verify_index(entries, read, n, ix)
+    except Exception as e:  # noqa: BLE001 - any index that cannot be used is made anew from the tar
+        problem = f"{ix}: missing" if _absent(e) else str(e)
+        kept = []
+        if entries and n < s.bytes:  # the index was written for the whole tar
+            try:
+                kept = integrity.complete_prefix(entries, read, n, ix)
+            except ValueError:
+                kept = []
+        if kept:
+            cut, entries, text = len(entries) - len(kept), kept, integrity.index_text(kept)
+            notes.append(f"{integrity.TRUNCATED}: {n} bytes, the manifest says {s.bytes}: reading its {len(kept)} "
+                         f"samples before the cut, {cut} cut off")
+        else:
+            try:
+                text = rebuild_index(tar, n)
+            except ValueError as e2:
+                cut_note = f"{integrity.TRUNCATED} ({n} bytes, the manifest says {s.bytes}); " if n < s.bytes else ""
+                raise ValueError(f"{cut_note}index unusable ({problem}) and the tar cannot be indexed ({e2})") from e2
+            entries = integrity.parse_index(text, tar)
+            notes.append(f"index rebuilt from the tar ({len(entries)} samples): {problem}")
+    if n != s.bytes and not cut:
+        notes.append(f"{n} bytes, the manifest says {s.bytes}; the tar and its index agree: reading it")
+    if len(entries) + cut != s.samples:
+        notes.append(f"the manifest says {s.samples} samples, the tar holds {len(entries) + cut}: reading the tar's")
+    return entries, text, cut, notes
+
+
+def _unlisted(root: str, listed: set[str]) -> list[str]:
+    """Names of the tars in the dataset folder that the manifest does not list (none when it cannot be listed)."""
+    try:
+        files = storage.list_files(root.rstrip("/") + "/" if storage.is_s3(root) else root)
+    except Exception as e:  # noqa: BLE001 - the listing only adds a warning; the manifest decides what is read
+        log.warning("%s: cannot list the folder (%s)", root, e)
+        return []
+    names = [u.rsplit("/", 1)[-1] for u, _ in files]
+    return [n for u, n in zip(files, names) if n.endswith(".tar") and n not in listed and storage.join(root, n) == u[0]]
+
+
+def _check_all(root: str, manifest: shards.Manifest, verify: bool = False):
+    """`check_shards` with the index texts to read instead of a shard's own ({position in paths: text})."""
     exts = shards.frame_exts(manifest.clip_len) + ["json"]
-    paths, idx, bad, skipped, counts = [], [], [], {}, []
+    listed, unique = set(), []
     for s in manifest.shards:
-        tar, ix = storage.join(root, s.name), storage.join(root, s.index)
+        if s.name in listed:
+            log.warning("%s: listed twice in the manifest: read once", storage.join(root, s.name))
+        else:
+            listed.add(s.name)
+            unique.append(s)
+
+    def one(s):
         try:
-            n = storage.size(tar)
-            if n != s.bytes:
-                raise ValueError(f"{integrity.TRUNCATED if n < s.bytes else 'wrong size'}: {n} bytes, the manifest "
-                                 f"says {s.bytes}")
-            if not storage.exists(ix):
-                raise FileNotFoundError("index file missing")
-            entries = integrity.parse_index(storage.read_text(ix), ix)
-            missing = integrity.check_index(entries, n, exts, tar)
-            if verify and not storage.is_s3(root) and shards.sha256_file(tar) != s.sha256:
-                raise ValueError("sha256 differs from the manifest")
+            return check_shard(root, s, verify)
         except Exception as e:  # noqa: BLE001 - every failure mode of a shard is reported the same way
-            log.warning("skipping shard %s: %s", tar, e)
-            bad.append({"shard": tar, "reason": str(e), "samples": s.samples})
+            return e
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(unique)))) as pool:  # requests overlap (S3)
+        results = list(pool.map(one, unique))
+    paths, idx, bad, skipped, counts, texts = [], [], [], {}, [], {}
+    for s, r in zip(unique, results):
+        tar = storage.join(root, s.name)
+        if isinstance(r, BaseException):
+            log.warning("skipping shard %s: %s", tar, r)
+            bad.append({"shard": tar, "reason": str(r), "samples": s.samples})
             continue
+        entries, text, cut, notes = r
+        for note in notes:
+            log.warning("%s: %s", tar, note)
+        missing = integrity.check_index(entries, exts)
         if missing:
             log.warning("%s: %d samples miss a member (e.g. %s): skipped", tar, len(missing), missing[0])
             skipped[integrity.MISSING] = skipped.get(integrity.MISSING, 0) + len(missing)
+        if cut:
+            skipped[integrity.CUT] = skipped.get(integrity.CUT, 0) + cut
+        if text is not None:
+            texts[len(paths)] = text
         paths.append(tar)
-        idx.append(ix)
+        idx.append(storage.join(root, s.index))
         counts.append(len(entries) - len(missing))
+    extra = _unlisted(root, listed)
+    if extra:
+        log.warning("%s: %d shard(s) in the folder are not in the manifest and are not read: %s", root, len(extra),
+                    ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""))
     if not paths:
         raise RuntimeError(f"{root}: no usable shards ({len(bad)} bad; first: {bad[0] if bad else 'none listed'})")
-    return paths, idx, bad, skipped, counts
+    return paths, idx, bad, skipped, counts, texts
+
+
+def _local_indexes(idx: list[str], texts: dict[int, str]) -> list[str]:
+    """`idx` with the index texts of `texts` written to this machine's cache (named by content) in their place."""
+    out = list(idx)
+    for i, text in texts.items():
+        digest = hashlib.sha1(text.encode()).hexdigest()[:16]
+        path = local_cache("indexes", "checked", f"{Path(idx[i]).stem}.{digest}.idx")
+        if not path.is_file() or path.read_text() != text:
+            integrity.write_text(path, text)
+        out[i] = str(path)
+    return out
+
+
+def check_shards(root: str, manifest: shards.Manifest, verify: bool = False
+                 ) -> tuple[list[str], list[str], list[dict], dict[str, int], list[int]]:
+    """Usable shard paths, their index paths, bad shards [{"shard", "reason", "samples"}] (missing, empty, not a
+    readable tar, checksum with `verify`), {reason: samples} left out of usable shards (samples missing a member,
+    which DALI skips; samples cut off a truncated tar), and the number of complete samples of each usable shard
+    (so no other rank needs to read an index to split the samples). A shard's index that is missing, unreadable
+    or not its tar's is rebuilt from the tar into this machine's cache and that path is given (`check_shard`);
+    tars in the folder that the manifest does not list are named in a warning and not read. Raises
+    RuntimeError when no shard is usable."""
+    paths, idx, bad, skipped, counts, texts = _check_all(root, manifest, verify)
+    return paths, _local_indexes(idx, texts), bad, skipped, counts
 
 
 def shared_dataset_view(root: str, verify: bool = False
                         ) -> tuple[shards.Manifest, list[str], list[str], list[dict], dict[str, int], list[int]]:
     """(manifest, *check_shards(...)) as rank 0 sees them, on every rank.
 
-    Rank 0 alone reads the manifest and checks every shard (size, index, optional sha256) — one pass over
-    storage per job instead of one per rank (at 512 ranks x 10k shards that is the difference between 10k and
-    5M requests at start) — and broadcasts the result, so every rank splits exactly the same shard list even
-    when its own view of storage differs (NFS attribute caches, a transient S3 error). An error on rank 0 (no
-    manifest, no usable shard) is raised on every rank, so none waits in a collective. Without a process group
-    (one process) this is `load_manifest` + `check_shards`."""
+    Rank 0 alone reads the manifest and checks every shard (size, index verified against the tar, optional
+    sha256) — one pass over storage per job instead of one per rank (at 512 ranks x 10k shards that is the
+    difference between 10k and 5M requests at start) — and broadcasts the result, so every rank splits exactly
+    the same shard list even when its own view of storage differs (NFS attribute caches, a transient S3 error).
+    The indexes rank 0 rebuilt travel with it and each rank writes them to its own machine's cache. An error on
+    rank 0 (no manifest, a manifest that cannot be used — UsageError —, no usable shard) is raised on every
+    rank, so none waits in a collective. Without a process group (one process) this is `load_manifest` +
+    `check_shards`."""
     import torch.distributed as dist
 
     many = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     if not many or dist.get_rank() == 0:
         try:
             manifest = shards.load_manifest(root)
-            view: tuple | BaseException = (manifest, *check_shards(root, manifest, verify))
+            view: tuple | BaseException = (manifest, *_check_all(root, manifest, verify))
         except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
             view = e
     else:
@@ -115,7 +243,8 @@ def shared_dataset_view(root: str, verify: bool = False
         view = box[0]
     if isinstance(view, BaseException):
         raise view
-    return view
+    manifest, paths, idx, bad, skipped, counts, texts = view
+    return manifest, paths, _local_indexes(idx, texts), bad, skipped, counts
 
 
 def require_full_batches(settings: ReaderSettings, usable: int) -> None:

@@ -85,15 +85,32 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str, source: str = "manifest") -> "Manifest":
+        """Parse a manifest. Raises UsageError (a ValueError) naming `source` when it is not JSON, not of this
+        format, lists no shards or a shard entry lacks a field or has one of the wrong type."""
+        from ..errors import UsageError
+
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{source}: not valid JSON ({e})") from e
-        if d.get("format") != FORMAT:
-            raise ValueError(f"{source}: format {d.get('format')!r}, expected {FORMAT!r}")
-        d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]
+            raise UsageError(f"{source}: not valid JSON ({e}); pack the dataset again (aupretrain-pack)") from e
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise UsageError(f"{source}: format {got!r}, expected {FORMAT!r}")
+        if not isinstance(d.get("shards"), list) or not d["shards"]:
+            raise UsageError(f"{source}: lists no shards; pack the dataset again (aupretrain-pack)")
+        d["shards"] = [_shard_info(s, i, source) for i, s in enumerate(d["shards"])]
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})  # e.g. `created` of older manifests is dropped
+
+
+def _shard_info(d, i: int, source: str) -> ShardInfo:
+    from ..errors import UsageError
+
+    types = {"name": str, "index": str, "samples": int, "bytes": int, "sha256": str}
+    if not isinstance(d, dict) or any(not isinstance(d.get(k), tp) or isinstance(d.get(k), bool)
+                                      for k, tp in types.items()):
+        raise UsageError(f"{source}: shard entry {i} is not {{name, index, samples, bytes, sha256}}: {str(d)[:200]}")
+    return ShardInfo(**{k: d[k] for k in types})
 
 
 def load_manifest(root: str) -> Manifest:

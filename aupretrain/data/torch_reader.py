@@ -20,7 +20,7 @@ import torch
 
 from . import integrity, shards, storage
 from .augment import augment_view
-from .dataset import ReaderSettings, assemble_batch, require_full_batches, shared_dataset_view
+from .dataset import ReaderSettings, assemble_batch, rebuild_index, require_full_batches, shared_dataset_view
 from .labels import FrameLabels
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,37 @@ class _Clips(torch.utils.data.Dataset):
     def __init__(self, items, settings: ReaderSettings, clip_len: int, seed: tuple, offset: int):
         self.items, self.s, self.clip_len = items, settings, clip_len  # items: [(tar, IndexedSample)] in order
         self.seed, self.offset = seed, offset  # draws depend on (seed, epoch, position in the epoch): resumable
+        self.rebuilt: dict[str, dict[str, integrity.IndexedSample]] = {}  # this worker's indexes made anew
+        self.new: list[tuple[str, str, str]] = []  # (tar, why, index text) rebuilt since the last item
 
     def __len__(self) -> int:
         return len(self.items)
 
     def _read(self, tar: str, smp: integrity.IndexedSample, ext: str) -> bytes:
+        """A member's bytes, read with the tar header before them; when that header is not the member's (an
+        index that does not match its tar), from an index rebuilt from the tar (once per shard and worker).
+        Raises IndexMismatch (a ValueError) when the member cannot be found there either."""
         off, size = smp.members[ext]
-        return storage.read_range(tar, off, size)
+        b = integrity.BLOCK
+        got = storage.read_range(tar, off - b, size + b)
+        name = smp.names.get(ext, f"{smp.key}.{ext}")
+        why = integrity.header_problem(got[:b], name, size)
+        if why is None:
+            return got[b:]
+        if tar not in self.rebuilt:
+            try:
+                text = rebuild_index(tar)
+            except ValueError:
+                text = None
+            self.rebuilt[tar] = {s.key: s for s in integrity.parse_index(text, tar)} if text else {}
+            if text:
+                self.new.append((tar, f"the index puts {name} ({size} bytes) at offset {off}, the tar has {why} "
+                                      f"there", text))
+        fixed = self.rebuilt[tar].get(smp.key)
+        if fixed is None or ext not in fixed.members:
+            raise integrity.IndexMismatch(f"{tar}: the index puts {name} at offset {off}, the tar has {why} there "
+                                          f"and no such member")
+        return storage.read_range(tar, *fixed.members[ext])
 
     def __getitem__(self, i: int) -> dict:
         from PIL import Image
@@ -60,8 +84,9 @@ class _Clips(torch.utils.data.Dataset):
                 continue
             g = torch.Generator().manual_seed(int(np.random.SeedSequence([*self.seed, self.offset + i]).generate_state(1)[0]))
             clip = torch.from_numpy(frames)
+            new, self.new = self.new, []
             return {"view1": augment_view(clip, self.s, g), "view2": augment_view(clip, self.s, g), "meta": meta,
-                    "skipped": skipped}
+                    "skipped": skipped, "reindexed": new}
         raise RuntimeError("every sample of this rank's share is damaged")
 
 
@@ -74,13 +99,14 @@ class TorchClipLoader:
                                                                                           settings.verify_checksums)
         self.skipped = {integrity.UNREADABLE_SHARD: sum(b["samples"] for b in self.bad_shards), **skipped}
         self.found_damaged: dict[str, int] = {}
-        require_full_batches(settings, self.manifest.samples - sum(self.skipped.values()))
+        require_full_batches(settings, sum(counts))
         self.clip_len = self.manifest.clip_len
         self.identity_ids = {name: i for i, name in enumerate(self.manifest.identities)}
         self.shard_paths = paths
         self.index_paths = idx
         self._starts = np.cumsum([0, *counts])  # global sample index of each shard's first complete sample
         self._indexes: dict[int, list[integrity.IndexedSample]] = {}  # read when a share first needs the shard
+        self._rebuilt: set[str] = set()  # shards whose index a worker found not to match the tar
         if state is not None and (state.get("shards") != paths or state.get("loader") != "torch"):
             log.warning("reader state is for other shards or another loader: starting a new epoch")
             state = None
@@ -113,6 +139,19 @@ class TorchClipLoader:
         items = [self._sample(int(g)) for g in share]
         return [(tar, smp) for tar, smp in items if smp.key not in self.quarantine.get(tar, {})]
 
+    def _reindexed(self, tar: str, why: str, text: str) -> None:
+        """A worker found that shard `tar`'s index does not match the tar and read it through `text`, an index
+        rebuilt from the tar: read the shard through it from now on (logged once)."""
+        if tar in self._rebuilt:
+            return
+        self._rebuilt.add(tar)
+        i = self.shard_paths.index(tar)
+        exts = [*shards.frame_exts(self.clip_len), "json"]
+        entries = [s for s in integrity.parse_index(text, tar) if all(e in s.members for e in exts)]
+        log.warning("%s: %s; rebuilt the index from the tar", tar, why)
+        if len(entries) == int(self._starts[i + 1] - self._starts[i]):  # the split of the samples stays as it is
+            self._indexes[i] = entries
+
     @property
     def steps_per_epoch(self) -> int:
         return max(1, len(self._order(self.epoch)) // self.settings.batch_size)
@@ -137,6 +176,8 @@ class TorchClipLoader:
             for items in loader:
                 self.position += b
                 for it in items:
+                    for tar, why, text in it["reindexed"]:
+                        self._reindexed(tar, why, text)
                     for why, tar, key in it["skipped"]:
                         if key not in self.quarantine.setdefault(tar, {}):
                             log.warning("left out damaged sample %s of %s (%s)", key, tar, why)

@@ -1,8 +1,7 @@
 """Field reports on the training side, each as its user met it: a tracking outage, a resume from another
-folder, changed settings on resume, a dataset smaller than one batch. Real launches, real MLflow stores."""
+folder, changed settings on resume. Real launches, real MLflow stores. (A dataset smaller than one batch:
+tests/reliability/test_data_faults.py.)"""
 import json
-import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -136,17 +135,3 @@ def test_changed_settings_on_resume_are_applied_and_recorded_or_refused(packed, 
     err = [x for x in r.stderr.splitlines() if x.startswith("aupretrain-train: error:")]
     assert len(err) == 1 and "data.batch_size (4 -> 2)" in err[0] and "cannot take effect" in err[0]
     assert not (run_dir / "checkpoints" / "step_6").exists()
-
-
-def test_too_few_clips_for_one_batch_is_a_clear_error_at_start(corpus, tmp_path):
-    """One 40-frame video gives 2 clips; batch 4 needs 4: exit 2 with what to change, not DALI's 'no data'."""
-    from aupretrain.cli.pack import main as pack_main
-
-    video = next(corpus.glob("*/*.mp4"))
-    (tmp_path / "one" / "solo").mkdir(parents=True)
-    shutil.copy(video, tmp_path / "one" / "solo" / "v.mp4")
-    assert pack_main([str(tmp_path / "one"), str(tmp_path / "shards"), "--align", "center", "--clip-len", "8",
-                      "--stride", "2", "--size", "64", "--workers", "1"]) == 0
-    r = train(base(tmp_path / "shards", tmp_path / "run", **{"tracking.enabled": "false"}), tmp_path, ok=False)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert "2 usable clips" in r.stderr and "data.batch_size=4" in r.stderr
