@@ -73,6 +73,8 @@ def check_shards(root: str, manifest: shards.Manifest, verify: bool = False
             missing = integrity.check_index(entries, n, exts, tar)
             if verify and not storage.is_s3(root) and shards.sha256_file(tar) != s.sha256:
                 raise ValueError("sha256 differs from the manifest")
+        except storage.EnvironmentFault:  # S3 down or throttled past its retries: the storage's fault, not the shard's
+            raise
         except Exception as e:  # noqa: BLE001 - every failure mode of a shard is reported the same way
             log.warning("skipping shard %s: %s", tar, e)
             bad.append({"shard": tar, "reason": str(e), "samples": s.samples})
@@ -114,6 +116,7 @@ def shared_dataset_view(root: str, verify: bool = False
         dist.broadcast_object_list(box, src=0)
         view = box[0]
     if isinstance(view, BaseException):
+        view.raised_on_rank0 = True  # rank 0 reports it; the others exit with it quietly
         raise view
     return view
 
