@@ -248,7 +248,7 @@ def test_s3_errors_reading_at_start(packed, s3_proxy, tmp_path, fault):
     fault("S3 throttling (503 SlowDown) of every DALI request at start",
           f"aupretrain-train exit {r.returncode} after {took:.1f} s (process start included), "
           f"{len(s3_proxy.throttled) - before} requests throttled, {len(errors)} error line: "
-          f"{errors[0].split(': ', 2)[-1][:200] if errors else None}", data_lost=False, detect_s=took)
+          f"{errors[0].split(': ', 2)[-1][:320] if errors else None}", data_lost=False, detect_s=took)
     assert r.returncode == 1 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert re.search(rf"{url}/shard-00000\d\.(tar|idx): DALI's S3 reader failed on it after up to 3 attempts",
                      errors[0]), errors
