@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = launcher_rank()
     level = logging.INFO if rank == "0" else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s [rank " + rank + "] %(name)s: %(message)s")
+    from aupretrain.data.storage import EnvironmentFault
     from aupretrain.engine.trainer import train
     from aupretrain.errors import UsageError
 
@@ -72,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         if launcher_rank() == "0":
             print(f"aupretrain-train: error: {e}", file=sys.stderr)
         return 2
+    except EnvironmentFault as e:  # storage down (S3 after its retries, disk full): one line, exit 1, rerun resumes
+        if launcher_rank() == "0" or not getattr(e, "raised_on_rank0", False):
+            print(f"aupretrain-train: error [rank {rank}]: {e}; run the same command again once it is back "
+                  f"(it resumes from the last checkpoint)", file=sys.stderr)
+        return 1
     return 1 if result.get("eval_exit") else 0  # the end-of-run evaluation failed (its process said why)
 
 

@@ -1,5 +1,6 @@
 """Launching real training runs from tests: the train script, the smoke overrides, a launcher in its own
 process group (killed whole on timeout), and reading a run folder."""
+import json
 import os
 import signal
 import subprocess
@@ -41,3 +42,14 @@ def only_run(tmp_path) -> Path:
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").exists())
+
+
+def metric_steps(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
+    """{step: value} of one metric in <run>/metrics.jsonl (empty before the file exists; a relaunch's rows win)."""
+    p = run_dir / "metrics.jsonl"
+    rows = [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+def checkpoint_meta(run_dir: Path, step: int) -> dict:
+    return json.loads((run_dir / "checkpoints" / f"step_{step}" / "meta.json").read_text())

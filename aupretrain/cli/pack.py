@@ -2,10 +2,10 @@
 
 INPUT: a folder <identity>/<video>.mp4 (or <identity>/<video>/<frame>.jpg), a .csv/.jsonl list, local or
 s3://bucket/prefix. OUTPUT: a folder or s3://bucket/prefix. Defaults come from configs/pack/default.yaml;
-Hydra overrides of the `pack` group may follow `--` (e.g. `-- pack.main_face=central`). Re-running the same
+Hydra overrides may follow `--` (e.g. `-- pack.main_face=central storage.s3.max_attempts=3`). Re-running the same
 command after a crash or Ctrl-C resumes. Exit code 0 when something was packed (rejects are listed in the
 manifest), 2 when nothing could be packed or the input is missing, 1 when the output cannot be written
-(S3 errors after boto3's retries, disk full), 130 when interrupted.
+(S3 errors after boto3's retries, `storage.s3.*` in configs/config.yaml; disk full), 130 when interrupted.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from ..config import load_config
 from ..pack.packer import PackSettings, pack
+from ..data import storage
 from ..data.storage import EnvironmentFault
 
 FLAGS = (("--align", str), ("--detector", str), ("--clip-len", int), ("--stride", int), ("--clip-step", int),
@@ -46,28 +47,39 @@ def main(argv: list[str] | None = None) -> int:
     for flag, typ in FLAGS:
         ap.add_argument(flag, type=typ)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides after --")
-    a = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)  # argparse gives `--` after the flags to no positional
+    a = ap.parse_args(argv[:cut])
+    a.overrides += argv[cut + 1:]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     t0 = time.time()
+    from hydra.errors import HydraException
+
     try:
-        s = settings_from(load_config(a.overrides).pack, a)
+        cfg = load_config(a.overrides)
+        storage.configure(cfg.storage.s3)  # boto3's retries (storage.s3.*), before any S3 request
+        s = settings_from(cfg.pack, a)
         m = pack(a.input, a.output, s)
+    except HydraException as e:  # an override that does not parse or names no key
+        print(f"aupretrain-pack: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, RuntimeError, ValueError) as e:  # incl. DetectorUnavailable: once, before any input
         print(f"aupretrain-pack: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("aupretrain-pack: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (EnvironmentFault, MemoryError) as e:  # disk full, out of memory, S3 unreachable: no input is blamed
+    except (EnvironmentFault, MemoryError) as e:  # disk full, out of memory, S3Error: no input is blamed
         print(f"aupretrain-pack: error: {e}; run the same command again to resume", file=sys.stderr)
         return 1
     except OSError as e:  # the output became unwritable (disk full, permissions)
         print(f"aupretrain-pack: error writing {a.output}: {e}; run the same command again to resume", file=sys.stderr)
         return 1
     except Exception as e:
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if not isinstance(e, (BotoCoreError, ClientError)):
+        if not isinstance(e, (BotoCoreError, ClientError, Boto3Error)):
             raise
         print(f"aupretrain-pack: S3 error after retries: {e}; run the same command again to resume", file=sys.stderr)
         return 1

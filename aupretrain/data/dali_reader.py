@@ -84,6 +84,36 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
     return p
 
 
+def s3_read_failure(error: BaseException, uris: list[str]) -> storage.S3Error | None:
+    """The S3Error for a DALI failure on one of `uris` (s3:// shards or indexes), else None.
+
+    DALI's S3 reader (the AWS C++ SDK, retrying up to AWS_MAX_ATTEMPTS = storage.s3.max_attempts) reports any
+    failure to open an object — endpoint down, 503 SlowDown beyond its retries — as "S3 Object not found.
+    bucket=<b> object=<k>: <detail>". The object is asked for again with boto3 (its own retries), which names the
+    real cause; when boto3 reads it, the error says so (the failure was DALI's client's, or is over)."""
+    text = str(error)
+    for uri in uris:
+        if not storage.is_s3(uri):
+            continue
+        bucket, key = storage.split_s3(uri)
+        mark = f"bucket={bucket} object={key}"
+        if mark not in text:
+            continue
+        detail = text.split(mark, 1)[1].split("Current pipeline object is no longer valid")[0]
+        detail = " ".join(detail.split()).strip(" :") or "no detail"
+        said = (f"DALI's S3 reader failed on it after up to {os.environ.get('AWS_MAX_ATTEMPTS', 3)} attempts "
+                f"(AWS_MAX_ATTEMPTS; DALI says: {detail[:300]})")
+        try:
+            storage.size(uri)
+        except storage.S3Error as e:
+            return storage.S3Error(f"{uri}: {said}; asked again with boto3: {str(e).split(': ', 1)[1]}")
+        except Exception as e:  # noqa: BLE001 - e.g. 404: the object went away after the start-up check
+            return storage.S3Error(f"{uri}: {said}; asked again with boto3: {type(e).__name__}: {e}")
+        return storage.S3Error(f"{uri}: {said}; boto3 reads it, so the failure was transient or DALI's S3 "
+                               f"client's own")
+    return None
+
+
 class ClipLoader:
     """Endless iterator of training batches for one rank (an epoch ends, the reader starts the next)."""
 
@@ -135,7 +165,13 @@ class ClipLoader:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         for attempt in range(MAX_RECOVERIES + 1):
-            self.pipe = build_pipeline(self.settings, self.shard_paths, self.index_paths, self.clip_len, checkpoint)
+            try:
+                self.pipe = build_pipeline(self.settings, self.shard_paths, self.index_paths, self.clip_len, checkpoint)
+            except RuntimeError as e:  # DALI opens its files here: S3 down or throttled shows first here
+                failure = s3_read_failure(e, self.shard_paths + self.index_paths)
+                if failure is not None:
+                    raise failure from e
+                raise
             try:
                 self.iterator = DALIGenericIterator([self.pipe], ["view1", "view2", "meta"], reader_name="Reader",
                                                     auto_reset=True, last_batch_policy=LastBatchPolicy.DROP)
@@ -211,7 +247,11 @@ class ClipLoader:
     def _find_damage(self, error: BaseException) -> None:
         """Scan this rank's shards (its share of the epoch first, then the rest) for indexes that do not match
         their tar (`_reindex`) and damaged samples, and put those in quarantine (local index copies without
-        them). Re-raises `error` when there is neither."""
+        them). Re-raises `error` when there is neither, and raises an S3Error instead of scanning when DALI's S3
+        reader failed on an object (not a damaged sample)."""
+        failure = s3_read_failure(error, self.shard_paths + self.index_paths)
+        if failure is not None:
+            raise failure from error
         first = str(error).strip().splitlines()
         log.warning("rank %d: the input pipeline failed (%s); scanning its shards for damaged samples",
                     self.settings.rank, next((ln for ln in reversed(first) if "failure" in ln or "Error" in ln),

@@ -102,6 +102,8 @@ def check_shard(root: str, s: shards.ShardInfo, verify: bool = False
     try:
         entries = integrity.parse_index(storage.read_text(ix), ix)
         integrity.verify_index(entries, read, n, ix)
+    except storage.EnvironmentFault:  # the storage is down, not the index wrong
+        raise
     except Exception as e:  # noqa: BLE001 - any index that cannot be used is made anew from the tar
         problem = f"{ix}: missing" if _absent(e) else str(e)
         kept = []
@@ -154,6 +156,8 @@ def _check_all(root: str, manifest: shards.Manifest, verify: bool = False):
     def one(s):
         try:
             return check_shard(root, s, verify)
+        except storage.EnvironmentFault:  # S3 down or throttled past its retries: the storage's fault, not the shard's
+            raise
         except Exception as e:  # noqa: BLE001 - every failure mode of a shard is reported the same way
             return e
 
@@ -242,6 +246,7 @@ def shared_dataset_view(root: str, verify: bool = False
         dist.broadcast_object_list(box, src=0)
         view = box[0]
     if isinstance(view, BaseException):
+        view.raised_on_rank0 = True  # rank 0 reports it; the others exit with it quietly
         raise view
     manifest, paths, idx, bad, skipped, counts, texts = view
     return manifest, paths, _local_indexes(idx, texts), bad, skipped, counts

@@ -119,7 +119,9 @@ def load_manifest(root: str) -> Manifest:
         text = storage.read_text(uri)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{uri}: no manifest; is {root} a packed dataset (aupretrain-pack)?") from e
-    except Exception as e:  # botocore errors: missing key or bucket, access denied, endpoint down
+    except storage.EnvironmentFault:  # S3 unreachable or throttled after its retries: named as it is
+        raise
+    except Exception as e:  # botocore errors: missing key or bucket, access denied
         raise FileNotFoundError(f"{uri}: cannot read the manifest ({e})") from e
     return Manifest.from_json(text, uri)
 

@@ -2,14 +2,24 @@
 
 S3 endpoints and credentials come from the usual AWS variables (AWS_ENDPOINT_URL for MinIO/moto, etc.).
 Local writes go to a temporary name and are renamed, so a half-written file is never visible.
+
+Retries are boto3's own (`botocore.config.Config(retries=...)`, the transfer manager for uploads and
+downloads), set from `storage.s3` in configs/config.yaml through `configure()`: attempts per request, retry mode
+(`standard`, or `adaptive`: standard plus client-side rate limiting after throttling), connect and read
+timeouts. `configure()` also exports AWS_MAX_ATTEMPTS and AWS_RETRY_MODE, which DALI's S3 reader (the AWS C++
+SDK) reads when it first touches S3. A request that still fails raises `S3Error` naming the s3:// URL, what was
+done, the cause and the attempts — except a missing or denied object, which stays botocore's `ClientError` so a
+caller can count it against that one input (`is_input_fault`).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator, Mapping
 
 
 class EnvironmentFault(OSError):
@@ -18,8 +28,18 @@ class EnvironmentFault(OSError):
     against the input, and running the same command again resumes."""
 
 
+class S3Error(EnvironmentFault):
+    """An S3 request that failed after boto3's retries for a reason that is not the object's: endpoint
+    unreachable or cut mid-transfer, throttled (503 SlowDown) beyond the retry budget, server errors, bad
+    credentials, a bucket that does not exist for a write. The message names the s3:// URL, the operation, the
+    cause and the attempts."""
+
+
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.EROFS, errno.ENOMEM}
 INPUT_S3_CODES = {"NoSuchKey", "NoSuchBucket", "404", "NotFound", "AccessDenied", "403", "InvalidObjectState"}
+# 403s that are the credentials' or the clock's, not the object's
+CREDENTIAL_S3_CODES = {"ExpiredToken", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+                       "TokenRefreshRequired", "RequestTimeTooSkewed", "AccountProblem"}
 
 
 def is_input_fault(e: BaseException) -> bool:
@@ -31,7 +51,7 @@ def is_input_fault(e: BaseException) -> bool:
     if isinstance(response, dict):
         code = str(response.get("Error", {}).get("Code", ""))
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return code in INPUT_S3_CODES or status in (403, 404)
+        return code not in CREDENTIAL_S3_CODES and (code in INPUT_S3_CODES or status in (403, 404))
     return False
 
 
@@ -90,13 +110,37 @@ def stage(uris: list[str], cache: str | Path) -> list[str]:
     return out
 
 
+# `storage.s3` of configs/config.yaml (the same defaults): see `configure`
+S3_SETTINGS = {"max_attempts": 12, "retry_mode": "adaptive", "connect_timeout_s": 10.0, "read_timeout_s": 60.0}
+RETRY_MODES = ("standard", "adaptive", "legacy")
+
+
+def configure(s3: Mapping | None) -> None:
+    """Apply `storage.s3` (max_attempts: attempts per request including the first; retry_mode; connect_timeout_s;
+    read_timeout_s) to this process's boto3 clients, and export AWS_MAX_ATTEMPTS / AWS_RETRY_MODE for DALI's S3
+    reader and child processes. Call before the first S3 request."""
+    new = {**S3_SETTINGS, **{k: v for k, v in dict(s3 or {}).items() if k in S3_SETTINGS and v is not None}}
+    wrong = ([f"storage.s3.max_attempts={new['max_attempts']} (at least 1)"] if int(new["max_attempts"]) < 1 else []) \
+        + ([f"storage.s3.retry_mode={new['retry_mode']} (one of {', '.join(RETRY_MODES)})"]
+           if new["retry_mode"] not in RETRY_MODES else [])
+    if wrong:
+        from ..errors import UsageError
+
+        raise UsageError(f"cannot use {' and '.join(wrong)}")
+    S3_SETTINGS.update(max_attempts=int(new["max_attempts"]), retry_mode=str(new["retry_mode"]),
+                       connect_timeout_s=float(new["connect_timeout_s"]), read_timeout_s=float(new["read_timeout_s"]))
+    os.environ["AWS_MAX_ATTEMPTS"] = str(S3_SETTINGS["max_attempts"])
+    os.environ["AWS_RETRY_MODE"] = S3_SETTINGS["retry_mode"]
+    _client_for.cache_clear()
+
+
 @functools.lru_cache(maxsize=4)
 def _client_for(pid: int):
     import boto3
     from botocore.config import Config
 
-    cfg = Config(retries={"max_attempts": int(os.environ.get("AUPRETRAIN_S3_RETRIES", "8")), "mode": "adaptive"},
-                 connect_timeout=10, read_timeout=60)
+    cfg = Config(retries={"total_max_attempts": S3_SETTINGS["max_attempts"], "mode": S3_SETTINGS["retry_mode"]},
+                 connect_timeout=S3_SETTINGS["connect_timeout_s"], read_timeout=S3_SETTINGS["read_timeout_s"])
     return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None, config=cfg)
 
 
@@ -108,10 +152,47 @@ def s3_client():
 s3_client.cache_clear = _client_for.cache_clear
 
 
+def _attempts(e: BaseException) -> str:
+    for err in (e, e.__cause__, e.__context__):
+        meta = getattr(err, "response", None)
+        if isinstance(meta, dict) and "RetryAttempts" in meta.get("ResponseMetadata", {}):
+            n = int(meta["ResponseMetadata"]["RetryAttempts"]) + 1
+            return f"{n} attempt{'s' if n > 1 else ''}"
+    return f"up to {S3_SETTINGS['max_attempts']} attempts (storage.s3.max_attempts)"
+
+
+def s3_error(uri: str, what: str, e: BaseException) -> S3Error:
+    """The S3Error for exception `e` of operation `what` on `uri` (boto3's S3UploadFailedError is reported by the
+    ClientError it wraps, without the local temp file's name)."""
+    from botocore.exceptions import ClientError
+
+    attempts = _attempts(e)
+    if not isinstance(e, ClientError) and isinstance(e.__context__, ClientError):
+        e = e.__context__
+    cause = " ".join(str(e).split()) or type(e).__name__
+    return S3Error(f"{uri}: S3 {what} failed after {attempts}: {type(e).__name__}: {cause}")
+
+
+@contextlib.contextmanager
+def _s3_errors(uri: str, what: str, writing: bool = False) -> Iterator[None]:
+    """botocore/boto3 errors of one S3 operation on `uri` -> S3Error, except a missing or denied object on a
+    read (left as it is: the caller may count it against that input)."""
+    try:
+        yield
+    except Exception as e:
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if not isinstance(e, (BotoCoreError, ClientError, Boto3Error)) or (not writing and is_input_fault(e)):
+            raise
+        raise s3_error(uri, what, e) from e
+
+
 def read_bytes(uri: str) -> bytes:
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        with _s3_errors(uri, "read"):
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
     return Path(uri).read_bytes()
 
 
@@ -120,7 +201,8 @@ def read_range(uri: str, offset: int, size: int) -> bytes:
     if is_s3(uri):
         bucket, key = split_s3(uri)
         rng = f"bytes={offset}-{offset + size - 1}"
-        return s3_client().get_object(Bucket=bucket, Key=key, Range=rng)["Body"].read()
+        with _s3_errors(uri, f"read of {rng}"):
+            return s3_client().get_object(Bucket=bucket, Key=key, Range=rng)["Body"].read()
     with open(uri, "rb") as f:
         f.seek(offset)
         return f.read(size)
@@ -136,7 +218,8 @@ def exists(uri: str) -> bool:
 
         bucket, key = split_s3(uri)
         try:
-            s3_client().head_object(Bucket=bucket, Key=key)
+            with _s3_errors(uri, "HEAD"):
+                s3_client().head_object(Bucket=bucket, Key=key)
             return True
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
@@ -148,7 +231,8 @@ def exists(uri: str) -> bool:
 def size(uri: str) -> int:
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+        with _s3_errors(uri, "HEAD"):
+            return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
     return Path(uri).stat().st_size
 
 
@@ -156,7 +240,8 @@ def put_file(local: str | Path, uri: str) -> None:
     """Copy a finished local file to its destination (multipart upload via boto3's transfer manager on S3)."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        s3_client().upload_file(str(local), bucket, key)
+        with _s3_errors(uri, "upload", writing=True):
+            s3_client().upload_file(str(local), bucket, key)
         return
     dest = Path(uri)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +255,8 @@ def put_file(local: str | Path, uri: str) -> None:
 def write_text(uri: str, text: str) -> None:
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        s3_client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
+        with _s3_errors(uri, "write", writing=True):
+            s3_client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
         return
     dest = Path(uri)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +270,8 @@ def get_file(uri: str, local: str | Path) -> None:
     Path(local).parent.mkdir(parents=True, exist_ok=True)
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        s3_client().download_file(bucket, key, str(local))
+        with _s3_errors(uri, "download"):
+            s3_client().download_file(bucket, key, str(local))
     else:
         shutil.copyfile(uri, local)
 
@@ -194,8 +281,9 @@ def list_files(prefix: str) -> list[tuple[str, int]]:
     if is_s3(prefix):
         bucket, key = split_s3(prefix)
         out = []
-        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-            out += [(f"s3://{bucket}/{o['Key']}", int(o["Size"])) for o in page.get("Contents", [])]
+        with _s3_errors(prefix, "list"):
+            for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+                out += [(f"s3://{bucket}/{o['Key']}", int(o["Size"])) for o in page.get("Contents", [])]
         return sorted(out)
     root = Path(prefix)
     return sorted((str(p), p.stat().st_size) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
@@ -204,6 +292,7 @@ def list_files(prefix: str) -> list[tuple[str, int]]:
 def delete(uri: str) -> None:
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        s3_client().delete_object(Bucket=bucket, Key=key)
+        with _s3_errors(uri, "delete", writing=True):
+            s3_client().delete_object(Bucket=bucket, Key=key)
     else:
         Path(uri).unlink(missing_ok=True)

@@ -4,7 +4,7 @@ A checkpoint records the config that was in effect (`meta.json`). A job with ano
 checkpoint's DeepSpeed universal form (converted once, by rank 0, into `<checkpoint>/universal/`), and its data
 stream restarts its epoch. On resume every changed key is named:
 - keys in `APPLIED` take effect from the first resumed step (the LR schedule's inputs, logging, evaluation,
-  tracking, loader threads, augmentation, data paths — a new shard list restarts the data epoch);
+  tracking, loader threads, augmentation, data paths — a new shard list restarts the data epoch —, S3 retries);
 - any other change (model, objective, batch size, input size, ZeRO/precision, seed ...) cannot take effect on
   the restored weights, optimizer state and data stream, so the job is refused before anything is loaded.
 The record is never rewritten: `<run>/config.yaml` stays the first job's config; each resumed job writes
@@ -19,7 +19,7 @@ RESIZABLE_STAGES = (1, 2)  # DeepSpeed's ds_to_universal converts ZeRO-1/2 optim
 APPLIED = ("train.", "eval.", "tracking.", "run.name", "run.root", "run.dir", "data.num_threads", "data.prefetch",
            "data.device", "data.loader", "data.verify_checksums", "data.augment.", "data.shards", "data.labels", "optim.lr",
            "optim.weight_decay", "optim.betas", "optim.momentum", "optim.warmup_steps", "optim.min_lr_ratio",
-           "optim.lr_scaling", "optim.reference_batch", "synth.", "pack.")
+           "optim.lr_scaling", "optim.reference_batch", "synth.", "pack.", "storage.")
 
 
 def changed_keys(old: dict, new: dict) -> dict[str, tuple[str | None, str | None]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..data import integrity
+from ..data import integrity, storage
 from ..data.dataset import build_loader
 from ..methods import build_method, method_class
 from ..models.encoder import save_encoder
@@ -73,6 +73,7 @@ def skipped_metrics(loader, found: dict[str, float] | None = None) -> dict[str, 
 def train(cfg: DictConfig) -> dict:
     import deepspeed
 
+    storage.configure(cfg.get("storage", {}).get("s3"))  # S3 retries for boto3 and DALI, before any request
     d = init_distributed(cfg.train.get("collective_timeout_s"))
     threads = cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(1, d.local_world))
     torch.set_num_threads(int(threads))

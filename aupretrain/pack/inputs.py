@@ -198,13 +198,17 @@ def discover(source: str) -> tuple[list[VideoItem], list[dict]]:
     if source.lower().endswith(LIST_EXTS):
         try:
             items, rejects = _parse_list(source)
+        except storage.EnvironmentFault:  # S3 down or throttled past its retries: not a missing list (exit 1)
+            raise
         except Exception as e:  # noqa: BLE001 - missing file, not UTF-8, bad CSV, botocore errors for a list on S3
             raise FileNotFoundError(f"{source}: cannot read the list ({e})") from e
     elif storage.is_s3(source):
         prefix = source.rstrip("/")
         try:
             listed = storage.list_files(prefix + "/")
-        except Exception as e:  # noqa: BLE001 - botocore: no such bucket, denied, endpoint down (after retries)
+        except storage.EnvironmentFault:  # S3 down or throttled past its retries: not a missing input (exit 1)
+            raise
+        except Exception as e:  # noqa: BLE001 - botocore: no such bucket, denied
             raise FileNotFoundError(f"{source}: cannot list the input ({e})") from e
         entries = [(k[len(prefix) + 1:], n) for k, n in listed]
         items, rejects = _group_tree(entries, prefix)
@@ -242,7 +246,9 @@ def local_copy(item: VideoItem) -> Iterator[str]:
             else:
                 local = str(tmp / PurePosixPath(item.path).name)
                 storage.get_file(item.path, local)
-        except Exception as e:  # noqa: BLE001 - botocore errors after boto3's retries: missing, denied, endpoint down
+        except storage.EnvironmentFault:  # S3Error: endpoint down, throttled after the retries (names the URL)
+            raise
+        except Exception as e:  # noqa: BLE001 - botocore errors after boto3's retries: missing, denied
             if storage.is_input_fault(e):  # this object is missing or denied: a reject
                 raise VideoError(f"{item.path}: cannot read from S3 ({e})") from e
             raise storage.EnvironmentFault(f"{item.path}: cannot read from S3 ({type(e).__name__}: {e})") from e

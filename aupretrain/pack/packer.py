@@ -165,7 +165,9 @@ class Assembler:
         try:
             tar, idx = storage.join(self.output, info.name), storage.join(self.output, info.index)
             return storage.size(tar) == info.bytes and storage.exists(idx)
-        except Exception:  # noqa: BLE001 - anything unreadable is rewritten
+        except storage.EnvironmentFault:  # S3 down: stop (a rerun resumes), do not rewrite what may be there
+            raise
+        except Exception:  # noqa: BLE001 - anything missing or unreadable is rewritten
             return False
 
     def _write(self) -> None:

@@ -1,16 +1,16 @@
-"""Field reports on the training side, each as its user met it: a tracking outage, a resume from another
-folder, changed settings on resume. Real launches, real MLflow stores. (A dataset smaller than one batch:
-tests/reliability/test_data_faults.py.)"""
+"""Field reports on the training side, each as its user met it: a resume from another folder, changed settings on
+resume. Real launches, real MLflow stores. (A tracking outage: tests/reliability/test_tracking_faults.py; a dataset
+smaller than one batch: tests/reliability/test_data_faults.py.)"""
 import json
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, run_env
+from tests.launch import checkpoint_meta as meta, metric_steps
 
 TRAIN = str(ROOT / "aupretrain" / "train.py")
 pytestmark = pytest.mark.slow
@@ -35,55 +35,6 @@ def base(packed, run_dir, **kw):
     args = {"experiment": "smoke", "data.shards": str(packed), "run.dir": str(run_dir), "train.eval_at_end": "false",
             "tracking.retry_max_s": 4, **kw}
     return [f"{k}={v}" for k, v in args.items()]
-
-
-def meta(run_dir: Path, step: int) -> dict:
-    return json.loads((run_dir / "checkpoints" / f"step_{step}" / "meta.json").read_text())
-
-
-def metric_steps(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r[key] for r in rows if key in r}
-
-
-def test_tracking_outage_never_stops_training(packed, tmp_path):
-    """The default sqlite store is locked by another process (BEGIN EXCLUSIVE) for 45 s after step 3: training
-    goes on to the end, warns once, and the metrics reach the store once it is free again."""
-    from mlflow.tracking import MlflowClient
-
-    run_dir, db = tmp_path / "run", tmp_path / "mlflow.db"
-    log = open(tmp_path / "train.log", "w")
-    proc = subprocess.Popen([sys.executable, TRAIN, *base(packed, run_dir, **{"train.steps": 40})], cwd=tmp_path,
-                            env=env(), stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    locker = None
-    try:
-        deadline = time.time() + 300
-        while not (run_dir / "metrics.jsonl").exists() or max(metric_steps(run_dir) or [0]) < 3:
-            assert proc.poll() is None and time.time() < deadline, (tmp_path / "train.log").read_text()[-3000:]
-            time.sleep(0.2)
-        locker = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time\n"
-                                   f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-                                   "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True)\n"
-                                   "time.sleep(45); c.execute('ROLLBACK')"], stdout=subprocess.PIPE, text=True)
-        assert locker.stdout.readline().strip() == "locked"
-        locked_at = time.time()
-        assert proc.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
-    finally:
-        for p in (proc, locker):
-            if p is not None and p.poll() is None:
-                p.kill()
-    out = (tmp_path / "train.log").read_text()
-    assert (run_dir / "checkpoints" / "step_40" / "COMPLETE").exists() and (run_dir / "encoder.pt").exists()
-    assert out.count("tracking retries in the background") == 1, out[-3000:]  # warned once
-    assert max(metric_steps(run_dir)) == 40  # the run folder has every metric whatever the store did
-    if time.time() - locked_at < 45:
-        pytest.fail("training ended before the lock was released: the outage was not exercised")
-    assert "is back after" in out, out[-3000:]
-    client = MlflowClient(f"sqlite:///{db}")
-    run_id = meta(run_dir, 40)["mlflow_run_id"]
-    steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
-    assert steps == set(range(1, 41))  # nothing lost: the queue was sent once the store was back
-    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_resume_from_another_folder_finds_its_run_or_starts_a_tagged_one(packed, tmp_path):
