@@ -129,6 +129,7 @@ class Tracker:
         self._closed = False
         self._started = threading.Event()
         self._metrics_file = open(self.run_dir / "metrics.jsonl", "a") if self.run_dir else None
+        self._metrics_failed = False
         self._tmp = Path(tempfile.mkdtemp(prefix="aupretrain-mlflow-"))
         params = flatten(cfg) if run_id is None else None
         self._put(lambda c: self._start(c, str(t.experiment), run_name, run_id, params,
@@ -150,8 +151,14 @@ class Tracker:
             return
         vals, ts = {k: float(v) for k, v in metrics.items()}, int(time.time() * 1000)
         if self._metrics_file and local:
-            self._metrics_file.write(json.dumps({"step": step, "time_ms": ts, **vals}) + "\n")
-            self._metrics_file.flush()
+            try:
+                self._metrics_file.write(json.dumps({"step": step, "time_ms": ts, **vals}) + "\n")
+                self._metrics_file.flush()
+            except OSError as e:  # a full disk: training (and MLflow) go on; said once
+                if not self._metrics_failed:
+                    log.warning("%s: cannot append metrics (%s); they go on to MLflow only", self.run_dir /
+                                "metrics.jsonl", e)
+                self._metrics_failed = True
         from mlflow.entities import Metric
 
         batch = [Metric(k, v, ts, step) for k, v in vals.items()]
@@ -238,7 +245,10 @@ class Tracker:
             done = self._cv.wait_for(lambda: not self._ops and not self._busy, timeout)
             left = len(self._ops)
         if self._metrics_file:
-            self._metrics_file.close()
+            try:
+                self._metrics_file.close()
+            except OSError:  # what was buffered could not be written (a full disk): said when it happened
+                pass
         if done:  # artifact snapshots are sent; an unsent queue keeps them until the process ends
             shutil.rmtree(self._tmp, ignore_errors=True)
         if not done:
