@@ -40,44 +40,53 @@ def launcher_rank() -> str:
     return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
 
 
+RANK0_FIRST_S = 10.0  # how long the other ranks wait, on an error every rank has, for rank 0 to print it
+
+
 def main(argv: list[str] | None = None) -> int:
     args, local_rank = split_launcher_args(list(sys.argv[1:] if argv is None else argv))
     if local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
     from omegaconf import OmegaConf
 
-    from aupretrain.config import load_config
+    from aupretrain.config import load_config, validate
+    from aupretrain.errors import UsageError
 
-    from hydra.errors import HydraException
+    def refuse(e: Exception, code: int = 2, own: bool = False) -> int:
+        """One line from rank 0, no traceback; exit 2 (a setting or input to fix) or 1 (the machine's fault).
+        Every rank has the same error: the others wait a little, since a launcher (torchrun, deepspeed) stops
+        all ranks as soon as the first one exits, and rank 0 must have said why by then. `own`: a fault this
+        rank met by itself (its storage), which it reports too, naming itself."""
+        if launcher_rank() == "0" or own:
+            where = f" [rank {launcher_rank()}]" if own else ""
+            print(f"aupretrain-train: error{where}: {' | '.join(str(e).splitlines())}", file=sys.stderr, flush=True)
+        else:
+            import time
+
+            time.sleep(RANK0_FIRST_S)
+        return code
 
     show = "--cfg" in args
-    try:
-        cfg = load_config([a for a in args if a != "--cfg"])
-    except HydraException as e:  # an override that does not parse or names no key
-        if launcher_rank() == "0":
-            print(f"aupretrain-train: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    if show:
-        print(OmegaConf.to_yaml(cfg))
-        return 0
+    try:  # every rank of a torchrun / deepspeed job parses the same arguments: all refuse alike, at once
+        cfg = load_config([a for a in args if a != "--cfg"])  # an override that does not parse or names no key
+        if show:
+            print(OmegaConf.to_yaml(cfg))
+            return 0
+        validate(cfg, training=True)  # types and ranges, data.shards: before any process group or worker
+    except UsageError as e:
+        return refuse(e)
     rank = launcher_rank()
     level = logging.INFO if rank == "0" else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s [rank " + rank + "] %(name)s: %(message)s")
     from aupretrain.data.storage import EnvironmentFault
     from aupretrain.engine.trainer import train
-    from aupretrain.errors import UsageError
 
     try:
         result = train(cfg)
-    except UsageError as e:  # a setting or input to fix: one line (from rank 0), no traceback
-        if launcher_rank() == "0":
-            print(f"aupretrain-train: error: {e}", file=sys.stderr)
-        return 2
-    except EnvironmentFault as e:  # storage down (S3 after its retries, disk full): one line, exit 1, rerun resumes
-        if launcher_rank() == "0" or not getattr(e, "raised_on_rank0", False):
-            print(f"aupretrain-train: error [rank {rank}]: {e}; run the same command again once it is back "
-                  f"(it resumes from the last checkpoint)", file=sys.stderr)
-        return 1
+    except UsageError as e:
+        return refuse(e)
+    except EnvironmentFault as e:  # the machine's fault (storage down past its retries, a full disk): rerun
+        return refuse(e, 1, own=not getattr(e, "raised_on_rank0", False))
     return 1 if result.get("eval_exit") else 0  # the end-of-run evaluation failed (its process said why)
 
 

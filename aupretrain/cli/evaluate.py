@@ -47,29 +47,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
     ap.add_argument("--out", help="folder for eval.json and the plots (default: the encoder's folder)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of configs/ (eval=bp4d, eval.root=..., eval.*)")
-    a = ap.parse_args(argv)
+    a = ap.parse_intermixed_args(argv)  # flags before or after the positionals, then `-- OVERRIDES`
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from ..config import load_config
+    from ..config import load_config, validate
     from ..engine.tracking import Tracker, read_record
     from ..errors import UsageError
     from ..eval.run import evaluate
     from ..models.encoder import load_encoder
 
+    torch.set_num_threads(a.threads or os.cpu_count() or 1)
+    try:
+        if a.config:
+            from omegaconf import OmegaConf
+
+            try:
+                cfg = OmegaConf.merge(OmegaConf.load(a.config), OmegaConf.from_dotlist(a.overrides))
+            except Exception as e:  # noqa: BLE001 - omegaconf's errors: an override or the file does not parse
+                raise UsageError(f"--config {a.config} with {' '.join(a.overrides) or 'no overrides'}: "
+                                 f"{' '.join(str(e).split())}") from None
+        else:
+            cfg = load_config(a.overrides)
+        validate(cfg, ["eval", "model"])
+    except UsageError as e:
+        print(f"aupretrain-eval: error: {e}", file=sys.stderr)
+        return 2
     try:
         enc_path, folder, run_dir = resolve_encoder(a.encoder)
         encoder = load_encoder(enc_path)
     except (FileNotFoundError, ValueError) as e:
         print(f"aupretrain-eval: error: {e}", file=sys.stderr)
         return 2
-    torch.set_num_threads(a.threads or os.cpu_count() or 1)
-    if a.config:
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.merge(OmegaConf.load(a.config), OmegaConf.from_dotlist(a.overrides))
-    else:
-        cfg = load_config(a.overrides)
     record = read_record(run_dir) if run_dir is not None else None
     pretraining_run = a.mlflow_run or (record or {}).get("run_id")
     tracker = Tracker(cfg, True, "eval", run_id=a.mlflow_run, run_dir=run_dir) if a.mlflow_run else None

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--align", choices=["detect", "center"], help="default: pack.align (detect)")
     ap.add_argument("--batch", type=int, default=64, help="crops per encoder call")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the pack group after -- (e.g. pack.detect_every=10)")
-    a = ap.parse_args(argv)
+    a = ap.parse_intermixed_args(argv)  # flags before or after the positionals, then `-- OVERRIDES`
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from tqdm import tqdm
 
@@ -41,13 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     from .pack import settings_from
 
     try:
+        s = settings_from(load_config(a.overrides).pack, argparse.Namespace(align=a.align))  # settings first
         enc = load_encoder(a.encoder)
         predictor = None
         if a.head:
             from ..eval.head import load_head
 
             predictor = load_head(a.head, enc)
-        s = settings_from(load_config(a.overrides).pack, argparse.Namespace(align=a.align))
         inputs = list_inputs(a.input)
         if s.align == "detect":
             from ..pack.clips import detector

@@ -17,7 +17,7 @@ import time
 
 from omegaconf import OmegaConf
 
-from ..config import load_config
+from ..config import load_config, validate
 from ..pack.packer import PackSettings, pack
 from ..data import storage
 from ..data.storage import EnvironmentFault
@@ -28,11 +28,18 @@ FLAGS = (("--align", str), ("--detector", str), ("--clip-len", int), ("--stride"
 
 
 def settings_from(cfg_pack, args: argparse.Namespace | None = None) -> PackSettings:
+    """PackSettings from the `pack` config group with the flags given in `args` on top, validated.
+
+    Raises:
+        UsageError: a setting out of range or of the wrong type (naming the key and its flag)."""
     c = OmegaConf.to_container(cfg_pack, resolve=True)
+    given = {}
     for k in list(c):
         v = getattr(args, k, None) if args is not None else None
         if v is not None:
             c[k] = v
+            given[f"pack.{k}"] = "--" + k.replace("_", "-")
+    validate({"pack": c}, ["pack"], flags=given)
     c["thresholds"] = tuple(c["thresholds"])
     c["template"] = tuple(tuple(p) for p in c["template"])
     return PackSettings(**c)
@@ -47,22 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     for flag, typ in FLAGS:
         ap.add_argument(flag, type=typ)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides after --")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cut = argv.index("--") if "--" in argv else len(argv)  # argparse gives `--` after the flags to no positional
-    a = ap.parse_args(argv[:cut])
-    a.overrides += argv[cut + 1:]
+    a = ap.parse_intermixed_args(argv)  # flags before or after the positionals, then `-- OVERRIDES`
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     t0 = time.time()
-    from hydra.errors import HydraException
-
     try:
         cfg = load_config(a.overrides)
         storage.configure(cfg.storage.s3)  # boto3's retries (storage.s3.*), before any S3 request
         s = settings_from(cfg.pack, a)
         m = pack(a.input, a.output, s)
-    except HydraException as e:  # an override that does not parse or names no key
-        print(f"aupretrain-pack: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
     except (FileNotFoundError, RuntimeError, ValueError) as e:  # incl. DetectorUnavailable: once, before any input
         print(f"aupretrain-pack: error: {e}", file=sys.stderr)
         return 2

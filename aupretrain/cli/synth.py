@@ -10,7 +10,10 @@ import logging
 import sys
 import time
 
-from ..config import load_config
+from omegaconf import OmegaConf
+
+from ..config import load_config, validate
+from ..errors import UsageError
 from ..synth.corpus import contact_sheet, write_corpus
 
 
@@ -29,19 +32,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace a corpus in OUT rendered with other settings")
     ap.add_argument("--sheet", help="also write a contact sheet PNG (identities x expressions)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides after --")
-    a = ap.parse_args(argv)
+    a = ap.parse_intermixed_args(argv)  # flags before or after the positionals, then `-- OVERRIDES`
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    c = load_config(a.overrides).synth
-    out = a.out or c.out
-    pick = lambda v, d: d if v is None else v  # noqa: E731
+    try:
+        c = OmegaConf.to_container(load_config(a.overrides).synth, resolve=True)
+        flags = {}
+        for k in ("identities", "videos_per_identity", "frames", "fps", "size", "seed", "first_identity", "workers"):
+            if getattr(a, k) is not None:  # a flag wins over the config
+                c[k] = getattr(a, k)
+                flags[f"synth.{k}"] = "--" + k.replace("_", "-")
+        validate({"synth": c}, ["synth"], flags=flags)
+    except UsageError as e:
+        print(f"aupretrain-synth: error: {e}", file=sys.stderr)
+        return 2
+    out = a.out or c["out"]
     t0 = time.time()
-    stats = write_corpus(out, pick(a.identities, c.identities), pick(a.videos_per_identity, c.videos_per_identity),
-                         pick(a.frames, c.frames), pick(a.seed, c.seed), fps=pick(a.fps, c.fps),
-                         size=pick(a.size, c.size), workers=pick(a.workers, c.workers),
-                         first_identity=pick(a.first_identity, c.first_identity), overwrite=a.overwrite)
+    stats = write_corpus(out, c["identities"], c["videos_per_identity"], c["frames"], c["seed"], fps=c["fps"],
+                         size=c["size"], workers=c["workers"], first_identity=c["first_identity"], overwrite=a.overwrite)
     stats["seconds"] = round(time.time() - t0, 1)
     if a.sheet:
-        contact_sheet(a.sheet, pick(a.seed, c.seed), size=pick(a.size, c.size))
+        contact_sheet(a.sheet, c["seed"], size=c["size"])
         stats["sheet"] = a.sheet
     print(json.dumps(stats, indent=1))
     return 0

@@ -26,7 +26,6 @@ from .dataset import (ReaderSettings, assemble_batch, check_shards, local_cache,
 from .labels import FrameLabels
 
 log = logging.getLogger(__name__)
-META_BYTES = 1024  # <key>.json is padded to this many bytes so it batches as a dense tensor
 MAX_RECOVERIES = 20  # pipeline rebuilds after damaged samples, per loader (then the error is raised)
 
 
@@ -76,7 +75,9 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
             initial_fill=s.shuffle_buffer, pad_last_batch=True, name="Reader")
         frames = [fn.decoders.image(j, device="mixed" if gpu else "cpu", output_type=types.RGB) for j in outs[:clip_len]]
         seq = fn.stack(*frames, axis_name="F")
-        meta = fn.pad(outs[clip_len], axes=[0], shape=[META_BYTES], fill_value=0)
+        # <key>.json zero-padded to the longest in the batch: a dense tensor whatever the length of the identity and
+        # video names (a fixed 1,024 bytes failed the whole batch on a clip with longer names)
+        meta = fn.pad(outs[clip_len], axes=[0], fill_value=0)
         return view(seq), view(seq), meta
 
     p = pipe(checkpoint=checkpoint)

@@ -34,20 +34,140 @@ def tag(step: int) -> str:
 def save(engine, run_dir: str | Path, step: int, meta: dict, is_main: bool, rank: int = 0,
          reader: dict | None = None, keep: int = 0) -> Path:
     """Every rank writes its DeepSpeed shards and its reader state (reader_rank<R>.json); rank 0 writes
-    meta.json, then COMPLETE after all ranks are done, then keeps only the newest `keep` (0: all)."""
+    meta.json, then COMPLETE after all ranks are done, then keeps only the newest `keep` (0: all).
+
+    A write that fails on any rank (disk full, quota, a read-only or vanished file system) fails the checkpoint
+    on every rank alike, without a hang: the failure is kept while DeepSpeed goes through its collectives as
+    usual, the ranks then agree, rank 0 removes the incomplete folder (no COMPLETE marker: resume never picks
+    it), and every rank raises the same error. The previous complete checkpoint is untouched (pruning only ever
+    follows a COMPLETE marker), so a relaunch resumes from it.
+
+    Raises:
+        EnvironmentFault: the checkpoint could not be written (the message names it, the rank, the reason and
+            the complete checkpoint a relaunch resumes from).
+    """
     d = root(run_dir)
-    engine.save_checkpoint(str(d), tag=tag(step), client_state={"step": step})
     out = d / tag(step)
-    if reader is not None:
-        (out / f"reader_rank{rank}.json").write_text(json.dumps(reader))
-    barrier()
+    errors: list[tuple[str, BaseException]] = []
     if is_main:
-        (out / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1))
-        (out / COMPLETE).write_text("ok\n")
-        if keep:
-            prune(run_dir, keep)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            errors.append((str(out), e))
+    _fail_together(errors, out, run_dir, step, is_main, rank)
+    with _write_errors_kept(engine, errors):  # DeepSpeed's own files (its barriers are passed on every rank)
+        engine.save_checkpoint(str(d), tag=tag(step), client_state={"step": step}, save_latest=False)
+    if reader is not None and not errors:
+        _write(out / f"reader_rank{rank}.json", json.dumps(reader), errors)
+    _fail_together(errors, out, run_dir, step, is_main, rank)
+    if is_main:
+        _write(out / "meta.json", json.dumps({"step": step, **meta}, indent=1), errors)
+        if not errors:
+            _write(out / COMPLETE, "ok\n", errors)  # last, and atomically: a COMPLETE marker is never empty
+    _fail_together(errors, out, run_dir, step, is_main, rank)
+    if is_main and keep:
+        prune(run_dir, keep)
     barrier()
     return out
+
+
+def _write(path: Path, text: str, errors: list) -> None:
+    """Write `text` to `path` through a temporary name (renamed when written); a failure goes to `errors`."""
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        errors.append((str(path), e))
+        tmp.unlink(missing_ok=True)
+
+
+class _write_errors_kept:
+    """Within the block, a file DeepSpeed fails to write on this rank (`checkpoint_engine.save`, the recovery
+    scripts rank 0 copies) is appended to `errors` instead of raised, and later files are skipped: DeepSpeed
+    then passes its barriers on every rank as usual and no rank waits for one that left the sequence."""
+
+    def __init__(self, engine, errors: list):
+        self.engine, self.errors = engine, errors
+        self.ce = engine.checkpoint_engine
+
+    def __enter__(self):
+        self.real = real_save, real_copy = self.ce.save, self.engine._copy_recovery_script
+
+        def save(state_dict, path, *a, **kw):
+            if self.errors:  # the checkpoint is lost already: write nothing more
+                return None
+            try:
+                return real_save(state_dict, path, *a, **kw)
+            except Exception as e:  # noqa: BLE001 - OSError, or torch's RuntimeError from its zip writer
+                self.errors.append((str(path), e))
+
+        def copy(save_path):
+            if not self.errors:
+                try:
+                    real_copy(save_path)
+                except OSError as e:
+                    self.errors.append((str(save_path), e))
+
+        self.ce.save, self.engine._copy_recovery_script = save, copy
+        return self
+
+    def __exit__(self, *exc):
+        self.ce.save, self.engine._copy_recovery_script = self.real
+        return False
+
+
+def _free(path: Path) -> int | None:
+    for p in (path, *path.parents):
+        try:
+            return shutil.disk_usage(p).free
+        except OSError:
+            continue
+    return None
+
+
+def why(e: BaseException, path: str | Path) -> str:
+    """The reason a write failed, in words. torch.save reports a full disk as a RuntimeError of its zip writer
+    ("unexpected pos ..."), without errno: a file system with (almost) no space left is then named as such."""
+    import errno
+    import os
+
+    code = getattr(e, "errno", None)
+    if isinstance(e, OSError) and code:
+        return f"{errno.errorcode.get(code, code)}: {os.strerror(code)}"
+    free = _free(Path(path).parent)
+    text = " ".join(str(e).split())[:200]
+    if free is not None and free < 1 << 20:
+        return f"ENOSPC: No space left on device ({free} bytes free; {type(e).__name__}: {text})"
+    return f"{type(e).__name__}: {text}"
+
+
+def _fail_together(errors: list, out: Path, run_dir: str | Path, step: int, is_main: bool, rank: int) -> None:
+    """Collective: every rank's write failures so far; if any rank has one, rank 0 removes `out` and every rank
+    raises the same EnvironmentFault."""
+    from ..data.storage import EnvironmentFault
+    from .distributed import gather_objects
+
+    mine = [(rank, path, why(e, path)) for path, e in errors]
+    failed = [r for per_rank in gather_objects(mine) for r in per_rank]
+    if not failed:
+        return
+    msg = None
+    if is_main:
+        shutil.rmtree(out, ignore_errors=True)
+        prev = latest(run_dir)
+        free = _free(out.parent)
+        r, path, reason = failed[0]
+        others = f" (and {len(failed) - 1} more write(s))" if len(failed) > 1 else ""
+        kept = (f"the previous complete checkpoint {prev[1]} is kept and a relaunch resumes from step {prev[0]}"
+                if prev else "there is no earlier complete checkpoint: a relaunch starts from step 0")
+        msg = (f"checkpoint {out} (step {step}) could not be written: rank {r}, {path}: {reason}{others}; the "
+               f"incomplete folder was removed; {kept}. Free space on {out.parent}"
+               f"{f' ({free / 2 ** 20:.1f} MiB free now)' if free is not None else ''} and run the same command "
+               "again")
+    raise EnvironmentFault(broadcast_object(msg))
 
 
 def record_stop(run_dir: str | Path, step: int, steps: int, reason: str, world: int, run_id: str | None) -> Path:

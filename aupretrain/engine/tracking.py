@@ -14,7 +14,9 @@ manifest as the run's dataset input (`log_dataset`, MLflow's dataset tracking: n
 
 The run folder remembers where its run lives (`<run>/tracking.json`: uri, experiment, run id). A resumed
 job uses that store (unless `tracking.uri` is set) and that run; if the run is gone from the store, it warns
-and starts a new run tagged `aupretrain.resumed_from_run_id`.
+and starts a new run tagged `aupretrain.resumed_from_run_id`. A password in the store's URL
+(`http://user:password@host`, e.g. from $MLFLOW_TRACKING_URI) is never logged nor recorded (`redact`): a
+resumed job takes it from $MLFLOW_TRACKING_URI again.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import collections
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -39,15 +42,27 @@ PERMANENT = {"INVALID_PARAMETER_VALUE", "INVALID_STATE", "BAD_REQUEST"}  # MLflo
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (longer ones are cut, with a marker)
 
 
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]*):(?P<password>[^/\s@]+)@")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL's user-info replaced by `***` (`http://user:***@host`): what is
+    logged or written about a store never holds the password that $MLFLOW_TRACKING_URI may carry."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
+
+
 def tracking_uri(cfg: DictConfig, run_dir: str | Path | None = None) -> str:
     """Where the run is tracked: `tracking.uri`, else the store the run folder recorded (a resumed job),
-    else $MLFLOW_TRACKING_URI, else a sqlite store in the folder the first job started from."""
+    else $MLFLOW_TRACKING_URI, else a sqlite store in the folder the first job started from. The record holds
+    the URI without its password (`redact`); the password comes back from $MLFLOW_TRACKING_URI when that names
+    the same store."""
     if cfg.tracking.uri:
         return str(cfg.tracking.uri)
     rec = read_record(run_dir) if run_dir else None
+    env = os.environ.get("MLFLOW_TRACKING_URI")
     if rec and rec.get("uri"):
-        return rec["uri"]
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+        return env if env and redact(env) == rec["uri"] else rec["uri"]
+    return env or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def read_record(run_dir: str | Path) -> dict | None:
@@ -118,6 +133,9 @@ class Tracker:
             return
         t = cfg.tracking
         self.uri = tracking_uri(cfg, run_dir)
+        self.shown = redact(self.uri)  # in logs and records
+        if self.shown != self.uri:  # MLflow prints "View run ... at: <the URL, password and all>" when a run ends
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.run_dir = Path(run_dir) if run_dir else None
         self.retry_max = float(t.get("retry_max_s", 30))
         self.max_pending = int(t.get("max_pending", 10000))
@@ -129,6 +147,7 @@ class Tracker:
         self._closed = False
         self._started = threading.Event()
         self._metrics_file = open(self.run_dir / "metrics.jsonl", "a") if self.run_dir else None
+        self._metrics_failed = False
         self._tmp = Path(tempfile.mkdtemp(prefix="aupretrain-mlflow-"))
         params = flatten(cfg) if run_id is None else None
         self._put(lambda c: self._start(c, str(t.experiment), run_name, run_id, params,
@@ -140,7 +159,7 @@ class Tracker:
                              daemon=True).start()
         if not self._started.wait(float(t.get("start_timeout_s", 30))):
             log.warning("MLflow at %s did not answer within %s s; training goes on, the run is created (and "
-                        "everything logged meanwhile sent) when it does", self.uri, t.get("start_timeout_s", 30))
+                        "everything logged meanwhile sent) when it does", self.shown, t.get("start_timeout_s", 30))
 
     # -- what the training loop calls: never blocks on the store, never raises ------------------------------
 
@@ -150,8 +169,14 @@ class Tracker:
             return
         vals, ts = {k: float(v) for k, v in metrics.items()}, int(time.time() * 1000)
         if self._metrics_file and local:
-            self._metrics_file.write(json.dumps({"step": step, "time_ms": ts, **vals}) + "\n")
-            self._metrics_file.flush()
+            try:
+                self._metrics_file.write(json.dumps({"step": step, "time_ms": ts, **vals}) + "\n")
+                self._metrics_file.flush()
+            except OSError as e:  # a full disk: training (and MLflow) go on; said once
+                if not self._metrics_failed:
+                    log.warning("%s: cannot append metrics (%s); they go on to MLflow only", self.run_dir /
+                                "metrics.jsonl", e)
+                self._metrics_failed = True
         from mlflow.entities import Metric
 
         batch = [Metric(k, v, ts, step) for k, v in vals.items()]
@@ -238,12 +263,15 @@ class Tracker:
             done = self._cv.wait_for(lambda: not self._ops and not self._busy, timeout)
             left = len(self._ops)
         if self._metrics_file:
-            self._metrics_file.close()
+            try:
+                self._metrics_file.close()
+            except OSError:  # what was buffered could not be written (a full disk): said when it happened
+                pass
         if done:  # artifact snapshots are sent; an unsent queue keeps them until the process ends
             shutil.rmtree(self._tmp, ignore_errors=True)
         if not done:
             where = f"; every metric is in {self.run_dir / 'metrics.jsonl'}" if self.run_dir else ""
-            log.warning("MLflow at %s still unreachable: %d tracking operations not sent%s", self.uri, left, where)
+            log.warning("MLflow at %s still unreachable: %d tracking operations not sent%s", self.shown, left, where)
 
     # -- system metrics ---------------------------------------------------------------------------------------
 
@@ -293,7 +321,8 @@ class Tracker:
                 op(client)
             except Exception as e:  # noqa: BLE001 - any store failure: keep the op, back off, retry
                 if getattr(e, "error_code", None) in PERMANENT:  # the store answered "never": drop, do not retry
-                    log.warning("MLflow refused a tracking operation (%s); skipped", str(e).splitlines()[0][:300])
+                    log.warning("MLflow refused a tracking operation (%s); skipped",
+                                redact(str(e).splitlines()[0][:300]))
                     with self._cv:
                         self._ops.popleft()
                         self._busy = False
@@ -302,8 +331,8 @@ class Tracker:
                 if down_since is None:
                     down_since = time.time()
                     log.warning("MLflow at %s failed (%s: %s); training goes on, tracking retries in the "
-                                "background (metrics are kept in the run folder)", self.uri, type(e).__name__,
-                                str(e).splitlines()[0][:200] if str(e) else "")
+                                "background (metrics are kept in the run folder)", self.shown, type(e).__name__,
+                                redact(str(e).splitlines()[0])[:200] if str(e) else "")
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()
@@ -311,7 +340,7 @@ class Tracker:
                 delay = min(delay * 2, self.retry_max)
                 continue
             if down_since is not None:
-                log.warning("MLflow at %s is back after %.0f s; sending %d queued operations", self.uri,
+                log.warning("MLflow at %s is back after %.0f s; sending %d queued operations", self.shown,
                             time.time() - down_since, len(self._ops))
                 down_since, delay = None, 1.0
             with self._cv:
@@ -334,7 +363,7 @@ class Tracker:
                 if e.error_code != "RESOURCE_DOES_NOT_EXIST":
                     raise
                 log.warning("MLflow run %s not found at %s: starting a new run tagged "
-                            "aupretrain.resumed_from_run_id=%s", run_id, self.uri, run_id)
+                            "aupretrain.resumed_from_run_id=%s", run_id, self.shown, run_id)
                 resumed_from = run_id
         if self.run_id is None:
             exp = client.get_experiment_by_name(experiment)
@@ -350,9 +379,9 @@ class Tracker:
                 client.log_batch(self.run_id, params=items[i:i + 100])
             client.log_text(self.run_id, config_yaml, "config.yaml")
         if self.run_dir:
-            (self.run_dir / RECORD).write_text(json.dumps({"uri": self.uri, "experiment": experiment,
+            (self.run_dir / RECORD).write_text(json.dumps({"uri": self.shown, "experiment": experiment,
                                                            "run_id": self.run_id}, indent=1))
-        log.info("MLflow run %s at %s", self.run_id, self.uri)
+        log.info("MLflow run %s at %s", self.run_id, self.shown)
         self._started.set()
 
 

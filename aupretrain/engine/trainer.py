@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..data import integrity, storage
 from ..data.dataset import build_loader
+from ..data.storage import EnvironmentFault
 from ..methods import build_method, method_class
 from ..models.encoder import save_encoder
 from ..objectives import build_objective
@@ -145,6 +146,15 @@ def train(cfg: DictConfig) -> dict:
     end = min(steps, int(cfg.train.stop_at)) if cfg.train.get("stop_at") else steps  # chained jobs stop early
     stop, saved, why = StopRequest(), start, "train.stop_at"
     bar = tqdm(range(start, end), desc="train", disable=not d.is_main or None, initial=start, total=steps)
+
+    def save(n: int) -> None:
+        try:
+            checkpoint.save(engine, run_dir, n, meta(), d.is_main, d.rank, loader.state(), keep)
+        except EnvironmentFault:  # disk full ...: raised on every rank alike, the previous checkpoint kept
+            bar.close()
+            stop.close()
+            tracker.finish("FAILED")
+            raise
     for step in bar:
         t0 = time.perf_counter()
         batches = [next(it) for _ in range(accum)]
@@ -170,14 +180,14 @@ def train(cfg: DictConfig) -> dict:
         if online.due(n):  # rank 0, no gradient; the other ranks wait at the next collective
             tracker.log_metrics(online(n, engine.module.encoder), step=n)
         if cfg.train.checkpoint_every and n % int(cfg.train.checkpoint_every) == 0 and n < end:
-            checkpoint.save(engine, run_dir, n, meta(), d.is_main, d.rank, loader.state(), keep)
+            save(n)
             saved = n
         if n < end and n % check_every == 0 and stop.agreed(engine.device):
             end, why = n, "signal"  # preempted (on any rank): checkpoint here and return
             break
     bar.close()
     if start < end and saved != end:
-        checkpoint.save(engine, run_dir, end, meta(), d.is_main, d.rank, loader.state(), keep)
+        save(end)
     stop.close()  # after the last checkpoint: a signal during the save must not kill it
     if end < steps:
         log.info("stopped at step %d of %d (%s): run again with run.dir=%s to continue", end, steps, why, run_dir)

@@ -31,3 +31,37 @@ def test_flatten_for_mlflow():
 ])
 def test_launcher_args_are_consumed(argv, expected, rank):
     assert split_launcher_args(argv) == (expected, rank)
+
+
+def test_a_password_in_the_store_url_is_never_recorded_and_comes_back_from_the_environment(tmp_path, monkeypatch):
+    """tracking.json holds the URL without its password; a resumed job gets it from $MLFLOW_TRACKING_URI when
+    that names the same store (and keeps the recorded store otherwise)."""
+    import json
+
+    from aupretrain.engine.tracking import redact, tracking_uri
+
+    url = "http://me:s3cr%40t@mlflow.example:5000"
+    assert redact(url) == "http://me:***@mlflow.example:5000"
+    assert redact(f"API request to {url}/api/2.0/runs failed") == \
+        "API request to http://me:***@mlflow.example:5000/api/2.0/runs failed"
+    assert redact("sqlite:////data/mlflow.db") == "sqlite:////data/mlflow.db"
+    (tmp_path / "tracking.json").write_text(json.dumps({"uri": redact(url), "experiment": "x", "run_id": "r"}))
+    cfg = load_config()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    assert tracking_uri(cfg, tmp_path) == url
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://me:other@elsewhere:5000")
+    assert tracking_uri(cfg, tmp_path) == redact(url)  # another store: the record's, as it was written
+
+
+@pytest.mark.parametrize("override,hydra", [
+    ("data.shards=s3://b/year=2024/x", 'data.shards="s3://b/year=2024/x"'),
+    ('k=say "hi"', "k='say \"hi\"'"),
+    ("k=it's \"x\"", 'k="it\'s \\"x\\""'),
+    ("k=a#b\\", 'k="a#b\\\\"'),
+])
+def test_quote_override_gives_what_hydra_reads_back(override, hydra):
+    from aupretrain.config import quote_override
+
+    assert quote_override(override) == hydra
+    if override.startswith("data.shards"):
+        assert load_config([hydra]).data.shards == override.split("=", 1)[1]
