@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         all ranks as soon as the first one exits, and rank 0 must have said why by then. `own`: a fault this
         rank met by itself (its storage), which it reports too, naming itself."""
         if launcher_rank() == "0" or own:
-            where = f" [rank {launcher_rank()}]" if own else ""
+            where = f" [rank {launcher_rank()}]" if own and launcher_rank() != "0" else ""
             print(f"aupretrain-train: error{where}: {' | '.join(str(e).splitlines())}", file=sys.stderr, flush=True)
         else:
             import time
@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         return refuse(e)
     except EnvironmentFault as e:  # the machine's fault (storage down past its retries, a full disk): rerun
-        return refuse(e, 1, own=not getattr(e, "raised_on_rank0", False))
+        own = not getattr(e, "raised_on_rank0", False)
+        if "run the same command again" not in str(e):
+            e = EnvironmentFault(f"{e}; run the same command again once it is back (it resumes from the last "
+                                 "checkpoint)")
+        return refuse(e, 1, own=own)
     return 1 if result.get("eval_exit") else 0  # the end-of-run evaluation failed (its process said why)
 
 

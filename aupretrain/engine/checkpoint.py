@@ -167,7 +167,9 @@ def _fail_together(errors: list, out: Path, run_dir: str | Path, step: int, is_m
                f"incomplete folder was removed; {kept}. Free space on {out.parent}"
                f"{f' ({free / 2 ** 20:.1f} MiB free now)' if free is not None else ''} and run the same command "
                "again")
-    raise EnvironmentFault(broadcast_object(msg))
+    fault = EnvironmentFault(broadcast_object(msg))
+    fault.raised_on_rank0 = True  # every rank raises the same message: rank 0 reports it
+    raise fault
 
 
 def record_stop(run_dir: str | Path, step: int, steps: int, reason: str, world: int, run_id: str | None) -> Path:
