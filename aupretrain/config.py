@@ -46,7 +46,7 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
-QUOTING = "README, Quoting override values"
+QUOTING = 'README, "Checked settings, and quoting override values"'
 
 
 def _parses(override: str) -> bool:
@@ -124,6 +124,22 @@ def _known_keys() -> list[str]:
     return out
 
 
+def _options_with(key: str) -> list[str]:
+    """`group=option` for each option file of the key's group that has the key (`objective.queue_size`:
+    objective=moco), read as written (not composed)."""
+    section, _, rest = key.partition(".")
+    folder = config_dir() / section
+    out = []
+    if rest and folder.is_dir():
+        for f in sorted(folder.glob("*.yaml")):
+            try:
+                if OmegaConf.select(OmegaConf.load(f), rest, default=None) is not None:
+                    out.append(f"{section}={f.stem}")
+            except Exception:  # noqa: BLE001 - an option file that does not load: not this key's
+                continue
+    return out
+
+
 def override_error(e: Exception, overrides: list[str]) -> str:
     """One line for a Hydra composition error: the override at fault and what to type instead."""
     import difflib
@@ -150,9 +166,13 @@ def override_error(e: Exception, overrides: list[str]) -> str:
         same = [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]  # the section left out
         near = difflib.get_close_matches(key, same, n=2, cutoff=0) or difflib.get_close_matches(key, keys, n=2,
                                                                                                   cutoff=0.75)
-        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        groups = _options_with(key)
+        if groups:
+            hint = f"it is a key of {' and '.join(groups)}: choose that option first (e.g. {groups[0]} {o}); "
+        else:
+            hint = f"did you mean {' or '.join(near)}? " if near else ""
         return (f"override {o}: unknown key {key!r} (not in the config tree {config_dir()}); {hint}"
-                f"to add a new key write +{o.lstrip('~')}")
+                f"to add a key the tree does not have, write +{o.lstrip('~')}")
     m = re.search(r"An item is already at '(.+?)'", text)
     if m:
         key = m.group(1)
@@ -169,7 +189,7 @@ def override_error(e: Exception, overrides: list[str]) -> str:
 
 @dataclass(frozen=True)
 class Spec:
-    """What one setting must be: `kind` int | number | bool | str | choice | pair (two numbers lo <= a <= b <= hi),
+    """What one setting must be: `kind` int | number | bool | choice | pair (two numbers lo <= a <= b <= hi),
     bounds `lo`/`hi` (inclusive; `above`: lo excluded), `choices`, `null` (None allowed), and `what` it means."""
     kind: str
     lo: float | None = None
@@ -184,8 +204,6 @@ class Spec:
             s = "one of " + ", ".join(map(str, self.choices))
         elif self.kind == "bool":
             s = "true or false"
-        elif self.kind == "str":
-            s = "a non-empty string"
         else:
             s = {"int": "a whole number", "number": "a number", "pair": "two numbers [a, b] with a <= b"}[self.kind]
             lo = f"{'>' if self.above else '>='} {self.lo:g}" if self.lo is not None else ""
@@ -211,8 +229,6 @@ class Spec:
         if self.kind == "pair":
             lo, hi = self.lo or 0, self.hi if self.hi is not None else 1
             return f"{key}=[{lo:g},{hi:g}]"
-        if self.kind == "str":
-            return f"{key}=<{self.what or 'value'}>"
         v = self.lo if self.lo is not None else 0
         if self.above:
             v = v + 1 if self.kind == "int" else (v or 0) + (0.1 if self.hi is not None and self.hi <= 1 else 1)
@@ -223,8 +239,6 @@ class Spec:
             return self.null
         if self.kind == "bool":
             return isinstance(v, bool)
-        if self.kind == "str":
-            return isinstance(v, str) and v.strip() != ""
         if self.kind == "choice":
             return isinstance(v, (str, int)) and not isinstance(v, bool) and v in self.choices
         vals = list(v) if self.kind == "pair" and isinstance(v, (list, tuple)) else [v]
@@ -401,8 +415,10 @@ def validate(cfg: DictConfig | dict, sections: Sequence[str] | None = None, trai
         else:
             if not spec.ok(node):
                 flag = f" ({flags[key]})" if key in flags else ""
-                kind = f" (a {type(node).__name__})" if isinstance(node, (str, list, dict)) and spec.kind != "str" else ""
-                raise UsageError(f"{key}={_show(node)}{flag}{kind}: must be {spec.need()}; set e.g. {spec.example(key)}")
+                typed = isinstance(node, (str, list, dict))
+                kind = f" (a {type(node).__name__})" if typed else ""
+                raise UsageError(f"{key}={_show(node)}{flag}{kind}: must be {spec.need()}; "
+                                 f"set e.g. {spec.example(key)}")
     if training:
         check_shards_setting(d["data"]["shards"])
 

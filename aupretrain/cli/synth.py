@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out or c["out"]
     t0 = time.time()
     stats = write_corpus(out, c["identities"], c["videos_per_identity"], c["frames"], c["seed"], fps=c["fps"],
-                         size=c["size"], workers=c["workers"], first_identity=c["first_identity"], overwrite=a.overwrite)
+                         size=c["size"], workers=c["workers"], first_identity=c["first_identity"],
+                         overwrite=a.overwrite)
     stats["seconds"] = round(time.time() - t0, 1)
     if a.sheet:
         contact_sheet(a.sheet, c["seed"], size=c["size"])

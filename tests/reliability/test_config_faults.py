@@ -21,6 +21,7 @@ BAD = [
     ("unknown key", "data.batchsize=8", ["unknown key 'data.batchsize'", "did you mean data.batch_size",
                                           "+data.batchsize=8"]),
     ("unknown key without its section", "batch_size=8", ["unknown key 'batch_size'", "data.batch_size"]),
+    ("key of an option not chosen", "objective.queue_size=0", ["it is a key of objective=moco: choose that option"]),
     ("key set with + that exists", "+data.batch_size=8", ["data.batch_size exists already",
                                                           "write data.batch_size=8 (without +)"]),
     ("unknown option of a group", "experiment=smok", ["experiment=smok: no such option", "quickstart, smoke"]),
@@ -132,7 +133,8 @@ def test_torchrun_ranks_refuse_a_bad_setting_together_before_any_process_group(p
 @pytest.mark.parametrize("program,argv,expect", [
     ("aupretrain-pack", ["{corpus}", "{tmp}/out", "--clip-len", "0"], "pack.clip_len=0 (--clip-len): must be"),
     ("aupretrain-pack", ["{corpus}", "{tmp}/out", "pack.align=centre"], "pack.align=centre"),
-    ("aupretrain-pack", ["{corpus}", "{tmp}/out", "pack.work_dir={tmp}/a#b"], "quote the value for Hydra: pack.work_dir=\""),
+    ("aupretrain-pack", ["{corpus}", "{tmp}/out", "pack.work_dir={tmp}/a#b"],
+     "quote the value for Hydra: pack.work_dir=\""),
     ("aupretrain-synth", ["{tmp}/synth", "--frames", "-1"], "synth.frames=-1 (--frames): must be"),
     ("aupretrain-synth", ["{tmp}/synth", "synth.identities=many"], "synth.identities=many (a str)"),
     ("aupretrain-eval", ["{tmp}/no-encoder", "eval.folds=1"], "eval.folds=1: must be a whole number >= 2"),
