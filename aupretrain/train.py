@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
     from omegaconf import OmegaConf
 
-    from aupretrain.config import load_config, validate
+    from aupretrain.config import load_config
+    from aupretrain.settings import validate
     from aupretrain.errors import UsageError
 
     def refuse(e: Exception, code: int = 2, own: bool = False) -> int:

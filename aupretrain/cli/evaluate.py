@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from ..config import load_config, validate
+    from ..config import load_config
+    from ..settings import validate
     from ..engine.tracking import Tracker, read_record
     from ..errors import UsageError
     from ..eval.run import evaluate

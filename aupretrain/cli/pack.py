@@ -17,7 +17,8 @@ import time
 
 from omegaconf import OmegaConf
 
-from ..config import load_config, validate
+from ..config import load_config
+from ..settings import validate
 from ..pack.packer import PackSettings, pack
 from ..data import storage
 from ..data.storage import EnvironmentFault

@@ -12,7 +12,8 @@ import time
 
 from omegaconf import OmegaConf
 
-from ..config import load_config, validate
+from ..config import load_config
+from ..settings import validate
 from ..errors import UsageError
 from ..synth.corpus import contact_sheet, write_corpus
 
