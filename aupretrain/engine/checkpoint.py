@@ -94,7 +94,8 @@ class _write_errors_kept:
         self.ce = engine.checkpoint_engine
 
     def __enter__(self):
-        self.real = real_save, real_copy = self.ce.save, self.engine._copy_recovery_script
+        # DeepSpeed 0.19's engine: checkpoint_engine.save for every file, _copy_recovery_script on rank 0
+        self.real = real_save, real_copy = self.ce.save, getattr(self.engine, "_copy_recovery_script", None)
 
         def save(state_dict, path, *a, **kw):
             if self.errors:  # the checkpoint is lost already: write nothing more
@@ -105,17 +106,21 @@ class _write_errors_kept:
                 self.errors.append((str(path), e))
 
         def copy(save_path):
-            if not self.errors:
+            if not self.errors and real_copy is not None:
                 try:
                     real_copy(save_path)
                 except OSError as e:
                     self.errors.append((str(save_path), e))
 
-        self.ce.save, self.engine._copy_recovery_script = save, copy
+        self.ce.save = save
+        if real_copy is not None:
+            self.engine._copy_recovery_script = copy
         return self
 
     def __exit__(self, *exc):
-        self.ce.save, self.engine._copy_recovery_script = self.real
+        self.ce.save = self.real[0]
+        if self.real[1] is not None:
+            self.engine._copy_recovery_script = self.real[1]
         return False
 
 

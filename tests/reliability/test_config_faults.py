@@ -143,7 +143,7 @@ def test_torchrun_ranks_refuse_a_bad_setting_together_before_any_process_group(p
      "pack.detect_every=0: must be a whole number >= 1"),
 ], ids=["pack flag", "pack choice", "pack unparseable", "synth flag", "synth type", "eval range", "eval unknown key",
         "extract"])
-def test_other_entry_points_refuse_bad_settings_in_one_line(corpus, tmp_path, capfd, program, argv, expect):
+def test_other_entry_points_refuse_bad_settings_in_one_line(corpus, tmp_path, capfd, fault, program, argv, expect):
     from aupretrain.cli import evaluate, extract, pack, synth
 
     mains = {"aupretrain-pack": pack.main, "aupretrain-synth": synth.main, "aupretrain-eval": evaluate.main,
@@ -151,9 +151,13 @@ def test_other_entry_points_refuse_bad_settings_in_one_line(corpus, tmp_path, ca
     argv = [a.format(corpus=corpus, tmp=tmp_path) for a in argv]
     if program in ("aupretrain-pack", "aupretrain-synth", "aupretrain-extract") and any("=" in a for a in argv):
         argv = [a for a in argv if "=" not in a] + ["--"] + [a for a in argv if "=" in a]
+    t0 = time.monotonic()
     rc = mains[program](argv)
+    took = time.monotonic() - t0
     err = capfd.readouterr().err
     lines = [x for x in err.splitlines() if x.startswith(f"{program}: error: ")]
+    fault(f"config: bad setting given to {program}", f"exit {rc} after {took:.1f} s, {len(lines)} line(s): "
+          f"{lines[0][len(program) + 9:] if lines else err[-200:]}", detect_s=took)
     assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert expect in lines[0], lines[0]
     assert not (tmp_path / "out").exists() and not (tmp_path / "synth").exists()
