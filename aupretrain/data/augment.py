@@ -79,6 +79,35 @@ def blur_clips(x: torch.Tensor, sigma: torch.Tensor, taps: int = 5) -> torch.Ten
     return sum(k[:, i] * p[..., i:i + x.shape[-2], :] for i in range(taps))
 
 
+def jitter_frames(x: torch.Tensor, shift: float, scale: float, rotate: float, g: torch.Generator) -> torch.Tensor:
+    """An independent random similarity warp of every frame: x [B, T, C, S, S] float -> same shape.
+
+    Per frame: translation uniform in +-`shift` (fraction of the side), zoom uniform in 1 +- `scale`, rotation
+    uniform in +-`rotate` degrees, about the centre; borders replicated. Unlike the per-view operators (one
+    draw per clip, shared by its frames), this changes where the face sits from frame to frame, so in-plane
+    head motion stops telling a clip's frames apart and the temporal contrastive task has to read the face
+    itself (the residual jitter of a landmark alignment, made deliberate)."""
+    b, t = x.shape[:2]
+    n = b * t
+    r = lambda: torch.rand(n, generator=g) * 2 - 1  # noqa: E731
+    ang, zoom = r() * math.radians(rotate), 1 + r() * scale
+    tx, ty = r() * 2 * shift, r() * 2 * shift  # affine_grid's units: the side is 2
+    cos, sin = ang.cos() / zoom, ang.sin() / zoom
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x)
+    flat = x.reshape(n, *x.shape[2:])
+    grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+    return F.grid_sample(flat, grid, mode="bilinear", padding_mode="border", align_corners=False).view(x.shape)
+
+
+def jitter_views(batch: dict, s: ReaderSettings, g: torch.Generator) -> None:
+    """`jitter_frames` on `batch["view1"]` and `batch["view2"]` with the settings' `frame_shift`, `frame_scale`,
+    `frame_rotate`, drawn from `g` (the loader's saved generator); nothing when all three are 0."""
+    if not (s.frame_shift or s.frame_scale or s.frame_rotate):
+        return
+    for k in ("view1", "view2"):
+        batch[k] = jitter_frames(batch[k], s.frame_shift, s.frame_scale, s.frame_rotate, g)
+
+
 def blur_views(batch: dict, s: ReaderSettings, g: torch.Generator) -> None:
     """Blur `batch["view1"]` and `batch["view2"]` in place of the dict entries, one sigma per clip and view drawn
     uniformly in `s.blur_sigma` from `g` (the loader's saved generator: resumes repeat the same draws); nothing
