@@ -177,19 +177,52 @@ def _fail_together(errors: list, out: Path, run_dir: str | Path, step: int, is_m
     raise fault
 
 
+def write_on_main(write, path: str | Path, what: str, is_main: bool, collective: bool = True) -> None:
+    """Rank 0 calls `write(tmp)` to write `path` through a temporary file renamed into place (a reader never
+    sees half a file); a failure (a full disk, a read-only or vanished folder; also torch.save's errno-less
+    "unexpected pos") removes the temporary file and becomes ONE `EnvironmentFault` naming `what`, `path` and the
+    reason. `collective=True`: every rank calls this and every rank raises the same fault (a broadcast, so no rank
+    is left waiting); `collective=False`: only rank 0 calls it and raises.
+
+    Raises:
+        EnvironmentFault: the write failed (`raised_on_rank0` is set: rank 0 reports it).
+    """
+    import os
+
+    from ..data.storage import EnvironmentFault
+
+    path = Path(path)
+    msg = None
+    if is_main:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as e:
+            tmp.unlink(missing_ok=True)
+            free = _free(path.parent)
+            msg = (f"{what} {path} could not be written: {why(e, path)}"
+                   f"{f' ({free / 2 ** 20:.1f} MiB free now)' if free is not None else ''}")
+    if collective:
+        msg = broadcast_object(msg)
+    if msg:
+        fault = EnvironmentFault(msg)
+        fault.raised_on_rank0 = True
+        raise fault
+
+
 def record_stop(run_dir: str | Path, step: int, steps: int, reason: str, world: int, run_id: str | None) -> Path:
     """Rank 0: write `<run>/last_stop.json` (atomically) — where and why this job stopped:
     {"step", "steps", "reason": "signal" | "train.stop_at" | "finished", "world_size", "mlflow_run_id", "time"}.
     Launchers read it: `launchers/slurm/train.sbatch` requeues the job when the reason is "signal"; a job that
-    crashed writes none (the launcher removes the previous one before starting)."""
-    import os
+    crashed writes none (the launcher removes the previous one before starting). Rank 0 only; a failed write
+    raises `EnvironmentFault` (`write_on_main`)."""
     import time
 
     out = Path(run_dir) / STOP_RECORD
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"step": step, "steps": steps, "reason": reason, "world_size": world,
-                               "mlflow_run_id": run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
-    os.replace(tmp, out)
+    text = json.dumps({"step": step, "steps": steps, "reason": reason, "world_size": world,
+                       "mlflow_run_id": run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1)
+    write_on_main(lambda tmp: tmp.write_text(text), out, "the stop record", True, collective=False)
     return out
 
 

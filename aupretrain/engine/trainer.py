@@ -48,14 +48,15 @@ def deepspeed_config(cfg: DictConfig, world: int) -> dict:
 
 
 def export_encoder(engine, path: Path, extra: dict) -> None:
-    """Rank 0 writes the encoder's fp32 weights (gathered first under ZeRO-3)."""
+    """Rank 0 writes the encoder's fp32 weights (gathered first under ZeRO-3); collective. A failed write (a full
+    disk ...) raises the same `EnvironmentFault` on every rank (`checkpoint.write_on_main`)."""
     import deepspeed
 
     enc = engine.module.encoder
     params = list(enc.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=int(engine.zero_optimization_stage()) == 3):
-        if engine.global_rank == 0:
-            save_encoder(enc, path, extra)
+        checkpoint.write_on_main(lambda tmp: save_encoder(enc, tmp, extra), path, "the trained encoder",
+                                 engine.global_rank == 0)
 
 
 RUNTIME_DAMAGE = (integrity.BAD_JPEG, integrity.BAD_JSON)  # found by a rank while reading (the same keys on all)
@@ -196,11 +197,16 @@ def train(cfg: DictConfig) -> dict:
         tracker.finish("KILLED")
         return {"run_dir": str(run_dir), "mlflow_run_id": run_id, "loss_history": history, "rank": d.rank,
                 "stopped_at": end}
-    export_encoder(engine, run_dir / "encoder.pt", {"step": steps, "mlflow_run_id": run_id})
-    barrier()
+    try:  # a full disk here: one error on every rank, the final checkpoint is complete (a rerun exports again)
+        export_encoder(engine, run_dir / "encoder.pt", {"step": steps, "mlflow_run_id": run_id})
+        barrier()
+        if d.is_main:
+            checkpoint.record_stop(run_dir, steps, steps, "finished", d.world, tracker.run_id or run_id)
+    except EnvironmentFault:
+        tracker.finish("FAILED")
+        raise
     result = {"run_dir": str(run_dir), "mlflow_run_id": run_id, "loss_history": history, "rank": d.rank}
     if d.is_main:
-        checkpoint.record_stop(run_dir, steps, steps, "finished", d.world, tracker.run_id or run_id)
         tracker.log_artifact(run_dir / "config.yaml")  # the first job's; resumed jobs logged theirs at start
         tracker.finish()
         if cfg.train.eval_at_end:

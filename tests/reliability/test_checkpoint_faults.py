@@ -120,3 +120,47 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_the_relaunch_r
     finally:
         unmount(run_dir)
         shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+
+
+def test_disk_full_while_exporting_the_encoder_or_the_stop_record_is_one_error(tmp_path, fault):
+    """The last writes of a finished run (`encoder.pt`, `last_stop.json`) on a full disk: one EnvironmentFault
+    naming the file and ENOSPC, no half-written file left behind (the final checkpoint is complete, so rerunning
+    the same command exports again)."""
+    from omegaconf import OmegaConf
+
+    from aupretrain.config import load_config
+    from aupretrain.data.storage import EnvironmentFault
+    from aupretrain.models.encoder import AUEncoder, save_encoder
+
+    run_dir = tmp_path / "full"
+    mount_tmpfs(run_dir, "16m")
+    try:
+        filler = fill(run_dir, 0)
+        enc = AUEncoder(OmegaConf.to_container(load_config(["model=resnet_small"]).model, resolve=True), 64)
+        t0 = time.monotonic()
+        with pytest.raises(EnvironmentFault) as e:
+            checkpoint.write_on_main(lambda tmp: save_encoder(enc, tmp, {"step": 6}), run_dir / "encoder.pt",
+                                     "the trained encoder", True)
+        took = time.monotonic() - t0
+        with pytest.raises(EnvironmentFault) as e2:
+            checkpoint.record_stop(run_dir, 6, 6, "finished", 1, None)
+        left = sorted(p.name for p in run_dir.iterdir())
+        fault("disk full while exporting the trained encoder / writing last_stop.json",
+              f"one error each: {str(e.value)[:90]}...; files left: {left}", data_lost=left != ["filler.bin"],
+              detect_s=took)
+        assert f"the trained encoder {run_dir / 'encoder.pt'} could not be written: ENOSPC" in str(e.value)
+        assert "stop record" in str(e2.value) and "last_stop.json" in str(e2.value)
+        assert e.value.raised_on_rank0 and e2.value.raised_on_rank0
+        assert left == ["filler.bin"], left  # no encoder.pt(.tmp) or last_stop.json(.tmp) half written
+        e = e2 = None  # the traceback holds torch's zip writer, whose open file keeps the unlinked space
+        import gc
+
+        gc.collect()
+        filler.unlink()  # space again: the same write succeeds and the file loads
+        checkpoint.write_on_main(lambda tmp: save_encoder(enc, tmp, {"step": 6}), run_dir / "encoder.pt",
+                                 "the trained encoder", True)
+        from aupretrain.models.encoder import load_encoder
+
+        assert load_encoder(run_dir / "encoder.pt").au_dim == enc.au_dim
+    finally:
+        unmount(run_dir)
