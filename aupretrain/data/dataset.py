@@ -288,7 +288,8 @@ def assemble_batch(view1: torch.Tensor, view2: torch.Tensor, metas: list[dict], 
                    generator: torch.Generator, settings: ReaderSettings, labels=None) -> dict:
     """The batch contract from two views [B, T, 3, S, S] and the clips' metadata (both loaders): identity [B]
     (-1 for an identity the manifest does not list), video [B] (`video_id`), partner [B] (drawn from
-    `generator`), the batch blur (`augment.blur_views`), the per-frame jitter (`augment.jitter_views`), and `au` [B, T, A] when `labels` (FrameLabels) is set.
+    `generator`), the batch blur (`augment.blur_views`), the per-frame jitter (`augment.jitter_views`), and
+    `au` [B, T, A] when `labels` (FrameLabels) is set.
     Raises KeyError when a clip's metadata lacks `identity` or `video`."""
     from .augment import blur_views, jitter_views
 
