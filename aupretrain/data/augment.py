@@ -1,8 +1,9 @@
 """Augmentations written in torch: the baseline loader's per-view operators (`augment_view`, DALI's operators
 re-implemented: `rotate` with clamped borders, a random square crop resized with antialiasing,
-`brightness_contrast` with contrast centre 128, `hsv` as a linear map in YIQ space), the Gaussian blur both
-loaders apply to whole batches (`blur_clips`) and the optional per-frame similarity warp (`jitter_frames`): on 2 CPU cores DALI's CPU `gaussian_blur` took half the
-pipeline's time (bench/data.py), a grouped convolution on the batch costs a few milliseconds, on any device.
+`brightness_contrast` with contrast centre 128, `hsv` as a linear map in YIQ space); the Gaussian blur both
+loaders apply to whole batches (`blur_clips`: on 2 CPU cores DALI's CPU `gaussian_blur` took half the pipeline's
+time (bench/data.py), a grouped convolution on the batch costs a few milliseconds, on any device); and the
+optional per-frame similarity warp both loaders apply after it (`jitter_frames`).
 """
 from __future__ import annotations
 
