@@ -44,6 +44,18 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").exists())
 
 
+def wait_for_checkpoint(proc, run_dir: Path, step: int, timeout: float = 300) -> None:
+    """Poll (every 50 ms) until `<run_dir>/checkpoints/step_<step>` is complete; AssertionError when the job `proc`
+    (a Popen) ends first or `timeout` seconds pass."""
+    import time
+
+    done, deadline = run_dir / "checkpoints" / f"step_{step}" / "COMPLETE", time.time() + timeout
+    while not done.exists():
+        assert proc.poll() is None, f"the job ended (exit {proc.returncode}) before checkpoint step {step}"
+        assert time.time() < deadline, f"no checkpoint step {step} after {timeout} s"
+        time.sleep(0.05)
+
+
 def metric_steps(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
     """{step: value} of one metric in <run>/metrics.jsonl (empty before the file exists; a relaunch's rows win)."""
     p = run_dir / "metrics.jsonl"

@@ -15,7 +15,7 @@ import pytest
 
 from aupretrain.engine import checkpoint
 from tests.conftest import BIN, run_env
-from tests.launch import TRAIN, checkpoint_steps, common, launch
+from tests.launch import TRAIN, checkpoint_steps, common, launch, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -62,10 +62,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_the_relaunch_r
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=run_env(), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            deadline = time.time() + 300
-            while not (run_dir / "checkpoints" / "step_2" / "COMPLETE").exists():
-                assert proc.poll() is None and time.time() < deadline, "no first checkpoint"
-                time.sleep(0.05)
+            wait_for_checkpoint(proc, run_dir, 2)
             os.killpg(proc.pid, signal.SIGSTOP)  # hold the job (steps 3-4 to go) while the disk fills
             filler = fill(run_dir, LEFT)
             t0 = time.monotonic()

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from tests.conftest import BIN, run_env
-from tests.launch import TRAIN, checkpoint_steps, common, launch
+from tests.launch import TRAIN, checkpoint_steps, common, launch, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -89,10 +89,7 @@ def test_resume_bit_exact(packed, tmp_path, fault):
     proc = subprocess.Popen(cmd("killed"), cwd=tmp_path, env=run_env(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        deadline = time.time() + 300
-        while not (killed / "checkpoints" / "step_4" / "COMPLETE").exists():
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.05)
+        wait_for_checkpoint(proc, killed, 4)
         rank1 = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
         assert len(rank1) == 1, rank1
         t0 = time.monotonic()
