@@ -1,6 +1,7 @@
 """Augmentations written in torch: the baseline loader's per-view operators (`augment_view`, DALI's operators
 re-implemented: `rotate` with clamped borders, a random square crop resized with antialiasing,
-`brightness_contrast` with contrast centre 128, `hsv` as a linear map in YIQ space); the Gaussian blur both
+`brightness_contrast` with contrast centre 128, `hsv` as a linear map in YIQ space); the DALI reader's colour
+jitter and normalisation of uint8 batches (`colour_normalise`: one 3x3 map per clip); the Gaussian blur both
 loaders apply to whole batches (`blur_clips`: on 2 CPU cores DALI's CPU `gaussian_blur` took half the pipeline's
 time (bench/data.py), a grouped convolution on the batch costs a few milliseconds, on any device); and the
 optional per-frame similarity warp both loaders apply after it (`jitter_frames`).
@@ -52,6 +53,67 @@ def augment_view(frames: torch.Tensor, s: ReaderSettings, g: torch.Generator) ->
     mean = torch.tensor(s.mean).view(1, 3, 1, 1) * 255
     std = torch.tensor(s.std).view(1, 3, 1, 1) * 255
     return (x - mean) / std
+
+
+def colour_normalise(x: torch.Tensor, s: ReaderSettings, g: torch.Generator) -> torch.Tensor:
+    """The colour jitter and normalisation of the DALI reader's views, on the batch's device: uint8 RGB
+    [B, T, S, S, 3] (channels last, as DALI emits them) -> normalised float [B, T, 3, S, S].
+
+    Per clip, one draw from `g` (the loader's saved generator: a resume repeats the draws) of brightness b and
+    contrast c (`s.brightness`, `s.contrast`: y = b (128 + c (x - 128)), DALI's `brightness_contrast` with
+    contrast centre 128) and of hue h (degrees, uniform in +-`s.hue`) and saturation (`s.saturation`), applied
+    as a rotation and scaling of the chroma plane in YIQ space (DALI's `hsv`); then clamped to [0, 255] and
+    normalised with the model's per-channel mean and std (times 255). The whole map is one 3x3 matrix and an
+    offset per clip, so the frames stay uint8 until here (a quarter of the bytes through the reader) and the
+    arithmetic runs where the batch is (the GPU when DALI decodes there; on CPU OpenCV's `transform`, which
+    rounds the mapped colours to uint8 as DALI's uint8 operators did). The same operators as `augment_view`,
+    which the baseline loader runs per clip in its workers."""
+    b = x.shape[0]
+    m, off = torch.eye(3).repeat(b, 1, 1), torch.zeros(b, 3)
+    colour = False
+    if tuple(s.brightness) != (1.0, 1.0) or tuple(s.contrast) != (1.0, 1.0):
+        br = s.brightness[0] + (s.brightness[1] - s.brightness[0]) * torch.rand(b, generator=g)
+        ct = s.contrast[0] + (s.contrast[1] - s.contrast[0]) * torch.rand(b, generator=g)
+        m, off = m * (br * ct).view(b, 1, 1), (br * 128.0 * (1 - ct)).view(b, 1).expand(b, 3)
+        colour = True
+    if s.hue or tuple(s.saturation) != (1.0, 1.0):
+        a = torch.deg2rad((torch.rand(b, generator=g) * 2 - 1) * s.hue)
+        sat = s.saturation[0] + (s.saturation[1] - s.saturation[0]) * torch.rand(b, generator=g)
+        rot = torch.zeros(b, 3, 3)
+        rot[:, 0, 0] = 1.0
+        rot[:, 1, 1], rot[:, 1, 2] = sat * a.cos(), -sat * a.sin()
+        rot[:, 2, 1], rot[:, 2, 2] = sat * a.sin(), sat * a.cos()
+        c = _RGB @ rot @ _YIQ
+        m, off = c @ m, (c @ off.unsqueeze(-1)).squeeze(-1)
+        colour = True
+    scale = (1.0 / (torch.tensor(s.std) * 255.0)).view(3, 1, 1)
+    shift = -torch.tensor(s.mean).view(3, 1, 1) * 255.0 * scale
+    if x.device.type == "cpu" and colour:  # OpenCV's per-pixel 3x4 map, saturated to uint8 (~4x torch's ops)
+        import cv2
+
+        aff = torch.cat([m, off.unsqueeze(-1)], 2).numpy()
+        src = x.numpy()
+        out = np.empty_like(src)
+        for i in range(b):
+            out[i] = cv2.transform(src[i].reshape(-1, src.shape[-2], 3), aff[i]).reshape(src.shape[1:])
+        x, colour = torch.from_numpy(out), False
+    y = x.permute(0, 1, 4, 2, 3).contiguous().float()  # [B, T, 3, S, S]
+    if colour:  # other devices (the GPU)
+        y = map_colours(y, m, off)
+    return y.mul_(scale.to(y.device)).add_(shift.to(y.device))
+
+
+def map_colours(x: torch.Tensor, m: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+    """y_c = sum_j m[b, c, j] x_j + off[b, c] for every pixel of clip b, clamped to [0, 255]: x float
+    [B, T, 3, H, W] (0..255), m [B, 3, 3], off [B, 3] -> new float [B, T, 3, H, W], on x's device (three
+    fused multiply-adds per channel: a batched 3x3 matrix product is several times slower for K = 3)."""
+    b, dev = x.shape[0], x.device
+    y = torch.empty_like(x)
+    for c in range(3):
+        w = m[:, c].to(dev).view(b, 3, 1, 1, 1)
+        torch.mul(x[:, :, 0], w[:, 0], out=y[:, :, c])
+        y[:, :, c].addcmul_(x[:, :, 1], w[:, 1]).addcmul_(x[:, :, 2], w[:, 2]).add_(off[:, c].to(dev).view(b, 1, 1, 1))
+    return y.clamp_(0.0, 255.0)
 
 
 def blur_clips(x: torch.Tensor, sigma: torch.Tensor, taps: int = 5) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""DALI pipeline over clip shards: decode T frames per clip (GPU "mixed" or CPU), two augmented views (the
-Gaussian blur is applied to the batch afterwards, in torch: `augment.blur_views`).
+"""DALI pipeline over clip shards: decode T frames per clip (GPU "mixed" or CPU), two views rotated, cropped and
+resized by DALI and kept uint8; the colour jitter and the normalisation (`augment.colour_normalise`, one 3x3 map
+per clip) and the Gaussian blur (`augment.blur_views`) are applied to the batch afterwards, where it lies.
 
 Each view draws one set of random augmentation parameters per clip and applies it to every frame of the
 clip, so differences between frames of a view stay expression/pose differences. Output per batch is the
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from . import integrity, shards, storage
+from .augment import colour_normalise
 from .dataset import (ReaderSettings, assemble_batch, check_shards, local_cache,  # noqa: F401 (re-exported)
                       partners, require_full_batches, shared_dataset_view, video_id)
 from .labels import FrameLabels
@@ -57,14 +59,7 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
             start = fn.random.uniform(range=[0.0, 1.0], shape=[2]) * (1.0 - side)
             v = fn.resize(seq, roi_start=start, roi_end=start + side, roi_relative=True,
                           size=[s.input_size, s.input_size], antialias=True)
-        if tuple(s.brightness) != (1.0, 1.0) or tuple(s.contrast) != (1.0, 1.0):
-            v = fn.brightness_contrast(v, brightness=fn.random.uniform(range=list(s.brightness)),
-                                       contrast=fn.random.uniform(range=list(s.contrast)))
-        if s.hue or tuple(s.saturation) != (1.0, 1.0):
-            v = fn.hsv(v, hue=fn.random.uniform(range=[-s.hue, s.hue]),
-                       saturation=fn.random.uniform(range=list(s.saturation)))
-        return fn.crop_mirror_normalize(v, dtype=types.FLOAT, output_layout="FCHW",
-                                        mean=[255 * m for m in s.mean], std=[255 * x for x in s.std])
+        return v  # uint8 [T, S, S, 3]: colour jitter and normalisation follow on the batch (colour_normalise)
 
     @pipeline_def(batch_size=s.batch_size, num_threads=s.num_threads, device_id=device_id, seed=s.seed,
                   prefetch_queue_depth=s.prefetch, enable_checkpointing=True)
@@ -311,8 +306,9 @@ class ClipLoader:
             while True:
                 try:
                     d = next(it)[0]
-                    batch = assemble_batch(d["view1"], d["view2"], self._decode_meta(d["meta"]), self.identity_ids,
-                                           self._gen, self.settings, self.labels)
+                    v1, v2 = (colour_normalise(d[k], self.settings, self._gen) for k in ("view1", "view2"))
+                    batch = assemble_batch(v1, v2, self._decode_meta(d["meta"]), self.identity_ids, self._gen,
+                                           self.settings, self.labels)
                 except StopIteration:
                     break
                 except (RuntimeError, ValueError, UnicodeDecodeError, KeyError, TypeError) as e:  # DALI: RuntimeError

@@ -47,6 +47,23 @@ def deepspeed_config(cfg: DictConfig, world: int) -> dict:
     return ds
 
 
+def check_precision(cfg: DictConfig) -> None:
+    """Refuse `deepspeed.fp16` / `deepspeed.bf16` when DeepSpeed's accelerator here has no kernels for that type
+    (e.g. fp16 on a CPU without AVX512-FP16/AMX: `is_fp16_supported()` is False), before any process group or
+    data exists; DeepSpeed itself would refuse it only inside `deepspeed.initialize`, after the loader started.
+    Raises UsageError naming the setting, the accelerator and what works instead."""
+    from deepspeed.accelerator import get_accelerator
+
+    from ..errors import UsageError
+
+    acc = get_accelerator()
+    for key, supported in (("fp16", acc.is_fp16_supported), ("bf16", acc.is_bf16_supported)):
+        if cfg.deepspeed.get(key, {}).get("enabled") and not supported():
+            raise UsageError(f"deepspeed.{key}.enabled=true: DeepSpeed's {acc.device_name()} accelerator has no "
+                             f"{key} support on this machine; use deepspeed.torch_autocast.enabled=true, "
+                             f"another 16-bit type, or fp32 (the default)")
+
+
 def export_encoder(engine, path: Path, extra: dict) -> None:
     """Rank 0 writes the encoder's fp32 weights (gathered first under ZeRO-3); collective. A failed write (a full
     disk ...) raises the same `EnvironmentFault` on every rank (`checkpoint.write_on_main`)."""
@@ -75,6 +92,7 @@ def skipped_metrics(loader, found: dict[str, float] | None = None) -> dict[str, 
 def train(cfg: DictConfig) -> dict:
     import deepspeed
 
+    check_precision(cfg)
     storage.configure(cfg.get("storage", {}).get("s3"))  # S3 retries for boto3 and DALI, before any request
     d = init_distributed(cfg.train.get("collective_timeout_s"))
     threads = cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(1, d.local_world))

@@ -161,9 +161,27 @@ def test_moco_queue_holds_keys_from_every_rank(tmp_path):
 
 
 @pytest.mark.slow
-def test_fp16_step_follows_the_fp32_gradient(tmp_path):
+def test_fp16_step_follows_the_fp32_gradient(tmp_path, packed, capfd):
     """DeepSpeed fp16 (half weights and activations, fp32 master weights, dynamic loss scaling) on 2 ranks: the
-    step is the fp32 step up to half precision (same loss to 1 %, update along the fp32 gradient)."""
+    step is the fp32 step up to half precision (same loss to 1 %, update along the fp32 gradient).
+
+    DeepSpeed's CPU accelerator has fp16 only where oneDNN has fp16 kernels (AVX512-FP16 / AMX CPUs); on any
+    other machine the trainer must refuse `deepspeed.fp16.enabled=true` at start, in one line naming it,
+    before any process group or run folder exists — that is what is asserted there instead."""
+    from deepspeed.accelerator import get_accelerator
+
+    if not get_accelerator().is_fp16_supported():
+        import torch.distributed as dist
+
+        from aupretrain.train import main
+        from tests.launch import common
+
+        rc = main(common(packed, tmp_path, **{"tracking.enabled": "false"}) + ["deepspeed.fp16.enabled=true"])
+        err = capfd.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "deepspeed.fp16.enabled=true" in err[0], err
+        assert "has no fp16 support on this machine" in err[0] and "torch_autocast" in err[0]
+        assert not dist.is_initialized() and not (tmp_path / "runs").exists()
+        return
     got = run_ranks(tmp_path, world=2, k=1, name="tcl", precision="fp16")
     loss, grads = reference("tcl", 2 * B)
     assert got[0]["dtype"] == torch.float16 and not got[0]["skipped"]  # no overflow at scale 2^8

@@ -1,8 +1,9 @@
 """Per-frame jitter (`augment.jitter_frames` / `jitter_views`): neutral settings change nothing, each frame of a
-clip moves on its own draw, within the configured bounds, and the draws follow the loader's generator."""
+clip moves on its own draw, within the configured bounds, and the draws follow the loader's generator. The DALI
+reader's batch colour step (`augment.colour_normalise`) is the baseline loader's colour map."""
 import torch
 
-from aupretrain.data.augment import jitter_frames, jitter_views
+from aupretrain.data.augment import augment_view, colour_normalise, jitter_frames, jitter_views
 from aupretrain.data.dataset import ReaderSettings
 
 
@@ -53,3 +54,81 @@ def test_zoom_and_rotation_keep_the_centre_and_change_the_size():
     area = y.sum((-1, -2))[..., 0] / 64.0
     assert area.min() >= 1 / 1.3 ** 2 - 0.05 and area.max() <= 1 / 0.7 ** 2 + 0.05
     assert area.max() - area.min() > 0.1  # frames were zoomed differently
+
+
+def _colour_settings(**kw):
+    base = dict(root="-", batch_size=2, input_size=8, scale=(1.0, 1.0), brightness=(0.7, 1.3), contrast=(0.7, 1.3),
+                saturation=(0.5, 1.5), hue=30.0)
+    return ReaderSettings(**{**base, **kw})
+
+
+def test_colour_normalise_is_the_baseline_loaders_colour_map():
+    """The DALI reader's batch colour step gives what `augment_view` (the baseline loader's per-clip operators)
+    gives for the same brightness, contrast and saturation (ranges of one value: both draw that value),
+    channels-last uint8 in, normalised channels-first float out, clipped to [0, 255] before normalising."""
+    x = torch.randint(0, 256, (3, 4, 8, 8, 3), dtype=torch.uint8)
+    for b, c, sat in [(1.2, 0.8, 1.3), (0.7, 1.4, 0.4), (1.3, 1.3, 2.0)]:
+        s = _colour_settings(brightness=(b, b), contrast=(c, c), hue=0.0, saturation=(sat, sat))
+        y = colour_normalise(x, s, torch.Generator().manual_seed(0))
+        assert y.shape == (3, 4, 3, 8, 8) and y.dtype == torch.float32
+        for i in range(3):
+            ref = augment_view(x[i], s, torch.Generator())
+            # on CPU the mapped colours are rounded to uint8 (OpenCV, fixed point): within one grey level
+            assert torch.allclose(ref, y[i], atol=1.0 / (255 * min(s.std))), (b, c, sat, (ref - y[i]).abs().max())
+
+
+def test_the_colour_map_of_other_devices_is_opencvs():
+    """`map_colours` (what runs on the GPU) and OpenCV's `transform` (CPU) map colours alike."""
+    import cv2
+
+    from aupretrain.data.augment import map_colours
+
+    x = torch.randint(0, 256, (2, 3, 5, 5, 3), dtype=torch.uint8)
+    m, off = torch.rand(2, 3, 3) * 1.2, torch.rand(2, 3) * 40 - 20
+    y = map_colours(x.permute(0, 1, 4, 2, 3).float(), m, off)
+    aff = torch.cat([m, off[..., None]], 2).numpy()
+    for i in range(2):
+        ref = cv2.transform(x[i].numpy().reshape(-1, 5, 3), aff[i]).reshape(3, 5, 5, 3)
+        assert (y[i] - torch.from_numpy(ref).permute(0, 3, 1, 2).float()).abs().max() <= 1.0
+    assert y.min() >= 0 and y.max() <= 255
+
+
+def test_colour_normalise_turns_the_hue_by_the_drawn_angle():
+    """Hue h turns the chroma (I, Q) of YIQ by h degrees and keeps the luma Y (DALI's `hsv`)."""
+    import math
+
+    from aupretrain.data.augment import _YIQ
+
+    s = _colour_settings(brightness=(1.0, 1.0), contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=40.0)
+    x = torch.zeros(2, 1, 4, 4, 3, dtype=torch.uint8)
+    x[..., 0], x[..., 1], x[..., 2] = 150, 110, 90  # skin-like, mid-range: no clipping
+    y = colour_normalise(x, s, torch.Generator().manual_seed(1))
+    drawn = (torch.rand(2, generator=torch.Generator().manual_seed(1)) * 2 - 1) * 40.0  # colour_normalise's draw
+    rgb = y.mean((1, 3, 4)) * (torch.tensor(s.std) * 255) + torch.tensor(s.mean) * 255  # back to 0..255
+    before, after = _YIQ @ torch.tensor([150.0, 110.0, 90.0]), rgb @ _YIQ.T
+    for k in range(2):
+        assert abs(float(after[k, 0] - before[0])) < 0.6  # luma kept (to the uint8 rounding of the colours)
+        turn = math.degrees(math.atan2(after[k, 2], after[k, 1]) - math.atan2(before[2], before[1]))
+        assert abs(float(drawn[k])) > 5 and abs(turn - float(drawn[k])) < 1.5, (turn, float(drawn[k]))
+
+
+def test_colour_normalise_draws_per_clip_from_the_generator():
+    s = _colour_settings()
+    x = torch.full((4, 2, 8, 8, 3), 100, dtype=torch.uint8)
+    x[..., 0] = 180  # a reddish grey, so hue and saturation show
+    y1 = colour_normalise(x, s, torch.Generator().manual_seed(3))
+    y2 = colour_normalise(x, s, torch.Generator().manual_seed(3))
+    assert torch.equal(y1, y2)  # the loader's saved generator replays the same colours on resume
+    means = y1.mean((1, 3, 4))  # [B, 3]
+    assert all(not torch.allclose(means[0], means[k], atol=1e-3) for k in (1, 2, 3))  # one draw per clip
+    assert torch.allclose(y1[:, 0], y1[:, 1])  # shared by every frame of the clip
+
+
+def test_colour_normalise_without_jitter_only_normalises():
+    s = _colour_settings(brightness=(1.0, 1.0), contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0)
+    x = torch.randint(0, 256, (2, 3, 8, 8, 3), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    y = colour_normalise(x, s, g)
+    mean, std = torch.tensor(s.mean).view(3, 1, 1) * 255, torch.tensor(s.std).view(3, 1, 1) * 255
+    assert torch.allclose(y, (x.permute(0, 1, 4, 2, 3).float() - mean) / std, atol=1e-5)
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())  # no draws spent
