@@ -1,10 +1,10 @@
-"""Augmentations written in torch: the baseline loader's per-view operators (`augment_view`, DALI's operators
-re-implemented: `rotate` with clamped borders, a random square crop resized with antialiasing,
-`brightness_contrast` with contrast centre 128, `hsv` as a linear map in YIQ space); the DALI reader's colour
-jitter and normalisation of uint8 batches (`colour_normalise`: one 3x3 map per clip); the Gaussian blur both
-loaders apply to whole batches (`blur_clips`: on 2 CPU cores DALI's CPU `gaussian_blur` took half the pipeline's
-time (bench/data.py), a grouped convolution on the batch costs a few milliseconds, on any device); and the
-optional per-frame similarity warp both loaders apply after it (`jitter_frames`).
+"""Augmentations written in torch, OpenCV and numpy: the baseline loader's per-view operators (`augment_view`,
+DALI's operators re-implemented: `rotate` with clamped borders, a random square crop resized with antialiasing,
+`brightness_contrast` with contrast centre 128, `hsv` as a linear map in YIQ space) and the Gaussian blur it applies
+to whole batches (`blur_views` / `blur_clips`: on 2 CPU cores DALI's CPU `gaussian_blur` took half the pipeline's
+time, bench/data.py); the DALI reader's colour jitter, blur and normalisation of its uint8 batches
+(`finish_views`: one 3x3 colour map per clip, on the batch's device); and the optional per-frame similarity warp
+both loaders apply last (`jitter_frames`).
 """
 from __future__ import annotations
 
@@ -55,27 +55,17 @@ def augment_view(frames: torch.Tensor, s: ReaderSettings, g: torch.Generator) ->
     return (x - mean) / std
 
 
-def colour_normalise(x: torch.Tensor, s: ReaderSettings, g: torch.Generator) -> torch.Tensor:
-    """The colour jitter and normalisation of the DALI reader's views, on the batch's device: uint8 RGB
-    [B, T, S, S, 3] (channels last, as DALI emits them) -> normalised float [B, T, 3, S, S].
-
-    Per clip, one draw from `g` (the loader's saved generator: a resume repeats the draws) of brightness b and
-    contrast c (`s.brightness`, `s.contrast`: y = b (128 + c (x - 128)), DALI's `brightness_contrast` with
-    contrast centre 128) and of hue h (degrees, uniform in +-`s.hue`) and saturation (`s.saturation`), applied
-    as a rotation and scaling of the chroma plane in YIQ space (DALI's `hsv`); then clamped to [0, 255] and
-    normalised with the model's per-channel mean and std (times 255). The whole map is one 3x3 matrix and an
-    offset per clip, so the frames stay uint8 until here (a quarter of the bytes through the reader) and the
-    arithmetic runs where the batch is (the GPU when DALI decodes there; on CPU OpenCV's `transform`, which
-    rounds the mapped colours to uint8 as DALI's uint8 operators did). The same operators as `augment_view`,
-    which the baseline loader runs per clip in its workers."""
-    b = x.shape[0]
-    m, off = torch.eye(3).repeat(b, 1, 1), torch.zeros(b, 3)
-    colour = False
+def colour_maps(s: ReaderSettings, b: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per clip, one draw from `g` of brightness b and contrast c (`s.brightness`, `s.contrast`:
+    y = b (128 + c (x - 128)), DALI's `brightness_contrast` with contrast centre 128), then of hue h (degrees,
+    uniform in +-`s.hue`) and saturation (`s.saturation`: a rotation and scaling of the chroma plane in YIQ
+    space, DALI's `hsv`), composed into one map per clip: (m [B, 3, 3], off [B, 3]) acting on RGB 0..255.
+    None (and no draw) when every range is neutral."""
+    m, off, on = torch.eye(3).repeat(b, 1, 1), torch.zeros(b, 3), False
     if tuple(s.brightness) != (1.0, 1.0) or tuple(s.contrast) != (1.0, 1.0):
         br = s.brightness[0] + (s.brightness[1] - s.brightness[0]) * torch.rand(b, generator=g)
         ct = s.contrast[0] + (s.contrast[1] - s.contrast[0]) * torch.rand(b, generator=g)
-        m, off = m * (br * ct).view(b, 1, 1), (br * 128.0 * (1 - ct)).view(b, 1).expand(b, 3)
-        colour = True
+        m, off, on = m * (br * ct).view(b, 1, 1), (br * 128.0 * (1 - ct)).view(b, 1).expand(b, 3), True
     if s.hue or tuple(s.saturation) != (1.0, 1.0):
         a = torch.deg2rad((torch.rand(b, generator=g) * 2 - 1) * s.hue)
         sat = s.saturation[0] + (s.saturation[1] - s.saturation[0]) * torch.rand(b, generator=g)
@@ -84,23 +74,58 @@ def colour_normalise(x: torch.Tensor, s: ReaderSettings, g: torch.Generator) -> 
         rot[:, 1, 1], rot[:, 1, 2] = sat * a.cos(), -sat * a.sin()
         rot[:, 2, 1], rot[:, 2, 2] = sat * a.sin(), sat * a.cos()
         c = _RGB @ rot @ _YIQ
-        m, off = c @ m, (c @ off.unsqueeze(-1)).squeeze(-1)
-        colour = True
-    scale = (1.0 / (torch.tensor(s.std) * 255.0)).view(3, 1, 1)
-    shift = -torch.tensor(s.mean).view(3, 1, 1) * 255.0 * scale
-    if x.device.type == "cpu" and colour:  # OpenCV's per-pixel 3x4 map, saturated to uint8 (~4x torch's ops)
-        import cv2
+        m, off, on = c @ m, (c @ off.unsqueeze(-1)).squeeze(-1), True
+    return (m, off) if on else None
 
-        aff = torch.cat([m, off.unsqueeze(-1)], 2).numpy()
-        src = x.numpy()
+
+def finish_views(x: torch.Tensor, s: ReaderSettings, g: torch.Generator, taps: int = 5,
+                 opencv: bool | None = None) -> torch.Tensor:
+    """Colour jitter, Gaussian blur and normalisation of one view of a DALI batch, where the batch lies: uint8 RGB
+    [B, T, S, S, 3] (channels last, as DALI emits it) -> normalised float [B, T, 3, S, S].
+
+    Per clip, from `g` (the loader's saved generator: a resume repeats the draws): the colour map of
+    `colour_maps`, clamped to [0, 255]; a blur sigma uniform in `s.blur_sigma` (pixels; a separable `taps`-tap
+    kernel, reflected borders: DALI's `gaussian_blur`), off when its maximum is 0; then the model's per-channel
+    mean and std (times 255). The same operators, in the same order, as the baseline loader's `augment_view` +
+    `blur_clips`. The frames stay uint8 through the reader (a quarter of the bytes): on the GPU the arithmetic is
+    torch's on the device; on CPU it is OpenCV's `transform` and `GaussianBlur` on uint8 (rounded to grey levels,
+    as DALI's uint8 operators were) and one numpy pass to float — together ~3x faster than DALI's CPU operators
+    or torch's, measured in `bench/data.py` (docs/benchmarks.md). `opencv`: None = on CPU tensors; False = torch's
+    operators whatever the device (what the GPU runs)."""
+    b = x.shape[0]
+    maps = colour_maps(s, b, g)
+    lo, hi = s.blur_sigma
+    sigma = lo + (hi - lo) * torch.rand(b, generator=g) if hi > 0 else None
+    scale = 1.0 / (torch.tensor(s.std) * 255.0)
+    shift = -torch.tensor(s.mean) * 255.0 * scale
+    if not (x.device.type == "cpu" if opencv is None else opencv):
+        y = x.permute(0, 1, 4, 2, 3).float()
+        if maps is not None:
+            y = map_colours(y, *maps)
+        if sigma is not None:
+            y = blur_clips(y, sigma, taps)
+        return y.mul_(scale.view(3, 1, 1).to(y.device)).add_(shift.view(3, 1, 1).to(y.device))
+    import cv2
+
+    src = x.numpy()
+    if maps is not None:
+        aff = torch.cat([maps[0], maps[1].unsqueeze(-1)], 2).numpy()
+        out = np.empty_like(src)
+        for i in range(b):  # all frames of a clip as one image: a per-pixel map
+            out[i] = cv2.transform(src[i].reshape(-1, src.shape[-2], 3), aff[i]).reshape(src.shape[1:])
+        src = out
+    if sigma is not None:
         out = np.empty_like(src)
         for i in range(b):
-            out[i] = cv2.transform(src[i].reshape(-1, src.shape[-2], 3), aff[i]).reshape(src.shape[1:])
-        x, colour = torch.from_numpy(out), False
-    y = x.permute(0, 1, 4, 2, 3).contiguous().float()  # [B, T, 3, S, S]
-    if colour:  # other devices (the GPU)
-        y = map_colours(y, m, off)
-    return y.mul_(scale.to(y.device)).add_(shift.to(y.device))
+            sg = float(sigma[i])
+            for t in range(src.shape[1]):
+                cv2.GaussianBlur(src[i, t], (taps, taps), sg, dst=out[i, t], sigmaY=sg,
+                                 borderType=cv2.BORDER_REFLECT_101)
+        src = out
+    planes = np.ascontiguousarray(src.transpose(0, 1, 4, 2, 3))
+    y = np.multiply(planes, scale.numpy().reshape(1, 1, 3, 1, 1), dtype=np.float32)
+    y += shift.numpy().reshape(1, 1, 3, 1, 1)
+    return torch.from_numpy(y)
 
 
 def map_colours(x: torch.Tensor, m: torch.Tensor, off: torch.Tensor) -> torch.Tensor:

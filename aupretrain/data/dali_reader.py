@@ -1,6 +1,6 @@
 """DALI pipeline over clip shards: decode T frames per clip (GPU "mixed" or CPU), two views rotated, cropped and
-resized by DALI and kept uint8; the colour jitter and the normalisation (`augment.colour_normalise`, one 3x3 map
-per clip) and the Gaussian blur (`augment.blur_views`) are applied to the batch afterwards, where it lies.
+resized by DALI and kept uint8; the colour jitter (one 3x3 map per clip), the Gaussian blur and the normalisation
+are applied to the batch afterwards, where it lies (`augment.finish_views`).
 
 Each view draws one set of random augmentation parameters per clip and applies it to every frame of the
 clip, so differences between frames of a view stay expression/pose differences. Output per batch is the
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import integrity, shards, storage
-from .augment import colour_normalise
+from .augment import finish_views
 from .dataset import (ReaderSettings, assemble_batch, check_shards, local_cache,  # noqa: F401 (re-exported)
                       partners, require_full_batches, shared_dataset_view, video_id)
 from .labels import FrameLabels
@@ -59,7 +59,7 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
             start = fn.random.uniform(range=[0.0, 1.0], shape=[2]) * (1.0 - side)
             v = fn.resize(seq, roi_start=start, roi_end=start + side, roi_relative=True,
                           size=[s.input_size, s.input_size], antialias=True)
-        return v  # uint8 [T, S, S, 3]: colour jitter and normalisation follow on the batch (colour_normalise)
+        return v  # uint8 [T, S, S, 3]: colour jitter, blur and normalisation follow on the batch (finish_views)
 
     @pipeline_def(batch_size=s.batch_size, num_threads=s.num_threads, device_id=device_id, seed=s.seed,
                   prefetch_queue_depth=s.prefetch, enable_checkpointing=True)
@@ -306,9 +306,9 @@ class ClipLoader:
             while True:
                 try:
                     d = next(it)[0]
-                    v1, v2 = (colour_normalise(d[k], self.settings, self._gen) for k in ("view1", "view2"))
+                    v1, v2 = (finish_views(d[k], self.settings, self._gen) for k in ("view1", "view2"))
                     batch = assemble_batch(v1, v2, self._decode_meta(d["meta"]), self.identity_ids, self._gen,
-                                           self.settings, self.labels)
+                                           self.settings, self.labels, blurred=True)
                 except StopIteration:
                     break
                 except (RuntimeError, ValueError, UnicodeDecodeError, KeyError, TypeError) as e:  # DALI: RuntimeError

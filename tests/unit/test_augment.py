@@ -1,9 +1,10 @@
 """Per-frame jitter (`augment.jitter_frames` / `jitter_views`): neutral settings change nothing, each frame of a
 clip moves on its own draw, within the configured bounds, and the draws follow the loader's generator. The DALI
-reader's batch colour step (`augment.colour_normalise`) is the baseline loader's colour map."""
+reader's batch colour, blur and normalisation step (`augment.finish_views`) is the baseline loader's colour map
+and blur, on either of its paths (OpenCV on CPU, torch elsewhere)."""
 import torch
 
-from aupretrain.data.augment import augment_view, colour_normalise, jitter_frames, jitter_views
+from aupretrain.data.augment import augment_view, finish_views, jitter_frames, jitter_views
 from aupretrain.data.dataset import ReaderSettings
 
 
@@ -58,23 +59,45 @@ def test_zoom_and_rotation_keep_the_centre_and_change_the_size():
 
 def _colour_settings(**kw):
     base = dict(root="-", batch_size=2, input_size=8, scale=(1.0, 1.0), brightness=(0.7, 1.3), contrast=(0.7, 1.3),
-                saturation=(0.5, 1.5), hue=30.0)
+                saturation=(0.5, 1.5), hue=30.0, blur_sigma=(0.0, 0.0))
     return ReaderSettings(**{**base, **kw})
 
 
-def test_colour_normalise_is_the_baseline_loaders_colour_map():
+def test_finish_views_is_the_baseline_loaders_colour_map():
     """The DALI reader's batch colour step gives what `augment_view` (the baseline loader's per-clip operators)
     gives for the same brightness, contrast and saturation (ranges of one value: both draw that value),
     channels-last uint8 in, normalised channels-first float out, clipped to [0, 255] before normalising."""
     x = torch.randint(0, 256, (3, 4, 8, 8, 3), dtype=torch.uint8)
     for b, c, sat in [(1.2, 0.8, 1.3), (0.7, 1.4, 0.4), (1.3, 1.3, 2.0)]:
         s = _colour_settings(brightness=(b, b), contrast=(c, c), hue=0.0, saturation=(sat, sat))
-        y = colour_normalise(x, s, torch.Generator().manual_seed(0))
+        y = finish_views(x, s, torch.Generator().manual_seed(0))
         assert y.shape == (3, 4, 3, 8, 8) and y.dtype == torch.float32
         for i in range(3):
             ref = augment_view(x[i], s, torch.Generator())
             # on CPU the mapped colours are rounded to uint8 (OpenCV, fixed point): within one grey level
             assert torch.allclose(ref, y[i], atol=1.0 / (255 * min(s.std))), (b, c, sat, (ref - y[i]).abs().max())
+
+
+def test_finish_views_blurs_like_the_baseline_loader_on_both_paths():
+    """With a blur (and a colour map), OpenCV's uint8 path and torch's path give the baseline loader's
+    `blur_clips` of the colour-mapped, normalised clip, to within 1.5 grey levels (OpenCV rounds to uint8 after
+    the colour map and after the blur)."""
+    from aupretrain.data.augment import blur_clips
+
+    x = torch.randint(0, 256, (3, 2, 16, 16, 3), dtype=torch.uint8)
+    s = _colour_settings(brightness=(1.2, 1.2), contrast=(0.9, 0.9), hue=0.0, saturation=(1.1, 1.1),
+                         blur_sigma=(0.5, 1.5), input_size=16)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(4):  # finish_views draws brightness, contrast, hue, saturation per clip, then the sigmas
+        torch.rand(3, generator=g)
+    sigma = 0.5 + torch.rand(3, generator=g)
+    unblurred = torch.stack([augment_view(x[i], s, torch.Generator()) for i in range(3)])
+    want = blur_clips(unblurred, sigma)
+    tol = 1.5 / (255 * min(s.std))
+    for opencv in (True, False):
+        got = finish_views(x, s, torch.Generator().manual_seed(2), opencv=opencv)
+        assert (got - want).abs().max() <= tol, (opencv, (got - want).abs().max())
+    assert (want - unblurred).abs().max() > 10 * tol  # the blur did something
 
 
 def test_the_colour_map_of_other_devices_is_opencvs():
@@ -93,7 +116,7 @@ def test_the_colour_map_of_other_devices_is_opencvs():
     assert y.min() >= 0 and y.max() <= 255
 
 
-def test_colour_normalise_turns_the_hue_by_the_drawn_angle():
+def test_finish_views_turns_the_hue_by_the_drawn_angle():
     """Hue h turns the chroma (I, Q) of YIQ by h degrees and keeps the luma Y (DALI's `hsv`)."""
     import math
 
@@ -102,8 +125,8 @@ def test_colour_normalise_turns_the_hue_by_the_drawn_angle():
     s = _colour_settings(brightness=(1.0, 1.0), contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=40.0)
     x = torch.zeros(2, 1, 4, 4, 3, dtype=torch.uint8)
     x[..., 0], x[..., 1], x[..., 2] = 150, 110, 90  # skin-like, mid-range: no clipping
-    y = colour_normalise(x, s, torch.Generator().manual_seed(1))
-    drawn = (torch.rand(2, generator=torch.Generator().manual_seed(1)) * 2 - 1) * 40.0  # colour_normalise's draw
+    y = finish_views(x, s, torch.Generator().manual_seed(1))
+    drawn = (torch.rand(2, generator=torch.Generator().manual_seed(1)) * 2 - 1) * 40.0  # finish_views's draw
     rgb = y.mean((1, 3, 4)) * (torch.tensor(s.std) * 255) + torch.tensor(s.mean) * 255  # back to 0..255
     before, after = _YIQ @ torch.tensor([150.0, 110.0, 90.0]), rgb @ _YIQ.T
     for k in range(2):
@@ -112,23 +135,23 @@ def test_colour_normalise_turns_the_hue_by_the_drawn_angle():
         assert abs(float(drawn[k])) > 5 and abs(turn - float(drawn[k])) < 1.5, (turn, float(drawn[k]))
 
 
-def test_colour_normalise_draws_per_clip_from_the_generator():
+def test_finish_views_draws_per_clip_from_the_generator():
     s = _colour_settings()
     x = torch.full((4, 2, 8, 8, 3), 100, dtype=torch.uint8)
     x[..., 0] = 180  # a reddish grey, so hue and saturation show
-    y1 = colour_normalise(x, s, torch.Generator().manual_seed(3))
-    y2 = colour_normalise(x, s, torch.Generator().manual_seed(3))
+    y1 = finish_views(x, s, torch.Generator().manual_seed(3))
+    y2 = finish_views(x, s, torch.Generator().manual_seed(3))
     assert torch.equal(y1, y2)  # the loader's saved generator replays the same colours on resume
     means = y1.mean((1, 3, 4))  # [B, 3]
     assert all(not torch.allclose(means[0], means[k], atol=1e-3) for k in (1, 2, 3))  # one draw per clip
     assert torch.allclose(y1[:, 0], y1[:, 1])  # shared by every frame of the clip
 
 
-def test_colour_normalise_without_jitter_only_normalises():
+def test_finish_views_without_jitter_only_normalises():
     s = _colour_settings(brightness=(1.0, 1.0), contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0)
     x = torch.randint(0, 256, (2, 3, 8, 8, 3), dtype=torch.uint8)
     g = torch.Generator().manual_seed(0)
-    y = colour_normalise(x, s, g)
+    y = finish_views(x, s, g)
     mean, std = torch.tensor(s.mean).view(3, 1, 1) * 255, torch.tensor(s.std).view(3, 1, 1) * 255
     assert torch.allclose(y, (x.permute(0, 1, 4, 2, 3).float() - mean) / std, atol=1e-5)
     assert torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())  # no draws spent
