@@ -26,7 +26,8 @@ _RGB = torch.linalg.inv(_YIQ)
 
 def augment_view(frames: torch.Tensor, s: ReaderSettings, g: torch.Generator) -> torch.Tensor:
     """One augmented view of a clip: uint8 [T, H, W, 3] -> normalised float [T, 3, S, S]; one draw of every
-    random parameter per call, shared by all T frames. (The blur is applied to whole batches: `blur_clips`.)"""
+    random parameter per call, shared by all T frames; the colour map is `colour_maps`'. (The blur is applied to
+    whole batches: `blur_views`.)"""
     u = lambda lo, hi: float(torch.empty(()).uniform_(lo, hi, generator=g))  # noqa: E731
     x = frames.permute(0, 3, 1, 2).float()
     t, _, h, w = x.shape
@@ -40,15 +41,9 @@ def augment_view(frames: torch.Tensor, s: ReaderSettings, g: torch.Generator) ->
         y0, x0 = u(0.0, 1.0) * (1 - side), u(0.0, 1.0) * (1 - side)
         x = x[:, :, int(y0 * h):int(y0 * h) + max(1, round(side * h)), int(x0 * w):int(x0 * w) + max(1, round(side * w))]
     x = F.interpolate(x, size=(s.input_size, s.input_size), mode="bilinear", antialias=True, align_corners=False)
-    if tuple(s.brightness) != (1.0, 1.0) or tuple(s.contrast) != (1.0, 1.0):
-        b, c = u(*s.brightness), u(*s.contrast)
-        x = b * (128.0 + c * (x - 128.0))
-    if s.hue or tuple(s.saturation) != (1.0, 1.0):
-        a, sat = math.radians(u(-s.hue, s.hue)), u(*s.saturation)
-        rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, sat * math.cos(a), -sat * math.sin(a)],
-                            [0.0, sat * math.sin(a), sat * math.cos(a)]])
-        m = _RGB @ rot @ _YIQ
-        x = torch.einsum("ij,tjhw->tihw", m, x)
+    maps = colour_maps(s, 1, g)  # the DALI reader's colour map, drawn for this one clip
+    if maps is not None:
+        x = torch.einsum("ij,tjhw->tihw", maps[0][0], x) + maps[1][0].view(1, 3, 1, 1)
     x = x.clamp(0, 255)
     mean = torch.tensor(s.mean).view(1, 3, 1, 1) * 255
     std = torch.tensor(s.std).view(1, 3, 1, 1) * 255

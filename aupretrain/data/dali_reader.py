@@ -308,7 +308,7 @@ class ClipLoader:
                     d = next(it)[0]
                     v1, v2 = (finish_views(d[k], self.settings, self._gen) for k in ("view1", "view2"))
                     batch = assemble_batch(v1, v2, self._decode_meta(d["meta"]), self.identity_ids, self._gen,
-                                           self.settings, self.labels, blurred=True)
+                                           self.settings, self.labels)
                 except StopIteration:
                     break
                 except (RuntimeError, ValueError, UnicodeDecodeError, KeyError, TypeError) as e:  # DALI: RuntimeError

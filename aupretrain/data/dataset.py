@@ -285,21 +285,18 @@ def video_id(name: str) -> int:
 
 
 def assemble_batch(view1: torch.Tensor, view2: torch.Tensor, metas: list[dict], identity_ids: dict[str, int],
-                   generator: torch.Generator, settings: ReaderSettings, labels=None, blurred: bool = False) -> dict:
+                   generator: torch.Generator, settings: ReaderSettings, labels=None) -> dict:
     """The batch contract from two views [B, T, 3, S, S] and the clips' metadata (both loaders): identity [B]
     (-1 for an identity the manifest does not list), video [B] (`video_id`), partner [B] (drawn from
-    `generator`), the batch blur (`augment.blur_views`; not when the views are `blurred` already, as the DALI
-    reader's are), the per-frame jitter (`augment.jitter_views`), and `au` [B, T, A] when `labels`
-    (FrameLabels) is set.
+    `generator`), the per-frame jitter (`augment.jitter_views`), and `au` [B, T, A] when `labels` (FrameLabels)
+    is set. The views come finished (augmented, blurred, normalised) from the loader.
     Raises KeyError when a clip's metadata lacks `identity` or `video`."""
-    from .augment import blur_views, jitter_views
+    from .augment import jitter_views
 
     ident = torch.tensor([identity_ids.get(m["identity"], -1) for m in metas])
     batch = {"view1": view1, "view2": view2, "identity": ident,
              "video": torch.tensor([video_id(m["video"]) for m in metas]),
              "partner": partners(ident, generator), "meta": metas}
-    if not blurred:
-        blur_views(batch, settings, generator)
     jitter_views(batch, settings, generator)
     if labels is not None:
         batch["au"] = torch.from_numpy(labels.batch(metas))

@@ -6,7 +6,7 @@ range through the shards' DALI indexes (local files or S3 range GETs), so ranks 
 DALI does (rank r of W reads the contiguous share k = (r + epoch) mod W of the samples, shuffled per epoch with
 a seeded RNG) and a resumed run continues from the same sample. Each view draws one crop box, rotation and
 colour change per clip and applies it to every frame (`augment.augment_view`, DALI's operators in torch); the
-blur is applied to the batch, as for the DALI reader (`augment.blur_views`).
+blur is applied to the batch (`augment.blur_views`), as the DALI reader blurs its own (`augment.finish_views`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import integrity, shards, storage
-from .augment import augment_view
+from .augment import augment_view, blur_views
 from .dataset import ReaderSettings, assemble_batch, rebuild_index, require_full_batches, shared_dataset_view
 from .labels import FrameLabels
 
@@ -183,8 +183,9 @@ class TorchClipLoader:
                             log.warning("left out damaged sample %s of %s (%s)", key, tar, why)
                             self.found_damaged[why] = self.found_damaged.get(why, 0) + 1
                             self.quarantine[tar][key] = why
-                yield assemble_batch(torch.stack([it["view1"] for it in items]),
-                                     torch.stack([it["view2"] for it in items]), [it["meta"] for it in items],
+                views = {k: torch.stack([it[k] for it in items]) for k in ("view1", "view2")}
+                blur_views(views, self.settings, self._gen)
+                yield assemble_batch(views["view1"], views["view2"], [it["meta"] for it in items],
                                      self.identity_ids, self._gen, self.settings, self.labels)
             self.epoch += 1
             self.position = 0
