@@ -76,6 +76,11 @@ def test_finish_views_is_the_baseline_loaders_colour_map():
             ref = augment_view(x[i], s, torch.Generator())
             # on CPU the mapped colours are rounded to uint8 (OpenCV, fixed point): within one grey level
             assert torch.allclose(ref, y[i], atol=1.0 / (255 * min(s.std))), (b, c, sat, (ref - y[i]).abs().max())
+        if sat == 1.3:  # the formula itself, not only the shared code: grey stays grey under saturation, and
+            grey = torch.full((1, 1, 2, 2, 3), 90, dtype=torch.uint8)  # y = b (128 + c (x - 128)) on each channel
+            got = finish_views(grey, s, torch.Generator())[0, 0, :, 0, 0]
+            want = (min(255.0, b * (128 + c * (90 - 128))) - torch.tensor(s.mean) * 255) / (torch.tensor(s.std) * 255)
+            assert torch.allclose(got, want, atol=1.0 / (255 * min(s.std))), (got, want)
 
 
 def test_finish_views_blurs_like_the_baseline_loader_on_both_paths():
