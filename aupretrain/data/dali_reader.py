@@ -1,5 +1,5 @@
 """DALI pipeline over clip shards: decode T frames per clip (GPU "mixed" or CPU), two views rotated, cropped and
-resized by DALI and kept uint8; the colour jitter (one 3x3 map per clip), the Gaussian blur and the normalisation
+resized by DALI in one affine warp each and kept uint8; the colour jitter (one 3x3 map per clip), the Gaussian blur and the normalisation
 are applied to the batch afterwards, where it lies (`augment.finish_views`).
 
 Each view draws one set of random augmentation parameters per clip and applies it to every frame of the
@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Iterator
@@ -39,27 +40,63 @@ def use_gpu(device: str) -> bool:
     return torch.cuda.is_available()
 
 
+def working_size(s: ReaderSettings, source_size: int = 0) -> int:
+    """Side (pixels) to which the decoded frames are first resized, once for both views: the smallest crop
+    (`s.scale[0]` of the area) then covers about `s.input_size` pixels, so each view's warp never downsamples
+    by more than 1/sqrt(scale[0]) (antialiasing is left to this shared resize). 0 when the packed frames
+    (`source_size`, the manifest's `size`; 0 if unknown) are no larger than that: the views warp from them."""
+    need = math.ceil(s.input_size / math.sqrt(max(float(s.scale[0]), 1e-3)))
+    return 0 if 0 < source_size <= need else need
+
+
 def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], clip_len: int,
-                   checkpoint: str | None = None):
-    """The reader pipeline; `checkpoint` (from `ClipLoader.state()`) restores reader position and RNG state."""
+                   checkpoint: str | None = None, source_size: int = 0):
+    """The reader pipeline; `checkpoint` (from `ClipLoader.state()`) restores reader position and RNG state.
+
+    Geometry per view, one resampling each (measured on CPU, `bench/data.py`): without rotation, an antialiased
+    ROI resize of the view's square crop (area fraction in `s.scale`) to `s.input_size`; with rotation, one
+    `fn.warp_affine` (bilinear, borders clamped) whose destination -> source matrix composes the rotation about
+    the frame centre (angle in +-`s.rotate` degrees), the crop (anywhere in the rotated frame) and the resize,
+    after frames larger than `working_size` are resized (antialiased) once for both views — 1.8x a rotation
+    followed by a crop-resize at 64 px."""
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali import math as dmath
 
     gpu = use_gpu(s.device)
     device_id = torch.cuda.current_device() if gpu else None
+    size = working_size(s, source_size)
+
+    def uniform(lo: float, hi: float):  # DALI refuses an empty range: a fixed value is a constant
+        return fn.random.uniform(range=[lo, hi]) if hi > lo else float(lo)
+
+    def crop(side):
+        """The crop's top-left corner (relative), anywhere in the frame."""
+        return uniform(0.0, 1.0) * (1.0 - side), uniform(0.0, 1.0) * (1.0 - side)
 
     def view(seq):
-        """One augmented view; operators whose range is neutral (e.g. for evaluation) are left out."""
-        if s.rotate:  # one angle per sample = per clip: every frame of the clip turns alike (borders clamped)
-            seq = fn.rotate(seq, angle=fn.random.uniform(range=[-s.rotate, s.rotate]), keep_size=True)
-        if tuple(s.scale) == (1.0, 1.0):
-            v = fn.resize(seq, size=[s.input_size, s.input_size], antialias=True)
-        else:
-            side = dmath.sqrt(fn.random.uniform(range=list(s.scale)))
-            start = fn.random.uniform(range=[0.0, 1.0], shape=[2]) * (1.0 - side)
-            v = fn.resize(seq, roi_start=start, roi_end=start + side, roi_relative=True,
-                          size=[s.input_size, s.input_size], antialias=True)
-        return v  # uint8 [T, S, S, 3]: colour jitter, blur and normalisation follow on the batch (finish_views)
+        """One augmented view, uint8 [T, S, S, 3]; one draw of angle and crop per clip, shared by its T frames."""
+        full = tuple(s.scale) == (1.0, 1.0)  # the whole frame: no crop drawn
+        side = dmath.sqrt(uniform(*s.scale)) if s.scale[1] > s.scale[0] else math.sqrt(s.scale[0])
+        if not s.rotate:  # an antialiased ROI resize: DALI's separable resampling, the fastest (measured)
+            if full:
+                return fn.resize(seq, size=[s.input_size, s.input_size], antialias=True)
+            ox, oy = crop(side)
+            return fn.resize(seq, roi_start=fn.stack(oy, ox), roi_end=fn.stack(oy + side, ox + side),
+                             roi_relative=True, size=[s.input_size, s.input_size], antialias=True)
+        # Rotation, crop and resize as one warp. For destination pixel d (continuous coordinates, [0, S]^2)
+        # the source point is c + R(-a) (w * (o + side * d / S) - c): w = (W, H) the frame size, c = w / 2 its
+        # centre, o the crop's top-left corner and side its relative side, both in the rotated frame.
+        hw = seq.shape(dtype=types.FLOAT)  # [F, H, W, C]
+        h, w = hw[1], hw[2]
+        a = uniform(-s.rotate, s.rotate) * (math.pi / 180.0)
+        cos, sin = dmath.cos(a), dmath.sin(a)
+        ox, oy = (0.0, 0.0) if full else crop(side)
+        sx, sy = w * side / s.input_size, h * side / s.input_size
+        px, py = w * ox - w * 0.5, h * oy - h * 0.5  # the crop corner, relative to the centre
+        m = fn.stack(cos * sx, sin * sy, w * 0.5 + cos * px + sin * py,
+                     -sin * sx, cos * sy, h * 0.5 - sin * px + cos * py)
+        return fn.warp_affine(seq, matrix=fn.reshape(m, shape=[2, 3]), size=[s.input_size, s.input_size],
+                              interp_type=types.INTERP_LINEAR, inverse_map=True)
 
     @pipeline_def(batch_size=s.batch_size, num_threads=s.num_threads, device_id=device_id, seed=s.seed,
                   prefetch_queue_depth=s.prefetch, enable_checkpointing=True)
@@ -70,6 +107,8 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
             initial_fill=s.shuffle_buffer, pad_last_batch=True, name="Reader")
         frames = [fn.decoders.image(j, device="mixed" if gpu else "cpu", output_type=types.RGB) for j in outs[:clip_len]]
         seq = fn.stack(*frames, axis_name="F")
+        if s.rotate and size:  # the warps do not antialias: downsample once, antialiased, for both views
+            seq = fn.resize(seq, size=[size, size], antialias=True)
         # <key>.json zero-padded to the longest in the batch: a dense tensor whatever the length of the identity and
         # video names (a fixed 1,024 bytes failed the whole batch on a clip with longer names)
         meta = fn.pad(outs[clip_len], axes=[0], fill_value=0)
@@ -162,7 +201,8 @@ class ClipLoader:
 
         for attempt in range(MAX_RECOVERIES + 1):
             try:
-                self.pipe = build_pipeline(self.settings, self.shard_paths, self.index_paths, self.clip_len, checkpoint)
+                self.pipe = build_pipeline(self.settings, self.shard_paths, self.index_paths, self.clip_len, checkpoint,
+                                           int(self.manifest.size or 0))
             except RuntimeError as e:  # DALI opens its files here: S3 down or throttled shows first here
                 failure = s3_read_failure(e, self.shard_paths + self.index_paths)
                 if failure is not None:

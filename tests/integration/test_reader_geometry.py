@@ -1,0 +1,75 @@
+"""The views' geometry, measured on frames whose pixel values are their own coordinates: red = 2 x, green = 2 y.
+
+Whatever the drawn angle and crop position, a view of such a frame is a plane whose red and green gradients
+have the length 2 * side * W / S per output pixel (side = sqrt of the crop's area fraction, W the frame side,
+S the model input) and are perpendicular — for the DALI reader (one warp per view after a shared resize) and
+the baseline loader (rotation, crop, resize) alike."""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+
+W = 96  # packed frame side (pixels)
+
+
+@pytest.fixture(scope="module")
+def ramps(tmp_path_factory):
+    from PIL import Image
+
+    from aupretrain.data import shards
+
+    root = tmp_path_factory.mktemp("ramps")
+    y, x = np.mgrid[0:W, 0:W].astype(np.float64) + 0.5
+    img = np.stack([2 * x, 2 * y, np.full_like(x, 128)], -1).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=100, subsampling=0)
+    samples = [shards.Sample(shards.make_key("id0", i), [buf.getvalue()] * 4,
+                             shards.ClipMeta(f"id{i % 2}/v{i}", f"id{i % 2}", [0, 1, 2, 3], 25.0, W)) for i in range(8)]
+    info = shards.write_shard(samples, str(root), 0, root)
+    shards.write_manifest(str(root), shards.Manifest(samples=8, frames=32, clip_len=4, stride=1, size=W,
+                                                     identities=["id0", "id1"], videos=8, shards=[info]))
+    return root
+
+
+def settings(root, **kw):
+    from aupretrain.data.dataset import ReaderSettings
+
+    plain = dict(brightness=(1.0, 1.0), contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0, blur_sigma=(0.0, 0.0),
+                 mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3)  # views in pixel values
+    return ReaderSettings(**{"root": str(root), "batch_size": 4, "input_size": 32, "device": "cpu", "num_threads": 1,
+                             "shuffle_buffer": 4, **plain, **kw})
+
+
+def gradients(view) -> tuple[np.ndarray, np.ndarray]:
+    """Median red and green gradient vectors (d/dx, d/dy per output pixel) of a view [T, 3, S, S], inner pixels."""
+    v = view[0].double().numpy()
+    out = []
+    for c in (0, 1):
+        gy, gx = np.gradient(v[c])
+        inner = (slice(6, -6), slice(6, -6))  # away from borders clamped by the rotation
+        out.append(np.array([np.median(gx[inner]), np.median(gy[inner])]))
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("loader", ["dali", "torch"])
+@pytest.mark.parametrize("area,rotate", [((1.0, 1.0), 0.0), ((0.36, 0.36), 0.0), ((0.36, 0.36), 20.0)])
+def test_views_scale_and_rotate_as_drawn(ramps, loader, area, rotate):
+    from aupretrain.data.dali_reader import ClipLoader
+    from aupretrain.data.torch_reader import TorchClipLoader
+
+    s = settings(ramps, scale=area, rotate=rotate)
+    batch = next(iter((ClipLoader if loader == "dali" else TorchClipLoader)(s)))
+    want = 2 * math.sqrt(area[0]) * W / s.input_size  # red/green change per output pixel
+    angles = []
+    for view in list(batch["view1"]) + list(batch["view2"]):
+        r, g = gradients(view)
+        assert np.linalg.norm(r) == pytest.approx(want, rel=0.08) and np.linalg.norm(g) == pytest.approx(want, rel=0.08)
+        assert abs(r @ g) < 0.08 * want ** 2  # still perpendicular: a rotation, not a shear
+        assert (view[:, :2] - view[:1, :2]).abs().max() < 1.0  # one draw per clip: every frame warped alike
+        angles.append(math.degrees(math.atan2(r[1], r[0])))
+    assert max(abs(a) for a in angles) <= rotate + 1.5
+    if rotate:
+        assert max(angles) - min(angles) > 2.0  # angles are drawn (8 views), not fixed
