@@ -171,6 +171,7 @@ SCHEMA: dict[str, Spec] = {
     "eval.dataset": _choice("synthetic", "bp4d", "disfa", "gft"),
     "eval.protocol": _choice("linear", "finetune"),
     "eval.select": _choice("auto", "none", "validation"),
+    "eval.normalize": _choice("none", "video_median"),
     "eval.identities": _int(2),
     "eval.videos_per_identity": _int(1),
     "eval.frames": _int(1),

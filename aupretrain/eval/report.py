@@ -87,17 +87,37 @@ def _fold_entry(k, test, data, pred_probs, thr, extra) -> dict:
             "thresholds": {a: float(t) for a, t in zip(data.aus, np.broadcast_to(thr, (len(data.aus),)))}, **extra}
 
 
+def normalize_codes(codes: np.ndarray, data: LabelledFrames, mode: str = "none") -> np.ndarray:
+    """Codes [N, D] as the probe sees them. `none`: unchanged. `video_median`: each video's median code
+    subtracted from its frames (person-specific normalisation: Baltrusaitis, Mahmoud & Robinson, "Cross-dataset
+    learning and person-specific normalisation for automatic Action Unit detection", FG 2015; OpenFace's AU
+    models) — a person's constant appearance cancels, what changes within the video stays. It reads every frame
+    of a video, the test videos' too (offline use of a whole video, as OpenFace does). Raises ValueError for an
+    unknown mode."""
+    if mode == "none":
+        return codes
+    if mode != "video_median":
+        raise ValueError(f"eval.normalize={mode!r}: must be none or video_median")
+    out = np.empty_like(codes)
+    for v in np.unique(data.video):
+        m = data.video == v
+        out[m] = codes[m] - np.median(codes[m], axis=0, keepdims=True)
+    return out
+
+
 def evaluate_codes(codes: np.ndarray, data: LabelledFrames, cfg_eval, seed: int = 0,
                    folds: list[np.ndarray] | None = None, selection_log: list | None = None) -> dict:
     """Subject-exclusive k-fold linear AU probe on codes [N, D]; F1 over the pooled out-of-fold predictions
     (`f1`, `f1_mean`), per fold (`folds`) and their mean (`f1_fold_mean`).
 
-    folds: test masks [N] bool (default: `eval.folds` seeded subject folds, the synthetic protocol). With
+    Codes are first normalised as `eval.normalize` says (`normalize_codes`). folds: test masks [N] bool
+    (default: `eval.folds` seeded subject folds, the synthetic protocol). With
     `eval.select=none` each fold's probe runs `probe.steps` steps and thresholds at 0.5 (the synthetic
     default, unchanged); with `validation` both are chosen by `select_linear` on subjects of the training folds
     only — the test fold is read once, to predict. Every index set used is appended to `selection_log`.
     """
     p = cfg_eval.probe
+    codes = normalize_codes(codes, data, str(cfg_eval.get("normalize", "none")))
     mode = select_mode(cfg_eval, data.dataset)
     masks = folds if folds is not None else subject_folds(data.identity, int(cfg_eval.folds), seed)
     probs = np.zeros_like(data.labels)

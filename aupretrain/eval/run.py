@@ -49,6 +49,22 @@ def load_data(cfg, encoder: AUEncoder) -> tuple[LabelledFrames, list[np.ndarray]
     return data, masks, source
 
 
+def check_normalize(e, protocol: str, save_head) -> None:
+    """Refuse (UsageError) `eval.normalize` other than none where it cannot hold: fine-tuning trains on frames,
+    not on codes, and a saved head would need each video's median code wherever it is applied."""
+    mode = str(e.get("normalize", "none"))
+    if mode == "none":
+        return
+    from ..errors import UsageError
+
+    if protocol != "linear":
+        raise UsageError(f"eval.normalize={mode} applies to the linear protocol (codes); use eval.protocol=linear "
+                         "or eval.normalize=none")
+    if save_head is not None:
+        raise UsageError(f"--save-head with eval.normalize={mode}: a head on normalised codes would need each "
+                         "video's median code wherever it is applied; save heads with eval.normalize=none")
+
+
 def _save_fig(fig, out_dir, name, tracker):
     import matplotlib.pyplot as plt
 
@@ -67,10 +83,11 @@ def evaluate(cfg, encoder: AUEncoder, tracker=None, out_dir: str | Path | None =
     Raises ValueError (UsageError) for overlapping synthetic identity sets or a bad dataset folder."""
     e = cfg.eval
     seed = int(cfg.run.seed)
-    data, masks, fold_source = load_data(cfg, encoder)
     protocol = str(e.get("protocol", "linear"))
     if protocol not in ("linear", "finetune"):
         raise ValueError(f"eval.protocol={protocol!r}: must be linear or finetune")
+    check_normalize(e, protocol, save_head)
+    data, masks, fold_source = load_data(cfg, encoder)
     encoders = {"pretrained": encoder}
     if e.random_baseline:
         torch.manual_seed(seed + 1)
@@ -96,6 +113,7 @@ def evaluate(cfg, encoder: AUEncoder, tracker=None, out_dir: str | Path | None =
     summary = {"split": str(e.split), "aus": data.aus, "frames": int(len(data.labels)),
                "identities": len(data.identity_names), "results": results, "dataset": data.dataset,
                "protocol": protocol, "select": select_mode(e, data.dataset), "fold_source": fold_source,
+               "normalize": str(e.get("normalize", "none")),
                "data_info": data.info, "subjects": list(data.identity_names)}
     if data.dataset != "synthetic":  # identity sets (split) are the synthetic corpus's
         summary.pop("split")

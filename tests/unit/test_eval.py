@@ -113,3 +113,38 @@ def test_reference_rows_always_positive_and_hog():
     assert not np.allclose(h[0], h[1])  # different images, different descriptors
     with pytest.raises(ValueError, match="RGB frames"):
         hog_features(frames[..., 0])
+
+
+def test_video_median_normalisation_cancels_each_persons_offset():
+    """eval.normalize=video_median (person-specific normalisation, OpenFace-style): a per-video offset on the
+    same dimensions as the AU signal misleads a probe trained on other people; subtracting each video's
+    median code removes it, and with it the identity signal."""
+    from aupretrain.eval.report import normalize_codes
+
+    data, rng = fake_set(n_id=9)
+    offset = rng.normal(0, 4, size=(data.video.max() + 1, 3))[data.video]  # each video its own appearance
+    codes = data.labels * 2 + rng.normal(0, 0.2, data.labels.shape) + offset
+    norm = normalize_codes(codes, data, "video_median")
+    assert np.allclose(normalize_codes(codes - offset, data, "video_median"), norm)  # offsets cancel exactly
+    for v in np.unique(data.video):
+        assert np.allclose(np.median(norm[data.video == v], axis=0), 0)
+    assert normalize_codes(codes, data, "none") is codes
+    with pytest.raises(ValueError, match="eval.normalize='zscore'"):
+        normalize_codes(codes, data, "zscore")
+    plain = evaluate_codes(codes, data, EVAL)
+    person = evaluate_codes(codes, data, OmegaConf.merge(EVAL, {"normalize": "video_median"}))
+    assert person["f1_mean"] > 0.9 and plain["f1_mean"] < 0.75
+    assert person["identity_acc"] < plain["identity_acc"]
+
+
+def test_normalize_is_refused_where_it_cannot_hold():
+    from aupretrain.errors import UsageError
+    from aupretrain.eval.run import check_normalize
+
+    e = OmegaConf.create({"normalize": "video_median"})
+    check_normalize(e, "linear", None)
+    check_normalize(OmegaConf.create({"normalize": "none"}), "finetune", "heads/x")
+    with pytest.raises(UsageError, match="applies to the linear protocol"):
+        check_normalize(e, "finetune", None)
+    with pytest.raises(UsageError, match="--save-head with eval.normalize=video_median"):
+        check_normalize(e, "linear", "heads/x")
