@@ -64,7 +64,7 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
 
     gpu = use_gpu(s.device)
     device_id = torch.cuda.current_device() if gpu else None
-    size = working_size(s, source_size)
+    size = working_size(s, source_size) if s.rotate else 0  # only the warps (rotation) need the shared resize
 
     def uniform(lo: float, hi: float):  # DALI refuses an empty range: a fixed value is a constant
         return fn.random.uniform(range=[lo, hi]) if hi > lo else float(lo)
@@ -107,7 +107,7 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
             initial_fill=s.shuffle_buffer, pad_last_batch=True, name="Reader")
         frames = [fn.decoders.image(j, device="mixed" if gpu else "cpu", output_type=types.RGB) for j in outs[:clip_len]]
         seq = fn.stack(*frames, axis_name="F")
-        if s.rotate and size:  # the warps do not antialias: downsample once, antialiased, for both views
+        if size:  # the warps do not antialias: downsample once, antialiased, for both views
             seq = fn.resize(seq, size=[size, size], antialias=True)
         # <key>.json zero-padded to the longest in the batch: a dense tensor whatever the length of the identity and
         # video names (a fixed 1,024 bytes failed the whole batch on a clip with longer names)
