@@ -82,7 +82,9 @@ def finish_views(x: torch.Tensor, s: ReaderSettings, g: torch.Generator, taps: i
     `colour_maps`, clamped to [0, 255]; a blur sigma uniform in `s.blur_sigma` (pixels; a separable `taps`-tap
     kernel, reflected borders: DALI's `gaussian_blur`), off when its maximum is 0; then the model's per-channel
     mean and std (times 255). The same operators, in the same order, as the baseline loader's `augment_view` +
-    `blur_clips`. The frames stay uint8 through the reader (a quarter of the bytes): on the GPU the arithmetic is
+    `blur_clips`. The result keeps DALI's channels-last memory layout (a permuted view: `stride(2) == 1`), which
+    is the layout the model's channels-last convolutions read, so no pass re-lays the pixels out on the way
+    (`engine.step` concatenates the two views in that layout). The frames stay uint8 through the reader (a quarter of the bytes): on the GPU the arithmetic is
     torch's on the device; on CPU it is OpenCV's `transform` and `GaussianBlur` on uint8 (rounded to grey levels,
     as DALI's uint8 operators were) and one numpy pass to float — together ~3x faster than DALI's CPU operators
     or torch's, measured in `bench/data.py` (docs/benchmarks.md). `opencv`: None = on CPU tensors; False = torch's
@@ -117,10 +119,10 @@ def finish_views(x: torch.Tensor, s: ReaderSettings, g: torch.Generator, taps: i
                 cv2.GaussianBlur(src[i, t], (taps, taps), sg, dst=out[i, t], sigmaY=sg,
                                  borderType=cv2.BORDER_REFLECT_101)
         src = out
-    planes = np.ascontiguousarray(src.transpose(0, 1, 4, 2, 3))
-    y = np.multiply(planes, scale.numpy().reshape(1, 1, 3, 1, 1), dtype=np.float32)
-    y += shift.numpy().reshape(1, 1, 3, 1, 1)
-    return torch.from_numpy(y)
+    # normalisation as a per-channel lookup table (uint8 -> float32): one pass, no relayout
+    lut = (torch.arange(256.0).view(256, 1) * scale + shift).numpy().astype(np.float32).reshape(1, 256, 3)
+    y = cv2.LUT(src.reshape(-1, src.shape[-2], 3), lut).reshape(src.shape)
+    return torch.from_numpy(y).permute(0, 1, 4, 2, 3)
 
 
 def map_colours(x: torch.Tensor, m: torch.Tensor, off: torch.Tensor) -> torch.Tensor:

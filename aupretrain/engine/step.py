@@ -33,7 +33,15 @@ def input_dtype(engine) -> torch.dtype | None:
 
 
 def _to(batch: dict[str, Any], device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    return torch.cat([batch["view1"], batch["view2"]]).to(device, dtype=dtype, non_blocking=True)
+    """Both views as one [2B, T, 3, S, S] input on `device`. Views laid out channels-last in memory (the DALI
+    reader's: `stride(-3) == 1`) are joined in that layout, which the model's channels-last convolutions read
+    without a copy; others are joined as they are."""
+    v1, v2 = batch["view1"], batch["view2"]
+    if v1.stride(-3) == 1 and v2.stride(-3) == 1:
+        x = torch.cat([v1.movedim(-3, -1), v2.movedim(-3, -1)]).movedim(-1, -3)
+    else:
+        x = torch.cat([v1, v2])
+    return x.to(device, dtype=dtype, non_blocking=True)
 
 
 def _add(parts_sum: dict[str, torch.Tensor], parts: dict[str, torch.Tensor], scale: float) -> None:
