@@ -76,9 +76,12 @@ def main() -> None:
     ap.add_argument("--shift", type=float, default=0.0, help="max translation (fraction of half the side)")
     ap.add_argument("--rot", type=float, default=0.0, help="max rotation (degrees)")
     ap.add_argument("--bright", type=float, default=0.0, help="brightness/offset jitter amplitude")
+    ap.add_argument("--split", choices=["validation", "test"], default="validation",
+                    help="evaluation identities: validation for every tuning run; test only to report a setting "
+                         "chosen on validation")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (model=..., model.au_grid=0, eval.*)")
     a = ap.parse_args()
-    cfg = load_config(["model=resnet_small", "eval.split=validation", *a.overrides])  # a tuning tool: never the test ids
+    cfg = load_config(["model=resnet_small", f"eval.split={a.split}", *a.overrides])  # tuning: validation ids only
     thr = float(cfg.eval.au_threshold)
     train_root = Path(a.corpus_root) / f"train-{a.identities}x{a.videos}x{a.frames}"
     if not (train_root / "corpus.json").exists():
@@ -115,7 +118,7 @@ def main() -> None:
         probs_ev = torch.sigmoid(clf(enc.encode(torch.from_numpy(x_ev)))).numpy()
     f1_tr = per_au_f1(y_tr[:: max(1, len(X) // 4000)], probs_tr)
     f1_ev = per_au_f1(y_ev, probs_ev)
-    rows = [{"size": a.size, "steps": a.steps, "train identities": a.identities, "final train BCE": float(np.mean(losses[-50:])),
+    rows = [{"split": a.split, "size": a.size, "steps": a.steps, "train identities": a.identities, "final train BCE": float(np.mean(losses[-50:])),
              "F1 train frames": float(f1_tr.mean()), "F1 eval identities": float(f1_ev.mean()), "train s": train_s}]
     report("Supervised AUEncoder, trained on labels, scored on held-out identities", rows, a.json,
            {"args": vars(a), "per_au_f1_eval": f1_ev.tolist(), "per_au_f1_train": f1_tr.tolist()})
