@@ -28,7 +28,7 @@ from aupretrain.config import load_config  # noqa: E402
 from aupretrain.synth.corpus import write_corpus  # noqa: E402
 from aupretrain.eval.datasets import ensure_synthetic, load_synthetic  # noqa: E402
 from aupretrain.eval.probe import per_au_f1  # noqa: E402
-from aupretrain.models.encoder import AUEncoder  # noqa: E402
+from aupretrain.models.encoder import AUEncoder, save_encoder  # noqa: E402
 
 
 def frames_of(root: Path, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--split", choices=["validation", "test"], default="validation",
                     help="evaluation identities: validation for every tuning run; test only to report a setting "
                          "chosen on validation")
+    ap.add_argument("--save-encoder", help="also write the trained encoder here (encoder.pt, for aupretrain-eval)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (model=..., model.au_grid=0, eval.*)")
     a = ap.parse_args()
     cfg = load_config(["model=resnet_small", f"eval.split={a.split}", *a.overrides])  # tuning: validation ids only
@@ -113,6 +114,8 @@ def main() -> None:
         losses.append(loss.item())
     train_s = time.time() - t0
     enc.eval()
+    if a.save_encoder:
+        save_encoder(enc, a.save_encoder)
     with torch.no_grad():
         probs_tr = torch.sigmoid(clf(enc.encode(X[:: max(1, len(X) // 4000)]))).numpy()
         probs_ev = torch.sigmoid(clf(enc.encode(torch.from_numpy(x_ev)))).numpy()
