@@ -86,7 +86,7 @@ def finish_views(x: torch.Tensor, s: ReaderSettings, g: torch.Generator, taps: i
     is the layout the model's channels-last convolutions read, so no pass re-lays the pixels out on the way
     (`engine.step` concatenates the two views in that layout). The frames stay uint8 through the reader (a quarter of the bytes): on the GPU the arithmetic is
     torch's on the device; on CPU it is OpenCV's `transform` and `GaussianBlur` on uint8 (rounded to grey levels,
-    as DALI's uint8 operators were) and one numpy pass to float — together ~3x faster than DALI's CPU operators
+    as DALI's uint8 operators were) and one lookup-table pass to float (`cv2.LUT`) — together ~3x faster than DALI's CPU operators
     or torch's, measured in `bench/data.py` (docs/benchmarks.md). `opencv`: None = on CPU tensors; False = torch's
     operators whatever the device (what the GPU runs)."""
     b = x.shape[0]
