@@ -38,12 +38,12 @@ def ensure_shards(path: Path) -> Path:
 
 def to_model(batch: dict) -> None:
     """What the training step does with a batch before the first convolution: both views joined
-    (`engine.step._to`) and laid out as the channels-last trunk reads them (a copy unless already so)."""
+    (`engine.step.join_views`) and laid out as the channels-last trunk reads them (a copy unless already so)."""
     import torch
 
-    from aupretrain.engine.step import _to
+    from aupretrain.engine.step import join_views
 
-    _to(batch, "cpu").flatten(0, 1).contiguous(memory_format=torch.channels_last)
+    join_views(batch, "cpu").flatten(0, 1).contiguous(memory_format=torch.channels_last)
 
 
 def rate(batches, clip_len: int, batch: int, warmup: int, steps: int, deliver: bool = False) -> float:

@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--save-encoder", help="also write the trained encoder here (encoder.pt, for aupretrain-eval)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (model=..., model.au_grid=0, eval.*)")
     a = ap.parse_args()
-    cfg = load_config(["model=resnet_small", f"eval.split={a.split}", *a.overrides])  # tuning: validation ids only
+    cfg = load_config(["model=resnet_small", f"eval.split={a.split}", *a.overrides])  # tune on validation; --split test only reports
     thr = float(cfg.eval.au_threshold)
     train_root = Path(a.corpus_root) / f"train-{a.identities}x{a.videos}x{a.frames}"
     if not (train_root / "corpus.json").exists():

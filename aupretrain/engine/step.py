@@ -32,7 +32,7 @@ def input_dtype(engine) -> torch.dtype | None:
     return None
 
 
-def _to(batch: dict[str, Any], device, dtype: torch.dtype | None = None) -> torch.Tensor:
+def join_views(batch: dict[str, Any], device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Both views as one [2B, T, 3, S, S] input on `device`. Views laid out channels-last in memory (the DALI
     reader's: `stride(-3) == 1`) are joined in that layout, which the model's channels-last convolutions read
     without a copy; others are joined as they are."""
@@ -65,14 +65,14 @@ def train_step(engine, objective: Objective, batches: list[dict[str, Any]], rank
     if objective.has_global and k > 1:
         with torch.no_grad():
             for batch in batches:  # features only: no decoder pass, no request
-                out = engine(_to(batch, device, dtype))
+                out = engine(join_views(batch, device, dtype))
                 cache.append({n: v.detach() for n, v in objective.features(split_views(out, b)).items()})
     method = engine.module
     total = torch.zeros((), device=device)
     parts: dict[str, torch.Tensor] = {}
     queued: list[torch.Tensor] = []
     for j, batch in enumerate(batches):
-        outputs = split_views(engine(_to(batch, device, dtype), **method.request(batch, t)), b)
+        outputs = split_views(engine(join_views(batch, device, dtype), **method.request(batch, t)), b)
         loss = None
         if objective.has_global:
             feats = objective.features(outputs)

@@ -165,17 +165,17 @@ def test_finish_views_without_jitter_only_normalises():
 def test_dali_views_reach_the_model_channels_last_without_a_relayout():
     """finish_views keeps DALI's NHWC memory (on both paths), the step joins the two views in it, and the
     model's channels-last trunk then reads the input as it is: same values as a contiguous NCHW join."""
-    from aupretrain.engine.step import _to
+    from aupretrain.engine.step import join_views
 
     s = _colour_settings()
     x = torch.randint(0, 256, (2, 3, 8, 8, 3), dtype=torch.uint8)
     for opencv in (True, False):
         v1, v2 = (finish_views(x, s, torch.Generator().manual_seed(k), opencv=opencv) for k in (0, 1))
         assert v1.shape == (2, 3, 3, 8, 8) and v1.stride(2) == 1
-        joined = _to({"view1": v1, "view2": v2}, "cpu")
+        joined = join_views({"view1": v1, "view2": v2}, "cpu")
         frames = joined.flatten(0, 1)
         assert frames.is_contiguous(memory_format=torch.channels_last)
         assert frames.contiguous(memory_format=torch.channels_last).data_ptr() == frames.data_ptr()  # no copy
         assert torch.equal(joined, torch.cat([v1.contiguous(), v2.contiguous()]))
     plain = {"view1": torch.rand(2, 3, 3, 8, 8), "view2": torch.rand(2, 3, 3, 8, 8)}  # the baseline loader's
-    assert torch.equal(_to(plain, "cpu"), torch.cat([plain["view1"], plain["view2"]]))
+    assert torch.equal(join_views(plain, "cpu"), torch.cat([plain["view1"], plain["view2"]]))
