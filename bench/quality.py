@@ -13,7 +13,9 @@ probe, subject-exclusive folds, on `eval.split=test` unless overridden) is read 
 same test identities: random-init encoder, HOG, always-positive. Tuning belongs on `eval.split=validation`.
 
 JSON: {"mean_f1": {method: mean over seeds}, "mean_f1_std": {...}, "identity_acc": {...},
-"per_au_f1": {method: {AU: F1}}, "ablations": {variant: {...}}, "runs": [...]} (values in [0, 1]).
+"per_au_f1": {method: {AU: F1}}, "ablations": {variant: {...}}, "runs": [...]} (values in [0, 1]). The key
+`supervised_own_head` is the supervised run's own classifier (fitted on the pretraining identities' labels,
+`<run>/au_head`) applied as it is to the test identities — the bound without the probe's 16 identities per fold.
 """
 from __future__ import annotations
 
@@ -77,8 +79,11 @@ def pretrain_and_probe(method: str, seed: int, run_dir: Path, shards: Path, labe
         r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
     if r.returncode != 0:
         raise RuntimeError(f"{method} seed {seed} failed (exit {r.returncode}); log: {log}")
-    out = json.loads((run_dir / "eval.json").read_text())["results"]["pretrained"]
+    res = json.loads((run_dir / "eval.json").read_text())["results"]
+    out = res["pretrained"]
     out["seconds"] = time.time() - t0
+    if "pretrained (saved head)" in res:  # supervised: its own classifier (<run>/au_head), applied as it is
+        out["own_head"] = res["pretrained (saved head)"]
     return out
 
 
@@ -150,6 +155,8 @@ def main() -> None:
     for m in a.methods:
         results[m] = [pretrain_and_probe(m, s, work / f"{m}-s{s}", shards, synth_dir, preset, a.overrides, nproc,
                                          work / "logs") for s in seeds]
+        if all("own_head" in r for r in results[m]):  # the supervised bound through its own classifier
+            results[f"{m}_own_head"] = [{**r.pop("own_head"), "seconds": r["seconds"]} for r in results[m]]
         print(f"{m}: mean F1 {np.mean([r['f1_mean'] for r in results[m]]):.3f} ({time.time() - t0:.0f} s so far)",
               flush=True)
     js = summarise(results)

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="a run's saved config (<run>/config.yaml) instead of configs/; overrides apply on top")
     ap.add_argument("--step", type=int, default=0, help="MLflow step of the eval metrics (training's last step)")
     ap.add_argument("--save-head", metavar="PATH", help="keep a head trained on every frame: PATH/head.safetensors + head.json")
+    ap.add_argument("--head", metavar="PATH", help="also score this saved linear AU head as it is, no fitting (a supervised "
+                    "run's <run>/au_head, or a --save-head folder): row 'pretrained (saved head)'")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
     ap.add_argument("--out", help="folder for eval.json and the plots (default: the encoder's folder)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of configs/ (eval=bp4d, eval.root=..., eval.*)")
@@ -77,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         enc_path, folder, run_dir = resolve_encoder(a.encoder)
         encoder = load_encoder(enc_path)
+        if a.head:  # refused before the frames are read
+            from ..models.head import load_linear_head
+
+            if not (Path(a.head) / "head.json").is_file():
+                raise FileNotFoundError(f"--head {a.head}: no head.json (an AU head folder)")
+            meta = load_linear_head(a.head)[1]
+            if int(meta["code_dim"]) != encoder.au_dim:
+                raise ValueError(f"--head {a.head}: the head takes {meta['code_dim']}-d AU codes, "
+                                 f"{a.encoder} gives {encoder.au_dim}-d")
     except (FileNotFoundError, ValueError) as e:
         print(f"aupretrain-eval: error: {e}", file=sys.stderr)
         return 2
@@ -87,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:
         summary = evaluate(cfg, encoder, tracker, out, step=a.step, save_head=a.save_head,
-                           pretraining_run=pretraining_run)
+                           pretraining_run=pretraining_run, head=a.head)
     except UsageError as e:
         print(f"aupretrain-eval: error: {e}", file=sys.stderr)
         return 2

@@ -34,6 +34,16 @@ class FrameLabels:
             self._cache[video] = np.asarray(lab["au"], dtype=np.float32)
         return self._cache[video]
 
+    def names(self) -> list[str]:
+        """The AU names of the labels: those of the videos read so far, else of the first `*.labels.json` under
+        the root (a loader whose lookups ran in worker processes). Raises FileNotFoundError when there is none."""
+        if self.aus is None:
+            first = next((u for u, _ in storage.list_files(self.root) if u.endswith(LABELS_SUFFIX)), None)
+            if first is None:
+                raise FileNotFoundError(f"{self.root}: no *{LABELS_SUFFIX} files (data.labels)")
+            self.aus = list(json.loads(storage.read_text(first))["aus"])
+        return list(self.aus)
+
     def clip(self, video: str, frames: list[int]) -> np.ndarray:
         """[T, A] labels of the clip's source frames."""
         table = self._video(video)

@@ -178,8 +178,8 @@ def _fail_together(errors: list, out: Path, run_dir: str | Path, step: int, is_m
 
 
 def write_on_main(write, path: str | Path, what: str, is_main: bool, collective: bool = True) -> None:
-    """Rank 0 calls `write(tmp)` to write `path` through a temporary file renamed into place (a reader never
-    sees half a file); a failure (a full disk, a read-only or vanished folder; also torch.save's errno-less
+    """Rank 0 calls `write(tmp)` to write `path` through a temporary file (or folder) renamed into place (a
+    reader never sees half a file); a failure (a full disk, a read-only or vanished folder; also torch.save's errno-less
     "unexpected pos") removes the temporary file and becomes ONE `EnvironmentFault` naming `what`, `path` and the
     reason. `collective=True`: every rank calls this and every rank raises the same fault (a broadcast, so no rank
     is left waiting); `collective=False`: only rank 0 calls it and raises.
@@ -199,7 +199,7 @@ def write_on_main(write, path: str | Path, what: str, is_main: bool, collective:
             write(tmp)
             os.replace(tmp, path)
         except (OSError, RuntimeError) as e:
-            tmp.unlink(missing_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
             free = _free(path.parent)
             msg = (f"{what} {path} could not be written: {why(e, path)}"
                    f"{f' ({free / 2 ** 20:.1f} MiB free now)' if free is not None else ''}")

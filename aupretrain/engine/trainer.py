@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..data import integrity, storage
 from ..data.dataset import build_loader
 from ..data.storage import EnvironmentFault
-from ..methods import build_method, method_class
+from ..methods import Method, build_method, method_class
 from ..models.encoder import save_encoder
 from ..objectives import build_objective
 from . import checkpoint, resume
@@ -25,6 +25,7 @@ from .step import train_step
 from .tracking import Tracker, device_description, run_tags
 
 log = logging.getLogger("aupretrain.train")
+AU_HEAD = "au_head"  # <run>/au_head: the method's own AU classifier as an AU head folder (supervised runs)
 
 
 def resolve_run_dir(cfg: DictConfig, d: DistInfo) -> Path:
@@ -74,6 +75,33 @@ def export_encoder(engine, path: Path, extra: dict) -> None:
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=int(engine.zero_optimization_stage()) == 3):
         checkpoint.write_on_main(lambda tmp: save_encoder(enc, tmp, extra), path, "the trained encoder",
                                  engine.global_rank == 0)
+
+
+def export_au_head(engine, path: Path, aus, meta: dict) -> bool:
+    """Rank 0 writes the method's own AU classifier (`Method.au_head`: the supervised bound's, fitted on the
+    pretraining labels) as an AU head folder (`aupretrain.models.head`) that `aupretrain-extract --head` and
+    `aupretrain-eval --head` read; collective. `aus`: a callable giving the AU names (rank 0 only). Returns
+    False when the method has no such classifier. A failed write raises `EnvironmentFault` on every rank."""
+    import shutil
+
+    import deepspeed
+
+    from ..models.head import save_head
+
+    module = engine.module
+    if type(module).au_head is Method.au_head:
+        return False
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None,
+                                           enabled=int(engine.zero_optimization_stage()) == 3):
+        tensors = module.au_head()
+    info = None
+    if engine.global_rank == 0:
+        shutil.rmtree(path, ignore_errors=True)  # a finished run exported again
+        names = list(aus())
+        info = {"protocol": "linear", "aus": names, "thresholds": [0.5] * len(names),
+                "code_dim": int(tensors["linear.weight"].shape[1]), **meta}
+    checkpoint.write_on_main(lambda tmp: save_head(tmp, tensors, info), path, "the AU head", engine.global_rank == 0)
+    return True
 
 
 RUNTIME_DAMAGE = (integrity.BAD_JPEG, integrity.BAD_JSON)  # found by a rank while reading (the same keys on all)
@@ -217,6 +245,10 @@ def train(cfg: DictConfig) -> dict:
                 "stopped_at": end}
     try:  # a full disk here: one error on every rank, the final checkpoint is complete (a rerun exports again)
         export_encoder(engine, run_dir / "encoder.pt", {"step": steps, "mlflow_run_id": run_id})
+        export_au_head(engine, run_dir / AU_HEAD, lambda: loader.labels.names(),
+                       {"source": f"training run {run_dir.name}: objective={cfg.objective.name}, fitted on the "
+                                  f"labels at data.labels={cfg.data.labels}", "dataset": str(cfg.data.shards),
+                        "label_threshold": float(cfg.objective.get("label_threshold", 0.5)), "steps": steps})
         barrier()
         if d.is_main:
             checkpoint.record_stop(run_dir, steps, steps, "finished", d.world, tracker.run_id or run_id)
@@ -235,12 +267,14 @@ def train(cfg: DictConfig) -> dict:
 def evaluate_in_own_process(run_dir: Path, config: Path, step: int, run_id: str | None) -> int:
     """`aupretrain-eval` on the exported encoder as a fresh process (spawned, not forked: no CUDA, NCCL or DALI
     threads of the training job are inherited, and it gets every core); results go to <run>/eval.json and
-    the same MLflow run. Returns its exit status (logged as an error when not 0)."""
+    the same MLflow run; `<run>/au_head`, when the method wrote one, is scored as a row of its own. Returns its exit status (logged as an error when not 0)."""
     import subprocess
     import sys
 
+    head = run_dir / AU_HEAD  # the supervised bound's own classifier: scored as it is, beside the probe
     cmd = [sys.executable, "-m", "aupretrain.cli.evaluate", str(run_dir / "encoder.pt"), "--config", str(config),
-           "--step", str(step), *(["--mlflow-run", run_id] if run_id else [])]
+           "--step", str(step), *(["--mlflow-run", run_id] if run_id else []),
+           *(["--head", str(head)] if (head / "head.json").is_file() else [])]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
                                                             "MASTER_ADDR", "MASTER_PORT")}
     rc = subprocess.run(cmd, env=env).returncode

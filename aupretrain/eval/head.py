@@ -1,4 +1,5 @@
-"""`aupretrain-eval --save-head PATH`: one AU head trained on every labelled frame, kept for later use.
+"""`aupretrain-eval --save-head PATH`: one AU head trained on every labelled frame, kept for later use
+(the file format: `aupretrain.models.head`).
 
 PATH is a folder: `head.safetensors` (the probe's tensors: `bn.*` BatchNorm1d + `linear.*` Linear for the
 linear protocol; `head.*` plus the fine-tuned `encoder.*` for `protocol=finetune`) and `head.json` (format,
@@ -15,40 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.head import FORMAT, load_linear_head, save_head
 from .datasets import LabelledFrames
-from .probe import fit_au_probe
-from .report import select_linear, select_mode
+from .probe import fit_au_probe, per_au_f1, predict
+from .report import f1_summary, select_linear, select_mode
 
-FORMAT = "aupretrain-au-head/1"
-
-
-def save_head(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Write `<path>/head.safetensors` and `<path>/head.json`; returns the folder."""
-    from safetensors.torch import save_file
-
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
-               for k, v in tensors.items()}, str(out / "head.safetensors"))
-    (out / "head.json").write_text(json.dumps({"format": FORMAT, **meta}, indent=1))
-    return out
-
-
-def load_linear_head(path: str | Path) -> tuple[nn.Module, dict]:
-    """(BatchNorm1d + Linear probe in eval mode: codes [N, D] -> AU logits [N, A], head.json contents)."""
-    from safetensors.torch import load_file
-
-    meta = json.loads((Path(path) / "head.json").read_text())
-    if meta.get("format") != FORMAT or meta.get("protocol") != "linear":
-        raise ValueError(f"{path}: not a linear aupretrain AU head ({meta.get('format')}, {meta.get('protocol')})")
-    d, a = int(meta["code_dim"]), len(meta["aus"])
-    probe = nn.Sequential(nn.BatchNorm1d(d), nn.Linear(d, a))
-    st = load_file(str(Path(path) / "head.safetensors"))
-    try:
-        probe.load_state_dict({k.replace("bn.", "0.").replace("linear.", "1."): v for k, v in st.items()})
-    except RuntimeError as e:  # tensors that do not fit head.json's sizes
-        raise ValueError(f"{path}: head.safetensors does not match head.json ({str(e).splitlines()[-1].strip()})") from None
-    return probe.eval(), meta
+__all__ = ["FORMAT", "AUPredictor", "final_finetuned_head", "final_linear_head", "load_head", "load_linear_head",
+           "save_head", "score_head"]
 
 
 class AUPredictor(nn.Module):
@@ -142,3 +116,31 @@ def final_finetuned_head(encoder, data: LabelledFrames, cfg_eval, seed: int = 0)
             "encoder_config": encoder.config, "dataset": data.dataset, "frames": int(len(data.labels)),
             "subjects": list(data.identity_names)}
     return tensors, meta
+
+
+def score_head(path: str | Path, codes: np.ndarray, data: LabelledFrames) -> dict:
+    """F1 of a saved linear head applied as it is (no fitting) to codes [N, D] of every frame of `data`, at the
+    head's own per-AU thresholds: the row `aupretrain-eval --head` adds (for the supervised bound, its own
+    classifier fitted on the pretraining identities' labels, `<run>/au_head`).
+
+    Raises:
+        FileNotFoundError: `path` holds no head.json.
+        ValueError: not a linear head, or a code size other than the encoder's.
+        UsageError: AUs of `data` the head does not predict.
+    """
+    folder = Path(path)
+    if not (folder / "head.json").is_file():
+        raise FileNotFoundError(f"{path}: no head.json (an AU head folder: <run>/au_head or aupretrain-eval --save-head)")
+    probe, meta = load_linear_head(folder)
+    if int(meta["code_dim"]) != codes.shape[1]:
+        raise ValueError(f"{path}: the head takes {meta['code_dim']}-d AU codes, the encoder gives {codes.shape[1]}-d")
+    missing = [a for a in data.aus if a not in meta["aus"]]
+    if missing:
+        from ..errors import UsageError
+
+        raise UsageError(f"--head {path}: the head predicts {meta['aus']}, not {missing} of {data.dataset}")
+    cols = [list(meta["aus"]).index(a) for a in data.aus]
+    probs = predict(probe, codes)[:, cols]
+    thr = np.asarray(meta.get("thresholds", [0.5] * len(meta["aus"])), dtype=np.float64)[cols]
+    return {**f1_summary(per_au_f1(data.labels, probs, thr), data), "head": str(folder),
+            "head_source": meta.get("source", meta.get("dataset"))}

@@ -76,10 +76,13 @@ def _save_fig(fig, out_dir, name, tracker):
 
 
 def evaluate(cfg, encoder: AUEncoder, tracker=None, out_dir: str | Path | None = None, step: int | None = None,
-             save_head: str | Path | None = None, pretraining_run: str | None = None) -> dict:
+             save_head: str | Path | None = None, pretraining_run: str | None = None,
+             head: str | Path | None = None) -> dict:
     """Probe `encoder` (and the configured reference rows) on `eval.dataset` with `eval.protocol`; print the
     table, write `<out_dir>/eval.json`, `eval_f1.png` (per-AU F1 bars) and `eval_pca.png` (2-D PCA of the
-    codes by identity and by AU), log `eval/*` metrics, tags and both figures. With `save_head` keep a head trained on every frame (see head.py).
+    codes by identity and by AU), log `eval/*` metrics, tags and both figures. With `save_head` keep a head trained on every frame (see head.py);
+    with `head` also score that saved linear head as it is on every frame (row "pretrained (saved head)",
+    `eval_head/*`: the supervised bound's own classifier, `<run>/au_head`).
     Raises ValueError (UsageError) for overlapping synthetic identity sets or a bad dataset folder."""
     e = cfg.eval
     seed = int(cfg.run.seed)
@@ -102,6 +105,12 @@ def evaluate(cfg, encoder: AUEncoder, tracker=None, out_dir: str | Path | None =
         if "identity_acc" in results["pretrained"]:  # leakage of the frozen code the fine-tuning started from
             ft.update({k: results["pretrained"][k] for k in ("identity_acc", "identity_chance")})
         results = {"pretrained (fine-tuned)": ft, "pretrained (linear)": results.pop("pretrained"), **results}
+    if head is not None:
+        from .head import score_head
+
+        results = {**{k: v for k, v in results.items() if k.startswith("pretrained")},
+                   "pretrained (saved head)": score_head(head, codes["pretrained"], data),
+                   **{k: v for k, v in results.items() if not k.startswith("pretrained")}}
     for name in list(e.get("baselines", [])):
         if name == "hog":
             results["HOG"] = evaluate_codes(hog_features(data.frames), data, e, seed=seed, folds=masks)
@@ -130,7 +139,8 @@ def evaluate(cfg, encoder: AUEncoder, tracker=None, out_dir: str | Path | None =
         Path(out_dir, "eval.json").write_text(json.dumps(summary, indent=1))
     if tracker is not None:
         main = next(iter(results))
-        for name, prefix in ((main, "eval"), ("pretrained (linear)", "eval_linear"), ("random-init", "eval_random"), ("HOG", "eval_hog"),
+        for name, prefix in ((main, "eval"), ("pretrained (linear)", "eval_linear"), ("pretrained (saved head)", "eval_head"),
+                             ("random-init", "eval_random"), ("HOG", "eval_hog"),
                              ("always-positive", "eval_always_positive")):
             if name not in results:
                 continue

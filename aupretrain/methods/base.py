@@ -62,6 +62,11 @@ class Method(nn.Module):
             raise ValueError(f"{type(self).__name__} takes no request, got {sorted(request)}")
         return {}
 
+    def au_head(self) -> dict[str, torch.Tensor] | None:
+        """The method's own AU classifier on the AU code as a linear AU head's tensors (`bn.*`, `linear.*`;
+        `aupretrain.models.head`), written to `<run>/au_head` at the end of training; None: it has none."""
+        return None
+
     @torch.no_grad()
     def after_step(self, keys: torch.Tensor | None) -> None:
         """After each optimizer step; `keys` are the objective's momentum keys gathered from every rank."""

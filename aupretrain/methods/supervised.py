@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
+from ..models.head import linear_head_tensors
 from .base import Method
 
 
@@ -21,3 +23,8 @@ class SupervisedMethod(Method):
         super().extra(clips, frames, out, res, **request)
         n, t = clips.shape[:2]
         return {"au_logits": self.classifier(out["a"]).view(n, t, -1)}
+
+    def au_head(self) -> dict[str, torch.Tensor]:
+        """The classifier trained on the pretraining labels as a linear AU head (an identity BatchNorm, then
+        this Linear): `aupretrain-extract --head` and `aupretrain-eval --head` apply it as it is."""
+        return linear_head_tensors(self.classifier)

@@ -115,15 +115,35 @@ def test_local_rank_argument_is_accepted_in_one_process(packed, tmp_path):
 ])
 def test_torchrun_two_ranks(packed, corpus, tmp_path, objective, accum, term, extra):
     """torchrun launch; every objective end to end: CLP with feature-cache accumulation, MoCo with its queue
-    under autocast, the supervised bound with labels, TCL with DeepSpeed's bf16 weights."""
+    under autocast, the supervised bound with labels (its own classifier kept as an AU head and scored by the
+    end-of-run evaluation), TCL with DeepSpeed's bf16 weights."""
+    sup = objective == "supervised"
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN,
            *common(packed, tmp_path, **{"objective": objective, "deepspeed.gradient_accumulation_steps": accum,
                                         "data.labels": str(corpus), **extra,
-                                        "train.steps": 3, "train.eval_at_end": "false", "tracking.enabled": "false"})]
+                                        "train.steps": 3, "train.eval_at_end": str(sup).lower(),
+                                        "eval.random_baseline": "false", "eval.baselines": "[]",
+                                        "tracking.enabled": "false"})]
     r = launch(cmd, tmp_path)
-    meta = json.loads((only_run(tmp_path) / "checkpoints" / "step_3" / "meta.json").read_text())
+    run_dir = only_run(tmp_path)
+    meta = json.loads((run_dir / "checkpoints" / "step_3" / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["config"]["objective"]["name"] == objective
     assert f" {term} " in r.stderr  # the objective's own terms are logged every step
+    assert (run_dir / "au_head").exists() == sup  # only a method with its own AU classifier writes one
+    if sup:
+        import torch
+
+        from aupretrain import load_encoder
+        from aupretrain.eval.head import load_head
+
+        head = json.loads((run_dir / "au_head" / "head.json").read_text())
+        assert head["aus"] == json.loads((corpus / "corpus.json").read_text())["aus"] and head["steps"] == 3
+        probs = load_head(run_dir / "au_head", load_encoder(run_dir / "encoder.pt"))(
+            torch.randint(0, 255, (3, 48, 48, 3), dtype=torch.uint8))
+        assert probs.shape == (3, len(head["aus"])) and ((probs >= 0) & (probs <= 1)).all()
+        results = json.loads((run_dir / "eval.json").read_text())["results"]
+        assert list(results) == ["pretrained", "pretrained (saved head)"]
+        assert results["pretrained (saved head)"]["head"] == str(run_dir / "au_head")
 
 
 @pytest.mark.parametrize("stage", [0, 1, 3])
