@@ -94,13 +94,14 @@ def export_au_head(engine, path: Path, aus, meta: dict) -> bool:
     with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None,
                                            enabled=int(engine.zero_optimization_stage()) == 3):
         tensors = module.au_head()
-    info = None
+    def write(tmp: Path) -> None:  # on rank 0; the AU names are read here so a failure is the same one fault
+        names = list(aus())
+        save_head(tmp, tensors, {"protocol": "linear", "aus": names, "thresholds": [0.5] * len(names),
+                                 "code_dim": int(tensors["linear.weight"].shape[1]), **meta})
+
     if engine.global_rank == 0:
         shutil.rmtree(path, ignore_errors=True)  # a finished run exported again
-        names = list(aus())
-        info = {"protocol": "linear", "aus": names, "thresholds": [0.5] * len(names),
-                "code_dim": int(tensors["linear.weight"].shape[1]), **meta}
-    checkpoint.write_on_main(lambda tmp: save_head(tmp, tensors, info), path, "the AU head", engine.global_rank == 0)
+    checkpoint.write_on_main(write, path, "the AU head", engine.global_rank == 0)
     return True
 
 
@@ -267,7 +268,8 @@ def train(cfg: DictConfig) -> dict:
 def evaluate_in_own_process(run_dir: Path, config: Path, step: int, run_id: str | None) -> int:
     """`aupretrain-eval` on the exported encoder as a fresh process (spawned, not forked: no CUDA, NCCL or DALI
     threads of the training job are inherited, and it gets every core); results go to <run>/eval.json and
-    the same MLflow run; `<run>/au_head`, when the method wrote one, is scored as a row of its own. Returns its exit status (logged as an error when not 0)."""
+    the same MLflow run; `<run>/au_head`, when the method wrote one, is scored as a row of its own. Returns its
+    exit status (logged as an error when not 0)."""
     import subprocess
     import sys
 
