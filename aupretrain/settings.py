@@ -190,6 +190,7 @@ SCHEMA: dict[str, Spec] = {
     "synth.fps": _num_spec(0, above=True),
     "synth.size": _int(8, what="pixels"),
     "synth.workers": _int(0, what="0: one per core"),
+    "synth.head_motion": _num_spec(0, what="scale of the head-pose motion; 0: a still head"),
     "pack.clip_len": _int(1, what="frames per clip"),
     "pack.stride": _int(1, what="frames between the frames of a clip"),
     "pack.clip_step": _int(1, null=True, what="frames between clip starts"),

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     stats = write_corpus(out, c["identities"], c["videos_per_identity"], c["frames"], c["seed"], fps=c["fps"],
                          size=c["size"], workers=c["workers"], first_identity=c["first_identity"],
-                         overwrite=a.overwrite)
+                         overwrite=a.overwrite, head_motion=float(c.get("head_motion", 1.0)))
     stats["seconds"] = round(time.time() - t0, 1)
     if a.sheet:
         contact_sheet(a.sheet, c["seed"], size=c["size"])

@@ -32,6 +32,7 @@ class VideoJob:
     fps: float
     size: int
     seed: int
+    head_motion: float = 1.0  # scale of the head-pose track's amplitudes (0: a still head)
 
     @property
     def identity_name(self) -> str:
@@ -53,7 +54,7 @@ def render_video(job: VideoJob) -> dict:
     rng = np.random.default_rng(vseed)
     scene = sample_scene(vseed)
     aus = sample_au_track(rng, job.frames, job.fps)
-    poses = sample_pose_track(rng, job.frames, job.fps)
+    poses = sample_pose_track(rng, job.frames, job.fps, motion=job.head_motion)
     lms = []
 
     def frames():
@@ -83,8 +84,10 @@ RENDERER_VERSION = 2  # bump when the same arguments render different videos (2:
 
 def write_corpus(root: str | Path, identities: int, videos_per_identity: int, frames: int, seed: int,
                  fps: float = 25.0, size: int = 112, workers: int = 0, first_identity: int = 0,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, head_motion: float = 1.0) -> dict:
     """Render the corpus (parallel over videos); skips videos already complete. Returns summary stats.
+    `head_motion` scales the head-pose track (yaw, pitch, roll, shift and zoom around each video's mean pose; 0: the
+    head holds its mean pose, so frames of a video differ by AUs only — a control for what a pretext task learns).
 
     Raises ValueError if `root` holds a corpus rendered with other settings (frames, fps, size, seed, videos per
     identity, renderer version): its videos would be mixed with new ones. `overwrite=True` deletes it first.
@@ -94,7 +97,8 @@ def write_corpus(root: str | Path, identities: int, videos_per_identity: int, fr
     if old.exists():
         prev = json.loads(old.read_text())
         want = {"renderer": RENDERER_VERSION, "videos_per_identity": videos_per_identity, "frames": frames,
-                "fps": fps, "size": size, "seed": seed}
+                "fps": fps, "size": size, "seed": seed, "head_motion": head_motion}
+        prev.setdefault("head_motion", 1.0)  # corpora written before the knob moved the head fully
         diff = {k: (prev.get(k), v) for k, v in want.items() if prev.get(k) != v}
         if diff and not overwrite:
             changes = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in diff.items())
@@ -104,7 +108,7 @@ def write_corpus(root: str | Path, identities: int, videos_per_identity: int, fr
             log.warning("%s: replacing a corpus rendered with other settings %s", root, diff)
             shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
-    jobs = [VideoJob(str(root), i, v, frames, fps, size, seed)
+    jobs = [VideoJob(str(root), i, v, frames, fps, size, seed, float(head_motion))
             for i in range(first_identity, first_identity + identities) for v in range(videos_per_identity)]
     todo = [j for j in jobs if not (root / j.identity_name / f"{j.video_name}{LABELS_SUFFIX}").exists()]
     workers = workers or min(len(todo) or 1, os.cpu_count() or 1)
@@ -118,7 +122,7 @@ def write_corpus(root: str | Path, identities: int, videos_per_identity: int, fr
     bar.close()
     meta = {"renderer": RENDERER_VERSION, "identities": identities, "videos_per_identity": videos_per_identity,
             "frames": frames, "fps": fps, "size": size, "seed": seed, "first_identity": first_identity,
-            "aus": list(AUS)}
+            "aus": list(AUS), **({"head_motion": head_motion} if head_motion != 1.0 else {})}
     meta_path = root / "corpus.json"
     if todo or not meta_path.exists() or json.loads(meta_path.read_text()) != meta:  # unchanged corpus: keep mtime
         meta_path.write_text(json.dumps(meta, indent=2))

@@ -70,15 +70,17 @@ def _behaviour(rng: np.random.Generator, frames: int, fps: float, events_per_s: 
 
 
 def sample_pose_track(rng: np.random.Generator, frames: int, fps: float, yaw: float = 14.0, pitch: float = 8.0,
-                      roll: float = 6.0, shift: float = 0.025) -> list[Pose]:
-    """Smooth head motion: a few slow sinusoids per axis around a random mean pose."""
+                      roll: float = 6.0, shift: float = 0.025, motion: float = 1.0) -> list[Pose]:
+    """Smooth head motion: a few slow sinusoids per axis (degrees; shift as a fraction of the side) around a random
+    mean pose; `motion` scales the sinusoids (0: the mean pose in every frame). The random draws are the same for
+    every `motion`, so corpora that differ only in it hold the same faces, AUs and mean poses."""
     t = np.arange(frames) / fps
 
     def wave(amplitude: float) -> np.ndarray:
         mean = rng.uniform(-0.5, 0.5) * amplitude
         w = sum(rng.uniform(0.2, 0.5) * amplitude * np.sin(2 * np.pi * rng.uniform(0.05, 0.4) * t + rng.uniform(0, 6.3))
                 for _ in range(3))
-        return mean + w
+        return mean + motion * w
 
     ys, ps, rs = wave(yaw), wave(pitch), wave(roll)
     dx, dy = wave(shift), wave(shift)

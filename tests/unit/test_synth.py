@@ -123,3 +123,21 @@ def test_contact_sheet(tmp_path):
     contact_sheet(p, seed=0, identities=3, size=64)
     img = cv2.imread(str(p))
     assert img.shape[0] == 18 + 3 * 64 and img.shape[1] % 64 == 0 and img.std() > 20
+
+
+def test_head_motion_zero_holds_the_mean_pose_and_keeps_faces_and_aus(tmp_path):
+    still = write_corpus(tmp_path / "still", 2, 1, 10, seed=3, workers=1, head_motion=0.0)
+    write_corpus(tmp_path / "moving", 2, 1, 10, seed=3, workers=1)
+    assert still["videos"] == 2
+    for ident in ("id00000", "id00001"):
+        s = json.loads((tmp_path / "still" / ident / "v000.labels.json").read_text())
+        m = json.loads((tmp_path / "moving" / ident / "v000.labels.json").read_text())
+        assert s["au"] == m["au"]  # the same behaviour: only the head's motion differs
+        assert len({tuple(p) for p in s["pose"]}) == 1 and len({tuple(p) for p in m["pose"]}) == 10
+        lm = np.asarray(s["landmarks"])
+        assert np.abs(lm - lm[0]).max() < 3.0  # landmarks move with the AUs only (pixels)
+    assert json.loads((tmp_path / "still" / "corpus.json").read_text())["head_motion"] == 0.0
+    assert "head_motion" not in json.loads((tmp_path / "moving" / "corpus.json").read_text())  # the default: as before
+    with pytest.raises(ValueError, match="head_motion: 0.0 -> 1.0"):  # never mixed with moving heads
+        write_corpus(tmp_path / "still", 2, 1, 10, seed=3, workers=1)
+    write_corpus(tmp_path / "moving", 2, 1, 10, seed=3, workers=1)  # a corpus from before the knob: unchanged
