@@ -80,14 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         enc_path, folder, run_dir = resolve_encoder(a.encoder)
         encoder = load_encoder(enc_path)
         if a.head:  # refused before the frames are read
-            from ..models.head import load_linear_head
+            from ..eval.head import open_linear_head
 
-            if not (Path(a.head) / "head.json").is_file():
-                raise FileNotFoundError(f"--head {a.head}: no head.json (an AU head folder)")
-            meta = load_linear_head(a.head)[1]
-            if int(meta["code_dim"]) != encoder.au_dim:
-                raise ValueError(f"--head {a.head}: the head takes {meta['code_dim']}-d AU codes, "
-                                 f"{a.encoder} gives {encoder.au_dim}-d")
+            open_linear_head(a.head, encoder.au_dim)
     except (FileNotFoundError, ValueError) as e:
         print(f"aupretrain-eval: error: {e}", file=sys.stderr)
         return 2

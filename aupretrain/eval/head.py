@@ -22,7 +22,7 @@ from .probe import fit_au_probe, per_au_f1, predict
 from .report import f1_summary, select_linear, select_mode
 
 __all__ = ["FORMAT", "AUPredictor", "final_finetuned_head", "final_linear_head", "load_head", "load_linear_head",
-           "save_head", "score_head"]
+           "open_linear_head", "save_head", "score_head"]
 
 
 class AUPredictor(nn.Module):
@@ -118,6 +118,17 @@ def final_finetuned_head(encoder, data: LabelledFrames, cfg_eval, seed: int = 0)
     return tensors, meta
 
 
+def open_linear_head(path: str | Path, code_dim: int) -> tuple[nn.Module, dict]:
+    """`load_linear_head` for codes of size `code_dim`. Raises FileNotFoundError (no head.json) or ValueError
+    (not a linear head, another code size), each naming `path`."""
+    if not (Path(path) / "head.json").is_file():
+        raise FileNotFoundError(f"{path}: no head.json (an AU head folder: <run>/au_head or aupretrain-eval --save-head)")
+    probe, meta = load_linear_head(path)
+    if int(meta["code_dim"]) != int(code_dim):
+        raise ValueError(f"{path}: the head takes {meta['code_dim']}-d AU codes, the encoder gives {code_dim}-d")
+    return probe, meta
+
+
 def score_head(path: str | Path, codes: np.ndarray, data: LabelledFrames) -> dict:
     """F1 of a saved linear head applied as it is (no fitting) to codes [N, D] of every frame of `data`, at the
     head's own per-AU thresholds: the row `aupretrain-eval --head` adds (for the supervised bound, its own
@@ -129,11 +140,7 @@ def score_head(path: str | Path, codes: np.ndarray, data: LabelledFrames) -> dic
         UsageError: AUs of `data` the head does not predict.
     """
     folder = Path(path)
-    if not (folder / "head.json").is_file():
-        raise FileNotFoundError(f"{path}: no head.json (an AU head folder: <run>/au_head or aupretrain-eval --save-head)")
-    probe, meta = load_linear_head(folder)
-    if int(meta["code_dim"]) != codes.shape[1]:
-        raise ValueError(f"{path}: the head takes {meta['code_dim']}-d AU codes, the encoder gives {codes.shape[1]}-d")
+    probe, meta = open_linear_head(folder, codes.shape[1])
     missing = [a for a in data.aus if a not in meta["aus"]]
     if missing:
         from ..errors import UsageError

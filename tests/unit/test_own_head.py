@@ -58,7 +58,7 @@ def test_eval_refuses_a_head_that_does_not_fit_before_reading_any_frame(tmp_path
 
     save_encoder(AUEncoder(TINY, 32), tmp_path / "encoder.pt")
     assert main([str(tmp_path / "encoder.pt"), "--head", str(tmp_path / "nothing")]) == 2
-    assert "--head " + str(tmp_path / "nothing") + ": no head.json" in capsys.readouterr().err
+    assert str(tmp_path / "nothing") + ": no head.json" in capsys.readouterr().err
     save_head(tmp_path / "h", linear_head_tensors(torch.nn.Linear(5, 2)),
               {"protocol": "linear", "aus": ["AU1", "AU2"], "thresholds": [0.5, 0.5], "code_dim": 5})
     assert main([str(tmp_path / "encoder.pt"), "--head", str(tmp_path / "h")]) == 2
