@@ -35,10 +35,12 @@ class FrameLabels:
         return self._cache[video]
 
     def names(self) -> list[str]:
-        """The AU names of the labels: those of the videos read so far, else of the first `*.labels.json` under
-        the root (a loader whose lookups ran in worker processes). Raises FileNotFoundError when there is none."""
+        """The AU names of the labels: those of the videos read so far, else of the first `*.labels.json` found
+        under the root (a loader whose lookups ran in worker processes; the listing stops at the first page that
+        holds one, so a large S3 prefix is not listed whole). Raises FileNotFoundError when there is none."""
         if self.aus is None:
-            first = next((u for u, _ in storage.list_files(self.root) if u.endswith(LABELS_SUFFIX)), None)
+            root = self.root.rstrip("/") + "/" if storage.is_s3(self.root) else self.root
+            first = next((u for u, _ in storage.iter_files(root) if u.endswith(LABELS_SUFFIX)), None)
             if first is None:
                 raise FileNotFoundError(f"{self.root}: no *{LABELS_SUFFIX} files (data.labels)")
             self.aus = list(json.loads(storage.read_text(first))["aus"])

@@ -276,17 +276,30 @@ def get_file(uri: str, local: str | Path) -> None:
         shutil.copyfile(uri, local)
 
 
-def list_files(prefix: str) -> list[tuple[str, int]]:
-    """(uri, size) of every file under a folder or s3:// prefix, sorted by uri."""
+def iter_files(prefix: str) -> Iterator[tuple[str, int]]:
+    """(uri, size) of the files under a folder or s3:// prefix, lazily and in no promised order: S3 is listed
+    one page (1,000 keys) at a time as the caller asks for more, a folder one directory at a time, so a caller
+    that needs one file stops the listing early."""
     if is_s3(prefix):
         bucket, key = split_s3(prefix)
-        out = []
         with _s3_errors(prefix, "list"):
             for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-                out += [(f"s3://{bucket}/{o['Key']}", int(o["Size"])) for o in page.get("Contents", [])]
-        return sorted(out)
-    root = Path(prefix)
-    return sorted((str(p), p.stat().st_size) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+                for o in page.get("Contents", []):
+                    yield f"s3://{bucket}/{o['Key']}", int(o["Size"])
+        return
+    if not Path(prefix).is_dir():
+        return
+    for folder, dirs, files in os.walk(prefix):
+        dirs.sort()
+        for name in sorted(files):
+            p = Path(folder) / name
+            if p.is_file():
+                yield str(p), p.stat().st_size
+
+
+def list_files(prefix: str) -> list[tuple[str, int]]:
+    """(uri, size) of every file under a folder or s3:// prefix, sorted by uri."""
+    return sorted(iter_files(prefix))
 
 
 def delete(uri: str) -> None:

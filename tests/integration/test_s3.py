@@ -96,3 +96,27 @@ def test_s3_keys_with_url_characters_round_trip(astronaut_mp4, s3_server, tmp_pa
     it = iter(loader)
     seen = {x["video"] for _ in range(loader.steps_per_epoch) for x in next(it)["meta"]}
     assert seen == {"ben/interview #2", "cara/why smile?", "dan/a=b+c 100% ü"}
+
+
+def test_label_names_read_from_the_first_listing_page(s3_server):
+    """AU names of a labels prefix come from its first page of keys: a prefix of many videos is not listed whole."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aupretrain.data.labels import FrameLabels
+
+    s3 = storage.s3_client()
+    s3.create_bucket(Bucket="labels")
+    body = json.dumps({"aus": ["AU1", "AU12"], "au": [[0.0, 1.0]]}).encode()
+    with ThreadPoolExecutor(8) as pool:  # 1,100 videos: two pages of ListObjectsV2 (1,000 keys each)
+        list(pool.map(lambda i: s3.put_object(Bucket="labels", Key=f"corpus/id{i:05d}/v000.labels.json", Body=body),
+                      range(1100)))
+    s3.put_object(Bucket="labels", Key="corpus-other/x.labels.json", Body=b"{}")  # a sibling prefix, not read
+    calls = []
+    s3.meta.events.register("provide-client-params.s3.ListObjectsV2", lambda params, **kw: calls.append(dict(params)))
+    assert FrameLabels("s3://labels/corpus").names() == ["AU1", "AU12"]
+    assert len(calls) == 1 and calls[0]["Prefix"] == "corpus/"
+    calls.clear()
+    assert len(storage.list_files("s3://labels/corpus/")) == 1100 and len(calls) == 2
+    with pytest.raises(FileNotFoundError, match="s3://labels/none"):
+        FrameLabels("s3://labels/none").names()
