@@ -15,13 +15,37 @@ from torch import nn
 from ..models.encoder import AUEncoder
 
 
+@torch.no_grad()
+def frame_change(clips: torch.Tensor, std: tuple[float, float, float] | torch.Tensor, grid: int = 8) -> torch.Tensor:
+    """How much each pair of a clip's frames differs where it differs most, label-free.
+
+    clips: [N, T, 3, S, S] normalised frames (x - mean) / std of one view each (the frames of one view share
+    their crop and colour draw, so their differences are the face's own); std: the normalisation's per-channel
+    std. Returns [N, T, T] (symmetric, zero diagonal): the largest, over a grid x grid tiling of the frame, of
+    the patches' mean absolute difference in pixel units of [0, 1] (channel mean). Computed one frame pair at a
+    time, so memory stays at one [N, 3, S, S] difference. Raises ValueError if S < grid.
+    """
+    n, t, _, s, _ = clips.shape
+    if s < grid:
+        raise ValueError(f"frame_change: frames of {s} px cannot be tiled by a {grid} x {grid} grid")
+    scale = torch.as_tensor(std, dtype=torch.float32, device=clips.device).view(1, 3, 1, 1)
+    out = torch.zeros(n, t, t, device=clips.device)
+    for i in range(t):
+        for j in range(i + 1, t):
+            d = ((clips[:, i].float() - clips[:, j].float()).abs() * scale).mean(1, keepdim=True)
+            m = F.adaptive_avg_pool2d(d, grid).flatten(1).amax(1)
+            out[:, i, j] = out[:, j, i] = m
+    return out
+
+
 class Method(nn.Module):
     """Encoder + projector g (AU code `a` -> unit-norm contrastive embedding `z`): TCL and SimCLR as they are.
 
     Args:
         model_cfg: the `model` config (encoder widths, code sizes, projector sizes; `aupretrain/configs/model/`).
         input_size: side of the square input in pixels.
-        objective_cfg: the `objective` config (read by methods with extra modules).
+        objective_cfg: the `objective` config (read by methods with extra modules; with
+            `negative_min_change` > 0 `forward` also measures the frames' `change` for TCL's near-duplicate mask).
     """
 
     def __init__(self, model_cfg: dict[str, Any], input_size: int, objective_cfg: Any = None):
@@ -30,6 +54,8 @@ class Method(nn.Module):
         self.encoder = AUEncoder(c, input_size)
         self.projector = nn.Sequential(nn.Linear(c["au_dim"], c["proj_hidden"]), nn.ReLU(inplace=True),
                                        nn.Linear(c["proj_hidden"], c["proj_dim"]))
+        self.measure_change = float((objective_cfg or {}).get("negative_min_change", 0.0) or 0.0) > 0
+        self.input_std = tuple(float(v) for v in c.get("std", (0.229, 0.224, 0.225)))
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -46,12 +72,16 @@ class Method(nn.Module):
 
     def forward(self, clips: torch.Tensor, **request: Any) -> dict[str, Any]:
         """clips [N, T, 3, S, S] (N = 2B: view 1 then view 2 of B clips) -> a, p [N, T, D] and z [N, T, d]
-        (unit norm), plus what `extra` adds."""
+        (unit norm), plus what `extra` adds; with `measure_change`, `change` [B, T, T]: `frame_change` of the
+        two views, averaged."""
         n, t = clips.shape[:2]
         frames = clips.flatten(0, 1)
         out = self.encoder(frames)
         z = F.normalize(self.projector(out["a"]), dim=-1)
         res: dict[str, Any] = {"a": out["a"].view(n, t, -1), "p": out["p"].view(n, t, -1), "z": z.view(n, t, -1)}
+        if self.measure_change:
+            change = frame_change(clips, self.input_std)
+            res["change"] = 0.5 * (change[: n // 2] + change[n // 2:])
         res.update(self.extra(clips, frames, out, res, **request))
         return res
 

@@ -12,6 +12,16 @@ anchor's crop, colour distortion and blur, and 80 ms of motion changes few pixel
 anchor than the positive (the same frame under another distortion) and the task cannot be solved
 (measured: `tcl_acc` ~ 0 all run). Other-view neighbours carry the same distortion as the positive, so the
 only thing that tells the positive from them is what changed in the face between the frames (AUs, pose).
+
+Near-duplicate negatives (`negative_min_change`, off by default): a face that holds its expression shows the
+anchor's own AUs in the clip's other frames, and a negative that is the anchor's own image up to sensor noise
+asks the code to tell identical faces apart (measured on the synthetic renderer: 47 % of the in-clip pairs of
+4-frame clips at stride 4 differ by at most 0.05 in every AU). the method's `frame_change` (`aupretrain.methods.base`) measures, label-free, how much
+two frames of a clip differ where they differ most (the largest mean absolute difference over a grid of
+patches: AUs are local); same-clip negatives below the threshold are masked out of the denominator, as
+supervised-contrastive and debiased-contrastive losses drop likely false negatives (Khosla et al., NeurIPS
+2020; Chuang et al., NeurIPS 2020). Head motion changes every patch, so the mask only finds held expressions
+in stabilised faces (docs/method.md).
 """
 from __future__ import annotations
 
@@ -25,13 +35,15 @@ from .base import Objective
 
 
 def tcl_logits(anchors: torch.Tensor, keys: torch.Tensor, offset: int, view: int, temperature: float, margin: float,
-               window: int, cross_clip_weight: float = 1.0,
-               same_view_negatives: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               window: int, cross_clip_weight: float = 1.0, same_view_negatives: bool = False,
+               change: torch.Tensor | None = None, min_change: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of local anchors against all keys, with masking and margin applied; and the positive index.
 
     anchors: [B, T, d] unit-norm embeddings of this rank's clips in `view` (0 or 1).
     keys:    [G, 2, T, d] unit-norm embeddings of every clip of the global batch, both views; this rank's
              clips are keys[offset:offset + B].
+    change:  [B, T, T] `frame_change` of this rank's clips (optional); with min_change > 0, same-clip frames
+             that differ from the anchor's frame by less than min_change are not negatives.
     Returns logits [B*T, G*2*T] (fp32; masked keys at -inf) and the positive's column [B*T].
     """
     b, t, d = anchors.shape
@@ -48,6 +60,8 @@ def tcl_logits(anchors: torch.Tensor, keys: torch.Tensor, offset: int, view: int
     excluded = (dt <= window) & ~positive  # self, and neighbours inside the temporal window
     if not same_view_negatives:  # the anchor's own view of its clip holds no negatives
         excluded = excluded | (torch.arange(2, device=dev)[None, :, None] == view).expand(t, 2, t)
+    if change is not None and min_change > 0:  # [b, t, 1, t]: near-duplicates of the anchor's frame
+        excluded = excluded | ((change.to(dev)[:, :, None, :] < min_change) & ~positive)
     own = torch.arange(b, device=dev)
     block = logits[own, :, offset + own].masked_fill(excluded, float("-inf")) - positive.to(logits.dtype) * (margin / temperature)
     if cross_clip_weight <= 0:  # negatives from the same clip only
@@ -79,17 +93,19 @@ def ranking_loss(z: torch.Tensor, margin: float) -> torch.Tensor:
 
 def tcl_loss(z1: torch.Tensor, z2: torch.Tensor, keys: torch.Tensor, offset: int, temperature: float = 0.1,
              margin: float = 0.2, window: int = 0, symmetric: bool = True, rank_weight: float = 0.0,
-             rank_margin: float = 0.05, cross_clip_weight: float = 1.0,
-             same_view_negatives: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             rank_margin: float = 0.05, cross_clip_weight: float = 1.0, same_view_negatives: bool = False,
+             change: torch.Tensor | None = None, min_change: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """TCL loss of this rank's anchors (mean over anchors). Returns (loss, named parts).
 
+    z1, z2: [B, T, d] the two views' embeddings; change: [B, T, T] `frame_change` (used with min_change > 0).
     Parts: `tcl` (the InfoNCE term), `tcl_acc` (fraction of anchors whose most similar unmasked key, margin
-    removed, is their positive: retrieval accuracy over the whole global batch) and `tcl_clip_acc` (the same
+    removed, is their positive: retrieval accuracy over the whole global batch), `tcl_clip_acc` (the same
     among the keys of the anchor's own clip only: can the code tell frame t from the clip's other frames?
-    chance = 1 / the number of unmasked keys of the clip)."""
+    chance = 1 / the number of unmasked keys of the clip) and, with min_change > 0, `tcl_near_duplicates`
+    (the fraction of ordered same-clip frame pairs below min_change, masked as negatives)."""
     def direction(z, view):
         logits, target = tcl_logits(z, keys, offset, view, temperature, margin, window, cross_clip_weight,
-                                    same_view_negatives)
+                                    same_view_negatives, change, min_change)
         with torch.no_grad():  # retrieval diagnostics on the similarities without the margin
             raw = logits + F.one_hot(target, logits.shape[1]) * (margin / temperature)
             acc = (raw.argmax(1) == target).float().mean()
@@ -103,6 +119,10 @@ def tcl_loss(z1: torch.Tensor, z2: torch.Tensor, keys: torch.Tensor, offset: int
         nce2, acc2 = direction(z2, 1)
         nce, acc = 0.5 * (nce + nce2), 0.5 * (acc + acc2)
     parts = {"tcl": nce.detach(), "tcl_acc": acc[0], "tcl_clip_acc": acc[1]}
+    if change is not None and min_change > 0:
+        t = change.shape[1]
+        off_diagonal = ~torch.eye(t, dtype=torch.bool, device=change.device)
+        parts["tcl_near_duplicates"] = (change[:, off_diagonal] < min_change).float().mean()
     loss = nce
     if rank_weight > 0:
         r = 0.5 * (ranking_loss(z1, rank_margin) + ranking_loss(z2, rank_margin))
@@ -126,9 +146,16 @@ class TCLObjective(Objective):
         self.rank_margin = float(cfg.rank_margin)
         self.cross_clip_weight = float(cfg.cross_clip_weight)
         self.same_view_negatives = bool(cfg.get("same_view_negatives", False))
+        self.min_change = float(cfg.get("negative_min_change", 0.0))
 
     def features(self, outputs):
-        return {"z1": outputs["z1"], "z2": outputs["z2"]}
+        """z1, z2 [B, T, d]; and `change` [B, T, T] when the method measured it (`negative_min_change` > 0)."""
+        feats = {"z1": outputs["z1"], "z2": outputs["z2"]}
+        if self.min_change > 0:
+            if "change" not in outputs:
+                raise ValueError("objective.negative_min_change > 0 needs the method's frame change (outputs['change'])")
+            feats["change"] = outputs["change"]
+        return feats
 
     def keys(self, features):
         """z of both views, [B, 2, T, d]."""
@@ -136,7 +163,8 @@ class TCLObjective(Objective):
 
     def global_loss(self, features, keys, offset):
         return tcl_loss(features["z1"], features["z2"], keys, offset, self.temperature, self.margin, self.window,
-                        self.symmetric, 0.0, self.rank_margin, self.cross_clip_weight, self.same_view_negatives)
+                        self.symmetric, 0.0, self.rank_margin, self.cross_clip_weight, self.same_view_negatives,
+                        features.get("change"), self.min_change)
 
     def local_loss(self, outputs, batch):
         if self.rank_weight <= 0:
@@ -157,6 +185,7 @@ class SimCLRObjective(TCLObjective):
         self.margin, self.window, self.symmetric = 0.0, 0, True
         self.rank_weight, self.rank_margin, self.cross_clip_weight = 0.0, 0.0, 1.0
         self.same_view_negatives = True  # every other frame of the batch, both views, is a negative
+        self.min_change = 0.0
 
     def global_loss(self, features, keys, offset):
         loss, parts = super().global_loss(features, keys, offset)

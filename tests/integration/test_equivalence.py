@@ -26,6 +26,10 @@ OBJECTIVES = {
     "clp": dict(name="clp", temperature=0.1, margin=0.2, window=0, symmetric=True, rank_weight=0.3, rank_margin=0.05,
                 cross_clip_weight=1.0, cir=dict(self_weight=1.0, cycle_weight=1.0, au_weight=0.5, id_weight=0.5,
                                                 frames=2, identity_offset=1, stop_grad_targets=True)),
+    "clp_nd": dict(name="clp", temperature=0.1, margin=0.2, window=0, symmetric=True, rank_weight=0.3,
+                   rank_margin=0.05, cross_clip_weight=1.0, negative_min_change=0.05,
+                   cir=dict(self_weight=1.0, cycle_weight=1.0, au_weight=0.5, id_weight=0.5, frames=2,
+                            identity_offset=1, stop_grad_targets=True)),
     "moco": dict(name="moco", temperature=0.2, momentum=0.99, queue_size=1000, symmetric=True),
 }
 
@@ -41,6 +45,7 @@ def method(name):
 def global_batch(n_clips: int) -> dict:
     g = torch.Generator().manual_seed(1)
     views = torch.randn(2, n_clips, T, 3, S, S, generator=g)
+    views[:, ::2, 1] = views[:, ::2, 0]  # every other clip holds its first image: near-duplicate frames 0 and 1
     # partner: another clip of the same micro-batch (micro-batches are blocks of B clips)
     partner = torch.tensor([(i % B + 1) % B for i in range(n_clips)])
     return {"view1": views[0], "view2": views[1], "partner": partner}
@@ -132,9 +137,10 @@ def test_gather_equivalence(tmp_path, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("world,k,name", [(1, 3, "tcl"), (2, 2, "clp")])
+@pytest.mark.parametrize("world,k,name", [(1, 3, "tcl"), (2, 2, "clp"), (2, 2, "clp_nd")])
 def test_accumulation_equivalence(tmp_path, world, k, name):
-    """k micro-batches with the feature cache == one batch k times the size (every negative kept)."""
+    """k micro-batches with the feature cache == one batch k times the size (every negative kept; clp_nd:
+    the near-duplicate mask, whose frame change travels with the cached features)."""
     got = run_ranks(tmp_path, world=world, k=k, name=name)
     assert_same(got[0], *reference(name, world * k * B))
     assert all(torch.equal(g["delta"], got[0]["delta"]) for g in got)  # every rank applied the same update
