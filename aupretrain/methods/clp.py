@@ -15,6 +15,9 @@ s = (t + identity_offset) mod T:
     re-encode    a(x_x) -> target a_t^B (AU consistency),  p(x_x) -> target p_s^A (identity consistency)
     cycle  x_c   = D(a(x_x), p_s^B)           target x_t^B
 
+With `cir.source_frame` the decoder also reads the source image: the self reconstruction is D(a_t^A, p_s^A, x_s^A),
+the cross image D(a_t^B, p_s^A, x_s^A) (A's frame s with B's AUs) and the cycle D(a(x_x), p_s^B, x_s^B).
+
 `cir_forward` takes `encode` and `decode` as callables, so the same pass runs with the trained networks or,
 in tests, with an oracle (the synthetic renderer) to check the pairing.
 """
@@ -31,7 +34,7 @@ from ..models.resnet import norm_layer
 from .base import Method
 
 Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # images [N,3,S,S] -> (a [N,D], p [N,D])
-Decode = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (a, p) -> images [N,3,S,S]
+Decode = Callable[..., torch.Tensor]  # (a, p) or (a, p, source images) -> images [N,3,S,S]
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class CIRRequest:
     partner: torch.Tensor  # [B] index of a clip of another identity in this rank's batch, -1 if none
     frames: tuple[int, ...]  # frame indices t used for reconstruction
     identity_offset: int = 1  # identity code from frame s = (t + offset) mod T
+    source_frame: bool = False  # the decoder also reads frame s itself: D(a_t, p_s, x_s) (`cir.source_frame`)
 
 
 def select_frames(clip_len: int, count: int) -> tuple[int, ...]:
@@ -70,10 +74,12 @@ def cir_forward(encode: Encode, decode: Decode, x: torch.Tensor, a: torch.Tensor
 
     a_t, p_s = a[:, f], p[:, s]  # A's AU codes at t, A's identity codes at s
     a_t_b, p_s_b = a_t[partner], p_s[partner]  # the partner's
-    rec_self = decode(flat(a_t), flat(p_s))
-    cross = decode(flat(a_t_b), flat(p_s))
+    src = (flat(x[:, s]),) if req.source_frame else ()  # A's frames s (the decoder's source images)
+    src_b = (flat(x[partner[:, None], s[None, :]]),) if req.source_frame else ()
+    rec_self = decode(flat(a_t), flat(p_s), *src)
+    cross = decode(flat(a_t_b), flat(p_s), *src)
     a_cross, p_cross = encode(cross)
-    rec_cycle = decode(a_cross, flat(p_s_b))
+    rec_cycle = decode(a_cross, flat(p_s_b), *src_b)
     return {
         "rec_self": unflat(rec_self), "target_self": x[:, f],
         "cross": unflat(cross),
@@ -85,8 +91,14 @@ def cir_forward(encode: Encode, decode: Decode, x: torch.Tensor, a: torch.Tensor
 
 
 class Decoder(nn.Module):
+    """D(a, p) -> image, or with `source=True` D(a, p, x_s) -> x_s + residual: the source frame passes through
+    a full-resolution conv branch that joins the code's upsampled map before the RGB layer, and the output is
+    the source plus a predicted change, so reproducing the source costs nothing and what the codes must carry is
+    what differs between frame s and frame t (GANimation's and TCAE's conditioning on the source face: Pumarola
+    et al., ECCV 2018; Li et al., CVPR 2019)."""
+
     def __init__(self, au_dim: int, id_dim: int, output_size: int, widths=(256, 128, 64, 32), start: int = 4,
-                 norm: str = "group", norm_groups: int = 8, channels_last: bool = False):
+                 norm: str = "group", norm_groups: int = 8, channels_last: bool = False, source: bool = False):
         super().__init__()
         self.channels_last = bool(channels_last)
         widths = tuple(int(w) for w in widths)
@@ -104,40 +116,57 @@ class Decoder(nn.Module):
                        norm_layer(norm, cin, norm_groups), nn.ReLU(inplace=True)]
             size *= 2
         self.body = nn.Sequential(*layers)
+        self.source = None
+        if source:  # the source frame's branch at full resolution, joined to the code's map
+            self.source = nn.Sequential(nn.Conv2d(3, cin, 3, 1, 1, bias=False), norm_layer(norm, cin, norm_groups),
+                                        nn.ReLU(inplace=True))
+            self.join = nn.Sequential(nn.Conv2d(2 * cin, cin, 3, 1, 1, bias=False), norm_layer(norm, cin, norm_groups),
+                                      nn.ReLU(inplace=True))
         self.to_rgb = nn.Conv2d(cin, 3, 3, 1, 1)
         self.width0 = widths[0]
 
-    def forward(self, a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """a [N, au_dim], p [N, id_dim] -> image [N, 3, S, S] (normalised like the encoder's input)."""
+    def forward(self, a: torch.Tensor, p: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        """a [N, au_dim], p [N, id_dim] (and with `source=True` the source images [N, 3, S, S]) -> image
+        [N, 3, S, S] (normalised like the encoder's input). Raises ValueError when `source` is given to a decoder
+        built without the source branch, or missing from one built with it."""
+        if (source is None) != (self.source is None):
+            raise ValueError("this decoder was built with source=%s; got source=%s"
+                             % (self.source is not None, None if source is None else tuple(source.shape)))
         h = self.fc(torch.cat([a, p], dim=-1)).view(a.shape[0], self.width0, self.start, self.start)
         if self.channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
-        x = self.to_rgb(self.body(torch.relu(h)))
-        if x.shape[-1] != self.output_size:  # sizes that are not start * 2^k
-            x = F.interpolate(x, size=(self.output_size, self.output_size), mode="bilinear", align_corners=False)
-        return x
+        h = self.body(torch.relu(h))
+        if h.shape[-1] != self.output_size:  # sizes that are not start * 2^k
+            h = F.interpolate(h, size=(self.output_size, self.output_size), mode="bilinear", align_corners=False)
+        if source is None:
+            return self.to_rgb(h)
+        h = self.join(torch.cat([h, self.source(source.to(h.dtype))], dim=1))
+        return source.to(h.dtype) + self.to_rgb(h)
 
 
-def build_decoder(model_cfg: dict[str, Any], input_size: int) -> Decoder:
+def build_decoder(model_cfg: dict[str, Any], input_size: int, source: bool = False) -> Decoder:
     c = model_cfg["decoder"]
     return Decoder(int(model_cfg["au_dim"]), int(model_cfg["id_dim"]), input_size, c["widths"], c["start"],
                    model_cfg["norm"], int(c["norm_groups"]),
-                   bool(model_cfg.get("channels_last", False)))
+                   bool(model_cfg.get("channels_last", False)), source)
 
 
 class CLPMethod(Method):
     """TCL's encoder + projector and CIR's decoder. `request` draws the CIR frames and takes the loader's
     partner of each clip; `forward` then adds `cir` (the pass's tensors, [B, F, ...]) computed on view 1.
-    Settings: `objective.cir.frames`, `objective.cir.identity_offset`, `model.decoder`."""
+    Settings: `objective.cir.frames`, `objective.cir.identity_offset`, `objective.cir.source_frame` (the decoder
+    also reads frame s: D(a, p, x_s)), `model.decoder`."""
 
     def __init__(self, model_cfg: dict[str, Any], input_size: int, objective_cfg: Any = None):
         super().__init__(model_cfg, input_size, objective_cfg)
-        self.decoder = build_decoder(model_cfg, input_size)
         cir = objective_cfg["cir"]
         self.cir_frames, self.identity_offset = int(cir["frames"]), int(cir["identity_offset"])
+        self.source_frame = bool(cir.get("source_frame", False))
+        self.decoder = build_decoder(model_cfg, input_size, self.source_frame)
 
     def request(self, batch, clip_len):
-        return {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset)}
+        return {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset,
+                                  self.source_frame)}
 
     def extra(self, clips, frames, out, res, cir: CIRRequest | None = None, **request):
         super().extra(clips, frames, out, res, **request)

@@ -29,7 +29,7 @@ OBJECTIVES = {
     "clp_nd": dict(name="clp", temperature=0.1, margin=0.2, window=0, symmetric=True, rank_weight=0.3,
                    rank_margin=0.05, cross_clip_weight=1.0, negative_min_change=0.05,
                    cir=dict(self_weight=1.0, cycle_weight=1.0, au_weight=0.5, id_weight=0.5, frames=2,
-                            identity_offset=1, stop_grad_targets=True)),
+                            identity_offset=1, stop_grad_targets=True, source_frame=True)),
     "moco": dict(name="moco", temperature=0.2, momentum=0.99, queue_size=1000, symmetric=True),
 }
 
@@ -140,7 +140,7 @@ def test_gather_equivalence(tmp_path, name):
 @pytest.mark.parametrize("world,k,name", [(1, 3, "tcl"), (2, 2, "clp"), (2, 2, "clp_nd")])
 def test_accumulation_equivalence(tmp_path, world, k, name):
     """k micro-batches with the feature cache == one batch k times the size (every negative kept; clp_nd:
-    the near-duplicate mask, whose frame change travels with the cached features)."""
+    the near-duplicate mask, whose frame change travels with the cached features, and the source-frame decoder)."""
     got = run_ranks(tmp_path, world=world, k=k, name=name)
     assert_same(got[0], *reference(name, world * k * B))
     assert all(torch.equal(g["delta"], got[0]["delta"]) for g in got)  # every rank applied the same update
