@@ -16,12 +16,12 @@ only thing that tells the positive from them is what changed in the face between
 Near-duplicate negatives (`negative_min_change`, off by default): a face that holds its expression shows the
 anchor's own AUs in the clip's other frames, and a negative that is the anchor's own image up to sensor noise
 asks the code to tell identical faces apart (measured on the synthetic renderer: 47 % of the in-clip pairs of
-4-frame clips at stride 4 differ by at most 0.05 in every AU). the method's `frame_change` (`aupretrain.methods.base`) measures, label-free, how much
-two frames of a clip differ where they differ most (the largest mean absolute difference over a grid of
-patches: AUs are local); same-clip negatives below the threshold are masked out of the denominator, as
-supervised-contrastive and debiased-contrastive losses drop likely false negatives (Khosla et al., NeurIPS
-2020; Chuang et al., NeurIPS 2020). Head motion changes every patch, so the mask only finds held expressions
-in stabilised faces (docs/method.md).
+4-frame clips at stride 4 differ by at most 0.05 in every AU). The method measures, label-free, how much two
+frames of a clip differ where they differ most (`aupretrain.methods.base.frame_change`: the largest mean absolute
+difference over a grid of patches, since AUs are local); same-clip negatives below the threshold are masked out
+of the denominator, as supervised-contrastive and debiased-contrastive losses drop likely false negatives
+(Khosla et al., NeurIPS 2020; Chuang et al., NeurIPS 2020). Head motion changes every patch, so the mask only
+finds held expressions in stabilised faces (docs/method.md).
 """
 from __future__ import annotations
 
