@@ -139,7 +139,7 @@ def check_shard(root: str, s: shards.ShardInfo, verify: bool = False
 def _unlisted(root: str, listed: set[str]) -> list[str]:
     """Names of the tars in the dataset folder that the manifest does not list (none when it cannot be listed)."""
     try:
-        files = storage.list_files(root.rstrip("/") + "/" if storage.is_s3(root) else root)
+        files = storage.list_files(root)
     except Exception as e:  # noqa: BLE001 - the listing only adds a warning; the manifest decides what is read
         log.warning("%s: cannot list the folder (%s)", root, e)
         return []

@@ -39,8 +39,7 @@ class FrameLabels:
         under the root (a loader whose lookups ran in worker processes; the listing stops at the first page that
         holds one, so a large S3 prefix is not listed whole). Raises FileNotFoundError when there is none."""
         if self.aus is None:
-            root = self.root.rstrip("/") + "/" if storage.is_s3(self.root) else self.root
-            first = next((u for u, _ in storage.iter_files(root) if u.endswith(LABELS_SUFFIX)), None)
+            first = next((u for u, _ in storage.iter_files(self.root) if u.endswith(LABELS_SUFFIX)), None)
             if first is None:
                 raise FileNotFoundError(f"{self.root}: no *{LABELS_SUFFIX} files (data.labels)")
             self.aus = list(json.loads(storage.read_text(first))["aus"])

@@ -276,30 +276,33 @@ def get_file(uri: str, local: str | Path) -> None:
         shutil.copyfile(uri, local)
 
 
-def iter_files(prefix: str) -> Iterator[tuple[str, int]]:
-    """(uri, size) of the files under a folder or s3:// prefix, lazily and in no promised order: S3 is listed
-    one page (1,000 keys) at a time as the caller asks for more, a folder one directory at a time, so a caller
-    that needs one file stops the listing early."""
-    if is_s3(prefix):
-        bucket, key = split_s3(prefix)
+def iter_files(folder: str) -> Iterator[tuple[str, int]]:
+    """(uri, size) of the files under a local or s3:// folder, lazily: S3 is listed one page (1,000 keys) at a
+    time as the caller asks for more, a local folder one directory at a time, so a caller that needs one file
+    stops the listing early. An s3:// folder is the keys under `<key>/` (`s3://b/corpus` never lists
+    `s3://b/corpus-other/...`); the whole bucket for `s3://b` or `s3://b/`."""
+    if is_s3(folder):
+        bucket, key = split_s3(folder)
+        key = key.rstrip("/") + "/" if key.strip("/") else ""
+        prefix = f"s3://{bucket}/{key}"
         with _s3_errors(prefix, "list"):
             for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
                 for o in page.get("Contents", []):
                     yield f"s3://{bucket}/{o['Key']}", int(o["Size"])
         return
-    if not Path(prefix).is_dir():
+    if not Path(folder).is_dir():
         return
-    for folder, dirs, files in os.walk(prefix):
+    for parent, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
-            p = Path(folder) / name
+            p = Path(parent) / name
             if p.is_file():
                 yield str(p), p.stat().st_size
 
 
-def list_files(prefix: str) -> list[tuple[str, int]]:
-    """(uri, size) of every file under a folder or s3:// prefix, sorted by uri."""
-    return sorted(iter_files(prefix))
+def list_files(folder: str) -> list[tuple[str, int]]:
+    """(uri, size) of every file under a local or s3:// folder (`iter_files`), sorted by uri."""
+    return sorted(iter_files(folder))
 
 
 def delete(uri: str) -> None:

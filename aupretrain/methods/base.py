@@ -54,8 +54,9 @@ class Method(nn.Module):
         self.encoder = AUEncoder(c, input_size)
         self.projector = nn.Sequential(nn.Linear(c["au_dim"], c["proj_hidden"]), nn.ReLU(inplace=True),
                                        nn.Linear(c["proj_hidden"], c["proj_dim"]))
-        self.measure_change = float((objective_cfg or {}).get("negative_min_change", 0.0) or 0.0) > 0
-        self.input_std = tuple(float(v) for v in c.get("std", (0.229, 0.224, 0.225)))
+        # TCL's near-duplicate mask needs the frames' change in pixel units: the input normalisation's std
+        masking = float((objective_cfg or {}).get("negative_min_change") or 0) > 0
+        self.input_std = tuple(map(float, c["std"])) if masking else None
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -72,14 +73,14 @@ class Method(nn.Module):
 
     def forward(self, clips: torch.Tensor, **request: Any) -> dict[str, Any]:
         """clips [N, T, 3, S, S] (N = 2B: view 1 then view 2 of B clips) -> a, p [N, T, D] and z [N, T, d]
-        (unit norm), plus what `extra` adds; with `measure_change`, `change` [B, T, T]: `frame_change` of the
+        (unit norm), plus what `extra` adds; with `negative_min_change` set, `change` [B, T, T]: `frame_change` of the
         two views, averaged."""
         n, t = clips.shape[:2]
         frames = clips.flatten(0, 1)
         out = self.encoder(frames)
         z = F.normalize(self.projector(out["a"]), dim=-1)
         res: dict[str, Any] = {"a": out["a"].view(n, t, -1), "p": out["p"].view(n, t, -1), "z": z.view(n, t, -1)}
-        if self.measure_change:
+        if self.input_std is not None:
             change = frame_change(clips, self.input_std)
             res["change"] = 0.5 * (change[: n // 2] + change[n // 2:])
         res.update(self.extra(clips, frames, out, res, **request))

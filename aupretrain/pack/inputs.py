@@ -205,7 +205,7 @@ def discover(source: str) -> tuple[list[VideoItem], list[dict]]:
     elif storage.is_s3(source):
         prefix = source.rstrip("/")
         try:
-            listed = storage.list_files(prefix + "/")
+            listed = storage.list_files(prefix)
         except storage.EnvironmentFault:  # S3 down or throttled past its retries: not a missing input (exit 1)
             raise
         except Exception as e:  # noqa: BLE001 - botocore: no such bucket, denied
@@ -239,7 +239,7 @@ def local_copy(item: VideoItem) -> Iterator[str]:
     try:
         try:
             if item.frames_dir:
-                for key, _ in storage.list_files(item.path.rstrip("/") + "/"):
+                for key, _ in storage.list_files(item.path):
                     if PurePosixPath(key).suffix.lower() in IMAGE_EXTS:
                         storage.get_file(key, tmp / PurePosixPath(key).name)
                 local = str(tmp)

@@ -275,7 +275,7 @@ def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
 
 def _remove_stale_shards(output: str, keep: set[str]) -> None:
     """Shards of an earlier, larger packing of the same output (not in the new manifest)."""
-    for uri, _ in storage.list_files(output.rstrip("/") + "/" if storage.is_s3(output) else output):
+    for uri, _ in storage.list_files(output):
         name = uri.rsplit("/", 1)[-1]
         if _SHARD_FILE.match(name) and name not in keep and storage.join(output, name) == uri:
             storage.delete(uri)

@@ -118,5 +118,7 @@ def test_label_names_read_from_the_first_listing_page(s3_server):
     assert len(calls) == 1 and calls[0]["Prefix"] == "corpus/"
     calls.clear()
     assert len(storage.list_files("s3://labels/corpus/")) == 1100 and len(calls) == 2
+    assert len(storage.list_files("s3://labels/corpus")) == 1100  # a folder: corpus-other/ is not under it
+    assert len(storage.list_files("s3://labels")) == 1101  # the whole bucket
     with pytest.raises(FileNotFoundError, match="s3://labels/none"):
         FrameLabels("s3://labels/none").names()
