@@ -17,6 +17,9 @@ s = (t + identity_offset) mod T:
 
 With `cir.source_frame` the decoder also reads the source image: the self reconstruction is D(a_t^A, p_s^A, x_s^A),
 the cross image D(a_t^B, p_s^A, x_s^A) (A's frame s with B's AUs) and the cycle D(a(x_x), p_s^B, x_s^B).
+With `cir.flow` as well, the decoder also reads the source frame's own AU code and warps the source instead of adding
+to it: D(a_t, p_s, x_s, a_s) = warp(x_s, flow(a_t, a_s, p_s, x_s)); the cross image warps A's frame s (AU code a_s^A)
+to B's AUs at t, the cycle warps B's frame s (a_s^B).
 
 `cir_forward` takes `encode` and `decode` as callables, so the same pass runs with the trained networks or,
 in tests, with an oracle (the synthetic renderer) to check the pairing.
@@ -44,6 +47,7 @@ class CIRRequest:
     frames: tuple[int, ...]  # frame indices t used for reconstruction
     identity_offset: int = 1  # identity code from frame s = (t + offset) mod T
     source_frame: bool = False  # the decoder also reads frame s itself: D(a_t, p_s, x_s) (`cir.source_frame`)
+    flow: bool = False  # ... and frame s's AU code, and warps frame s: D(a_t, p_s, x_s, a_s) (`cir.flow`)
 
 
 def select_frames(clip_len: int, count: int) -> tuple[int, ...]:
@@ -76,6 +80,8 @@ def cir_forward(encode: Encode, decode: Decode, x: torch.Tensor, a: torch.Tensor
     a_t_b, p_s_b = a_t[partner], p_s[partner]  # the partner's
     src = (flat(x[:, s]),) if req.source_frame else ()  # A's frames s (the decoder's source images)
     src_b = (flat(x[partner[:, None], s[None, :]]),) if req.source_frame else ()
+    if req.flow:  # the flow decoder also reads the source frames' own AU codes
+        src, src_b = src + (flat(a[:, s]),), src_b + (flat(a[partner[:, None], s[None, :]]),)
     rec_self = decode(flat(a_t), flat(p_s), *src)
     cross = decode(flat(a_t_b), flat(p_s), *src)
     a_cross, p_cross = encode(cross)
@@ -87,6 +93,7 @@ def cir_forward(encode: Encode, decode: Decode, x: torch.Tensor, a: torch.Tensor
         "p_cross": unflat(p_cross), "p_target": p_s,
         "rec_cycle": unflat(rec_cycle), "target_cycle": x[partner[:, None], f[None, :]],
         "valid": valid,
+        **({"source_self": x[:, s]} if req.source_frame else {}),  # frames s: copying them is the floor to beat
     }
 
 
@@ -95,16 +102,27 @@ class Decoder(nn.Module):
     a full-resolution conv branch that joins the code's upsampled map before the RGB layer, and the output is
     the source plus a predicted change, so reproducing the source costs nothing and what the codes must carry is
     what differs between frame s and frame t (GANimation's and TCAE's conditioning on the source face: Pumarola
-    et al., ECCV 2018; Li et al., CVPR 2019)."""
+    et al., ECCV 2018; Li et al., CVPR 2019).
+
+    With `flow=True` (needs `source=True`) the decoder also reads the source frame's AU code a_s and predicts a
+    displacement field instead of a residual: D(a, p, x_s, a_s) = grid_sample(x_s, identity + flow), flow
+    [N, 2, S, S] = `flow_max` · tanh(conv(h)) in `grid_sample`'s normalised coordinates (1.0 = half the side),
+    zero at initialisation (the decoder starts as the copy of x_s). A warp explains an AU's few-pixel movement of
+    brows, lids and lip corners with a smooth field a coarse code can drive, where a residual must place each
+    changed pixel (TCAE's AU flow: Li et al., CVPR 2019; FAb-Net: Wiles et al., BMVC 2018)."""
 
     def __init__(self, au_dim: int, id_dim: int, output_size: int, widths=(256, 128, 64, 32), start: int = 4,
-                 norm: str = "group", norm_groups: int = 8, channels_last: bool = False, source: bool = False):
+                 norm: str = "group", norm_groups: int = 8, channels_last: bool = False, source: bool = False,
+                 flow: bool = False, flow_max: float = 0.2):
         super().__init__()
+        if flow and not source:
+            raise ValueError("a flow decoder warps its source frame: flow=True needs source=True")
         self.channels_last = bool(channels_last)
         widths = tuple(int(w) for w in widths)
         self.output_size = int(output_size)
         self.start = int(start)
-        self.fc = nn.Linear(au_dim + id_dim, widths[0] * start * start)
+        self.flow, self.flow_max = bool(flow), float(flow_max)
+        self.fc = nn.Linear(au_dim * (2 if flow else 1) + id_dim, widths[0] * start * start)
         layers: list[nn.Module] = []
         size, cin = start, widths[0]
         for w in widths[1:]:
@@ -122,17 +140,26 @@ class Decoder(nn.Module):
                                         nn.ReLU(inplace=True))
             self.join = nn.Sequential(nn.Conv2d(2 * cin, cin, 3, 1, 1, bias=False), norm_layer(norm, cin, norm_groups),
                                       nn.ReLU(inplace=True))
-        self.to_rgb = nn.Conv2d(cin, 3, 3, 1, 1)
+        self.to_rgb = nn.Conv2d(cin, 2 if flow else 3, 3, 1, 1)  # the flow field's two channels, or RGB
+        if flow:  # identity warp at initialisation
+            nn.init.zeros_(self.to_rgb.weight)
+            nn.init.zeros_(self.to_rgb.bias)
         self.width0 = widths[0]
 
-    def forward(self, a: torch.Tensor, p: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
-        """a [N, au_dim], p [N, id_dim] (and with `source=True` the source images [N, 3, S, S]) -> image
-        [N, 3, S, S] (normalised like the encoder's input). Raises ValueError when `source` is given to a decoder
-        built without the source branch, or missing from one built with it."""
+    def forward(self, a: torch.Tensor, p: torch.Tensor, source: torch.Tensor | None = None,
+                a_source: torch.Tensor | None = None) -> torch.Tensor:
+        """a [N, au_dim], p [N, id_dim] (with `source=True` also the source images [N, 3, S, S]; with `flow=True`
+        also the source's AU codes a_source [N, au_dim]) -> image [N, 3, S, S] (normalised like the encoder's
+        input). Raises ValueError when `source` or `a_source` is given to a decoder built without its use, or
+        missing from one built with it."""
         if (source is None) != (self.source is None):
             raise ValueError("this decoder was built with source=%s; got source=%s"
                              % (self.source is not None, None if source is None else tuple(source.shape)))
-        h = self.fc(torch.cat([a, p], dim=-1)).view(a.shape[0], self.width0, self.start, self.start)
+        if (a_source is None) == self.flow:
+            raise ValueError("this decoder was built with flow=%s; got a_source=%s"
+                             % (self.flow, None if a_source is None else tuple(a_source.shape)))
+        code = torch.cat([a, a_source, p] if self.flow else [a, p], dim=-1)
+        h = self.fc(code).view(a.shape[0], self.width0, self.start, self.start)
         if self.channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
         h = self.body(torch.relu(h))
@@ -141,32 +168,52 @@ class Decoder(nn.Module):
         if source is None:
             return self.to_rgb(h)
         h = self.join(torch.cat([h, self.source(source.to(h.dtype))], dim=1))
-        return source.to(h.dtype) + self.to_rgb(h)
+        if not self.flow:
+            return source.to(h.dtype) + self.to_rgb(h)
+        return warp(source, self.flow_max * torch.tanh(self.to_rgb(h).float())).to(h.dtype)
 
 
-def build_decoder(model_cfg: dict[str, Any], input_size: int, source: bool = False) -> Decoder:
+def warp(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Backward warp: out(x) = images(x + flow(x)), bilinear, borders clamped. images [N, C, S, S], flow
+    [N, 2, S, S] (x then y) in `torch.nn.functional.grid_sample`'s normalised coordinates ([-1, 1] spans the
+    image, align_corners=False). Computed in float32 (grid_sample's half-precision kernels are not on every
+    device); returns float32 [N, C, S, S]."""
+    n, _, h, w = images.shape
+    theta = torch.eye(2, 3, device=images.device, dtype=torch.float32).expand(n, 2, 3)
+    base = F.affine_grid(theta, [n, 1, h, w], align_corners=False)  # [N, S, S, 2], (x, y)
+    return F.grid_sample(images.float(), base + flow.float().permute(0, 2, 3, 1), mode="bilinear",
+                         padding_mode="border", align_corners=False)
+
+
+def build_decoder(model_cfg: dict[str, Any], input_size: int, source: bool = False, flow: bool = False,
+                  flow_max: float = 0.2) -> Decoder:
     c = model_cfg["decoder"]
     return Decoder(int(model_cfg["au_dim"]), int(model_cfg["id_dim"]), input_size, c["widths"], c["start"],
                    model_cfg["norm"], int(c["norm_groups"]),
-                   bool(model_cfg.get("channels_last", False)), source)
+                   bool(model_cfg.get("channels_last", False)), source, flow, flow_max)
 
 
 class CLPMethod(Method):
     """TCL's encoder + projector and CIR's decoder. `request` draws the CIR frames and takes the loader's
     partner of each clip; `forward` then adds `cir` (the pass's tensors, [B, F, ...]) computed on view 1.
     Settings: `objective.cir.frames`, `objective.cir.identity_offset`, `objective.cir.source_frame` (the decoder
-    also reads frame s: D(a, p, x_s)), `model.decoder`."""
+    also reads frame s: D(a, p, x_s)), `objective.cir.flow` and `.flow_max` (it warps frame s:
+    D(a, p, x_s, a_s)), `model.decoder`."""
 
     def __init__(self, model_cfg: dict[str, Any], input_size: int, objective_cfg: Any = None):
         super().__init__(model_cfg, input_size, objective_cfg)
         cir = objective_cfg["cir"]
         self.cir_frames, self.identity_offset = int(cir["frames"]), int(cir["identity_offset"])
         self.source_frame = bool(cir.get("source_frame", False))
-        self.decoder = build_decoder(model_cfg, input_size, self.source_frame)
+        self.flow = bool(cir.get("flow", False))
+        if self.flow and not self.source_frame:
+            raise ValueError("objective.cir.flow=true warps the source frame: it needs objective.cir.source_frame=true")
+        self.decoder = build_decoder(model_cfg, input_size, self.source_frame, self.flow,
+                                     float(cir.get("flow_max", 0.2)) if self.flow else 0.2)
 
     def request(self, batch, clip_len):
         return {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset,
-                                  self.source_frame)}
+                                  self.source_frame, self.flow)}
 
     def extra(self, clips, frames, out, res, cir: CIRRequest | None = None, **request):
         super().extra(clips, frames, out, res, **request)

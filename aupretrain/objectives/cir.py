@@ -12,6 +12,10 @@ identity contribute only the self term):
 
 sg = stop-gradient on the targets (`stop_grad_targets`, default on), so the consistency terms move the
 codes of the synthesised image towards the real codes rather than both towards each other.
+
+With a source-frame decoder (`cir.source_frame`) the parts also carry `rec_copy` = |x_s^A - x_t^A|_1, the self
+term of a decoder that copies its source unchanged: `rec_self` below it means the AU code told the decoder
+something about frame t. It is logged, never trained.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ def cir_terms(cir: dict[str, torch.Tensor], stop_grad_targets: bool = True) -> d
         "rec_cycle": (valid * _per_clip_l1(cir["rec_cycle"], cir["target_cycle"])).sum() / b,
         "au_consistency": (valid * _per_clip_cos(cir["a_cross"], sg(cir["a_target"]))).sum() / b,
         "id_consistency": (valid * _per_clip_cos(cir["p_cross"], sg(cir["p_target"]))).sum() / b,
+        **({"rec_copy": _per_clip_l1(cir["source_self"], cir["target_self"]).mean()} if "source_self" in cir else {}),
     }
 
 
@@ -50,8 +55,8 @@ def cir_loss(cir: dict[str, torch.Tensor], weights: dict[str, float], stop_grad_
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     terms = cir_terms(cir, stop_grad_targets)
     loss = zero_like(cir["rec_self"])
-    for name, value in terms.items():
-        loss = loss + float(weights[name]) * value
+    for name, weight in weights.items():  # `rec_copy` has no weight: a logged reference only
+        loss = loss + float(weight) * terms[name]
     return loss, {k: v.detach() for k, v in terms.items()}
 
 

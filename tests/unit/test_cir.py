@@ -242,3 +242,69 @@ def test_source_decoder_adds_a_change_to_its_source():
         dec(a, p)
     with pytest.raises(ValueError, match="source=False"):
         Decoder(8, 4, 16, widths=(16, 8), start=4, norm_groups=4)(a, p, src)
+
+
+def test_cir_pass_gives_the_flow_decoder_the_source_frames_au_code():
+    """cir.flow: the decoder also reads a_s of the frame it warps: A's for self and cross, the partner's for the cycle."""
+    b, t = 3, 5
+    clip = torch.arange(b).view(b, 1, 1).expand(b, t, 1).float()
+    frame = torch.arange(t).view(1, t, 1).expand(b, t, 1).float()
+    a = torch.cat([clip, frame], -1)
+    p = torch.cat([clip, frame], -1)
+    x = torch.cat([clip, frame, torch.zeros(b, t, 1)], -1).view(b, t, 3, 1, 1)
+    decode = lambda ac, pc, src, a_src: torch.cat([ac, pc, a_src], -1).view(-1, 6, 1, 1)  # noqa: E731
+    encode = lambda img: (img.flatten(1)[:, :2], img.flatten(1)[:, 2:4])  # noqa: E731
+    partner = torch.tensor([2, -1, 0])
+    req = CIRRequest(partner=partner, frames=(1, 4), identity_offset=2, source_frame=True, flow=True)
+    out = cir_forward(encode, decode, x, a, p, req)
+    for i in range(b):
+        j = int(partner[i]) if partner[i] >= 0 else i
+        for k, f in enumerate(req.frames):
+            s = (f + 2) % t
+            assert out["rec_self"][i, k].flatten().tolist() == [i, f, i, s, i, s]
+            assert out["cross"][i, k].flatten().tolist() == [j, f, i, s, i, s]
+            assert out["rec_cycle"][i, k].flatten().tolist() == [j, f, j, s, j, s]
+
+
+def test_flow_decoder_warps_its_source():
+    """Zero-initialised it copies the source; a constant field moves the image by that many pixels; the AU codes
+    reach the field (a gradient flows to a and a_source)."""
+    from aupretrain.methods.clp import warp
+
+    dec = Decoder(8, 4, 16, widths=(16, 8), start=4, norm_groups=4, source=True, flow=True, flow_max=0.2)
+    a, a_s, p = torch.randn(2, 8, requires_grad=True), torch.randn(2, 8, requires_grad=True), torch.randn(2, 4)
+    src = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(dec(a, p, src, a_s), src, atol=1e-5)  # identity warp at initialisation
+    # a constant field of 2/16 (x) in normalised units = one pixel of a 16-px image: out(x) = src(x + 1)
+    shifted = warp(src, torch.tensor([2 / 16, 0.0]).view(1, 2, 1, 1).expand(2, 2, 16, 16))
+    assert torch.allclose(shifted[..., :-1], src[..., 1:], atol=1e-5)
+    torch.nn.init.normal_(dec.to_rgb.weight, std=0.1)
+    target = torch.roll(src, 1, dims=-1)
+    loss = (dec(a, p, src, a_s) - target).abs().mean()
+    loss.backward()
+    assert a.grad.abs().sum() > 0 and a_s.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="flow=True"):
+        dec(a, p, src)
+    with pytest.raises(ValueError, match="needs source=True"):
+        Decoder(8, 4, 16, widths=(16, 8), start=4, norm_groups=4, flow=True)
+
+
+def test_rec_copy_is_logged_with_a_source_decoder_and_never_trained():
+    """`rec_copy` = |x_s - x_t|_1 (the copy-the-source floor) is a part of the loss report, not of the loss."""
+    from aupretrain.objectives.cir import cir_loss
+
+    b, t = 2, 4
+    x = torch.randn(b, t, 3, 8, 8)
+    a, p = torch.randn(b, t, 6), torch.randn(b, t, 5)
+    copy = lambda ac, pc, src: src.clone().requires_grad_(True)  # noqa: E731
+    encode = lambda img: (img.flatten(1)[:, :6], img.flatten(1)[:, 6:11])  # noqa: E731
+    req = CIRRequest(partner=torch.tensor([1, 0]), frames=(0, 2), identity_offset=1, source_frame=True)
+    out = cir_forward(encode, copy, x, a, p, req)
+    w = {"rec_self": 1.0, "rec_cycle": 0.0, "au_consistency": 0.0, "id_consistency": 0.0}
+    loss, parts = cir_loss(out, w)
+    expected = (x[:, [1, 3]] - x[:, [0, 2]]).abs().mean()
+    assert torch.allclose(parts["rec_copy"], expected) and torch.allclose(parts["rec_self"], expected)
+    assert torch.allclose(loss, expected)  # only rec_self's weight counts
+    plain = cir_forward(encode, lambda ac, pc: torch.zeros(ac.shape[0], 3, 8, 8), x, a, p,
+                        CIRRequest(partner=torch.tensor([1, 0]), frames=(0, 2)))
+    assert "rec_copy" not in cir_loss(plain, w)[1]
