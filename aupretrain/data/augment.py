@@ -24,11 +24,13 @@ _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.
 _RGB = torch.linalg.inv(_YIQ)
 
 
-def augment_view(frames: torch.Tensor, s: ReaderSettings, g: torch.Generator) -> torch.Tensor:
+def augment_view(frames: torch.Tensor, s: ReaderSettings, g: torch.Generator,
+                 geometry: torch.Generator | None = None) -> torch.Tensor:
     """One augmented view of a clip: uint8 [T, H, W, 3] -> normalised float [T, 3, S, S]; one draw of every
-    random parameter per call, shared by all T frames; the colour map is `colour_maps`'. (The blur is applied to
-    whole batches: `blur_views`.)"""
-    u = lambda lo, hi: float(torch.empty(()).uniform_(lo, hi, generator=g))  # noqa: E731
+    random parameter per call, shared by all T frames; the colour map is `colour_maps`'. The rotation and crop are
+    drawn from `geometry` when given (views drawn from generators in the same state share them:
+    `augment.shared_geometry`), else from `g`. (The blur is applied to whole batches: `blur_views`.)"""
+    u = lambda lo, hi: float(torch.empty(()).uniform_(lo, hi, generator=geometry or g))  # noqa: E731
     x = frames.permute(0, 3, 1, 2).float()
     t, _, h, w = x.shape
     if s.rotate:  # about the centre, same size, borders clamped (as DALI's keep_size rotate)
@@ -187,10 +189,14 @@ def jitter_frames(x: torch.Tensor, shift: float, scale: float, rotate: float, g:
 
 def jitter_views(batch: dict, s: ReaderSettings, g: torch.Generator) -> None:
     """`jitter_frames` on `batch["view1"]` and `batch["view2"]` with the settings' `frame_shift`, `frame_scale`,
-    `frame_rotate`, drawn from `g` (the loader's saved generator); nothing when all three are 0."""
+    `frame_rotate`, drawn from `g` (the loader's saved generator); nothing when all three are 0. With
+    `s.shared_geometry` both views of a frame get the same warp (drawn once), so the views stay aligned."""
     if not (s.frame_shift or s.frame_scale or s.frame_rotate):
         return
+    state = g.get_state()
     for k in ("view1", "view2"):
+        if s.shared_geometry:  # view 2 replays view 1's draws
+            g.set_state(state)
         batch[k] = jitter_frames(batch[k], s.frame_shift, s.frame_scale, s.frame_rotate, g)
 
 

@@ -3,7 +3,8 @@ resized by DALI in one affine warp each and kept uint8; the colour jitter (one 3
 are applied to the batch afterwards, where it lies (`augment.finish_views`).
 
 Each view draws one set of random augmentation parameters per clip and applies it to every frame of the
-clip, so differences between frames of a view stay expression/pose differences. Output per batch is the
+clip, so differences between frames of a view stay expression/pose differences (with `augment.shared_geometry`
+the two views share one rotation and crop). Output per batch is the
 Batch contract of ARCHITECTURE.md: view1/view2 [B, T, 3, S, S] float (normalised), identity [B],
 video [B], partner [B] (a clip of another identity in the same batch, -1 if none).
 """
@@ -112,6 +113,9 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
         # <key>.json zero-padded to the longest in the batch: a dense tensor whatever the length of the identity and
         # video names (a fixed 1,024 bytes failed the whole batch on a clip with longer names)
         meta = fn.pad(outs[clip_len], axes=[0], fill_value=0)
+        if s.shared_geometry:  # one rotation and crop for both views (their colour and blur still differ)
+            v = view(seq)
+            return v, fn.copy(v), meta
         return view(seq), view(seq), meta
 
     p = pipe(checkpoint=checkpoint)

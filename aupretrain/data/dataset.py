@@ -34,6 +34,7 @@ class ReaderSettings:
     seed: int = 0
     scale: tuple[float, float] = (0.6, 1.0)
     rotate: float = 0.0  # degrees, +-: one in-plane rotation per clip and view
+    shared_geometry: bool = False  # both views of a clip get the same rotation and crop (colour and blur differ)
     brightness: tuple[float, float] = (0.7, 1.3)
     contrast: tuple[float, float] = (0.7, 1.3)
     saturation: tuple[float, float] = (0.6, 1.4)
@@ -53,7 +54,7 @@ class ReaderSettings:
         return cls(root=str(d.shards), batch_size=int(d.batch_size), input_size=int(d.input_size), rank=rank,
                    world=world, device=str(d.device), num_threads=int(d.num_threads), prefetch=int(d.prefetch),
                    shuffle_buffer=int(d.shuffle_buffer), seed=int(cfg.run.seed) + 7919 * rank,
-                   scale=tuple(aug.scale), rotate=float(aug.rotate), brightness=tuple(aug.brightness),
+                   scale=tuple(aug.scale), rotate=float(aug.rotate), shared_geometry=bool(aug.shared_geometry), brightness=tuple(aug.brightness),
                    contrast=tuple(aug.contrast),
                    saturation=tuple(aug.saturation), hue=float(aug.hue), blur_sigma=tuple(aug.blur_sigma),
                    frame_shift=float(aug.frame_jitter.shift), frame_scale=float(aug.frame_jitter.scale),

@@ -85,7 +85,13 @@ class _Clips(torch.utils.data.Dataset):
             g = torch.Generator().manual_seed(int(np.random.SeedSequence([*self.seed, self.offset + i]).generate_state(1)[0]))
             clip = torch.from_numpy(frames)
             new, self.new = self.new, []
-            return {"view1": augment_view(clip, self.s, g), "view2": augment_view(clip, self.s, g), "meta": meta,
+            if self.s.shared_geometry:  # one geometric draw for both views: a generator state each view replays
+                geo = int(torch.randint(0, 2 ** 62, (1,), generator=g))
+                v1 = augment_view(clip, self.s, g, torch.Generator().manual_seed(geo))
+                v2 = augment_view(clip, self.s, g, torch.Generator().manual_seed(geo))
+            else:
+                v1, v2 = augment_view(clip, self.s, g), augment_view(clip, self.s, g)
+            return {"view1": v1, "view2": v2, "meta": meta,
                     "skipped": skipped, "reindexed": new}
         raise RuntimeError("every sample of this rank's share is damaged")
 

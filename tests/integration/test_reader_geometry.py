@@ -73,3 +73,21 @@ def test_views_scale_and_rotate_as_drawn(ramps, loader, area, rotate):
     assert max(abs(a) for a in angles) <= rotate + 1.5
     if rotate:
         assert max(angles) - min(angles) > 2.0  # angles are drawn (8 views), not fixed
+
+
+@pytest.mark.parametrize("loader", ["dali", "torch"])
+def test_shared_geometry_gives_both_views_one_rotation_and_crop(ramps, loader):
+    """`augment.shared_geometry`: the two views of a clip are the same warp of it (colour off here, so the same
+    pixels); without it they are drawn apart. Both loaders."""
+    from aupretrain.data.dali_reader import ClipLoader
+    from aupretrain.data.torch_reader import TorchClipLoader
+
+    make = ClipLoader if loader == "dali" else TorchClipLoader
+    shared = next(iter(make(settings(ramps, scale=(0.36, 0.8), rotate=20.0, shared_geometry=True))))
+    assert (shared["view1"] - shared["view2"]).abs().max() < 1.0
+    apart = next(iter(make(settings(ramps, scale=(0.36, 0.8), rotate=20.0))))
+    assert (apart["view1"] - apart["view2"]).flatten(1).abs().amax(1).min() > 10.0  # every clip's views differ
+    # colour and blur are still drawn per view
+    coloured = next(iter(make(settings(ramps, scale=(0.36, 0.8), rotate=20.0, shared_geometry=True,
+                                       brightness=(0.5, 1.5)))))
+    assert (coloured["view1"] - coloured["view2"]).flatten(1).abs().amax(1).min() > 1.0

@@ -1,7 +1,8 @@
 """Per-frame jitter (`augment.jitter_frames` / `jitter_views`): neutral settings change nothing, each frame of a
 clip moves on its own draw, within the configured bounds, and the draws follow the loader's generator. The DALI
 reader's batch colour, blur and normalisation step (`augment.finish_views`) is the baseline loader's colour map
-and blur, on either of its paths (OpenCV on CPU, torch elsewhere)."""
+and blur, on either of its paths (OpenCV on CPU, torch elsewhere). With `shared_geometry` the two views of a frame
+share its jitter."""
 import torch
 
 from aupretrain.data.augment import augment_view, finish_views, jitter_frames, jitter_views
@@ -43,6 +44,22 @@ def test_every_frame_moves_on_its_own_draw_within_the_bounds():
     assert (c[:, 1:] - c[:, :1]).abs().amax((1, 2)).min() > 0.5
     same = jitter_frames(x, shift, 0.0, 0.0, torch.Generator().manual_seed(1))
     assert torch.equal(y, same)  # the generator fixes the draws (exact resume)
+
+
+def test_shared_geometry_jitters_both_views_of_a_frame_alike():
+    """With `shared_geometry` the two views of each frame get one warp (frames still move apart); without it the
+    views of a frame are warped independently."""
+    x = _dot_clip()
+    for shared in (True, False):
+        batch = {"view1": x, "view2": x.clone()}
+        s = ReaderSettings(root="-", batch_size=2, input_size=32, frame_shift=0.1, shared_geometry=shared)
+        jitter_views(batch, s, torch.Generator().manual_seed(3))
+        c1, c2 = _centroid(batch["view1"]), _centroid(batch["view2"])
+        assert (c1[:, 1:] - c1[:, :1]).abs().amax((1, 2)).min() > 0.5  # frames of a clip still move apart
+        if shared:
+            assert torch.equal(batch["view1"], batch["view2"])
+        else:
+            assert (c1 - c2).abs().amax(-1).min() > 0.05
 
 
 def test_zoom_and_rotation_keep_the_centre_and_change_the_size():
