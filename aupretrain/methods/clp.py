@@ -107,7 +107,9 @@ class Decoder(nn.Module):
     With `flow=True` (needs `source=True`) the decoder also reads the source frame's AU code a_s and predicts a
     displacement field instead of a residual: D(a, p, x_s, a_s) = grid_sample(x_s, identity + flow), flow
     [N, 2, S, S] = `flow_max` · tanh(conv(h)) in `grid_sample`'s normalised coordinates (1.0 = half the side),
-    zero at initialisation (the decoder starts as the copy of x_s). A warp explains an AU's few-pixel movement of
+    zero at initialisation (the decoder starts as the copy of x_s); the source also joins every upsampling stage
+    (its full-resolution features average-pooled to the stage's size), so the field can find facial parts in x_s
+    with a receptive field of the whole face. A warp explains an AU's few-pixel movement of
     brows, lids and lip corners with a smooth field a coarse code can drive, where a residual must place each
     changed pixel (TCAE's AU flow: Li et al., CVPR 2019; FAb-Net: Wiles et al., BMVC 2018)."""
 
@@ -140,6 +142,18 @@ class Decoder(nn.Module):
                                         nn.ReLU(inplace=True))
             self.join = nn.Sequential(nn.Conv2d(2 * cin, cin, 3, 1, 1, bias=False), norm_layer(norm, cin, norm_groups),
                                       nn.ReLU(inplace=True))
+        # The flow decoder also sees the source at every stage below full resolution (U-Net-style skips: the
+        # source's full-resolution features average-pooled to the stage's size, a conv, then merged with the
+        # stage's map), so where a brow or a lip corner sits in frame s is known with more than a 5 x 5 view.
+        self.skips = nn.ModuleList()
+        if flow:
+            for k in range(len(layers) // 4 - 1):  # every stage but the last (the full-resolution join)
+                w = layers[4 * k + 1].out_channels
+                self.skips.append(nn.ModuleDict({
+                    "source": nn.Sequential(nn.Conv2d(cin, w, 3, 1, 1, bias=False), norm_layer(norm, w, norm_groups),
+                                            nn.ReLU(inplace=True)),
+                    "merge": nn.Sequential(nn.Conv2d(2 * w, w, 3, 1, 1, bias=False), norm_layer(norm, w, norm_groups),
+                                           nn.ReLU(inplace=True))}))
         self.to_rgb = nn.Conv2d(cin, 2 if flow else 3, 3, 1, 1)  # the flow field's two channels, or RGB
         if flow:  # identity warp at initialisation
             nn.init.zeros_(self.to_rgb.weight)
@@ -162,12 +176,18 @@ class Decoder(nn.Module):
         h = self.fc(code).view(a.shape[0], self.width0, self.start, self.start)
         if self.channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
-        h = self.body(torch.relu(h))
+        h = torch.relu(h)
+        f0 = None if source is None else self.source(source.to(h.dtype))  # the source's full-resolution features
+        for k in range(len(self.body) // 4):
+            h = self.body[4 * k:4 * k + 4](h)
+            if k < len(self.skips):  # flow decoder: merge the source, pooled to this stage's size
+                f = self.skips[k]["source"](F.adaptive_avg_pool2d(f0, h.shape[-2:]))
+                h = self.skips[k]["merge"](torch.cat([h, f], dim=1))
         if h.shape[-1] != self.output_size:  # sizes that are not start * 2^k
             h = F.interpolate(h, size=(self.output_size, self.output_size), mode="bilinear", align_corners=False)
         if source is None:
             return self.to_rgb(h)
-        h = self.join(torch.cat([h, self.source(source.to(h.dtype))], dim=1))
+        h = self.join(torch.cat([h, f0], dim=1))
         if not self.flow:
             return source.to(h.dtype) + self.to_rgb(h)
         return warp(source, self.flow_max * torch.tanh(self.to_rgb(h).float())).to(h.dtype)

@@ -1,0 +1,86 @@
+"""Can CLP's flow decoder (`objective.cir.flow`) rebuild frame t from frame s when its codes are the truth?
+
+The decoder is trained alone, its AU codes replaced by the renderer's AU vectors of frames t and s (an oracle
+encoder; the identity code is zero), on pairs of frames `--gap` apart from the first `--videos` videos of a
+synthetic corpus rendered by `aupretrain-synth` (a still-head corpus isolates the AUs:
+`aupretrain-synth D --identities 800 --videos-per-identity 1 --frames 40 -- synth.head_motion=0`). It prints, every
+`--every` steps, the L1 error of the warped source (`rec`) beside the error of copying the source (`copy`) on the
+same batch, in the encoder's normalised units — the floor a decoder that learned nothing sits on.
+
+    python bench/flow_oracle.py D --json bench/results/flow_oracle.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import report  # noqa: E402
+
+from aupretrain.methods.clp import Decoder  # noqa: E402
+
+
+def load_pairs(corpus: Path, videos: int, gap: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame pairs [N, 2, 3, S, S] (normalised with ImageNet mean/std) and their AU vectors [N, 2, A]."""
+    import av
+    import cv2
+
+    mean, std = np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255
+    frames, aus = [], []
+    for labels in sorted(corpus.glob("*/*.labels.json"))[:videos]:
+        au = np.asarray(json.loads(labels.read_text())["au"], dtype=np.float32)
+        with av.open(str(labels.with_name(labels.name.replace(".labels.json", ".mp4")))) as c:
+            fr = [(cv2.resize(f.to_ndarray(format="rgb24"), (size, size), interpolation=cv2.INTER_AREA) - mean) / std
+                  for f in c.decode(video=0)]
+        for t in range(0, len(fr) - gap, gap):
+            frames.append(np.stack([fr[t], fr[t + gap]]))
+            aus.append(np.stack([au[t], au[t + gap]]))
+    if not frames:
+        raise SystemExit(f"{corpus}: no <identity>/<video>.labels.json + .mp4 pairs (render one with aupretrain-synth)")
+    x = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float()
+    return x, torch.from_numpy(np.stack(aus))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("corpus", type=Path)
+    ap.add_argument("--videos", type=int, default=300)
+    ap.add_argument("--gap", type=int, default=4, help="frames between s and t")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--widths", type=int, nargs="+", default=[96, 48, 32, 16, 8], help="resnet_small's decoder")
+    ap.add_argument("--flow-max", type=float, default=0.2)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--every", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    torch.manual_seed(a.seed)
+    x, au = load_pairs(a.corpus, a.videos, a.gap, a.size)
+    dec = Decoder(au.shape[-1], 4, a.size, widths=a.widths, start=4, norm="batch", norm_groups=8, source=True,
+                  flow=True, flow_max=a.flow_max)
+    opt = torch.optim.AdamW(dec.parameters(), lr=a.lr)
+    rows = []
+    for step in range(a.steps + 1):
+        i = torch.randint(0, len(x), (a.batch,))
+        src, tgt = x[i, 0], x[i, 1]
+        rec = (dec(au[i, 1], torch.zeros(a.batch, 4), src, au[i, 0]) - tgt).abs().mean()
+        opt.zero_grad()
+        rec.backward()
+        opt.step()
+        if step % a.every == 0:
+            copy = (src - tgt).abs().mean().item()
+            rows.append({"step": step, "rec": round(rec.item(), 5), "copy": round(copy, 5),
+                         "rec - copy (x 1e4)": round((rec.item() - copy) * 1e4, 2)})
+    report(f"flow decoder with oracle AU codes: {len(x)} pairs, {a.corpus}", rows, a.json, {"args": vars(a) | {
+        "corpus": str(a.corpus)}})
+
+
+if __name__ == "__main__":
+    main()
