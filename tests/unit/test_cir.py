@@ -209,18 +209,23 @@ def test_cir_pass_pairs_frames_and_partners():
     assert out["valid"].tolist() == [True, False, True]
 
 
-def test_cir_pass_gives_the_decoder_frame_s_as_its_source():
-    """cir.source_frame: self and cross decode onto A's frame s, the cycle onto the partner's frame s."""
+@pytest.mark.parametrize("flow", [False, True])
+def test_cir_pass_gives_the_decoder_frame_s_as_its_source(flow):
+    """cir.source_frame: self and cross decode onto A's frame s, the cycle onto the partner's frame s; with cir.flow
+    the decoder also reads a_s of the frame it warps (A's for self and cross, the partner's for the cycle)."""
     b, t = 3, 5
     clip = torch.arange(b).view(b, 1, 1).expand(b, t, 1).float()
     frame = torch.arange(t).view(1, t, 1).expand(b, t, 1).float()
     a = torch.cat([clip, frame], -1)
     p = torch.cat([clip, frame], -1)
     x = torch.cat([clip, frame, torch.zeros(b, t, 1)], -1).view(b, t, 3, 1, 1)  # image "x[clip, frame]"
-    decode = lambda ac, pc, src: torch.cat([ac, pc, src.flatten(1)[:, :2]], -1).view(-1, 6, 1, 1)  # noqa: E731
+    if flow:  # the last two entries say whose a_s the decoder read
+        decode = lambda ac, pc, src, a_src: torch.cat([ac, pc, a_src], -1).view(-1, 6, 1, 1)  # noqa: E731
+    else:  # ... whose frame s it read
+        decode = lambda ac, pc, src: torch.cat([ac, pc, src.flatten(1)[:, :2]], -1).view(-1, 6, 1, 1)  # noqa: E731
     encode = lambda img: (img.flatten(1)[:, :2], img.flatten(1)[:, 2:4])  # noqa: E731
     partner = torch.tensor([2, -1, 0])
-    req = CIRRequest(partner=partner, frames=(1, 4), identity_offset=2, source_frame=True)
+    req = CIRRequest(partner=partner, frames=(1, 4), identity_offset=2, source_frame=True, flow=flow)
     out = cir_forward(encode, decode, x, a, p, req)
     for i in range(b):
         j = int(partner[i]) if partner[i] >= 0 else i
@@ -242,28 +247,6 @@ def test_source_decoder_adds_a_change_to_its_source():
         dec(a, p)
     with pytest.raises(ValueError, match="source=False"):
         Decoder(8, 4, 16, widths=(16, 8), start=4, norm_groups=4)(a, p, src)
-
-
-def test_cir_pass_gives_the_flow_decoder_the_source_frames_au_code():
-    """cir.flow: the decoder also reads a_s of the frame it warps: A's for self and cross, the partner's for the cycle."""
-    b, t = 3, 5
-    clip = torch.arange(b).view(b, 1, 1).expand(b, t, 1).float()
-    frame = torch.arange(t).view(1, t, 1).expand(b, t, 1).float()
-    a = torch.cat([clip, frame], -1)
-    p = torch.cat([clip, frame], -1)
-    x = torch.cat([clip, frame, torch.zeros(b, t, 1)], -1).view(b, t, 3, 1, 1)
-    decode = lambda ac, pc, src, a_src: torch.cat([ac, pc, a_src], -1).view(-1, 6, 1, 1)  # noqa: E731
-    encode = lambda img: (img.flatten(1)[:, :2], img.flatten(1)[:, 2:4])  # noqa: E731
-    partner = torch.tensor([2, -1, 0])
-    req = CIRRequest(partner=partner, frames=(1, 4), identity_offset=2, source_frame=True, flow=True)
-    out = cir_forward(encode, decode, x, a, p, req)
-    for i in range(b):
-        j = int(partner[i]) if partner[i] >= 0 else i
-        for k, f in enumerate(req.frames):
-            s = (f + 2) % t
-            assert out["rec_self"][i, k].flatten().tolist() == [i, f, i, s, i, s]
-            assert out["cross"][i, k].flatten().tolist() == [j, f, i, s, i, s]
-            assert out["rec_cycle"][i, k].flatten().tolist() == [j, f, j, s, j, s]
 
 
 def test_flow_decoder_warps_its_source():
