@@ -7,7 +7,10 @@ synthetic corpus rendered by `aupretrain-synth` (a still-head corpus isolates th
 `--every` steps, the L1 error of the warped source (`rec`) beside the error of copying the source (`copy`) on the
 same batch, in the encoder's normalised units — the floor a decoder that learned nothing sits on.
 
-    python bench/flow_oracle.py D --json bench/results/flow_oracle.json
+    python bench/flow_oracle.py D --json bench/results/flow_oracle.json [Hydra overrides]
+
+The decoder's shape, normalisation, input size and `flow_max` come from the config tree (`experiment=quickstart
+objective=clp` plus the overrides given), only its code width is the AU vector's.
 """
 from __future__ import annotations
 
@@ -22,15 +25,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import report  # noqa: E402
 
+from aupretrain.config import load_config  # noqa: E402
 from aupretrain.methods.clp import Decoder  # noqa: E402
 
 
-def load_pairs(corpus: Path, videos: int, gap: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame pairs [N, 2, 3, S, S] (normalised with ImageNet mean/std) and their AU vectors [N, 2, A]."""
+def load_pairs(corpus: Path, videos: int, gap: int, size: int, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame pairs [N, 2, 3, S, S] (normalised with the model's `mean`/`std`, fractions of 255) and their AU
+    vectors [N, 2, A]."""
     import av
     import cv2
 
-    mean, std = np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255
+    mean, std = np.asarray(mean) * 255, np.asarray(std) * 255
     frames, aus = [], []
     for labels in sorted(corpus.glob("*/*.labels.json"))[:videos]:
         au = np.asarray(json.loads(labels.read_text())["au"], dtype=np.float32)
@@ -51,20 +56,20 @@ def main() -> None:
     ap.add_argument("corpus", type=Path)
     ap.add_argument("--videos", type=int, default=300)
     ap.add_argument("--gap", type=int, default=4, help="frames between s and t")
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--widths", type=int, nargs="+", default=[96, 48, 32, 16, 8], help="resnet_small's decoder")
-    ap.add_argument("--flow-max", type=float, default=0.2)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides (model=..., data.input_size=..., objective.cir.flow_max=...)")
     a = ap.parse_args()
+    cfg = load_config(["experiment=quickstart", "objective=clp", *a.overrides])
+    m, size = cfg.model, int(cfg.data.input_size)
     torch.manual_seed(a.seed)
-    x, au = load_pairs(a.corpus, a.videos, a.gap, a.size)
-    dec = Decoder(au.shape[-1], 4, a.size, widths=a.widths, start=4, norm="batch", norm_groups=8, source=True,
-                  flow=True, flow_max=a.flow_max)
+    x, au = load_pairs(a.corpus, a.videos, a.gap, size, m.mean, m.std)
+    dec = Decoder(au.shape[-1], 4, size, widths=m.decoder.widths, start=m.decoder.start, norm=m.norm,
+                  norm_groups=m.decoder.norm_groups, source=True, flow=True, flow_max=cfg.objective.cir.flow_max)
     opt = torch.optim.AdamW(dec.parameters(), lr=a.lr)
     rows = []
     for step in range(a.steps + 1):
@@ -79,7 +84,8 @@ def main() -> None:
             rows.append({"step": step, "rec": round(rec.item(), 5), "copy": round(copy, 5),
                          "rec - copy (x 1e4)": round((rec.item() - copy) * 1e4, 2)})
     report(f"flow decoder with oracle AU codes: {len(x)} pairs, {a.corpus}", rows, a.json, {"args": vars(a) | {
-        "corpus": str(a.corpus)}})
+        "corpus": str(a.corpus)}, "decoder": {"input_size": size, "widths": list(m.decoder.widths), "norm": m.norm,
+                                              "flow_max": float(cfg.objective.cir.flow_max)}})
 
 
 if __name__ == "__main__":
