@@ -78,7 +78,8 @@ def test_views_scale_and_rotate_as_drawn(ramps, loader, area, rotate):
 @pytest.mark.parametrize("loader", ["dali", "torch"])
 def test_shared_geometry_gives_both_views_one_rotation_and_crop(ramps, loader):
     """`augment.shared_geometry`: the two views of a clip are the same warp of it (colour off here, so the same
-    pixels); without it they are drawn apart. Both loaders."""
+    pixels); without it they are drawn apart; `augment.noise_sigma` then sets them apart by fresh noise alone.
+    Both loaders."""
     from aupretrain.data.dali_reader import ClipLoader
     from aupretrain.data.torch_reader import TorchClipLoader
 
@@ -91,3 +92,7 @@ def test_shared_geometry_gives_both_views_one_rotation_and_crop(ramps, loader):
     coloured = next(iter(make(settings(ramps, scale=(0.36, 0.8), rotate=20.0, shared_geometry=True,
                                        brightness=(0.5, 1.5)))))
     assert (coloured["view1"] - coloured["view2"]).flatten(1).abs().amax(1).min() > 1.0
+    # per-view noise of 6 grey levels: the shared warp's views now differ by two independent draws (sd 6 * sqrt 2)
+    noisy = next(iter(make(settings(ramps, scale=(0.36, 0.8), rotate=20.0, shared_geometry=True,
+                                    noise_sigma=(6.0, 6.0)))))
+    assert float((noisy["view1"] - noisy["view2"]).std()) == pytest.approx(6.0 * math.sqrt(2), rel=0.1)

@@ -2,10 +2,11 @@
 clip moves on its own draw, within the configured bounds, and the draws follow the loader's generator. The DALI
 reader's batch colour, blur and normalisation step (`augment.finish_views`) is the baseline loader's colour map
 and blur, on either of its paths (OpenCV on CPU, torch elsewhere). With `shared_geometry` the two views of a frame
-share its jitter."""
+share its jitter. The per-view noise (`augment.noise_views`) has the configured sigma in grey levels, is drawn
+apart for the two views of a frame, follows the generator, and keeps the views' memory layout."""
 import torch
 
-from aupretrain.data.augment import augment_view, finish_views, jitter_frames, jitter_views
+from aupretrain.data.augment import augment_view, finish_views, jitter_frames, jitter_views, noise_views
 from aupretrain.data.dataset import ReaderSettings
 
 
@@ -196,3 +197,24 @@ def test_dali_views_reach_the_model_channels_last_without_a_relayout():
         assert torch.equal(joined, torch.cat([v1.contiguous(), v2.contiguous()]))
     plain = {"view1": torch.rand(2, 3, 3, 8, 8), "view2": torch.rand(2, 3, 3, 8, 8)}  # the baseline loader's
     assert torch.equal(join_views(plain, "cpu"), torch.cat([plain["view1"], plain["view2"]]))
+
+
+def test_noise_views_adds_independent_noise_of_the_configured_grey_levels():
+    std = (0.229, 0.224, 0.225)
+    s = ReaderSettings(root="-", batch_size=4, input_size=32, std=std, noise_sigma=(8.0, 8.0))
+    # DALI's layout: a channels-last buffer seen as [B, T, 3, S, S]
+    zero = torch.zeros(4, 2, 32, 32, 3).permute(0, 1, 4, 2, 3)
+    batch = {"view1": zero.clone(memory_format=torch.preserve_format), "view2": zero.clone()}
+    noise_views(batch, s, torch.Generator().manual_seed(0))
+    v1, v2 = batch["view1"], batch["view2"]
+    assert v1.stride() == zero.stride() and v1.shape == zero.shape  # the layout the model reads is kept
+    for c in range(3):  # back in grey levels: sigma 8 on every channel
+        assert abs(float(v1[:, :, c].std()) * std[c] * 255 - 8.0) < 0.3
+    # the two views of a frame get their own draws (the frame's own noise is what this hides)
+    assert abs(float(torch.corrcoef(torch.stack([v1.flatten(), v2.flatten()]))[0, 1])) < 0.05
+    again = {"view1": zero.clone(memory_format=torch.preserve_format), "view2": zero.clone()}
+    noise_views(again, s, torch.Generator().manual_seed(0))
+    assert torch.equal(again["view1"], v1) and torch.equal(again["view2"], v2)  # a resume repeats the draws
+    off = {"view1": zero, "view2": zero}
+    noise_views(off, ReaderSettings(root="-", batch_size=4, input_size=32), torch.Generator())
+    assert off["view1"] is zero  # the default (0, 0) leaves the batch alone
