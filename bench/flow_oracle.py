@@ -5,11 +5,14 @@ encoder; the identity code is zero), on pairs of frames `--gap` apart from the f
 synthetic corpus rendered by `aupretrain-synth` (a still-head corpus isolates the AUs:
 `aupretrain-synth D --identities 800 --videos-per-identity 1 --frames 40 -- synth.head_motion=0`). It prints, every
 `--every` steps, the L1 error of the warped source (`rec`) beside the error of copying the source (`copy`) on the
-same batch, in the encoder's normalised units — the floor a decoder that learned nothing sits on.
+same batch, in the encoder's normalised units — the floor a decoder that learned nothing sits on. Both are measured
+after the Gaussian blur of `objective.cir.rec_blur` (what CLP trains with), and the decoder is the one CLP builds:
+`objective.cir.flow_grid=16` gives the linear displacement basis of the AU change (`LinearFlowDecoder`).
 
     python bench/flow_oracle.py D --json bench/results/flow_oracle.json [Hydra overrides]
+    python bench/flow_oracle.py D --lr 1e-3 objective.cir.flow_grid=16 objective.cir.rec_blur=1
 
-The decoder's shape, normalisation, input size and `flow_max` come from the config tree (`experiment=quickstart
+The decoder's kind, shape, normalisation, input size, `flow_max` and `flow_grid` come from the config tree (`experiment=quickstart
 objective=clp` plus the overrides given), only its code width is the AU vector's.
 """
 from __future__ import annotations
@@ -21,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import report  # noqa: E402
 
 from aupretrain.config import load_config  # noqa: E402
-from aupretrain.methods.clp import Decoder  # noqa: E402
+from aupretrain.methods.clp import build_decoder  # noqa: E402
+from aupretrain.objectives.cir import gaussian_blur  # noqa: E402
 
 
 def load_pairs(corpus: Path, videos: int, gap: int, size: int, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,24 +73,28 @@ def main() -> None:
     m, size = cfg.model, int(cfg.data.input_size)
     torch.manual_seed(a.seed)
     x, au = load_pairs(a.corpus, a.videos, a.gap, size, m.mean, m.std)
-    dec = Decoder(au.shape[-1], 4, size, widths=m.decoder.widths, start=m.decoder.start, norm=m.norm,
-                  norm_groups=m.decoder.norm_groups, source=True, flow=True, flow_max=cfg.objective.cir.flow_max)
+    cir = cfg.objective.cir
+    model = {**OmegaConf.to_container(m, resolve=True), "au_dim": au.shape[-1], "id_dim": 4}  # codes: AU vectors
+    dec = build_decoder(model, size, source=True, flow=True, flow_max=float(cir.flow_max), flow_grid=int(cir.flow_grid))
+    blur = lambda v: gaussian_blur(v, float(cir.rec_blur))  # noqa: E731
     opt = torch.optim.AdamW(dec.parameters(), lr=a.lr)
     rows = []
     for step in range(a.steps + 1):
         i = torch.randint(0, len(x), (a.batch,))
         src, tgt = x[i, 0], x[i, 1]
-        rec = (dec(au[i, 1], torch.zeros(a.batch, 4), src, au[i, 0]) - tgt).abs().mean()
+        rec = (blur(dec(au[i, 1], torch.zeros(a.batch, 4), src, au[i, 0])) - blur(tgt)).abs().mean()
         opt.zero_grad()
         rec.backward()
         opt.step()
         if step % a.every == 0:
-            copy = (src - tgt).abs().mean().item()
+            copy = (blur(src) - blur(tgt)).abs().mean().item()
             rows.append({"step": step, "rec": round(rec.item(), 5), "copy": round(copy, 5),
                          "rec - copy (x 1e4)": round((rec.item() - copy) * 1e4, 2)})
     report(f"flow decoder with oracle AU codes: {len(x)} pairs, {a.corpus}", rows, a.json, {"args": vars(a) | {
-        "corpus": str(a.corpus)}, "decoder": {"input_size": size, "widths": list(m.decoder.widths), "norm": m.norm,
-                                              "flow_max": float(cfg.objective.cir.flow_max)}})
+        "corpus": str(a.corpus)}, "decoder": {"input_size": size, "kind": type(dec).__name__,
+                                              "widths": list(m.decoder.widths), "norm": m.norm,
+                                              "flow_max": float(cir.flow_max), "flow_grid": int(cir.flow_grid),
+                                              "rec_blur": float(cir.rec_blur)}})
 
 
 if __name__ == "__main__":

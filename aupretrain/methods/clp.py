@@ -19,7 +19,8 @@ With `cir.source_frame` the decoder also reads the source image: the self recons
 the cross image D(a_t^B, p_s^A, x_s^A) (A's frame s with B's AUs) and the cycle D(a(x_x), p_s^B, x_s^B).
 With `cir.flow` as well, the decoder also reads the source frame's own AU code and warps the source instead of adding
 to it: D(a_t, p_s, x_s, a_s) = warp(x_s, flow(a_t, a_s, p_s, x_s)); the cross image warps A's frame s (AU code a_s^A)
-to B's AUs at t, the cycle warps B's frame s (a_s^B).
+to B's AUs at t, the cycle warps B's frame s (a_s^B). With `cir.flow_grid` > 0 the warp is a linear function of
+a_t - a_s shared by every face (`LinearFlowDecoder`).
 
 `cir_forward` takes `encode` and `decode` as callables, so the same pass runs with the trained networks or,
 in tests, with an oracle (the synthetic renderer) to check the pairing.
@@ -205,8 +206,44 @@ def warp(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
                          padding_mode="border", align_corners=False)
 
 
+class LinearFlowDecoder(nn.Module):
+    """D(a, p, x_s, a_s) = warp(x_s, flow), flow = `flow_max` · tanh(W (a - a_s)) on a `grid` × `grid` lattice,
+    bilinearly upsampled to the image: a displacement field that is a *linear* function of the AU code's change
+    from frame s to frame t, the same W for every face (`objective.cir.flow_grid`; ours).
+
+    The faces are aligned, so an AU moves the same part of every face the same way (AU12 pulls the lip corners up
+    and out); with one W for all identities a code change can only explain a frame's change if it means the same
+    displacement on every face — the cross-identity consistency CIR asks for, put into the decoder's form
+    (TCAE's AU displacement, Li et al., CVPR 2019; FAb-Net, Wiles et al., BMVC 2018 — there a conv decoder). W has
+    no bias and starts at zero: equal codes warp nothing, and the decoder starts as the copy of x_s. The identity
+    code p is not read (the warped source carries the face). Shapes: a, a_s [N, au_dim], source [N, 3, S, S] ->
+    float32 [N, 3, S, S]."""
+
+    def __init__(self, au_dim: int, output_size: int, grid: int = 16, flow_max: float = 0.2):
+        super().__init__()
+        if grid < 1:
+            raise ValueError(f"objective.cir.flow_grid must be >= 1 for a linear flow decoder, got {grid}")
+        self.grid, self.output_size, self.flow_max = int(grid), int(output_size), float(flow_max)
+        self.basis = nn.Linear(au_dim, 2 * self.grid * self.grid, bias=False)
+        nn.init.zeros_(self.basis.weight)
+
+    def forward(self, a: torch.Tensor, p: torch.Tensor, source: torch.Tensor | None = None,
+                a_source: torch.Tensor | None = None) -> torch.Tensor:
+        """See the class. Raises ValueError without `source` and `a_source` (this decoder always warps)."""
+        if source is None or a_source is None:
+            raise ValueError("a linear flow decoder warps its source frame: it needs source and a_source")
+        f = self.basis((a - a_source).float()).view(a.shape[0], 2, self.grid, self.grid)
+        flow = F.interpolate(self.flow_max * torch.tanh(f), size=(self.output_size, self.output_size),
+                             mode="bilinear", align_corners=False)
+        return warp(source, flow)
+
+
 def build_decoder(model_cfg: dict[str, Any], input_size: int, source: bool = False, flow: bool = False,
-                  flow_max: float = 0.2) -> Decoder:
+                  flow_max: float = 0.2, flow_grid: int = 0) -> nn.Module:
+    """CIR's decoder from `model.decoder` and the `objective.cir` knobs: `LinearFlowDecoder` when `flow` and
+    `flow_grid` > 0, else `Decoder`."""
+    if flow and flow_grid > 0:
+        return LinearFlowDecoder(int(model_cfg["au_dim"]), input_size, flow_grid, flow_max)
     c = model_cfg["decoder"]
     return Decoder(int(model_cfg["au_dim"]), int(model_cfg["id_dim"]), input_size, c["widths"], c["start"],
                    model_cfg["norm"], int(c["norm_groups"]),
@@ -217,8 +254,8 @@ class CLPMethod(Method):
     """TCL's encoder + projector and CIR's decoder. `request` draws the CIR frames and takes the loader's
     partner of each clip; `forward` then adds `cir` (the pass's tensors, [B, F, ...]) computed on view 1.
     Settings: `objective.cir.frames`, `objective.cir.identity_offset`, `objective.cir.source_frame` (the decoder
-    also reads frame s: D(a, p, x_s)), `objective.cir.flow` and `.flow_max` (it warps frame s:
-    D(a, p, x_s, a_s)), `model.decoder`."""
+    also reads frame s: D(a, p, x_s)), `objective.cir.flow`, `.flow_max` and `.flow_grid` (it warps frame s:
+    D(a, p, x_s, a_s); with a grid, a linear displacement basis of a - a_s), `model.decoder`."""
 
     def __init__(self, model_cfg: dict[str, Any], input_size: int, objective_cfg: Any = None):
         super().__init__(model_cfg, input_size, objective_cfg)
@@ -228,8 +265,11 @@ class CLPMethod(Method):
         self.flow = bool(cir.get("flow", False))
         if self.flow and not self.source_frame:
             raise ValueError("objective.cir.flow=true warps the source frame: it needs objective.cir.source_frame=true")
+        if int(cir.get("flow_grid", 0)) > 0 and not self.flow:
+            raise ValueError("objective.cir.flow_grid > 0 is a flow decoder's basis: it needs objective.cir.flow=true")
         self.decoder = build_decoder(model_cfg, input_size, self.source_frame, self.flow,
-                                     float(cir.get("flow_max", 0.2)) if self.flow else 0.2)
+                                     float(cir.get("flow_max", 0.2)) if self.flow else 0.2,
+                                     int(cir.get("flow_grid", 0)))
 
     def request(self, batch, clip_len):
         return {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset,

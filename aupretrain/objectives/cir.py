@@ -15,10 +15,11 @@ codes of the synthesised image towards the real codes rather than both towards e
 
 With a source-frame decoder (`cir.source_frame`) the parts also carry `rec_copy` = |x_s^A - x_t^A|_1, the self
 term of a decoder that copies its source unchanged: `rec_self` below it means the AU code told the decoder
-something about frame t. It is logged, never trained.
+something about frame t. It is logged, never trained. With `cir.rec_blur` every L1 term compares blurred images.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -28,32 +29,52 @@ from .base import Objective, zero_like
 from .tcl import TCLObjective
 
 
-def _per_clip_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (pred.float() - target.float()).abs().flatten(1).mean(1)  # [B]
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A separable Gaussian blur of the last two axes: x [..., C, H, W] float -> same shape; `sigma` in pixels, a
+    kernel of 2·ceil(2σ)+1 taps, replicated borders; differentiable; x itself when sigma <= 0."""
+    if sigma <= 0:
+        return x
+    r = max(1, math.ceil(2 * sigma))
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32, device=x.device) ** 2 / (2 * sigma ** 2))
+    k = (k / k.sum()).to(x.dtype)
+    c, h, w = x.shape[-3:]
+    y = x.reshape(-1, c, h, w)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return y.reshape(x.shape)
+
+
+def _per_clip_l1(pred: torch.Tensor, target: torch.Tensor, blur: float = 0.0) -> torch.Tensor:
+    """Mean |pred - target| per clip, both [B, F, C, H, W], after `gaussian_blur` of both with sigma `blur`."""
+    return (gaussian_blur(pred.float(), blur) - gaussian_blur(target.float(), blur)).abs().flatten(1).mean(1)  # [B]
 
 
 def _per_clip_cos(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(pred.float(), target.float(), dim=-1)).mean(1)  # [B, F, D] -> [B]
 
 
-def cir_terms(cir: dict[str, torch.Tensor], stop_grad_targets: bool = True) -> dict[str, torch.Tensor]:
+def cir_terms(cir: dict[str, torch.Tensor], stop_grad_targets: bool = True, blur: float = 0.0
+              ) -> dict[str, torch.Tensor]:
     """The four CIR terms, each a mean over this rank's clips (clips without a partner count as 0 in the
-    partner terms, so every rank divides by the same B and the distributed mean is the global mean)."""
+    partner terms, so every rank divides by the same B and the distributed mean is the global mean). `blur`:
+    the reconstructions and their targets are compared after a Gaussian blur of that sigma (pixels,
+    `cir.rec_blur`), so the frames' own pixel noise, which no code can predict, does not swamp the change."""
     valid = cir["valid"].float()
     b = valid.shape[0]
     sg = (lambda t: t.detach()) if stop_grad_targets else (lambda t: t)
     return {
-        "rec_self": _per_clip_l1(cir["rec_self"], cir["target_self"]).mean(),
-        "rec_cycle": (valid * _per_clip_l1(cir["rec_cycle"], cir["target_cycle"])).sum() / b,
+        "rec_self": _per_clip_l1(cir["rec_self"], cir["target_self"], blur).mean(),
+        "rec_cycle": (valid * _per_clip_l1(cir["rec_cycle"], cir["target_cycle"], blur)).sum() / b,
         "au_consistency": (valid * _per_clip_cos(cir["a_cross"], sg(cir["a_target"]))).sum() / b,
         "id_consistency": (valid * _per_clip_cos(cir["p_cross"], sg(cir["p_target"]))).sum() / b,
-        **({"rec_copy": _per_clip_l1(cir["source_self"], cir["target_self"]).mean()} if "source_self" in cir else {}),
+        **({"rec_copy": _per_clip_l1(cir["source_self"], cir["target_self"], blur).mean()}
+           if "source_self" in cir else {}),
     }
 
 
-def cir_loss(cir: dict[str, torch.Tensor], weights: dict[str, float], stop_grad_targets: bool = True
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    terms = cir_terms(cir, stop_grad_targets)
+def cir_loss(cir: dict[str, torch.Tensor], weights: dict[str, float], stop_grad_targets: bool = True,
+             blur: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    terms = cir_terms(cir, stop_grad_targets, blur)
     loss = zero_like(cir["rec_self"])
     for name, weight in weights.items():  # `rec_copy` has no weight: a logged reference only
         loss = loss + float(weight) * terms[name]
@@ -71,13 +92,14 @@ class CLPObjective(TCLObjective):
         self.cir_weights = {"rec_self": float(c.self_weight), "rec_cycle": float(c.cycle_weight),
                             "au_consistency": float(c.au_weight), "id_consistency": float(c.id_weight)}
         self.stop_grad_targets = bool(c.stop_grad_targets)
+        self.rec_blur = float(c.rec_blur)
 
     def local_loss(self, outputs, batch):
-        loss, parts = cir_loss(outputs["cir"], self.cir_weights, self.stop_grad_targets)
+        loss, parts = cir_loss(outputs["cir"], self.cir_weights, self.stop_grad_targets, self.rec_blur)
         rank, rank_parts = super().local_loss(outputs, batch)
         if rank is not None:
             loss = loss + rank
         return loss, {**parts, **rank_parts}
 
 
-__all__ = ["CLPObjective", "Objective", "cir_loss", "cir_terms"]
+__all__ = ["CLPObjective", "Objective", "cir_loss", "cir_terms", "gaussian_blur"]

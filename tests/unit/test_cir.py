@@ -291,3 +291,93 @@ def test_rec_copy_is_logged_with_a_source_decoder_and_never_trained():
     plain = cir_forward(encode, lambda ac, pc: torch.zeros(ac.shape[0], 3, 8, 8), x, a, p,
                         CIRRequest(partner=torch.tensor([1, 0]), frames=(0, 2)))
     assert "rec_copy" not in cir_loss(plain, w)[1]
+
+
+def _smooth_faces(n: int, size: int, seed: int) -> torch.Tensor:
+    """n random smooth images [n, 3, size, size] (a few Gaussian blobs each): stand-ins for different faces."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    out = torch.zeros(n, 3, size, size)
+    for _ in range(4):
+        cy, cx = torch.rand(2, n, 1, 1, generator=g) * size
+        colour = torch.rand(n, 3, 1, 1, generator=g) * 2 - 1
+        out += colour * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 8) ** 2)).unsqueeze(1)
+    return out
+
+
+def test_linear_flow_decoder_learns_one_displacement_for_every_face():
+    """`cir.flow_grid`: equal codes copy the source exactly; trained on faces whose change is a horizontal shift
+    of (a_t - a_s)[0] pixels, the decoder rebuilds frame t of faces it never saw far below the copy error — one
+    linear map of the code change serves every face."""
+    from aupretrain.methods.clp import LinearFlowDecoder, warp
+
+    size, dim = 24, 4
+    dec = LinearFlowDecoder(dim, size, grid=4, flow_max=0.3)
+    a_s = torch.randn(8, dim)
+    src = _smooth_faces(8, size, 0)
+    assert torch.equal(dec(a_s + 0.0, None, src, a_s), warp(src, torch.zeros(8, 2, size, size)))  # no change: a copy
+
+    def pairs(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = _smooth_faces(n, size, seed)
+        a0, a1 = torch.randn(n, dim, generator=g), torch.randn(n, dim, generator=g)
+        shift = (a1[:, 0] - a0[:, 0]).clamp(-2, 2)  # pixels
+        field = torch.stack([2 * shift / size, torch.zeros(n)], 1).view(n, 2, 1, 1).expand(n, 2, size, size)
+        return x, warp(x, field), a0, a1
+
+    opt = torch.optim.Adam(dec.parameters(), lr=0.02)
+    for step in range(150):
+        x, y, a0, a1 = pairs(32, step + 1)
+        loss = (dec(a1, None, x, a0) - y).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, y, a0, a1 = pairs(64, 10_000)  # faces and codes never trained on
+    with torch.no_grad():
+        rec, copy = (dec(a1, None, x, a0) - y).abs().mean(), (x - y).abs().mean()
+    assert rec < 0.3 * copy
+    with pytest.raises(ValueError, match="source and a_source"):
+        dec(a1, None)
+
+
+def test_rec_blur_compares_blurred_images():
+    """`cir.rec_blur`: the blur keeps a flat image and its mean, takes most of a pixel noise away, and every L1
+    term (and `rec_copy`) is measured on blurred images."""
+    from aupretrain.objectives.cir import gaussian_blur
+
+    flat = torch.full((2, 3, 16, 16), 0.7)
+    assert torch.allclose(gaussian_blur(flat, 1.5), flat, atol=1e-6)
+    assert gaussian_blur(flat, 0.0) is flat
+    noise = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert gaussian_blur(noise, 1.0).abs().mean() < 0.4 * noise.abs().mean()
+    b, t = 2, 4
+    x = torch.randn(b, t, 3, 16, 16)
+    a, p = torch.randn(b, t, 6), torch.randn(b, t, 5)
+    copy = lambda ac, pc, src: src  # noqa: E731
+    encode = lambda img: (img.flatten(1)[:, :6], img.flatten(1)[:, 6:11])  # noqa: E731
+    out = cir_forward(encode, copy, x, a, p, CIRRequest(torch.tensor([1, 0]), (0, 2), 1, source_frame=True))
+    sharp, blurred = cir_terms(out), cir_terms(out, blur=1.0)
+    want = (gaussian_blur(x[:, [1, 3]], 1.0) - gaussian_blur(x[:, [0, 2]], 1.0)).abs().mean()
+    assert torch.allclose(blurred["rec_copy"], want) and torch.allclose(blurred["rec_self"], want)
+    assert blurred["rec_cycle"] < 0.6 * sharp["rec_cycle"]
+
+
+def test_clp_builds_its_decoder_from_the_flow_knobs():
+    """objective=clp with `cir.flow_grid` builds the linear flow decoder; a flow basis without `cir.flow`, or a flow
+    without `cir.source_frame`, is refused with the knob's name."""
+    from aupretrain.config import load_config
+    from aupretrain.methods import build_method
+    from aupretrain.methods.clp import LinearFlowDecoder
+
+    def method(*overrides):
+        cfg = load_config(["experiment=quickstart", "objective=clp", *overrides])
+        return build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
+
+    linear = method("objective.cir.source_frame=true", "objective.cir.flow=true", "objective.cir.flow_grid=8")
+    assert isinstance(linear.decoder, LinearFlowDecoder) and linear.decoder.grid == 8
+    assert isinstance(method().decoder, Decoder)
+    with pytest.raises(ValueError, match="flow_grid"):
+        method("objective.cir.flow_grid=8")
+    with pytest.raises(ValueError, match="source_frame"):
+        method("objective.cir.flow=true")
