@@ -207,43 +207,52 @@ def warp(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 
 
 class LinearFlowDecoder(nn.Module):
-    """D(a, p, x_s, a_s) = warp(x_s, flow), flow = `flow_max` · tanh(W (a - a_s)) on a `grid` × `grid` lattice,
-    bilinearly upsampled to the image: a displacement field that is a *linear* function of the AU code's change
-    from frame s to frame t, the same W for every face (`objective.cir.flow_grid`; ours).
+    """D(a, p, x_s, a_s) = warp(x_s, flow), flow = `flow_max` · tanh(W (â - â_s)) on a `grid` × `grid` lattice,
+    bilinearly upsampled to the image (â = a / |a|): a displacement field that is a *linear* function of the AU
+    code's change from frame s to frame t, the same W for every face (`objective.cir.flow_grid`; ours). The codes
+    are unit-normalised first, as TCL compares them, so the field does not depend on the code's norm (measured:
+    |a| ≈ 80 and |a_t - a_s| ≈ 23 for a CLP-trained resnet_small, which makes each optimiser step of W move the
+    field by tens of pixels).
 
     The faces are aligned, so an AU moves the same part of every face the same way (AU12 pulls the lip corners up
     and out); with one W for all identities a code change can only explain a frame's change if it means the same
     displacement on every face — the cross-identity consistency CIR asks for, put into the decoder's form
     (TCAE's AU displacement, Li et al., CVPR 2019; FAb-Net, Wiles et al., BMVC 2018 — there a conv decoder). W has
-    no bias and starts at zero: equal codes warp nothing, and the decoder starts as the copy of x_s. The identity
+    no bias, so equal codes warp nothing; it starts at zero (the copy of x_s) or, with `init_std` > 0
+(`cir.flow_init_std`), random — with W = 0 the codes receive no gradient from this decoder until W has learned
+to read them. The identity
     code p is not read (the warped source carries the face). Shapes: a, a_s [N, au_dim], source [N, 3, S, S] ->
     float32 [N, 3, S, S]."""
 
-    def __init__(self, au_dim: int, output_size: int, grid: int = 16, flow_max: float = 0.2):
+    def __init__(self, au_dim: int, output_size: int, grid: int = 16, flow_max: float = 0.2, init_std: float = 0.0):
         super().__init__()
         if grid < 1:
             raise ValueError(f"objective.cir.flow_grid must be >= 1 for a linear flow decoder, got {grid}")
         self.grid, self.output_size, self.flow_max = int(grid), int(output_size), float(flow_max)
         self.basis = nn.Linear(au_dim, 2 * self.grid * self.grid, bias=False)
-        nn.init.zeros_(self.basis.weight)
+        if init_std > 0:  # `cir.flow_init_std`: the codes get a gradient from the first step (W = 0 gives them none)
+            nn.init.normal_(self.basis.weight, std=float(init_std))
+        else:
+            nn.init.zeros_(self.basis.weight)
 
     def forward(self, a: torch.Tensor, p: torch.Tensor, source: torch.Tensor | None = None,
                 a_source: torch.Tensor | None = None) -> torch.Tensor:
         """See the class. Raises ValueError without `source` and `a_source` (this decoder always warps)."""
         if source is None or a_source is None:
             raise ValueError("a linear flow decoder warps its source frame: it needs source and a_source")
-        f = self.basis((a - a_source).float()).view(a.shape[0], 2, self.grid, self.grid)
+        change = F.normalize(a.float(), dim=-1) - F.normalize(a_source.float(), dim=-1)
+        f = self.basis(change).view(a.shape[0], 2, self.grid, self.grid)
         flow = F.interpolate(self.flow_max * torch.tanh(f), size=(self.output_size, self.output_size),
                              mode="bilinear", align_corners=False)
         return warp(source, flow)
 
 
 def build_decoder(model_cfg: dict[str, Any], input_size: int, source: bool = False, flow: bool = False,
-                  flow_max: float = 0.2, flow_grid: int = 0) -> nn.Module:
+                  flow_max: float = 0.2, flow_grid: int = 0, flow_init_std: float = 0.0) -> nn.Module:
     """CIR's decoder from `model.decoder` and the `objective.cir` knobs: `LinearFlowDecoder` when `flow` and
     `flow_grid` > 0, else `Decoder`."""
     if flow and flow_grid > 0:
-        return LinearFlowDecoder(int(model_cfg["au_dim"]), input_size, flow_grid, flow_max)
+        return LinearFlowDecoder(int(model_cfg["au_dim"]), input_size, flow_grid, flow_max, flow_init_std)
     c = model_cfg["decoder"]
     return Decoder(int(model_cfg["au_dim"]), int(model_cfg["id_dim"]), input_size, c["widths"], c["start"],
                    model_cfg["norm"], int(c["norm_groups"]),
@@ -269,7 +278,7 @@ class CLPMethod(Method):
             raise ValueError("objective.cir.flow_grid > 0 is a flow decoder's basis: it needs objective.cir.flow=true")
         self.decoder = build_decoder(model_cfg, input_size, self.source_frame, self.flow,
                                      float(cir.get("flow_max", 0.2)) if self.flow else 0.2,
-                                     int(cir.get("flow_grid", 0)))
+                                     int(cir.get("flow_grid", 0)), float(cir.get("flow_init_std", 0.0)))
 
     def request(self, batch, clip_len):
         return {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset,

@@ -308,7 +308,7 @@ def _smooth_faces(n: int, size: int, seed: int) -> torch.Tensor:
 
 def test_linear_flow_decoder_learns_one_displacement_for_every_face():
     """`cir.flow_grid`: equal codes copy the source exactly; trained on faces whose change is a horizontal shift
-    of (a_t - a_s)[0] pixels, the decoder rebuilds frame t of faces it never saw far below the copy error — one
+    of 2 (a_t - a_s)[0] pixels (unit codes), the decoder rebuilds frame t of faces it never saw far below the copy error — one
     linear map of the code change serves every face."""
     from aupretrain.methods.clp import LinearFlowDecoder, warp
 
@@ -321,8 +321,8 @@ def test_linear_flow_decoder_learns_one_displacement_for_every_face():
     def pairs(n, seed):
         g = torch.Generator().manual_seed(seed)
         x = _smooth_faces(n, size, seed)
-        a0, a1 = torch.randn(n, dim, generator=g), torch.randn(n, dim, generator=g)
-        shift = (a1[:, 0] - a0[:, 0]).clamp(-2, 2)  # pixels
+        a0, a1 = (F.normalize(torch.randn(n, dim, generator=g), dim=-1) for _ in range(2))  # unit codes
+        shift = 2 * (a1[:, 0] - a0[:, 0])  # pixels, in [-4, 4]
         field = torch.stack([2 * shift / size, torch.zeros(n)], 1).view(n, 2, 1, 1).expand(n, 2, size, size)
         return x, warp(x, field), a0, a1
 
@@ -337,6 +337,7 @@ def test_linear_flow_decoder_learns_one_displacement_for_every_face():
     with torch.no_grad():
         rec, copy = (dec(a1, None, x, a0) - y).abs().mean(), (x - y).abs().mean()
     assert rec < 0.3 * copy
+    assert torch.allclose(dec(10 * a1, None, x, a0), dec(a1, None, x, a0), atol=1e-5)  # the code's norm is not read
     with pytest.raises(ValueError, match="source and a_source"):
         dec(a1, None)
 
