@@ -1,4 +1,5 @@
-"""Can CLP's flow decoder (`objective.cir.flow`) rebuild frame t from frame s when its codes are the truth?
+"""Can CLP's flow decoder (`objective.cir.flow`) rebuild frame t from frame s when its codes are the truth — and can
+it, alone, teach an encoder codes that do?
 
 The decoder is trained alone, its AU codes replaced by the renderer's AU vectors of frames t and s (an oracle
 encoder; the identity code is zero), on pairs of frames `--gap` apart from the first `--videos` videos of a
@@ -10,10 +11,16 @@ after the Gaussian blur of `objective.cir.rec_blur` (what CLP trains with), and 
 `objective.cir.flow_grid=16` gives the linear displacement basis of the AU change (`LinearFlowDecoder`).
 
     python bench/flow_oracle.py D --json bench/results/flow_oracle.json [Hydra overrides]
-    python bench/flow_oracle.py D --lr 1e-3 objective.cir.flow_grid=16 objective.cir.rec_blur=1
+    python bench/flow_oracle.py D objective.cir.flow_grid=16 objective.cir.rec_blur=1 --lr 1e-3
+    python bench/flow_oracle.py D objective.cir.flow_grid=16 objective.cir.rec_blur=1 objective.cir.flow_init_std=0.1 \
+        --lr 1e-3 --batch 32 --steps 1500 --train-encoder E.pt      # the codes learned from this term alone
+
+`--train-encoder` replaces the oracle by the config's encoder, trained with the reconstruction term alone (frames as
+they are: no augmentation), and saves it for `aupretrain-eval E.pt`: does this term, by itself, teach a code AUs?
+The last column is the mean of `rec - copy` over the steps since the previous row.
 
 The decoder's kind, shape, normalisation, input size, `flow_max` and `flow_grid` come from the config tree (`experiment=quickstart
-objective=clp` plus the overrides given), only its code width is the AU vector's.
+objective=clp` plus the overrides given); with the oracle its code width is the AU vector's.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from bench.common import report  # noqa: E402
 
 from aupretrain.config import load_config  # noqa: E402
 from aupretrain.methods.clp import build_decoder  # noqa: E402
+from aupretrain.models.encoder import AUEncoder, save_encoder  # noqa: E402
 from aupretrain.objectives.cir import gaussian_blur  # noqa: E402
 
 
@@ -67,6 +75,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json")
+    ap.add_argument("--train-encoder", metavar="OUT.pt", help="learn the codes too: the config's encoder, trained with "
+                    "this reconstruction alone, saved to OUT.pt (score it with aupretrain-eval OUT.pt)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (model=..., data.input_size=..., objective.cir.flow_max=...)")
     a = ap.parse_args()
     cfg = load_config(["experiment=quickstart", "objective=clp", *a.overrides])
@@ -74,23 +84,39 @@ def main() -> None:
     torch.manual_seed(a.seed)
     x, au = load_pairs(a.corpus, a.videos, a.gap, size, m.mean, m.std)
     cir = cfg.objective.cir
-    model = {**OmegaConf.to_container(m, resolve=True), "au_dim": au.shape[-1], "id_dim": 4}  # codes: AU vectors
-    dec = build_decoder(model, size, source=True, flow=True, flow_max=float(cir.flow_max), flow_grid=int(cir.flow_grid))
+    model = OmegaConf.to_container(m, resolve=True)
+    encoder = AUEncoder(model, size) if a.train_encoder else None
+    if encoder is None:  # oracle codes: the AU vectors
+        model = {**model, "au_dim": au.shape[-1], "id_dim": 4}
+    dec = build_decoder(model, size, source=True, flow=True, flow_max=float(cir.flow_max), flow_grid=int(cir.flow_grid),
+                        flow_init_std=float(cir.flow_init_std))
     blur = lambda v: gaussian_blur(v, float(cir.rec_blur))  # noqa: E731
-    opt = torch.optim.AdamW(dec.parameters(), lr=a.lr)
-    rows = []
+    params = list(dec.parameters()) + (list(encoder.parameters()) if encoder is not None else [])
+    opt = torch.optim.AdamW(params, lr=a.lr)
+    rows, window = [], []
     for step in range(a.steps + 1):
         i = torch.randint(0, len(x), (a.batch,))
         src, tgt = x[i, 0], x[i, 1]
-        rec = (blur(dec(au[i, 1], torch.zeros(a.batch, 4), src, au[i, 0])) - blur(tgt)).abs().mean()
+        if encoder is None:
+            a_t, a_s, p = au[i, 1], au[i, 0], torch.zeros(a.batch, 4)
+        else:
+            codes = encoder(torch.cat([tgt, src]))
+            a_t, a_s, p = codes["a"][:a.batch], codes["a"][a.batch:], codes["p"][:a.batch]
+        rec = (blur(dec(a_t, p, src, a_s)) - blur(tgt)).abs().mean()
         opt.zero_grad()
         rec.backward()
         opt.step()
+        copy = (blur(src) - blur(tgt)).abs().mean().item()
+        window.append(rec.item() - copy)
         if step % a.every == 0:
-            copy = (blur(src) - blur(tgt)).abs().mean().item()
             rows.append({"step": step, "rec": round(rec.item(), 5), "copy": round(copy, 5),
-                         "rec - copy (x 1e4)": round((rec.item() - copy) * 1e4, 2)})
-    report(f"flow decoder with oracle AU codes: {len(x)} pairs, {a.corpus}", rows, a.json, {"args": vars(a) | {
+                         "rec - copy (x 1e4)": round((rec.item() - copy) * 1e4, 2),
+                         "window mean (x 1e4)": round(sum(window) / len(window) * 1e4, 2)})
+            window = []
+    if encoder is not None:
+        save_encoder(encoder.eval(), a.train_encoder, {"flow_oracle": vars(a) | {"corpus": str(a.corpus)}})
+    codes = "an encoder trained with it" if encoder is not None else "oracle AU codes"
+    report(f"flow decoder with {codes}: {len(x)} pairs, {a.corpus}", rows, a.json, {"args": vars(a) | {
         "corpus": str(a.corpus)}, "decoder": {"input_size": size, "kind": type(dec).__name__,
                                               "widths": list(m.decoder.widths), "norm": m.norm,
                                               "flow_max": float(cir.flow_max), "flow_grid": int(cir.flow_grid),
