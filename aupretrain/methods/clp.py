@@ -210,19 +210,18 @@ class LinearFlowDecoder(nn.Module):
     """D(a, p, x_s, a_s) = warp(x_s, flow), flow = `flow_max` · tanh(W (â - â_s)) on a `grid` × `grid` lattice,
     bilinearly upsampled to the image (â = a / |a|): a displacement field that is a *linear* function of the AU
     code's change from frame s to frame t, the same W for every face (`objective.cir.flow_grid`; ours). The codes
-    are unit-normalised first, as TCL compares them, so the field does not depend on the code's norm (measured:
-    |a| ≈ 80 and |a_t - a_s| ≈ 23 for a CLP-trained resnet_small, which makes each optimiser step of W move the
-    field by tens of pixels).
+    are unit-normalised first, as TCL compares them, so the field does not depend on the code's norm (measured on a
+    CLP-trained resnet_small: |a| ≈ 80, |a_t - a_s| ≈ 23 for frames 160 ms apart — an optimiser step of W sized
+    for unit-scale inputs would move the field twenty times too far).
 
     The faces are aligned, so an AU moves the same part of every face the same way (AU12 pulls the lip corners up
     and out); with one W for all identities a code change can only explain a frame's change if it means the same
     displacement on every face — the cross-identity consistency CIR asks for, put into the decoder's form
     (TCAE's AU displacement, Li et al., CVPR 2019; FAb-Net, Wiles et al., BMVC 2018 — there a conv decoder). W has
-    no bias, so equal codes warp nothing; it starts at zero (the copy of x_s) or, with `init_std` > 0
-(`cir.flow_init_std`), random — with W = 0 the codes receive no gradient from this decoder until W has learned
-to read them. The identity
-    code p is not read (the warped source carries the face). Shapes: a, a_s [N, au_dim], source [N, 3, S, S] ->
-    float32 [N, 3, S, S]."""
+    no bias, so equal codes warp nothing. It starts at zero (the copy of x_s) or, with `init_std` > 0
+    (`cir.flow_init_std`), random: with W = 0 the codes receive no gradient from this decoder until W has learned
+    to read them. The identity code p is not read (the warped source carries the face).
+    Shapes: a, a_s [N, au_dim], source [N, 3, S, S] -> float32 [N, 3, S, S]."""
 
     def __init__(self, au_dim: int, output_size: int, grid: int = 16, flow_max: float = 0.2, init_std: float = 0.0):
         super().__init__()
