@@ -25,11 +25,12 @@ OBJECTIVES = {
     "simclr": dict(name="simclr", temperature=0.1),
     "clp": dict(name="clp", temperature=0.1, margin=0.2, window=0, symmetric=True, rank_weight=0.3, rank_margin=0.05,
                 cross_clip_weight=1.0, cir=dict(self_weight=1.0, cycle_weight=1.0, au_weight=0.5, id_weight=0.5,
-                                                frames=2, identity_offset=1, stop_grad_targets=True)),
+                                                frames=2, identity_offset=1, stop_grad_targets=True,
+                                                rec_blur=0.0)),
     "clp_nd": dict(name="clp", temperature=0.1, margin=0.2, window=0, symmetric=True, rank_weight=0.3,
                    rank_margin=0.05, cross_clip_weight=1.0, negative_min_change=0.05,
                    cir=dict(self_weight=1.0, cycle_weight=1.0, au_weight=0.5, id_weight=0.5, frames=2,
-                            identity_offset=1, stop_grad_targets=True, source_frame=True)),
+                            identity_offset=1, stop_grad_targets=True, source_frame=True, rec_blur=1.0)),
     "moco": dict(name="moco", temperature=0.2, momentum=0.99, queue_size=1000, symmetric=True),
 }
 
