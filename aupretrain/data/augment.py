@@ -228,8 +228,7 @@ def noise_views(batch: dict, s: ReaderSettings, g: torch.Generator) -> None:
     lo, hi = s.noise_sigma
     if hi <= 0:
         return
-    v = batch["view1"]
-    b = v.shape[0]
+    b = batch["view1"].shape[0]
     sigma = lo + (hi - lo) * torch.rand(2, b, generator=g)
     per_channel = 1.0 / (torch.tensor(s.std) * 255.0)  # grey levels -> normalised units, per channel
     for i, k in enumerate(("view1", "view2")):

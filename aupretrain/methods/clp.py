@@ -273,11 +273,12 @@ class CLPMethod(Method):
         self.flow = bool(cir.get("flow", False))
         if self.flow and not self.source_frame:
             raise ValueError("objective.cir.flow=true warps the source frame: it needs objective.cir.source_frame=true")
-        if int(cir.get("flow_grid", 0)) > 0 and not self.flow:
+        flow_grid = int(cir.get("flow_grid", 0))
+        if flow_grid > 0 and not self.flow:
             raise ValueError("objective.cir.flow_grid > 0 is a flow decoder's basis: it needs objective.cir.flow=true")
         self.decoder = build_decoder(model_cfg, input_size, self.source_frame, self.flow,
                                      float(cir.get("flow_max", 0.2)) if self.flow else 0.2,
-                                     int(cir.get("flow_grid", 0)), float(cir.get("flow_init_std", 0.0)))
+                                     flow_grid, float(cir.get("flow_init_std", 0.0)))
 
     def request(self, batch, clip_len):
         return {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset,

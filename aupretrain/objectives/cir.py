@@ -31,7 +31,9 @@ from .tcl import TCLObjective
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """A separable Gaussian blur of the last two axes: x [..., C, H, W] float -> same shape; `sigma` in pixels, a
-    kernel of 2·ceil(2σ)+1 taps, replicated borders; differentiable; x itself when sigma <= 0."""
+    kernel of 2·ceil(2σ)+1 taps, replicated borders; differentiable; x itself when sigma <= 0. (The loaders'
+    `data.augment.blur_clips` blurs uint8-range views with OpenCV on CPU — not differentiable, so a loss cannot
+    use it.)"""
     if sigma <= 0:
         return x
     r = max(1, math.ceil(2 * sigma))
@@ -44,9 +46,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return y.reshape(x.shape)
 
 
-def _per_clip_l1(pred: torch.Tensor, target: torch.Tensor, blur: float = 0.0) -> torch.Tensor:
-    """Mean |pred - target| per clip, both [B, F, C, H, W], after `gaussian_blur` of both with sigma `blur`."""
-    return (gaussian_blur(pred.float(), blur) - gaussian_blur(target.float(), blur)).abs().flatten(1).mean(1)  # [B]
+def _per_clip_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (pred.float() - target.float()).abs().flatten(1).mean(1)  # [B]
 
 
 def _per_clip_cos(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -62,13 +63,14 @@ def cir_terms(cir: dict[str, torch.Tensor], stop_grad_targets: bool = True, blur
     valid = cir["valid"].float()
     b = valid.shape[0]
     sg = (lambda t: t.detach()) if stop_grad_targets else (lambda t: t)
+    bl = lambda t: gaussian_blur(t.float(), blur)  # noqa: E731
+    target_self = bl(cir["target_self"])  # blurred once: the self term and the copy floor share it
     return {
-        "rec_self": _per_clip_l1(cir["rec_self"], cir["target_self"], blur).mean(),
-        "rec_cycle": (valid * _per_clip_l1(cir["rec_cycle"], cir["target_cycle"], blur)).sum() / b,
+        "rec_self": _per_clip_l1(bl(cir["rec_self"]), target_self).mean(),
+        "rec_cycle": (valid * _per_clip_l1(bl(cir["rec_cycle"]), bl(cir["target_cycle"]))).sum() / b,
         "au_consistency": (valid * _per_clip_cos(cir["a_cross"], sg(cir["a_target"]))).sum() / b,
         "id_consistency": (valid * _per_clip_cos(cir["p_cross"], sg(cir["p_target"]))).sum() / b,
-        **({"rec_copy": _per_clip_l1(cir["source_self"], cir["target_self"], blur).mean()}
-           if "source_self" in cir else {}),
+        **({"rec_copy": _per_clip_l1(bl(cir["source_self"]), target_self).mean()} if "source_self" in cir else {}),
     }
 
 

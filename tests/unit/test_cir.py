@@ -307,16 +307,13 @@ def _smooth_faces(n: int, size: int, seed: int) -> torch.Tensor:
 
 
 def test_linear_flow_decoder_learns_one_displacement_for_every_face():
-    """`cir.flow_grid`: equal codes copy the source exactly; trained on faces whose change is a horizontal shift
-    of 2 (a_t - a_s)[0] pixels (unit codes), the decoder rebuilds frame t of faces it never saw far below the copy error — one
-    linear map of the code change serves every face."""
+    """`cir.flow_grid`: trained on faces whose change is a horizontal shift of 2 (a_t - a_s)[0] pixels (unit
+    codes), the decoder rebuilds frame t of faces it never saw far below the copy error — one linear map of the code
+    change serves every face; equal codes still copy the source exactly (no bias), and the code's norm is not read."""
     from aupretrain.methods.clp import LinearFlowDecoder, warp
 
     size, dim = 24, 4
     dec = LinearFlowDecoder(dim, size, grid=4, flow_max=0.3)
-    a_s = torch.randn(8, dim)
-    src = _smooth_faces(8, size, 0)
-    assert torch.equal(dec(a_s + 0.0, None, src, a_s), warp(src, torch.zeros(8, 2, size, size)))  # no change: a copy
 
     def pairs(n, seed):
         g = torch.Generator().manual_seed(seed)
@@ -337,7 +334,10 @@ def test_linear_flow_decoder_learns_one_displacement_for_every_face():
     with torch.no_grad():
         rec, copy = (dec(a1, None, x, a0) - y).abs().mean(), (x - y).abs().mean()
     assert rec < 0.3 * copy
-    assert torch.allclose(dec(10 * a1, None, x, a0), dec(a1, None, x, a0), atol=1e-5)  # the code's norm is not read
+    assert dec.basis.weight.abs().max() > 0.1  # trained: W reads the code change
+    with torch.no_grad():
+        assert torch.allclose(dec(3 * a0, None, x, a0), x, atol=1e-5)  # the same code (any norm): a copy
+        assert torch.allclose(dec(10 * a1, None, x, a0), dec(a1, None, x, a0), atol=1e-5)  # the norm is not read
     with pytest.raises(ValueError, match="source and a_source"):
         dec(a1, None)
 
@@ -365,8 +365,8 @@ def test_rec_blur_compares_blurred_images():
 
 
 def test_clp_builds_its_decoder_from_the_flow_knobs():
-    """objective=clp with `cir.flow_grid` builds the linear flow decoder; a flow basis without `cir.flow`, or a flow
-    without `cir.source_frame`, is refused with the knob's name."""
+    """objective=clp with `cir.flow_grid` builds the linear flow decoder (zero or, with `cir.flow_init_std`, random
+    start); a flow basis without `cir.flow`, or a flow without `cir.source_frame`, is refused with the knob's name."""
     from aupretrain.config import load_config
     from aupretrain.methods import build_method
     from aupretrain.methods.clp import LinearFlowDecoder
@@ -377,6 +377,13 @@ def test_clp_builds_its_decoder_from_the_flow_knobs():
 
     linear = method("objective.cir.source_frame=true", "objective.cir.flow=true", "objective.cir.flow_grid=8")
     assert isinstance(linear.decoder, LinearFlowDecoder) and linear.decoder.grid == 8
+    assert linear.decoder.basis.weight.abs().max() == 0  # zero start: the copy of the source
+    started = method("objective.cir.source_frame=true", "objective.cir.flow=true", "objective.cir.flow_grid=8",
+                     "objective.cir.flow_init_std=0.1").decoder
+    assert abs(float(started.basis.weight.detach().std()) - 0.1) < 0.01  # `cir.flow_init_std`: a random start
+    a, a_s = torch.randn(2, started.basis.in_features, requires_grad=True), torch.randn(2, started.basis.in_features)
+    started(a, None, torch.randn(2, 3, 64, 64), a_s).abs().mean().backward()
+    assert a.grad.abs().sum() > 0  # ... so the codes get a gradient from the first step
     assert isinstance(method().decoder, Decoder)
     with pytest.raises(ValueError, match="flow_grid"):
         method("objective.cir.flow_grid=8")
