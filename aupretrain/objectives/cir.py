@@ -84,7 +84,8 @@ def cir_loss(cir: dict[str, torch.Tensor], weights: dict[str, float], stop_grad_
 
 
 class CLPObjective(TCLObjective):
-    """CLP: TCL (global, negatives from every rank) + CIR (local, on view 1 of each clip and its partner)."""
+    """CLP: `tcl_weight` x TCL (global, negatives from every rank) + CIR (local, on view 1 of each clip and its
+    partner)."""
 
     name = "clp"
 
@@ -95,6 +96,14 @@ class CLPObjective(TCLObjective):
                             "au_consistency": float(c.au_weight), "id_consistency": float(c.id_weight)}
         self.stop_grad_targets = bool(c.stop_grad_targets)
         self.rec_blur = float(c.rec_blur)
+        self.tcl_weight = float(cfg.get("tcl_weight", 1.0))
+        if self.tcl_weight < 0:
+            raise ValueError(f"objective.tcl_weight={self.tcl_weight}: must be >= 0")
+
+    def global_loss(self, features, keys, offset):
+        """TCL's term weighted by `objective.tcl_weight` (the logged parts stay unweighted)."""
+        loss, parts = super().global_loss(features, keys, offset)
+        return self.tcl_weight * loss, parts
 
     def local_loss(self, outputs, batch):
         loss, parts = cir_loss(outputs["cir"], self.cir_weights, self.stop_grad_targets, self.rec_blur)

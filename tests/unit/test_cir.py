@@ -389,3 +389,22 @@ def test_clp_builds_its_decoder_from_the_flow_knobs():
         method("objective.cir.flow_grid=8")
     with pytest.raises(ValueError, match="source_frame"):
         method("objective.cir.flow=true")
+
+
+def test_clp_tcl_weight_scales_the_tcl_term_only():
+    """`objective.tcl_weight` multiplies CLP's TCL term; the logged `tcl` part and the CIR terms stay as they are."""
+    from aupretrain.config import load_config
+
+    torch.manual_seed(0)
+    b, d = 3, 8
+    feats = {"z1": F.normalize(torch.randn(b, T, d), dim=-1), "z2": F.normalize(torch.randn(b, T, d), dim=-1)}
+    full = build_objective(load_config(["objective=clp"]).objective)
+    quarter = build_objective(load_config(["objective=clp", "objective.tcl_weight=0.25"]).objective)
+    keys = full.keys(feats)
+    loss_full, parts_full = full.global_loss(feats, keys, 0)
+    loss_q, parts_q = quarter.global_loss(feats, keys, 0)
+    assert loss_full.item() > 0
+    assert loss_q.item() == pytest.approx(0.25 * loss_full.item(), rel=1e-6)
+    assert parts_q["tcl"].item() == pytest.approx(parts_full["tcl"].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="tcl_weight"):
+        build_objective(load_config(["objective=clp", "objective.tcl_weight=-1"]).objective)
