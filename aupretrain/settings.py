@@ -160,6 +160,7 @@ SCHEMA: dict[str, Spec] = {
     "objective.temperature": _num_spec(0, above=True),
     "objective.margin": _num_spec(0),
     "objective.window": _int(0, what="frames"),
+    "objective.tcl_weight": _num_spec(0, what="weight of CLP's TCL term"),
     "objective.cir.frames": _int(0, what="frames per clip for reconstruction, 0: all"),
     "objective.cir.flow_grid": _int(0, what="lattice side of the linear flow basis, 0: the conv flow decoder"),
     "objective.cir.rec_blur": _num_spec(0, what="pixels, Gaussian sigma"),

@@ -408,3 +408,21 @@ def test_clp_tcl_weight_scales_the_tcl_term_only():
     assert parts_q["tcl"].item() == pytest.approx(parts_full["tcl"].item(), rel=1e-6)
     with pytest.raises(ValueError, match="tcl_weight"):
         build_objective(load_config(["objective=clp", "objective.tcl_weight=-1"]).objective)
+
+
+def test_clp_flow_preset_is_clp_led_by_the_linear_flow_basis():
+    """`objective=clp_flow` is CLP (same objective and method) with the measured flow-led settings: the linear flow
+    decoder, blurred L1, TCL at a twentieth; the CLP knobs it does not set keep clp.yaml's values."""
+    from aupretrain.config import load_config
+    from aupretrain.methods import build_method
+    from aupretrain.methods.clp import LinearFlowDecoder
+
+    cfg = load_config(["experiment=quickstart", "objective=clp_flow"])
+    base = load_config(["experiment=quickstart", "objective=clp"]).objective
+    obj = build_objective(cfg.objective)
+    assert obj.name == "clp" and obj.tcl_weight == 0.05 and obj.rec_blur == 1.0
+    assert obj.cir_weights["rec_self"] == obj.cir_weights["rec_cycle"] == 100.0
+    assert obj.cir_weights["au_consistency"] == float(base.cir.au_weight)
+    assert cfg.objective.temperature == base.temperature and cfg.objective.margin == base.margin
+    decoder = build_method(cfg.objective, cfg.model, int(cfg.data.input_size)).decoder
+    assert isinstance(decoder, LinearFlowDecoder) and decoder.grid == 16
