@@ -14,6 +14,7 @@ after the Gaussian blur of `objective.cir.rec_blur` (what CLP trains with), and 
     python bench/flow_oracle.py D objective.cir.flow_grid=16 objective.cir.rec_blur=1 --lr 1e-3
     python bench/flow_oracle.py D objective.cir.flow_grid=16 objective.cir.rec_blur=1 objective.cir.flow_init_std=0.1 \
         --lr 1e-3 --batch 32 --steps 1500 --train-encoder E.pt      # the codes learned from this term alone
+    ... --gap 12 --videos 800 --train-encoder E.pt              # from frames 12 apart (480 ms at 25 fps)
 
 `--train-encoder` replaces the oracle by the config's encoder, trained with the reconstruction term alone (frames as
 they are: no augmentation), and saves it for `aupretrain-eval E.pt`: does this term, by itself, teach a code AUs?
