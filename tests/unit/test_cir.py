@@ -406,6 +406,13 @@ def test_clp_tcl_weight_scales_the_tcl_term_only():
     assert loss_full.item() > 0
     assert loss_q.item() == pytest.approx(0.25 * loss_full.item(), rel=1e-6)
     assert parts_q["tcl"].item() == pytest.approx(parts_full["tcl"].item(), rel=1e-6)
+    b_, f_, s_ = 2, 2, 8  # the CIR (local) terms are not weighted by it
+    cir = {"valid": torch.ones(b_), **{k: torch.rand(b_, f_, 3, s_, s_) for k in
+                                       ("rec_self", "target_self", "rec_cycle", "target_cycle")},
+           **{k: torch.randn(b_, f_, 4) for k in ("a_cross", "a_target", "p_cross", "p_target")}}
+    local_full, _ = full.local_loss({"cir": cir, "z1": feats["z1"], "z2": feats["z2"]}, {})
+    local_q, _ = quarter.local_loss({"cir": cir, "z1": feats["z1"], "z2": feats["z2"]}, {})
+    assert local_full.item() > 0 and local_q.item() == pytest.approx(local_full.item(), rel=1e-6)
     with pytest.raises(ValueError, match="tcl_weight"):
         build_objective(load_config(["objective=clp", "objective.tcl_weight=-1"]).objective)
 
