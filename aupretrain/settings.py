@@ -163,6 +163,7 @@ SCHEMA: dict[str, Spec] = {
     "objective.tcl_weight": _num_spec(0, what="weight of CLP's TCL term"),
     "objective.cir.frames": _int(0, what="frames per clip for reconstruction, 0: all"),
     "objective.cir.flow_grid": _int(0, what="lattice side of the linear flow basis, 0: the conv flow decoder"),
+    "objective.cir.texture_grid": _int(0, what="lattice side of the linear appearance basis, 0: none"),
     "objective.cir.rec_blur": _num_spec(0, what="pixels, Gaussian sigma"),
     "objective.cir.flow_init_std": _num_spec(0),
     "objective.queue_size": _int(1),

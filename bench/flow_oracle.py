@@ -43,9 +43,11 @@ from aupretrain.models.encoder import AUEncoder, save_encoder  # noqa: E402
 from aupretrain.objectives.cir import gaussian_blur  # noqa: E402
 
 
-def load_pairs(corpus: Path, videos: int, gap: int, size: int, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame pairs [N, 2, 3, S, S] (normalised with the model's `mean`/`std`, fractions of 255) and their AU
-    vectors [N, 2, A]."""
+def load_pairs(corpus: Path, videos: int, gap: int, size: int, mean, std,
+               pair_step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame pairs (t, t + `gap`) for t = 0, `pair_step`, 2 `pair_step`, ... (default: `gap`, pairs that do not
+    overlap) [N, 2, 3, S, S] (normalised with the model's `mean`/`std`, fractions of 255) and their AU vectors
+    [N, 2, A]."""
     import av
     import cv2
 
@@ -56,7 +58,7 @@ def load_pairs(corpus: Path, videos: int, gap: int, size: int, mean, std) -> tup
         with av.open(str(labels.with_name(labels.name.replace(".labels.json", ".mp4")))) as c:
             fr = [(cv2.resize(f.to_ndarray(format="rgb24"), (size, size), interpolation=cv2.INTER_AREA) - mean) / std
                   for f in c.decode(video=0)]
-        for t in range(0, len(fr) - gap, gap):
+        for t in range(0, len(fr) - gap, pair_step or gap):
             frames.append(np.stack([fr[t], fr[t + gap]]))
             aus.append(np.stack([au[t], au[t + gap]]))
     if not frames:
@@ -70,6 +72,8 @@ def main() -> None:
     ap.add_argument("corpus", type=Path)
     ap.add_argument("--videos", type=int, default=300)
     ap.add_argument("--gap", type=int, default=4, help="frames between s and t")
+    ap.add_argument("--pair-step", type=int, default=None,
+                    help="frames between the first frames of successive pairs (default: --gap; 1: every pair)")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -83,14 +87,14 @@ def main() -> None:
     cfg = load_config(["experiment=quickstart", "objective=clp", *a.overrides])
     m, size = cfg.model, int(cfg.data.input_size)
     torch.manual_seed(a.seed)
-    x, au = load_pairs(a.corpus, a.videos, a.gap, size, m.mean, m.std)
+    x, au = load_pairs(a.corpus, a.videos, a.gap, size, m.mean, m.std, a.pair_step)
     cir = cfg.objective.cir
     model = OmegaConf.to_container(m, resolve=True)
     encoder = AUEncoder(model, size) if a.train_encoder else None
     if encoder is None:  # oracle codes: the AU vectors
         model = {**model, "au_dim": au.shape[-1], "id_dim": 4}
     dec = build_decoder(model, size, source=True, flow=True, flow_max=float(cir.flow_max), flow_grid=int(cir.flow_grid),
-                        flow_init_std=float(cir.flow_init_std))
+                        flow_init_std=float(cir.flow_init_std), texture_grid=int(cir.get("texture_grid", 0)))
     blur = lambda v: gaussian_blur(v, float(cir.rec_blur))  # noqa: E731
     params = list(dec.parameters()) + (list(encoder.parameters()) if encoder is not None else [])
     opt = torch.optim.AdamW(params, lr=a.lr)
@@ -121,6 +125,7 @@ def main() -> None:
         "corpus": str(a.corpus)}, "decoder": {"input_size": size, "kind": type(dec).__name__,
                                               "widths": list(m.decoder.widths), "norm": m.norm,
                                               "flow_max": float(cir.flow_max), "flow_grid": int(cir.flow_grid),
+                                              "texture_grid": int(cir.get("texture_grid", 0)),
                                               "rec_blur": float(cir.rec_blur)}})
 
 

@@ -221,13 +221,27 @@ class LinearFlowDecoder(nn.Module):
     no bias, so equal codes warp nothing. It starts at zero (the copy of x_s) or, with `init_std` > 0
     (`cir.flow_init_std`), random: with W = 0 the codes receive no gradient from this decoder until W has learned
     to read them. The identity code p is not read (the warped source carries the face).
+
+    With `texture_grid` > 0 (`cir.texture_grid`) an *appearance* change is added after the warp:
+    D = warp(x_s, flow) + up(T (â − â_s)), T a linear map (no bias, zero start) to a 3 × `texture_grid`²
+    image, bilinearly upsampled — the texture modes of an Active Appearance Model beside its shape modes (Cootes,
+    Edwards & Taylor, "Active Appearance Models", TPAMI 2001), both linear in the code. A warp cannot make what
+    an AU draws rather than moves (a furrow, teeth, a flush); this term can, on the same terms: one T for every
+    face, nothing explained without a change of code.
     Shapes: a, a_s [N, au_dim], source [N, 3, S, S] -> float32 [N, 3, S, S]."""
 
-    def __init__(self, au_dim: int, output_size: int, grid: int = 16, flow_max: float = 0.2, init_std: float = 0.0):
+    def __init__(self, au_dim: int, output_size: int, grid: int = 16, flow_max: float = 0.2, init_std: float = 0.0,
+                 texture_grid: int = 0):
         super().__init__()
         if grid < 1:
             raise ValueError(f"objective.cir.flow_grid must be >= 1 for a linear flow decoder, got {grid}")
+        if texture_grid < 0:
+            raise ValueError(f"objective.cir.texture_grid must be >= 0, got {texture_grid}")
         self.grid, self.output_size, self.flow_max = int(grid), int(output_size), float(flow_max)
+        self.texture_grid = int(texture_grid)
+        self.texture = nn.Linear(au_dim, 3 * self.texture_grid ** 2, bias=False) if self.texture_grid else None
+        if self.texture is not None:
+            nn.init.zeros_(self.texture.weight)
         self.basis = nn.Linear(au_dim, 2 * self.grid * self.grid, bias=False)
         if init_std > 0:  # `cir.flow_init_std`: the codes get a gradient from the first step (W = 0 gives them none)
             nn.init.normal_(self.basis.weight, std=float(init_std))
@@ -241,17 +255,23 @@ class LinearFlowDecoder(nn.Module):
             raise ValueError("a linear flow decoder warps its source frame: it needs source and a_source")
         change = F.normalize(a.float(), dim=-1) - F.normalize(a_source.float(), dim=-1)
         f = self.basis(change).view(a.shape[0], 2, self.grid, self.grid)
-        flow = F.interpolate(self.flow_max * torch.tanh(f), size=(self.output_size, self.output_size),
-                             mode="bilinear", align_corners=False)
-        return warp(source, flow)
+        size = (self.output_size, self.output_size)
+        flow = F.interpolate(self.flow_max * torch.tanh(f), size=size, mode="bilinear", align_corners=False)
+        out = warp(source, flow)
+        if self.texture is not None:
+            t = self.texture(change).view(a.shape[0], 3, self.texture_grid, self.texture_grid)
+            out = out + F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+        return out
 
 
 def build_decoder(model_cfg: dict[str, Any], input_size: int, source: bool = False, flow: bool = False,
-                  flow_max: float = 0.2, flow_grid: int = 0, flow_init_std: float = 0.0) -> nn.Module:
+                  flow_max: float = 0.2, flow_grid: int = 0, flow_init_std: float = 0.0,
+                  texture_grid: int = 0) -> nn.Module:
     """CIR's decoder from `model.decoder` and the `objective.cir` knobs: `LinearFlowDecoder` when `flow` and
-    `flow_grid` > 0, else `Decoder`."""
+    `flow_grid` > 0 (with `texture_grid` > 0 its appearance basis too), else `Decoder`."""
     if flow and flow_grid > 0:
-        return LinearFlowDecoder(int(model_cfg["au_dim"]), input_size, flow_grid, flow_max, flow_init_std)
+        return LinearFlowDecoder(int(model_cfg["au_dim"]), input_size, flow_grid, flow_max, flow_init_std,
+                                 texture_grid)
     c = model_cfg["decoder"]
     return Decoder(int(model_cfg["au_dim"]), int(model_cfg["id_dim"]), input_size, c["widths"], c["start"],
                    model_cfg["norm"], int(c["norm_groups"]),
@@ -276,9 +296,13 @@ class CLPMethod(Method):
         flow_grid = int(cir.get("flow_grid", 0))
         if flow_grid > 0 and not self.flow:
             raise ValueError("objective.cir.flow_grid > 0 is a flow decoder's basis: it needs objective.cir.flow=true")
+        texture_grid = int(cir.get("texture_grid", 0))
+        if texture_grid > 0 and flow_grid <= 0:
+            raise ValueError("objective.cir.texture_grid > 0 is the linear flow decoder's appearance basis: it needs "
+                             "objective.cir.flow_grid > 0")
         self.decoder = build_decoder(model_cfg, input_size, self.source_frame, self.flow,
                                      float(cir.get("flow_max", 0.2)) if self.flow else 0.2,
-                                     flow_grid, float(cir.get("flow_init_std", 0.0)))
+                                     flow_grid, float(cir.get("flow_init_std", 0.0)), texture_grid)
 
     def request(self, batch, clip_len):
         return {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset,

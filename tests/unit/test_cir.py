@@ -342,6 +342,50 @@ def test_linear_flow_decoder_learns_one_displacement_for_every_face():
         dec(a1, None)
 
 
+def test_texture_basis_draws_what_a_warp_cannot():
+    """`cir.texture_grid`: trained on faces whose change is a dark patch drawn with strength (a_t - a_s)[0] (a furrow
+    that appears: nothing moves), the flow basis alone stays near the copy error and the flow + texture decoder
+    rebuilds frame t of faces it never saw far below it; equal codes still copy the source exactly, and a texture
+    grid without a flow basis is refused with the knob's name."""
+    from aupretrain.config import load_config
+    from aupretrain.methods import build_method
+    from aupretrain.methods.clp import LinearFlowDecoder
+
+    size, dim = 24, 4
+    patch = torch.zeros(1, 3, size, size)
+    patch[..., 14:18, 6:18] = -1.0
+
+    def pairs(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = _smooth_faces(n, size, seed)
+        a0, a1 = (F.normalize(torch.randn(n, dim, generator=g), dim=-1) for _ in range(2))
+        return x, x + (a1[:, 0] - a0[:, 0]).view(n, 1, 1, 1) * patch, a0, a1
+
+    def trained(texture_grid):
+        torch.manual_seed(0)
+        dec = LinearFlowDecoder(dim, size, grid=4, flow_max=0.3, texture_grid=texture_grid)
+        opt = torch.optim.Adam(dec.parameters(), lr=0.02)
+        for step in range(200):
+            x, y, a0, a1 = pairs(32, step + 1)
+            loss = (dec(a1, None, x, a0) - y).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        x, y, a0, a1 = pairs(64, 10_000)  # faces and codes never trained on
+        with torch.no_grad():
+            return dec, float((dec(a1, None, x, a0) - y).abs().mean() / (x - y).abs().mean()), x, a0
+
+    _, flow_only, _, _ = trained(0)
+    dec, both, x, a0 = trained(size)
+    assert flow_only > 0.6 and both < 0.3, (flow_only, both)
+    with torch.no_grad():
+        assert torch.allclose(dec(3 * a0, None, x, a0), x, atol=1e-5)  # the same code: a copy, no bias
+    cfg = load_config(["experiment=quickstart", "objective=clp_flow", "objective.cir.flow_grid=0",
+                       "objective.cir.texture_grid=8"])
+    with pytest.raises(ValueError, match="texture_grid"):
+        build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
+
+
 def test_rec_blur_compares_blurred_images():
     """`cir.rec_blur`: the blur keeps a flat image and its mean, takes most of a pixel noise away, and every L1
     term (and `rec_copy`) is measured on blurred images."""
