@@ -36,12 +36,12 @@ BASIS = "decoder.basis.weight"
 
 
 def flow_basis(run: Path) -> tuple[int, torch.Tensor]:
-    """(step, W [2 g², au_dim] float32) from the newest complete checkpoint of `run`."""
+    """(step, W [2 g², au_dim] float32) from the newest complete checkpoint of `run` (any ZeRO stage)."""
     found = checkpoint.latest(run)
     if found is None:
         raise SystemExit(f"{run}: no checkpoint under {checkpoint.root(run)}")
     step, path = found
-    states = torch.load(Path(path) / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
+    states = checkpoint.full_weights(path)  # any ZeRO stage: partitions gathered, fp32
     if BASIS not in states:
         raise SystemExit(f"{run}: checkpoint {path} has no {BASIS} (was the run trained with objective.cir.flow_grid > 0?)")
     return step, states[BASIS].float()

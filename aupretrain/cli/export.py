@@ -4,10 +4,10 @@
     aupretrain-export runs/exp1/checkpoints/step_4000 exports/exp1-4k  # any complete checkpoint, any ZeRO stage
 
 OUT gets `model.safetensors` (fp32 encoder weights) and `config.json` (model config, input size, step, MLflow run
-id, source). Load it with `aupretrain.load_encoder(OUT)`. Checkpoints are read with DeepSpeed's
-`get_fp32_state_dict_from_zero_checkpoint` once every file passed `engine.checkpoint.vet` (no pickled code),
-which gathers ZeRO partitions (stages 1–3) into full fp32 weights;
-a stage-0 checkpoint holds the full module and is read with `torch.load(weights_only=True)`.
+id, source). Load it with `aupretrain.load_encoder(OUT)`. Checkpoints are read by
+`engine.checkpoint.full_weights` once every file passed `engine.checkpoint.vet` (no pickled code): DeepSpeed's
+`get_fp32_state_dict_from_zero_checkpoint` gathers ZeRO partitions (stages 1–3) into full fp32 weights; a stage-0
+checkpoint holds the full module and is read with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
@@ -20,20 +20,11 @@ from pathlib import Path
 
 def encoder_from_checkpoint(ckpt: Path):
     """(AUEncoder, meta) from a complete DeepSpeed checkpoint folder `.../checkpoints/step_<N>`."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from ..engine.checkpoint import read_meta, vet
+    from ..engine.checkpoint import full_weights, read_meta
     from ..models.encoder import AUEncoder
 
-    vet(ckpt)  # DeepSpeed's reader unpickles with weights_only=False: refuse files that would run code first
+    full = full_weights(ckpt)  # vetted first: DeepSpeed's reader unpickles with weights_only=False
     meta = read_meta(ckpt)
-    if int(meta["config"]["deepspeed"]["zero_optimization"]["stage"]) == 0:  # no partitions: the full module is saved
-        import torch
-
-        full = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
-        full = {k: v.float() if v.is_floating_point() else v for k, v in full.items()}
-    else:
-        full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
     state = {k[len("encoder."):]: v for k, v in full.items() if k.startswith("encoder.")}
     cfg = meta["config"]
     enc = AUEncoder(cfg["model"], int(cfg["data"]["input_size"]))

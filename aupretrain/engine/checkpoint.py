@@ -354,6 +354,29 @@ def read_meta(ckpt_dir: str | Path) -> dict:
     return json.loads((Path(ckpt_dir) / "meta.json").read_text())
 
 
+def full_weights(ckpt_dir: str | Path) -> dict:
+    """The whole model's weights {name: fp32 tensor} from a complete checkpoint folder, any ZeRO stage, without an
+    engine: a stage-0 checkpoint holds the full module (`torch.load(weights_only=True)`); stages 1–3 are gathered
+    from their partitions by DeepSpeed's `get_fp32_state_dict_from_zero_checkpoint` (bf16 runs keep fp32 master
+    weights there). Every file is `vet`ted first, since DeepSpeed's reader unpickles freely.
+
+    Raises:
+        UsageError: a file would run code when loaded (`vet`).
+        FileNotFoundError: meta.json or the model states are missing.
+    """
+    import torch
+
+    ckpt_dir = Path(ckpt_dir)
+    vet(ckpt_dir)
+    meta = read_meta(ckpt_dir)
+    if int(meta["config"]["deepspeed"]["zero_optimization"]["stage"]) == 0:  # no partitions: the full module
+        full = torch.load(ckpt_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
+        return {k: v.float() if v.is_floating_point() else v for k, v in full.items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return dict(get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name))
+
+
 def load(engine, ckpt_dir: str | Path) -> dict:
     """Load a complete checkpoint folder (`.../checkpoints/step_<N>`) into the engine; returns its meta."""
     ckpt_dir = Path(ckpt_dir)
