@@ -12,7 +12,8 @@ top-k right singular vectors. If the top few directions carry the probe, the cod
 
 RUN is a run folder of `aupretrain/train.py` (its `encoder.pt` and `checkpoints/step_*`). The probe's folds follow
 `run.seed`, as in `aupretrain-eval`; give `run.seed=N` to match a run's own evaluation. Raises SystemExit naming RUN
-when it has no encoder, no checkpoint, or a checkpoint without a linear flow basis.
+when it has no encoder, no checkpoint, a checkpoint that cannot be read or has no linear flow basis, or an
+`encoder.pt` from another step than the newest checkpoint.
 """
 from __future__ import annotations
 
@@ -41,7 +42,10 @@ def flow_basis(run: Path) -> tuple[int, torch.Tensor]:
     if found is None:
         raise SystemExit(f"{run}: no checkpoint under {checkpoint.root(run)}")
     step, path = found
-    states = checkpoint.full_weights(path)  # any ZeRO stage: partitions gathered, fp32
+    try:
+        states = checkpoint.full_weights(path)  # any ZeRO stage: partitions gathered, fp32
+    except (OSError, KeyError, ValueError) as e:  # UsageError (a file that would run code) is a ValueError
+        raise SystemExit(f"{run}: checkpoint {path} cannot be read: {e}") from None
     if BASIS not in states:
         raise SystemExit(f"{run}: checkpoint {path} has no {BASIS} (was the run trained with objective.cir.flow_grid > 0?)")
     return step, states[BASIS].float()
@@ -50,13 +54,21 @@ def flow_basis(run: Path) -> tuple[int, torch.Tensor]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
-    ap.add_argument("--top", type=int, nargs="+", default=[4, 8, 16, 32])
+    ap.add_argument("--top", type=int, nargs="+", default=[2, 4, 8, 16, 32])
     ap.add_argument("--json")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_intermixed_args()
     if not (a.run / "encoder.pt").is_file():
         raise SystemExit(f"{a.run}: no encoder.pt (give the folder of a finished training run)")
+    if min(a.top) < 1:
+        ap.error(f"--top: every k must be >= 1, got {a.top}")
     step, W = flow_basis(a.run)
+    if max(a.top) > min(W.shape):
+        ap.error(f"--top: W ({W.shape[0]} x {W.shape[1]}) has {min(W.shape)} directions, got {max(a.top)}")
+    saved = torch.load(a.run / "encoder.pt", map_location="cpu", weights_only=True).get("step")
+    if saved is not None and int(saved) != step:
+        raise SystemExit(f"{a.run}: encoder.pt is from step {saved} but the newest checkpoint from step {step}: "
+                         "W and the codes must come from the same step (export that checkpoint's encoder)")
     cfg = load_config(list(a.overrides))
     encoder = load_encoder(a.run / "encoder.pt").eval()
     data, folds, _ = load_data(cfg, encoder)
@@ -64,7 +76,7 @@ def main() -> None:
     unit = torch.nn.functional.normalize(code, dim=-1)
     _, sv, vh = torch.linalg.svd(W, full_matrices=False)
     feats = {"code": code, "unit code": unit, "field W â": unit @ W.T}
-    feats |= {f"top-{k} directions of W": unit @ vh[:k].T for k in a.top if k <= vh.shape[0]}
+    feats |= {f"top-{k} directions of W": unit @ vh[:k].T for k in a.top}
     seed = int(cfg.run.seed)
     rows = [{"features": name, "dims": int(f.shape[1]),
              "mean F1": float(evaluate_codes(f.numpy().astype(np.float32), data, cfg.eval, seed, folds)["f1_mean"])}

@@ -18,7 +18,10 @@ after the Gaussian blur of `objective.cir.rec_blur` (what CLP trains with), and 
 
 `--train-encoder` replaces the oracle by the config's encoder, trained with the reconstruction term alone (frames as
 they are: no augmentation), and saves it for `aupretrain-eval E.pt`: does this term, by itself, teach a code AUs?
-The last column is the mean of `rec - copy` over the steps since the previous row.
+The last column is the mean of `rec - copy` over the steps since the previous row. Pairs start every `--gap` frames
+(pairs that do not overlap); `--pair-step 1` takes every pair. With a linear basis the end prints its singular
+values (and, with oracle codes, its column norm per AU: which AUs' motion it learned; both in the JSON);
+`objective.cir.texture_grid=G` adds its appearance basis.
 
 The decoder's kind, shape, normalisation, input size, `flow_max` and `flow_grid` come from the config tree (`experiment=quickstart
 objective=clp` plus the overrides given); with the oracle its code width is the AU vector's.
@@ -84,6 +87,8 @@ def main() -> None:
                     "this reconstruction alone, saved to OUT.pt (score it with aupretrain-eval OUT.pt)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (model=..., data.input_size=..., objective.cir.flow_max=...)")
     a = ap.parse_args()
+    if a.pair_step is not None and a.pair_step < 1:
+        ap.error(f"--pair-step must be >= 1, got {a.pair_step}")
     cfg = load_config(["experiment=quickstart", "objective=clp", *a.overrides])
     m, size = cfg.model, int(cfg.data.input_size)
     torch.manual_seed(a.seed)
@@ -120,8 +125,15 @@ def main() -> None:
             window = []
     if encoder is not None:
         save_encoder(encoder.eval(), a.train_encoder, {"flow_oracle": vars(a) | {"corpus": str(a.corpus)}})
+    basis = {}
+    if hasattr(dec, "basis"):  # the linear basis W [2 g^2, code width]: how many directions of motion it learned
+        W = dec.basis.weight.detach()
+        basis = {"singular_values": torch.linalg.svdvals(W).tolist(), "column_norms": W.norm(dim=0).tolist()}
+        print("singular values of W:", " ".join(f"{v:.2f}" for v in basis["singular_values"][:12]))
+        if encoder is None:  # one column per AU of the renderer
+            print("column norm of W per AU:", " ".join(f"{v:.2f}" for v in basis["column_norms"]))
     codes = "an encoder trained with it" if encoder is not None else "oracle AU codes"
-    report(f"flow decoder with {codes}: {len(x)} pairs, {a.corpus}", rows, a.json, {"args": vars(a) | {
+    report(f"flow decoder with {codes}: {len(x)} pairs, {a.corpus}", rows, a.json, {"basis": basis, "args": vars(a) | {
         "corpus": str(a.corpus)}, "decoder": {"input_size": size, "kind": type(dec).__name__,
                                               "widths": list(m.decoder.widths), "norm": m.norm,
                                               "flow_max": float(cir.flow_max), "flow_grid": int(cir.flow_grid),

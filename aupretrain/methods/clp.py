@@ -239,14 +239,14 @@ class LinearFlowDecoder(nn.Module):
             raise ValueError(f"objective.cir.texture_grid must be >= 0, got {texture_grid}")
         self.grid, self.output_size, self.flow_max = int(grid), int(output_size), float(flow_max)
         self.texture_grid = int(texture_grid)
-        self.texture = nn.Linear(au_dim, 3 * self.texture_grid ** 2, bias=False) if self.texture_grid else None
-        if self.texture is not None:
-            nn.init.zeros_(self.texture.weight)
         self.basis = nn.Linear(au_dim, 2 * self.grid * self.grid, bias=False)
         if init_std > 0:  # `cir.flow_init_std`: the codes get a gradient from the first step (W = 0 gives them none)
             nn.init.normal_(self.basis.weight, std=float(init_std))
         else:
             nn.init.zeros_(self.basis.weight)
+        self.texture = nn.Linear(au_dim, 3 * self.texture_grid ** 2, bias=False) if self.texture_grid else None
+        if self.texture is not None:  # made after the basis: the basis' random start does not depend on this knob
+            nn.init.zeros_(self.texture.weight)
 
     def forward(self, a: torch.Tensor, p: torch.Tensor, source: torch.Tensor | None = None,
                 a_source: torch.Tensor | None = None) -> torch.Tensor:
@@ -254,12 +254,13 @@ class LinearFlowDecoder(nn.Module):
         if source is None or a_source is None:
             raise ValueError("a linear flow decoder warps its source frame: it needs source and a_source")
         change = F.normalize(a.float(), dim=-1) - F.normalize(a_source.float(), dim=-1)
-        f = self.basis(change).view(a.shape[0], 2, self.grid, self.grid)
+        change = change.to(self.basis.weight.dtype)  # DeepSpeed's bf16/fp16 modes cast the weights, not the codes
+        f = self.basis(change).float().view(a.shape[0], 2, self.grid, self.grid)
         size = (self.output_size, self.output_size)
         flow = F.interpolate(self.flow_max * torch.tanh(f), size=size, mode="bilinear", align_corners=False)
         out = warp(source, flow)
         if self.texture is not None:
-            t = self.texture(change).view(a.shape[0], 3, self.texture_grid, self.texture_grid)
+            t = self.texture(change).float().view(a.shape[0], 3, self.texture_grid, self.texture_grid)
             out = out + F.interpolate(t, size=size, mode="bilinear", align_corners=False)
         return out
 
@@ -268,7 +269,14 @@ def build_decoder(model_cfg: dict[str, Any], input_size: int, source: bool = Fal
                   flow_max: float = 0.2, flow_grid: int = 0, flow_init_std: float = 0.0,
                   texture_grid: int = 0) -> nn.Module:
     """CIR's decoder from `model.decoder` and the `objective.cir` knobs: `LinearFlowDecoder` when `flow` and
-    `flow_grid` > 0 (with `texture_grid` > 0 its appearance basis too), else `Decoder`."""
+    `flow_grid` > 0 (with `texture_grid` > 0 its appearance basis too), else `Decoder`.
+
+    Raises:
+        ValueError: `texture_grid` > 0 without a linear flow decoder (`flow` and `flow_grid` > 0), naming the knob.
+    """
+    if texture_grid > 0 and not (flow and flow_grid > 0):
+        raise ValueError("objective.cir.texture_grid > 0 is the linear flow decoder's appearance basis: it needs "
+                         "objective.cir.flow=true and objective.cir.flow_grid > 0")
     if flow and flow_grid > 0:
         return LinearFlowDecoder(int(model_cfg["au_dim"]), input_size, flow_grid, flow_max, flow_init_std,
                                  texture_grid)
@@ -296,10 +304,7 @@ class CLPMethod(Method):
         flow_grid = int(cir.get("flow_grid", 0))
         if flow_grid > 0 and not self.flow:
             raise ValueError("objective.cir.flow_grid > 0 is a flow decoder's basis: it needs objective.cir.flow=true")
-        texture_grid = int(cir.get("texture_grid", 0))
-        if texture_grid > 0 and flow_grid <= 0:
-            raise ValueError("objective.cir.texture_grid > 0 is the linear flow decoder's appearance basis: it needs "
-                             "objective.cir.flow_grid > 0")
+        texture_grid = int(cir.get("texture_grid", 0))  # without a linear flow decoder: refused by build_decoder
         self.decoder = build_decoder(model_cfg, input_size, self.source_frame, self.flow,
                                      float(cir.get("flow_max", 0.2)) if self.flow else 0.2,
                                      flow_grid, float(cir.get("flow_init_std", 0.0)), texture_grid)

@@ -349,11 +349,12 @@ def test_texture_basis_draws_what_a_warp_cannot():
     grid without a flow basis is refused with the knob's name."""
     from aupretrain.config import load_config
     from aupretrain.methods import build_method
-    from aupretrain.methods.clp import LinearFlowDecoder
+    from aupretrain.methods.clp import LinearFlowDecoder, build_decoder
 
     size, dim = 24, 4
-    patch = torch.zeros(1, 3, size, size)
-    patch[..., 14:18, 6:18] = -1.0
+    coarse = torch.zeros(1, 3, 8, 8)  # a furrow drawn on an 8 x 8 lattice, seen through bilinear upsampling
+    coarse[..., 5, 2:6] = -1.5
+    patch = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
 
     def pairs(n, seed):
         g = torch.Generator().manual_seed(seed)
@@ -376,14 +377,19 @@ def test_texture_basis_draws_what_a_warp_cannot():
             return dec, float((dec(a1, None, x, a0) - y).abs().mean() / (x - y).abs().mean()), x, a0
 
     _, flow_only, _, _ = trained(0)
-    dec, both, x, a0 = trained(size)
+    dec, both, x, a0 = trained(8)  # an 8 x 8 basis, upsampled to the 24-px image
     assert flow_only > 0.6 and both < 0.3, (flow_only, both)
     with torch.no_grad():
         assert torch.allclose(dec(3 * a0, None, x, a0), x, atol=1e-5)  # the same code: a copy, no bias
+        # under DeepSpeed's bf16 the weights are cast and the codes are not: it still runs, and returns float32
+        out = dec.to(torch.bfloat16)(a0.flip(0), None, x, a0)
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()
     cfg = load_config(["experiment=quickstart", "objective=clp_flow", "objective.cir.flow_grid=0",
                        "objective.cir.texture_grid=8"])
     with pytest.raises(ValueError, match="texture_grid"):
         build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
+    with pytest.raises(ValueError, match="texture_grid"):  # the bench's decoder is built the same way
+        build_decoder(OmegaConf.to_container(cfg.model, resolve=True), 24, source=True, flow=True, texture_grid=8)
 
 
 def test_rec_blur_compares_blurred_images():

@@ -30,3 +30,23 @@ def test_flow_basis_reads_the_newest_complete_checkpoint_and_names_what_is_missi
     _checkpoint(other, 3, {"encoder.trunk.weight": torch.zeros(2)})
     with pytest.raises(SystemExit, match="flow_grid"):
         flow_basis(other)
+
+
+def test_flow_modes_refuses_codes_and_basis_from_different_steps_and_bad_top(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from bench.flow_modes import main
+
+    _checkpoint(tmp_path, 9, {"decoder.basis.weight": torch.randn(8, 3)})
+    torch.save({"format": "aupretrain-encoder/1", "step": 5}, tmp_path / "encoder.pt")  # an older encoder.pt
+    monkeypatch.setattr(sys, "argv", ["flow_modes.py", str(tmp_path), "--top", "2"])
+    with pytest.raises(SystemExit, match="step 5 but the newest checkpoint from step 9"):
+        main()
+    monkeypatch.setattr(sys, "argv", ["flow_modes.py", str(tmp_path), "--top", "0"])
+    with pytest.raises(SystemExit):
+        main()
+    assert "--top" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["flow_modes.py", str(tmp_path), "--top", "4"])  # W has 3 directions
+    with pytest.raises(SystemExit):
+        main()
+    assert "has 3 directions" in capsys.readouterr().err
