@@ -374,7 +374,8 @@ def full_weights(ckpt_dir: str | Path) -> dict:
         return {k: v.float() if v.is_floating_point() else v for k, v in full.items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return dict(get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name))
+    full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name)
+    return {k: v.detach() for k, v in full.items()}  # DeepSpeed returns them as leaves that require grad
 
 
 def load(engine, ckpt_dir: str | Path) -> dict:
