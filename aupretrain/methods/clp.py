@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.resnet import norm_layer
+from ..objectives.hog import hog_descriptor
 from .base import Method
 
 Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # images [N,3,S,S] -> (a [N,D], p [N,D])
@@ -308,6 +309,15 @@ class CLPMethod(Method):
         self.decoder = build_decoder(model_cfg, input_size, self.source_frame, self.flow,
                                      float(cir.get("flow_max", 0.2)) if self.flow else 0.2,
                                      flow_grid, float(cir.get("flow_init_std", 0.0)), texture_grid)
+        # `cir.hog_weight` > 0: M, a linear map of the unit AU codes' change to the HOG change of the same frames
+        self.hog_cell = int(cir.get("hog_cell", 8))
+        self.hog_change = None
+        if float(cir.get("hog_weight", 0.0)) > 0:
+            if input_size % self.hog_cell or input_size < 2 * self.hog_cell:
+                raise ValueError(f"objective.cir.hog_weight > 0 needs data.input_size ({input_size}) to be a multiple "
+                                 f"of objective.cir.hog_cell ({self.hog_cell}) and at least two cells")
+            blocks = input_size // self.hog_cell - 1
+            self.hog_change = nn.Linear(int(model_cfg["au_dim"]), blocks * blocks * 36, bias=False)
 
     def request(self, batch, clip_len):
         return {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset,
@@ -318,4 +328,22 @@ class CLPMethod(Method):
         if cir is None:  # the feature-only pass of gradient accumulation
             return {}
         b = cir.partner.shape[0]
-        return {"cir": cir_forward(self.codes, self.decoder, clips[:b], res["a"][:b], res["p"][:b], cir)}
+        out = {"cir": cir_forward(self.codes, self.decoder, clips[:b], res["a"][:b], res["p"][:b], cir)}
+        if self.hog_change is not None:
+            out["hog"] = self.hog_pass(clips[:b], res["a"][:b], cir)
+        return out
+
+    def hog_pass(self, x: torch.Tensor, a: torch.Tensor, cir: CIRRequest) -> dict[str, torch.Tensor]:
+        """CIR's HOG-change pass on view 1 (`objective.cir.hog_weight`): for the CIR frames t and their frames
+        s = (t + identity_offset) mod T, `pred` = M (â_t − â_s) (â = a / |a|, as the flow basis reads the codes) and
+        `target` = HOG(x_t) − HOG(x_s) (`objectives.hog.hog_descriptor`, no gradient). x [B, T, 3, S, S], a
+        [B, T, D] -> tensors [B, F, Dh]."""
+        t = x.shape[1]
+        f = torch.tensor(cir.frames, device=x.device)
+        s = (f + cir.identity_offset) % t
+        unit = F.normalize(a.float(), dim=-1)
+        change = (unit[:, f] - unit[:, s]).to(self.hog_change.weight.dtype)  # bf16/fp16 weights under DeepSpeed
+        mean, std = self.encoder.mean.view(3), self.encoder.std.view(3)
+        hog = hog_descriptor(x[:, torch.cat([f, s])].flatten(0, 1), mean, std, self.hog_cell)
+        hog = hog.view(x.shape[0], 2, len(cir.frames), -1)
+        return {"pred": self.hog_change(change).float(), "target": hog[:, 0] - hog[:, 1]}

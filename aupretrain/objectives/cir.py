@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Objective, zero_like
+from .hog import hog_change_terms
 from .tcl import TCLObjective
 
 
@@ -96,6 +97,9 @@ class CLPObjective(TCLObjective):
                             "au_consistency": float(c.au_weight), "id_consistency": float(c.id_weight)}
         self.stop_grad_targets = bool(c.stop_grad_targets)
         self.rec_blur = float(c.rec_blur)
+        self.hog_weight = float(c.get("hog_weight", 0.0))
+        if self.hog_weight < 0:
+            raise ValueError(f"objective.cir.hog_weight={self.hog_weight}: must be >= 0")
         self.tcl_weight = float(cfg.get("tcl_weight", 1.0))
         if self.tcl_weight < 0:
             raise ValueError(f"objective.tcl_weight={self.tcl_weight}: must be >= 0")
@@ -107,6 +111,10 @@ class CLPObjective(TCLObjective):
 
     def local_loss(self, outputs, batch):
         loss, parts = cir_loss(outputs["cir"], self.cir_weights, self.stop_grad_targets, self.rec_blur)
+        if "hog" in outputs:  # `cir.hog_weight` > 0: the method's HOG-change pass
+            hog = hog_change_terms(outputs["hog"])
+            loss = loss + self.hog_weight * hog["hog_change"]
+            parts = {**parts, **{k: v.detach() for k, v in hog.items()}}
         rank, rank_parts = super().local_loss(outputs, batch)
         if rank is not None:
             loss = loss + rank

@@ -1,0 +1,74 @@
+"""HOG descriptors in torch, and CIR's HOG-change term: the AU code's change explains how the frame's edges changed.
+
+`hog_descriptor` is the target of `objective.cir.hog_weight` (docs/method.md "The HOG-change term"). Measured on the
+still-head synthetic corpus (docs/benchmarks.md, session 20): the directions in which HOG varies *within* a video
+carry the AU probe (8 principal directions: 0.42 mean F1 on validation identities, above HOG itself, 0.36), while the
+directions in which *pixels* vary within a video do not (0.16-0.20) — the ceiling every pixel-space reconstruction
+term of CIR had met. A code whose change explains the HOG change between two frames of one face is taught what
+differs between them in the space where it is an AU and not a shifted texture.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def hog_descriptor(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, cell: int = 8, bins: int = 9,
+                   clip: float = 0.2) -> torch.Tensor:
+    """HOG (Dalal & Triggs, CVPR 2005) of normalised images, as the targets of a loss (no gradient).
+
+    images: [N, 3, S, S] normalised as the encoder's input, (x - mean) / std with x in 0..255; mean, std: the
+    normalisation, shape [3] or broadcastable to [1, 3, 1, 1], in 0..255 units. Grey = ITU-R 601 luma; gradients
+    by the centred [-1, 0, 1] filter (replicated borders); `bins` unsigned orientation bins over [0, π) with linear
+    vote interpolation between the two nearest bins, weighted by the gradient magnitude; `cell` × `cell`-px cells;
+    blocks of 2 × 2 cells at a stride of one cell, each L2-Hys normalised (L2, clipped at `clip`, L2 again) —
+    OpenCV's `HOGDescriptor` layout without its Gaussian block window and spatial vote interpolation (as the
+    torch HOG of MaskFeat, Wei et al., CVPR 2022), in its order (blocks column by column, in each the 2 × 2 cells
+    column by column, in each the bins). Returns float32 [N, (S/cell − 1)² · 4 · bins]: 1,764 at 64 px.
+
+    Raises ValueError if S is not a multiple of `cell` or is under two cells.
+    """
+    n, c, h, w = images.shape
+    if c != 3 or h != w or h % cell or h < 2 * cell:
+        raise ValueError(f"hog_descriptor needs square RGB images whose side is a multiple of {cell} and at least "
+                         f"{2 * cell} px, got {tuple(images.shape)}")
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).reshape(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).reshape(1, 3, 1, 1)
+    x = images.float() * std + mean
+    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    g = F.pad(grey, (1, 1, 1, 1), mode="replicate")
+    gx, gy = g[..., 1:-1, 2:] - g[..., 1:-1, :-2], g[..., 2:, 1:-1] - g[..., :-2, 1:-1]
+    magnitude = torch.sqrt(gx * gx + gy * gy)
+    pos = torch.atan2(gy, gx).remainder(math.pi) / math.pi * bins - 0.5  # bin centres at 0, 1, ..., bins − 1
+    low = torch.floor(pos)
+    upper_share = pos - low
+    low = low.long().remainder(bins)
+    votes = torch.zeros(n, bins, h, w, device=images.device)
+    votes.scatter_add_(1, low, magnitude * (1 - upper_share))
+    votes.scatter_add_(1, (low + 1).remainder(bins), magnitude * upper_share)
+    cells = F.avg_pool2d(votes, cell) * (cell * cell)  # [N, bins, S/cell, S/cell]
+    blocks = torch.cat([cells[..., :-1, :-1], cells[..., 1:, :-1], cells[..., :-1, 1:], cells[..., 1:, 1:]], 1)
+    blocks = blocks / (blocks.norm(dim=1, keepdim=True) + 1e-3 * blocks.shape[1])
+    blocks = blocks.clamp(max=clip)
+    blocks = blocks / (blocks.norm(dim=1, keepdim=True) + 1e-3)
+    return blocks.permute(0, 3, 2, 1).flatten(1)  # OpenCV's order: blocks x-major, then cells, then bins
+
+
+def hog_change_terms(hog: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CIR's HOG-change term and its floor, from the method's `hog` outputs (tensors [B, F, Dh]):
+    `pred` = M (â_t − â_s), the change a linear map of the unit AU codes' change predicts, and `target` =
+    HOG(x_t) − HOG(x_s) of the same view's frames.
+
+    Returns `hog_change` = the mean over pairs of |pred − target|² (summed over the descriptor; HOG's blocks are unit
+    vectors, so the scale is the descriptor's own, whatever the images) and `hog_copy` = the mean of |target|²,
+    the value of predicting no change: `hog_change` below it means the codes told M how the edges moved. Means over
+    this rank's clips, so the distributed mean is the global mean."""
+    pred, target = hog["pred"].float(), hog["target"].float()
+    return {"hog_change": (pred - target).pow(2).sum(-1).mean(),
+            "hog_copy": target.pow(2).sum(-1).mean().detach()}
+
+
+__all__ = ["hog_change_terms", "hog_descriptor"]
