@@ -1,0 +1,120 @@
+"""In which feature space does what changes *within* a face video carry the AUs? A label-free reference for the
+targets of a within-video objective (TCL's and CIR's premise: what differs between frames of one face is its AUs).
+
+For each feature space — HOG (the HOG row's features: OpenCV, 64-px grey), grey pixels (64 px), or an encoder's AU
+codes — the bench fits principal directions on the frames of an unlabelled corpus two ways: of the features centred
+per video (**within-video**: what changes while the face stays the same) and of all frames pooled (**all frames**:
+dominated by who the face is). The evaluation frames' features are projected on the top-k directions and scored by
+the linear AU probe of `aupretrain-eval` (same data, folds and probe, from the config tree); the full features
+are scored too. No label is read to fit the directions.
+
+    python bench/within_video.py CORPUS [--features hog pixels] [--encoder E.pt ...] [--k 2 8 16 32 128]
+        [--videos 800] [--every 4] [--json OUT] [Hydra overrides, e.g. eval.split=validation run.seed=0]
+
+CORPUS is a folder of `<identity>/<video>.mp4` of aligned faces (`aupretrain-synth`'s layout; a still-head corpus
+isolates the AUs: `aupretrain-synth D --identities 800 --videos-per-identity 1 --frames 40 -- synth.head_motion=0`).
+Raises SystemExit naming CORPUS when it holds no videos, and naming `--k` when a k exceeds what can be fitted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import report  # noqa: E402
+
+from aupretrain.config import load_config  # noqa: E402
+from aupretrain.eval.baselines import hog_features  # noqa: E402
+from aupretrain.eval.report import evaluate_codes  # noqa: E402
+from aupretrain.eval.run import load_data  # noqa: E402
+from aupretrain.models.encoder import AUEncoder, load_encoder  # noqa: E402
+
+
+def principal_directions(groups: list[np.ndarray], k: int, within: bool = True) -> np.ndarray:
+    """Top-k principal directions [k, D] of features grouped by video (groups: arrays [n_i, D]). `within`: of the
+    features centred on their own video's mean (the change inside each video), else of all rows centred on the
+    pooled mean. Raises ValueError when k exceeds the rank the rows allow."""
+    x = np.concatenate([g - g.mean(0) for g in groups] if within else groups).astype(np.float64)
+    if not within:
+        x = x - x.mean(0)
+    if k > min(x.shape):
+        raise ValueError(f"k={k}: {x.shape[0]} rows of {x.shape[1]} features allow at most {min(x.shape)} directions")
+    return np.linalg.svd(x, full_matrices=False)[2][:k]
+
+
+def grey_pixels(frames: np.ndarray, size: int = 64) -> np.ndarray:
+    """uint8 RGB frames [N, H, W, 3] -> grey pixels at `size` px in [0, 1], float32 [N, size²]."""
+    import cv2
+
+    out = [cv2.cvtColor(cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY) for f in frames]
+    return np.stack(out).reshape(len(frames), -1).astype(np.float32) / 255.0
+
+
+def corpus_videos(corpus: Path, videos: int, every: int) -> list[np.ndarray]:
+    """Every `every`-th frame (uint8 RGB [n, H, W, 3]) of the first `videos` videos `<identity>/<video>.mp4`."""
+    import av
+
+    paths = sorted(corpus.glob("*/*.mp4"))[:videos]
+    if not paths:
+        raise SystemExit(f"{corpus}: no <identity>/<video>.mp4 videos (render a corpus with aupretrain-synth)")
+    out = []
+    for p in paths:
+        with av.open(str(p)) as c:
+            out.append(np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])[::every])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("corpus", type=Path)
+    ap.add_argument("--features", nargs="+", default=["hog", "pixels"], choices=["hog", "pixels"])
+    ap.add_argument("--encoder", nargs="*", default=[], type=Path, help="also the AU codes of these encoders")
+    ap.add_argument("--k", type=int, nargs="+", default=[2, 8, 16, 32, 128])
+    ap.add_argument("--videos", type=int, default=800)
+    ap.add_argument("--every", type=int, default=4, help="fit on every n-th frame of each video")
+    ap.add_argument("--json")
+    ap.add_argument("overrides", nargs="*")
+    a = ap.parse_intermixed_args()
+    if min(a.k) < 1 or a.videos < 1 or a.every < 1:
+        ap.error(f"--k, --videos and --every must be >= 1, got {a.k}, {a.videos}, {a.every}")
+    cfg = load_config(list(a.overrides))
+    encoders = {f"codes of {p}": load_encoder(p).eval() for p in a.encoder}
+    reference = next(iter(encoders.values()), None) or AUEncoder(
+        OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size))
+    data, folds, _ = load_data(cfg, reference)
+    fit_frames = corpus_videos(a.corpus, a.videos, a.every)
+    spaces = {"HOG": hog_features, "grey pixels": grey_pixels}
+    spaces = {n: f for n, f in spaces.items() if {"HOG": "hog", "grey pixels": "pixels"}[n] in a.features}
+    spaces |= {n: (lambda fr, e=e: e.encode(torch.from_numpy(fr)).numpy()) for n, e in encoders.items()}
+    seed, rows = int(cfg.run.seed), []
+    for name, features in spaces.items():
+        groups = [features(v) for v in fit_frames]
+        x = features(data.frames)
+
+        def probe(f: np.ndarray) -> dict:
+            return evaluate_codes(np.ascontiguousarray(f, dtype=np.float32), data, cfg.eval, seed, folds)
+
+        r = probe(x)
+        rows.append({"features": name, "directions": "all features", "k": int(x.shape[1]),
+                     "mean F1": r["f1_mean"], "identity acc": r.get("identity_acc")})
+        for within in (True, False):
+            try:
+                basis = principal_directions(groups, max(a.k), within)
+            except ValueError as e:
+                raise SystemExit(f"--k: {name} of {a.corpus}: {e}") from None
+            for k in a.k:
+                r = probe(x @ basis[:k].T)
+                rows.append({"features": name, "directions": "within-video" if within else "all frames", "k": k,
+                             "mean F1": r["f1_mean"], "identity acc": r.get("identity_acc")})
+        print(f"{name}: done", flush=True)
+    report(f"AU probe on principal directions fitted without labels on {a.corpus} ({cfg.eval.split} identities)",
+           rows, a.json, {"corpus": str(a.corpus), "videos": a.videos, "every": a.every, "split": str(cfg.eval.split)})
+
+
+if __name__ == "__main__":
+    main()
