@@ -166,6 +166,8 @@ SCHEMA: dict[str, Spec] = {
     "objective.cir.texture_grid": _int(0, what="lattice side of the linear appearance basis, 0: none"),
     "objective.cir.rec_blur": _num_spec(0, what="pixels, Gaussian sigma"),
     "objective.cir.flow_init_std": _num_spec(0),
+    "objective.cir.hog_weight": _num_spec(0, what="weight of CIR's HOG-change term, 0: off"),
+    "objective.cir.hog_cell": _int(2, what="HOG cell side, pixels"),
     "objective.queue_size": _int(1),
     "objective.momentum": _num_spec(0, 1),
     "tracking.enabled": BOOL,

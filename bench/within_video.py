@@ -42,8 +42,10 @@ def principal_directions(groups: list[np.ndarray], k: int, within: bool = True) 
     x = np.concatenate([g - g.mean(0) for g in groups] if within else groups).astype(np.float64)
     if not within:
         x = x - x.mean(0)
-    if k > min(x.shape):
-        raise ValueError(f"k={k}: {x.shape[0]} rows of {x.shape[1]} features allow at most {min(x.shape)} directions")
+    rows = sum(len(g) - 1 for g in groups) if within else len(x) - 1  # centring takes one degree of freedom each
+    if k > min(rows, x.shape[1]):
+        raise ValueError(f"k={k}: {len(x)} rows of {x.shape[1]} features in {len(groups)} videos allow at most "
+                         f"{max(0, min(rows, x.shape[1]))} directions")
     return np.linalg.svd(x, full_matrices=False)[2][:k]
 
 
@@ -88,6 +90,8 @@ def main() -> None:
         OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size))
     data, folds, _ = load_data(cfg, reference)
     fit_frames = corpus_videos(a.corpus, a.videos, a.every)
+    if min(len(v) for v in fit_frames) < 2:
+        raise SystemExit(f"--every {a.every}: a video of {a.corpus} keeps fewer than 2 frames; nothing changes within it")
     spaces = {"HOG": hog_features, "grey pixels": grey_pixels}
     spaces = {n: f for n, f in spaces.items() if {"HOG": "hog", "grey pixels": "pixels"}[n] in a.features}
     spaces |= {n: (lambda fr, e=e: e.encode(torch.from_numpy(fr)).numpy()) for n, e in encoders.items()}

@@ -25,8 +25,7 @@ def hog_descriptor(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, 
     by the centred [-1, 0, 1] filter (replicated borders); `bins` unsigned orientation bins over [0, π) with linear
     vote interpolation between the two nearest bins, weighted by the gradient magnitude; `cell` × `cell`-px cells;
     blocks of 2 × 2 cells at a stride of one cell, each L2-Hys normalised (L2, clipped at `clip`, L2 again) —
-    OpenCV's `HOGDescriptor` layout without its Gaussian block window and spatial vote interpolation (as the
-    torch HOG of MaskFeat, Wei et al., CVPR 2022), in its order (blocks column by column, in each the 2 × 2 cells
+    OpenCV's `HOGDescriptor` layout without its Gaussian block window and spatial vote interpolation, in its order (blocks column by column, in each the 2 × 2 cells
     column by column, in each the bins). Returns float32 [N, (S/cell − 1)² · 4 · bins]: 1,764 at 64 px.
 
     Raises ValueError if S is not a multiple of `cell` or is under two cells.

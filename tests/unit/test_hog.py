@@ -88,6 +88,9 @@ def test_clp_hog_pass_trains_the_codes_and_refuses_untiled_inputs():
     expected = hog_descriptor(clips[:b, [0, 3]].flatten(0, 1), mean, std) - hog_descriptor(
         clips[:b, [1, 0]].flatten(0, 1), mean, std)
     assert torch.allclose(target, expected.view(b, 2, -1), atol=1e-5), f
+    unit = torch.nn.functional.normalize(out["a1"], dim=-1)  # view 1's codes
+    with torch.no_grad():
+        assert torch.allclose(pred, method.hog_change(unit[:, [0, 3]] - unit[:, [1, 0]]), atol=1e-5)  # t minus s
     objective = build_objective(cfg.objective)
     loss, parts = objective.local_loss(out, {})
     assert torch.allclose(parts["hog_change"], hog_change_terms(out["hog"])["hog_change"].detach())
@@ -115,3 +118,15 @@ def test_clp_hog_preset_is_clp_flow_led_by_the_hog_change_term():
     assert cfg.objective.tcl_weight == flow.tcl_weight
     method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
     assert method.hog_change is not None and method.hog_change.out_features == 1764
+
+
+@pytest.mark.parametrize("override", ["objective.cir.hog_cell=0", "objective.cir.hog_weight=-1"])
+def test_hog_knobs_are_checked_before_anything_starts(override):
+    """A HOG cell under 2 px or a negative weight is refused by the settings check with the knob's name."""
+    from aupretrain.config import load_config
+    from aupretrain.errors import UsageError
+    from aupretrain.settings import validate
+
+    validate(load_config(["experiment=quickstart", "objective=clp_hog"]))
+    with pytest.raises(UsageError, match=override.split("=")[0]):
+        validate(load_config(["experiment=quickstart", "objective=clp_hog", override]))

@@ -18,6 +18,10 @@ def test_within_video_directions_find_the_change_and_pooled_ones_the_identity():
     assert abs(pooled @ signal) < 0.1
     with pytest.raises(ValueError, match="at most"):
         principal_directions(groups, 21)
+    single = [g[:1] for g in groups]  # one frame per video: nothing changes within any of them
+    with pytest.raises(ValueError, match="allow at most 0 directions"):
+        principal_directions(single, 1)
+    assert principal_directions(single, 1, within=False).shape == (1, d)  # pooled over videos it still has rank
 
 
 def test_within_video_names_an_empty_corpus(tmp_path):
