@@ -71,10 +71,13 @@ def corpus_videos(corpus: Path, videos: int, every: int) -> list[np.ndarray]:
     return out
 
 
+SPACES = {"hog": ("HOG", hog_features), "pixels": ("grey pixels", grey_pixels)}  # --features: (row name, features)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("corpus", type=Path)
-    ap.add_argument("--features", nargs="+", default=["hog", "pixels"], choices=["hog", "pixels"])
+    ap.add_argument("--features", nargs="+", default=["hog", "pixels"], choices=sorted(SPACES))
     ap.add_argument("--encoder", nargs="*", default=[], type=Path, help="also the AU codes of these encoders")
     ap.add_argument("--k", type=int, nargs="+", default=[2, 8, 16, 32, 128])
     ap.add_argument("--videos", type=int, default=800)
@@ -92,8 +95,7 @@ def main() -> None:
     fit_frames = corpus_videos(a.corpus, a.videos, a.every)
     if min(len(v) for v in fit_frames) < 2:
         raise SystemExit(f"--every {a.every}: a video of {a.corpus} keeps fewer than 2 frames; nothing changes within it")
-    spaces = {"HOG": hog_features, "grey pixels": grey_pixels}
-    spaces = {n: f for n, f in spaces.items() if {"HOG": "hog", "grey pixels": "pixels"}[n] in a.features}
+    spaces = dict(SPACES[name] for name in a.features)
     spaces |= {n: (lambda fr, e=e: e.encode(torch.from_numpy(fr)).numpy()) for n, e in encoders.items()}
     seed, rows = int(cfg.run.seed), []
     for name, features in spaces.items():

@@ -61,12 +61,17 @@ def select_frames(clip_len: int, count: int) -> tuple[int, ...]:
     return tuple(round(i * (clip_len - 1) / (count - 1)) for i in range(count))
 
 
+def frame_pairs(req: CIRRequest, clip_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIR's frame indices t [F] (`req.frames`) and their source/identity frames s = (t + identity_offset) mod T [F]."""
+    f = torch.tensor(req.frames, device=device)
+    return f, (f + req.identity_offset) % clip_len
+
+
 def cir_forward(encode: Encode, decode: Decode, x: torch.Tensor, a: torch.Tensor, p: torch.Tensor,
                 req: CIRRequest) -> dict[str, torch.Tensor]:
     """x [B, T, 3, S, S] the view's images, a/p [B, T, D] their codes. Returns tensors [B, F, ...]."""
     b, t = x.shape[:2]
-    f = torch.tensor(req.frames, device=x.device)
-    s = (f + req.identity_offset) % t
+    f, s = frame_pairs(req, t, x.device)
     partner = req.partner.to(x.device)  # the loader's partner index lives on the CPU
     valid = partner >= 0
     partner = torch.where(valid, partner, torch.arange(b, device=x.device))
@@ -338,9 +343,7 @@ class CLPMethod(Method):
         s = (t + identity_offset) mod T, `pred` = M (â_t − â_s) (â = a / |a|, as the flow basis reads the codes) and
         `target` = HOG(x_t) − HOG(x_s) (`objectives.hog.hog_descriptor`, no gradient). x [B, T, 3, S, S], a
         [B, T, D] -> tensors [B, F, Dh]."""
-        t = x.shape[1]
-        f = torch.tensor(cir.frames, device=x.device)
-        s = (f + cir.identity_offset) % t
+        f, s = frame_pairs(cir, x.shape[1], x.device)
         unit = F.normalize(a.float(), dim=-1)
         change = (unit[:, f] - unit[:, s]).to(self.hog_change.weight.dtype)  # bf16/fp16 weights under DeepSpeed
         mean, std = self.encoder.mean.view(3), self.encoder.std.view(3)
