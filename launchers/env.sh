@@ -22,9 +22,22 @@ stamp="$VENV/.aupretrain-installed"
 want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[env] installing aupretrain and its stack into $VENV (first time: a few minutes)"
-  "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
+  # The stack takes about 3.5 GB (DALI 0.9, torch 0.75); pip unpacks into TMPDIR first. Check both disks up
+  # front so a full disk is one clear error, not a broken half-installed venv.
+  pip_tmp="$VENV/.pip-tmp"; mkdir -p "$pip_tmp"
+  for d in "$VENV" "$pip_tmp"; do
+    free_mb=$(df -Pm "$d" | awk 'NR==2 {print $4}')
+    if [ "${free_mb:-0}" -lt "${AUPRETRAIN_MIN_FREE_MB:-5000}" ]; then
+      echo "[env] error: only ${free_mb} MB free on the disk of $d; installing the stack needs ${AUPRETRAIN_MIN_FREE_MB:-5000} MB" \
+           "(set AUPRETRAIN_VENV to a venv path on a larger disk)" >&2
+      exit 28
+    fi
+  done
+  export PIP_NO_CACHE_DIR=1   # no second copy of every wheel in ~/.cache/pip
+  TMPDIR="$pip_tmp" "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
   # torch is pinned to the range the local CPU wheel satisfies, so no CUDA build is pulled here.
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  TMPDIR="$pip_tmp" "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  rm -rf "$pip_tmp"
   echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
