@@ -87,9 +87,9 @@ def train_step(engine, objective: Objective, batches: list[dict[str, Any]], rank
             loss = local / k if loss is None else loss + local / k
             total = total + local.detach() / k
             _add(parts, local_parts, 1.0 / k)
-        mk = objective.momentum_keys(outputs)
-        if mk is not None:
-            queued.append(mk)
+        step_inputs = objective.after_step_inputs(outputs)
+        if step_inputs is not None:
+            queued.append(step_inputs)
         engine.backward(loss, scale_wrt_gas=False)
         engine.step()
     method.after_step(gather_no_grad(torch.cat(queued)) if queued else None)

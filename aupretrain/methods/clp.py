@@ -37,6 +37,7 @@ from torch import nn
 from ..models.resnet import norm_layer
 from ..objectives.hog import hog_descriptor
 from .base import Method
+from .hog_basis import WithinClipHOGBasis
 
 Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # images [N,3,S,S] -> (a [N,D], p [N,D])
 Decode = Callable[..., torch.Tensor]  # (a, p) or (a, p, source images) -> images [N,3,S,S]
@@ -297,7 +298,8 @@ class CLPMethod(Method):
     partner of each clip; `forward` then adds `cir` (the pass's tensors, [B, F, ...]) computed on view 1.
     Settings: `objective.cir.frames`, `objective.cir.identity_offset`, `objective.cir.source_frame` (the decoder
     also reads frame s: D(a, p, x_s)), `objective.cir.flow`, `.flow_max` and `.flow_grid` (it warps frame s:
-    D(a, p, x_s, a_s); with a grid, a linear displacement basis of a - a_s), `model.decoder`."""
+    D(a, p, x_s, a_s); with a grid, a linear displacement basis of a - a_s), `model.decoder`; `objective.cir.hog_weight`
+    (`hog_pass`) and `objective.cir.hog_basis_weight` (`hog_basis_pass`; `after_step` feeds the basis' fit)."""
 
     def __init__(self, model_cfg: dict[str, Any], input_size: int, objective_cfg: Any = None):
         super().__init__(model_cfg, input_size, objective_cfg)
@@ -318,11 +320,23 @@ class CLPMethod(Method):
         self.hog_cell = int(cir.get("hog_cell", 8))
         self.hog_change = None
         if float(cir.get("hog_weight", 0.0)) > 0:
-            if input_size % self.hog_cell or input_size < 2 * self.hog_cell:
-                raise ValueError(f"objective.cir.hog_weight > 0 needs data.input_size ({input_size}) to be a multiple "
-                                 f"of objective.cir.hog_cell ({self.hog_cell}) and at least two cells")
-            blocks = input_size // self.hog_cell - 1
-            self.hog_change = nn.Linear(int(model_cfg["au_dim"]), blocks * blocks * 36, bias=False)
+            self.hog_change = nn.Linear(int(model_cfg["au_dim"]), self._hog_dim(input_size), bias=False)
+        # `cir.hog_basis_weight` > 0: the within-clip HOG basis (fitted from the stream) and the head that regresses
+        # each frame's whitened projections on it from the frame's AU code
+        self.hog_basis = self.hog_basis_head = None
+        if float(cir.get("hog_basis_weight", 0.0)) > 0:
+            k = int(cir.get("hog_basis_k", 8))
+            self.hog_basis = WithinClipHOGBasis(self._hog_dim(input_size), k, int(cir.get("hog_basis_fit_steps", 100)))
+            self.hog_basis_head = nn.Linear(int(model_cfg["au_dim"]), k)
+
+    def _hog_dim(self, input_size: int) -> int:
+        """HOG's descriptor length at this input size and `cir.hog_cell`; ValueError naming both when they do
+        not tile."""
+        if input_size % self.hog_cell or input_size < 2 * self.hog_cell:
+            raise ValueError(f"objective.cir.hog_weight / hog_basis_weight > 0 need data.input_size ({input_size}) "
+                             f"to be a multiple of objective.cir.hog_cell ({self.hog_cell}) and at least two cells")
+        blocks = input_size // self.hog_cell - 1
+        return blocks * blocks * 36
 
     def request(self, batch, clip_len):
         return {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset,
@@ -336,7 +350,31 @@ class CLPMethod(Method):
         out = {"cir": cir_forward(self.codes, self.decoder, clips[:b], res["a"][:b], res["p"][:b], cir)}
         if self.hog_change is not None:
             out["hog"] = self.hog_pass(clips[:b], res["a"][:b], cir)
+        if self.hog_basis is not None:
+            out["hog_basis"] = self.hog_basis_pass(clips, res["a"], b)
         return out
+
+    def hog_basis_pass(self, clips: torch.Tensor, a: torch.Tensor, b: int) -> dict[str, torch.Tensor]:
+        """The within-clip HOG basis' pass (`objective.cir.hog_basis_weight`) on both views: clips
+        [2B, T, 3, S, S], a [2B, T, D]. Returns `pred` = the head's output [2B, T, k] for every frame, and, once the
+        basis is fitted, `target` [2B, T, k] (each frame's whitened projection, no gradient); before, `stats` =
+        view 1's HOG [B, T, Dh], which the engine gathers from every rank for `after_step`."""
+        mean, std = self.encoder.mean.view(3), self.encoder.std.view(3)
+        out = {"pred": self.hog_basis_head(a.to(self.hog_basis_head.weight.dtype)).float()}
+        fitted = self.hog_basis.is_fitted
+        frames = clips if fitted else clips[:b]
+        hog = hog_descriptor(frames.flatten(0, 1), mean, std, self.hog_cell).view(*frames.shape[:2], -1)
+        if fitted:
+            out["target"] = self.hog_basis.targets(hog)
+        else:
+            out["stats"] = hog
+        return out
+
+    @torch.no_grad()
+    def after_step(self, keys: torch.Tensor | None) -> None:
+        """`keys`: view 1's HOG [N, T, Dh] of every rank's clips while the HOG basis is being fitted (else None)."""
+        if keys is not None and self.hog_basis is not None:
+            self.hog_basis.accumulate(keys)
 
     def hog_pass(self, x: torch.Tensor, a: torch.Tensor, cir: CIRRequest) -> dict[str, torch.Tensor]:
         """CIR's HOG-change pass on view 1 (`objective.cir.hog_weight`): for the CIR frames t and their frames

@@ -59,8 +59,10 @@ class Objective:
         """Mean of per-clip terms over this micro-batch (None when the objective has none)."""
         return None, {}
 
-    def momentum_keys(self, outputs: dict[str, Any]) -> torch.Tensor | None:
-        """Keys to enqueue after the optimizer step (MoCo), flattened to [N, d]."""
+    def after_step_inputs(self, outputs: dict[str, Any]) -> torch.Tensor | None:
+        """What the method's `after_step` needs from every rank, dim 0 = clip (the engine gathers it across ranks
+        and concatenates the micro-batches): MoCo's momentum keys [N, d]; CLP's view-1 HOG descriptors [N, T, Dh]
+        while its within-clip HOG basis is being fitted. None: nothing."""
         return None
 
     def __call__(self, outputs: dict[str, Any], batch: dict[str, Any], gather=lambda k: k, offset: int = 0

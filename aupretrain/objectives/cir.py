@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Objective, zero_like
-from .hog import hog_change_terms
+from .hog import hog_basis_terms, hog_change_terms
 from .tcl import TCLObjective
 
 
@@ -100,6 +100,9 @@ class CLPObjective(TCLObjective):
         self.hog_weight = float(c.get("hog_weight", 0.0))
         if self.hog_weight < 0:
             raise ValueError(f"objective.cir.hog_weight={self.hog_weight}: must be >= 0")
+        self.hog_basis_weight = float(c.get("hog_basis_weight", 0.0))
+        if self.hog_basis_weight < 0:
+            raise ValueError(f"objective.cir.hog_basis_weight={self.hog_basis_weight}: must be >= 0")
         self.tcl_weight = float(cfg.get("tcl_weight", 1.0))
         if self.tcl_weight < 0:
             raise ValueError(f"objective.tcl_weight={self.tcl_weight}: must be >= 0")
@@ -109,12 +112,20 @@ class CLPObjective(TCLObjective):
         loss, parts = super().global_loss(features, keys, offset)
         return self.tcl_weight * loss, parts
 
+    def after_step_inputs(self, outputs):
+        """View 1's HOG [B, T, Dh] while the method's within-clip HOG basis is being fitted, else None."""
+        return outputs.get("hog_basis", {}).get("stats")
+
     def local_loss(self, outputs, batch):
         loss, parts = cir_loss(outputs["cir"], self.cir_weights, self.stop_grad_targets, self.rec_blur)
         if "hog" in outputs:  # `cir.hog_weight` > 0: the method's HOG-change pass
             hog = hog_change_terms(outputs["hog"])
             loss = loss + self.hog_weight * hog["hog_change"]
             parts = {**parts, **{k: v.detach() for k, v in hog.items()}}
+        if "hog_basis" in outputs:  # `cir.hog_basis_weight` > 0: zero (but on the graph) until the basis is fitted
+            basis = hog_basis_terms(outputs["hog_basis"])
+            loss = loss + self.hog_basis_weight * basis.get("hog_basis", zero_like(outputs["hog_basis"]["pred"]))
+            parts = {**parts, **{k: v.detach() for k, v in basis.items()}}
         rank, rank_parts = super().local_loss(outputs, batch)
         if rank is not None:
             loss = loss + rank

@@ -70,4 +70,15 @@ def hog_change_terms(hog: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             "hog_copy": target.pow(2).sum(-1).mean().detach()}
 
 
-__all__ = ["hog_change_terms", "hog_descriptor"]
+def hog_basis_terms(hog_basis: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The within-clip HOG basis term, from the method's `hog_basis` outputs: `pred` [N, T, k], the head's
+    regression of each frame's AU code, and `target` [N, T, k], the frame's HOG projected on the top k within-clip
+    principal directions and whitened (`aupretrain.methods.hog_basis`). Returns `hog_basis` = the mean over frames
+    and directions of (pred − target)² (1.0 is the value of predicting the mean), or {} before the basis is fitted.
+    A mean over this rank's frames, so the distributed mean is the global mean."""
+    if "target" not in hog_basis:
+        return {}
+    return {"hog_basis": (hog_basis["pred"].float() - hog_basis["target"].float()).pow(2).mean()}
+
+
+__all__ = ["hog_basis_terms", "hog_change_terms", "hog_descriptor"]

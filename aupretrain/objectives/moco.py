@@ -47,5 +47,5 @@ class MoCoObjective(Objective):
             loss, acc = 0.5 * (loss + loss2), 0.5 * (acc + acc2)
         return loss, {"moco": loss.detach(), "moco_acc": acc}
 
-    def momentum_keys(self, outputs):
+    def after_step_inputs(self, outputs):
         return outputs["k2"].reshape(-1, outputs["k2"].shape[-1]).detach()

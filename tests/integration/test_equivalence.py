@@ -32,6 +32,11 @@ OBJECTIVES = {
                    cir=dict(self_weight=1.0, cycle_weight=1.0, au_weight=0.5, id_weight=0.5, frames=2,
                             identity_offset=1, stop_grad_targets=True, source_frame=True, rec_blur=1.0)),
     "moco": dict(name="moco", temperature=0.2, momentum=0.99, queue_size=1000, symmetric=True),
+    "clp_hb": dict(name="clp", temperature=0.1, margin=0.2, window=0, symmetric=True, rank_weight=0.3,
+                   rank_margin=0.05, cross_clip_weight=1.0,
+                   cir=dict(self_weight=1.0, cycle_weight=1.0, au_weight=0.5, id_weight=0.5, frames=2,
+                            identity_offset=1, stop_grad_targets=True, rec_blur=0.0, hog_cell=4,
+                            hog_basis_weight=1.0, hog_basis_k=3, hog_basis_fit_steps=1)),
 }
 
 
@@ -93,6 +98,8 @@ def worker(rank, world, port, k, name, out, precision="fp32"):
         result["momentum"] = torch.cat([p.detach().flatten() for p in [*m.momentum.encoder.parameters(),
                                                                        *m.momentum.projector.parameters()]])
         result["online"] = torch.cat([p.detach().flatten() for p in [*m.encoder.parameters(), *m.projector.parameters()]])
+    if name == "clp_hb":
+        result["basis"], result["scale"] = engine.module.hog_basis.basis.clone(), engine.module.hog_basis.scale.clone()
     torch.save(result, f"{out}.{rank}")
     dist.barrier()  # nobody leaves while the other rank still uses gloo
     os._exit(0)  # skip gloo's C++ destructors: at interpreter exit they sometimes abort a correct run
@@ -196,3 +203,22 @@ def test_fp16_step_follows_the_fp32_gradient(tmp_path, packed, capfd):
     cos = torch.nn.functional.cosine_similarity(got[0]["delta"], grads, dim=0)
     assert cos > 0.99, f"fp16 update vs fp32 gradient: cosine {cos:.4f}"
     assert torch.equal(got[0]["delta"], got[1]["delta"])
+
+
+@pytest.mark.slow
+def test_hog_basis_is_fitted_from_every_ranks_clips(tmp_path):
+    """CLP's within-clip HOG basis (fit after one step) holds the same directions on both ranks, and they are the
+    directions one process fits from view 1 of the whole global batch: the engine gathered every rank's HOG."""
+    from aupretrain.methods.hog_basis import WithinClipHOGBasis
+    from aupretrain.objectives.hog import hog_descriptor
+
+    world = 2
+    got = run_ranks(tmp_path, world=world, k=1, name="clp_hb")
+    assert torch.equal(got[0]["basis"], got[1]["basis"]) and torch.equal(got[0]["scale"], got[1]["scale"])
+    view1 = global_batch(world * B)["view1"]
+    norm = MODEL["mean"], MODEL["std"]
+    hog = hog_descriptor(view1.flatten(0, 1), torch.tensor(norm[0]) * 255, torch.tensor(norm[1]) * 255, cell=4)
+    one = WithinClipHOGBasis(hog.shape[1], k=3, fit_steps=1)
+    one.accumulate(hog.view(world * B, T, -1))
+    assert got[0]["basis"].abs().sum() > 0
+    assert torch.allclose(got[0]["basis"], one.basis, atol=1e-4) and torch.allclose(got[0]["scale"], one.scale, rtol=1e-4)

@@ -1,0 +1,108 @@
+"""CLP's within-clip HOG basis: the label-free directions in which a face's HOG descriptor changes inside a clip,
+fitted from the training stream, and the whitened per-frame targets they give (`objective.cir.hog_basis_k`).
+
+Why (docs/benchmarks.md, sessions 20-21): on the still-head synthetic corpus the top 8 principal directions of HOG
+centred per video carry the AU probe (0.42 mean F1 on validation identities, HOG itself 0.36), and an encoder that
+regresses each frame's HOG projected on them (whitened) learned more of it (0.41 alone) than one trained to explain
+the full HOG change between two frames (0.34). This module is that target's pipeline form:
+
+1. For the first `fit_steps` optimizer steps it accumulates, from every rank's view-1 clips (the engine gathers
+   them and hands them to `CLPMethod.after_step`), the pooled mean and second moment of the frames' HOG and the
+   scatter of HOG centred on its own clip's mean (what changes while the face stays the same).
+2. Then it fits once: the top `k` eigenvectors P [k, Dh] of the within-clip covariance (signs fixed so each
+   vector's largest entry is positive, so every rank holds the same basis), and the pooled standard deviation
+   sigma [k] of the frames' projections. The basis never changes again, so the head that reads it has a fixed
+   target.
+3. From then on `targets` gives every frame's whitened projection (P (h - mu)) / sigma [.., k]: unit variance over
+   the frames, zero mean, in the directions where the clip's own change lies.
+
+The fitted basis, mean and scale are buffers (saved with the model); the accumulators are not (a run resumed
+before the fit restarts its accumulation).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class WithinClipHOGBasis(nn.Module):
+    """See the module. Args: `dim` the HOG descriptor's length Dh, `k` directions kept (1 <= k < Dh),
+    `fit_steps` optimizer steps of gathered clips accumulated before the fit (>= 1).
+
+    Raises ValueError on k or fit_steps out of range, naming the config key."""
+
+    def __init__(self, dim: int, k: int, fit_steps: int):
+        super().__init__()
+        if not 1 <= k < dim:
+            raise ValueError(f"objective.cir.hog_basis_k={k}: must be in 1..{dim - 1} (the HOG descriptor has {dim})")
+        if fit_steps < 1:
+            raise ValueError(f"objective.cir.hog_basis_fit_steps={fit_steps}: must be >= 1")
+        self.dim, self.k, self.fit_steps = int(dim), int(k), int(fit_steps)
+        self.register_buffer("basis", torch.zeros(self.k, self.dim))
+        self.register_buffer("mean", torch.zeros(self.dim))
+        self.register_buffer("scale", torch.ones(self.k))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self._reset()
+
+    def _reset(self) -> None:
+        # float64 accumulators, plain attributes: never cast by DeepSpeed's bf16/fp16 modes, never checkpointed
+        self._steps, self._frames, self._dof = 0, 0, 0
+        self._sum = self._second = self._within = None
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.fitted)
+
+    @torch.no_grad()
+    def accumulate(self, hog: torch.Tensor) -> None:
+        """Add one optimizer step's clips: hog [N, T, Dh] (T >= 2 frames of one face each; every rank's). Fits the
+        basis once `fit_steps` steps were added; a no-op once fitted."""
+        if self.is_fitted:
+            return
+        n, t, d = hog.shape
+        if d != self.dim or t < 2:
+            raise ValueError(f"WithinClipHOGBasis: expected clips [N, T >= 2, {self.dim}], got {tuple(hog.shape)}")
+        h = hog.double().reshape(n * t, d)
+        centred = (hog.double() - hog.double().mean(1, keepdim=True)).reshape(n * t, d)
+        if self._sum is None:
+            self._sum = torch.zeros(d, dtype=torch.float64, device=hog.device)
+            self._second = torch.zeros(d, d, dtype=torch.float64, device=hog.device)
+            self._within = torch.zeros(d, d, dtype=torch.float64, device=hog.device)
+        self._sum += h.sum(0)
+        self._second += h.T @ h
+        self._within += centred.T @ centred
+        self._frames += n * t
+        self._dof += n * (t - 1)  # centring on the clip's mean takes one degree of freedom per clip
+        self._steps += 1
+        if self._steps >= self.fit_steps:
+            self.fit()
+
+    @torch.no_grad()
+    def fit(self) -> None:
+        """Fit P, mu and sigma from what was accumulated (see the module). Raises RuntimeError when fewer
+        within-clip degrees of freedom than k were seen."""
+        if self._dof < self.k:
+            raise RuntimeError(f"WithinClipHOGBasis: {self._dof} within-clip degrees of freedom cannot fit "
+                               f"{self.k} directions (raise objective.cir.hog_basis_fit_steps)")
+        mean = self._sum / self._frames
+        covariance = self._second / self._frames - torch.outer(mean, mean)
+        _, vectors = torch.linalg.eigh(self._within / self._dof)  # ascending eigenvalues
+        p = vectors[:, -self.k:].flip(1).T  # [k, Dh], largest first
+        rows = torch.arange(self.k, device=p.device)
+        p = p * torch.sign(p[rows, p.abs().argmax(1)]).unsqueeze(1)  # the largest entry positive: one basis on all ranks
+        variance = ((p @ covariance) * p).sum(1).clamp_min(1e-12)
+        self.basis.copy_(p.to(self.basis.dtype))
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.scale.copy_(variance.sqrt().to(self.scale.dtype))
+        self.fitted.fill_(True)
+        self._reset()
+
+    @torch.no_grad()
+    def targets(self, hog: torch.Tensor) -> torch.Tensor:
+        """hog [..., Dh] -> whitened projections float32 [..., k]. Raises RuntimeError before the fit."""
+        if not self.is_fitted:
+            raise RuntimeError("WithinClipHOGBasis.targets before the basis was fitted")
+        return ((hog.float() - self.mean.float()) @ self.basis.float().T) / self.scale.float()
+
+
+__all__ = ["WithinClipHOGBasis"]

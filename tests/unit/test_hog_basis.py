@@ -1,0 +1,116 @@
+"""The within-clip HOG basis (`aupretrain.methods.hog_basis`, `objective.cir.hog_basis_weight`): what it fits from
+the gathered clips, the targets it gives, and how CLP's method and objective use it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aupretrain.methods.hog_basis import WithinClipHOGBasis
+from aupretrain.objectives.hog import hog_basis_terms, hog_descriptor
+
+
+def _clips(n: int, t: int, dim: int, seed: int = 0):
+    """Clips whose frames differ from their clip's mean only along e_3 (std 2) and e_7 (std 1), while the clips'
+    means (the 'identities') vary along e_0 with std 10: the within-clip directions are e_3 then e_7."""
+    g = torch.Generator().manual_seed(seed)
+    identity = torch.zeros(n, 1, dim)
+    identity[..., 0] = 10 * torch.randn(n, 1, generator=g)
+    change = torch.zeros(n, t, dim)
+    change[..., 3] = 2 * torch.randn(n, t, generator=g)
+    change[..., 7] = torch.randn(n, t, generator=g)
+    return identity + change + 0.01 * torch.randn(n, t, dim, generator=g) + 5.0
+
+
+def test_the_basis_is_what_changes_within_clips_not_between_them():
+    """Fitted after `fit_steps` accumulations: the directions are the within-clip ones (e_3, e_7, not the far
+    larger between-clip e_0), largest first, each with its largest entry positive; the targets of the fitted
+    frames have zero mean and unit variance; nothing changes after the fit; targets before it are refused."""
+    basis = WithinClipHOGBasis(dim=16, k=2, fit_steps=3)
+    with pytest.raises(RuntimeError, match="before the basis was fitted"):
+        basis.targets(torch.zeros(1, 16))
+    steps = [_clips(200, 4, 16, seed) for seed in range(3)]
+    for i, hog in enumerate(steps):
+        assert not basis.is_fitted
+        basis.accumulate(hog)
+    assert basis.is_fitted
+    assert basis.basis[0].abs().argmax() == 3 and basis.basis[1].abs().argmax() == 7
+    assert torch.all(basis.basis[torch.arange(2), basis.basis.abs().argmax(1)] > 0)
+    assert abs(float(basis.basis[0, 3])) > 0.999 and abs(float(basis.basis[1, 7])) > 0.999
+    z = basis.targets(torch.cat(steps).flatten(0, 1))
+    assert z.shape == (2400, 2)
+    assert torch.allclose(z.mean(0), torch.zeros(2), atol=1e-3) and torch.allclose(z.std(0), torch.ones(2), atol=1e-2)
+    before = basis.basis.clone()
+    basis.accumulate(_clips(50, 4, 16, seed=9))  # fitted: a no-op
+    assert torch.equal(before, basis.basis)
+    fresh = WithinClipHOGBasis(dim=16, k=2, fit_steps=3)
+    fresh.load_state_dict(basis.state_dict())  # the fitted basis travels with the model's state
+    assert fresh.is_fitted and torch.equal(fresh.basis, basis.basis)
+
+
+def test_the_basis_refuses_bad_settings_and_shapes():
+    with pytest.raises(ValueError, match="hog_basis_k"):
+        WithinClipHOGBasis(dim=16, k=16, fit_steps=1)
+    with pytest.raises(ValueError, match="hog_basis_fit_steps"):
+        WithinClipHOGBasis(dim=16, k=2, fit_steps=0)
+    basis = WithinClipHOGBasis(dim=16, k=2, fit_steps=1)
+    with pytest.raises(ValueError, match="T >= 2"):
+        basis.accumulate(torch.zeros(4, 1, 16))
+    with pytest.raises(RuntimeError, match="degrees of freedom"):
+        basis.accumulate(torch.zeros(1, 2, 16))  # one clip of two frames: one degree of freedom for two directions
+
+
+def test_clp_method_gathers_fits_then_regresses_the_whitened_projections():
+    """objective=clp_hog_basis: before the fit the method hands view 1's HOG to the engine (after_step_inputs) and
+    the term is 0 but on the graph; `after_step` with the gathered HOG fits the basis; then both views' frames get
+    targets = the basis' projections of their HOG, the term (weight 2) reaches the loss and the encoder's codes get
+    its gradient."""
+    from aupretrain.config import load_config
+    from aupretrain.methods import build_method
+    from aupretrain.objectives import build_objective, split_views
+
+    cfg = load_config(["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=1",
+                       "objective.cir.hog_basis_k=4"])
+    method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
+    objective = build_objective(cfg.objective)
+    b, t, s = 2, 4, int(cfg.data.input_size)
+    clips = torch.randn(2 * b, t, 3, s, s)
+    request = method.request({"partner": torch.tensor([1, 0])}, t)
+    out = split_views(method(clips, **request), b)
+    stats = objective.after_step_inputs(out)
+    mean, std = method.encoder.mean.view(3), method.encoder.std.view(3)
+    hog = hog_descriptor(clips.flatten(0, 1), mean, std).view(2 * b, t, -1)
+    assert stats.shape == (b, t, 1764) and torch.allclose(stats, hog[:b], atol=1e-5)
+    _, parts = objective.local_loss(out, {})
+    assert "hog_basis" not in parts and out["hog_basis"]["pred"].shape == (2 * b, t, 4)
+    method.after_step(torch.cat([stats, stats + 0.1 * torch.randn_like(stats)]))  # "every rank's" clips
+    assert method.hog_basis.is_fitted
+    out = split_views(method(clips, **request), b)
+    assert objective.after_step_inputs(out) is None  # nothing more to gather
+    target = out["hog_basis"]["target"]
+    assert torch.allclose(target, method.hog_basis.targets(hog), atol=1e-4)
+    with torch.no_grad():
+        expected = method.hog_basis_head(torch.cat([out["a1"], out["a2"]]))
+    assert torch.allclose(out["hog_basis"]["pred"], expected, atol=1e-5)
+    loss, parts = objective.local_loss(out, {})
+    assert torch.allclose(parts["hog_basis"], hog_basis_terms(out["hog_basis"])["hog_basis"])
+    without = build_objective(load_config(["experiment=quickstart", "objective=clp_hog"]).objective)
+    base, _ = without.local_loss({k: v for k, v in out.items() if k != "hog_basis"}, {})
+    assert torch.allclose(loss, base + 2.0 * parts["hog_basis"], atol=1e-5)
+    method.zero_grad()
+    loss.backward()
+    assert method.encoder.au_head[-1].weight.grad.abs().sum() > 0
+    assert method.hog_basis_head.weight.grad.abs().sum() > 0
+    assert build_method(load_config(["experiment=quickstart", "objective=clp_hog"]).objective,
+                        cfg.model, s).hog_basis is None  # off unless its weight is set
+
+
+@pytest.mark.parametrize("override", ["objective.cir.hog_basis_k=0", "objective.cir.hog_basis_weight=-1",
+                                      "objective.cir.hog_basis_fit_steps=0"])
+def test_hog_basis_knobs_are_checked_before_anything_starts(override):
+    from aupretrain.config import load_config
+    from aupretrain.errors import UsageError
+    from aupretrain.settings import validate
+
+    validate(load_config(["experiment=quickstart", "objective=clp_hog_basis"]))
+    with pytest.raises(UsageError, match=override.split("=")[0]):
+        validate(load_config(["experiment=quickstart", "objective=clp_hog_basis", override]))
