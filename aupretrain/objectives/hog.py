@@ -15,18 +15,34 @@ import torch
 import torch.nn.functional as F
 
 
+def _block_weights(cell: int, device: torch.device) -> torch.Tensor:
+    """OpenCV's per-pixel weights of a 2 × 2-cell block [4, 2·cell, 2·cell], cells in the descriptor's order (x0 y0,
+    x0 y1, x1 y0, x1 y1): a Gaussian window of σ = block side / 4 centred at pixel (cell, cell), times each pixel's bilinear
+    share of the cell (1 − |(p + 0.5)/cell − 0.5 − i| per axis, clipped at 0), as `HOGCache::init` builds them."""
+    side = 2 * cell
+    pos = torch.arange(side, dtype=torch.float32, device=device)
+    d = pos - side / 2  # OpenCV centres the window at pixel `side / 2`, half a pixel off the block's centre
+    gauss = torch.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2 * (side / 4) ** 2))  # [y, x]
+    share = (1 - ((pos + 0.5) / cell - 0.5 - torch.arange(2, device=device)[:, None]).abs()).clamp_min(0)  # [2, side]
+    return torch.stack([gauss * share[v][:, None] * share[u][None, :] for u in (0, 1) for v in (0, 1)])
+
+
 @torch.no_grad()
 def hog_descriptor(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, cell: int = 8, bins: int = 9,
                    clip: float = 0.2) -> torch.Tensor:
-    """HOG (Dalal & Triggs, CVPR 2005) of normalised images, as the targets of a loss (no gradient).
+    """HOG (Dalal & Triggs, CVPR 2005) of normalised images, as the targets of a loss (no gradient): OpenCV's
+    `cv2.HOGDescriptor((S, S), (2·cell, 2·cell), (cell, cell), (cell, cell), bins)` computed in torch on the
+    training device (equal to it up to float rounding on the same grey image; `tests/unit/test_hog.py`).
 
     images: [N, 3, S, S] normalised as the encoder's input, (x - mean) / std with x in 0..255; mean, std: the
     normalisation, shape [3] or broadcastable to [1, 3, 1, 1], in 0..255 units. Grey = ITU-R 601 luma; gradients
-    by the centred [-1, 0, 1] filter (replicated borders); `bins` unsigned orientation bins over [0, π) with linear
-    vote interpolation between the two nearest bins, weighted by the gradient magnitude; `cell` × `cell`-px cells;
-    blocks of 2 × 2 cells at a stride of one cell, each L2-Hys normalised (L2, clipped at `clip`, L2 again) —
-    OpenCV's `HOGDescriptor` layout without its Gaussian block window and spatial vote interpolation, in its order (blocks column by column, in each the 2 × 2 cells
-    column by column, in each the bins). Returns float32 [N, (S/cell − 1)² · 4 · bins]: 1,764 at 64 px.
+    by the centred [-1, 0, 1] filter (reflected borders, OpenCV's BORDER_REFLECT_101); `bins` unsigned orientation
+    bins over [0, π) with linear vote interpolation between the two nearest bins, weighted by the gradient
+    magnitude; blocks of 2 × 2 `cell`-px cells at a stride of one cell, each pixel's vote weighted by the block's
+    Gaussian window (σ = block side / 4) and shared bilinearly between the block's cells; each block L2-Hys
+    normalised (L2 with 0.1 · 4 · bins added to the norm, clipped at `clip`, L2 again). In OpenCV's order: blocks
+    column by column, in each the 2 × 2 cells column by column, in each the bins. Returns float32
+    [N, (S/cell − 1)² · 4 · bins]: 1,764 at 64 px.
 
     Raises ValueError if S is not a multiple of `cell` or is under two cells.
     """
@@ -38,7 +54,7 @@ def hog_descriptor(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, 
     std = torch.as_tensor(std, dtype=torch.float32, device=images.device).reshape(1, 3, 1, 1)
     x = images.float() * std + mean
     grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    g = F.pad(grey, (1, 1, 1, 1), mode="replicate")
+    g = F.pad(grey, (1, 1, 1, 1), mode="reflect")
     gx, gy = g[..., 1:-1, 2:] - g[..., 1:-1, :-2], g[..., 2:, 1:-1] - g[..., :-2, 1:-1]
     magnitude = torch.sqrt(gx * gx + gy * gy)
     pos = torch.atan2(gy, gx).remainder(math.pi) / math.pi * bins - 0.5  # bin centres at 0, 1, ..., bins − 1
@@ -48,9 +64,11 @@ def hog_descriptor(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, 
     votes = torch.zeros(n, bins, h, w, device=images.device)
     votes.scatter_add_(1, low, magnitude * (1 - upper_share))
     votes.scatter_add_(1, (low + 1).remainder(bins), magnitude * upper_share)
-    cells = F.avg_pool2d(votes, cell) * (cell * cell)  # [N, bins, S/cell, S/cell]
-    blocks = torch.cat([cells[..., :-1, :-1], cells[..., 1:, :-1], cells[..., :-1, 1:], cells[..., 1:, 1:]], 1)
-    blocks = blocks / (blocks.norm(dim=1, keepdim=True) + 1e-3 * blocks.shape[1])
+    weights = _block_weights(cell, images.device).unsqueeze(1)  # [4, 1, 2·cell, 2·cell]
+    blocks = F.conv2d(votes.reshape(n * bins, 1, h, w), weights, stride=cell)  # [N·bins, 4, B, B]
+    nb = blocks.shape[-1]
+    blocks = blocks.view(n, bins, 4, nb, nb).transpose(1, 2).reshape(n, 4 * bins, nb, nb)  # channel = cell·bins + bin
+    blocks = blocks / (blocks.norm(dim=1, keepdim=True) + 0.1 * blocks.shape[1])
     blocks = blocks.clamp(max=clip)
     blocks = blocks / (blocks.norm(dim=1, keepdim=True) + 1e-3)
     return blocks.permute(0, 3, 2, 1).flatten(1)  # OpenCV's order: blocks x-major, then cells, then bins
