@@ -5,6 +5,7 @@
     python bench/quality.py --methods clp --ablations margin ranking --json bench/results/abl.json  # some ablations
     python bench/quality.py --device cuda --json bench/results/quality_gpu.json  # ResNet-18, 112 px, bf16
     python bench/quality.py --methods tcl clp --seeds 1 -- objective.margin=0.1  # extra Hydra overrides
+    python bench/quality.py --methods clp clp_hog clp_hog_basis --seeds 3   # CLP's other presets beside it
 
 Each method runs the real entry point (`torchrun ... aupretrain/train.py experiment=quickstart
 objective=<method> run.seed=<s>`: DALI, DeepSpeed, the run's own end-of-training probe) on the synthetic
@@ -37,6 +38,7 @@ from bench.common import report  # noqa: E402
 from aupretrain.config import load_config  # noqa: E402
 
 METHODS = ("simclr", "moco", "tcl", "clp", "supervised")
+CLP_PRESETS = ("clp_flow", "clp_hog", "clp_hog_basis")  # CLP's other presets (configs/objective/), on request
 ABLATIONS = {  # CLP with one part removed (objective overrides)
     "clp without CIR (= TCL)": ["objective=tcl"],
     "clp, margin 0": ["objective.margin=0"],
@@ -128,7 +130,7 @@ def rows_of(js: dict, results: dict[str, list[dict]]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + CLP_PRESETS)
     ap.add_argument("--seeds", type=int, default=1, help="pretraining seeds per method (headline: 3)")
     ap.add_argument("--ablations", nargs="*", default=None, metavar="WORD",
                     help="also run the CLP ablations (first seed only); with words, only those whose name has one "
