@@ -348,23 +348,27 @@ class CLPMethod(Method):
             return {}
         b = cir.partner.shape[0]
         out = {"cir": cir_forward(self.codes, self.decoder, clips[:b], res["a"][:b], res["p"][:b], cir)}
-        if self.hog_change is not None:
-            out["hog"] = self.hog_pass(clips[:b], res["a"][:b], cir)
+        hog = None  # every frame's HOG, computed once when the basis needs it: view 1's, or both views' once fitted
         if self.hog_basis is not None:
-            out["hog_basis"] = self.hog_basis_pass(clips, res["a"], b)
+            hog = self._hog(clips if self.hog_basis.is_fitted else clips[:b])
+            out["hog_basis"] = self.hog_basis_pass(hog, res["a"])
+        if self.hog_change is not None:
+            out["hog"] = self.hog_pass(clips[:b], res["a"][:b], cir, None if hog is None else hog[:b])
         return out
 
-    def hog_basis_pass(self, clips: torch.Tensor, a: torch.Tensor, b: int) -> dict[str, torch.Tensor]:
-        """The within-clip HOG basis' pass (`objective.cir.hog_basis_weight`) on both views: clips
-        [2B, T, 3, S, S], a [2B, T, D]. Returns `pred` = the head's output [2B, T, k] for every frame, and, once the
-        basis is fitted, `target` [2B, T, k] (each frame's whitened projection, no gradient); before, `stats` =
-        view 1's HOG [B, T, Dh], which the engine gathers from every rank for `after_step`."""
+    def _hog(self, clips: torch.Tensor) -> torch.Tensor:
+        """clips [N, T, 3, S, S] (normalised) -> their frames' HOG [N, T, Dh] (`objectives.hog.hog_descriptor`)."""
         mean, std = self.encoder.mean.view(3), self.encoder.std.view(3)
+        return hog_descriptor(clips.flatten(0, 1), mean, std, self.hog_cell).view(*clips.shape[:2], -1)
+
+    def hog_basis_pass(self, hog: torch.Tensor, a: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The within-clip HOG basis' pass (`objective.cir.hog_basis_weight`): a [2B, T, D] both views' codes, hog the
+        frames' HOG — both views' [2B, T, Dh] once the basis is fitted, view 1's [B, T, Dh] before. Returns `pred` =
+        the head's output [2B, T, k] for every frame, and, once fitted, `target` [2B, T, k] (each frame's whitened
+        projection, no gradient); before, `stats` = view 1's HOG, which the engine gathers from every rank for
+        `after_step`."""
         out = {"pred": self.hog_basis_head(a.to(self.hog_basis_head.weight.dtype)).float()}
-        fitted = self.hog_basis.is_fitted
-        frames = clips if fitted else clips[:b]
-        hog = hog_descriptor(frames.flatten(0, 1), mean, std, self.hog_cell).view(*frames.shape[:2], -1)
-        if fitted:
+        if self.hog_basis.is_fitted:
             out["target"] = self.hog_basis.targets(hog)
         else:
             out["stats"] = hog
@@ -376,15 +380,19 @@ class CLPMethod(Method):
         if keys is not None and self.hog_basis is not None:
             self.hog_basis.accumulate(keys)
 
-    def hog_pass(self, x: torch.Tensor, a: torch.Tensor, cir: CIRRequest) -> dict[str, torch.Tensor]:
+    def hog_pass(self, x: torch.Tensor, a: torch.Tensor, cir: CIRRequest,
+                 hog: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """CIR's HOG-change pass on view 1 (`objective.cir.hog_weight`): for the CIR frames t and their frames
         s = (t + identity_offset) mod T, `pred` = M (â_t − â_s) (â = a / |a|, as the flow basis reads the codes) and
         `target` = HOG(x_t) − HOG(x_s) (`objectives.hog.hog_descriptor`, no gradient). x [B, T, 3, S, S], a
-        [B, T, D] -> tensors [B, F, Dh]."""
+        [B, T, D], `hog` view 1's HOG [B, T, Dh] when already computed (else only frames t and s are) -> tensors
+        [B, F, Dh]."""
         f, s = frame_pairs(cir, x.shape[1], x.device)
         unit = F.normalize(a.float(), dim=-1)
         change = (unit[:, f] - unit[:, s]).to(self.hog_change.weight.dtype)  # bf16/fp16 weights under DeepSpeed
-        mean, std = self.encoder.mean.view(3), self.encoder.std.view(3)
-        hog = hog_descriptor(x[:, torch.cat([f, s])].flatten(0, 1), mean, std, self.hog_cell)
-        hog = hog.view(x.shape[0], 2, len(cir.frames), -1)
-        return {"pred": self.hog_change(change).float(), "target": hog[:, 0] - hog[:, 1]}
+        if hog is None:
+            pair = self._hog(x[:, torch.cat([f, s])])  # [B, 2F, Dh]: frames t, then frames s
+            hog_t, hog_s = pair[:, :len(cir.frames)], pair[:, len(cir.frames):]
+        else:
+            hog_t, hog_s = hog[:, f], hog[:, s]
+        return {"pred": self.hog_change(change).float(), "target": hog_t - hog_s}

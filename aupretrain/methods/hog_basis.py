@@ -42,6 +42,8 @@ class WithinClipHOGBasis(nn.Module):
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("scale", torch.ones(self.k))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self._fitted = False  # the buffer's value on the host: read every step without a device sync
+        self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "_fitted", bool(module.fitted)))
         self._reset()
 
     def _reset(self) -> None:
@@ -51,7 +53,7 @@ class WithinClipHOGBasis(nn.Module):
 
     @property
     def is_fitted(self) -> bool:
-        return bool(self.fitted)
+        return self._fitted
 
     @torch.no_grad()
     def accumulate(self, hog: torch.Tensor) -> None:
@@ -95,6 +97,7 @@ class WithinClipHOGBasis(nn.Module):
         self.mean.copy_(mean.to(self.mean.dtype))
         self.scale.copy_(variance.sqrt().to(self.scale.dtype))
         self.fitted.fill_(True)
+        self._fitted = True
         self._reset()
 
     @torch.no_grad()
