@@ -80,12 +80,15 @@ def test_clp_method_gathers_fits_then_regresses_the_whitened_projections():
     mean, std = method.encoder.mean.view(3), method.encoder.std.view(3)
     hog = hog_descriptor(clips.flatten(0, 1), mean, std).view(2 * b, t, -1)
     assert stats.shape == (b, t, 1764) and torch.allclose(stats, hog[:b], atol=1e-5)
+    # the HOG-change term reads the same HOG (computed once): HOG(x_t) - HOG(x_s), t = (0, 3), s = t + 1 mod 4
+    assert torch.allclose(out["hog"]["target"], hog[:b, [0, 3]] - hog[:b, [1, 0]], atol=1e-5)
     _, parts = objective.local_loss(out, {})
     assert "hog_basis" not in parts and out["hog_basis"]["pred"].shape == (2 * b, t, 4)
     method.after_step(torch.cat([stats, stats + 0.1 * torch.randn_like(stats)]))  # "every rank's" clips
     assert method.hog_basis.is_fitted
     out = split_views(method(clips, **request), b)
     assert objective.after_step_inputs(out) is None  # nothing more to gather
+    assert torch.allclose(out["hog"]["target"], hog[:b, [0, 3]] - hog[:b, [1, 0]], atol=1e-5)  # fitted: same
     target = out["hog_basis"]["target"]
     assert torch.allclose(target, method.hog_basis.targets(hog), atol=1e-4)
     with torch.no_grad():
