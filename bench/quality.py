@@ -6,12 +6,19 @@
     python bench/quality.py --device cuda --json bench/results/quality_gpu.json  # ResNet-18, 112 px, bf16
     python bench/quality.py --methods tcl clp --seeds 1 -- objective.margin=0.1  # extra Hydra overrides
     python bench/quality.py --methods clp clp_hog clp_hog_basis --seeds 3   # CLP's other presets beside it
+    python bench/quality.py --protocol still-head --methods clp_hog_basis simclr supervised --seeds 3
 
 Each method runs the real entry point (`torchrun ... aupretrain/train.py experiment=quickstart
 objective=<method> run.seed=<s>`: DALI, DeepSpeed, the run's own end-of-training probe) on the synthetic
 pretraining corpus of `configs/synth/` (rendered and packed first if missing); its `eval.json` (linear AU
 probe, subject-exclusive folds, on `eval.split=test` unless overridden) is read back. Reference rows on the
 same test identities: random-init encoder, HOG, always-positive. Tuning belongs on `eval.split=validation`.
+
+`--protocol` picks the pretraining corpus and budget (`PROTOCOLS`): `quickstart` (the default: the README job's
+corpus and 150 steps) or `still-head` (the control of docs/benchmarks.md where CLP's headline rows were measured:
+800 identities x 1 video x 40 frames with the head held still, clips of 4 frames 12 apart, 1,500 steps of 16 clips
+per rank; the CLP presets with HOG terms read both views with one geometry). Each protocol keeps its own corpus
+and shard folders, so one never overwrites the other.
 
 JSON: {"mean_f1": {method: mean over seeds}, "mean_f1_std": {...}, "identity_acc": {...},
 "per_au_f1": {method: {AU: F1}}, "ablations": {variant: {...}}, "runs": [...]} (values in [0, 1]). The key
@@ -49,18 +56,31 @@ ABLATIONS = {  # CLP with one part removed (objective overrides)
     "clp, no AU consistency": ["objective.cir.au_weight=0"],
     "clp, no identity consistency": ["objective.cir.id_weight=0"],
 }
+PROTOCOLS = {  # corpus (aupretrain-synth flags), clips (aupretrain-pack flags), budget and per-method overrides
+    "quickstart": {"synth": [], "pack": ["--align", "center"], "train": [], "method": {},
+                   "synth_dir": "data/synthetic", "shards": "shards/synthetic"},
+    "still-head": {"synth": ["--identities", "800", "--videos-per-identity", "1", "--frames", "40", "--",
+                             "synth.head_motion=0"],
+                   "pack": ["--align", "center", "--clip-len", "4", "--stride", "12", "--clip-step", "1"],
+                   "train": ["train.steps=1500", "data.batch_size=16"],
+                   "method": {m: ["data.augment.shared_geometry=true"] for m in ("clp_flow", "clp_hog", "clp_hog_basis")},
+                   "synth_dir": "data/synthetic-still", "shards": "shards/synthetic-still-T4s12"},
+}
 DEVICE_PRESETS = {"cpu": ["experiment=quickstart"],
                   "cuda": ["experiment=quickstart", "model=resnet18", "data.input_size=112", "data.batch_size=64",
                            "data.num_threads=4", "deepspeed.bf16.enabled=true"]}
 
 
-def ensure_shards(cfg, synth_dir: Path, shards_dir: Path) -> None:
-    """Render the pretraining corpus (configs/synth) and pack it, unless already there and up to date."""
+def ensure_shards(protocol: dict, synth_dir: Path, shards_dir: Path) -> None:
+    """Render the protocol's pretraining corpus (configs/synth + its flags) and pack it with its clip settings,
+    unless already there and up to date (the renderer itself skips videos already rendered with these settings)."""
     bin_ = Path(sys.executable).parent
-    subprocess.run([str(bin_ / "aupretrain-synth"), str(synth_dir), "--overwrite"], check=True)  # renders what is missing
+    synth = protocol["synth"]
+    flags, overrides = (synth[:synth.index("--")], synth[synth.index("--"):]) if "--" in synth else (synth, [])
+    subprocess.run([str(bin_ / "aupretrain-synth"), str(synth_dir), "--overwrite", *flags, *overrides], check=True)
     manifest = shards_dir / "manifest.json"
     if not manifest.exists() or manifest.stat().st_mtime < (synth_dir / "corpus.json").stat().st_mtime:
-        subprocess.run([str(bin_ / "aupretrain-pack"), str(synth_dir), str(shards_dir), "--align", "center"], check=True)
+        subprocess.run([str(bin_ / "aupretrain-pack"), str(synth_dir), str(shards_dir), *protocol["pack"]], check=True)
 
 
 def pretrain_and_probe(method: str, seed: int, run_dir: Path, shards: Path, labels: Path, preset: list[str],
@@ -136,34 +156,39 @@ def main() -> None:
                     help="also run the CLP ablations (first seed only); with words, only those whose name has one "
                          "(e.g. --ablations margin ranking 'AU consistency')")
     ap.add_argument("--device", default="cpu", choices=sorted(DEVICE_PRESETS))
+    ap.add_argument("--protocol", default="quickstart", choices=sorted(PROTOCOLS),
+                    help="pretraining corpus and budget (see PROTOCOLS)")
     ap.add_argument("--nproc", type=int, default=None, help="ranks per run (default: 2 on CPU, GPUs on cuda)")
-    ap.add_argument("--synth-dir", default="data/synthetic")
-    ap.add_argument("--shards", default="shards/synthetic")
+    ap.add_argument("--synth-dir", help="pretraining corpus folder (default: the protocol's)")
+    ap.add_argument("--shards", help="its shards (default: the protocol's)")
     ap.add_argument("--work", default="bench/results/quality-runs", help="run folders and logs")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     a = ap.parse_args()
     os.chdir(ROOT)
-    preset = DEVICE_PRESETS[a.device]
+    protocol = PROTOCOLS[a.protocol]
+    preset = [*DEVICE_PRESETS[a.device], *protocol["train"]]
     nproc = a.nproc or (2 if a.device == "cpu" else max(1, __import__("torch").cuda.device_count()))
     cfg = load_config([*preset, *a.overrides])
     from aupretrain.eval.datasets import check_identity_sets
 
     check_identity_sets(cfg)
-    synth_dir, shards, work = Path(a.synth_dir).resolve(), Path(a.shards).resolve(), Path(a.work).resolve()
-    ensure_shards(cfg, synth_dir, shards)
+    synth_dir = Path(a.synth_dir or protocol["synth_dir"]).resolve()
+    shards, work = Path(a.shards or protocol["shards"]).resolve(), Path(a.work).resolve()
+    ensure_shards(protocol, synth_dir, shards)
     seeds = list(range(a.seeds))
     t0 = time.time()
     results = references(cfg, seeds)
     for m in a.methods:
-        results[m] = [pretrain_and_probe(m, s, work / f"{m}-s{s}", shards, synth_dir, preset, a.overrides, nproc,
-                                         work / "logs") for s in seeds]
+        extra = [*protocol["method"].get(m, []), *a.overrides]
+        results[m] = [pretrain_and_probe(m, s, work / f"{a.protocol}-{m}-s{s}", shards, synth_dir, preset, extra,
+                                         nproc, work / "logs") for s in seeds]
         if all("own_head" in r for r in results[m]):  # the supervised bound through its own classifier
             results[f"{m}_own_head"] = [{**r.pop("own_head"), "seconds": r["seconds"]} for r in results[m]]
         print(f"{m}: mean F1 {np.mean([r['f1_mean'] for r in results[m]]):.3f} ({time.time() - t0:.0f} s so far)",
               flush=True)
     js = summarise(results)
     split = str(cfg.eval.split)
-    report(f"AU quality on the {split} identities ({cfg.eval.identities}), {a.device} preset, "
+    report(f"AU quality on the {split} identities ({cfg.eval.identities}), {a.device} preset, {a.protocol} protocol, "
            f"{cfg.train.steps} steps per run", rows_of(js, results), None)
     if a.ablations is not None:
         abl: dict[str, list[dict]] = {"clp": results["clp"][:1]} if "clp" in results else {}
@@ -172,12 +197,12 @@ def main() -> None:
             method = "tcl" if ov == ["objective=tcl"] else "clp"
             rest = [o for o in ov if not o.startswith("objective=")]
             tag = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("=", "")
-            abl[name] = [pretrain_and_probe(method, seeds[0], work / f"abl-{tag}", shards, synth_dir, preset,
+            abl[name] = [pretrain_and_probe(method, seeds[0], work / f"abl-{a.protocol}-{tag}", shards, synth_dir, preset,
                                             [*a.overrides, *rest], nproc, work / "logs")]
         js["ablations"] = summarise(abl)
         report("CLP ablations (first seed)", rows_of(js["ablations"], abl), None)
     js.update({"split": split, "identities": int(cfg.eval.identities), "steps": int(cfg.train.steps),
-               "device": a.device, "seeds": seeds, "total_s": time.time() - t0,
+               "device": a.device, "protocol": a.protocol, "seeds": seeds, "total_s": time.time() - t0,
                "runs": {k: v for k, v in results.items()}})
     report("summary", [{"method": k, "mean F1": v} for k, v in js["mean_f1"].items()], a.json,
            {k: v for k, v in js.items() if k != "rows"})

@@ -175,14 +175,16 @@ class TCLObjective(Objective):
 
 class SimCLRObjective(TCLObjective):
     """SimCLR baseline: NT-Xent with every frame an instance (positive = the same frame in the other view,
-    negatives = every other frame of the global batch in both views). It is TCL with no margin, no temporal
-    window, no ranking term and full-weight negatives, so both share one tested implementation."""
+    negatives = every other frame of the global batch in both views). It is TCL with no margin, no ranking term
+    and full-weight negatives, so both share one tested implementation. `cfg.window` (default 0) leaves the
+    anchor's own-clip frames with |t-u| <= window out of the negatives: at >= T-1 only other clips' frames are
+    negatives, as when SimCLR (Chen et al., ICML 2020) draws one frame per video."""
 
     name = "simclr"
 
     def __init__(self, cfg: Any):
         self.temperature = float(cfg.temperature)
-        self.margin, self.window, self.symmetric = 0.0, 0, True
+        self.margin, self.window, self.symmetric = 0.0, int(cfg.get("window", 0)), True
         self.rank_weight, self.rank_margin, self.cross_clip_weight = 0.0, 0.0, 1.0
         self.same_view_negatives = True  # every other frame of the batch, both views, is a negative
         self.min_change = 0.0

@@ -86,6 +86,11 @@ def test_objectives_are_built_from_the_config_tree():
     s_loss, s_parts = simclr(outputs, {})
     assert torch.allclose(s_loss, tcl_loss(z1, z2, keys, 0, temperature=0.1, margin=0.0, same_view_negatives=True)[0])
     assert set(s_parts) == {"nt_xent", "acc", "clip_acc"}
+    other_clips = build_objective(load_config(["objective=simclr", "objective.window=7"]).objective)
+    o_loss, o_parts = other_clips(outputs, {})  # own-clip frames are not negatives: only the positive is left there
+    assert torch.allclose(o_loss, tcl_loss(z1, z2, keys, 0, temperature=0.1, margin=0.0, window=7,
+                                           same_view_negatives=True)[0])
+    assert o_loss < s_loss and o_parts["clip_acc"] == 1.0
     with pytest.raises(ValueError, match="unknown objective"):
         build_objective(type("C", (), {"name": "nope"})())
 
