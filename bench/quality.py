@@ -152,6 +152,8 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + CLP_PRESETS)
     ap.add_argument("--seeds", type=int, default=1, help="pretraining seeds per method (headline: 3)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds first-seed .. first-seed + seeds - 1 (to add seeds to an earlier bench)")
     ap.add_argument("--ablations", nargs="*", default=None, metavar="WORD",
                     help="also run the CLP ablations (first seed only); with words, only those whose name has one "
                          "(e.g. --ablations margin ranking 'AU consistency')")
@@ -175,7 +177,7 @@ def main() -> None:
     synth_dir = Path(a.synth_dir or protocol["synth_dir"]).resolve()
     shards, work = Path(a.shards or protocol["shards"]).resolve(), Path(a.work).resolve()
     ensure_shards(protocol, synth_dir, shards)
-    seeds = list(range(a.seeds))
+    seeds = list(range(a.first_seed, a.first_seed + a.seeds))
     t0 = time.time()
     results = references(cfg, seeds)
     for m in a.methods:
