@@ -6,7 +6,8 @@ codes — the bench fits principal directions on the frames of an unlabelled cor
 per video (**within-video**: what changes while the face stays the same) and of all frames pooled (**all frames**:
 dominated by who the face is). The evaluation frames' features are projected on the top-k directions and scored by
 the linear AU probe of `aupretrain-eval` (same data, folds and probe, from the config tree); the full features
-are scored too. No label is read to fit the directions.
+are scored too. No label is read to fit the directions. The JSON also holds each row's F1 per AU (`per_au_f1`,
+in the rows' order).
 
     python bench/within_video.py CORPUS [--features hog pixels] [--encoder E.pt ...] [--k 2 8 16 32 128]
         [--videos 800] [--every 4] [--json OUT] [Hydra overrides, e.g. eval.split=validation run.seed=0]
@@ -97,7 +98,7 @@ def main() -> None:
         raise SystemExit(f"--every {a.every}: a video of {a.corpus} keeps fewer than 2 frames; nothing changes within it")
     spaces = dict(SPACES[name] for name in a.features)
     spaces |= {n: (lambda fr, e=e: e.encode(torch.from_numpy(fr)).numpy()) for n, e in encoders.items()}
-    seed, rows = int(cfg.run.seed), []
+    seed, rows, per_au = int(cfg.run.seed), [], []  # per_au[i]: row i's F1 per AU (JSON only)
     for name, features in spaces.items():
         groups = [features(v) for v in fit_frames]
         x = features(data.frames)
@@ -108,6 +109,7 @@ def main() -> None:
         r = probe(x)
         rows.append({"features": name, "directions": "all features", "k": int(x.shape[1]),
                      "mean F1": r["f1_mean"], "identity acc": r.get("identity_acc")})
+        per_au.append(r["f1"])
         for within in (True, False):
             try:
                 basis = principal_directions(groups, max(a.k), within)
@@ -117,9 +119,11 @@ def main() -> None:
                 r = probe(x @ basis[:k].T)
                 rows.append({"features": name, "directions": "within-video" if within else "all frames", "k": k,
                              "mean F1": r["f1_mean"], "identity acc": r.get("identity_acc")})
+                per_au.append(r["f1"])
         print(f"{name}: done", flush=True)
     report(f"AU probe on principal directions fitted without labels on {a.corpus} ({cfg.eval.split} identities)",
-           rows, a.json, {"corpus": str(a.corpus), "videos": a.videos, "every": a.every, "split": str(cfg.eval.split)})
+           rows, a.json, {"corpus": str(a.corpus), "videos": a.videos, "every": a.every, "split": str(cfg.eval.split),
+                          "per_au_f1": per_au})
 
 
 if __name__ == "__main__":

@@ -9,18 +9,12 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .distributed import barrier, broadcast_object
+from .vetting import vet  # noqa: F401  (checkpoint.vet: what resume and export call)
 
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
 STOP_RECORD = "last_stop.json"
-# What DeepSpeed's own checkpoint files hold besides tensors and plain containers (listed with
-# `torch.serialization.get_unsafe_globals_in_checkpoint` over ZeRO 0-3, bf16 and universal checkpoints of
-# DeepSpeed 0.19). DeepSpeed loads its files with `torch.load(weights_only=False)`, which runs whatever a pickle
-# names; `vet` refuses any file naming anything else before DeepSpeed opens it.
-DEEPSPEED_GLOBALS = frozenset({"deepspeed.runtime.fp16.loss_scaler.LossScaler",
-                               "deepspeed.runtime.zero.config.ZeroStageEnum",
-                               "deepspeed.utils.tensor_fragment.fragment_address"})
 
 
 def root(run_dir: str | Path) -> Path:
@@ -325,28 +319,6 @@ def universal(ckpt_dir: str | Path, is_main: bool) -> Path:
         (out / COMPLETE).write_text("ok\n")
     barrier()
     return out
-
-
-def vet(ckpt_dir: str | Path) -> None:
-    """Refuse a checkpoint folder (a colleague's, one from the internet) whose `.pt` files would run code when
-    loaded: each file's pickle stream is read without executing it (no tensors are loaded) and every global it
-    names must be in torch's weights-only set or `DEEPSPEED_GLOBALS`.
-
-    Raises:
-        UsageError: a file names other globals (the file and the names are in the message), or is not a
-            `torch.save` zip file that can be checked.
-    """
-    import torch
-
-    for f in sorted(Path(ckpt_dir).rglob("*.pt")):
-        try:
-            names = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(f)))
-        except (ValueError, RuntimeError, OSError) as e:
-            raise UsageError(f"{f}: refused: not a checkpoint file that can be checked before loading ({e})") from None
-        unknown = sorted(names - DEEPSPEED_GLOBALS)
-        if unknown:
-            raise UsageError(f"{f}: refused: loading it would call {', '.join(unknown)} (a checkpoint holds tensors "
-                             "and DeepSpeed's state only); do not load a checkpoint you cannot trust")
 
 
 def read_meta(ckpt_dir: str | Path) -> dict:

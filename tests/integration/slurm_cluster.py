@@ -85,7 +85,7 @@ class SlurmCluster:
         os.chmod(m, 0o755)
         shutil.chown(m, "munge", "munge")
         sock, mpid = m / "munge.socket", m / "munged.pid"
-        subprocess.run(["runuser", "-u", "munge", "--", _sbin("munged"), f"--socket={sock}",
+        subprocess.run([_sbin("runuser"), "-u", "munge", "--", _sbin("munged"), f"--socket={sock}",
                         f"--pid-file={mpid}", f"--log-file={m / 'munged.log'}", f"--seed-file={m / 'munged.seed'}"],
                        check=True)
         self._pidfiles.append(mpid)

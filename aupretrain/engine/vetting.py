@@ -1,0 +1,120 @@
+"""Checkpoint files from elsewhere are read as data, never run: `vet` checks every `.pt` file of a checkpoint folder
+before DeepSpeed (which unpickles with `torch.load(weights_only=False)`) opens it.
+
+A pickle stream runs whatever globals it names. `vet` lists them without executing anything
+(`torch.serialization.get_unsafe_globals_in_checkpoint`) and admits torch's weights-only set, the DeepSpeed
+classes its own files hold (`DEEPSPEED_GLOBALS`), and `builtins.getattr` only in the one shape in which some
+Python 3.11 releases pickle an enum member — `getattr(EnumClass, "MEMBER")`: `Enum.__reduce_ex__` of Debian's
+3.11.2 pickles by name, later 3.11 releases (3.11.7) by value, so DeepSpeed's `ZeroStageEnum` reaches the file
+either way — with an admitted Enum class and one of its member names; every other use of getattr reaches
+arbitrary attributes (a function's globals, and from there anything) and is refused.
+"""
+from __future__ import annotations
+
+import importlib
+import pickletools
+import zipfile
+from enum import Enum
+from pathlib import Path
+
+from ..errors import UsageError
+
+# What DeepSpeed's own checkpoint files hold besides tensors and plain containers (listed with
+# `torch.serialization.get_unsafe_globals_in_checkpoint` over ZeRO 0-3, bf16 and universal checkpoints of
+# DeepSpeed 0.19).
+DEEPSPEED_GLOBALS = frozenset({"deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                               "deepspeed.runtime.zero.config.ZeroStageEnum",
+                               "deepspeed.utils.tensor_fragment.fragment_address"})
+GETATTR = "builtins.getattr"
+_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+_GETS = {"GET", "BINGET", "LONG_BINGET"}
+_STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+
+
+def _enum(name: str) -> type[Enum] | None:
+    """The admitted global `module.Class` when it is an Enum subclass, else None."""
+    if name not in DEEPSPEED_GLOBALS:
+        return None
+    module, _, cls = name.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError):
+        return None
+    return obj if isinstance(obj, type) and issubclass(obj, Enum) else None
+
+
+def _pickle_bytes(f: Path) -> bytes:
+    """The pickle stream (`*/data.pkl`) of a `torch.save` zip file."""
+    with zipfile.ZipFile(f) as z:
+        member = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+        if member is None:
+            raise ValueError("no data.pkl in the archive")
+        return z.read(member)
+
+
+def getattr_only_reads_enum_members(data: bytes) -> bool:
+    """Whether every use of `builtins.getattr` in the pickle stream `data` is `getattr(E, "NAME")` with E an
+    admitted Enum class and NAME one of its members: the getattr object (named or fetched from the memo), then E
+    (named or fetched), then the name string, TUPLE2, REDUCE — memo stores between them allowed. Any other shape,
+    or getattr left on the stack for later, gives False."""
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(data)]
+    memo: dict[int, str] = {}  # memo index -> the global stored there (only globals are tracked)
+    strings: list[str] = []  # the last string pushes (STACK_GLOBAL reads two)
+    held = {}  # op index -> the global that op pushes
+    next_memo = 0
+    for i, (name, arg) in enumerate(ops):
+        pushed = None
+        if name == "GLOBAL":
+            pushed = str(arg).replace(" ", ".")
+        elif name == "STACK_GLOBAL" and len(strings) >= 2:
+            pushed = f"{strings[-2]}.{strings[-1]}"
+        elif name in _GETS:
+            pushed = memo.get(int(arg))
+        if name in _STRINGS:
+            strings.append(str(arg))
+        if pushed is not None:
+            held[i] = "builtins.getattr" if pushed in ("__builtin__.getattr", "builtins.getattr") else pushed
+        if name in _PUTS or name == "MEMOIZE":
+            index = int(arg) if name in _PUTS else next_memo
+            prev = held.get(i - 1)
+            if prev is not None:
+                memo[index] = prev
+            next_memo = max(next_memo, index + 1)
+    real = [(i, n, a) for i, (n, a) in enumerate(ops) if n not in _PUTS and n != "MEMOIZE"]  # memo stores skipped
+    for k, (i, _, _) in enumerate(real):
+        if held.get(i) != GETATTR:
+            continue
+        shape = real[k + 1:k + 5]
+        if len(shape) < 4:
+            return False
+        (ci, _, _), (_, sname, sarg), (_, tname, _), (_, rname, _) = shape
+        enum = _enum(held.get(ci, ""))
+        if enum is None or sname not in _STRINGS or tname != "TUPLE2" or rname != "REDUCE":
+            return False
+        if str(sarg) not in enum.__members__:
+            return False
+    return True
+
+
+def vet(ckpt_dir: str | Path) -> None:
+    """Refuse a checkpoint folder (a colleague's, one from the internet) whose `.pt` files would run code when
+    loaded: each file's pickle stream is read without executing it (no tensors are loaded) and every global it
+    names must be in torch's weights-only set or `DEEPSPEED_GLOBALS`, or be getattr reading an enum member (above).
+
+    Raises:
+        UsageError: a file names other globals (the file and the names are in the message), or is not a
+            `torch.save` zip file that can be checked.
+    """
+    import torch
+
+    for f in sorted(Path(ckpt_dir).rglob("*.pt")):
+        try:
+            names = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(f)))
+            unknown = sorted(names - DEEPSPEED_GLOBALS)
+            if unknown == [GETATTR] and getattr_only_reads_enum_members(_pickle_bytes(f)):
+                unknown = []
+        except (ValueError, RuntimeError, OSError, zipfile.BadZipFile) as e:
+            raise UsageError(f"{f}: refused: not a checkpoint file that can be checked before loading ({e})") from None
+        if unknown:
+            raise UsageError(f"{f}: refused: loading it would call {', '.join(unknown)} (a checkpoint holds tensors "
+                             "and DeepSpeed's state only); do not load a checkpoint you cannot trust")
