@@ -110,7 +110,8 @@ def pretrain_and_probe(method: str, seed: int, run_dir: Path, shards: Path, labe
 
 
 def references(cfg, seeds: list[int]) -> dict[str, list[dict]]:
-    """random-init encoder (one per seed), HOG and always-positive on the configured eval split."""
+    """random-init encoder and HOG (one per seed: the seed draws the subject folds, as in each run's own probe)
+    and always-positive on the configured eval split."""
     import torch
     from omegaconf import OmegaConf
 
@@ -120,9 +121,10 @@ def references(cfg, seeds: list[int]) -> dict[str, list[dict]]:
     from aupretrain.models.encoder import AUEncoder
 
     data = load_synthetic(ensure_synthetic(cfg.eval), float(cfg.eval.au_threshold), int(cfg.eval.frame_stride))
-    out: dict[str, list[dict]] = {"random": [], "hog": [evaluate_codes(hog_features(data.frames), data, cfg.eval)],
+    hog = hog_features(data.frames)
+    out: dict[str, list[dict]] = {"random": [], "hog": [evaluate_codes(hog, data, cfg.eval, seed=s) for s in seeds],
                                   "always_positive": [always_positive(data)]}
-    for s in seeds:
+    for s in seeds:  # each seed also draws the probe's subject folds: HOG on the folds of every seed
         torch.manual_seed(s + 1)
         enc = AUEncoder(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.input_size))
         out["random"].append(evaluate_encoders({"r": enc}, data, cfg.eval, seed=s)["r"])
