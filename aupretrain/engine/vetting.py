@@ -55,36 +55,41 @@ def _pickle_bytes(f: Path) -> bytes:
 def getattr_only_reads_enum_members(data: bytes) -> bool:
     """Whether every use of `builtins.getattr` in the pickle stream `data` is `getattr(E, "NAME")` with E an
     admitted Enum class and NAME one of its members: the getattr object (named or fetched from the memo), then E
-    (named or fetched), then the name string, TUPLE2, REDUCE — memo stores between them allowed. Any other shape,
-    or getattr left on the stack for later, gives False."""
+    (named — GLOBAL, or STACK_GLOBAL over two strings — or fetched), then the name string, TUPLE2, REDUCE; memo
+    stores and frames between them allowed. Any other shape, or a global whose name cannot be read, gives False."""
     ops = [(op.name, arg) for op, arg, _ in pickletools.genops(data)]
-    memo: dict[int, str] = {}  # memo index -> the global stored there (only globals are tracked)
-    strings: list[str] = []  # the last string pushes (STACK_GLOBAL reads two)
-    held = {}  # op index -> the global that op pushes
-    next_memo = 0
+    memo: dict[int, tuple | None] = {}  # memo index -> ("g", global) | ("s", string) | None (anything else)
+    held: dict[int, str] = {}  # op index -> the global that op pushes
+    pushes: list[tuple | None] = []  # what each op other than a memo store left on top, in order
     for i, (name, arg) in enumerate(ops):
-        pushed = None
+        if name == "FRAME":  # protocol 4 framing: not on the stack
+            continue
+        if name in _PUTS or name == "MEMOIZE":  # a store leaves the stack as it is; MEMOIZE's index is len(memo)
+            memo[int(arg) if name in _PUTS else len(memo)] = pushes[-1] if pushes else None
+            continue
+        item = None
         if name == "GLOBAL":
-            pushed = str(arg).replace(" ", ".")
-        elif name == "STACK_GLOBAL" and len(strings) >= 2:
-            pushed = f"{strings[-2]}.{strings[-1]}"
+            item = ("g", str(arg).replace(" ", "."))
+        elif name == "STACK_GLOBAL":  # module and name are the two pushes before it, strings or no global is known
+            two = pushes[-2:]
+            if len(two) < 2 or any(t is None or t[0] != "s" for t in two):
+                return False
+            item = ("g", f"{two[0][1]}.{two[1][1]}")
         elif name in _GETS:
-            pushed = memo.get(int(arg))
-        if name in _STRINGS:
-            strings.append(str(arg))
-        if pushed is not None:
-            held[i] = "builtins.getattr" if pushed in ("__builtin__.getattr", "builtins.getattr") else pushed
-        if name in _PUTS or name == "MEMOIZE":
-            index = int(arg) if name in _PUTS else next_memo
-            prev = held.get(i - 1)
-            if prev is not None:
-                memo[index] = prev
-            next_memo = max(next_memo, index + 1)
-    real = [(i, n, a) for i, (n, a) in enumerate(ops) if n not in _PUTS and n != "MEMOIZE"]  # memo stores skipped
+            item = memo.get(int(arg))
+        elif name in _STRINGS:
+            item = ("s", str(arg))
+        if item is not None and item[0] == "g":
+            held[i] = GETATTR if item[1] in ("__builtin__.getattr", GETATTR) else item[1]
+        pushes.append(item)  # ops that pop (POP, TUPLE2, REDUCE, ...) leave something untracked on top: None
+    real = [(i, n, a) for i, (n, a) in enumerate(ops) if n not in _PUTS and n not in ("MEMOIZE", "FRAME")]
     for k, (i, _, _) in enumerate(real):
         if held.get(i) != GETATTR:
             continue
-        shape = real[k + 1:k + 5]
+        j = k + 1
+        if [n for _, n, _ in real[j:j + 3]][2:] == ["STACK_GLOBAL"] and all(n in _STRINGS for _, n, _ in real[j:j + 2]):
+            j += 2  # the class named by STACK_GLOBAL over its module and name strings (protocol 4)
+        shape = real[j:j + 4]
         if len(shape) < 4:
             return False
         (ci, _, _), (_, sname, sarg), (_, tname, _), (_, rname, _) = shape

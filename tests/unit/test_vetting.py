@@ -1,6 +1,8 @@
 """`engine.vetting.vet`: checkpoint files are admitted only when loading them cannot run code — including the
 `getattr(EnumClass, "MEMBER")` form in which some Python 3.11 releases pickle DeepSpeed's ZeroStageEnum, and
 nothing else that getattr could reach."""
+import pickle
+
 import pytest
 import torch
 
@@ -74,3 +76,17 @@ def test_other_globals_beside_getattr_are_refused(tmp_path):
 
     with pytest.raises(UsageError, match=r"builtins.getattr, (posix|os).getcwd"):
         vet(saved(tmp_path, [GetattrPickle(ZeroStageEnum, "weights"), CallPickle(os.getcwd)]))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_the_shape_is_read_in_both_pickle_protocols(tmp_path, protocol):
+    """Protocol 2 (torch.save's default) names globals with GLOBAL and memoizes with BINPUT; protocol 4 with
+    STACK_GLOBAL over memoized strings, MEMOIZE and FRAME."""
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from aupretrain.engine.vetting import getattr_only_reads_enum_members
+
+    good = [GetattrPickle(ZeroStageEnum, "weights"), GetattrPickle(ZeroStageEnum, "gradients")]
+    bad = [GetattrPickle(ZeroStageEnum, "weights"), GetattrPickle(ZeroStageEnum, "__init__")]
+    assert getattr_only_reads_enum_members(pickle.dumps(good, protocol=protocol))
+    assert not getattr_only_reads_enum_members(pickle.dumps(bad, protocol=protocol))
