@@ -55,12 +55,13 @@ def _pickle_bytes(f: Path) -> bytes:
 def getattr_only_reads_enum_members(data: bytes) -> bool:
     """Whether every use of `builtins.getattr` in the pickle stream `data` is `getattr(E, "NAME")` with E an
     admitted Enum class and NAME one of its members: the getattr object (named or fetched from the memo), then E
-    (named — GLOBAL, or STACK_GLOBAL over two strings — or fetched), then the name string, TUPLE2, REDUCE; memo
+    (named — GLOBAL, or STACK_GLOBAL over two strings — or fetched), then the name string (named or fetched),
+    TUPLE2, REDUCE; memo
     stores and frames between them allowed. Any other shape, or a global whose name cannot be read, gives False."""
     ops = [(op.name, arg) for op, arg, _ in pickletools.genops(data)]
     memo: dict[int, tuple | None] = {}  # memo index -> ("g", global) | ("s", string) | None (anything else)
-    held: dict[int, str] = {}  # op index -> the global that op pushes
-    pushes: list[tuple | None] = []  # what each op other than a memo store left on top, in order
+    items: dict[int, tuple | None] = {}  # op index -> what that op left on top of the stack, as above
+    pushes: list[tuple | None] = []  # the same, in order, for the ops other than memo stores and frames
     for i, (name, arg) in enumerate(ops):
         if name == "FRAME":  # protocol 4 framing: not on the stack
             continue
@@ -79,24 +80,29 @@ def getattr_only_reads_enum_members(data: bytes) -> bool:
             item = memo.get(int(arg))
         elif name in _STRINGS:
             item = ("s", str(arg))
-        if item is not None and item[0] == "g":
-            held[i] = GETATTR if item[1] in ("__builtin__.getattr", GETATTR) else item[1]
+        if item == ("g", "__builtin__.getattr"):
+            item = ("g", GETATTR)
+        items[i] = item
         pushes.append(item)  # ops that pop (POP, TUPLE2, REDUCE, ...) leave something untracked on top: None
-    real = [(i, n, a) for i, (n, a) in enumerate(ops) if n not in _PUTS and n not in ("MEMOIZE", "FRAME")]
-    for k, (i, _, _) in enumerate(real):
-        if held.get(i) != GETATTR:
+
+    def kind(i: int) -> str | None:
+        return (items.get(i) or (None,))[0]
+
+    real = [(i, n) for i, (n, _) in enumerate(ops) if n not in _PUTS and n not in ("MEMOIZE", "FRAME")]
+    for k, (i, _) in enumerate(real):
+        if items.get(i) != ("g", GETATTR):
             continue
         j = k + 1
-        if [n for _, n, _ in real[j:j + 3]][2:] == ["STACK_GLOBAL"] and all(n in _STRINGS for _, n, _ in real[j:j + 2]):
+        if [n for _, n in real[j + 2:j + 3]] == ["STACK_GLOBAL"] and all(kind(x) == "s" for x, _ in real[j:j + 2]):
             j += 2  # the class named by STACK_GLOBAL over its module and name strings (protocol 4)
         shape = real[j:j + 4]
         if len(shape) < 4:
             return False
-        (ci, _, _), (_, sname, sarg), (_, tname, _), (_, rname, _) = shape
-        enum = _enum(held.get(ci, ""))
-        if enum is None or sname not in _STRINGS or tname != "TUPLE2" or rname != "REDUCE":
+        (ci, _), (si, _), (_, tname), (_, rname) = shape  # strings may be named or fetched from the memo
+        enum = _enum(items[ci][1]) if kind(ci) == "g" else None
+        if enum is None or kind(si) != "s" or tname != "TUPLE2" or rname != "REDUCE":
             return False
-        if str(sarg) not in enum.__members__:
+        if items[si][1] not in enum.__members__:
             return False
     return True
 
