@@ -29,6 +29,7 @@ class Spec:
     what: str = ""
 
     def need(self) -> str:
+        """What a valid value is, in words for an error message, e.g. "a whole number >= 1 or null (what it means)"."""
         if self.kind == "choice":
             s = "one of " + ", ".join(map(str, self.choices))
         elif self.kind == "bool":
@@ -64,6 +65,9 @@ class Spec:
         return f"{key}={int(v) if self.kind == 'int' else v:g}"
 
     def ok(self, v: Any) -> bool:
+        """Whether `v` satisfies this spec: None only with `null`; bools for bool only (never a number); a choice
+        among `choices`; finite numbers (ints for int) within the bounds; for a pair a list or tuple of two such numbers
+        with a <= b."""
         if v is None:
             return self.null
         if self.kind == "bool":
@@ -171,6 +175,7 @@ SCHEMA: dict[str, Spec] = {
     "objective.cir.hog_basis_weight": _num_spec(0, what="weight of the within-clip HOG basis term, 0: off"),
     "objective.cir.hog_basis_k": _int(1, what="within-clip HOG directions"),
     "objective.cir.hog_basis_fit_steps": _int(1, what="optimizer steps accumulated before the basis is fitted"),
+    "objective.cir.hog_basis_centre": _choice("frame", "clip"),
     "objective.queue_size": _int(1),
     "objective.momentum": _num_spec(0, 1),
     "tracking.enabled": BOOL,

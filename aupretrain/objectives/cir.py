@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Objective, zero_like
-from .hog import hog_basis_terms, hog_change_terms
+from .hog import HOG_BASIS_CENTRES, hog_basis_terms, hog_change_terms
 from .tcl import TCLObjective
 
 
@@ -77,6 +77,12 @@ def cir_terms(cir: dict[str, torch.Tensor], stop_grad_targets: bool = True, blur
 
 def cir_loss(cir: dict[str, torch.Tensor], weights: dict[str, float], stop_grad_targets: bool = True,
              blur: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CLP's CIR loss (Li & Shan, "Contrastive Learning of Person-independent Representations for Facial Action Unit
+    Detection", IEEE TIP 2023; the terms of the module docstring): sum of `weights[name] * term` over `weights`
+    ({"rec_self", "rec_cycle", "au_consistency", "id_consistency"}: weight), each term from `cir_terms`, as a scalar
+    tensor on `cir["rec_self"]`'s graph (0 with no weights). `cir`: `methods.clp.cir_forward`'s dict (`valid` [B];
+    images and codes [B, F, ...] at F frames per clip). Returns (loss, every term detached, `rec_copy` included).
+    Raises KeyError for a weight name that is not a term."""
     terms = cir_terms(cir, stop_grad_targets, blur)
     loss = zero_like(cir["rec_self"])
     for name, weight in weights.items():  # `rec_copy` has no weight: a logged reference only
@@ -103,6 +109,10 @@ class CLPObjective(TCLObjective):
         self.hog_basis_weight = float(c.get("hog_basis_weight", 0.0))
         if self.hog_basis_weight < 0:
             raise ValueError(f"objective.cir.hog_basis_weight={self.hog_basis_weight}: must be >= 0")
+        self.hog_basis_centre = str(c.get("hog_basis_centre", "frame"))
+        if self.hog_basis_centre not in HOG_BASIS_CENTRES:  # refused here, not at the basis' fit
+            raise ValueError(f"objective.cir.hog_basis_centre={self.hog_basis_centre!r}: must be one of "
+                             f"{', '.join(HOG_BASIS_CENTRES)}")
         self.tcl_weight = float(cfg.get("tcl_weight", 1.0))
         if self.tcl_weight < 0:
             raise ValueError(f"objective.tcl_weight={self.tcl_weight}: must be >= 0")
@@ -123,7 +133,7 @@ class CLPObjective(TCLObjective):
             loss = loss + self.hog_weight * hog["hog_change"]
             parts = {**parts, **{k: v.detach() for k, v in hog.items()}}
         if "hog_basis" in outputs:  # `cir.hog_basis_weight` > 0: zero (but on the graph) until the basis is fitted
-            basis = hog_basis_terms(outputs["hog_basis"])
+            basis = hog_basis_terms(outputs["hog_basis"], self.hog_basis_centre)
             loss = loss + self.hog_basis_weight * basis.get("hog_basis", zero_like(outputs["hog_basis"]["pred"]))
             parts = {**parts, **{k: v.detach() for k, v in basis.items()}}
         rank, rank_parts = super().local_loss(outputs, batch)

@@ -88,15 +88,31 @@ def hog_change_terms(hog: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             "hog_copy": target.pow(2).sum(-1).mean().detach()}
 
 
-def hog_basis_terms(hog_basis: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+HOG_BASIS_CENTRES = ("frame", "clip")  # `objective.cir.hog_basis_centre` (hog_basis_terms)
+
+
+def hog_basis_terms(hog_basis: dict[str, torch.Tensor], centre: str = "frame") -> dict[str, torch.Tensor]:
     """The within-clip HOG basis term, from the method's `hog_basis` outputs: `pred` [N, T, k], the head's
-    regression of each frame's AU code, and `target` [N, T, k], the frame's HOG projected on the top k within-clip
+    regression of each frame's code, and `target` [N, T, k], the frame's HOG projected on the within-clip
     principal directions and whitened (`aupretrain.methods.hog_basis`). Returns `hog_basis` = the mean over frames
-    and directions of (pred − target)² (1.0 is the value of predicting the mean), or {} before the basis is fitted.
-    A mean over this rank's frames, so the distributed mean is the global mean."""
+    and directions of (pred − target)², or {} before the basis is fitted.
+
+    `centre` (`objective.cir.hog_basis_centre`): "frame" compares every frame's values as they are (1.0 is the value
+    of predicting the mean); "clip" first subtracts from pred and target their own clip's mean over the T frames, so
+    the code is asked only how the frame differs from the rest of its clip — not the face's own offset along the
+    directions, which is who the face is (its value for predicting no change is the within-clip share of the
+    target's variance, below 1). Raises ValueError on another `centre`, or "clip" with T < 2."""
+    if centre not in HOG_BASIS_CENTRES:
+        raise ValueError(f"objective.cir.hog_basis_centre={centre!r}: must be 'frame' or 'clip'")
     if "target" not in hog_basis:
         return {}
-    return {"hog_basis": (hog_basis["pred"].float() - hog_basis["target"].float()).pow(2).mean()}
+    pred, target = hog_basis["pred"].float(), hog_basis["target"].float()
+    if centre == "clip":
+        if pred.shape[1] < 2:
+            raise ValueError(f"objective.cir.hog_basis_centre='clip' needs clips of >= 2 frames, "
+                             f"got {tuple(pred.shape)}")
+        pred, target = pred - pred.mean(1, keepdim=True), target - target.mean(1, keepdim=True)
+    return {"hog_basis": (pred - target).pow(2).mean()}
 
 
-__all__ = ["hog_basis_terms", "hog_change_terms", "hog_descriptor"]
+__all__ = ["HOG_BASIS_CENTRES", "hog_basis_terms", "hog_change_terms", "hog_descriptor"]

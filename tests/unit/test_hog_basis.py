@@ -96,6 +96,11 @@ def test_clp_method_gathers_fits_then_regresses_the_whitened_projections():
     assert torch.allclose(out["hog_basis"]["pred"], expected, atol=1e-5)
     loss, parts = objective.local_loss(out, {})
     assert torch.allclose(parts["hog_basis"], hog_basis_terms(out["hog_basis"])["hog_basis"])
+    clip_form = build_objective(load_config(["experiment=quickstart", "objective=clp_hog_basis",
+                                             "objective.cir.hog_basis_centre=clip"]).objective)
+    _, clip_parts = clip_form.local_loss(out, {})  # `objective.cir.hog_basis_centre=clip` reaches the term
+    assert torch.allclose(clip_parts["hog_basis"], hog_basis_terms(out["hog_basis"], "clip")["hog_basis"])
+    assert not torch.allclose(clip_parts["hog_basis"], parts["hog_basis"])
     without = build_objective(load_config(["experiment=quickstart", "objective=clp_hog"]).objective)
     base, _ = without.local_loss({k: v for k, v in out.items() if k != "hog_basis"}, {})
     assert torch.allclose(loss, base + 2.0 * parts["hog_basis"], atol=1e-5)
@@ -108,7 +113,8 @@ def test_clp_method_gathers_fits_then_regresses_the_whitened_projections():
 
 
 @pytest.mark.parametrize("override", ["objective.cir.hog_basis_k=0", "objective.cir.hog_basis_weight=-1",
-                                      "objective.cir.hog_basis_fit_steps=0"])
+                                      "objective.cir.hog_basis_fit_steps=0",
+                                      "objective.cir.hog_basis_centre=video"])
 def test_hog_basis_knobs_are_checked_before_anything_starts(override):
     from aupretrain.config import load_config
     from aupretrain.errors import UsageError
@@ -117,3 +123,30 @@ def test_hog_basis_knobs_are_checked_before_anything_starts(override):
     validate(load_config(["experiment=quickstart", "objective=clp_hog_basis"]))
     with pytest.raises(UsageError, match=override.split("=")[0]):
         validate(load_config(["experiment=quickstart", "objective=clp_hog_basis", override]))
+
+
+def test_clip_centred_basis_term_ignores_each_face_offset_and_keeps_its_change():
+    """`objective.cir.hog_basis_centre=clip`: a per-clip offset in the head's output or in the target (who the face
+    is) costs nothing, a wrong within-clip change costs what it costs in the frame form; the frame form charges the
+    offset. The objective reads the knob."""
+    from aupretrain.config import load_config
+    from aupretrain.objectives import build_objective
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(6, 4, 3, generator=g)
+    offset = 5 * torch.randn(6, 1, 3, generator=g)
+    shifted = {"pred": target + offset, "target": target}
+    assert float(hog_basis_terms(shifted, "clip")["hog_basis"]) < 1e-10
+    assert float(hog_basis_terms(shifted, "frame")["hog_basis"]) == pytest.approx(float(offset.pow(2).mean()), rel=1e-5)
+    wrong = torch.zeros_like(target)
+    wrong[:, 0] = 1.0  # one frame off by 1 in every direction: centred, (1 - 1/4)² + 3 (1/4)² over 4 frames = 3/16
+    assert float(hog_basis_terms({"pred": target + offset + wrong, "target": target}, "clip")["hog_basis"]) \
+        == pytest.approx(3 / 16, rel=1e-5)
+    assert hog_basis_terms({"pred": target}, "clip") == {}  # before the fit: nothing
+    with pytest.raises(ValueError, match="hog_basis_centre"):
+        hog_basis_terms(shifted, "video")
+    with pytest.raises(ValueError, match=">= 2 frames"):
+        hog_basis_terms({"pred": target[:, :1], "target": target[:, :1]}, "clip")
+    objective = build_objective(load_config(["experiment=quickstart", "objective=clp_hog_basis",
+                                             "objective.cir.hog_basis_centre=clip"]).objective)
+    assert objective.hog_basis_centre == "clip"
