@@ -22,13 +22,16 @@ from .online_probe import OnlineProbe
 from .optim import apply_settings, build_optimizer, lr_lambda
 from .signals import StopRequest
 from .step import train_step
-from .tracking import Tracker, device_description, run_tags
+from .host import device_description, run_tags
+from .tracking import Tracker
 
 log = logging.getLogger("aupretrain.train")
 AU_HEAD = "au_head"  # <run>/au_head: the method's own AU classifier as an AU head folder (supervised runs)
 
 
 def resolve_run_dir(cfg: DictConfig, d: DistInfo) -> Path:
+    """The run folder, absolute, the same on every rank: `run.dir`, else `<run.root>/<run.name>-<YYYYmmdd-HHMMSS>`
+    (rank 0's local time, broadcast). Rank 0 creates it; collective (a barrier follows)."""
     if cfg.run.dir:
         path = Path(cfg.run.dir)
     else:
@@ -41,6 +44,8 @@ def resolve_run_dir(cfg: DictConfig, d: DistInfo) -> Path:
 
 
 def deepspeed_config(cfg: DictConfig, world: int) -> dict:
+    """The DeepSpeed config dict: `cfg.deepspeed` resolved, with `train_micro_batch_size_per_gpu` = data.batch_size
+    (clips per rank) and `train_batch_size` = data.batch_size x `world` x gradient_accumulation_steps."""
     ds = OmegaConf.to_container(cfg.deepspeed, resolve=True)
     accum = int(ds.get("gradient_accumulation_steps", 1))
     ds["train_micro_batch_size_per_gpu"] = int(cfg.data.batch_size)
@@ -119,6 +124,15 @@ def skipped_metrics(loader, found: dict[str, float] | None = None) -> dict[str, 
 
 
 def train(cfg: DictConfig) -> dict:
+    """Pretrain on every rank (collective): resume from a checkpoint of `train.resume` when one is found, run
+    `train.steps` (or up to `train.stop_at`) DeepSpeed steps, log to MLflow, checkpoint every `train.checkpoint_every`
+    steps, on a stop signal and at the last step; once all `train.steps` are done, export `<run>/encoder.pt` (and
+    `<run>/au_head` for methods with one) and, on rank 0 with `train.eval_at_end`, evaluate it in a fresh process.
+
+    Returns {"run_dir", "mlflow_run_id", "loss_history" (mean train/loss per logging step), "rank"}, plus
+    "stopped_at" (the step) when it stopped early or "eval_exit" (the evaluation's exit status) on rank 0.
+    Raises UsageError for settings it cannot train or resume with, EnvironmentFault when a checkpoint or export
+    cannot be written (on every rank alike)."""
     import deepspeed
 
     check_precision(cfg)
