@@ -56,10 +56,12 @@ def is_input_fault(e: BaseException) -> bool:
 
 
 def is_s3(uri: str) -> bool:
+    """Whether `uri` is an s3:// URL (else a local path)."""
     return str(uri).startswith("s3://")
 
 
 def join(base: str, *parts: str) -> str:
+    """`base` joined with `parts`: with "/" for an s3:// base (trailing "/" of base dropped), else as a local `Path`."""
     if is_s3(base):
         return "/".join([str(base).rstrip("/"), *parts])
     return str(Path(base, *parts))
@@ -189,6 +191,8 @@ def _s3_errors(uri: str, what: str, writing: bool = False) -> Iterator[None]:
 
 
 def read_bytes(uri: str) -> bytes:
+    """The whole file at `uri` (local path or s3:// object). Raises OSError (e.g. FileNotFoundError) locally; on S3,
+    botocore's ClientError for a missing or denied object, S3Error for any other failure after boto3's retries."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
         with _s3_errors(uri, "read"):
@@ -209,10 +213,13 @@ def read_range(uri: str, offset: int, size: int) -> bytes:
 
 
 def read_text(uri: str) -> str:
+    """The file at `uri` decoded as UTF-8 (`read_bytes`; the same errors, plus UnicodeDecodeError)."""
     return read_bytes(uri).decode("utf-8")
 
 
 def exists(uri: str) -> bool:
+    """Whether the file at `uri` exists (an S3 HEAD: False on 404/NoSuchKey/NotFound). On S3, raises botocore's
+    ClientError for another per-object error (e.g. access denied) and S3Error when the request fails after retries."""
     if is_s3(uri):
         from botocore.exceptions import ClientError
 
@@ -229,6 +236,8 @@ def exists(uri: str) -> bool:
 
 
 def size(uri: str) -> int:
+    """Size in bytes of the file at `uri` (an S3 HEAD, or a stat). Raises OSError locally; on S3, ClientError for a
+    missing or denied object, S3Error for other failures after retries."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
         with _s3_errors(uri, "HEAD"):
@@ -253,6 +262,9 @@ def put_file(local: str | Path, uri: str) -> None:
 
 
 def write_text(uri: str, text: str) -> None:
+    """Write `text` to `uri`: one S3 PUT (UTF-8), or locally a temporary `.<name>.tmp` (UTF-8, as `read_text` reads)
+    renamed into place (parent folders created). Raises S3Error when the S3 write fails after retries, OSError
+    locally."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
         with _s3_errors(uri, "write", writing=True):
@@ -261,7 +273,7 @@ def write_text(uri: str, text: str) -> None:
     dest = Path(uri)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(dest)
 
 
@@ -306,6 +318,8 @@ def list_files(folder: str) -> list[tuple[str, int]]:
 
 
 def delete(uri: str) -> None:
+    """Delete the file at `uri` (an S3 DELETE; locally, nothing happens when it is missing). Raises S3Error when the S3
+    request fails after retries, OSError locally."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
         with _s3_errors(uri, "delete", writing=True):

@@ -40,6 +40,7 @@ class AUEncoder(nn.Module):
 
     @property
     def au_dim(self) -> int:
+        """Size D of the AU code `a` (`model.au_dim`)."""
         return self.au_head[-1].out_features
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -63,9 +64,19 @@ class AUEncoder(nn.Module):
         return torch.cat(out) if out else torch.empty(0, self.au_dim)
 
 
+def fp32_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors detached, on the CPU, contiguous, floating ones in fp32: what every saved weight file holds
+    (DeepSpeed's bf16/fp16 modes keep the module in 16 bits; exported weights are fp32 whatever the precision)."""
+    return {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
+            for k, v in tensors.items()}
+
+
 def save_encoder(encoder: AUEncoder, path, extra: dict | None = None) -> None:
+    """Write `encoder` to the file `path` with `torch.save` (the `encoder.pt` format that `load_encoder` reads):
+    {"format": "aupretrain-encoder/1", "config": model config + input_size, "state_dict": `fp32_tensors` of its state dict,
+    **extra} (a training run adds "step" and "mlflow_run_id"). Raises what torch.save raises (OSError)."""
     torch.save({"format": "aupretrain-encoder/1", "config": encoder.config,
-                "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()}, **(extra or {})}, path)
+                "state_dict": fp32_tensors(encoder.state_dict()), **(extra or {})}, path)
 
 
 SAFETENSORS_FORMAT = "aupretrain-encoder/2"
@@ -81,8 +92,7 @@ def save_encoder_folder(encoder: AUEncoder, out, extra: dict | None = None) -> N
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
-               for k, v in encoder.state_dict().items()}, str(out / "model.safetensors"))
+    save_file(fp32_tensors(encoder.state_dict()), str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps({"format": SAFETENSORS_FORMAT, "model": encoder.config,
                                                  **(extra or {})}, indent=1))
 
@@ -139,10 +149,12 @@ class AUCodeModel(nn.Module):
 
     @property
     def au_dim(self) -> int:
+        """Size D of the AU code (the encoder's `au_dim`)."""
         return self.encoder.au_dim
 
     @property
     def config(self) -> dict:
+        """The encoder's model config (with `input_size`), as saved with it."""
         return self.encoder.config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

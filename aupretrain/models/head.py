@@ -25,10 +25,11 @@ def save_head(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) ->
     the folder. Raises OSError when the folder cannot be written."""
     from safetensors.torch import save_file
 
+    from .encoder import fp32_tensors
+
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
-               for k, v in tensors.items()}, str(out / "head.safetensors"))
+    save_file(fp32_tensors(tensors), str(out / "head.safetensors"))
     (out / "head.json").write_text(json.dumps({"format": FORMAT, **meta}, indent=1))
     return out
 

@@ -73,6 +73,10 @@ def test_encoder_export_round_trip(tmp_path):
     with pytest.raises(ValueError, match="not an aupretrain encoder"):
         torch.save({"x": 1}, tmp_path / "bad.pt")
         load_encoder(tmp_path / "bad.pt")
+    # a module held in bf16 (DeepSpeed's bf16 mode) is written in fp32: encoder.pt is fp32 whatever the precision
+    save_encoder(model.encoder.to(torch.bfloat16), tmp_path / "bf16.pt")
+    state = torch.load(tmp_path / "bf16.pt", weights_only=True)["state_dict"]
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
 
 
 def test_pretraining_validation_and_test_identities_are_disjoint():
