@@ -10,7 +10,11 @@ are scored too. No label is read to fit the directions. The JSON also holds each
 in the rows' order).
 
     python bench/within_video.py CORPUS [--features hog pixels] [--encoder E.pt ...] [--k 2 8 16 32 128]
-        [--videos 800] [--every 4] [--json OUT] [Hydra overrides, e.g. eval.split=validation run.seed=0]
+        [--videos 800] [--every 4] [--hog-cell 8] [--bands 1] [--json OUT] [Hydra overrides, e.g. eval.split=validation]
+
+`--hog-cell` sets HOG's cell side (pixels at 64 px; blocks of 2 x 2 cells). `--bands N` fits the directions of HOG
+separately in N horizontal bands of its block rows (`hog_bands`: brows, eyes, mouth apart, so a small local change
+such as a closing lid is not outvoted by the mouth's larger ones) and concatenates k directions of each band.
 
 CORPUS is a folder of `<identity>/<video>.mp4` of aligned faces (`aupretrain-synth`'s layout; a still-head corpus
 isolates the AUs: `aupretrain-synth D --identities 800 --videos-per-identity 1 --frames 40 -- synth.head_motion=0`).
@@ -50,6 +54,27 @@ def principal_directions(groups: list[np.ndarray], k: int, within: bool = True) 
     return np.linalg.svd(x, full_matrices=False)[2][:k]
 
 
+def hog_bands(dim: int, blocks: int, bands: int) -> list[np.ndarray]:
+    """Column indices of a HOG descriptor of `dim` = blocks² · 36 values (OpenCV's order: blocks column by column,
+    so a value's block row is (index // 36) mod blocks) split into `bands` horizontal bands of block rows, top first
+    (`np.array_split` of the rows). Raises ValueError when `bands` is not in 1..blocks or `dim` is not
+    blocks² · 36."""
+    if dim != blocks * blocks * 36 or not 1 <= bands <= blocks:
+        raise ValueError(f"--bands {bands}: a HOG of {dim} values in {blocks} x {blocks} blocks splits into "
+                         f"1..{blocks}")
+    row = (np.arange(dim) // 36) % blocks
+    return [np.flatnonzero(np.isin(row, rows)) for rows in np.array_split(np.arange(blocks), bands)]
+
+
+def banded_directions(groups: list[np.ndarray], k: int, bands: list[np.ndarray], within: bool = True) -> np.ndarray:
+    """`principal_directions` fitted in each band of columns alone (`hog_bands`) and embedded in the full space:
+    [len(bands), k, D], zero outside each band (the top j of every band: `[:, :j].reshape(-1, D)`)."""
+    out = np.zeros((len(bands), k, groups[0].shape[1]))
+    for b, cols in enumerate(bands):
+        out[b][:, cols] = principal_directions([g[:, cols] for g in groups], k, within)
+    return out
+
+
 def grey_pixels(frames: np.ndarray, size: int = 64) -> np.ndarray:
     """uint8 RGB frames [N, H, W, 3] -> grey pixels at `size` px in [0, 1], float32 [N, size²]."""
     import cv2
@@ -83,11 +108,15 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[2, 8, 16, 32, 128])
     ap.add_argument("--videos", type=int, default=800)
     ap.add_argument("--every", type=int, default=4, help="fit on every n-th frame of each video")
+    ap.add_argument("--hog-cell", type=int, default=8, help="HOG cell side in pixels at 64 px")
+    ap.add_argument("--bands", type=int, default=1, help="fit HOG's directions in N bands of block rows")
     ap.add_argument("--json")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_intermixed_args()
-    if min(a.k) < 1 or a.videos < 1 or a.every < 1:
-        ap.error(f"--k, --videos and --every must be >= 1, got {a.k}, {a.videos}, {a.every}")
+    if min(a.k) < 1 or a.videos < 1 or a.every < 1 or a.bands < 1:
+        ap.error(f"--k, --videos, --every and --bands must be >= 1, got {a.k}, {a.videos}, {a.every}, {a.bands}")
+    if a.hog_cell < 2 or 64 % a.hog_cell or 64 // a.hog_cell < 2:
+        ap.error(f"--hog-cell {a.hog_cell}: must divide 64 into at least 2 cells")
     cfg = load_config(list(a.overrides))
     encoders = {f"codes of {p}": load_encoder(p).eval() for p in a.encoder}
     reference = next(iter(encoders.values()), None) or AUEncoder(
@@ -97,6 +126,8 @@ def main() -> None:
     if min(len(v) for v in fit_frames) < 2:
         raise SystemExit(f"--every {a.every}: a video of {a.corpus} keeps fewer than 2 frames; nothing changes within it")
     spaces = dict(SPACES[name] for name in a.features)
+    if "hog" in a.features:
+        spaces["HOG"] = lambda fr: hog_features(fr, cell=a.hog_cell, block=2 * a.hog_cell)
     spaces |= {n: (lambda fr, e=e: e.encode(torch.from_numpy(fr)).numpy()) for n, e in encoders.items()}
     seed, rows, per_au = int(cfg.run.seed), [], []  # per_au[i]: row i's F1 per AU (JSON only)
     for name, features in spaces.items():
@@ -111,18 +142,27 @@ def main() -> None:
                      "mean F1": r["f1_mean"], "identity acc": r.get("identity_acc")})
         per_au.append(r["f1"])
         for within in (True, False):
+            banded = name == "HOG" and a.bands > 1
             try:
-                basis = principal_directions(groups, max(a.k), within)
+                if banded:
+                    bands = hog_bands(x.shape[1], 64 // a.hog_cell - 1, a.bands)
+                    banded_basis = banded_directions(groups, max(a.k), bands, within)
+                    bases = {k: banded_basis[:, :k].reshape(-1, x.shape[1]) for k in a.k}
+                else:
+                    basis = principal_directions(groups, max(a.k), within)
+                    bases = {k: basis[:k] for k in a.k}
             except ValueError as e:
-                raise SystemExit(f"--k: {name} of {a.corpus}: {e}") from None
+                raise SystemExit(f"--k / --bands: {name} of {a.corpus}: {e}") from None
             for k in a.k:
-                r = probe(x @ basis[:k].T)
-                rows.append({"features": name, "directions": "within-video" if within else "all frames", "k": k,
+                r = probe(x @ bases[k].T)
+                rows.append({"features": name, "directions": ("within-video" if within else "all frames")
+                             + (f", {a.bands} bands" if banded else ""), "k": k * (a.bands if banded else 1),
                              "mean F1": r["f1_mean"], "identity acc": r.get("identity_acc")})
                 per_au.append(r["f1"])
         print(f"{name}: done", flush=True)
     report(f"AU probe on principal directions fitted without labels on {a.corpus} ({cfg.eval.split} identities)",
            rows, a.json, {"corpus": str(a.corpus), "videos": a.videos, "every": a.every, "split": str(cfg.eval.split),
+                          "hog_cell": a.hog_cell, "bands": a.bands,
                           "per_au_f1": per_au})
 
 

@@ -29,3 +29,30 @@ def test_within_video_names_an_empty_corpus(tmp_path):
 
     with pytest.raises(SystemExit, match="no <identity>/<video>.mp4"):
         corpus_videos(tmp_path, 10, 4)
+
+
+def test_hog_bands_split_block_rows_and_banded_directions_stay_in_their_band():
+    """`--bands`: OpenCV's HOG lists blocks column by column, so a value's block row is (index // 36) mod blocks;
+    the bands are consecutive block rows, top first, covering every value once; each band's directions are fitted
+    on its columns alone and are zero elsewhere — a small change inside one band is found even when another band
+    changes far more."""
+    from bench.within_video import banded_directions, hog_bands
+
+    bands = hog_bands(7 * 7 * 36, 7, 3)
+    rows = [sorted({int(i // 36) % 7 for i in b}) for b in bands]
+    assert rows == [[0, 1, 2], [3, 4], [5, 6]]
+    assert sorted(np.concatenate(bands).tolist()) == list(range(7 * 7 * 36))
+    with pytest.raises(ValueError, match="--bands 8"):
+        hog_bands(7 * 7 * 36, 7, 8)
+    # a 2-block-row toy HOG (2 x 2 blocks): a large change in the bottom row, a small one in the top row
+    rng = np.random.default_rng(0)
+    d = 2 * 2 * 36
+    top, bottom = hog_bands(d, 2, 2)
+    small, large = np.zeros(d), np.zeros(d)
+    small[top[5]], large[bottom[7]] = 1.0, 1.0
+    groups = [rng.normal(0, 5, d) + np.outer(rng.normal(0, 0.1, 20), small) + np.outer(rng.normal(0, 3, 20), large)
+              + rng.normal(0, 1e-3, (20, d)) for _ in range(30)]
+    p = banded_directions(groups, 2, [top, bottom])
+    assert p.shape == (2, 2, d)
+    assert abs(p[0, 0] @ small) > 0.99 and abs(p[1, 0] @ large) > 0.99
+    assert not p[0][:, bottom].any() and not p[1][:, top].any()
