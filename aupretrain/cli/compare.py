@@ -19,6 +19,10 @@ from pathlib import Path
 
 
 def collect(client, runs) -> list[dict]:
+    """One row per MLflow run of `runs` that logged `eval/f1_mean` (others are skipped), best mean F1 first: run
+    name, id, objective, model, steps, clips/rank/step (data.batch_size x gradient accumulation), eval dataset and
+    protocol, frames_per_s, f1_mean, f1_random, identity_acc (None where not logged) and `f1` {AU: F1}.
+    `client` is not used."""
     rows = []
     for run in runs:
         m, p, tags = run.data.metrics, run.data.params, run.data.tags
@@ -40,6 +44,7 @@ def collect(client, runs) -> list[dict]:
 
 
 def show(rows: list[dict]) -> None:
+    """Print `rows` (from `collect`) as a rich table to stdout, F1 and accuracies x100, one column per AU."""
     from rich.console import Console
     from rich.table import Table
 
@@ -73,6 +78,7 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
 
 
 def plot(rows: list[dict], path: str) -> None:
+    """Write a PNG bar chart (120 dpi) to `path`: mean F1 per run, with its random-init floor (0 when missing)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -34,6 +34,7 @@ MAX_RECOVERIES = 20  # pipeline rebuilds after damaged samples, per loader (then
 
 
 def use_gpu(device: str) -> bool:
+    """Whether the pipeline decodes on the GPU: "gpu" yes, "cpu" no, otherwise (auto) when CUDA is available."""
     if device == "gpu":
         return True
     if device == "cpu":

@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ReaderSettings:
+    """What both loaders read and how they augment it (`data.*`, `data.augment.*` of the config, `from_config`).
+
+    `root`: the shard folder (local or s3://); `batch_size`: clips per rank per step; `input_size`: side S (pixels) of
+    each view; `rank`/`world`: this process's share of the samples; `device`: DALI decode on "gpu", "cpu", "auto";
+    `scale`: crop area fraction range; `rotate`, `hue`, `frame_rotate`: degrees (+-); `blur_sigma`: pixels;
+    `noise_sigma`: grey levels; `brightness`/`contrast`/`saturation`: factor ranges; `mean`/`std`: per-channel RGB
+    normalisation in [0, 1] units (x255 on uint8 frames); `labels`: folder of `<video>.labels.json` (`FrameLabels`)."""
     root: str
     batch_size: int
     input_size: int
@@ -51,6 +58,8 @@ class ReaderSettings:
 
     @classmethod
     def from_config(cls, cfg, rank: int, world: int) -> "ReaderSettings":
+        """The settings of this rank from the config `cfg` (`data`, `data.augment`, `model.mean/std`, `run.seed`); the
+        reader seed is `run.seed + 7919 * rank`, so each rank draws its own augmentations."""
         d, aug = cfg.data, cfg.data.augment
         return cls(root=str(d.shards), batch_size=int(d.batch_size), input_size=int(d.input_size), rank=rank,
                    world=world, device=str(d.device), num_threads=int(d.num_threads), prefetch=int(d.prefetch),

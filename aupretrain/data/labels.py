@@ -15,6 +15,8 @@ from ..synth.corpus import LABELS_SUFFIX
 
 
 class FrameLabels:
+    """Per-frame AU labels under `root` (local folder or s3:// prefix), one `<video>.labels.json` per video, read
+    once per video and kept (float32 [frames, A]); every video must list the same AUs (`aus`, set by the first read)."""
     def __init__(self, root: str):
         self.root = str(root)
         self.aus: list[str] | None = None
@@ -53,4 +55,7 @@ class FrameLabels:
         return table[frames]
 
     def batch(self, metas: list[dict]) -> np.ndarray:
+        """float32 [B, T, A] labels of the clips of `metas` (each with `video` and `frames`). Raises FileNotFoundError
+        (no local labels file for a video; on S3 botocore's ClientError) or ValueError (a frame past the labelled
+        ones, or a different AU list)."""
         return np.stack([self.clip(m["video"], m["frames"]) for m in metas])

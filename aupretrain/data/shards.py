@@ -30,6 +30,7 @@ def frame_ext(i: int) -> str:
 
 
 def frame_exts(clip_len: int) -> list[str]:
+    """Member extensions of the `clip_len` frames of a clip: ["f00.jpg", "f01.jpg", ...]."""
     return [frame_ext(i) for i in range(clip_len)]
 
 
@@ -50,6 +51,8 @@ class ClipMeta:
 
 @dataclass
 class Sample:
+    """One clip as a shard holds it: its key (`make_key`), the JPEG bytes of its T frames (`f00.jpg`, ...) and
+    its `<key>.json` metadata."""
     key: str
     jpegs: list[bytes]
     meta: ClipMeta
@@ -57,6 +60,8 @@ class Sample:
 
 @dataclass
 class ShardInfo:
+    """A shard's manifest entry: tar and DALI index file names (relative to the dataset folder), number of samples
+    (clips), size of the tar in bytes and its sha256 (hex)."""
     name: str
     index: str
     samples: int
@@ -66,6 +71,10 @@ class ShardInfo:
 
 @dataclass
 class Manifest:
+    """`manifest.json` of a packed dataset (`aupretrain-pack`): format tag, clips (`samples`) and their frames
+    (samples x clip_len), clip length T, `stride` (frames between a clip's frames, after resampling), frame side
+    `size` (pixels), `fps` (resampled rate; None: the source rate), identities with clips, videos that gave clips,
+    the shards, rejected inputs [{"input", "reason"}], frame and drop counts (`stats`) and the pack settings."""
     format: str = FORMAT
     samples: int = 0
     frames: int = 0
@@ -81,6 +90,7 @@ class Manifest:
     settings: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
+        """The manifest as indented JSON text (every field, shards as objects)."""
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
@@ -114,6 +124,9 @@ def _shard_info(d, i: int, source: str) -> ShardInfo:
 
 
 def load_manifest(root: str) -> Manifest:
+    """The manifest of the dataset folder `root` (local or s3://). Raises FileNotFoundError when there is none or
+    it cannot be read, storage.EnvironmentFault when the storage is unreachable, UsageError when it cannot be used
+    (`Manifest.from_json`)."""
     uri = storage.join(root, MANIFEST)
     try:
         text = storage.read_text(uri)
@@ -127,6 +140,8 @@ def load_manifest(root: str) -> Manifest:
 
 
 def wds2idx_bin() -> str:
+    """Path of DALI's `wds2idx` tool (on PATH, else beside the Python executable). Raises FileNotFoundError when
+    neither exists."""
     exe = shutil.which("wds2idx") or str(Path(sys.executable).with_name("wds2idx"))
     if not Path(exe).exists():
         raise FileNotFoundError("wds2idx not found: it ships with nvidia-dali (pip install nvidia-dali-cuda120)")
@@ -140,6 +155,7 @@ def write_index(tar_path: Path, idx_path: Path) -> None:
 
 
 def sha256_file(path: Path) -> str:
+    """Hex sha256 digest of the local file at `path` (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -148,6 +164,7 @@ def sha256_file(path: Path) -> str:
 
 
 def shard_name(i: int) -> str:
+    """Shard file stem of shard `i`: "shard-000042" (no extension)."""
     return f"shard-{i:06d}"
 
 

@@ -160,6 +160,7 @@ class TorchClipLoader:
 
     @property
     def steps_per_epoch(self) -> int:
+        """Full batches in this rank's share of the current epoch (damaged samples left out), at least 1."""
         return max(1, len(self._order(self.epoch)) // self.settings.batch_size)
 
     def state(self) -> dict:

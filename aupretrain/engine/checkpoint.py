@@ -18,10 +18,12 @@ STOP_RECORD = "last_stop.json"
 
 
 def root(run_dir: str | Path) -> Path:
+    """The checkpoints folder of a run: `<run_dir>/checkpoints`."""
     return Path(run_dir) / "checkpoints"
 
 
 def tag(step: int) -> str:
+    """Folder name of the checkpoint at `step`: "step_<step>"."""
     return f"step_{step}"
 
 

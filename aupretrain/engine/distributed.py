@@ -17,6 +17,8 @@ warnings.filterwarnings("ignore", message=r".*torch.distributed.nn.functional.*"
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in the job (`init_distributed`): global `rank` of `world` processes, `local_rank` of
+    `local_world` on its machine (LOCAL_RANK, LOCAL_WORLD_SIZE or SLURM_NTASKS_PER_NODE; default the world)."""
     rank: int
     world: int
     local_rank: int
@@ -24,6 +26,7 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """Whether this process is rank 0."""
         return self.rank == 0
 
 
@@ -97,6 +100,7 @@ def mean_across_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def broadcast_object(obj, src: int = 0):
+    """`obj` of rank `src` on every rank (a picklable object; `obj` itself without a process group of more than one)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return obj
     box = [obj]
@@ -114,5 +118,6 @@ def gather_objects(obj) -> list:
 
 
 def barrier() -> None:
+    """Wait until every rank reaches this point (nothing without a process group of more than one)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

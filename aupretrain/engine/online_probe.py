@@ -58,6 +58,7 @@ class OnlineProbe:
                  len(self.frames), len(np.unique(self.data.identity)))
 
     def due(self, step: int) -> bool:
+        """Whether the probe is active and `step` is a multiple of `train.online_probe.every`."""
         return self.data is not None and step % self.every == 0
 
     def __call__(self, step: int, encoder: torch.nn.Module) -> dict[str, float] | None:

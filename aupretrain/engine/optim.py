@@ -72,6 +72,9 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One update of every parameter with a gradient: d = g + wd * w, scaled by the trust ratio
+        `eta * ||w|| / (||d|| + eps)` (1 when either norm is 0; not for `lars_exclude` groups), momentum buffer
+        `buf = momentum * buf + d`, then `w <- w - lr * buf`. Returns `closure()`'s loss (None without one)."""
         loss = closure() if closure is not None else None
         for g in self.param_groups:
             for p in g["params"]:
@@ -102,6 +105,8 @@ class LAMB(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One LAMB update of every parameter with a gradient (the formula of the class docstring; Adam moments with
+        bias correction, step count per parameter). Returns `closure()`'s loss (None without one)."""
         loss = closure() if closure is not None else None
         for g in self.param_groups:
             b1, b2 = g["betas"]

@@ -60,4 +60,5 @@ def check_resume(meta: dict, cfg: dict, world: int, ckpt: str) -> dict[str, tupl
 
 
 def describe(changes: dict[str, tuple]) -> str:
+    """The changes of `check_resume` as one line: "key: old -> new; ..."."""
     return "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changes.items())

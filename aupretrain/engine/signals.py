@@ -21,6 +21,9 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopRequest:
+    """Installs handlers for `signals` (SIGTERM, SIGUSR1) that record a stop request (`received`: the first
+    signal number; `count`: signals so far); at the `die_after`-th signal the previous handler (SIG_DFL when it was
+    ignored or unknown) is restored and the signal raised again. Outside the main thread no handler is installed."""
     def __init__(self, signals=SIGNALS, die_after: int = 3):
         self.received: int | None = None
         self.count = 0
@@ -52,5 +55,6 @@ class StopRequest:
         return bool(flag.item())
 
     def close(self) -> None:
+        """Restore the signal handlers that were in place before this StopRequest."""
         for s, h in self._previous.items():
             signal.signal(s, h)

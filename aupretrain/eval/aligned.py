@@ -43,6 +43,8 @@ class Source:
 
 @dataclass
 class Crops:
+    """The aligned face crops of one `Source` (`aligned_crops`): frame numbers [M] and uint8 RGB crops
+    [M, S, S, 3] of the frames with a face, with frame counts and whether it came from the cache."""
     index: np.ndarray  # [M] int: frame numbers with a face (a folder's numbers; a video's 0-based decode index)
     crops: np.ndarray  # [M, S, S, 3] uint8 RGB
     seen: int  # frames read (after the stride)

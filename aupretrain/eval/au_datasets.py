@@ -47,6 +47,9 @@ DISFA_PRESENT = 2  # DISFA: an AU is present at intensity >= 2 (JAA-Net / ME-Gra
 
 @dataclass
 class Sequence:
+    """One labelled sequence of a subject in BP4D / DISFA / GFT: its source (video or frame folder), labelled frame
+    numbers [F], occurrence [F, A] (0, 1, or UNKNOWN = 9 where not coded) and intensity [F, A] (NaN where the dataset
+    codes occurrence only)."""
     subject: str
     source: Source
     frames: np.ndarray  # [F] int: labelled frame numbers (in the source's numbering)

@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LabelledFrames:
+    """Labelled frames for the AU probe, one row per frame (N frames, A AUs): RGB uint8 images [N, H, W, 3],
+    binary labels [N, A] and intensities [N, A], identity [N] (index into `identity_names`) and video [N] numbers,
+    the AU names; real datasets also fill the source frame numbers, video names, dataset name and drop counts."""
     frames: np.ndarray  # [N, H, W, 3] uint8 RGB
     labels: np.ndarray  # [N, A] {0, 1}
     intensity: np.ndarray  # [N, A] float (NaN where the dataset has only occurrence)
@@ -72,6 +75,11 @@ def ensure_synthetic(cfg_eval) -> Path:
 
 
 def load_synthetic(root: str | Path, threshold: float = 0.5, frame_stride: int = 1) -> LabelledFrames:
+    """The labelled frames of a synthetic corpus (`<root>/<identity>/<video>.mp4` + `<video>.labels.json`, videos
+    in sorted order): every `frame_stride`-th frame, labels = float32 (intensity >= `threshold`), intensity float32
+    in [0, 1]; a video with fewer decoded than labelled frames is cut to the shorter (warned). Identity numbers
+    follow first appearance; video numbers are positions in the sorted list. Raises FileNotFoundError when there is
+    no video (or a label file is missing) and VideoError when a video cannot be decoded."""
     root = Path(root)
     videos = sorted(root.glob("*/*.mp4"))
     if not videos:

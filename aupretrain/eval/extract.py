@@ -24,6 +24,8 @@ from ..pack.video import VideoError, iter_timed_frames
 
 @dataclass
 class FrameRow:
+    """One frame of an input (`extract`): input path, 0-based frame index, time (s since the first frame), face
+    box and float32 AU code [D]; box and code are None when the frame has no face."""
     input: str
     frame: int
     time_s: float

@@ -53,6 +53,11 @@ def au_probe(train_x, train_y, test_x, steps=500, lr=1e-2, weight_decay=1e-4, ba
 
 def identity_probe(train_x, train_id, test_x, test_id, steps=500, lr=1e-2, weight_decay=1e-4, batch_size=256,
                    seed=0) -> float:
+    """Identity leakage of codes: fit a linear identity classifier (BatchNorm1d + Linear, cross-entropy over
+    max(id) + 1 classes, `steps` AdamW steps with a cosine schedule) on (train_x [N, D], train_id [N] int) and return
+    its top-1 accuracy (scikit-learn `accuracy_score`) on (test_x [M, D], test_id [M]), meant for identities present
+    on both sides (`report.identity_split` holds out each one's later frames). Lower = a more person-independent
+    code."""
     n = int(max(train_id.max(), test_id.max())) + 1
     ce = nn.CrossEntropyLoss()
     probe = _fit(train_x, train_id.astype(np.int64), lambda o, t: ce(o, t.long()), n, steps, lr, weight_decay,

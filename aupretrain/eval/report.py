@@ -166,6 +166,8 @@ def evaluate_encoders(encoders: dict[str, AUEncoder], data: LabelledFrames, cfg_
 
 
 def table(results: dict, aus: list[str]):
+    """A rich Table of `results` ({encoder: `evaluate_codes` result}): per-AU F1 x100 per encoder for `aus`, the
+    first encoder's base rate, the mean F1 row and, when the first has one, identity accuracy with chance."""
     from rich.table import Table
 
     names = list(results)
@@ -186,12 +188,14 @@ def table(results: dict, aus: list[str]):
 
 
 def print_table(results: dict, aus: list[str]) -> None:
+    """Print `table(results, aus)` to stdout (120 columns)."""
     from rich.console import Console
 
     Console(width=120).print(table(results, aus))
 
 
 def figure(results: dict, aus: list[str]):
+    """A matplotlib Figure (Agg backend): grouped bars of each encoder's per-AU F1 and mean F1 (0..1)."""
     import matplotlib
 
     matplotlib.use("Agg")

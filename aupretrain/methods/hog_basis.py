@@ -53,6 +53,7 @@ class WithinClipHOGBasis(nn.Module):
 
     @property
     def is_fitted(self) -> bool:
+        """Whether the basis has been fitted (or loaded fitted): the host-side copy of the `fitted` buffer."""
         return self._fitted
 
     @torch.no_grad()

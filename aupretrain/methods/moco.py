@@ -75,7 +75,7 @@ class MoCoMethod(Method):
     def check(cls, cfg: Any) -> None:
         ds = cfg.deepspeed
         if int(ds.zero_optimization.stage) == 3:
-            raise UsageError("objective=moco needs ZeRO stage 1 or 2 (the EMA update reads the full online weights)")
+            raise UsageError("objective=moco needs ZeRO stage 0, 1 or 2 (the EMA update reads the full online weights)")
         if ds.get("bf16", {}).get("enabled") or ds.get("fp16", {}).get("enabled"):
             raise UsageError("objective=moco with deepspeed.bf16/fp16: the key encoder's EMA (m=0.999) does not "
                              "move in 16-bit weights; use deepspeed.torch_autocast.enabled=true (fp32 weights, "

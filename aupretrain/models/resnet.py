@@ -15,6 +15,8 @@ from torch import nn
 
 
 def norm_layer(kind: str, channels: int, groups: int) -> nn.Module:
+    """The 2-D norm of `kind`: "group" (GroupNorm with min(groups, channels) groups) or "batch" (BatchNorm2d).
+    Raises ValueError for another kind."""
     if kind == "group":
         return nn.GroupNorm(min(groups, channels), channels)
     if kind == "batch":
@@ -23,6 +25,9 @@ def norm_layer(kind: str, channels: int, groups: int) -> nn.Module:
 
 
 class BasicBlock(nn.Module):
+    """ResNet basic block (He et al. 2016, "Deep Residual Learning"): two 3x3 convolutions with norms, plus a 1x1
+    projection shortcut when `stride` or the width changes; [N, cin, H, W] -> [N, cout, ceil(H/stride),
+    ceil(W/stride)]. The second norm's scale starts at 0, so the block starts as the identity (Goyal et al. 2017)."""
     def __init__(self, cin: int, cout: int, stride: int, norm: str, groups: int):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)

@@ -17,6 +17,9 @@ OBJECTIVES = {o.name: o for o in (TCLObjective, CLPObjective, SimCLRObjective, M
 
 
 def build_objective(cfg: Any) -> Objective:
+    """The objective `cfg.name` names (tcl, clp, simclr, moco, supervised), built from `cfg` (the `objective` config
+    section; a constructor may raise ValueError for a bad setting). Raises ValueError naming the available ones for an
+    unknown name."""
     try:
         return OBJECTIVES[cfg.name](cfg)
     except KeyError:

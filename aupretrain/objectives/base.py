@@ -40,6 +40,10 @@ def zero_like(ref: torch.Tensor) -> torch.Tensor:
 
 
 class Objective:
+    """Base of the objectives (the contract of the module docstring). A subclass sets `name` (its `objective.name`)
+    and `has_global`; with a global term it implements `features`, `keys` and `global_loss`, and it may add a
+    `local_loss`. The loss of a batch is the sum of the terms it has, a scalar tensor; `Parts` are detached named
+    terms the engine logs as `train/<name>`. This base has neither term: its `__call__` returns (None, {})."""
     name = "base"
     has_global = False  # whether the objective has a term over the global batch (needs gathered keys)
 

@@ -30,6 +30,10 @@ def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature
 
 
 class MoCoObjective(Objective):
+    """MoCo v2 (He et al., CVPR 2020; Chen et al. 2020), local term only: `moco_loss` of the queries z1 [..., d]
+    against the momentum keys k2 of the other view and `outputs["queue"]` [M, d] (every frame an instance; averaged
+    with q2 against k1 when `objective.symmetric`) at `objective.temperature`. Parts: `moco`, `moco_acc` (top-1 of
+    the positive). `after_step_inputs`: the view-2 keys [N, d], detached, for the queue."""
     name = "moco"
     has_global = False  # negatives come from the queue (already holding every rank's keys)
 

@@ -20,6 +20,10 @@ def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, max_pos_weight: 
 
 
 class SupervisedObjective(Objective):
+    """Supervised upper bound, local term only: `supervised_loss` of both views' per-frame AU logits
+    (`au_logits1/2`, [..., C], C = `objective.au_classes`) against the batch's labels `au` [B, T, C] >=
+    `objective.label_threshold`. Parts: `bce`, `label_acc` (fraction of frame-AU decisions, logit > 0, that match).
+    Raises ValueError (from `local_loss`) when the batch has no `au` or its AU count is not C."""
     name = "supervised"
 
     def __init__(self, cfg: Any):

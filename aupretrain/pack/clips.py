@@ -59,6 +59,7 @@ class PackSettings:
 
     @property
     def step(self) -> int:
+        """Frames (after resampling) from one clip's start to the next: `clip_step`, else clip_len x stride."""
         return self.clip_step or self.clip_len * self.stride
 
     def content(self) -> dict:
@@ -82,6 +83,8 @@ def _plain(v):
 
 @dataclass
 class VideoResult:
+    """What packing one video gave (`process_video`): clips written, frame counts (decoded, resampled, with an
+    aligned face), clips dropped as too small or too blurry, the reason it gave nothing (a reject) and a warning."""
     video: str
     clips: int = 0
     frames: int = 0  # source frames decoded
@@ -108,6 +111,8 @@ def resample(frames: Iterable[tuple[int, float, np.ndarray]], fps: float | None)
 
 
 def center_faces(frames: Iterable[tuple[int, np.ndarray]]) -> Iterator[faces.FaceFrame]:
+    """`FaceFrame`s for inputs that are already face crops: every (index, RGB) frame is a face of side
+    min(H, W) pixels in segment 0, with no landmarks."""
     for i, rgb in frames:
         yield faces.FaceFrame(i, rgb, None, float(min(rgb.shape[:2])), 0)
 
@@ -126,6 +131,10 @@ def align_center(frames: Iterable[faces.FaceFrame], size: int) -> Iterator[faces
 
 
 def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResult) -> Iterator[faces.Aligned]:
+    """The aligned faces of one input (`local`: its local copy) in frame order: decoded (counted in `res.frames`),
+    resampled to `s.fps` (`res.sampled`), then centre-cropped (`align=center`) or detected, tracked (along the item's
+    own face track when it has one) and aligned. Raises VideoError for an undecodable input or a bad face track,
+    and what `detector` raises."""
     counted = _count(iter_source_frames(item, local, s.frames_fps), res)
     frames = _count_sampled(resample(counted, s.fps), res)
     if s.align == "center":
@@ -148,6 +157,8 @@ def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResul
 
 
 def detector(s: PackSettings) -> faces.Detector:
+    """The face detector of the pack settings (`detector`, `min_face`, `thresholds`). Raises DetectorUnavailable
+    (weights or cascade missing) or ValueError (unknown detector)."""
     return faces.Detector(s.detector, s.min_face, s.thresholds)
 
 

@@ -28,6 +28,8 @@ BOX_LANDMARKS = np.array([[0.31, 0.40], [0.69, 0.40], [0.50, 0.62], [0.35, 0.80]
 
 @dataclass
 class FaceFrame:
+    """One frame of the tracked stream (`track`): source frame index, RGB uint8 frame [H, W, 3], the main face's
+    5 landmarks [5, 2] (source pixels; None: no face), its box side (pixels) and its segment (-1: no face)."""
     index: int  # source frame index
     rgb: np.ndarray
     landmarks: np.ndarray | None  # [5, 2] in source pixels; None: no face in this frame
@@ -37,6 +39,8 @@ class FaceFrame:
 
 @dataclass
 class Aligned:
+    """One aligned frame (`align`): source frame index, S x S uint8 RGB crop (None when no clip uses the frame),
+    face box side (source pixels), sharpness (`sharpness` of the crop) and segment."""
     index: int
     crop: np.ndarray | None  # [S, S, 3] uint8; None for frames no clip uses
     face_px: float
@@ -45,6 +49,7 @@ class Aligned:
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boxes (x1, y1, x2, y2); 0 when the union is empty."""
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = w * h
@@ -74,6 +79,9 @@ class Detector:
                 raise DetectorUnavailable(f"{path}: OpenCV Haar cascade missing (opencv-python-headless<5 ships it)")
 
     def detect(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Faces in an RGB uint8 image [H, W, 3] at least max(12, `min_face` x short side) pixels wide: boxes [N, 4]
+        (x1, y1, x2, y2, pixels), scores [N], landmarks [N, 5, 2]. The Haar detector scores every box 1 and places the
+        landmarks at their mean positions in the box (`box_landmarks`)."""
         min_px = max(12.0, self.min_face * min(img.shape[:2]))
         if self.kind == "mtcnn":
             return self._mtcnn.detect(img, min_face=min_px, thresholds=self.thresholds)
@@ -93,6 +101,8 @@ class Detector:
 
 
 def box_landmarks(boxes: np.ndarray) -> np.ndarray:
+    """Landmarks [N, 5, 2] at `BOX_LANDMARKS`' mean positions in the square of side max(width, height) centred on each
+    box of `boxes` [N, 4] (x1, y1, x2, y2), in the boxes' pixels."""
     side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])[:, None, None]
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     origin = np.stack([cx, cy], 1)[:, None, :] - side / 2
@@ -329,6 +339,8 @@ def warp(img: np.ndarray, p: np.ndarray, size: int) -> np.ndarray:
 
 
 def sharpness(crop: np.ndarray) -> float:
+    """Variance of the Laplacian (OpenCV, float64) of the grey image of an RGB uint8 crop [H, W, 3]: higher =
+    sharper (the focus measure of Pech-Pacheco et al., ICPR 2000)."""
     return float(cv2.Laplacian(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
 
 

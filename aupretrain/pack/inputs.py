@@ -44,6 +44,9 @@ LIST_EXTS = (".csv", ".jsonl")
 
 @dataclass(frozen=True)
 class VideoItem:
+    """One input of the pack stage (`discover`): a video file or frame folder (local or s3://), its identity, its
+    unique dataset-relative id `<identity>/<name>`, an optional face track and its size in bytes (for the journal's
+    fingerprint)."""
     path: str  # local path or s3:// URL of a video file or of a frame folder
     identity: str
     video: str  # unique dataset-relative id "<identity>/<name>"
@@ -53,6 +56,7 @@ class VideoItem:
 
     @property
     def name(self) -> str:
+        """The video id without its identity: the part after the first "/" (the whole id when it has none)."""
         return self.video.split("/", 1)[-1]
 
 

@@ -56,6 +56,9 @@ def weights_dir() -> Path:
 
 
 class PNet(nn.Module):
+    """MTCNN's proposal network (Zhang et al. 2016, "Joint Face Detection and Alignment Using Multitask Cascaded
+    Convolutional Networks"), fully convolutional: x [N, 3, H, W] (RGB, (v - 127.5) / 128) -> (box offsets
+    [N, 4, h, w], face probability [N, 2, h, w], softmax), one 12x12 window per output cell with stride 2."""
     def __init__(self):
         super().__init__()
         self.conv1, self.prelu1 = nn.Conv2d(3, 10, 3), nn.PReLU(10)
@@ -71,6 +74,8 @@ class PNet(nn.Module):
 
 
 class RNet(nn.Module):
+    """MTCNN's refinement network (Zhang et al. 2016): 24x24 crops [N, 3, 24, 24] (normalised as PNet's) -> (box
+    offsets [N, 4], face probability [N, 2], softmax)."""
     def __init__(self):
         super().__init__()
         self.conv1, self.prelu1 = nn.Conv2d(3, 28, 3), nn.PReLU(28)
@@ -90,6 +95,8 @@ class RNet(nn.Module):
 
 
 class ONet(nn.Module):
+    """MTCNN's output network (Zhang et al. 2016): 48x48 crops [N, 3, 48, 48] (normalised as PNet's) -> (box offsets
+    [N, 4], 5 landmarks [N, 10] (5 x then 5 y, fractions of the box), face probability [N, 2], softmax)."""
     def __init__(self):
         super().__init__()
         self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)

@@ -87,6 +87,8 @@ class Journal:
         self.f = open(self.path, "a")
 
     def add(self, rec: dict, sync: bool = False) -> None:
+        """Append `rec` as one JSON line (flushed; fsynced with `sync`); a video record ({"video", "clips", "frames",
+        "sampled", "face_frames", "dropped", "reason"}) is also kept in `videos`."""
         self.f.write(json.dumps(rec) + "\n")
         self.f.flush()
         if sync:
@@ -95,6 +97,7 @@ class Journal:
             self.videos[rec["video"]] = _compact(rec)
 
     def close(self) -> None:
+        """Close the journal file."""
         self.f.close()
 
 
@@ -137,9 +140,13 @@ class Assembler:
         self.scratch = Path(tempfile.mkdtemp(prefix="shard-", dir=work)) if storage.is_s3(output) else Path(output)
 
     def spill_path(self, video: str) -> Path:
+        """The spill file of `video` in the work folder: `spill/<sha1 of the video id, 20 hex>.clips`."""
         return self.work / "spill" / f"{hashlib.sha1(video.encode()).hexdigest()[:20]}.clips"
 
     def add(self, video: str, n: int) -> None:
+        """Put the `n` clips of `video` into the shuffle buffer; while it holds more than `shuffle_buffer`
+        references, a random one leaves into the current shard, and a full shard is written (or taken from the journal
+        when already published)."""
         self.remaining[video] = n
         for c in range(n):
             self.buf.append((video, c))
@@ -149,6 +156,7 @@ class Assembler:
                 self._emit(self.buf.pop())
 
     def finish(self) -> None:
+        """Drain the shuffle buffer in random order into shards and write the last, partial shard."""
         self.rng.shuffle(self.buf)
         for ref in self.buf:
             self._emit(ref)
@@ -195,6 +203,8 @@ class Assembler:
 
 
 def fingerprint(source: str, items: list[VideoItem], s: PackSettings) -> str:
+    """Hex sha256 of the input, the byte-deciding settings (`PackSettings.content`) and each item (video id,
+    path, size, face track): a journal with another fingerprint is not resumed."""
     h = hashlib.sha256(json.dumps({"input": str(source), "settings": s.content()}, sort_keys=True).encode())
     for it in items:
         h.update(json.dumps([it.video, it.path, it.nbytes, str(it.boxes)]).encode())
@@ -202,6 +212,11 @@ def fingerprint(source: str, items: list[VideoItem], s: PackSettings) -> str:
 
 
 def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
+    """Pack the videos under `source` (folder tree or CSV/JSONL list, local or s3://) into shards + DALI indexes +
+    `manifest.json` at `output` (the steps of the module docstring); resumes from the work folder's journal when
+    inputs and settings are unchanged, and removes shards of an earlier, larger packing. Returns the manifest
+    written. Raises FileNotFoundError (no videos found), RuntimeError (no clip could be packed), DetectorUnavailable
+    (the face detector cannot be loaded) and storage.EnvironmentFault (disk or storage failure: rerun to resume)."""
     # `in`, `in/` and `/abs/in` are the same run (journal fingerprint, work folder, manifest)
     source, output = (str(p) if storage.is_s3(str(p)) else str(Path(p).resolve()) for p in (source, output))
     items, list_rejects = discover(source)

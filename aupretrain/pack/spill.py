@@ -14,6 +14,9 @@ from ..data import shards
 
 
 class SpillWriter:
+    """Writes one video's spill file at `path` (the layout of the module docstring) through `.<name>.tmp`, renamed
+    into place by `close`; `abort` removes the temporary file. Clips refer to frames by offset, so overlapping
+    clips can share frames."""
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
@@ -22,14 +25,18 @@ class SpillWriter:
         self.clips: list[dict] = []
 
     def frame(self, jpeg: bytes) -> tuple[int, int]:
+        """Append one JPEG frame; returns its (offset, length) in bytes, for `clip`."""
         off = self.f.tell()
         self.f.write(jpeg)
         return off, len(jpeg)
 
     def clip(self, key: str, meta: shards.ClipMeta, frames: list[tuple[int, int]]) -> None:
+        """Record clip `key` with its metadata and its frames as (offset, length) pairs from `frame`."""
         self.clips.append({"key": key, "meta": meta.__dict__, "frames": frames})
 
     def close(self) -> int:
+        """Write the JSON footer and its length (8 bytes, little-endian), fsync, rename to the final name; returns the
+        number of clips."""
         footer = json.dumps({"clips": self.clips}).encode()
         self.f.write(footer)
         self.f.write(struct.pack("<Q", len(footer)))
@@ -40,6 +47,7 @@ class SpillWriter:
         return len(self.clips)
 
     def abort(self) -> None:
+        """Close and delete the temporary file (the final name is never written)."""
         self.f.close()
         self.tmp.unlink(missing_ok=True)
 
@@ -54,10 +62,13 @@ def _footer(path: str, mtime_ns: int) -> list[dict]:
 
 
 def count(path: str | Path) -> int:
+    """Number of clips in the spill file at `path` (its footer, cached by path and mtime). Raises OSError."""
     return len(_footer(str(path), Path(path).stat().st_mtime_ns))
 
 
 def read_clip(path: str | Path, i: int) -> shards.Sample:
+    """Clip `i` of the spill file at `path` as a shards.Sample (JPEG bytes of its frames, key, metadata). Raises
+    IndexError for a clip number past the footer's, OSError when the file cannot be read."""
     clip = _footer(str(path), Path(path).stat().st_mtime_ns)[i]
     jpegs = []
     with open(path, "rb") as f:

@@ -16,6 +16,8 @@ class VideoError(RuntimeError):
 
 @dataclass(frozen=True)
 class VideoInfo:
+    """What the container says of a video (`probe_video`): path, frame rate (frames/s; 0 when unknown), frame count
+    (0 when unknown), width and height (pixels) and codec name."""
     path: str
     fps: float
     frames: int  # as reported by the container (may be 0 when unknown)
@@ -62,6 +64,8 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.
 
 
 def probe_video(path: str | Path) -> VideoInfo:
+    """The `VideoInfo` of the first video stream of `path` (PyAV; nothing is decoded). Raises VideoError naming the
+    file when there is no video stream or it cannot be opened (corrupt, truncated, unsupported)."""
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:

@@ -16,6 +16,8 @@ FACE_SIDE = 115.0  # face box side in the photo, pixels
 
 
 def photo() -> np.ndarray:
+    """skimage's astronaut photo: RGB uint8 [512, 512, 3]. Raises ImportError (naming the package) without
+    scikit-image."""
     try:
         from skimage import data
     except ImportError as e:  # a test/bench dependency: pip install scikit-image

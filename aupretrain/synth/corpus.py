@@ -25,6 +25,8 @@ LABELS_SUFFIX = ".labels.json"
 
 @dataclass(frozen=True)
 class VideoJob:
+    """One video to render (`render_video`): corpus root, identity and video numbers, frame count, frame rate
+    (frames/s), frame side (pixels), corpus seed and the head-motion scale."""
     root: str
     identity: int
     video: int
@@ -36,14 +38,18 @@ class VideoJob:
 
     @property
     def identity_name(self) -> str:
+        """The identity folder name: "id" + 5-digit identity number, e.g. "id00012"."""
         return f"id{self.identity:05d}"
 
     @property
     def video_name(self) -> str:
+        """The video file stem: "v" + 3-digit video number, e.g. "v003"."""
         return f"v{self.video:03d}"
 
 
 def identity_seed(seed: int, identity: int) -> int:
+    """The seed of identity number `identity` in a corpus of seed `seed` (numpy SeedSequence([seed, identity]), one
+    32-bit word): the same identity in every video and run."""
     return int(np.random.SeedSequence([seed, identity]).generate_state(1)[0])
 
 
@@ -154,5 +160,8 @@ def contact_sheet(path: str | Path, seed: int, identities: int = 6, size: int = 
 
 
 def load_labels(video_path: str | Path) -> dict:
+    """The labels dict written beside a rendered video (`<video stem>.labels.json`: identity, video, fps, size,
+    frames, aus, au [frames][AUs] in [0, 1], pose, landmarks, ...). Raises FileNotFoundError when there is none and
+    json.JSONDecodeError for a damaged file."""
     p = Path(video_path)
     return json.loads(p.with_name(p.stem + LABELS_SUFFIX).read_text())

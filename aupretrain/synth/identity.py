@@ -57,11 +57,14 @@ class Identity:
     ear: float
 
     def to_dict(self) -> dict:
+        """The parameters as a plain dict (`dataclasses.asdict`), as stored in the labels file."""
         return asdict(self)
 
 
 @dataclass(frozen=True)
 class Pose:
+    """Head pose of one frame: yaw, pitch and roll in degrees, image-plane shift `dx`, `dy` (fractions of the
+    image size) and zoom factor `scale`."""
     yaw: float = 0.0  # degrees, positive turns the face to the image's right
     pitch: float = 0.0  # degrees, positive tilts the face down
     roll: float = 0.0  # degrees, in-plane rotation
@@ -94,6 +97,8 @@ def _colour(rng: np.random.Generator, palette: np.ndarray, jitter: float) -> tup
 
 
 def sample_identity(seed: int) -> Identity:
+    """A random identity, the same for the same `seed` (numpy default_rng([seed, 0x1D])): face shape, skin, hair,
+    eyes, brows, nose, mouth (colours RGB 0..255, lengths in face units), beard, glasses and age."""
     rng = np.random.default_rng([seed, 0x1D])
     hair_colour = _colour(rng, HAIR_COLOURS, 8)
     skin = _colour(rng, SKIN_TONES, 6)
@@ -137,6 +142,10 @@ def sample_identity(seed: int) -> Identity:
 
 
 def sample_scene(seed: int) -> Scene:
+    """A random recording setting, the same for the same `seed` (numpy default_rng([seed, 0x5C])): a two-colour
+    background gradient (RGB 0..255; angle in radians), a linear light field (angle in radians, strength 0..0.35),
+    brightness factor 0.8..1.15, framing scale 0.92..1.08, Gaussian blur sigma 0, 0.5 or 0.9 pixels (0 half the
+    time) and sensor noise 0..6 grey levels (standard deviation)."""
     rng = np.random.default_rng([seed, 0x5C])
     base = rng.uniform(30, 225, 3)
     return Scene(

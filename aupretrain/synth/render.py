@@ -121,6 +121,7 @@ def project(g: dict[str, np.ndarray], pose: Pose, centre: tuple[float, float], u
 
 
 def landmarks(p: dict[str, np.ndarray]) -> np.ndarray:
+    """The projected points of `LANDMARK_GROUPS`, in that order, as float32 [K, 2] (x, y) pixel coordinates."""
     return np.concatenate([p[n] for n in LANDMARK_GROUPS]).astype(np.float32)
 
 
@@ -309,4 +310,5 @@ def render(ident: Identity, au: np.ndarray, pose: Pose, scene: Scene, seed: int,
 
 
 def neutral() -> np.ndarray:
+    """The neutral face: AU intensities [len(AUS)] float64, all 0."""
     return np.zeros(len(AUS), dtype=np.float64)
