@@ -5,8 +5,10 @@
     aupretrain-compare --runs RUN_ID RUN_ID ... --json cmp.json
 
 Tracking store: --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (as training).
-One row per run: objective, model, steps, clips per rank per step, evaluation dataset and protocol, mean F1 and
-its random-init floor, identity accuracy (lower = more person-independent), training frames/s, and per-AU F1.
+One row per evaluation: objective, model, steps, clips per rank per step, evaluation dataset and protocol, mean
+F1 and its random-init floor, identity accuracy (lower = more person-independent), training frames/s, and per-AU
+F1. Training's end-of-run evaluation lives in the pretraining run; every later `aupretrain-eval` of a run is its
+own run nested under it, and reads its pretraining run's objective, model, steps and speed from there.
 Sorted by mean F1; printed, and saved as `<out>.csv` and `<out>.png` (default out: compare-<experiment>).
 """
 from __future__ import annotations
@@ -18,24 +20,49 @@ import sys
 from pathlib import Path
 
 
+def pretraining_of(client, run, cache: dict) -> object | None:
+    """The pretraining run an evaluation run was logged under (`mlflow.parentRunId`, else the
+    `eval.pretraining_run` tag when it names another run), or None for a run that is its own pretraining run (or
+    whose parent the store no longer has). `cache`: run id -> run, filled as it reads."""
+    tags = run.data.tags
+    parent = tags.get("mlflow.parentRunId") or tags.get("eval.pretraining_run")
+    if not parent or parent == run.info.run_id:
+        return None
+    if parent not in cache:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            cache[parent] = client.get_run(parent)
+        except MlflowException:
+            cache[parent] = None
+    return cache[parent]
+
+
 def collect(client, runs) -> list[dict]:
     """One row per MLflow run of `runs` that logged `eval/f1_mean` (others are skipped), best mean F1 first: run
-    name, id, objective, model, steps, clips/rank/step (data.batch_size x gradient accumulation), eval dataset and
-    protocol, frames_per_s, f1_mean, f1_random, identity_acc (None where not logged) and `f1` {AU: F1}.
-    `client` is not used."""
-    rows = []
+    name, id, the pretraining run's id, objective, model, steps, clips/rank/step (data.batch_size x gradient
+    accumulation), eval dataset and protocol, frames_per_s, f1_mean, f1_random, identity_acc (None where not logged)
+    and `f1` {AU: F1}. An evaluation logged as its own run (`aupretrain-eval` of a run folder: nested under the
+    pretraining run) takes the objective, model, steps, batch and frames/s from that pretraining run, read with
+    `client`, and is named `<pretraining run> / <evaluation run>`."""
+    rows, cache = [], {r.info.run_id: r for r in runs}
     for run in runs:
-        m, p, tags = run.data.metrics, run.data.params, run.data.tags
+        m, tags = run.data.metrics, run.data.tags
         if "eval/f1_mean" not in m:
             continue
+        parent = pretraining_of(client, run, cache)
+        source = parent or run  # where the pretraining's params and speed live
+        p, name = source.data.params, run.info.run_name or run.info.run_id[:8]
+        if parent is not None:
+            name = f"{parent.info.run_name or parent.info.run_id[:8]} / {name}"
         batch = int(p.get("data.batch_size", 0) or 0) * int(p.get("deepspeed.gradient_accumulation_steps", 1) or 1)
         rows.append({
-            "run": run.info.run_name or run.info.run_id[:8], "run_id": run.info.run_id,
+            "run": name, "run_id": run.info.run_id, "pretraining_run": source.info.run_id,
             "objective": p.get("objective.name", "?"), "model": p.get("model.name", "?"),
             "steps": int(float(p.get("train.steps", 0) or 0)),
             "clips/rank/step": batch,
             "dataset": tags.get("eval.dataset", "synthetic"), "protocol": tags.get("eval.protocol", "linear"),
-            "frames_per_s": m.get("perf/frames_per_s"),
+            "frames_per_s": source.data.metrics.get("perf/frames_per_s"),
             "f1_mean": m["eval/f1_mean"], "f1_random": m.get("eval_random/f1_mean"),
             "identity_acc": m.get("eval/identity_acc"),
             "f1": {k.split("/", 2)[2]: v for k, v in m.items() if k.startswith("eval/f1/")},
@@ -68,7 +95,7 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
     import csv
 
     aus = sorted({a for r in rows for a in r["f1"]}, key=lambda a: (len(a), a))
-    cols = ["run", "run_id", "objective", "model", "steps", "clips/rank/step", "dataset", "protocol", "f1_mean",
+    cols = ["run", "run_id", "pretraining_run", "objective", "model", "steps", "clips/rank/step", "dataset", "protocol", "f1_mean",
             "f1_random", "identity_acc", "frames_per_s"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)

@@ -84,16 +84,21 @@ class Tracker:
         run_id: the run to continue (from a checkpoint), or None for a new run.
         run_dir: the run folder (`tracking.json`, `metrics.jsonl`); None: nothing written locally.
         tags: extra tags of a new run (`run_tags`).
+        parent_run_id: a new run is created nested under this run (MLflow's `mlflow.parentRunId` tag), in the
+            parent's experiment; if the store has no such run, it is created in `experiment` with a warning.
+        uri: the store (default: `tracking_uri(cfg, run_dir)`).
+        experiment: the experiment of a new run (default: `tracking.experiment`).
     """
 
     def __init__(self, cfg: DictConfig, active: bool, run_name: str, run_id: str | None = None,
-                 run_dir: str | Path | None = None, tags: dict | None = None):
+                 run_dir: str | Path | None = None, tags: dict | None = None, parent_run_id: str | None = None,
+                 uri: str | None = None, experiment: str | None = None):
         self.active = bool(active and cfg.tracking.enabled)
         self.run_id: str | None = None
         if not self.active:
             return
         t = cfg.tracking
-        self.uri = tracking_uri(cfg, run_dir)
+        self.uri = uri or tracking_uri(cfg, run_dir)
         self.shown = redact(self.uri)  # in logs and records
         if self.shown != self.uri:  # MLflow prints "View run ... at: <the URL, password and all>" when a run ends
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
@@ -111,8 +116,8 @@ class Tracker:
         self._metrics_failed = False
         self._tmp = Path(tempfile.mkdtemp(prefix="aupretrain-mlflow-"))
         params = flatten(cfg) if run_id is None else None
-        self._put(lambda c: self._start(c, str(t.experiment), run_name, run_id, params,
-                                        OmegaConf.to_yaml(cfg, resolve=True), tags or {}))
+        self._put(lambda c: self._start(c, str(experiment or t.experiment), run_name, run_id, params,
+                                        OmegaConf.to_yaml(cfg, resolve=True), tags or {}, parent_run_id))
         threading.Thread(target=self._worker, name="mlflow-tracker", daemon=True).start()
         every = float(t.get("system_metrics_every_s", 0) or 0)
         if every > 0:
@@ -310,8 +315,9 @@ class Tracker:
                 self._cv.notify_all()
 
     def _start(self, client, experiment: str, run_name: str, run_id: str | None, params: dict | None,
-               config_yaml: str, tags: dict) -> None:
-        """Continue `run_id` if the store has it, else create a run (params, config, tags); record it."""
+               config_yaml: str, tags: dict, parent_run_id: str | None = None) -> None:
+        """Continue `run_id` if the store has it, else create a run (params, config, tags; nested under
+        `parent_run_id` when the store has that run); record it."""
         from mlflow.exceptions import MlflowException
 
         resumed_from = None
@@ -327,9 +333,19 @@ class Tracker:
                             "aupretrain.resumed_from_run_id=%s", run_id, self.shown, run_id)
                 resumed_from = run_id
         if self.run_id is None:
-            exp = client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-            extra = {"aupretrain.resumed_from_run_id": resumed_from} if resumed_from else {}
+            exp_id, extra = None, {"aupretrain.resumed_from_run_id": resumed_from} if resumed_from else {}
+            if parent_run_id is not None:
+                try:
+                    exp_id = client.get_run(parent_run_id).info.experiment_id
+                    extra["mlflow.parentRunId"] = parent_run_id
+                except MlflowException as e:
+                    if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                        raise
+                    log.warning("MLflow run %s not found at %s: this run is created in experiment %r, not nested "
+                                "under it", parent_run_id, self.shown, experiment)
+            if exp_id is None:
+                exp = client.get_experiment_by_name(experiment)
+                exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
             run = client.create_run(exp_id, run_name=run_name, tags={**tags, **extra})
             self.run_id = run.info.run_id
             from mlflow.entities import Param

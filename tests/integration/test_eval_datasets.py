@@ -98,12 +98,24 @@ def test_cli_end_to_end_on_fake_bp4d(bp4d, tmp_path, capsys):
     tiny = {"widths": [8, 16], "blocks": [1, 1], "stem_width": 8, "stem_stride": 2, "stem_pool": False,
             "norm": "group", "norm_groups": 4, "au_grid": 2, "au_dim": 12, "id_dim": 6, "proj_hidden": 16,
             "proj_dim": 8, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    import mlflow
+
     torch.manual_seed(0)
     run = tmp_path / "run"
     run.mkdir()
     save_encoder(AUEncoder(tiny, 48), run / "encoder.pt")
+    # the pretraining run as training leaves it: params, its own synthetic evaluation at the last step, tracking.json
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(uri)
+    pre = client.create_run(client.create_experiment("eval-test"), run_name="clp-run").info.run_id
+    for k, v in {"objective.name": "clp", "model.name": "resnet_small", "train.steps": 150}.items():
+        client.log_param(pre, k, v)
+    client.log_metric(pre, "eval/f1_mean", 0.3, step=150)
+    client.set_tag(pre, "eval.dataset", "synthetic")
+    client.set_terminated(pre)
+    (run / "tracking.json").write_text(json.dumps({"uri": uri, "experiment": "eval-test", "run_id": pre}))
     root, _ = bp4d
-    argv = [str(run), "eval=bp4d", f"eval.root={root}", f"eval.cache={tmp_path / 'cache'}", "eval.frame_stride=1",
+    argv = [str(run), "dataset=bp4d", f"eval.root={root}", f"eval.cache={tmp_path / 'cache'}", "eval.frame_stride=1",
             "eval.select_steps=[20,40]", "eval.probe.steps=40", "eval.baselines=[always_positive]",
             "--save-head", str(tmp_path / "head"), "--threads", "1"]
     assert main(argv) == 0
@@ -123,6 +135,30 @@ def test_cli_end_to_end_on_fake_bp4d(bp4d, tmp_path, capsys):
     head = json.loads((tmp_path / "head" / "head.json").read_text())
     assert head["aus"] == [f"AU{a}" for a in AUS["bp4d"]] and head["code_dim"] == 12 and len(head["thresholds"]) == 12
     assert (tmp_path / "head" / "head.safetensors").stat().st_size > 0
+    # MLflow: the evaluation is a run of its own nested under the pretraining run, which keeps its own results
+    exp = client.get_experiment_by_name("eval-test").experiment_id
+    child = [r for r in client.search_runs([exp]) if r.info.run_id != pre]
+    assert len(child) == 1 and child[0].info.run_name == "eval-bp4d-linear" and child[0].info.status == "FINISHED"
+    c = child[0].data
+    assert c.tags["mlflow.parentRunId"] == pre and c.tags["eval.pretraining_run"] == pre
+    assert c.tags["eval.dataset"] == "bp4d" and c.tags["eval.protocol"] == "linear"
+    assert c.metrics["eval/f1_mean"] == pytest.approx(p["f1_mean"]) and "eval/f1/AU24" in c.metrics
+    assert c.params["eval.dataset"] == "bp4d" and "objective.name" not in c.params
+    arts = {f.path for f in client.list_artifacts(child[0].info.run_id, "eval")}
+    assert {"eval/f1.png", "eval/eval_pca.png", "eval/eval.json"} <= arts
+    assert client.get_run(pre).data.metrics["eval/f1_mean"] == 0.3 and "eval/f1/AU24" not in client.get_run(pre).data.metrics
+    # logging another dataset into the pretraining run itself is refused before anything is evaluated
+    assert main(argv[:3] + ["--mlflow-run", pre, "--threads", "1"]) == 2
+    assert "already holds the synthetic / linear evaluation" in capsys.readouterr().err
+    # compare: one row per evaluation, the nested one with its pretraining run's objective and steps
+    from aupretrain.cli.compare import main as compare
+
+    assert compare(["eval-test", "--tracking-uri", uri, "--json", str(tmp_path / "cmp.json"),
+                    "--out", str(tmp_path / "cmp")]) == 0
+    rows = {r["dataset"]: r for r in json.loads((tmp_path / "cmp.json").read_text())}
+    assert rows["bp4d"]["run"] == "clp-run / eval-bp4d-linear" and rows["bp4d"]["objective"] == "clp"
+    assert rows["bp4d"]["steps"] == 150 and rows["bp4d"]["pretraining_run"] == pre
+    assert rows["synthetic"]["run"] == "clp-run" and rows["synthetic"]["f1_mean"] == 0.3
     assert main([str(run), "eval=bp4d"]) == 2  # no eval.root: one line naming the key
     assert "eval.root" in capsys.readouterr().err
     assert os.path.exists(run / "encoder.pt")
