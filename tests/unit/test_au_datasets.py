@@ -98,6 +98,51 @@ def test_selection_never_reads_a_test_fold_index():
     assert out["select"] == "validation" and 0 <= out["f1_fold_mean"] <= 1
 
 
+def test_selection_reads_no_test_row_seen_from_the_probe_itself(monkeypatch):
+    """Independent of the code's own selection log: spy on the functions that fit the probe and choose thresholds,
+    map every row they receive back to its frame, and assert no test-fold frame is fitted or scored on."""
+    import aupretrain.eval.report as report
+
+    data, rng = fake_set()
+    codes = rng.normal(size=(len(data.labels), 5))  # every row unique: a row's bytes name its frame
+    row_of = {codes[i].tobytes(): i for i in range(len(codes))}
+    rows = lambda x: {row_of[r.tobytes()] for r in np.asarray(x)}  # noqa: E731
+    masks, _ = standard_folds("disfa", data.subject_names)
+    calls, probe = [], report.au_probe
+
+    def spy_probe(x_fit, y_fit, x_pred, *a, **k):
+        calls.append((rows(x_fit), rows(x_pred)))
+        return probe(x_fit, y_fit, x_pred, *a, **k)
+
+    monkeypatch.setattr(report, "au_probe", spy_probe)
+    cfg = OmegaConf.merge(EVAL, {"select_steps": [20, 40]})
+    report.evaluate_codes(codes, data, cfg, folds=masks)
+    assert len(calls) == 3 * (2 + 1)  # per fold: one probe per candidate step count, then the final probe
+    for k, test in enumerate(masks):
+        test_rows = set(np.flatnonzero(test))
+        fold_calls = calls[3 * k:3 * k + 3]
+        for fit, pred in fold_calls[:2]:  # selection: fitted and scored on training folds only, disjoint
+            assert fit and pred and not (fit | pred) & test_rows and not fit & pred
+        fit, pred = fold_calls[2]
+        assert not fit & test_rows and pred == test_rows  # the test fold is read once: to predict
+
+
+def test_best_thresholds_agree_with_scikit_learn():
+    from sklearn.metrics import f1_score
+
+    from aupretrain.eval.probe import best_thresholds
+
+    rng = np.random.default_rng(3)
+    labels = (rng.random((200, 4)) < [0.1, 0.3, 0.5, 0.0]).astype(np.float32)  # the last AU never occurs
+    probs = np.clip(labels * 0.3 + rng.random((200, 4)) * 0.7, 0, 1)
+    grid = [0.2, 0.35, 0.5, 0.65, 0.8]
+    thr, f1 = best_thresholds(labels, probs, grid)
+    for a in range(3):
+        ref = [f1_score(labels[:, a], probs[:, a] >= t, zero_division=0) for t in grid]
+        assert f1[a] == pytest.approx(max(ref)) and thr[a] == grid[int(np.argmax(ref))]
+    assert thr[3] == 0.5 and f1[3] == 0.0  # an AU without a positive keeps 0.5
+
+
 def test_probe_near_perfect_on_informative_codes_and_chance_on_random():
     data, rng = fake_set()
     person = rng.normal(size=(9, 8))[data.identity]  # identity offsets the probe must see through
@@ -131,7 +176,7 @@ TINY = {"widths": [8, 16], "blocks": [1, 1], "stem_width": 8, "stem_stride": 2, 
         "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 
 
-def test_finetune_protocol_runs_on_tiny_data_and_selects_on_validation_only(tmp_path):
+def test_finetune_protocol_runs_on_tiny_data_and_selects_on_validation_only(tmp_path, monkeypatch):
     from aupretrain.eval.finetune import evaluate_finetune
     from aupretrain.eval.head import final_finetuned_head, final_linear_head, load_linear_head, save_head
     from aupretrain.models.encoder import AUEncoder
@@ -142,7 +187,16 @@ def test_finetune_protocol_runs_on_tiny_data_and_selects_on_validation_only(tmp_
     frames = rng.integers(0, 60, (len(data.labels), 32, 32, 3)).astype(np.uint8)
     frames[data.labels[:, 0] > 0, :16, :16] = 250  # AU1: a bright patch; AU2: a bright lower half
     frames[data.labels[:, 1] > 0, 16:] = 250
+    idx = np.arange(len(frames))
+    frames[:, 0, 31, 0], frames[:, 0, 31, 1] = idx % 256, idx // 256  # one pixel names each frame (for the spies)
     data.frames = frames
+    import aupretrain.eval.finetune as finetune
+
+    seen = []  # (what, frames) of every fit and every prediction, read from the frames the functions receive
+    frame_ids = lambda x: set((x[:, 0, 31, 0].astype(int) + 256 * x[:, 0, 31, 1].astype(int)).tolist())  # noqa: E731
+    real_train, real_predict = finetune.train, finetune.predict
+    monkeypatch.setattr(finetune, "train", lambda enc, x, *a, **k: seen.append(("fit", frame_ids(x))) or real_train(enc, x, *a, **k))
+    monkeypatch.setattr(finetune, "predict", lambda m, x, *a, **k: seen.append(("predict", frame_ids(x))) or real_predict(m, x, *a, **k))
     cfg = OmegaConf.merge(EVAL, {"finetune": {"epochs": [1, 3], "lr": [3e-3], "weight_decay": 1e-4, "batch_size": 16}})
     masks, _ = standard_folds("disfa", data.subject_names)
     log: list = []
@@ -150,9 +204,22 @@ def test_finetune_protocol_runs_on_tiny_data_and_selects_on_validation_only(tmp_
     out = evaluate_finetune(enc, data, cfg, folds=masks, selection_log=log)
     assert out["protocol"] == "finetune" and len(out["folds"]) == 3
     assert all(f["epochs"] in (1, 3) and f["lr"] == 3e-3 for f in out["folds"])
+    assert {(e["fold"], e["stage"]) for e in log} == {(k, s) for k in range(3)
+                                                      for s in ("select_fit", "select_score", "fit", "predict")}
     for e in log:
-        if e["stage"].startswith("select") or e["stage"] == "fit":
-            assert not set(e["index"].tolist()) & set(np.flatnonzero(masks[e["fold"]]))
+        test = set(np.flatnonzero(masks[e["fold"]]))
+        if e["stage"] == "predict":
+            assert set(e["index"].tolist()) == test
+        else:  # selection and the final fit: training folds only
+            assert e["index"].size and not set(e["index"].tolist()) & test
+    tests = [set(np.flatnonzero(m)) for m in masks]
+    for k, test in enumerate(tests):  # fold k's calls run up to its one prediction of the test fold
+        end = next(i for i, (what, ids) in enumerate(seen) if what == "predict" and ids == test)
+        fold, seen = seen[:end], seen[end + 1:]
+        assert [w for w, _ in fold].count("fit") == 2  # the selection's fit, then the final fit
+        for what, ids in fold:  # fits and validation scoring: frames of the training folds only
+            assert ids and not ids & test, (k, what)
+    assert not seen
     assert out["f1_mean"] > always_positive(data)["f1_mean"]  # the patches are learnable in a few epochs
     tensors, meta = final_finetuned_head(enc, data, cfg)
     assert meta["protocol"] == "finetune" and "head.weight" in tensors and any(k.startswith("encoder.") for k in tensors)
