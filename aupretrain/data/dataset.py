@@ -205,7 +205,11 @@ def _check_all(root: str, manifest: shards.Manifest, verify: bool = False):
         log.warning("%s: %d shard(s) in the folder are not in the manifest and are not read: %s", root, len(extra),
                     ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""))
     if not paths:
-        raise RuntimeError(f"{root}: no usable shards ({len(bad)} bad; first: {bad[0] if bad else 'none listed'})")
+        from ..errors import UsageError
+
+        first = f"first: {bad[0]['shard']}: {bad[0]['reason']}" if bad else "none listed"
+        raise UsageError(f"{root}: no usable shard: all {len(bad)} listed in the manifest are unreadable ({first}); "
+                         "repack the videos (aupretrain-pack) or point data.shards at another copy")
     return paths, idx, bad, skipped, counts, texts
 
 
@@ -229,9 +233,22 @@ def check_shards(root: str, manifest: shards.Manifest, verify: bool = False
     (so no other rank needs to read an index to split the samples). A shard's index that is missing, unreadable
     or not its tar's is rebuilt from the tar into this machine's cache and that path is given (`check_shard`);
     tars in the folder that the manifest does not list are named in a warning and not read. Raises
-    RuntimeError when no shard is usable."""
+    UsageError (naming the folder and the first bad shard) when no shard is usable."""
     paths, idx, bad, skipped, counts, texts = _check_all(root, manifest, verify)
     return paths, _local_indexes(idx, texts), bad, skipped, counts
+
+
+def manifest_as_read(manifest: shards.Manifest, bad_shards: list[dict]) -> str:
+    """The manifest of what a run reads, as JSON text: `manifest` without the shards rank 0 found unusable
+    (`bad_shards`, as `check_shards` gives them: their "shard" path's last part is the manifest's name), which
+    are listed under "left_out" instead — what MLflow records as the run's dataset (its digest changes when a
+    shard is left out)."""
+    import json
+    from dataclasses import replace
+
+    bad = {str(b["shard"]).replace("\\", "/").rsplit("/", 1)[-1] for b in bad_shards}
+    read = replace(manifest, shards=[s for s in manifest.shards if s.name not in bad])
+    return json.dumps({**json.loads(read.to_json()), "left_out": list(bad_shards)}, indent=1)
 
 
 def shared_dataset_view(root: str, verify: bool = False

@@ -113,6 +113,17 @@ def test_a_manifest_that_cannot_be_used_is_one_clear_error_at_start(packed, tmp_
         took = time.monotonic() - t0
         fault(name, f"UsageError at start: '{str(e.value).replace(str(root) + '/', '')}'", detect_s=took)
         assert str(root / "manifest.json") in str(e.value) and says in str(e.value), e.value
+    (root / "manifest.json").write_text(json.dumps(good))  # a good manifest, every shard it lists unreadable
+    for tar in root.glob("*.tar"):
+        tar.write_bytes(b"")
+    t0 = time.monotonic()
+    with pytest.raises(UsageError) as e:  # train.py prints a UsageError as one line, exit 2 (above)
+        dataset.shared_dataset_view(str(root))
+    fault("every shard unreadable", f"UsageError at start: '{str(e.value).replace(str(root) + '/', '')}'",
+          detect_s=time.monotonic() - t0)
+    n = len(good["shards"])
+    assert f"{root}: no usable shard: all {n} listed in the manifest are unreadable" in str(e.value), e.value
+    assert "first: " + str(root / good["shards"][0]["name"]) in str(e.value), e.value
 
 
 def test_two_ranks_over_uneven_shards_take_equal_steps_and_read_every_clip_once(packed, fault):

@@ -101,3 +101,20 @@ def test_a_manifest_that_cannot_be_used_is_a_usage_error_naming_the_file(tmp_pat
                        (json.dumps({**good, "shards": [{**good["shards"][0], "samples": "2"}]}), "shard entry 0")]:
         with pytest.raises(UsageError, match=f"m.json: {says}"):
             shards.Manifest.from_json(text, "m.json")
+
+
+def test_the_manifest_mlflow_records_is_what_the_run_reads():
+    """The dataset input of a run: the shards read, the unusable ones listed apart, a digest of its own."""
+    import json
+
+    from aupretrain.data.dataset import manifest_as_read
+    from aupretrain.data.shards import Manifest, ShardInfo
+
+    m = Manifest(samples=6, shards=[ShardInfo(f"shard-{i:06d}.tar", f"shard-{i:06d}.idx", 2, 10, "0" * 64)
+                                    for i in range(3)])
+    bad = [{"shard": "s3://bucket/ds/shard-000001.tar", "reason": "not a tar", "samples": 2}]
+    read = json.loads(manifest_as_read(m, bad))
+    assert [s["name"] for s in read["shards"]] == ["shard-000000.tar", "shard-000002.tar"]
+    assert read["left_out"] == bad and read["samples"] == 6  # the manifest's own counts stay as packed
+    whole = json.loads(manifest_as_read(m, []))
+    assert len(whole["shards"]) == 3 and whole["left_out"] == []
