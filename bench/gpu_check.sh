@@ -6,11 +6,13 @@
 #   on the GPU machine:         bash bench/gpu_check.sh                    # figures to $OUT (else bench/results/gpu)
 #   device tool: run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=420)
 #
-# It measures, on one GPU: (1) the training step of every objective with the real model (resnet18, 112 px,
-# bf16 autocast, 64 clips x 8 frames x 2 views), (2) the objectives' loss memory against batch size and
-# (emulated) world size. The GPU image has torch but not hydra/omegaconf: those travel as wheels in .whl/.
-# DALI (GPU decode) and DeepSpeed/NCCL multi-rank runs are not covered: the DALI wheel (~800 MB) cannot
-# travel to a machine without network, and one GPU cannot host two NCCL ranks.
+# It measures, on one GPU: (1) the training step of every objective, the headline clp_hog_basis included (its
+# basis pre-fitted), with the real model (resnet18, 112 px, bf16 autocast, 64 clips x 8 frames x 2 views), (2)
+# the objectives' loss memory against batch size and (emulated) world size, (3) where the machine's Python has
+# DeepSpeed: the engine's step against a plain PyTorch loop (bench/train.py, one rank: deepspeed_vs_torch). The
+# GPU image has torch but not hydra/omegaconf: those travel as wheels in .whl/. DALI (GPU decode) and
+# multi-rank NCCL runs are not covered: the DALI wheel (~800 MB) cannot travel to a machine without network
+# (the carry limit is 64 MiB), and one GPU cannot host two NCCL ranks.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS="hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3"
@@ -36,4 +38,10 @@ timeout 200 python3 bench/train_step.py --device cuda --model resnet18 --size 11
   --warmup 3 --json "$OUT/train_step.json" 2>&1 | tee "$OUT/train_step.log" || status=1
 timeout 150 python3 bench/loss.py --device cuda --worlds 1 --batches 64 256 --emulated-worlds 8 64 \
   --analytic-worlds 512 --reps 5 --json "$OUT/loss.json" 2>&1 | tee "$OUT/loss.log" || status=1
+if python3 -c "import deepspeed" 2>/dev/null; then
+  timeout 200 python3 bench/train.py --device cuda --model resnet18 --size 112 --batch 64 --reps 8 --no-stall \
+    --json "$OUT/train.json" 2>&1 | tee "$OUT/train.log" || status=1
+else
+  echo "no deepspeed in this Python: bench/train.py (deepspeed_vs_torch) not run" | tee "$OUT/train.log"
+fi
 exit $status

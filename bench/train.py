@@ -137,6 +137,12 @@ def data_stall(a) -> float | None:
         return float(statistics.mean(stalls)) if stalls else None
 
 
+def _devices() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", choices=["torch", "deepspeed"], help=argparse.SUPPRESS)
@@ -159,12 +165,15 @@ def main() -> None:
         return
     from bench.common import report
 
-    rows = [measure(a, "torch", 1), measure(a, "deepspeed", 1), measure(a, "deepspeed", 2)]
+    two = a.device == "cpu" or _devices() >= 2  # two ranks need two GPUs (one NCCL rank per device)
+    if not two:
+        print("one GPU: 2 ranks not measured (scaling_2_vs_1 is null)", flush=True)
+    rows = [measure(a, "torch", 1), measure(a, "deepspeed", 1), *([measure(a, "deepspeed", 2)] if two else [])]
     for r in rows:
         print(r, flush=True)
     fps = {r["engine"]: r["clip_frames_per_s"] for r in rows}
     ratios = {"deepspeed_vs_torch": fps["deepspeed"] / fps["torch"],
-              "scaling_2_vs_1": fps["deepspeed x2"] / (2 * fps["deepspeed"])}
+              "scaling_2_vs_1": fps["deepspeed x2"] / (2 * fps["deepspeed"]) if two else None}
     stall = None if a.no_stall else data_stall(a)
     report(f"Engine step ({a.objective}, {a.model}, {a.size} px, {a.batch} clips x {a.frames} frames per rank, "
            f"{a.device}, 1 thread per rank on CPU)", rows, a.json,

@@ -63,6 +63,11 @@ def run(name: str, a) -> dict:
              "identity": torch.arange(b, device=dev), "partner": (torch.arange(b, device=dev) + 1) % b,
              "au": (torch.rand(b, t, int(cfg.objective.get("au_classes", 10)), generator=g, device=dev) > 0.7).float()}
     cuda = dev.type == "cuda"
+    basis = getattr(model, "hog_basis", None)
+    if basis is not None:  # fitted as after 100 steps of training, so the timed steps pay for the basis term
+        basis.accumulate(torch.rand(max(4, 2 * basis.k), 4, basis.dim, generator=g, device=dev))
+        if not basis.is_fitted:
+            basis.fit()
 
     def sync():
         if cuda:
@@ -91,7 +96,8 @@ def run(name: str, a) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--objectives", nargs="+", default=["tcl", "clp", "simclr", "moco", "supervised"])
+    ap.add_argument("--objectives", nargs="+", default=["tcl", "clp", "clp_hog_basis", "simclr", "moco",
+                                                            "supervised"])
     ap.add_argument("--model", default="resnet_small")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16, help="clips per step")

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import integrity, storage
-from ..data.dataset import build_loader
+from ..data.dataset import build_loader, manifest_as_read
 from ..data.storage import EnvironmentFault
 from ..methods import Method, build_method, method_class
 from ..models.encoder import save_encoder
@@ -168,9 +168,11 @@ def train(cfg: DictConfig) -> dict:
         if not found[1].is_relative_to(run_dir):  # another run's checkpoint (train.resume=PATH): a new MLflow run
             run_id = None
         apply_settings(opt, sched, cfg, int(ds_cfg["train_batch_size"]))
-        log.info("resumed from %s at step %d (data stream %s)%s", found[1], start,
-                 "continues where it stopped" if loader.restored else "restarts its epoch",
-                 f"; changed: {resume.describe(changes)}" if changes else "")
+        (log.info if loader.restored else log.warning)(  # a restarted epoch reads some clips again: said loudly
+            "resumed from %s at step %d (data stream %s)%s", found[1], start,
+            "continues where it stopped" if loader.restored else "restarts its epoch: clips of this epoch already "
+            "read are read again (documented in docs/launching.md)",
+            f"; changed: {resume.describe(changes)}" if changes else "")
     import socket
 
     where = gather_objects((socket.gethostname(), device_description()))  # every rank's host and device, for the tags
@@ -186,8 +188,8 @@ def train(cfg: DictConfig) -> dict:
             tracker.set_tags({f"resume.step_{start}.changed": resume.describe(changes) or "nothing",
                               f"resume.step_{start}.checkpoint": str(found[1])})
         tracker.log_metrics({"data/samples": loader.manifest.samples, **skipped_metrics(loader)}, step=start)
-        if not found:
-            tracker.log_dataset(str(cfg.data.shards), loader.manifest.to_json())
+        if not found or "data.shards" in changes:  # the shards read, those left out named (a new dataset: again)
+            tracker.log_dataset(str(cfg.data.shards), manifest_as_read(loader.manifest, loader.bad_shards))
         log.info("run %s: %d ranks, %d clips/rank/step, %d steps, shards %s (%d samples, %d identities)",
                  run_dir, d.world, cfg.data.batch_size, cfg.train.steps, cfg.data.shards,
                  loader.manifest.samples, len(loader.manifest.identities))

@@ -40,7 +40,7 @@ def test_encoder_file_with_a_pickled_payload_is_refused(tmp_path, fault):
 
 
 @pytest.mark.slow
-def test_checkpoint_with_a_pickled_payload_is_refused_by_resume_and_export(packed, tmp_path, fault):
+def test_checkpoint_refuses_pickled_payload_in_resume_and_export(packed, tmp_path, fault):
     run = tmp_path / "runs" / "src"
     launch([sys.executable, TRAIN, *common(packed, tmp_path, **{
         "run.dir": str(run), "train.steps": 2, "train.eval_at_end": "false", "tracking.enabled": "false",
