@@ -260,6 +260,7 @@ def train(cfg: DictConfig) -> dict:
         tracker.finish("KILLED")
         return {"run_dir": str(run_dir), "mlflow_run_id": run_id, "loss_history": history, "rank": d.rank,
                 "stopped_at": end}
+    run_id = broadcast_object(tracker.run_id or run_id)  # a store that was down at start may have answered since
     try:  # a full disk here: one error on every rank, the final checkpoint is complete (a rerun exports again)
         export_encoder(engine, run_dir / "encoder.pt", {"step": steps, "mlflow_run_id": run_id})
         export_au_head(engine, run_dir / AU_HEAD, lambda: loader.labels.names(),

@@ -147,10 +147,10 @@ def test_torchrun_two_ranks(packed, corpus, tmp_path, objective, accum, term, ex
         assert results["pretrained (saved head)"]["head"] == str(run_dir / "au_head")
 
 
-@pytest.mark.parametrize("stage", [0, 1, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_zero_stages(packed, tmp_path, stage):
-    """ZeRO stages 0, 1 and 3 (stage 2 is every other test's default) on 2 ranks: trains, checkpoints (stage 3
-    also stops and resumes), and exports a full fp32 encoder (gathered from the partitions). Stage 0 runs LARS."""
+    """ZeRO stages 0-3 on 2 ranks: trains, checkpoints (stage 3 also stops and resumes; stage 2, every other test's
+    default, is resumed there), and exports a full fp32 encoder (gathered from the partitions). Stage 0 runs LARS."""
     import torch
 
     from aupretrain import load_encoder

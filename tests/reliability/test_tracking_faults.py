@@ -118,6 +118,10 @@ def test_mlflow_remote_server(packed, tmp_path, fault):
     assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "1"
     assert "mlflow.source.git.commit" in run.data.tags and "version.torch" in run.data.tags
     assert run.data.params.get("train.steps") == "60"  # params queued while the server was down reached the run
+    import torch
+
+    exported = torch.load(run_dir / "encoder.pt", weights_only=True)  # the run created late is the one recorded
+    assert exported["mlflow_run_id"] == run_id, exported["mlflow_run_id"]
 
 
 def test_tracking_outage_never_stops_training(packed, tmp_path, fault):
