@@ -184,7 +184,7 @@ def _check_all(root: str, manifest: shards.Manifest, verify: bool = False):
         tar = storage.join(root, s.name)
         if isinstance(r, BaseException):
             log.warning("skipping shard %s: %s", tar, r)
-            bad.append({"shard": tar, "reason": str(r), "samples": s.samples})
+            bad.append({"shard": tar, "name": s.name, "reason": str(r), "samples": s.samples})
             continue
         entries, text, cut, notes = r
         for note in notes:
@@ -227,8 +227,8 @@ def _local_indexes(idx: list[str], texts: dict[int, str]) -> list[str]:
 
 def check_shards(root: str, manifest: shards.Manifest, verify: bool = False
                  ) -> tuple[list[str], list[str], list[dict], dict[str, int], list[int]]:
-    """Usable shard paths, their index paths, bad shards [{"shard", "reason", "samples"}] (missing, empty, not a
-    readable tar, checksum with `verify`), {reason: samples} left out of usable shards (samples missing a member,
+    """Usable shard paths, their index paths, bad shards [{"shard" (path), "name" (the manifest's), "reason",
+    "samples"}] (missing, empty, not a readable tar, checksum with `verify`), {reason: samples} left out of usable shards (samples missing a member,
     which DALI skips; samples cut off a truncated tar), and the number of complete samples of each usable shard
     (so no other rank needs to read an index to split the samples). A shard's index that is missing, unreadable
     or not its tar's is rebuilt from the tar into this machine's cache and that path is given (`check_shard`);
@@ -240,13 +240,12 @@ def check_shards(root: str, manifest: shards.Manifest, verify: bool = False
 
 def manifest_as_read(manifest: shards.Manifest, bad_shards: list[dict]) -> str:
     """The manifest of what a run reads, as JSON text: `manifest` without the shards rank 0 found unusable
-    (`bad_shards`, as `check_shards` gives them: their "shard" path's last part is the manifest's name), which
-    are listed under "left_out" instead — what MLflow records as the run's dataset (its digest changes when a
-    shard is left out)."""
+    (`bad_shards`, as `check_shards` gives them, each with its manifest "name"), which are listed under "left_out"
+    instead — what MLflow records as the run's dataset (its digest changes when a shard is left out)."""
     import json
     from dataclasses import replace
 
-    bad = {str(b["shard"]).replace("\\", "/").rsplit("/", 1)[-1] for b in bad_shards}
+    bad = {b["name"] for b in bad_shards}
     read = replace(manifest, shards=[s for s in manifest.shards if s.name not in bad])
     return json.dumps({**json.loads(read.to_json()), "left_out": list(bad_shards)}, indent=1)
 

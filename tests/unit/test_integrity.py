@@ -112,7 +112,7 @@ def test_the_manifest_mlflow_records_is_what_the_run_reads():
 
     m = Manifest(samples=6, shards=[ShardInfo(f"shard-{i:06d}.tar", f"shard-{i:06d}.idx", 2, 10, "0" * 64)
                                     for i in range(3)])
-    bad = [{"shard": "s3://bucket/ds/shard-000001.tar", "reason": "not a tar", "samples": 2}]
+    bad = [{"shard": "s3://bucket/ds/shard-000001.tar", "name": "shard-000001.tar", "reason": "not a tar", "samples": 2}]
     read = json.loads(manifest_as_read(m, bad))
     assert [s["name"] for s in read["shards"]] == ["shard-000000.tar", "shard-000002.tar"]
     assert read["left_out"] == bad and read["samples"] == 6  # the manifest's own counts stay as packed
