@@ -60,7 +60,7 @@ def worker(a) -> None:
         import deepspeed
 
         from aupretrain.engine.optim import build_optimizer, lr_lambda
-        from aupretrain.engine.trainer import deepspeed_config
+        from aupretrain.engine.components import deepspeed_config
 
         ds = deepspeed_config(cfg, d.world)
         opt = build_optimizer(cfg, model, int(ds["train_batch_size"]))

@@ -12,8 +12,13 @@ The record is never rewritten: `<run>/config.yaml` stays the first job's config;
 """
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from ..config import flatten
 from ..errors import UsageError
+
+log = logging.getLogger("aupretrain.train")
 
 RESIZABLE_STAGES = (1, 2)  # DeepSpeed's ds_to_universal converts ZeRO-1/2 optimizer partitions (tested: 2 <-> 1)
 APPLIED = ("train.", "eval.", "tracking.", "run.name", "run.root", "run.dir", "data.num_threads", "data.prefetch",
@@ -62,3 +67,65 @@ def check_resume(meta: dict, cfg: dict, world: int, ckpt: str) -> dict[str, tupl
 def describe(changes: dict[str, tuple]) -> str:
     """The changes of `check_resume` as one line: "key: old -> new; ..."."""
     return "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changes.items())
+
+
+class ResumePlan:
+    """Where a job starts, decided before any data or state is touched: rank 0 chooses the checkpoint for
+    `train.resume` (`checkpoint.choose`, broadcast), every rank vets it (no file that would run code) and checks
+    what the new config changes (`check_resume`). Empty (`found` None) for a new run.
+
+    Attributes: found ((step, checkpoint folder) or None), changes ({key: (old, new)}), reader (this rank's
+    data-stream state, or None when the stream restarts its epoch).
+    Raises (at construction, on every rank alike): UsageError for a checkpoint that cannot be resumed with this
+    config or world size, or that holds a file that would run code.
+    """
+
+    def __init__(self, cfg, run_dir: Path, rank: int, world: int, is_main: bool):
+        from omegaconf import OmegaConf
+
+        from . import checkpoint
+
+        self.rank, self.world, self.is_main = rank, world, is_main
+        self.found = checkpoint.choose(run_dir, cfg.train.resume, is_main, rank)
+        self.changes: dict = {}
+        self.reader = None
+        if self.found:
+            checkpoint.vet(self.found[1])
+            self.changes = check_resume(checkpoint.read_meta(self.found[1]), OmegaConf.to_container(cfg, resolve=True),
+                                        world, str(self.found[1]))
+            self.reader = checkpoint.reader_state(self.found[1], rank, world)
+
+    def prepare(self, ds_config: dict) -> Path | None:
+        """The folder DeepSpeed loads (collective): the checkpoint itself, or — on another number of ranks — its
+        universal form (converted once by rank 0; `ds_config` gains `checkpoint.load_universal`)."""
+        from . import checkpoint
+
+        if not self.found:
+            return None
+        if "world_size" in self.changes:
+            ds_config["checkpoint"] = {"load_universal": True}
+            return checkpoint.universal(self.found[1], self.is_main)
+        return self.found[1]
+
+    def load(self, engine, load_from: Path | None, optimizer, scheduler, cfg, global_batch: int, run_dir: Path,
+             restored: bool) -> tuple[int, str | None]:
+        """Load the checkpoint into `engine` and re-apply the settings a resume may change (`optim.apply_settings`).
+        Returns (first step, MLflow run id to continue); (0, None) for a new run. A checkpoint of another run
+        (`train.resume=PATH`) continues in a new MLflow run. `restored`: whether the data stream continues where
+        it stopped (else it restarts its epoch, which is logged as a warning)."""
+        from . import checkpoint
+        from .optim import apply_settings
+
+        if not self.found:
+            return 0, None
+        state = checkpoint.load(engine, load_from)
+        start, run_id = int(state["step"]), state.get("mlflow_run_id")
+        if not self.found[1].is_relative_to(run_dir):
+            run_id = None
+        apply_settings(optimizer, scheduler, cfg, global_batch)
+        (log.info if restored else log.warning)(  # a restarted epoch reads some clips again: said loudly
+            "resumed from %s at step %d (data stream %s)%s", self.found[1], start,
+            "continues where it stopped" if restored else "restarts its epoch: clips of this epoch already "
+            "read are read again (documented in docs/launching.md)",
+            f"; changed: {describe(self.changes)}" if self.changes else "")
+        return start, run_id
