@@ -21,6 +21,7 @@ from ..objectives import build_objective
 from . import checkpoint
 from .distributed import DistInfo, barrier, broadcast_object, gather_objects, init_distributed
 from .host import device_description, run_tags
+from .metrics import skipped_metrics
 from .optim import build_optimizer, lr_lambda
 from .resume import ResumePlan, describe
 from .tracking import Tracker
@@ -71,7 +72,7 @@ def check_precision(cfg: DictConfig) -> None:
 
 @dataclass
 class Components:
-    """What one training job is made of (`build`); `start` is the first step to run (0, or the checkpoint's)."""
+    """What one training job is made of (`build`); `start`: the steps already done (0, or the checkpoint's step)."""
     cfg: DictConfig
     dist: DistInfo
     run_dir: Path
@@ -120,7 +121,7 @@ def open_tracker(c: Components) -> tuple[Tracker, Path]:
     versions. Rank 0 then writes the config record — `<run>/config.yaml` for the first job, `config.step_<N>.yaml`
     for a resumed one (the record is never rewritten; logged with the changes as tags) — and logs the data:
     samples, samples skipped at start, and the manifest of the shards read as MLflow's dataset input (again when
-    a resumed job changes `data.shards`). Returns (tracker, the config record's path)."""
+    a resumed job changes `data.shards`). Returns (tracker, the config record's path; meaningful on rank 0)."""
     cfg, d, loader, found = c.cfg, c.dist, c.loader, c.plan.found
     where = gather_objects((socket.gethostname(), device_description()))  # every rank's host and device
     tracker = Tracker(cfg, d.is_main, run_name=c.run_dir.name, run_id=c.run_id,
@@ -130,8 +131,6 @@ def open_tracker(c: Components) -> tuple[Tracker, Path]:
     first = not found or not (c.run_dir / "config.yaml").exists()
     record = c.run_dir / ("config.yaml" if first else f"config.step_{c.start}.yaml")
     if d.is_main:
-        from .metrics import skipped_metrics
-
         OmegaConf.save(cfg, record, resolve=True)
         if found:
             tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), record.name)

@@ -56,10 +56,9 @@ def export_au_head(engine, path: Path, aus, meta: dict) -> bool:
     return True
 
 
-def export_run(engine, cfg, run_dir: Path, loader, steps: int, world: int, run_id: str | None) -> None:
-    """Every rank (collective), after the last step: `<run>/encoder.pt` (fp32), `<run>/au_head` for methods with
-    their own AU classifier, then rank 0 records the finished run (`checkpoint.record_stop`, reason "finished").
-    Raises EnvironmentFault (on every rank alike) when a file cannot be written; the final checkpoint is complete,
+def export_run(engine, cfg, run_dir: Path, loader, steps: int, run_id: str | None) -> None:
+    """Every rank (collective), after the last step: `<run>/encoder.pt` (fp32, recording `run_id`) and
+    `<run>/au_head` for methods with their own AU classifier; a barrier follows. Raises EnvironmentFault (on every rank alike) when a file cannot be written; the final checkpoint is complete,
     so a rerun exports again."""
     export_encoder(engine, run_dir / "encoder.pt", {"step": steps, "mlflow_run_id": run_id})
     export_au_head(engine, run_dir / AU_HEAD, lambda: loader.labels.names(),
@@ -67,8 +66,6 @@ def export_run(engine, cfg, run_dir: Path, loader, steps: int, world: int, run_i
                               f"labels at data.labels={cfg.data.labels}", "dataset": str(cfg.data.shards),
                     "label_threshold": float(cfg.objective.get("label_threshold", 0.5)), "steps": steps})
     barrier()
-    if engine.global_rank == 0:
-        checkpoint.record_stop(run_dir, steps, steps, "finished", world, run_id)
 
 
 def evaluate_in_own_process(run_dir: Path, config: Path, step: int, run_id: str | None) -> int:

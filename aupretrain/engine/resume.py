@@ -85,7 +85,7 @@ class ResumePlan:
 
         from . import checkpoint
 
-        self.rank, self.world, self.is_main = rank, world, is_main
+        self.is_main = is_main
         self.found = checkpoint.choose(run_dir, cfg.train.resume, is_main, rank)
         self.changes: dict = {}
         self.reader = None
@@ -110,7 +110,7 @@ class ResumePlan:
     def load(self, engine, load_from: Path | None, optimizer, scheduler, cfg, global_batch: int, run_dir: Path,
              restored: bool) -> tuple[int, str | None]:
         """Load the checkpoint into `engine` and re-apply the settings a resume may change (`optim.apply_settings`).
-        Returns (first step, MLflow run id to continue); (0, None) for a new run. A checkpoint of another run
+        Returns (steps already done, MLflow run id to continue); (0, None) for a new run. A checkpoint of another run
         (`train.resume=PATH`) continues in a new MLflow run. `restored`: whether the data stream continues where
         it stopped (else it restarts its epoch, which is logged as a warning)."""
         from . import checkpoint

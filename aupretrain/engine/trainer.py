@@ -39,8 +39,9 @@ def train(cfg: DictConfig) -> dict:
     end = min(steps, int(cfg.train.stop_at)) if cfg.train.get("stop_at") else steps  # chained jobs stop early
     accum = int(cfg.deepspeed.get("gradient_accumulation_steps", 1))
     check_every = max(1, int(cfg.train.get("signal_check_every", 1)))  # a collective + host sync: not every step
+    online = OnlineProbe(cfg, d.is_main)  # before the timer starts: rank 0 may render its validation corpus
     metrics = StepMetrics(cfg, tracker, loader, d.world, d.is_main, c.start, steps)
-    online, ckpt, stop, why = OnlineProbe(cfg, d.is_main), Checkpointer(c, tracker), StopRequest(), "train.stop_at"
+    ckpt, stop, why = Checkpointer(c, tracker), StopRequest(), "train.stop_at"
     batches = iter(loader)
     try:
         for n in range(c.start + 1, end + 1):
@@ -68,8 +69,11 @@ def train(cfg: DictConfig) -> dict:
             tracker.finish("KILLED")
             return {**result, "stopped_at": end}
         run_id = broadcast_object(tracker.run_id or c.run_id)  # a store that was down at start may have answered
-        export_run(engine, cfg, c.run_dir, loader, steps, d.world, run_id)
-    except EnvironmentFault:  # a full disk ...: raised on every rank alike; the last complete checkpoint is kept
+        export_run(engine, cfg, c.run_dir, loader, steps, run_id)
+        if d.is_main:
+            checkpoint.record_stop(c.run_dir, steps, steps, "finished", d.world, tracker.run_id or run_id)
+    except EnvironmentFault:  # a full disk, storage gone ...: the run is marked FAILED; the last complete
+        # checkpoint is kept
         metrics.close()
         stop.close()
         tracker.finish("FAILED")
