@@ -7,7 +7,7 @@ VENV="${AUPRETRAIN_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
 need_apt=()
-command -v g++ >/dev/null || need_apt+=(g++)          # DeepSpeed JIT-builds its CPU comm op
+command -v g++ >/dev/null || need_apt+=(g++)          # DeepSpeed ops built on first use (e.g. ZeRO-Offload CPU Adam)
 tar --version 2>/dev/null | grep -q GNU || need_apt+=(tar)  # DALI's wds2idx needs GNU tar
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}";

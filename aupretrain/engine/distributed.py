@@ -36,6 +36,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def skip_inference_shm_op() -> bool:
+    """Keep DeepSpeed's CPU backend from JIT-compiling its shared-memory all-reduce (`deepspeed_shm_comm`).
+
+    `deepspeed.init_distributed` on the CPU accelerator builds that C++ op (40-70 s on the first run of a machine,
+    and g++ + ninja must be installed) for one use: `inference_all_reduce`, the collective of DeepSpeed's inference
+    tensor parallelism (`deepspeed/module_inject`). Training — ZeRO's all-reduce, reduce-scatter and all-gather —
+    goes through torch.distributed (gloo here) and never calls it. Marking the op incompatible in DeepSpeed's
+    table of compatible ops (`deepspeed.ops.__compatible_ops__`, read by `deepspeed.comm.torch.build_shm_op`)
+    leaves `shm_comm_op` None, DeepSpeed's own fallback on a platform without the kernel.
+
+    Returns whether the table was changed (False with a DeepSpeed that has no such table or op: nothing to skip).
+    """
+    try:
+        import deepspeed.ops as ops
+        from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+        ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+    except (ImportError, AttributeError, TypeError):
+        return False
+    return True
+
+
 def init_distributed(timeout_s: float | None = None) -> DistInfo:
     """Join the process group set up by deepspeed / torchrun / srun, or make a group of one.
 
@@ -58,6 +80,8 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
         from datetime import timedelta
 
         kw = {"timeout": timedelta(seconds=float(timeout_s))} if timeout_s else {}
+        if not torch.cuda.is_available():
+            skip_inference_shm_op()
         deepspeed.init_distributed(auto_mpi_discovery=False, **kw)
     world = dist.get_world_size()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", world)))

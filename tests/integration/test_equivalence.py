@@ -72,9 +72,11 @@ def worker(rank, world, port, k, name, out, precision="fp32"):
     import deepspeed
     import torch.distributed as dist
 
+    from aupretrain.engine.distributed import skip_inference_shm_op
     from aupretrain.engine.step import train_step
 
     torch.set_num_threads(1)
+    skip_inference_shm_op()
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     obj = objective(name)
     torch.manual_seed(0)
@@ -91,7 +93,8 @@ def worker(rank, world, port, k, name, out, precision="fp32"):
     total = loss.detach().clone()
     dist.all_reduce(total)
     result = {"loss": total / world, "delta": before - flat_params(engine.module).float(),
-              "dtype": next(engine.module.parameters()).dtype, "skipped": bool(getattr(engine, "skipped_steps", 0))}
+              "dtype": next(engine.module.parameters()).dtype, "skipped": bool(getattr(engine, "skipped_steps", 0)),
+              "shm_op": getattr(deepspeed.comm.comm.cdb, "shm_comm_op", None) is not None}
     if name == "moco":
         m = engine.module
         result["queue"] = m.momentum.negatives()
@@ -142,6 +145,8 @@ def test_gather_equivalence(tmp_path, name):
     got = run_ranks(tmp_path, world=2, k=1, name=name)
     assert_same(got[0], *reference(name, 2 * B))
     assert torch.equal(got[0]["delta"], got[1]["delta"])  # every rank applied the same update
+    # the CPU backend's inference-only shared-memory op was not JIT-built (distributed.skip_inference_shm_op)
+    assert not any(g["shm_op"] for g in got)
 
 
 @pytest.mark.slow
