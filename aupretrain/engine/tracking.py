@@ -149,6 +149,7 @@ class Tracker:
         self._put(lambda c: c.log_batch(self.run_id, metrics=batch), metric=True)
 
     def log_params(self, params: dict) -> None:
+        """Queue `params` (name -> value, values sent as `str`) for the run; a no-op on ranks without a run."""
         if self.active:
             from mlflow.entities import Param
 
@@ -156,6 +157,7 @@ class Tracker:
             self._put(lambda c: c.log_batch(self.run_id, params=items))
 
     def set_tags(self, tags: dict) -> None:
+        """Queue `tags` (name -> value, both sent as `str`) for the run; a no-op on ranks without a run."""
         if self.active:
             from mlflow.entities import RunTag
 
@@ -163,6 +165,8 @@ class Tracker:
             self._put(lambda c: c.log_batch(self.run_id, tags=items))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Queue the file `path` as an artifact (under `artifact_path` in the run's artifacts, else at the top).
+        The file is copied now, so later changes to it are not sent. Raises OSError if `path` cannot be read."""
         if self.active:  # a snapshot now: the file may change before the worker sends it
             snap = self._tmp / f"{len(os.listdir(self._tmp))}" / Path(path).name
             snap.parent.mkdir()
@@ -170,6 +174,8 @@ class Tracker:
             self._put(lambda c: c.log_artifact(self.run_id, str(snap), artifact_path))
 
     def log_figure(self, fig, name: str) -> None:
+        """Queue a matplotlib figure as the artifact `name` (e.g. `eval/per_au_f1.png`: its folder and file name;
+        the format follows the suffix, `Figure.savefig`). The figure is rendered now."""
         if self.active:
             snap = self._tmp / f"{len(os.listdir(self._tmp))}" / Path(name).name
             snap.parent.mkdir()
@@ -178,6 +184,7 @@ class Tracker:
             self._put(lambda c: c.log_artifact(self.run_id, str(snap), folder))
 
     def log_text(self, text: str, name: str) -> None:
+        """Queue `text` as the text artifact `name` (a path inside the run's artifacts, e.g. `config.yaml`)."""
         if self.active:
             self._put(lambda c: c.log_text(self.run_id, text, name))
 

@@ -29,6 +29,8 @@ class FineTuned(nn.Module):
         self.head = nn.Linear(encoder.au_dim, n_aus)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """AU logits [N, A] of aligned face crops `frames`, RGB uint8 [N, H, W, 3] (channels last, as decoded),
+        resized and normalised by the encoder's own `AUEncoder.preprocess`. Gradients flow into the encoder."""
         return self.head(self.encoder(self.encoder.preprocess(frames))["a"])
 
 

@@ -39,6 +39,9 @@ class AUPredictor(nn.Module):
 
     @torch.no_grad()
     def forward(self, frames: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """P(AU present) [N, A] (float32, AU order `self.aus`) of aligned face crops `frames`, RGB uint8
+        [N, H, W, 3] (channels last, as decoded), encoded `batch_size` frames at a time by the encoder's `encode`;
+        compare with `self.thresholds` [A] to decide."""
         codes = self.encoder.encode(frames, batch_size)
         return torch.sigmoid(self.head(codes)).float()
 
