@@ -68,7 +68,10 @@ PROTOCOLS = {  # corpus (aupretrain-synth flags), clips (aupretrain-pack flags),
 }
 DEVICE_PRESETS = {"cpu": ["experiment=quickstart"],
                   "cuda": ["experiment=quickstart", "model=resnet18", "data.input_size=112", "data.batch_size=64",
-                           "data.num_threads=4", "deepspeed.bf16.enabled=true"]}
+                           "data.num_threads=4", "deepspeed.bf16.enabled=true",
+                           # the HOG terms' cells scaled with the face (8 px at 64 px): 8-px cells at 112 px read
+                           # 0.363 label-free against 0.411 for 14-px ones (docs/benchmarks.md, session 26)
+                           "objective.cir.hog_cell=14"]}
 
 
 def ensure_shards(protocol: dict, synth_dir: Path, shards_dir: Path) -> None:

@@ -10,9 +10,10 @@ are scored too. No label is read to fit the directions. The JSON also holds each
 in the rows' order).
 
     python bench/within_video.py CORPUS [--features hog pixels] [--encoder E.pt ...] [--k 2 8 16 32 128]
-        [--videos 800] [--every 4] [--hog-cell 8] [--bands 1] [--json OUT] [Hydra overrides, e.g. eval.split=validation]
+        [--videos 800] [--every 4] [--hog-size 64] [--hog-cell 8] [--bands 1] [--json OUT] [Hydra overrides, e.g. eval.split=validation]
 
-`--hog-cell` sets HOG's cell side (pixels at 64 px; blocks of 2 x 2 cells). `--bands N` fits the directions of HOG
+`--hog-size` sets the side (pixels) the grey frames are resized to before HOG (64: the HOG row's; the corpus is
+rendered at 112), `--hog-cell` HOG's cell side in pixels at that size (blocks of 2 x 2 cells). `--bands N` fits the directions of HOG
 separately in N horizontal bands of its block rows (`hog_bands`: brows, eyes, mouth apart, so a small local change
 such as a closing lid is not outvoted by the mouth's larger ones) and concatenates k directions of each band.
 
@@ -108,15 +109,16 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[2, 8, 16, 32, 128])
     ap.add_argument("--videos", type=int, default=800)
     ap.add_argument("--every", type=int, default=4, help="fit on every n-th frame of each video")
-    ap.add_argument("--hog-cell", type=int, default=8, help="HOG cell side in pixels at 64 px")
+    ap.add_argument("--hog-size", type=int, default=64, help="side of the grey frames HOG reads, pixels")
+    ap.add_argument("--hog-cell", type=int, default=8, help="HOG cell side in pixels at --hog-size")
     ap.add_argument("--bands", type=int, default=1, help="fit HOG's directions in N bands of block rows")
     ap.add_argument("--json")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_intermixed_args()
     if min(a.k) < 1 or a.videos < 1 or a.every < 1 or a.bands < 1:
         ap.error(f"--k, --videos, --every and --bands must be >= 1, got {a.k}, {a.videos}, {a.every}, {a.bands}")
-    if a.hog_cell < 2 or 64 % a.hog_cell or 64 // a.hog_cell < 2:
-        ap.error(f"--hog-cell {a.hog_cell}: must divide 64 into at least 2 cells")
+    if a.hog_cell < 2 or a.hog_size % a.hog_cell or a.hog_size // a.hog_cell < 2:
+        ap.error(f"--hog-cell {a.hog_cell}: must divide --hog-size {a.hog_size} into at least 2 cells")
     cfg = load_config(list(a.overrides))
     encoders = {f"codes of {p}": load_encoder(p).eval() for p in a.encoder}
     reference = next(iter(encoders.values()), None) or AUEncoder(
@@ -127,7 +129,7 @@ def main() -> None:
         raise SystemExit(f"--every {a.every}: a video of {a.corpus} keeps fewer than 2 frames; nothing changes within it")
     spaces = dict(SPACES[name] for name in a.features)
     if "hog" in a.features:
-        spaces["HOG"] = lambda fr: hog_features(fr, cell=a.hog_cell, block=2 * a.hog_cell)
+        spaces["HOG"] = lambda fr: hog_features(fr, size=a.hog_size, cell=a.hog_cell, block=2 * a.hog_cell)
     spaces |= {n: (lambda fr, e=e: e.encode(torch.from_numpy(fr)).numpy()) for n, e in encoders.items()}
     seed, rows, per_au = int(cfg.run.seed), [], []  # per_au[i]: row i's F1 per AU (JSON only)
     for name, features in spaces.items():
@@ -145,7 +147,7 @@ def main() -> None:
             banded = name == "HOG" and a.bands > 1
             try:
                 if banded:
-                    bands = hog_bands(x.shape[1], 64 // a.hog_cell - 1, a.bands)
+                    bands = hog_bands(x.shape[1], a.hog_size // a.hog_cell - 1, a.bands)
                     banded_basis = banded_directions(groups, max(a.k), bands, within)
                     bases = {k: banded_basis[:, :k].reshape(-1, x.shape[1]) for k in a.k}
                 else:
@@ -162,7 +164,7 @@ def main() -> None:
         print(f"{name}: done", flush=True)
     report(f"AU probe on principal directions fitted without labels on {a.corpus} ({cfg.eval.split} identities)",
            rows, a.json, {"corpus": str(a.corpus), "videos": a.videos, "every": a.every, "split": str(cfg.eval.split),
-                          "hog_cell": a.hog_cell, "bands": a.bands,
+                          "hog_size": a.hog_size, "hog_cell": a.hog_cell, "bands": a.bands,
                           "per_au_f1": per_au})
 
 
