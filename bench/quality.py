@@ -68,10 +68,12 @@ PROTOCOLS = {  # corpus (aupretrain-synth flags), clips (aupretrain-pack flags),
 }
 DEVICE_PRESETS = {"cpu": ["experiment=quickstart"],
                   "cuda": ["experiment=quickstart", "model=resnet18", "data.input_size=112", "data.batch_size=64",
-                           "data.num_threads=4", "deepspeed.bf16.enabled=true",
-                           # the HOG terms' cells scaled with the face (8 px at 64 px): 8-px cells at 112 px read
-                           # 0.363 label-free against 0.411 for 14-px ones (docs/benchmarks.md, session 26)
-                           "objective.cir.hog_cell=14"]}
+                           "data.num_threads=4", "deepspeed.bf16.enabled=true"]}
+# per device, per method (the CLP objectives, which have objective.cir): at 112 px the HOG terms' cells are scaled
+# with the face (8 px at 64 px): 8-px cells at 112 px read 0.363 label-free against 0.411 for 14-px ones
+# (docs/benchmarks.md, session 26)
+DEVICE_METHOD_PRESETS = {"cpu": {}, "cuda": {m: ["objective.cir.hog_cell=14"]
+                                             for m in ("clp", "clp_flow", "clp_hog", "clp_hog_basis")}}
 
 
 def ensure_shards(protocol: dict, synth_dir: Path, shards_dir: Path) -> None:
@@ -186,7 +188,7 @@ def main() -> None:
     t0 = time.time()
     results = references(cfg, seeds)
     for m in a.methods:
-        extra = [*protocol["method"].get(m, []), *a.overrides]
+        extra = [*DEVICE_METHOD_PRESETS[a.device].get(m, []), *protocol["method"].get(m, []), *a.overrides]
         results[m] = [pretrain_and_probe(m, s, work / f"{a.protocol}-{m}-s{s}", shards, synth_dir, preset, extra,
                                          nproc, work / "logs") for s in seeds]
         if all("own_head" in r for r in results[m]):  # the supervised bound through its own classifier
@@ -205,7 +207,8 @@ def main() -> None:
             rest = [o for o in ov if not o.startswith("objective=")]
             tag = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("=", "")
             abl[name] = [pretrain_and_probe(method, seeds[0], work / f"abl-{a.protocol}-{tag}", shards, synth_dir, preset,
-                                            [*a.overrides, *rest], nproc, work / "logs")]
+                                            [*DEVICE_METHOD_PRESETS[a.device].get(method, []), *a.overrides, *rest],
+                                            nproc, work / "logs")]
         js["ablations"] = summarise(abl)
         report("CLP ablations (first seed)", rows_of(js["ablations"], abl), None)
     js.update({"split": split, "identities": int(cfg.eval.identities), "steps": int(cfg.train.steps),
