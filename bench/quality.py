@@ -73,7 +73,7 @@ DEVICE_PRESETS = {"cpu": ["experiment=quickstart"],
 # with the face (8 px at 64 px): 8-px cells at 112 px read 0.363 label-free against 0.411 for 14-px ones
 # (docs/benchmarks.md, session 26)
 DEVICE_METHOD_PRESETS = {"cpu": {}, "cuda": {m: ["objective.cir.hog_cell=14"]
-                                             for m in ("clp", "clp_flow", "clp_hog", "clp_hog_basis")}}
+                                             for m in ("clp", *CLP_PRESETS)}}
 
 
 def ensure_shards(protocol: dict, synth_dir: Path, shards_dir: Path) -> None:

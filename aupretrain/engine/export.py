@@ -58,8 +58,8 @@ def export_au_head(engine, path: Path, aus, meta: dict) -> bool:
 
 def export_run(engine, cfg, run_dir: Path, loader, steps: int, run_id: str | None) -> None:
     """Every rank (collective), after the last step: `<run>/encoder.pt` (fp32, recording `run_id`) and
-    `<run>/au_head` for methods with their own AU classifier; a barrier follows. Raises EnvironmentFault (on every rank alike) when a file cannot be written; the final checkpoint is complete,
-    so a rerun exports again."""
+    `<run>/au_head` for methods with their own AU classifier; a barrier follows. Raises EnvironmentFault (on every
+    rank alike) when a file cannot be written; the final checkpoint is complete, so a rerun exports again."""
     export_encoder(engine, run_dir / "encoder.pt", {"step": steps, "mlflow_run_id": run_id})
     export_au_head(engine, run_dir / AU_HEAD, lambda: loader.labels.names(),
                    {"source": f"training run {run_dir.name}: objective={cfg.objective.name}, fitted on the "
