@@ -11,7 +11,8 @@ import json
 import numpy as np
 
 from . import storage
-from ..synth.corpus import LABELS_SUFFIX
+
+LABELS_SUFFIX = ".labels.json"  # the label file beside each video: <video>.labels.json
 
 
 class FrameLabels:

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..data.labels import LABELS_SUFFIX
 from ..pack.parallel import parallel_map
 from ..pack.video import write_video
 from .identity import AU_INDEX, AUS, Pose, sample_identity, sample_scene
@@ -19,8 +20,6 @@ from .render import LANDMARK_GROUPS, render
 from .tracks import PROTOTYPES, sample_au_track, sample_pose_track
 
 log = logging.getLogger(__name__)
-
-LABELS_SUFFIX = ".labels.json"
 
 
 @dataclass(frozen=True)
