@@ -112,11 +112,14 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def mean_across_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Average detached scalars over ranks in one collective (for logging)."""
+    """Average detached scalars over ranks in one collective (for logging). The scalars may lie on different
+    devices (a term computed on the CPU beside a loss on the GPU): they meet on the accelerator's, where NCCL
+    needs them."""
     if not values:
         return {}
     names = sorted(values)
-    t = torch.stack([values[n].detach().float().reshape(()) for n in names])
+    dev = next((v.device for v in values.values() if v.device.type != "cpu"), torch.device("cpu"))
+    t = torch.stack([values[n].detach().float().reshape(()).to(dev) for n in names])
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
         t /= dist.get_world_size()

@@ -67,8 +67,9 @@ class Method(nn.Module):
         return {}
 
     def codes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images [N, 3, S, S] (normalised) -> (a [N, au_dim], p [N, id_dim])."""
-        out = self.encoder(images)
+        """images [N, 3, S, S] (normalised) -> (a [N, au_dim], p [N, id_dim]). The images are cast to the encoder's
+        weight dtype: a decoder's output re-encoded (CIR's cycle) may come back in fp32 beside bf16/fp16 weights."""
+        out = self.encoder(images.to(next(self.encoder.parameters()).dtype))
         return out["a"], out["p"]
 
     def forward(self, clips: torch.Tensor, **request: Any) -> dict[str, Any]:

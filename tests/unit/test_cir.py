@@ -481,3 +481,44 @@ def test_clp_flow_preset_is_clp_led_by_the_linear_flow_basis():
     assert cfg.objective.temperature == base.temperature and cfg.objective.margin == base.margin
     decoder = build_method(cfg.objective, cfg.model, int(cfg.data.input_size)).decoder
     assert isinstance(decoder, LinearFlowDecoder) and decoder.grid == 16
+
+
+class _Bf16Engine:
+    """The slice of DeepSpeed's engine that `train_step` uses, in DeepSpeed's bf16 mode: the module's weights are
+    bf16 and the inputs are cast to it (`bfloat16_enabled`), no autocast."""
+
+    def __init__(self, module):
+        self.module, self.device = module.to(torch.bfloat16), torch.device("cpu")
+        self.optimizer = torch.optim.SGD(module.parameters(), lr=1e-3)
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def bfloat16_enabled(self):
+        return True
+
+    def backward(self, loss, scale_wrt_gas=True):
+        loss.backward()
+
+    def step(self):
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("objective", ["clp", "clp_flow", "clp_hog"])
+def test_clp_trains_with_bf16_weights(objective):
+    """Under DeepSpeed's bf16 the method's weights are bf16; CIR's cycle re-encodes the decoder's output, which may
+    come back in fp32 (found on a GPU: "Input type (torch.cuda.FloatTensor) and weight type (CUDABFloat16Type)
+    should be the same"). A whole training step runs with bf16 weights, on CPU too, and gives a finite loss."""
+    from aupretrain.config import load_config
+    from aupretrain.engine.step import train_step
+    from aupretrain.methods import build_method
+
+    cfg = load_config(["experiment=quickstart", f"objective={objective}", "data.input_size=32"])
+    engine = _Bf16Engine(build_method(cfg.objective, cfg.model, 32))
+    b, t = 4, 4
+    g = torch.Generator().manual_seed(0)
+    batch = {"view1": torch.randn(b, t, 3, 32, 32, generator=g), "view2": torch.randn(b, t, 3, 32, 32, generator=g),
+             "identity": torch.arange(b), "partner": (torch.arange(b) + 1) % b}
+    loss, parts = train_step(engine, build_objective(cfg.objective), [batch], 0)
+    assert torch.isfinite(loss.float()) and "rec_cycle" in parts
