@@ -18,28 +18,13 @@ import sys
 from pathlib import Path
 
 
-def encoder_from_checkpoint(ckpt: Path):
-    """(AUEncoder, meta) from a complete DeepSpeed checkpoint folder `.../checkpoints/step_<N>`."""
-    from ..engine.checkpoint import full_weights, read_meta
-    from ..models.encoder import AUEncoder
-
-    full = full_weights(ckpt)  # vetted first: DeepSpeed's reader unpickles with weights_only=False
-    meta = read_meta(ckpt)
-    state = {k[len("encoder."):]: v for k, v in full.items() if k.startswith("encoder.")}
-    cfg = meta["config"]
-    enc = AUEncoder(cfg["model"], int(cfg["data"]["input_size"]))
-    missing, unexpected = enc.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if not k.endswith(("mean", "std"))]:
-        raise ValueError(f"{ckpt}: encoder weights do not match the model config (missing {missing}, unexpected {unexpected})")
-    return enc.eval(), meta
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="aupretrain-export", description=__doc__.splitlines()[0])
     ap.add_argument("source", help="a run folder or a checkpoint folder (.../checkpoints/step_N)")
     ap.add_argument("out", help="output folder (model.safetensors + config.json)")
     a = ap.parse_args(argv)
     from ..engine.checkpoint import COMPLETE, latest
+    from ..engine.export import encoder_from_checkpoint
     from ..models.encoder import load_encoder, save_encoder_folder
 
     src = Path(a.source)

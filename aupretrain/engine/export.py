@@ -15,14 +15,42 @@ log = logging.getLogger("aupretrain.train")
 AU_HEAD = "au_head"  # <run>/au_head: the method's own AU classifier as an AU head folder (supervised runs)
 
 
-def export_encoder(engine, path: Path, extra: dict) -> None:
-    """Rank 0 writes the encoder's fp32 weights (gathered first under ZeRO-3); collective. A failed write (a full
-    disk ...) raises the same `EnvironmentFault` on every rank (`checkpoint.write_on_main`)."""
+def encoder_from_checkpoint(ckpt: Path):
+    """(AUEncoder in eval mode, meta) from a complete DeepSpeed checkpoint folder `.../checkpoints/step_<N>`, its
+    fp32 weights gathered by `checkpoint.full_weights` (bf16/fp16 runs: the optimizer's fp32 master weights, ZeRO
+    1-3). Raises what `full_weights` raises, and ValueError when the weights do not fit the saved model config."""
+    from ..models.encoder import AUEncoder
+
+    full = checkpoint.full_weights(ckpt)  # vetted first: DeepSpeed's reader unpickles with weights_only=False
+    meta = checkpoint.read_meta(ckpt)
+    state = {k[len("encoder."):]: v for k, v in full.items() if k.startswith("encoder.")}
+    cfg = meta["config"]
+    enc = AUEncoder(cfg["model"], int(cfg["data"]["input_size"]))
+    missing, unexpected = enc.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.endswith(("mean", "std"))]:
+        raise ValueError(f"{ckpt}: encoder weights do not match the model config (missing {missing}, unexpected {unexpected})")
+    return enc.eval(), meta
+
+
+def export_encoder(engine, path: Path, extra: dict, final_checkpoint: Path | None = None) -> None:
+    """Rank 0 writes the encoder's fp32 weights (gathered first under ZeRO-3); collective. In DeepSpeed's bf16 and
+    fp16 modes the module holds 16-bit copies of the weights: with ZeRO 1-3 and `final_checkpoint` (the complete
+    checkpoint of the last step) the fp32 master weights are written instead, read back from it as
+    `aupretrain-export` reads them (`encoder_from_checkpoint`), so `encoder.pt` and an export of the checkpoint
+    agree; under ZeRO-0 the 16-bit module's weights are cast. A failed write (a full disk ...) raises the same
+    `EnvironmentFault` on every rank (`checkpoint.write_on_main`)."""
     import deepspeed
 
+    from .step import input_dtype
+
+    stage = int(engine.zero_optimization_stage())
+    if input_dtype(engine) is not None and stage >= 1 and final_checkpoint is not None:
+        checkpoint.write_on_main(lambda tmp: save_encoder(encoder_from_checkpoint(final_checkpoint)[0], tmp, extra),
+                                 path, "the trained encoder", engine.global_rank == 0)
+        return
     enc = engine.module.encoder
     params = list(enc.parameters())
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=int(engine.zero_optimization_stage()) == 3):
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=stage == 3):
         checkpoint.write_on_main(lambda tmp: save_encoder(enc, tmp, extra), path, "the trained encoder",
                                  engine.global_rank == 0)
 
@@ -60,7 +88,8 @@ def export_run(engine, cfg, run_dir: Path, loader, steps: int, run_id: str | Non
     """Every rank (collective), after the last step: `<run>/encoder.pt` (fp32, recording `run_id`) and
     `<run>/au_head` for methods with their own AU classifier; a barrier follows. Raises EnvironmentFault (on every
     rank alike) when a file cannot be written; the final checkpoint is complete, so a rerun exports again."""
-    export_encoder(engine, run_dir / "encoder.pt", {"step": steps, "mlflow_run_id": run_id})
+    export_encoder(engine, run_dir / "encoder.pt", {"step": steps, "mlflow_run_id": run_id},
+                   checkpoint.root(run_dir) / checkpoint.tag(steps))  # saved by the trainer before this
     export_au_head(engine, run_dir / AU_HEAD, lambda: loader.labels.names(),
                    {"source": f"training run {run_dir.name}: objective={cfg.objective.name}, fitted on the "
                               f"labels at data.labels={cfg.data.labels}", "dataset": str(cfg.data.shards),

@@ -150,7 +150,8 @@ def test_torchrun_two_ranks(packed, corpus, tmp_path, objective, accum, term, ex
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_zero_stages(packed, tmp_path, stage):
     """ZeRO stages 0-3 on 2 ranks: trains, checkpoints (stage 3 also stops and resumes; stage 2, every other test's
-    default, is resumed there), and exports a full fp32 encoder (gathered from the partitions). Stage 0 runs LARS."""
+    default, is resumed there), and exports a full fp32 encoder (gathered from the partitions). Stage 0 runs LARS;
+    stage 1 trains CLP in DeepSpeed's bf16 mode (bf16 weights: the export is fp32 all the same)."""
     import torch
 
     from aupretrain import load_encoder
@@ -159,6 +160,7 @@ def test_zero_stages(packed, tmp_path, stage):
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN,
            *common(packed, tmp_path, **{"deepspeed": f"zero{stage}", "objective": "tcl", "run.dir": str(run_dir),
                                         **({"optim.name": "lars"} if stage == 0 else {}),  # LARS needs per-layer tensors
+                                        **({"objective": "clp_hog", "deepspeed.bf16.enabled": "true"} if stage == 1 else {}),
                                         "train.steps": 4, "train.eval_at_end": "false", "tracking.enabled": "false"})]
     if stage == 3:  # partitioned weights: stop and resume too (stages 0-2 share stage 2's resume path)
         launch([*cmd, "train.stop_at=2"], tmp_path)
@@ -215,7 +217,7 @@ def test_universal_checkpoint_resize(packed, tmp_path):
     with a warning, and the run finishes on the new number of ranks."""
     import torch
 
-    from aupretrain.cli.export import encoder_from_checkpoint
+    from aupretrain.engine.export import encoder_from_checkpoint
 
     run_dir = tmp_path / "runs" / "resize"
     base = common(packed, tmp_path, **{"run.dir": str(run_dir), "train.eval_at_end": "false", "train.steps": 6,
