@@ -1,10 +1,10 @@
-"""Augmentations written in torch, OpenCV and numpy: the baseline loader's per-view operators (`augment_view`,
-DALI's operators re-implemented: `rotate` with clamped borders, a random square crop resized with antialiasing,
-`brightness_contrast` with contrast centre 128, `hsv` as a linear map in YIQ space) and the Gaussian blur it applies
-to whole batches (`blur_views` / `blur_clips`: on 2 CPU cores DALI's CPU `gaussian_blur` took half the pipeline's
-time, bench/data.py); the DALI reader's colour jitter, blur and normalisation of its uint8 batches
-(`finish_views`: one 3x3 colour map per clip, on the batch's device); and the optional per-frame similarity warp
-both loaders apply after it (`jitter_frames`), and the per-view sensor noise they add last (`noise_views`).
+"""Augmentations written in torch, OpenCV and numpy: the baseline loader's per-view geometry (`geometry_view`,
+DALI's operators re-implemented: `rotate` with clamped borders, a random square crop resized with antialiasing),
+the float reference of a whole view (`augment_view`: + `brightness_contrast` with contrast centre 128, `hsv` as
+a linear map in YIQ space) and its Gaussian blur (`blur_clips`); the colour jitter, blur and normalisation both
+loaders apply to their uint8 batches (`finish_views`: one 3x3 colour map per clip, on the batch's device); and
+the optional per-frame similarity warp both loaders apply after it (`jitter_frames`), and the per-view sensor
+noise they add last (`noise_views`).
 """
 from __future__ import annotations
 
@@ -24,25 +24,43 @@ _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.
 _RGB = torch.linalg.inv(_YIQ)
 
 
-def augment_view(frames: torch.Tensor, s: ReaderSettings, g: torch.Generator,
-                 geometry: torch.Generator | None = None) -> torch.Tensor:
-    """One augmented view of a clip: uint8 [T, H, W, 3] -> normalised float [T, 3, S, S]; one draw of every
-    random parameter per call, shared by all T frames; the colour map is `colour_maps`'. The rotation and crop are
-    drawn from `geometry` when given (views drawn from generators in the same state share them:
-    `augment.shared_geometry`), else from `g`. (The blur is applied to whole batches: `blur_views`.)"""
-    u = lambda lo, hi: float(torch.empty(()).uniform_(lo, hi, generator=geometry or g))  # noqa: E731
+def geometry_view(frames: torch.Tensor, s: ReaderSettings, g: torch.Generator) -> torch.Tensor:
+    """The geometric part of one view of a clip: uint8 [T, H, W, 3] -> float [T, 3, S, S] in grey levels (0..255):
+    one rotation about the centre (same size, borders clamped: DALI's keep_size `rotate`) and one square crop of
+    the sampled area fraction anywhere in the frame, resized to S = `s.input_size` with antialiasing, both drawn
+    once from `g` and applied to all T frames."""
+    u = lambda lo, hi: float(torch.empty(()).uniform_(lo, hi, generator=g))  # noqa: E731
     x = frames.permute(0, 3, 1, 2).float()
     t, _, h, w = x.shape
-    if s.rotate:  # about the centre, same size, borders clamped (as DALI's keep_size rotate)
+    if s.rotate:
         a = math.radians(u(-s.rotate, s.rotate))
         theta = torch.tensor([[math.cos(a), -math.sin(a) * h / w, 0.0], [math.sin(a) * w / h, math.cos(a), 0.0]])
         grid = F.affine_grid(theta.expand(t, 2, 3), list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if tuple(s.scale) != (1.0, 1.0):  # a square box of the sampled area fraction, anywhere in the frame
+    if tuple(s.scale) != (1.0, 1.0):
         side = math.sqrt(u(*s.scale))
         y0, x0 = u(0.0, 1.0) * (1 - side), u(0.0, 1.0) * (1 - side)
         x = x[:, :, int(y0 * h):int(y0 * h) + max(1, round(side * h)), int(x0 * w):int(x0 * w) + max(1, round(side * w))]
-    x = F.interpolate(x, size=(s.input_size, s.input_size), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(x, size=(s.input_size, s.input_size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def geometry_view_uint8(frames: torch.Tensor, s: ReaderSettings, g: torch.Generator) -> torch.Tensor:
+    """`geometry_view` rounded back to uint8 in DALI's layout: uint8 [T, H, W, 3] -> uint8 [T, S, S, 3] (what the
+    DALI reader's affine warp hands on; the baseline loader's workers send this, a quarter of float's bytes, and
+    the colour, blur and normalisation follow on the batch: `finish_views`)."""
+    x = geometry_view(frames, s, g).round_().clamp_(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def augment_view(frames: torch.Tensor, s: ReaderSettings, g: torch.Generator,
+                 geometry: torch.Generator | None = None) -> torch.Tensor:
+    """One augmented view of a clip in float arithmetic throughout, the reference the loaders' uint8 pipelines
+    (`geometry_view_uint8` + `finish_views`) are checked against: uint8 [T, H, W, 3] -> normalised float
+    [T, 3, S, S]; one draw of every random parameter per call, shared by all T frames; the geometry is
+    `geometry_view`'s, drawn from `geometry` when given (views drawn from generators in the same state share it:
+    `augment.shared_geometry`), else from `g`; the colour map is `colour_maps`', drawn from `g`. (No blur:
+    `blur_clips`.)"""
+    x = geometry_view(frames, s, geometry or g)
     maps = colour_maps(s, 1, g)  # the DALI reader's colour map, drawn for this one clip
     if maps is not None:
         x = torch.einsum("ij,tjhw->tihw", maps[0][0], x) + maps[1][0].view(1, 3, 1, 1)
@@ -198,19 +216,6 @@ def jitter_views(batch: dict, s: ReaderSettings, g: torch.Generator) -> None:
         if s.shared_geometry:  # view 2 replays view 1's draws
             g.set_state(state)
         batch[k] = jitter_frames(batch[k], s.frame_shift, s.frame_scale, s.frame_rotate, g)
-
-
-def blur_views(batch: dict, s: ReaderSettings, g: torch.Generator) -> None:
-    """Blur `batch["view1"]` and `batch["view2"]` in place of the dict entries, one sigma per clip and view drawn
-    uniformly in `s.blur_sigma` from `g` (the loader's saved generator: resumes repeat the same draws); nothing
-    when blurring is off (max sigma 0)."""
-    if max(s.blur_sigma) <= 0:
-        return
-    lo, hi = s.blur_sigma
-    b = batch["view1"].shape[0]
-    sigma = lo + (hi - lo) * torch.rand(2 * b, generator=g)
-    batch["view1"] = blur_clips(batch["view1"], sigma[:b])
-    batch["view2"] = blur_clips(batch["view2"], sigma[b:])
 
 
 def noise_views(batch: dict, s: ReaderSettings, g: torch.Generator) -> None:

@@ -26,20 +26,11 @@ import torch
 from . import integrity, shards, storage
 from .augment import finish_views
 from .dataset import (ReaderSettings, assemble_batch, check_shards, local_cache,  # noqa: F401 (re-exported)
-                      partners, require_full_batches, shared_dataset_view, video_id)
+                      partners, require_full_batches, shared_dataset_view, use_gpu, video_id)
 from .labels import FrameLabels
 
 log = logging.getLogger(__name__)
 MAX_RECOVERIES = 20  # pipeline rebuilds after damaged samples, per loader (then the error is raised)
-
-
-def use_gpu(device: str) -> bool:
-    """Whether the pipeline decodes on the GPU: "gpu" yes, "cpu" no, otherwise (auto) when CUDA is available."""
-    if device == "gpu":
-        return True
-    if device == "cpu":
-        return False
-    return torch.cuda.is_available()
 
 
 def working_size(s: ReaderSettings, source_size: int = 0) -> int:

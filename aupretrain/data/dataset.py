@@ -331,6 +331,17 @@ def assemble_batch(view1: torch.Tensor, view2: torch.Tensor, metas: list[dict], 
     return batch
 
 
+def use_gpu(device: str) -> bool:
+    """Whether a loader works on the GPU (`data.device`): "gpu" yes, "cpu" no, otherwise (auto) when CUDA is
+    available. The DALI reader decodes there (`mixed`); both loaders colour, blur and normalise their batches
+    there (`augment.finish_views`)."""
+    if device == "gpu":
+        return True
+    if device == "cpu":
+        return False
+    return torch.cuda.is_available()
+
+
 def build_loader(cfg, rank: int, world: int, state: dict | None = None):
     """The training loader `data.loader` names: "dali" (`ClipLoader`), "torch" (the baseline
     `torch_reader.TorchClipLoader`) or "auto" (DALI when it can be imported, else the baseline, logged)."""

@@ -4,9 +4,14 @@ batch contract, sample split, augmentations and damaged-data handling as the DAL
 It is the fallback where DALI is not installed and the yardstick of `bench/data.py`. Samples are read by byte
 range through the shards' DALI indexes (local files or S3 range GETs), so ranks split the samples exactly as
 DALI does (rank r of W reads the contiguous share k = (r + epoch) mod W of the samples, shuffled per epoch with
-a seeded RNG) and a resumed run continues from the same sample. Each view draws one crop box, rotation and
-colour change per clip and applies it to every frame (`augment.augment_view`, DALI's operators in torch); the
-blur is applied to the batch (`augment.blur_views`), as the DALI reader blurs its own (`augment.finish_views`).
+a seeded RNG) and a resumed run continues from the same sample. The work is split as DALI's reader splits it:
+the workers decode and apply the geometry (one crop box and rotation per clip and view, applied to every frame:
+`augment.geometry_view_uint8`) and stack a batch of uint8 channels-last views; the loader's process then applies
+the colour jitter, blur and normalisation to the batch where it will be used (`augment.finish_views`: OpenCV on
+CPU, torch on the GPU when `data.device` allows it), with its own saved generator, as the DALI reader does.
+Measured on a 16-core GPU machine: when the workers sent per-clip float views, the loader's process spent its
+time mapping and stacking them (~700 source frames/s whatever the worker count); uint8 batches stacked in the
+workers carry a quarter of the bytes in two tensors instead of 2 x batch (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -19,8 +24,9 @@ import numpy as np
 import torch
 
 from . import integrity, shards, storage
-from .augment import augment_view, blur_views
-from .dataset import ReaderSettings, assemble_batch, rebuild_index, require_full_batches, shared_dataset_view
+from .augment import finish_views, geometry_view_uint8
+from .dataset import (ReaderSettings, assemble_batch, rebuild_index, require_full_batches, shared_dataset_view,
+                      use_gpu)
 from .labels import FrameLabels
 
 log = logging.getLogger(__name__)
@@ -87,13 +93,21 @@ class _Clips(torch.utils.data.Dataset):
             new, self.new = self.new, []
             if self.s.shared_geometry:  # one geometric draw for both views: a generator state each view replays
                 geo = int(torch.randint(0, 2 ** 62, (1,), generator=g))
-                v1 = augment_view(clip, self.s, g, torch.Generator().manual_seed(geo))
-                v2 = augment_view(clip, self.s, g, torch.Generator().manual_seed(geo))
+                v1 = geometry_view_uint8(clip, self.s, torch.Generator().manual_seed(geo))
+                v2 = geometry_view_uint8(clip, self.s, torch.Generator().manual_seed(geo))
             else:
-                v1, v2 = augment_view(clip, self.s, g), augment_view(clip, self.s, g)
+                v1, v2 = geometry_view_uint8(clip, self.s, g), geometry_view_uint8(clip, self.s, g)
             return {"view1": v1, "view2": v2, "meta": meta,
                     "skipped": skipped, "reindexed": new}
         raise RuntimeError("every sample of this rank's share is damaged")
+
+
+def _collate(items: list[dict]) -> dict:
+    """A batch from the workers' samples, stacked in the worker: views uint8 [B, T, S, S, 3], and the lists of
+    metadata, damaged samples skipped and indexes rebuilt."""
+    return {"view1": torch.stack([it["view1"] for it in items]), "view2": torch.stack([it["view2"] for it in items]),
+            "meta": [it["meta"] for it in items], "skipped": [x for it in items for x in it["skipped"]],
+            "reindexed": [x for it in items for x in it["reindexed"]]}
 
 
 class TorchClipLoader:
@@ -125,6 +139,8 @@ class TorchClipLoader:
             self._gen.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
         self.restored = state is not None
         self.labels = FrameLabels(settings.labels) if settings.labels else None
+        # where the batch's colour, blur and normalisation run: this rank's GPU where DALI would decode on it
+        self.device = torch.device("cuda", torch.cuda.current_device()) if use_gpu(settings.device) else torch.device("cpu")
 
     def _sample(self, g: int) -> tuple[str, integrity.IndexedSample]:
         """(tar, sample) of global sample index g; the shard's index is read the first time one is needed."""
@@ -177,22 +193,21 @@ class TorchClipLoader:
             data = _Clips(rest, self.settings, self.clip_len, (self.settings.seed, self.epoch), self.position)
             workers = max(0, int(self.settings.num_threads))
             loader = torch.utils.data.DataLoader(data, batch_size=b, shuffle=False, drop_last=True,
-                                                 num_workers=workers, collate_fn=list,
+                                                 num_workers=workers, collate_fn=_collate,
+                                                 pin_memory=self.device.type == "cuda",
                                                  prefetch_factor=self.settings.prefetch if workers else None,
                                                  persistent_workers=False)
-            for items in loader:
+            for batch in loader:
                 self.position += b
-                for it in items:
-                    for tar, why, text in it["reindexed"]:
-                        self._reindexed(tar, why, text)
-                    for why, tar, key in it["skipped"]:
-                        if key not in self.quarantine.setdefault(tar, {}):
-                            log.warning("left out damaged sample %s of %s (%s)", key, tar, why)
-                            self.found_damaged[why] = self.found_damaged.get(why, 0) + 1
-                            self.quarantine[tar][key] = why
-                views = {k: torch.stack([it[k] for it in items]) for k in ("view1", "view2")}
-                blur_views(views, self.settings, self._gen)
-                yield assemble_batch(views["view1"], views["view2"], [it["meta"] for it in items],
-                                     self.identity_ids, self._gen, self.settings, self.labels)
+                for tar, why, text in batch["reindexed"]:
+                    self._reindexed(tar, why, text)
+                for why, tar, key in batch["skipped"]:
+                    if key not in self.quarantine.setdefault(tar, {}):
+                        log.warning("left out damaged sample %s of %s (%s)", key, tar, why)
+                        self.found_damaged[why] = self.found_damaged.get(why, 0) + 1
+                        self.quarantine[tar][key] = why
+                v1, v2 = (finish_views(batch[k].to(self.device, non_blocking=True), self.settings, self._gen)
+                          for k in ("view1", "view2"))
+                yield assemble_batch(v1, v2, batch["meta"], self.identity_ids, self._gen, self.settings, self.labels)
             self.epoch += 1
             self.position = 0
