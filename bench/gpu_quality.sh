@@ -10,7 +10,8 @@
 #   GPU:   device tool, right after bench/gpu_check.sh on the same warm machine (its wheels are still installed
 #          in /tmp/site: .whl and .gpuq together are over the 64 MiB a call may carry):
 #          run(command="bash bench/gpu_quality.sh", carry=[".gpuq"], timeout_s=480)
-#   then:  python bench/gpu_quality_probe.py DEVICE_FILES_DIR --json bench/results/quality_gpu.json
+#          (one call allows 600 s: if both runs do not fit, one call per method, METHODS=clp_hog_basis / supervised)
+#   then:  python bench/gpu_quality_probe.py DEVICE_FILES_DIR [DIR2] --json bench/results/quality_gpu.json
 #
 # The GPU machine's image has torch but neither DALI, MLflow nor PyAV: the runs use the project's torch
 # baseline loader (`data.loader=torch`) and `tracking.enabled=false`; hydra/omegaconf/DeepSpeed/webdataset
@@ -42,7 +43,7 @@ EOF
 fi
 OUT="${OUT:-bench/results/gpu_quality}"
 STEPS="${STEPS:-1500}"
-DEVICE="${DEVICE:-cuda}"
+BF16="${BF16:-1}"                   # 0: fp32 (to try the script on a machine without bf16)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if ! python3 -c "import hydra, omegaconf, deepspeed, webdataset" 2>/dev/null; then
@@ -56,19 +57,20 @@ fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 work=/tmp/gpuq; rm -rf "$work"; mkdir -p "$work"
 common=(experiment=quickstart model=resnet18 data.input_size=112 data.num_threads=8 data.loader=torch
-        "train.steps=$STEPS" data.batch_size=32 data.augment.shared_geometry=true data.shards=.gpuq/shards
+        "train.steps=$STEPS" data.batch_size=32 data.shards=.gpuq/shards
         run.seed=0 tracking.enabled=false train.eval_at_end=false train.online_probe.every=0 train.log_every=100)
-[ "$DEVICE" = cuda ] && common+=(deepspeed.bf16.enabled=true)
+[ "$BF16" = 1 ] && common+=(deepspeed.bf16.enabled=true)
 status=0
-for m in clp_hog_basis supervised; do
+for m in ${METHODS:-clp_hog_basis supervised}; do
   extra=()
-  [ "$m" = clp_hog_basis ] && extra=(objective.cir.hog_cell=14)
+  # as bench/quality.py's still-head protocol and GPU preset: one geometry for both views and 14-px HOG cells for CLP
+  [ "$m" = clp_hog_basis ] && extra=(objective.cir.hog_cell=14 data.augment.shared_geometry=true)
   [ "$m" = supervised ] && extra=(data.labels=.gpuq/labels)
   t0=$(date +%s)
-  timeout "${RUN_TIMEOUT:-210}" python3 -m torch.distributed.run --standalone --nproc_per_node 1 aupretrain/train.py \
+  timeout "${RUN_TIMEOUT:-330}" python3 -m torch.distributed.run --standalone --nproc_per_node 1 aupretrain/train.py \
     "${common[@]}" "objective=$m" "run.dir=$work/$m" "${extra[@]}" > "$work/$m.log" 2>&1 || { status=1; tail -30 "$work/$m.log"; }
   echo "$m: $(( $(date +%s) - t0 )) s"; grep -E "step [0-9]+/|frames/s" "$work/$m.log" | tail -3
-  python3 -c "from aupretrain.cli.export import main; main()" "$work/$m" "$work/export/$m" || status=1
+  python3 -c "import sys; from aupretrain.cli.export import main; sys.exit(main())" "$work/$m" "$work/export/$m" || status=1
   cp "$work/$m/config.yaml" "$work/export/$m/run_config.yaml" 2>/dev/null
   [ -d "$work/$m/au_head" ] && cp -r "$work/$m/au_head" "$work/export/$m/au_head"
   cp "$work/$m.log" "$work/export/$m/train.log"

@@ -1,8 +1,8 @@
 """The quality benchmark's GPU preset, the probe half: score the encoders `bench/gpu_quality.sh` trained on a GPU.
 
-    python bench/gpu_quality_probe.py FILES_DIR --json bench/results/quality_gpu.json
+    python bench/gpu_quality_probe.py FILES_DIR [FILES_DIR ...] --json bench/results/quality_gpu.json
 
-FILES_DIR holds `encoders.tar.part-*` (the GPU script's output: per method an export folder with its weights
+Each FILES_DIR (one per device call) holds `encoders.tar.part-*` (the GPU script's output: per method an export folder with its weights
 in fp16, the run's config.yaml, its training log and, for the supervised run, its own AU classifier). Each
 encoder's weights are cast back to fp32 and scored with `aupretrain-eval` (the run's own config, the linear AU
 probe with subject-exclusive folds on `eval.split=test`, seed 0) on this machine — the evaluation videos are
@@ -10,11 +10,12 @@ decoded with PyAV, which the GPU image lacks. The CLP run's evaluation also give
 ResNet-18 at 112 px, HOG, always-positive) on the same test identities; the supervised run adds its own
 classifier applied as it is (`--head`).
 
-The fp16 round trip changes each weight by at most 2^-11 of its value (IEEE half precision, 11-bit
-significand); BatchNorm's running statistics travel the same way.
+The fp16 round trip changes each weight in fp16's normal range (|w| >= 6.1e-5) by at most 2^-11 of its value
+(IEEE half precision, 11-bit significand), smaller ones by at most 2^-25 absolutely; BatchNorm's running
+statistics travel the same way.
 
-JSON: {"mean_f1": {row: F1}, "identity_acc": {...}, "per_au_f1": {row: {AU: F1}}, "train": {method: {"seconds",
-"frames_per_s"}}} (values in [0, 1]).
+JSON: {"mean_f1": {row: F1}, "identity_acc": {...}, "per_au_f1": {row: {AU: F1}}, "train": {method:
+{"frames_per_s": the last logged training speed}}} (F1 and accuracies in [0, 1]).
 """
 from __future__ import annotations
 
@@ -35,20 +36,23 @@ ROWS = {"pretrained": "{m}", "pretrained (saved head)": "{m}_own_head", "random-
         "HOG": "hog", "always-positive": "always_positive"}
 
 
-def unpack(files: Path, work: Path) -> dict[str, Path]:
-    """Join the tar parts, extract them and write fp32 `model.safetensors` beside each fp16 copy; {method: folder}."""
+def unpack(folders: list[Path], work: Path) -> dict[str, Path]:
+    """Join each folder's tar parts, extract them and write fp32 `model.safetensors` beside each fp16 copy;
+    {method: folder}."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    parts = sorted(files.glob("encoders.tar.part-*"))
-    if not parts:
-        raise SystemExit(f"{files}: no encoders.tar.part-* (the output of bench/gpu_quality.sh)")
-    tar = work / "encoders.tar"
-    with open(tar, "wb") as out:
-        for p in parts:
-            out.write(p.read_bytes())
-    with tarfile.open(tar) as t:
-        t.extractall(work, filter="data")
+    for files in folders:
+        parts = sorted(files.glob("encoders.tar.part-*"))
+        if not parts:
+            raise SystemExit(f"{files}: no encoders.tar.part-* (the output of bench/gpu_quality.sh)")
+        tar = work / "encoders.tar"
+        with open(tar, "wb") as out:
+            for p in parts:
+                out.write(p.read_bytes())
+        with tarfile.open(tar) as t:
+            t.extractall(work, filter="data")
+        tar.unlink()
     found = {}
     for half in sorted((work / "export").glob("*/model.fp16.safetensors")):
         sd = load_file(half)
@@ -71,7 +75,7 @@ def evaluate(method: str, folder: Path, references: bool) -> dict:
 
 
 def train_figures(log: Path) -> dict:
-    """Seconds and the last logged frames/s of a training log (aupretrain.train's step lines)."""
+    """The last logged frames/s of a training log (aupretrain.train's step lines)."""
     text = log.read_text(errors="replace")
     fps = re.findall(r"step \d+/\d+ .* (\d+) frames/s", text)
     return {"frames_per_s": float(fps[-1]) if fps else None}
@@ -79,14 +83,14 @@ def train_figures(log: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("files", type=Path, help="folder with encoders.tar.part-* from bench/gpu_quality.sh")
+    ap.add_argument("files", type=Path, nargs="+", help="folders with encoders.tar.part-* from bench/gpu_quality.sh")
     ap.add_argument("--json")
     ap.add_argument("--work", type=Path, help="where to unpack (default: a temporary folder)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = a.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        methods = unpack(a.files.resolve(), work)
+        methods = unpack([f.resolve() for f in a.files], work)
         js: dict = {"mean_f1": {}, "identity_acc": {}, "per_au_f1": {}, "train": {}}
         for i, (m, folder) in enumerate(methods.items()):
             res = evaluate(m, folder, references=(i == 0))

@@ -113,8 +113,8 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
 
 def mean_across_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
     """Average detached scalars over ranks in one collective (for logging). The scalars may lie on different
-    devices (a term computed on the CPU beside a loss on the GPU): they meet on the accelerator's, where NCCL
-    needs them."""
+    devices (a counter kept on the CPU beside a loss on the GPU: `torch.stack` refused them on any GPU run, one
+    rank too): they meet on the accelerator's, where NCCL needs them anyway."""
     if not values:
         return {}
     names = sorted(values)

@@ -37,17 +37,30 @@ def export_encoder(engine, path: Path, extra: dict, final_checkpoint: Path | Non
     fp16 modes the module holds 16-bit copies of the weights: with ZeRO 1-3 and `final_checkpoint` (the complete
     checkpoint of the last step) the fp32 master weights are written instead, read back from it as
     `aupretrain-export` reads them (`encoder_from_checkpoint`), so `encoder.pt` and an export of the checkpoint
-    agree; under ZeRO-0 the 16-bit module's weights are cast. A failed write (a full disk ...) raises the same
+    agree. Where that checkpoint is not there (a run resumed from another run's checkpoint at or past
+    `train.steps`) or cannot be read, the 16-bit module's weights are cast, with a warning; rank 0 decides and
+    tells the others. Under ZeRO-0 the module's weights are cast. A failed write (a full disk ...) raises the same
     `EnvironmentFault` on every rank (`checkpoint.write_on_main`)."""
     import deepspeed
 
+    from .distributed import broadcast_object
     from .step import input_dtype
 
     stage = int(engine.zero_optimization_stage())
-    if input_dtype(engine) is not None and stage >= 1 and final_checkpoint is not None:
-        checkpoint.write_on_main(lambda tmp: save_encoder(encoder_from_checkpoint(final_checkpoint)[0], tmp, extra),
-                                 path, "the trained encoder", engine.global_rank == 0)
-        return
+    if input_dtype(engine) is not None and stage >= 1 and final_checkpoint is not None:  # the same on every rank
+        master = None
+        if engine.global_rank == 0:
+            try:
+                if not (final_checkpoint / checkpoint.COMPLETE).exists():
+                    raise FileNotFoundError(f"{final_checkpoint}: no complete checkpoint of the last step")
+                master = encoder_from_checkpoint(final_checkpoint)[0]
+            except (OSError, ValueError, KeyError) as e:  # UsageError (a vetted file refused) is a ValueError
+                log.warning("encoder.pt: the fp32 master weights were not read (%s); writing the 16-bit module's "
+                            "weights, cast to fp32", " ".join(str(e).split())[:300])
+        if broadcast_object(master is not None):
+            checkpoint.write_on_main(lambda tmp: save_encoder(master, tmp, extra), path, "the trained encoder",
+                                     engine.global_rank == 0)
+            return
     enc = engine.module.encoder
     params = list(enc.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=stage == 3):

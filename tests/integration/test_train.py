@@ -151,7 +151,8 @@ def test_torchrun_two_ranks(packed, corpus, tmp_path, objective, accum, term, ex
 def test_zero_stages(packed, tmp_path, stage):
     """ZeRO stages 0-3 on 2 ranks: trains, checkpoints (stage 3 also stops and resumes; stage 2, every other test's
     default, is resumed there), and exports a full fp32 encoder (gathered from the partitions). Stage 0 runs LARS;
-    stage 1 trains CLP in DeepSpeed's bf16 mode (bf16 weights: the export is fp32 all the same)."""
+    stage 1 trains CLP with its HOG terms (`clp_hog`) in DeepSpeed's bf16 mode (bf16 weights: encoder.pt holds the
+    fp32 master weights, as the export of the checkpoint does)."""
     import torch
 
     from aupretrain import load_encoder

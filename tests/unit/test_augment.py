@@ -1,7 +1,7 @@
 """Per-frame jitter (`augment.jitter_frames` / `jitter_views`): neutral settings change nothing, each frame of a
 clip moves on its own draw, within the configured bounds, and the draws follow the loader's generator. The DALI
-reader's batch colour, blur and normalisation step (`augment.finish_views`) is the baseline loader's colour map
-and blur, on either of its paths (OpenCV on CPU, torch elsewhere). With `shared_geometry` the two views of a frame
+readers' batch colour, blur and normalisation step (`augment.finish_views`) is the float reference's colour map
+and blur (`augment_view`, `blur_clips`), on either of its paths (OpenCV on CPU, torch elsewhere). With `shared_geometry` the two views of a frame
 share its jitter. The per-view noise (`augment.noise_views`) has the configured sigma in grey levels, is drawn
 apart for the two views of a frame, follows the generator, and keeps the views' memory layout."""
 import torch
@@ -82,7 +82,7 @@ def _colour_settings(**kw):
 
 
 def test_finish_views_is_the_baseline_loaders_colour_map():
-    """The DALI reader's batch colour step gives what `augment_view` (the baseline loader's per-clip operators)
+    """The loaders' batch colour step gives what `augment_view` (the float reference of one view's operators)
     gives for the same brightness, contrast and saturation (ranges of one value: both draw that value),
     channels-last uint8 in, normalised channels-first float out, clipped to [0, 255] before normalising."""
     x = torch.randint(0, 256, (3, 4, 8, 8, 3), dtype=torch.uint8)
