@@ -23,8 +23,9 @@ BINARY="pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-ins
 if [ "${1:-}" = "--fetch-wheels" ]; then
   mkdir -p .git/info .whl && { grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude; }
   # antlr4 4.9.3 and DeepSpeed ship as sdists only: build their wheels here (DeepSpeed's setup imports torch)
-  python3 -m pip wheel -q --no-deps --no-build-isolation -w .whl $PURE && rm -f .whl/*.tar.gz || exit 1
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  py=python3; [ -x .venv/bin/python ] && py=.venv/bin/python  # the project's environment has torch for that
+  $py -m pip wheel -q --no-deps --no-build-isolation -w .whl $PURE && rm -f .whl/*.tar.gz || exit 1
+  $py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .whl $BINARY || exit 1
   ls -la .whl; exit 0
