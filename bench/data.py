@@ -64,8 +64,7 @@ def decode_only(settings, clip_len: int):
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
     from aupretrain.data import shards
-    from aupretrain.data.dataset import use_gpu
-    from aupretrain.data.dataset import shared_dataset_view
+    from aupretrain.data.dataset import shared_dataset_view, use_gpu
 
     _, paths, idx, _, _, _ = shared_dataset_view(settings.root)
     gpu = use_gpu(settings.device)

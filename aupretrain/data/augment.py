@@ -102,9 +102,9 @@ def finish_views(x: torch.Tensor, s: ReaderSettings, g: torch.Generator, taps: i
     `colour_maps`, clamped to [0, 255]; a blur sigma uniform in `s.blur_sigma` (pixels; a separable `taps`-tap
     kernel, reflected borders: DALI's `gaussian_blur`), off when its maximum is 0; then the model's per-channel
     mean and std (times 255). The same operators, in the same order, as the float reference `augment_view` +
-    `blur_clips`; both loaders finish their uint8 batches with it. The result keeps DALI's channels-last memory layout (a permuted view: `stride(2) == 1`), which
-    is the layout the model's channels-last convolutions read, so no pass re-lays the pixels out on the way
-    (`engine.step` concatenates the two views in that layout). The frames stay uint8 through the reader (a
+    `blur_clips`; both loaders finish their uint8 batches with it. The result keeps DALI's channels-last memory
+    layout (a permuted view: `stride(2) == 1`), which is the layout the model's channels-last convolutions read,
+    so no pass re-lays the pixels out on the way (`engine.step` concatenates the two views in that layout). The frames stay uint8 through the reader (a
     quarter of the bytes): on the GPU the arithmetic is torch's on the device; on CPU it is OpenCV's `transform`
     and `GaussianBlur` on uint8 (rounded to grey levels, as DALI's uint8 operators were) and one lookup-table
     pass to float (`cv2.LUT`) — together ~3x faster than DALI's CPU operators or torch's, measured in

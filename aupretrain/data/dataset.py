@@ -25,7 +25,8 @@ class ReaderSettings:
     """What both loaders read and how they augment it (`data.*`, `data.augment.*` of the config, `from_config`).
 
     `root`: the shard folder (local or s3://); `batch_size`: clips per rank per step; `input_size`: side S (pixels) of
-    each view; `rank`/`world`: this process's share of the samples; `device`: "gpu", "cpu", "auto" (`use_gpu`: DALI's decode and both loaders' batch colour, blur and normalisation);
+    each view; `rank`/`world`: this process's share of the samples; `device`: "gpu", "cpu", "auto" (`use_gpu`:
+    DALI's decode and both loaders' batch colour, blur and normalisation);
     `scale`: crop area fraction range; `rotate`, `hue`, `frame_rotate`: degrees (+-); `blur_sigma`: pixels;
     `noise_sigma`: grey levels; `brightness`/`contrast`/`saturation`: factor ranges; `mean`/`std`: per-channel RGB
     normalisation in [0, 1] units (x255 on uint8 frames); `labels`: folder of `<video>.labels.json` (`FrameLabels`)."""

@@ -140,7 +140,8 @@ class TorchClipLoader:
         self.restored = state is not None
         self.labels = FrameLabels(settings.labels) if settings.labels else None
         # where the batch's colour, blur and normalisation run: this rank's GPU where DALI would decode on it
-        self.device = torch.device("cuda", torch.cuda.current_device()) if use_gpu(settings.device) else torch.device("cpu")
+        gpu = use_gpu(settings.device)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
 
     def _sample(self, g: int) -> tuple[str, integrity.IndexedSample]:
         """(tar, sample) of global sample index g; the shard's index is read the first time one is needed."""

@@ -72,7 +72,9 @@ def export_au_head(engine, path: Path, aus, meta: dict) -> bool:
     """Rank 0 writes the method's own AU classifier (`Method.au_head`: the supervised bound's, fitted on the
     pretraining labels) as an AU head folder (`aupretrain.models.head`) that `aupretrain-extract --head` and
     `aupretrain-eval --head` read; collective. `aus`: a callable giving the AU names (rank 0 only). Returns
-    False when the method has no such classifier. A failed write raises `EnvironmentFault` on every rank."""
+    False when the method has no such classifier. A failed write raises `EnvironmentFault` on every rank. In
+    DeepSpeed's bf16/fp16 modes these are the module's 16-bit weights cast to fp32 (unlike `encoder.pt`, not the
+    optimizer's master weights)."""
     import shutil
 
     import deepspeed

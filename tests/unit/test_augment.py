@@ -1,8 +1,8 @@
 """Per-frame jitter (`augment.jitter_frames` / `jitter_views`): neutral settings change nothing, each frame of a
 clip moves on its own draw, within the configured bounds, and the draws follow the loader's generator. The DALI
 readers' batch colour, blur and normalisation step (`augment.finish_views`) is the float reference's colour map
-and blur (`augment_view`, `blur_clips`), on either of its paths (OpenCV on CPU, torch elsewhere). With `shared_geometry` the two views of a frame
-share its jitter. The per-view noise (`augment.noise_views`) has the configured sigma in grey levels, is drawn
+and blur (`augment_view`, `blur_clips`), on either of its paths (OpenCV on CPU, torch elsewhere). With
+`shared_geometry` the two views of a frame share its jitter. The per-view noise (`augment.noise_views`) has the configured sigma in grey levels, is drawn
 apart for the two views of a frame, follows the generator, and keeps the views' memory layout."""
 import torch
 

@@ -1,5 +1,6 @@
-"""The end-of-run export of `encoder.pt` (`engine.export.export_encoder`) outside a training job: which weights it
-writes in DeepSpeed's 16-bit modes when the final checkpoint is there, and when it is not."""
+"""The end-of-run export of `encoder.pt` (`engine.export.export_encoder`) outside a training job, in DeepSpeed's
+16-bit modes when the final checkpoint is not in the run's folder. (With it there, encoder.pt holds its fp32 master
+weights: `tests/integration/test_train.py::test_zero_stages[1]`.)"""
 import logging
 
 import torch
