@@ -32,49 +32,62 @@ def encoder_from_checkpoint(ckpt: Path):
     return enc.eval(), meta
 
 
-def export_encoder(engine, path: Path, extra: dict, final_checkpoint: Path | None = None) -> None:
-    """Rank 0 writes the encoder's fp32 weights (gathered first under ZeRO-3); collective. In DeepSpeed's bf16 and
-    fp16 modes the module holds 16-bit copies of the weights: with ZeRO 1-3 and `final_checkpoint` (the complete
-    checkpoint of the last step) the fp32 master weights are written instead, read back from it as
-    `aupretrain-export` reads them (`encoder_from_checkpoint`), so `encoder.pt` and an export of the checkpoint
-    agree. Where that checkpoint is not there (a run resumed from another run's checkpoint at or past
-    `train.steps`) or cannot be read, the 16-bit module's weights are cast, with a warning; rank 0 decides and
-    tells the others. Under ZeRO-0 the module's weights are cast. A failed write (a full disk ...) raises the same
-    `EnvironmentFault` on every rank (`checkpoint.write_on_main`)."""
-    import deepspeed
-
+def master_method(engine, cfg, final_checkpoint: Path) -> tuple[Method | None, bool]:
+    """In DeepSpeed's bf16 and fp16 modes the module holds 16-bit copies of the weights; under ZeRO 1-3 the
+    optimizer's fp32 master weights are in the checkpoints. Returns (on rank 0, the method rebuilt from the config
+    in fp32 with the master weights of `final_checkpoint`, read as `aupretrain-export` reads them:
+    `checkpoint.full_weights`; None on the other ranks, and None, False in fp32 or under ZeRO-0, where the module's
+    weights are the weights; whether it is used: the same on every rank). Where that checkpoint is not there (a
+    run resumed from another run's checkpoint at or past `train.steps`) or cannot be read, rank 0 warns and every
+    rank falls back to the module's weights, cast."""
+    from ..methods import build_method
     from .distributed import broadcast_object
     from .step import input_dtype
 
-    stage = int(engine.zero_optimization_stage())
-    if input_dtype(engine) is not None and stage >= 1 and final_checkpoint is not None:  # the same on every rank
-        master = None
-        if engine.global_rank == 0:
-            try:
-                if not (final_checkpoint / checkpoint.COMPLETE).exists():
-                    raise FileNotFoundError(f"{final_checkpoint}: no complete checkpoint of the last step")
-                master = encoder_from_checkpoint(final_checkpoint)[0]
-            except (OSError, ValueError, KeyError) as e:  # UsageError (a vetted file refused) is a ValueError
-                log.warning("encoder.pt: the fp32 master weights were not read (%s); writing the 16-bit module's "
-                            "weights, cast to fp32", " ".join(str(e).split())[:300])
-        if broadcast_object(master is not None):
-            checkpoint.write_on_main(lambda tmp: save_encoder(master, tmp, extra), path, "the trained encoder",
-                                     engine.global_rank == 0)
-            return
+    if input_dtype(engine) is None or int(engine.zero_optimization_stage()) < 1:  # the same on every rank
+        return None, False
+    method = None
+    if engine.global_rank == 0:
+        try:
+            if not (final_checkpoint / checkpoint.COMPLETE).exists():
+                raise FileNotFoundError(f"{final_checkpoint}: no complete checkpoint of the last step")
+            method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
+            missing, unexpected = method.load_state_dict(checkpoint.full_weights(final_checkpoint), strict=False)
+            if unexpected or [k for k in missing if not k.endswith(("mean", "std"))]:
+                raise ValueError(f"weights do not match the method (missing {missing}, unexpected {unexpected})")
+            method.eval()
+        except (OSError, ValueError, KeyError) as e:  # UsageError (a vetted file refused) is a ValueError
+            log.warning("the fp32 master weights of %s were not read (%s); exporting the 16-bit module's weights, "
+                        "cast to fp32", final_checkpoint, " ".join(str(e).split())[:300])
+            method = None
+    return method, broadcast_object(method is not None)
+
+
+def export_encoder(engine, path: Path, extra: dict, master: tuple[Method | None, bool] = (None, False)) -> None:
+    """Rank 0 writes the encoder's fp32 weights: those of `master` when it is used (`master_method`: 16-bit runs
+    under ZeRO 1-3, so `encoder.pt` and an export of the final checkpoint agree), else the module's (gathered first
+    under ZeRO-3), cast; collective. A failed write (a full disk ...) raises the same `EnvironmentFault` on every
+    rank (`checkpoint.write_on_main`)."""
+    import deepspeed
+
+    method, used = master
+    if used:
+        checkpoint.write_on_main(lambda tmp: save_encoder(method.encoder, tmp, extra), path, "the trained encoder",
+                                 engine.global_rank == 0)
+        return
     enc = engine.module.encoder
-    params = list(enc.parameters())
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=stage == 3):
+    with deepspeed.zero.GatheredParameters(list(enc.parameters()), modifier_rank=None,
+                                           enabled=int(engine.zero_optimization_stage()) == 3):
         checkpoint.write_on_main(lambda tmp: save_encoder(enc, tmp, extra), path, "the trained encoder",
                                  engine.global_rank == 0)
 
 
-def export_au_head(engine, path: Path, aus, meta: dict) -> bool:
+def export_au_head(engine, path: Path, aus, meta: dict, master: tuple[Method | None, bool] = (None, False)) -> bool:
     """Rank 0 writes the method's own AU classifier (`Method.au_head`: the supervised bound's, fitted on the
     pretraining labels) as an AU head folder (`aupretrain.models.head`) that `aupretrain-extract --head` and
-    `aupretrain-eval --head` read; collective. `aus`: a callable giving the AU names (rank 0 only). Returns
-    False when the method has no such classifier. A failed write raises `EnvironmentFault` on every rank. In
-    DeepSpeed's bf16/fp16 modes these are the module's 16-bit weights cast to fp32 (unlike `encoder.pt`, not the
-    optimizer's master weights)."""
+    `aupretrain-eval --head` read; collective. Its weights are `master`'s when it is used (`master_method`), else
+    the module's. `aus`: a callable giving the AU names (rank 0 only). Returns False when the method has no such
+    classifier. A failed write raises `EnvironmentFault` on every rank."""
     import shutil
 
     import deepspeed
@@ -84,9 +97,13 @@ def export_au_head(engine, path: Path, aus, meta: dict) -> bool:
     module = engine.module
     if type(module).au_head is Method.au_head:
         return False
-    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None,
-                                           enabled=int(engine.zero_optimization_stage()) == 3):
-        tensors = module.au_head()
+    method, used = master
+    if used:
+        tensors = method.au_head() if engine.global_rank == 0 else None
+    else:
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None,
+                                               enabled=int(engine.zero_optimization_stage()) == 3):
+            tensors = module.au_head()
 
     def write(tmp: Path) -> None:  # on rank 0; the AU names are read here so a failure is the same one fault
         names = list(aus())
@@ -103,12 +120,12 @@ def export_run(engine, cfg, run_dir: Path, loader, steps: int, run_id: str | Non
     """Every rank (collective), after the last step: `<run>/encoder.pt` (fp32, recording `run_id`) and
     `<run>/au_head` for methods with their own AU classifier; a barrier follows. Raises EnvironmentFault (on every
     rank alike) when a file cannot be written; the final checkpoint is complete, so a rerun exports again."""
-    export_encoder(engine, run_dir / "encoder.pt", {"step": steps, "mlflow_run_id": run_id},
-                   checkpoint.root(run_dir) / checkpoint.tag(steps))  # saved by the trainer before this
+    master = master_method(engine, cfg, checkpoint.root(run_dir) / checkpoint.tag(steps))  # saved before this
+    export_encoder(engine, run_dir / "encoder.pt", {"step": steps, "mlflow_run_id": run_id}, master)
     export_au_head(engine, run_dir / AU_HEAD, lambda: loader.labels.names(),
                    {"source": f"training run {run_dir.name}: objective={cfg.objective.name}, fitted on the "
                               f"labels at data.labels={cfg.data.labels}", "dataset": str(cfg.data.shards),
-                    "label_threshold": float(cfg.objective.get("label_threshold", 0.5)), "steps": steps})
+                    "label_threshold": float(cfg.objective.get("label_threshold", 0.5)), "steps": steps}, master)
     barrier()
 
 

@@ -111,13 +111,14 @@ def test_local_rank_argument_is_accepted_in_one_process(packed, tmp_path):
 @pytest.mark.parametrize("objective,accum,term,extra", [
     ("clp", 2, "au_consistency", {}),
     ("moco", 1, "moco_acc", {"deepspeed.torch_autocast.enabled": "true"}),  # bf16 compute, fp32 weights and EMA
-    ("supervised", 1, "label_acc", {}),
+    ("supervised", 1, "label_acc", {"deepspeed.bf16.enabled": "true"}),  # bf16 weights: head from the master copy
     ("tcl", 1, "tcl_acc", {"deepspeed.bf16.enabled": "true"}),  # DeepSpeed's bf16 weights: inputs cast to bf16
 ])
 def test_torchrun_two_ranks(packed, corpus, tmp_path, objective, accum, term, extra):
     """torchrun launch; every objective end to end: CLP with feature-cache accumulation, MoCo with its queue
-    under autocast, the supervised bound with labels (its own classifier kept as an AU head and scored by the
-    end-of-run evaluation), TCL with DeepSpeed's bf16 weights."""
+    under autocast, the supervised bound with labels under DeepSpeed's bf16 weights (its own classifier kept as an
+    AU head from the fp32 master weights and scored by the end-of-run evaluation), TCL with DeepSpeed's bf16
+    weights."""
     sup = objective == "supervised"
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN,
            *common(packed, tmp_path, **{"objective": objective, "deepspeed.gradient_accumulation_steps": accum,
@@ -142,6 +143,19 @@ def test_torchrun_two_ranks(packed, corpus, tmp_path, objective, accum, term, ex
         probs = load_head(run_dir / "au_head", load_encoder(run_dir / "encoder.pt"))(
             torch.randint(0, 255, (3, 48, 48, 3), dtype=torch.uint8))
         assert probs.shape == (3, len(head["aus"])) and ((probs >= 0) & (probs <= 1)).all()
+        # bf16 weights in training; the head and the encoder hold the last checkpoint's fp32 master weights
+        from safetensors.torch import load_file
+
+        from aupretrain.engine.checkpoint import full_weights
+
+        master = full_weights(run_dir / "checkpoints" / "step_3")
+        assert torch.equal(load_file(run_dir / "au_head" / "head.safetensors")["linear.weight"],
+                           master["classifier.weight"])
+        assert master["classifier.weight"].dtype == torch.float32
+        assert not torch.equal(master["classifier.weight"], master["classifier.weight"].bfloat16().float())
+        enc = torch.load(run_dir / "encoder.pt", weights_only=True)["state_dict"]
+        weights = {k: v for k, v in enc.items() if not k.endswith(("mean", "std"))}  # (input normalisation buffers)
+        assert weights and all(torch.equal(v, master[f"encoder.{k}"]) for k, v in weights.items())
         results = json.loads((run_dir / "eval.json").read_text())["results"]
         assert list(results) == ["pretrained", "pretrained (saved head)"]
         assert results["pretrained (saved head)"]["head"] == str(run_dir / "au_head")
