@@ -9,7 +9,7 @@ the linear AU probe of `aupretrain-eval` (same data, folds and probe, from the c
 are scored too. No label is read to fit the directions. The JSON also holds each row's F1 per AU (`per_au_f1`,
 in the rows' order).
 
-    python bench/within_video.py CORPUS [--features hog pixels] [--encoder E.pt ...] [--k 2 8 16 32 128]
+    python bench/within_video.py CORPUS [--features [hog] [pixels]] [--encoder E.pt ...] [--k 2 8 16 32 128]
         [--videos 800] [--every 4] [--hog-size 64] [--hog-cell 8] [--bands 1] [--json OUT] [Hydra overrides, e.g. eval.split=validation]
 
 `--hog-size` sets the side (pixels) the grey frames are resized to before HOG (64: the HOG row's; the corpus is
@@ -104,7 +104,8 @@ SPACES = {"hog": ("HOG", hog_features), "pixels": ("grey pixels", grey_pixels)} 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("corpus", type=Path)
-    ap.add_argument("--features", nargs="+", default=["hog", "pixels"], choices=sorted(SPACES))
+    ap.add_argument("--features", nargs="*", default=["hog", "pixels"], choices=sorted(SPACES),
+                    help="feature spaces to fit (none: only the --encoder codes)")
     ap.add_argument("--encoder", nargs="*", default=[], type=Path, help="also the AU codes of these encoders")
     ap.add_argument("--k", type=int, nargs="+", default=[2, 8, 16, 32, 128])
     ap.add_argument("--videos", type=int, default=800)
@@ -115,6 +116,8 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_intermixed_args()
+    if not a.features and not a.encoder:
+        ap.error("nothing to fit: give --features and/or --encoder")
     if min(a.k) < 1 or a.videos < 1 or a.every < 1 or a.bands < 1:
         ap.error(f"--k, --videos, --every and --bands must be >= 1, got {a.k}, {a.videos}, {a.every}, {a.bands}")
     if a.hog_cell < 2 or a.hog_size % a.hog_cell or a.hog_size // a.hog_cell < 2:
