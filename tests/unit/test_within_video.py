@@ -56,3 +56,18 @@ def test_hog_bands_split_block_rows_and_banded_directions_stay_in_their_band():
     assert p.shape == (2, 2, d)
     assert abs(p[0, 0] @ small) > 0.99 and abs(p[1, 0] @ large) > 0.99
     assert not p[0][:, bottom].any() and not p[1][:, top].any()
+
+
+def test_an_empty_features_list_needs_an_encoder(tmp_path, monkeypatch, capsys):
+    """`--features` with no space analyses only the --encoder codes; with neither there is nothing to fit."""
+    import sys
+
+    from bench.within_video import main
+
+    monkeypatch.setattr(sys, "argv", ["within_video.py", str(tmp_path), "--features"])
+    with pytest.raises(SystemExit):
+        main()
+    assert "nothing to fit: give --features and/or --encoder" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["within_video.py", str(tmp_path), "--features", "--encoder", str(tmp_path / "e.pt")])
+    with pytest.raises(FileNotFoundError, match="e.pt"):  # past the argument check: the encoder is loaded
+        main()
