@@ -116,6 +116,7 @@ SCHEMA: dict[str, Spec] = {
     "data.input_size": _int(8, what="model input, pixels"),
     "data.loader": _choice("auto", "dali", "torch"),
     "data.device": _choice("auto", "gpu", "cpu"),
+    "data.geometry": _choice("auto", "dali", "opencv"),
     "data.num_threads": _int(1),
     "data.prefetch": _int(1),
     "data.shuffle_buffer": _int(1, what="clips"),

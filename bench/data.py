@@ -3,6 +3,8 @@
     python bench/data.py --json bench/results/data.json                      # packs a synthetic set first
     python bench/data.py --shards shards/synthetic --batch 32 --size 112 --threads 2
     python bench/data.py --only dali torch_baseline --to-model    # also: up to the model's input
+    python bench/data.py --floor             # also: each operator alone, the bound on DALI / decode-only on CPU
+    python bench/data.py --only dali -- data.geometry=dali          # the views cut by DALI's CPU operators
 
 Same shards, same batch (clips), same model input size and the same augmentation config (`configs/data/`) for
 the two loaders; the decode-only pipeline reads and decodes the same JPEGs and does nothing else. Reported:
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -87,6 +90,58 @@ def decode_only(settings, clip_len: int):
     return endless()
 
 
+def cpu_floor(root: Path, size: int, frames: int = 64, repeat: int = 20) -> dict:
+    """What one core pays per source frame, in microseconds, for the decode and for the least work the configured
+    augmentation needs per view, each operator timed alone with OpenCV (one thread) on the shards' own JPEGs:
+    decode, one bilinear warp to the model input (rotation + crop + resize), the 3x3 colour map, the 5-tap blur,
+    the uint8 -> float normalisation. `ratio_bound` = decode / (decode + 2 views): the largest DALI / decode-only
+    ratio any pipeline that makes two such views can reach when both share the same cores (no op fused away)."""
+    import tarfile
+
+    import cv2
+    import numpy as np
+
+    tar = sorted(root.glob("*.tar"))[0]
+    with tarfile.open(tar) as t:
+        jpegs = [t.extractfile(m).read() for m in t.getmembers() if m.name.endswith(".jpg")][:frames]
+    bufs = [np.frombuffer(j, np.uint8) for j in jpegs]
+    imgs = [cv2.imdecode(b, cv2.IMREAD_COLOR) for b in bufs]
+    h, w = imgs[0].shape[:2]
+    side = math.sqrt(0.8)
+    m = np.array([[w * side / size, 0.0, 0.1 * w], [0.0, h * side / size, 0.1 * h]])
+    aff = np.array([[1.1, 0.05, 0.0, 3.0], [0.02, 0.9, 0.01, -2.0], [0.0, 0.03, 1.05, 1.0]], np.float32)
+    lut = np.linspace(-2, 2, 768).astype(np.float32).reshape(1, 256, 3)
+    view = np.empty((size, size, 3), np.uint8)
+    out8, outf = np.empty_like(view), np.empty((size, size, 3), np.float32)
+    ops = {
+        "decode": lambda i: cv2.imdecode(bufs[i], cv2.IMREAD_COLOR),
+        "warp": lambda i: cv2.warpAffine(imgs[i], m, (size, size), dst=view, borderMode=cv2.BORDER_REPLICATE,
+                                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP),
+        "colour": lambda i: cv2.transform(view, aff, dst=out8),
+        "blur": lambda i: cv2.GaussianBlur(view, (5, 5), 0.8, dst=out8, sigmaY=0.8,
+                                           borderType=cv2.BORDER_REFLECT_101),
+        "normalise": lambda i: cv2.LUT(view, lut, dst=outf),
+    }
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    us = {}
+    try:
+        for name, op in ops.items():
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                for _ in range(repeat):
+                    for i in range(len(bufs)):
+                        op(i)
+                best = min(best, (time.perf_counter() - t0) / (repeat * len(bufs)) * 1e6)
+            us[name] = best
+    finally:
+        cv2.setNumThreads(threads)
+    per_view = sum(v for k, v in us.items() if k != "decode")
+    return {"us_per_frame": us, "per_view_us": per_view,
+            "ratio_bound": us["decode"] / (us["decode"] + 2 * per_view)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json")
@@ -101,6 +156,9 @@ def main() -> None:
                     help="measure only these (ratios need all three)")
     ap.add_argument("--to-model", action="store_true",
                     help="also time each loader up to the model's input (views joined, channels-last layout)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time the decode and each per-view operator alone (OpenCV, one thread): the bound on "
+                         "DALI / decode-only that two augmented views allow on these cores")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.augment.blur_sigma=[0,0]")
     a = ap.parse_args()
     import torch
@@ -132,9 +190,13 @@ def main() -> None:
               "dali_vs_ceiling": fps["dali"] / fps["dali_decode_only"]} \
         if {"dali", "torch_baseline", "dali_decode_only"} <= set(fps) else {}
     rows = [{"pipeline": k, "source frames/s": v} for k, v in fps.items()]
+    floor = cpu_floor(root, a.size) if a.floor else None
     report(f"Input pipelines, {a.batch} clips x {clip_len} frames, {a.size} px, two views, {a.threads} threads",
-           rows, a.json, {"frames_per_s": fps, "ratios": ratios, "args": vars(a)})
+           rows, a.json, {"frames_per_s": fps, "ratios": ratios, "args": vars(a), **({"floor": floor} if floor else {})})
     print({k: round(v, 3) for k, v in ratios.items()})
+    if floor:
+        print("one core, per frame (us): " + ", ".join(f"{k} {v:.1f}" for k, v in floor["us_per_frame"].items())
+              + f"; two views {2 * floor['per_view_us']:.1f} -> DALI / decode-only <= {floor['ratio_bound']:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Augmentations written in torch, OpenCV and numpy: the baseline loader's per-view geometry (`geometry_view`,
 DALI's operators re-implemented: `rotate` with clamped borders, a random square crop resized with antialiasing),
+the DALI reader's view geometry on the host (`host_views`: OpenCV warps after a decode-only pipeline, on CPU),
 the float reference of a whole view (`augment_view`: + `brightness_contrast` with contrast centre 128, `hsv` as
 a linear map in YIQ space) and its Gaussian blur (`blur_clips`); the colour jitter, blur and normalisation both
 loaders apply to their uint8 batches (`finish_views`: one 3x3 colour map per clip, on the batch's device); and
@@ -50,6 +51,84 @@ def geometry_view_uint8(frames: torch.Tensor, s: ReaderSettings, g: torch.Genera
     the colour, blur and normalisation follow on the batch: `finish_views`)."""
     x = geometry_view(frames, s, g).round_().clamp_(0, 255).to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous()
+
+
+def working_size(s: ReaderSettings, source_size: int = 0) -> int:
+    """Side (pixels) to which the decoded frames are first resized, once for both views: the smallest crop
+    (`s.scale[0]` of the area) then covers about `s.input_size` pixels, so each view's warp never downsamples
+    by more than 1/sqrt(scale[0]) (antialiasing is left to this shared resize). 0 when the packed frames
+    (`source_size`, the manifest's `size`; 0 if unknown) are no larger than that: the views warp from them."""
+    need = math.ceil(s.input_size / math.sqrt(max(float(s.scale[0]), 1e-3)))
+    return 0 if 0 < source_size <= need else need
+
+
+def view_draws(s: ReaderSettings, b: int, g: torch.Generator) -> torch.Tensor:
+    """One geometry draw per clip of a view, from `g`: [B, 4] = (side, x0, y0, angle) — the crop's relative side
+    (sqrt of an area fraction uniform in `s.scale`), its top-left corner anywhere in the frame (relative: uniform
+    in [0, 1 - side]) and the in-plane angle (radians, uniform in +-`s.rotate` degrees). The DALI reader's
+    parameterisation of a view (`dali_reader.build_pipeline`)."""
+    r = torch.rand(b, 4, generator=g, dtype=torch.float64)
+    lo, hi = (math.sqrt(float(v)) for v in s.scale)
+    side = torch.sqrt(s.scale[0] + (s.scale[1] - s.scale[0]) * r[:, 0]) if hi > lo else torch.full((b,), lo,
+                                                                                                   dtype=torch.float64)
+    angle = (r[:, 3] * 2 - 1) * math.radians(s.rotate)
+    return torch.stack([side, r[:, 1] * (1 - side), r[:, 2] * (1 - side), angle], 1)
+
+
+def warp_matrix(draw, w: int, h: int, size: int) -> np.ndarray:
+    """OpenCV's inverse map (destination pixel index -> source pixel index, for `cv2.WARP_INVERSE_MAP`) of one view
+    draw (`view_draws`' row) on frames w x h resized to size x size. In continuous coordinates (pixel centres at
+    +0.5) the source point of destination point d is c + R(-a) (wh * (o + side * d / size) - c), c the frame's
+    centre, o the crop's corner: rotation about the centre, crop anywhere in the rotated frame, resize — the
+    matrix of the DALI reader's `warp_affine`, shifted to OpenCV's pixel-index convention."""
+    side, ox, oy, a = (float(v) for v in draw)
+    cos, sin = math.cos(a), math.sin(a)
+    sx, sy = w * side / size, h * side / size
+    px, py = w * ox - w * 0.5, h * oy - h * 0.5
+    m = np.array([[cos * sx, sin * sy, w * 0.5 + cos * px + sin * py],
+                  [-sin * sx, cos * sy, h * 0.5 - sin * px + cos * py]])
+    m[:, 2] += m[:, :2] @ (0.5, 0.5) - 0.5  # continuous -> index coordinates, on both sides of the map
+    return m
+
+
+def host_views(clips: torch.Tensor, s: ReaderSettings, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both views' geometry of a decoded batch, on the host with OpenCV: uint8 [B, T, H, W, 3] (channels last, as
+    DALI decodes it) -> two uint8 [B, T, S, S, 3], S = `s.input_size`, for `finish_views`.
+
+    Per clip and view one draw from `g` (`view_draws`; with `s.shared_geometry` view 2 reuses view 1's), applied
+    alike to the clip's T frames: frames larger than `working_size` are first resized once for both views
+    (`cv2.INTER_AREA`, antialiased), then each frame of a view is one `cv2.warpAffine` (bilinear, borders
+    replicated) composing rotation, crop and resize (`warp_matrix`). The DALI reader's geometry
+    (`data.geometry=dali`) as OpenCV computes it: on CPU DALI's resampling costs ~10x OpenCV's per frame
+    (measured, `bench/data.py`; docs/benchmarks.md "Input pipelines"), so there the DALI reader decodes and this
+    cuts the views (`data.geometry=auto`). Raises ValueError when `clips` is not uint8 [B, T, H, W, 3]."""
+    import cv2
+
+    x = clips.numpy() if isinstance(clips, torch.Tensor) else np.asarray(clips)
+    if x.dtype != np.uint8 or x.ndim != 5 or x.shape[-1] != 3:
+        raise ValueError(f"host_views needs uint8 [B, T, H, W, 3] frames, got {x.dtype} {list(x.shape)}")
+    b, t, h, w, _ = x.shape
+    size = s.input_size
+    work = working_size(s, max(h, w))
+    if work:  # the views would downsample: antialias once, for both
+        small = np.empty((b, t, work, work, 3), np.uint8)
+        for i in range(b):
+            for j in range(t):
+                cv2.resize(x[i, j], (work, work), dst=small[i, j], interpolation=cv2.INTER_AREA)
+        x, h, w = small, work, work
+    draws = view_draws(s, b, g)
+    views = []
+    for v in range(2):
+        if v == 1 and not s.shared_geometry:
+            draws = view_draws(s, b, g)
+        out = np.empty((b, t, size, size, 3), np.uint8)
+        for i in range(b):
+            m = warp_matrix(draws[i], w, h, size)
+            for j in range(t):
+                cv2.warpAffine(x[i, j], m, (size, size), dst=out[i, j], borderMode=cv2.BORDER_REPLICATE,
+                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        views.append(torch.from_numpy(out))
+    return views[0], views[1]
 
 
 def augment_view(frames: torch.Tensor, s: ReaderSettings, g: torch.Generator,

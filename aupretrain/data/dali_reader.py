@@ -1,6 +1,7 @@
 """DALI pipeline over clip shards: decode T frames per clip (GPU "mixed" or CPU), two views rotated, cropped and
-resized by DALI in one affine warp each and kept uint8; the colour jitter (one 3x3 map per clip), the Gaussian blur and the normalisation
-are applied to the batch afterwards, where it lies (`augment.finish_views`).
+resized in one affine warp each and kept uint8 — by DALI's operators on the GPU, by OpenCV on the host after a
+decode-only pipeline on CPU (`data.geometry`, `augment.host_views`); the colour jitter (one 3x3 map per clip), the
+Gaussian blur and the normalisation are applied to the batch afterwards, where it lies (`augment.finish_views`).
 
 Each view draws one set of random augmentation parameters per clip and applies it to every frame of the
 clip, so differences between frames of a view stay expression/pose differences (with `augment.shared_geometry`
@@ -24,22 +25,13 @@ import numpy as np
 import torch
 
 from . import integrity, shards, storage
-from .augment import finish_views
-from .dataset import (ReaderSettings, assemble_batch, check_shards, local_cache,  # noqa: F401 (re-exported)
-                      partners, require_full_batches, shared_dataset_view, use_gpu, video_id)
+from .augment import finish_views, host_views, working_size  # noqa: F401 (working_size re-exported)
+from .dataset import (ReaderSettings, assemble_batch, check_shards, host_geometry,  # noqa: F401 (re-exported)
+                      local_cache, partners, require_full_batches, shared_dataset_view, use_gpu, video_id)
 from .labels import FrameLabels
 
 log = logging.getLogger(__name__)
 MAX_RECOVERIES = 20  # pipeline rebuilds after damaged samples, per loader (then the error is raised)
-
-
-def working_size(s: ReaderSettings, source_size: int = 0) -> int:
-    """Side (pixels) to which the decoded frames are first resized, once for both views: the smallest crop
-    (`s.scale[0]` of the area) then covers about `s.input_size` pixels, so each view's warp never downsamples
-    by more than 1/sqrt(scale[0]) (antialiasing is left to this shared resize). 0 when the packed frames
-    (`source_size`, the manifest's `size`; 0 if unknown) are no larger than that: the views warp from them."""
-    need = math.ceil(s.input_size / math.sqrt(max(float(s.scale[0]), 1e-3)))
-    return 0 if 0 < source_size <= need else need
 
 
 def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], clip_len: int,
@@ -51,13 +43,18 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
     `fn.warp_affine` (bilinear, borders clamped) whose destination -> source matrix composes the rotation about
     the frame centre (angle in +-`s.rotate` degrees), the crop (anywhere in the rotated frame) and the resize,
     after frames larger than `working_size` are resized (antialiased) once for both views — 1.8x a rotation
-    followed by a crop-resize at 64 px."""
+    followed by a crop-resize at 64 px.
+
+    With `host_geometry(s)` (`data.geometry`: opencv, or auto without a GPU) the pipeline only decodes (on the
+    CPU) and returns the clip itself, uint8 [T, H, W, 3], and the meta: the views are then cut on the host by
+    `augment.host_views` (OpenCV's resampling: ~10x DALI's on CPU, measured in `bench/data.py`)."""
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali import math as dmath
 
-    gpu = use_gpu(s.device)
+    host = host_geometry(s)
+    gpu = use_gpu(s.device) and not host
     device_id = torch.cuda.current_device() if gpu else None
-    size = working_size(s, source_size) if s.rotate else 0  # only the warps (rotation) need the shared resize
+    size = working_size(s, source_size) if s.rotate and not host else 0  # only the warps (rotation) need the shared resize
 
     def uniform(lo: float, hi: float):  # DALI refuses an empty range: a fixed value is a constant
         return fn.random.uniform(range=[lo, hi]) if hi > lo else float(lo)
@@ -105,6 +102,8 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
         # <key>.json zero-padded to the longest in the batch: a dense tensor whatever the length of the identity and
         # video names (a fixed 1,024 bytes failed the whole batch on a clip with longer names)
         meta = fn.pad(outs[clip_len], axes=[0], fill_value=0)
+        if host:  # the views are cut on the host (`augment.host_views`)
+            return seq, meta
         if s.shared_geometry:  # one rotation and crop for both views (their colour and blur still differ)
             v = view(seq)
             return v, fn.copy(v), meta
@@ -169,6 +168,11 @@ class ClipLoader:
         if state is not None and state.get("loader", "dali") != "dali":
             log.warning("reader state is from the %s loader: the DALI reader starts a new epoch", state.get("loader"))
             state = None
+        geometry = "opencv" if host_geometry(settings) else "dali"
+        if state is not None and state.get("geometry", "dali") != geometry:  # another pipeline: its state cannot load
+            log.warning("reader state is from a pipeline cutting the views with %s (data.geometry), this one uses %s: "
+                        "the DALI reader starts a new epoch", state.get("geometry", "dali"), geometry)
+            state = None
         if state is not None and state.get("shards") != paths:
             log.warning("reader state is for other shards (%d listed, %d usable now): starting a new epoch",
                         len(state.get("shards") or []), len(paths))
@@ -205,7 +209,8 @@ class ClipLoader:
                     raise failure from e
                 raise
             try:
-                self.iterator = DALIGenericIterator([self.pipe], ["view1", "view2", "meta"], reader_name="Reader",
+                names = ["clip", "meta"] if host_geometry(self.settings) else ["view1", "view2", "meta"]
+                self.iterator = DALIGenericIterator([self.pipe], names, reader_name="Reader",
                                                     auto_reset=True, last_batch_policy=LastBatchPolicy.DROP)
                 return
             except RuntimeError as e:
@@ -301,7 +306,9 @@ class ClipLoader:
                     reindexed = True
                     samples = [s for s in integrity.parse_index(storage.read_text(self.index_paths[i]))
                                if s.key not in self.quarantine.get(tar, {})]
-                bad = integrity.scan_shard(data, samples, exts)
+                # the host geometry needs every clip of a batch at one size (the manifest's): DALI resizes the others
+                bad = integrity.scan_shard(data, samples, exts, int(self.manifest.size or 0)
+                                           if host_geometry(self.settings) else 0)
                 if bad:
                     found[tar] = bad
             if found or reindexed:
@@ -323,6 +330,7 @@ class ClipLoader:
         cpt = self.iterator.checkpoints()[0]
         cpt = base64.b64encode(cpt if isinstance(cpt, bytes) else cpt.encode()).decode("ascii")
         return {"format": 1, "loader": "dali", "dali": cpt, "epoch": self.epoch,
+                "geometry": "opencv" if host_geometry(self.settings) else "dali",
                 "generator": self._gen.get_state().tolist(),
                 "shards": self.shard_paths, "quarantine": self.quarantine}
 
@@ -342,6 +350,8 @@ class ClipLoader:
             while True:
                 try:
                     d = next(it)[0]
+                    if "clip" in d:  # decoded only: both views' geometry on the host
+                        d["view1"], d["view2"] = host_views(d.pop("clip"), self.settings, self._gen)
                     v1, v2 = (finish_views(d[k], self.settings, self._gen) for k in ("view1", "view2"))
                     batch = assemble_batch(v1, v2, self._decode_meta(d["meta"]), self.identity_ids, self._gen,
                                            self.settings, self.labels)

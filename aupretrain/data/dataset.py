@@ -26,7 +26,8 @@ class ReaderSettings:
 
     `root`: the shard folder (local or s3://); `batch_size`: clips per rank per step; `input_size`: side S (pixels) of
     each view; `rank`/`world`: this process's share of the samples; `device`: "gpu", "cpu", "auto" (`use_gpu`:
-    DALI's decode and both loaders' batch colour, blur and normalisation);
+    DALI's decode and both loaders' batch colour, blur and normalisation); `geometry`: "dali", "opencv" or "auto"
+    (where the DALI reader cuts the views, `host_geometry`);
     `scale`: crop area fraction range; `rotate`, `hue`, `frame_rotate`: degrees (+-); `blur_sigma`: pixels;
     `noise_sigma`: grey levels; `brightness`/`contrast`/`saturation`: factor ranges; `mean`/`std`: per-channel RGB
     normalisation in [0, 1] units (x255 on uint8 frames); `labels`: folder of `<video>.labels.json` (`FrameLabels`)."""
@@ -36,6 +37,7 @@ class ReaderSettings:
     rank: int = 0
     world: int = 1
     device: str = "auto"
+    geometry: str = "auto"  # where the views are cut: "dali", "opencv" (on the host), "auto" (`host_geometry`)
     num_threads: int = 2
     prefetch: int = 2
     shuffle_buffer: int = 256
@@ -63,10 +65,11 @@ class ReaderSettings:
         reader seed is `run.seed + 7919 * rank`, so each rank draws its own augmentations."""
         d, aug = cfg.data, cfg.data.augment
         return cls(root=str(d.shards), batch_size=int(d.batch_size), input_size=int(d.input_size), rank=rank,
-                   world=world, device=str(d.device), num_threads=int(d.num_threads), prefetch=int(d.prefetch),
+                   world=world, device=str(d.device), geometry=str(d.get("geometry", "auto")),
+                   num_threads=int(d.num_threads), prefetch=int(d.prefetch),
                    shuffle_buffer=int(d.shuffle_buffer), seed=int(cfg.run.seed) + 7919 * rank,
-                   scale=tuple(aug.scale), rotate=float(aug.rotate), shared_geometry=bool(aug.shared_geometry), brightness=tuple(aug.brightness),
-                   contrast=tuple(aug.contrast),
+                   scale=tuple(aug.scale), rotate=float(aug.rotate), shared_geometry=bool(aug.shared_geometry),
+                   brightness=tuple(aug.brightness), contrast=tuple(aug.contrast),
                    saturation=tuple(aug.saturation), hue=float(aug.hue), blur_sigma=tuple(aug.blur_sigma),
                    frame_shift=float(aug.frame_jitter.shift), frame_scale=float(aug.frame_jitter.scale),
                    frame_rotate=float(aug.frame_jitter.rotate), noise_sigma=tuple(aug.noise_sigma),
@@ -343,6 +346,18 @@ def use_gpu(device: str) -> bool:
     return torch.cuda.is_available()
 
 
+def host_geometry(s: ReaderSettings) -> bool:
+    """Whether the DALI reader cuts the views on the host (`augment.host_views`, OpenCV) instead of with DALI's
+    operators (`data.geometry`): "opencv" yes, "dali" no, "auto" when the loader is not on the GPU
+    (`use_gpu`) — on CPU DALI's resize and warp cost ~10x OpenCV's per frame, on the GPU DALI's run on the
+    device (docs/benchmarks.md "Input pipelines"). Raises UsageError naming `data.geometry` for any other value."""
+    if s.geometry not in ("auto", "dali", "opencv"):
+        from ..errors import UsageError
+
+        raise UsageError(f"data.geometry={s.geometry!r}: expected auto, dali or opencv")
+    return s.geometry == "opencv" or (s.geometry == "auto" and not use_gpu(s.device))
+
+
 def build_loader(cfg, rank: int, world: int, state: dict | None = None):
     """The training loader `data.loader` names: "dali" (`ClipLoader`), "torch" (the baseline
     `torch_reader.TorchClipLoader`) or "auto" (DALI when it can be imported, else the baseline, logged)."""
@@ -358,6 +373,7 @@ def build_loader(cfg, rank: int, world: int, state: dict | None = None):
     if kind == "dali":
         from .dali_reader import ClipLoader
 
+        host_geometry(settings)  # a bad data.geometry is one clear error before any shard is read
         return ClipLoader(settings, state)
     if kind == "torch":
         from .torch_reader import TorchClipLoader

@@ -33,6 +33,7 @@ import numpy as np
 # reasons a sample is left out (also the suffixes of the `data/skipped/<reason>` metrics)
 MISSING, BAD_JPEG, BAD_JSON, UNREADABLE_SHARD = "missing_member", "bad_jpeg", "bad_json", "unreadable_shard"
 CUT = "truncated"  # samples of a truncated tar that lie past its end
+FRAME_SIZE = "frame_size"  # frames of one clip of different sizes, or not the size a loader needs
 TRUNCATED = "truncated shard"
 BLOCK = 512  # tar header and padding unit
 
@@ -204,9 +205,10 @@ def index_text(samples: list[IndexedSample]) -> str:
     return f"v1.2 {len(samples)}\n" + "".join(s.line + "\n" for s in samples)
 
 
-def scan_shard(tar: bytes, samples: list[IndexedSample], frame_exts: list[str]) -> dict[str, str]:
-    """{key: reason} of the samples of one shard whose frames do not decode (OpenCV) or whose JSON does not parse
-    as clip metadata. tar: the shard's bytes; samples: its index."""
+def scan_shard(tar: bytes, samples: list[IndexedSample], frame_exts: list[str], size: int = 0) -> dict[str, str]:
+    """{key: reason} of the samples of one shard whose frames do not decode (OpenCV: `BAD_JPEG`), whose frames
+    differ in size from each other or, when `size` > 0 (pixels), are not size x size (`FRAME_SIZE`), or whose JSON
+    does not parse as clip metadata (`BAD_JSON`). tar: the shard's bytes; samples: its index."""
     import cv2
 
     bad = {}
@@ -220,11 +222,16 @@ def scan_shard(tar: bytes, samples: list[IndexedSample], frame_exts: list[str]) 
         except (ValueError, UnicodeDecodeError):
             bad[s.key] = BAD_JSON
             continue
+        shapes = set()
         for e in frame_exts:
             img = cv2.imdecode(np.frombuffer(_member(tar, s, e), np.uint8), cv2.IMREAD_COLOR)
             if img is None or img.size == 0:
                 bad[s.key] = BAD_JPEG
                 break
+            shapes.add(img.shape[:2])
+        else:
+            if len(shapes) > 1 or (size > 0 and shapes and shapes != {(size, size)}):
+                bad[s.key] = FRAME_SIZE
     return bad
 
 

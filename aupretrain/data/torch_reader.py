@@ -83,11 +83,15 @@ class _Clips(torch.utils.data.Dataset):
                 skipped.append((integrity.BAD_JSON, tar, smp.key))
                 continue
             try:
-                frames = np.stack([np.asarray(Image.open(io.BytesIO(self._read(tar, smp, e))).convert("RGB"))
-                                   for e in shards.frame_exts(self.clip_len)])
+                frames = [np.asarray(Image.open(io.BytesIO(self._read(tar, smp, e))).convert("RGB"))
+                          for e in shards.frame_exts(self.clip_len)]
             except (OSError, ValueError, SyntaxError):
                 skipped.append((integrity.BAD_JPEG, tar, smp.key))
                 continue
+            if len({f.shape for f in frames}) > 1:  # one clip, frames of different sizes: not one sequence
+                skipped.append((integrity.FRAME_SIZE, tar, smp.key))
+                continue
+            frames = np.stack(frames)
             g = torch.Generator().manual_seed(int(np.random.SeedSequence([*self.seed, self.offset + i]).generate_state(1)[0]))
             clip = torch.from_numpy(frames)
             new, self.new = self.new, []

@@ -22,7 +22,7 @@ log = logging.getLogger("aupretrain.train")
 
 RESIZABLE_STAGES = (1, 2)  # DeepSpeed's ds_to_universal converts ZeRO-1/2 optimizer partitions (tested: 2 <-> 1)
 APPLIED = ("train.", "eval.", "tracking.", "run.name", "run.root", "run.dir", "data.num_threads", "data.prefetch",
-           "data.device", "data.loader", "data.verify_checksums", "data.augment.", "data.shards", "data.labels", "optim.lr",
+           "data.device", "data.geometry", "data.loader", "data.verify_checksums", "data.augment.", "data.shards", "data.labels", "optim.lr",
            "optim.weight_decay", "optim.betas", "optim.momentum", "optim.warmup_steps", "optim.min_lr_ratio",
            "optim.lr_scaling", "optim.reference_batch", "synth.", "pack.", "storage.")
 

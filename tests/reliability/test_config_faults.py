@@ -31,6 +31,7 @@ BAD = [
     ("negative batch size", "data.batch_size=-4", ["data.batch_size=-4: must be a whole number >= 1"]),
     ("negative learning rate", "optim.lr=-1e-3", ["optim.lr=-0.001: must be a number >= 0"]),
     ("unknown choice", "data.loader=dalli", ["data.loader=dalli", "one of auto, dali, torch"]),
+    ("unknown geometry", "data.geometry=cv2", ["data.geometry=cv2", "one of auto, dali, opencv"]),
     ("clip/frame count out of range", "objective.cir.frames=-2", ["objective.cir.frames=-2", ">= 0"]),
     ("range given as one number", "data.augment.scale=0.5", ["data.augment.scale=0.5: must be two numbers",
                                                              "data.augment.scale=[0.6,1.0]"]),

@@ -169,3 +169,58 @@ def test_too_few_clips_for_one_batch_is_a_clear_error_at_start(corpus, tmp_path,
           f"'{err[0][:160] if err else r.stderr[-200:]}...'".replace(str(tmp_path) + "/", ""), detect_s=took)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "2 usable clips" in r.stderr and "data.batch_size=4" in r.stderr
+
+
+def _resized(jpeg: bytes, side: int) -> bytes:
+    import cv2
+    import numpy as np
+
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    return cv2.imencode(".jpg", cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA))[1].tobytes()
+
+
+@pytest.mark.parametrize("loader", ["dali", "opencv", "torch"])
+def test_frames_of_another_size_are_served_or_skipped_and_counted(packed, tmp_path, loader, fault):
+    """One clip holding a frame of another size (not one sequence: every loader skips it and counts it as
+    `frame_size`), one clip whose frames are all at another size than the manifest's 64 px (the DALI reader's own
+    geometry and the baseline loader resize it like any other; the host geometry needs one size per batch and
+    skips it, counted); every other clip is read. dali / opencv: the DALI reader with `data.geometry` = that."""
+    import webdataset as wds
+
+    from aupretrain.data import integrity, shards
+
+    root = tmp_path / "ds"
+    shutil.copytree(packed, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = manifest["shards"][0]
+    tar = root / entry["name"]
+    samples = shards.read_samples(str(tar))
+    clip = lambda meta: (meta["video"], meta["frames"][0])  # noqa: E731
+    odd_frame, odd_clip = clip(samples[0].meta.__dict__), clip(samples[1].meta.__dict__)
+    with wds.TarWriter(str(tar), mtime=0) as sink:
+        for i, smp in enumerate(samples):
+            jpegs = list(smp.jpegs)
+            if i == 0:
+                jpegs[3] = _resized(jpegs[3], 48)
+            if i == 1:
+                jpegs = [_resized(j, 80) for j in jpegs]
+            sink.write({"__key__": smp.key, "json": json.dumps(smp.meta.__dict__).encode(),
+                        **{shards.frame_ext(k): j for k, j in enumerate(jpegs)}})
+    with open(tar, "rb") as f:
+        (root / entry["index"]).write_text(integrity.index_tar(f, str(tar)))
+    entry.update(bytes=tar.stat().st_size, sha256=shards.sha256_file(tar))
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+    ld = _loader("torch" if loader == "torch" else "dali", root,
+                 **({} if loader == "torch" else {"geometry": loader}))
+    keys, it = set(), iter(ld)
+    for _ in range(2 * ld.steps_per_epoch):  # two epochs: after a skip the DALI reader restarts its epoch
+        batch = next(it)
+        assert batch["view1"].shape[-3:] == (3, 32, 32)
+        keys |= {clip(m) for m in batch["meta"]}
+    all_keys = {clip(smp.meta.__dict__) for t in sorted(root.glob("*.tar")) for smp in shards.read_samples(str(t))}
+    skipped = {odd_frame} | ({odd_clip} if loader == "opencv" else set())
+    fault(f"frames of another size ({loader})", f"{len(all_keys - keys)} of {len(all_keys)} clips not read; "
+          f"counted {ld.found_damaged}", data_lost=bool(all_keys - keys - skipped))
+    assert ld.found_damaged == {integrity.FRAME_SIZE: len(skipped)}, ld.found_damaged
+    assert keys == all_keys - skipped, (sorted(all_keys - keys), sorted(keys - all_keys))
