@@ -90,11 +90,11 @@ def decode_only(settings, clip_len: int):
     return endless()
 
 
-def cpu_floor(root: Path, size: int, frames: int = 64, repeat: int = 20) -> dict:
+def cpu_floor(root: Path, size: int, rotate: bool, frames: int = 64, repeat: int = 20) -> dict:
     """What one core pays per source frame, in microseconds, for the decode and for the least work the configured
     augmentation needs per view, each operator timed alone with OpenCV (one thread) on the shards' own JPEGs:
-    decode, one bilinear warp to the model input (rotation + crop + resize), the 3x3 colour map, the 5-tap blur,
-    the uint8 -> float normalisation. `ratio_bound` = decode / (decode + 2 views): the largest DALI / decode-only
+    decode, the geometry to the model input (`rotate`: one bilinear warp composing rotation, crop and resize; else
+    a crop resized), the 3x3 colour map, the 5-tap blur, the uint8 -> float normalisation. `ratio_bound` = decode / (decode + 2 views): the largest DALI / decode-only
     ratio any pipeline that makes two such views can reach when both share the same cores (no op fused away)."""
     import tarfile
 
@@ -115,8 +115,10 @@ def cpu_floor(root: Path, size: int, frames: int = 64, repeat: int = 20) -> dict
     out8, outf = np.empty_like(view), np.empty((size, size, 3), np.float32)
     ops = {
         "decode": lambda i: cv2.imdecode(bufs[i], cv2.IMREAD_COLOR),
-        "warp": lambda i: cv2.warpAffine(imgs[i], m, (size, size), dst=view, borderMode=cv2.BORDER_REPLICATE,
-                                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP),
+        "geometry": (lambda i: cv2.warpAffine(imgs[i], m, (size, size), dst=view, borderMode=cv2.BORDER_REPLICATE,
+                                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)) if rotate else
+                    (lambda i: cv2.resize(imgs[i][: round(side * h), : round(side * w)], (size, size), dst=view,
+                                          interpolation=cv2.INTER_LINEAR)),
         "colour": lambda i: cv2.transform(view, aff, dst=out8),
         "blur": lambda i: cv2.GaussianBlur(view, (5, 5), 0.8, dst=out8, sigmaY=0.8,
                                            borderType=cv2.BORDER_REFLECT_101),
@@ -190,7 +192,7 @@ def main() -> None:
               "dali_vs_ceiling": fps["dali"] / fps["dali_decode_only"]} \
         if {"dali", "torch_baseline", "dali_decode_only"} <= set(fps) else {}
     rows = [{"pipeline": k, "source frames/s": v} for k, v in fps.items()]
-    floor = cpu_floor(root, a.size) if a.floor else None
+    floor = cpu_floor(root, a.size, bool(cfg.data.augment.rotate)) if a.floor else None
     report(f"Input pipelines, {a.batch} clips x {clip_len} frames, {a.size} px, two views, {a.threads} threads",
            rows, a.json, {"frames_per_s": fps, "ratios": ratios, "args": vars(a), **({"floor": floor} if floor else {})})
     print({k: round(v, 3) for k, v in ratios.items()})

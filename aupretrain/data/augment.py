@@ -123,6 +123,14 @@ def host_views(clips: torch.Tensor, s: ReaderSettings, g: torch.Generator) -> tu
             draws = view_draws(s, b, g)
         out = np.empty((b, t, size, size, 3), np.uint8)
         for i in range(b):
+            if not s.rotate:  # a crop on the pixel grid, resized: half a warp's time (measured)
+                side, ox, oy = (float(v) for v in draws[i, :3])
+                cw, ch = max(1, round(side * w)), max(1, round(side * h))
+                x0, y0 = min(round(ox * w), w - cw), min(round(oy * h), h - ch)
+                for j in range(t):
+                    cv2.resize(x[i, j, y0:y0 + ch, x0:x0 + cw], (size, size), dst=out[i, j],
+                               interpolation=cv2.INTER_LINEAR)
+                continue
             m = warp_matrix(draws[i], w, h, size)
             for j in range(t):
                 cv2.warpAffine(x[i, j], m, (size, size), dst=out[i, j], borderMode=cv2.BORDER_REPLICATE,
