@@ -98,7 +98,8 @@ def host_views(clips: torch.Tensor, s: ReaderSettings, g: torch.Generator) -> tu
     Per clip and view one draw from `g` (`view_draws`; with `s.shared_geometry` view 2 reuses view 1's), applied
     alike to the clip's T frames: frames larger than `working_size` are first resized once for both views
     (`cv2.INTER_AREA`, antialiased), then each frame of a view is one `cv2.warpAffine` (bilinear, borders
-    replicated) composing rotation, crop and resize (`warp_matrix`). The DALI reader's geometry
+    replicated) composing rotation, crop and resize (`warp_matrix`) — or, with no rotation configured, the crop
+    rounded to the pixel grid and resized (`cv2.resize`, bilinear: half a warp's time). The DALI reader's geometry
     (`data.geometry=dali`) as OpenCV computes it: on CPU DALI's resampling costs ~10x OpenCV's per frame
     (measured, `bench/data.py`; docs/benchmarks.md "Input pipelines"), so there the DALI reader decodes and this
     cuts the views (`data.geometry=auto`). Raises ValueError when `clips` is not uint8 [B, T, H, W, 3]."""
