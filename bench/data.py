@@ -95,13 +95,18 @@ def cpu_floor(root: Path, size: int, rotate: bool, frames: int = 64, repeat: int
     augmentation needs per view, each operator timed alone with OpenCV (one thread) on the shards' own JPEGs:
     decode, the geometry to the model input (`rotate`: one bilinear warp composing rotation, crop and resize; else
     a crop resized), the 3x3 colour map, the 5-tap blur, the uint8 -> float normalisation. `ratio_bound` = decode / (decode + 2 views): the largest DALI / decode-only
-    ratio any pipeline that makes two such views can reach when both share the same cores (no op fused away)."""
+    ratio any pipeline that makes two such views can reach when both share the same cores (no op fused away; the
+    shared antialiased resize of frames larger than the views need, when there is one, is not counted: the bound
+    is then higher than what `host_views` can reach)."""
     import tarfile
 
     import cv2
     import numpy as np
 
-    tar = sorted(root.glob("*.tar"))[0]
+    tars = sorted(root.glob("*.tar"))
+    if not tars:
+        raise SystemExit(f"--floor reads the JPEGs of a local shard folder; {root} holds no .tar")
+    tar = tars[0]
     with tarfile.open(tar) as t:
         jpegs = [t.extractfile(m).read() for m in t.getmembers() if m.name.endswith(".jpg")][:frames]
     bufs = [np.frombuffer(j, np.uint8) for j in jpegs]
@@ -193,8 +198,13 @@ def main() -> None:
         if {"dali", "torch_baseline", "dali_decode_only"} <= set(fps) else {}
     rows = [{"pipeline": k, "source frames/s": v} for k, v in fps.items()]
     floor = cpu_floor(root, a.size, bool(cfg.data.augment.rotate)) if a.floor else None
-    report(f"Input pipelines, {a.batch} clips x {clip_len} frames, {a.size} px, two views, {a.threads} threads",
-           rows, a.json, {"frames_per_s": fps, "ratios": ratios, "args": vars(a), **({"floor": floor} if floor else {})})
+    from aupretrain.data.dataset import host_geometry
+
+    geometry = "opencv" if host_geometry(s) else "dali"  # where the DALI reader's views were cut (data.geometry)
+    report(f"Input pipelines, {a.batch} clips x {clip_len} frames, {a.size} px, two views, {a.threads} threads, "
+           f"DALI reader's geometry: {geometry}", rows, a.json,
+           {"frames_per_s": fps, "ratios": ratios, "geometry": geometry, "args": vars(a),
+            **({"floor": floor} if floor else {})})
     print({k: round(v, 3) for k, v in ratios.items()})
     if floor:
         print("one core, per frame (us): " + ", ".join(f"{k} {v:.1f}" for k, v in floor["us_per_frame"].items())

@@ -102,12 +102,14 @@ def host_views(clips: torch.Tensor, s: ReaderSettings, g: torch.Generator) -> tu
     rounded to the pixel grid and resized (`cv2.resize`, bilinear: half a warp's time). The DALI reader's geometry
     (`data.geometry=dali`) as OpenCV computes it: on CPU DALI's resampling costs ~10x OpenCV's per frame
     (measured, `bench/data.py`; docs/benchmarks.md "Input pipelines"), so there the DALI reader decodes and this
-    cuts the views (`data.geometry=auto`). Raises ValueError when `clips` is not uint8 [B, T, H, W, 3]."""
+    cuts the views (`data.geometry=auto`). With `s.shared_geometry` view 2 is view 1 (the same tensor: the draws
+    are shared, and `finish_views` does not write into its input). Raises AssertionError when `clips` is not uint8
+    [B, T, H, W, 3] (a caller's fault, not the data's: the reader's damage recovery does not catch it)."""
     import cv2
 
     x = clips.numpy() if isinstance(clips, torch.Tensor) else np.asarray(clips)
     if x.dtype != np.uint8 or x.ndim != 5 or x.shape[-1] != 3:
-        raise ValueError(f"host_views needs uint8 [B, T, H, W, 3] frames, got {x.dtype} {list(x.shape)}")
+        raise AssertionError(f"host_views needs uint8 [B, T, H, W, 3] frames, got {x.dtype} {list(x.shape)}")
     b, t, h, w, _ = x.shape
     size = s.input_size
     work = working_size(s, max(h, w))
@@ -120,7 +122,10 @@ def host_views(clips: torch.Tensor, s: ReaderSettings, g: torch.Generator) -> tu
     draws = view_draws(s, b, g)
     views = []
     for v in range(2):
-        if v == 1 and not s.shared_geometry:
+        if v == 1 and s.shared_geometry:
+            views.append(views[0])
+            break
+        if v == 1:
             draws = view_draws(s, b, g)
         out = np.empty((b, t, size, size, 3), np.uint8)
         for i in range(b):

@@ -1,5 +1,5 @@
 """DALI pipeline over clip shards: decode T frames per clip (GPU "mixed" or CPU), two views rotated, cropped and
-resized in one affine warp each and kept uint8 — by DALI's operators on the GPU, by OpenCV on the host after a
+resized (one resampling each) and kept uint8 — by DALI's operators on the GPU, by OpenCV on the host after a
 decode-only pipeline on CPU (`data.geometry`, `augment.host_views`); the colour jitter (one 3x3 map per clip), the
 Gaussian blur and the normalisation are applied to the batch afterwards, where it lies (`augment.finish_views`).
 
@@ -352,6 +352,8 @@ class ClipLoader:
                     d = next(it)[0]
                     if "clip" in d:  # decoded only: both views' geometry on the host
                         d["view1"], d["view2"] = host_views(d.pop("clip"), self.settings, self._gen)
+                        if use_gpu(self.settings.device):  # colour, blur and normalisation on the device
+                            d["view1"], d["view2"] = (d[k].pin_memory().cuda(non_blocking=True) for k in ("view1", "view2"))
                     v1, v2 = (finish_views(d[k], self.settings, self._gen) for k in ("view1", "view2"))
                     batch = assemble_batch(v1, v2, self._decode_meta(d["meta"]), self.identity_ids, self._gen,
                                            self.settings, self.labels)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ..data.integrity import BAD_JPEG, BAD_JSON
+from ..data.integrity import BAD_JPEG, BAD_JSON, FRAME_SIZE
 
 log = logging.getLogger("aupretrain.train")
 
@@ -42,7 +42,7 @@ class StepTimer:
         return out
 
 
-RUNTIME_DAMAGE = (BAD_JPEG, BAD_JSON)  # found by a rank while reading (the same keys on all)
+RUNTIME_DAMAGE = (BAD_JPEG, BAD_JSON, FRAME_SIZE)  # found by a rank while reading (the same keys on all)
 
 
 def skipped_metrics(loader, found: dict[str, float] | None = None) -> dict[str, float]:

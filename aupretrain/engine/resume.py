@@ -21,6 +21,8 @@ from ..errors import UsageError
 log = logging.getLogger("aupretrain.train")
 
 RESIZABLE_STAGES = (1, 2)  # DeepSpeed's ds_to_universal converts ZeRO-1/2 optimizer partitions (tested: 2 <-> 1)
+# data.geometry (and data.device, which `auto` geometry follows) may change on resume: the DALI reader then starts a
+# new epoch, logged (its saved pipeline state names operators the other pipeline lacks)
 APPLIED = ("train.", "eval.", "tracking.", "run.name", "run.root", "run.dir", "data.num_threads", "data.prefetch",
            "data.device", "data.geometry", "data.loader", "data.verify_checksums", "data.augment.", "data.shards", "data.labels", "optim.lr",
            "optim.weight_decay", "optim.betas", "optim.momentum", "optim.warmup_steps", "optim.min_lr_ratio",

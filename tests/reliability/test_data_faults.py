@@ -223,4 +223,7 @@ def test_frames_of_another_size_are_served_or_skipped_and_counted(packed, tmp_pa
     fault(f"frames of another size ({loader})", f"{len(all_keys - keys)} of {len(all_keys)} clips not read; "
           f"counted {ld.found_damaged}", data_lost=bool(all_keys - keys - skipped))
     assert ld.found_damaged == {integrity.FRAME_SIZE: len(skipped)}, ld.found_damaged
+    from aupretrain.engine.metrics import RUNTIME_DAMAGE
+
+    assert set(ld.found_damaged) <= set(RUNTIME_DAMAGE)  # what a rank finds reaches data/skipped/<reason>
     assert keys == all_keys - skipped, (sorted(all_keys - keys), sorted(keys - all_keys))

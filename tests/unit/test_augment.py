@@ -218,3 +218,51 @@ def test_noise_views_adds_independent_noise_of_the_configured_grey_levels():
     off = {"view1": zero, "view2": zero}
     noise_views(off, ReaderSettings(root="-", batch_size=4, input_size=32), torch.Generator())
     assert off["view1"] is zero  # the default (0, 0) leaves the batch alone
+
+
+def _ramp_clips(b=4, t=2, w=96):
+    """Frames whose red and green are twice the pixel centre's x and y (continuous coordinates): [B, T, W, W, 3]."""
+    import numpy as np
+
+    y, x = np.mgrid[0:w, 0:w] + 0.5
+    img = np.stack([2 * x, 2 * y, np.full_like(x, 128.0)], -1).round().astype(np.uint8)
+    return torch.from_numpy(np.broadcast_to(img, (b, t, w, w, 3)).copy())
+
+
+def test_host_views_cut_the_drawn_crop_and_warp_where_the_crop_path_resizes():
+    """`host_views` on ramp frames: each view's pixel (i, j) reads the source point x0 + (j + 0.5) side W / S (the
+    drawn crop, in continuous coordinates) for the crop-and-resize path (no rotation) and the warp path (a
+    rotation of 1e-4 degrees), from the same draws; both frames of a clip alike; `shared_geometry` gives both
+    views one crop; a wrong input is refused."""
+    import numpy as np
+    import pytest
+
+    from aupretrain.data.augment import host_views, view_draws
+
+    w, size = 96, 32
+    clips = _ramp_clips(w=w)
+    for rotate in (0.0, 1e-4):
+        s = ReaderSettings(root="-", batch_size=4, input_size=size, scale=(0.36, 0.64), rotate=rotate)
+        g = torch.Generator().manual_seed(3)
+        draws = view_draws(s, 4, torch.Generator().manual_seed(3))  # what host_views draws first (view 1)
+        v1, v2 = host_views(clips, s, g)
+        assert v1.shape == (4, 2, size, size, 3) and v1.dtype == torch.uint8
+        assert torch.equal(v1[:, 0], v1[:, 1])
+        for i in range(4):
+            side, ox, oy = (float(d) for d in draws[i, :3])
+            c = (np.arange(size) + 0.5) * side * w / size
+            want_x, want_y = 2 * (ox * w + c), 2 * (oy * w + c)
+            got = v1[i, 0].double().numpy()
+            inner = slice(2, -2)
+            # the crop path rounds the crop's corner and side to the pixel grid (up to half a source pixel each:
+            # one grey level of the ramp); the warp is exact to the ramp's own rounding
+            tol = 2.5 if rotate == 0 else 0.6
+            ex = np.abs(got[inner, inner, 0] - want_x[None, inner]).mean()
+            ey = np.abs(got[inner, inner, 1] - want_y[inner, None]).mean()
+            assert ex < tol and ey < tol, (rotate, i, ex, ey)
+        assert (v1 - v2).abs().flatten(1).amax(1).min() > 0  # view 2 drawn apart
+    same = host_views(clips, ReaderSettings(root="-", batch_size=4, input_size=size, scale=(0.36, 0.64),
+                                            shared_geometry=True), torch.Generator().manual_seed(3))
+    assert torch.equal(same[0], same[1])
+    with pytest.raises(AssertionError, match="uint8"):
+        host_views(clips.float(), s, g)
