@@ -200,7 +200,7 @@ def test_damaged_samples_and_shards_are_skipped_counted_and_training_goes_on(cor
     assert last["step"] == 10
     assert {k: last[k] for k in last if k.startswith("data/skipped")} == {
         "data/skipped/unreadable_shard": 4, "data/skipped/missing_member": 1, "data/skipped/bad_jpeg": 1,
-        "data/skipped/bad_json": 1, "data/skipped/truncated": 1, "data/skipped": 8}, last
+        "data/skipped/bad_json": 1, "data/skipped/frame_size": 0, "data/skipped/truncated": 1, "data/skipped": 8}, last
     assert (run_dir / "encoder.pt").exists()
     assert not lost, (lost, sorted(served), sorted(intact))
     assert set(served) == set(intact), (sorted(served), sorted(intact))
