@@ -119,18 +119,12 @@ def host_views(clips: torch.Tensor, s: ReaderSettings, g: torch.Generator) -> tu
             for j in range(t):
                 cv2.resize(x[i, j], (work, work), dst=small[i, j], interpolation=cv2.INTER_AREA)
         x, h, w = small, work, work
-    draws = view_draws(s, b, g)
-    views = []
-    for v in range(2):
-        if v == 1 and s.shared_geometry:
-            views.append(views[0])
-            break
-        if v == 1:
-            draws = view_draws(s, b, g)
+
+    def cut(draws: torch.Tensor) -> torch.Tensor:
         out = np.empty((b, t, size, size, 3), np.uint8)
         for i in range(b):
             if not s.rotate:  # a crop on the pixel grid, resized: half a warp's time (measured)
-                side, ox, oy = (float(v) for v in draws[i, :3])
+                side, ox, oy = (float(d) for d in draws[i, :3])
                 cw, ch = max(1, round(side * w)), max(1, round(side * h))
                 x0, y0 = min(round(ox * w), w - cw), min(round(oy * h), h - ch)
                 for j in range(t):
@@ -141,8 +135,10 @@ def host_views(clips: torch.Tensor, s: ReaderSettings, g: torch.Generator) -> tu
             for j in range(t):
                 cv2.warpAffine(x[i, j], m, (size, size), dst=out[i, j], borderMode=cv2.BORDER_REPLICATE,
                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-        views.append(torch.from_numpy(out))
-    return views[0], views[1]
+        return torch.from_numpy(out)
+
+    v1 = cut(view_draws(s, b, g))
+    return v1, (v1 if s.shared_geometry else cut(view_draws(s, b, g)))
 
 
 def augment_view(frames: torch.Tensor, s: ReaderSettings, g: torch.Generator,

@@ -168,10 +168,11 @@ class ClipLoader:
         if state is not None and state.get("loader", "dali") != "dali":
             log.warning("reader state is from the %s loader: the DALI reader starts a new epoch", state.get("loader"))
             state = None
-        geometry = "opencv" if host_geometry(settings) else "dali"
-        if state is not None and state.get("geometry", "dali") != geometry:  # another pipeline: its state cannot load
+        self.host = host_geometry(settings)  # the views cut on the host (`augment.host_views`), not by DALI
+        self.geometry = "opencv" if self.host else "dali"
+        if state is not None and state.get("geometry", "dali") != self.geometry:  # another pipeline: cannot load it
             log.warning("reader state is from a pipeline cutting the views with %s (data.geometry), this one uses %s: "
-                        "the DALI reader starts a new epoch", state.get("geometry", "dali"), geometry)
+                        "the DALI reader starts a new epoch", state.get("geometry", "dali"), self.geometry)
             state = None
         if state is not None and state.get("shards") != paths:
             log.warning("reader state is for other shards (%d listed, %d usable now): starting a new epoch",
@@ -209,7 +210,7 @@ class ClipLoader:
                     raise failure from e
                 raise
             try:
-                names = ["clip", "meta"] if host_geometry(self.settings) else ["view1", "view2", "meta"]
+                names = ["clip", "meta"] if self.host else ["view1", "view2", "meta"]
                 self.iterator = DALIGenericIterator([self.pipe], names, reader_name="Reader",
                                                     auto_reset=True, last_batch_policy=LastBatchPolicy.DROP)
                 return
@@ -307,8 +308,7 @@ class ClipLoader:
                     samples = [s for s in integrity.parse_index(storage.read_text(self.index_paths[i]))
                                if s.key not in self.quarantine.get(tar, {})]
                 # the host geometry needs every clip of a batch at one size (the manifest's): DALI resizes the others
-                bad = integrity.scan_shard(data, samples, exts, int(self.manifest.size or 0)
-                                           if host_geometry(self.settings) else 0)
+                bad = integrity.scan_shard(data, samples, exts, int(self.manifest.size or 0) if self.host else 0)
                 if bad:
                     found[tar] = bad
             if found or reindexed:
@@ -330,7 +330,7 @@ class ClipLoader:
         cpt = self.iterator.checkpoints()[0]
         cpt = base64.b64encode(cpt if isinstance(cpt, bytes) else cpt.encode()).decode("ascii")
         return {"format": 1, "loader": "dali", "dali": cpt, "epoch": self.epoch,
-                "geometry": "opencv" if host_geometry(self.settings) else "dali",
+                "geometry": self.geometry,
                 "generator": self._gen.get_state().tolist(),
                 "shards": self.shard_paths, "quarantine": self.quarantine}
 
@@ -353,7 +353,8 @@ class ClipLoader:
                     if "clip" in d:  # decoded only: both views' geometry on the host
                         d["view1"], d["view2"] = host_views(d.pop("clip"), self.settings, self._gen)
                         if use_gpu(self.settings.device):  # colour, blur and normalisation on the device
-                            d["view1"], d["view2"] = (d[k].pin_memory().cuda(non_blocking=True) for k in ("view1", "view2"))
+                            d["view1"], d["view2"] = (d[k].pin_memory().cuda(non_blocking=True)
+                                                      for k in ("view1", "view2"))
                     v1, v2 = (finish_views(d[k], self.settings, self._gen) for k in ("view1", "view2"))
                     batch = assemble_batch(v1, v2, self._decode_meta(d["meta"]), self.identity_ids, self._gen,
                                            self.settings, self.labels)

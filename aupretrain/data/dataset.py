@@ -373,7 +373,6 @@ def build_loader(cfg, rank: int, world: int, state: dict | None = None):
     if kind == "dali":
         from .dali_reader import ClipLoader
 
-        host_geometry(settings)  # a bad data.geometry is one clear error before any shard is read
         return ClipLoader(settings, state)
     if kind == "torch":
         from .torch_reader import TorchClipLoader
