@@ -173,6 +173,8 @@ SCHEMA: dict[str, Spec] = {
     "objective.cir.flow_init_std": _num_spec(0),
     "objective.cir.hog_weight": _num_spec(0, what="weight of CIR's HOG-change term, 0: off"),
     "objective.cir.hog_cell": _int(2, what="HOG cell side, pixels"),
+    "objective.cir.hog_bins": _int(2, what="HOG orientation bins"),
+    "objective.cir.hog_signed": BOOL,
     "objective.cir.hog_basis_weight": _num_spec(0, what="weight of the within-clip HOG basis term, 0: off"),
     "objective.cir.hog_basis_k": _int(1, what="within-clip HOG directions"),
     "objective.cir.hog_basis_fit_steps": _int(1, what="optimizer steps accumulated before the basis is fitted"),

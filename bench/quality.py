@@ -3,6 +3,8 @@
     python bench/quality.py --json bench/results/quality.json                   # CPU preset, 1 seed
     python bench/quality.py --json bench/results/quality.json --seeds 3 --ablations
     python bench/quality.py --methods clp --ablations margin ranking --json bench/results/abl.json  # some ablations
+    python bench/quality.py --protocol still-head --methods clp_hog_basis --ablate clp_hog_basis --ablations \
+        --json bench/results/abl_basis.json -- eval.split=validation       # the headline preset's terms, one by one
     python bench/quality.py --device cuda --json bench/results/quality_gpu.json  # ResNet-18, 112 px, bf16
     python bench/quality.py --methods tcl clp --seeds 1 -- objective.margin=0.1  # extra Hydra overrides
     python bench/quality.py --methods clp clp_hog clp_hog_basis --seeds 3   # CLP's other presets beside it
@@ -46,15 +48,31 @@ from aupretrain.config import load_config  # noqa: E402
 
 METHODS = ("simclr", "moco", "tcl", "clp", "supervised")
 CLP_PRESETS = ("clp_flow", "clp_hog", "clp_hog_basis")  # CLP's other presets (configs/objective/), on request
-ABLATIONS = {  # CLP with one part removed (objective overrides)
-    "clp without CIR (= TCL)": ["objective=tcl"],
-    "clp, margin 0": ["objective.margin=0"],
-    "clp, no ranking term": ["objective.rank_weight=0"],
-    "clp, same-view negatives": ["objective.same_view_negatives=true"],
-    "clp, no self-reconstruction": ["objective.cir.self_weight=0"],
-    "clp, no cycle reconstruction": ["objective.cir.cycle_weight=0"],
-    "clp, no AU consistency": ["objective.cir.au_weight=0"],
-    "clp, no identity consistency": ["objective.cir.id_weight=0"],
+ABLATIONS = {  # per CLP preset (--ablate): the preset with one part removed (objective overrides)
+    "clp": {
+        "clp without CIR (= TCL)": ["objective=tcl"],
+        "clp, margin 0": ["objective.margin=0"],
+        "clp, no ranking term": ["objective.rank_weight=0"],
+        "clp, same-view negatives": ["objective.same_view_negatives=true"],
+        "clp, no self-reconstruction": ["objective.cir.self_weight=0"],
+        "clp, no cycle reconstruction": ["objective.cir.cycle_weight=0"],
+        "clp, no AU consistency": ["objective.cir.au_weight=0"],
+        "clp, no identity consistency": ["objective.cir.id_weight=0"],
+    },
+    "clp_hog_basis": {  # the headline preset: TCL + ranking term + flow CIR + HOG-change term + HOG-basis term
+        "no HOG-basis term (= clp_hog)": ["objective.cir.hog_basis_weight=0"],
+        "no HOG-change term": ["objective.cir.hog_weight=0"],
+        "no TCL term": ["objective.tcl_weight=0"],
+        "no ranking term": ["objective.rank_weight=0"],
+        "margin 0": ["objective.margin=0"],
+        "no self-reconstruction": ["objective.cir.self_weight=0"],
+        "no cycle reconstruction": ["objective.cir.cycle_weight=0"],
+        "no AU consistency": ["objective.cir.au_weight=0"],
+        "no identity consistency": ["objective.cir.id_weight=0"],
+        "HOG-basis term alone": ["objective.tcl_weight=0", "objective.rank_weight=0", "objective.cir.self_weight=0",
+                                 "objective.cir.cycle_weight=0", "objective.cir.au_weight=0",
+                                 "objective.cir.id_weight=0", "objective.cir.hog_weight=0"],
+    },
 }
 PROTOCOLS = {  # corpus (aupretrain-synth flags), clips (aupretrain-pack flags), budget and per-method overrides
     "quickstart": {"synth": [], "pack": ["--align", "center"], "train": [], "method": {},
@@ -157,13 +175,16 @@ def rows_of(js: dict, results: dict[str, list[dict]]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + CLP_PRESETS)
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS + CLP_PRESETS,
+                    help="methods to pretrain (none: only the reference rows, and --ablations if given)")
     ap.add_argument("--seeds", type=int, default=1, help="pretraining seeds per method (headline: 3)")
     ap.add_argument("--first-seed", type=int, default=0,
                     help="seeds first-seed .. first-seed + seeds - 1 (to add seeds to an earlier bench)")
     ap.add_argument("--ablations", nargs="*", default=None, metavar="WORD",
-                    help="also run the CLP ablations (first seed only); with words, only those whose name has one "
-                         "(e.g. --ablations margin ranking 'AU consistency')")
+                    help="also run the ablations of --ablate (first seed only); with words, only those whose name has "
+                         "one (e.g. --ablations margin ranking 'AU consistency')")
+    ap.add_argument("--ablate", default="clp", choices=sorted(ABLATIONS),
+                    help="the CLP preset whose ablations --ablations runs (its full row: from --methods, if there)")
     ap.add_argument("--device", default="cpu", choices=sorted(DEVICE_PRESETS))
     ap.add_argument("--protocol", default="quickstart", choices=sorted(PROTOCOLS),
                     help="pretraining corpus and budget (see PROTOCOLS)")
@@ -200,17 +221,19 @@ def main() -> None:
     report(f"AU quality on the {split} identities ({cfg.eval.identities}), {a.device} preset, {a.protocol} protocol, "
            f"{cfg.train.steps} steps per run", rows_of(js, results), None)
     if a.ablations is not None:
-        abl: dict[str, list[dict]] = {"clp": results["clp"][:1]} if "clp" in results else {}
-        chosen = {n: ov for n, ov in ABLATIONS.items() if not a.ablations or any(w in n for w in a.ablations)}
+        base = a.ablate
+        abl: dict[str, list[dict]] = {base: results[base][:1]} if base in results else {}
+        chosen = {n: ov for n, ov in ABLATIONS[base].items() if not a.ablations or any(w in n for w in a.ablations)}
         for name, ov in chosen.items():
-            method = "tcl" if ov == ["objective=tcl"] else "clp"
+            method = next((o.split("=", 1)[1] for o in ov if o.startswith("objective=")), base)
             rest = [o for o in ov if not o.startswith("objective=")]
-            tag = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("=", "")
-            abl[name] = [pretrain_and_probe(method, seeds[0], work / f"abl-{a.protocol}-{tag}", shards, synth_dir, preset,
-                                            [*DEVICE_METHOD_PRESETS[a.device].get(method, []), *a.overrides, *rest],
-                                            nproc, work / "logs")]
+            tag = "".join(c if c.isalnum() else "_" for c in f"{base} {name}").strip("_")
+            extra = [*DEVICE_METHOD_PRESETS[a.device].get(method, []), *protocol["method"].get(method, []),
+                     *a.overrides, *rest]
+            abl[name] = [pretrain_and_probe(method, seeds[0], work / f"abl-{a.protocol}-{tag}", shards, synth_dir,
+                                            preset, extra, nproc, work / "logs")]
         js["ablations"] = summarise(abl)
-        report("CLP ablations (first seed)", rows_of(js["ablations"], abl), None)
+        report(f"{base} ablations (first seed)", rows_of(js["ablations"], abl), None)
     js.update({"split": split, "identities": int(cfg.eval.identities), "steps": int(cfg.train.steps),
                "device": a.device, "protocol": a.protocol, "seeds": seeds, "total_s": time.time() - t0,
                "runs": {k: v for k, v in results.items()}})

@@ -10,10 +10,13 @@ are scored too. No label is read to fit the directions. The JSON also holds each
 in the rows' order).
 
     python bench/within_video.py CORPUS [--features [hog] [pixels]] [--encoder E.pt ...] [--k 2 8 16 32 128]
-        [--videos 800] [--every 4] [--hog-size 64] [--hog-cell 8] [--bands 1] [--json OUT] [Hydra overrides, e.g. eval.split=validation]
+        [--videos 800] [--every 4] [--hog-size 64] [--hog-cell 8] [--hog-bins 9] [--hog-signed] [--bands 1]
+        [--json OUT] [Hydra overrides, e.g. eval.split=validation]
 
 `--hog-size` sets the side (pixels) the grey frames are resized to before HOG (64: the HOG row's; the corpus is
-rendered at 112), `--hog-cell` HOG's cell side in pixels at that size (blocks of 2 x 2 cells). `--bands N` fits the directions of HOG
+rendered at 112), `--hog-cell` HOG's cell side in pixels at that size (blocks of 2 x 2 cells), `--hog-bins` its
+orientation bins, over 180 deg or, with `--hog-signed`, 360 deg (the edge's polarity kept); `--features hog_colour`
+is HOG of the colour frame (each pixel's gradient from its strongest channel, Dalal & Triggs' colour HOG). `--bands N` fits the directions of HOG
 separately in N horizontal bands of its block rows (`hog_bands`: brows, eyes, mouth apart, so a small local change
 such as a closing lid is not outvoted by the mouth's larger ones) and concatenates k directions of each band.
 
@@ -55,15 +58,15 @@ def principal_directions(groups: list[np.ndarray], k: int, within: bool = True) 
     return np.linalg.svd(x, full_matrices=False)[2][:k]
 
 
-def hog_bands(dim: int, blocks: int, bands: int) -> list[np.ndarray]:
-    """Column indices of a HOG descriptor of `dim` = blocks² · 36 values (OpenCV's order: blocks column by column,
-    so a value's block row is (index // 36) mod blocks) split into `bands` horizontal bands of block rows, top first
-    (`np.array_split` of the rows). Raises ValueError when `bands` is not in 1..blocks or `dim` is not
-    blocks² · 36."""
-    if dim != blocks * blocks * 36 or not 1 <= bands <= blocks:
+def hog_bands(dim: int, blocks: int, bands: int, per_block: int = 36) -> list[np.ndarray]:
+    """Column indices of a HOG descriptor of `dim` = blocks² · per_block values (4 cells × bins; OpenCV's order: blocks
+    column by column, so a value's block row is (index // per_block) mod blocks) split into `bands` horizontal bands
+    of block rows, top first (`np.array_split` of the rows). Raises ValueError when `bands` is not in 1..blocks or
+    `dim` is not blocks² · per_block."""
+    if dim != blocks * blocks * per_block or not 1 <= bands <= blocks:
         raise ValueError(f"--bands {bands}: a HOG of {dim} values in {blocks} x {blocks} blocks splits into "
                          f"1..{blocks}")
-    row = (np.arange(dim) // 36) % blocks
+    row = (np.arange(dim) // per_block) % blocks
     return [np.flatnonzero(np.isin(row, rows)) for rows in np.array_split(np.arange(blocks), bands)]
 
 
@@ -98,7 +101,7 @@ def corpus_videos(corpus: Path, videos: int, every: int) -> list[np.ndarray]:
     return out
 
 
-SPACES = {"hog": ("HOG", hog_features), "pixels": ("grey pixels", grey_pixels)}  # --features: (row name, features)
+SPACES = {"hog": ("HOG", hog_features), "hog_colour": ("HOG of colour", hog_features), "pixels": ("grey pixels", grey_pixels)}  # --features: (row name, features)
 
 
 def main() -> None:
@@ -112,6 +115,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=4, help="fit on every n-th frame of each video")
     ap.add_argument("--hog-size", type=int, default=64, help="side of the grey frames HOG reads, pixels")
     ap.add_argument("--hog-cell", type=int, default=8, help="HOG cell side in pixels at --hog-size")
+    ap.add_argument("--hog-bins", type=int, default=9, help="HOG orientation bins")
+    ap.add_argument("--hog-signed", action="store_true", help="HOG bins over 360 deg instead of 180")
     ap.add_argument("--bands", type=int, default=1, help="fit HOG's directions in N bands of block rows")
     ap.add_argument("--json")
     ap.add_argument("overrides", nargs="*")
@@ -120,6 +125,8 @@ def main() -> None:
         ap.error("nothing to fit: give --features and/or --encoder")
     if min(a.k) < 1 or a.videos < 1 or a.every < 1 or a.bands < 1:
         ap.error(f"--k, --videos, --every and --bands must be >= 1, got {a.k}, {a.videos}, {a.every}, {a.bands}")
+    if a.hog_bins < 2:
+        ap.error(f"--hog-bins {a.hog_bins}: HOG needs at least 2 orientation bins")
     if a.hog_cell < 2 or a.hog_size % a.hog_cell or a.hog_size // a.hog_cell < 2:
         ap.error(f"--hog-cell {a.hog_cell}: must divide --hog-size {a.hog_size} into at least 2 cells")
     cfg = load_config(list(a.overrides))
@@ -132,7 +139,11 @@ def main() -> None:
         raise SystemExit(f"--every {a.every}: a video of {a.corpus} keeps fewer than 2 frames; nothing changes within it")
     spaces = dict(SPACES[name] for name in a.features)
     if "hog" in a.features:
-        spaces["HOG"] = lambda fr: hog_features(fr, size=a.hog_size, cell=a.hog_cell, block=2 * a.hog_cell)
+        spaces["HOG"] = lambda fr: hog_features(fr, a.hog_size, a.hog_cell, 2 * a.hog_cell, a.hog_bins,
+                                                signed=a.hog_signed)
+    if "hog_colour" in a.features:
+        spaces["HOG of colour"] = lambda fr: hog_features(fr, a.hog_size, a.hog_cell, 2 * a.hog_cell, a.hog_bins,
+                                                          colour=True, signed=a.hog_signed)
     spaces |= {n: (lambda fr, e=e: e.encode(torch.from_numpy(fr)).numpy()) for n, e in encoders.items()}
     seed, rows, per_au = int(cfg.run.seed), [], []  # per_au[i]: row i's F1 per AU (JSON only)
     for name, features in spaces.items():
@@ -147,10 +158,10 @@ def main() -> None:
                      "mean F1": r["f1_mean"], "identity acc": r.get("identity_acc")})
         per_au.append(r["f1"])
         for within in (True, False):
-            banded = name == "HOG" and a.bands > 1
+            banded = name.startswith("HOG") and a.bands > 1
             try:
                 if banded:
-                    bands = hog_bands(x.shape[1], a.hog_size // a.hog_cell - 1, a.bands)
+                    bands = hog_bands(x.shape[1], a.hog_size // a.hog_cell - 1, a.bands, 4 * a.hog_bins)
                     banded_basis = banded_directions(groups, max(a.k), bands, within)
                     bases = {k: banded_basis[:, :k].reshape(-1, x.shape[1]) for k in a.k}
                 else:
@@ -167,7 +178,8 @@ def main() -> None:
         print(f"{name}: done", flush=True)
     report(f"AU probe on principal directions fitted without labels on {a.corpus} ({cfg.eval.split} identities)",
            rows, a.json, {"corpus": str(a.corpus), "videos": a.videos, "every": a.every, "split": str(cfg.eval.split),
-                          "hog_size": a.hog_size, "hog_cell": a.hog_cell, "bands": a.bands,
+                          "hog_size": a.hog_size, "hog_cell": a.hog_cell, "hog_bins": a.hog_bins,
+                          "hog_signed": a.hog_signed, "bands": a.bands,
                           "per_au_f1": per_au})
 
 

@@ -318,6 +318,9 @@ class CLPMethod(Method):
                                      flow_grid, float(cir.get("flow_init_std", 0.0)), texture_grid)
         # `cir.hog_weight` > 0: M, a linear map of the unit AU codes' change to the HOG change of the same frames
         self.hog_cell = int(cir.get("hog_cell", 8))
+        self.hog_bins, self.hog_signed = int(cir.get("hog_bins", 9)), bool(cir.get("hog_signed", False))
+        if self.hog_bins < 2:
+            raise ValueError(f"objective.cir.hog_bins={self.hog_bins}: HOG needs at least 2 orientation bins")
         self.hog_change = None
         if float(cir.get("hog_weight", 0.0)) > 0:
             self.hog_change = nn.Linear(int(model_cfg["au_dim"]), self._hog_dim(input_size), bias=False)
@@ -330,13 +333,13 @@ class CLPMethod(Method):
             self.hog_basis_head = nn.Linear(int(model_cfg["au_dim"]), k)
 
     def _hog_dim(self, input_size: int) -> int:
-        """HOG's descriptor length at this input size and `cir.hog_cell`; ValueError naming both when they do
-        not tile."""
+        """HOG's descriptor length at this input size, `cir.hog_cell` and `cir.hog_bins`; ValueError naming the
+        first two when they do not tile."""
         if input_size % self.hog_cell or input_size < 2 * self.hog_cell:
             raise ValueError(f"objective.cir.hog_weight / hog_basis_weight > 0 need data.input_size ({input_size}) "
                              f"to be a multiple of objective.cir.hog_cell ({self.hog_cell}) and at least two cells")
         blocks = input_size // self.hog_cell - 1
-        return blocks * blocks * 36
+        return blocks * blocks * 4 * self.hog_bins
 
     def request(self, batch, clip_len):
         return {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset,
@@ -359,7 +362,8 @@ class CLPMethod(Method):
     def _hog(self, clips: torch.Tensor) -> torch.Tensor:
         """clips [N, T, 3, S, S] (normalised) -> their frames' HOG [N, T, Dh] (`objectives.hog.hog_descriptor`)."""
         mean, std = self.encoder.mean.view(3), self.encoder.std.view(3)
-        return hog_descriptor(clips.flatten(0, 1), mean, std, self.hog_cell).view(*clips.shape[:2], -1)
+        return hog_descriptor(clips.flatten(0, 1), mean, std, self.hog_cell, self.hog_bins,
+                              signed=self.hog_signed).view(*clips.shape[:2], -1)
 
     def hog_basis_pass(self, hog: torch.Tensor, a: torch.Tensor) -> dict[str, torch.Tensor]:
         """The within-clip HOG basis' pass (`objective.cir.hog_basis_weight`): a [2B, T, D] both views' codes, hog the

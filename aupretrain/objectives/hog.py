@@ -29,20 +29,21 @@ def _block_weights(cell: int, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def hog_descriptor(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, cell: int = 8, bins: int = 9,
-                   clip: float = 0.2) -> torch.Tensor:
+                   clip: float = 0.2, signed: bool = False) -> torch.Tensor:
     """HOG (Dalal & Triggs, CVPR 2005) of normalised images, as the targets of a loss (no gradient): OpenCV's
     `cv2.HOGDescriptor((S, S), (2·cell, 2·cell), (cell, cell), (cell, cell), bins)` computed in torch on the
     training device (equal to it up to float rounding on the same grey image; `tests/unit/test_hog.py`).
 
     images: [N, 3, S, S] normalised as the encoder's input, (x - mean) / std with x in 0..255; mean, std: the
     normalisation, shape [3] or broadcastable to [1, 3, 1, 1], in 0..255 units. Grey = ITU-R 601 luma; gradients
-    by the centred [-1, 0, 1] filter (reflected borders, OpenCV's BORDER_REFLECT_101); `bins` unsigned orientation
-    bins over [0, π) with linear vote interpolation between the two nearest bins, weighted by the gradient
+    by the centred [-1, 0, 1] filter (reflected borders, OpenCV's BORDER_REFLECT_101); `bins` orientation bins over
+    [0, π) (unsigned: a dark-to-light edge and a light-to-dark one vote alike) or, with `signed`, over [0, 2π)
+    (OpenCV's `signedGradient`: the edge's polarity kept), with linear vote interpolation between the two nearest bins, weighted by the gradient
     magnitude; blocks of 2 × 2 `cell`-px cells at a stride of one cell, each pixel's vote weighted by the block's
     Gaussian window (σ = block side / 4) and shared bilinearly between the block's cells; each block L2-Hys
     normalised (L2 with 0.1 · 4 · bins added to the norm, clipped at `clip`, L2 again). In OpenCV's order: blocks
     column by column, in each the 2 × 2 cells column by column, in each the bins. Returns float32
-    [N, (S/cell − 1)² · 4 · bins]: 1,764 at 64 px.
+    [N, (S/cell − 1)² · 4 · bins]: 1,764 at 64 px (3,528 with 18 signed bins).
 
     Raises ValueError if S is not a multiple of `cell` or is under two cells.
     """
@@ -57,7 +58,8 @@ def hog_descriptor(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, 
     g = F.pad(grey, (1, 1, 1, 1), mode="reflect")
     gx, gy = g[..., 1:-1, 2:] - g[..., 1:-1, :-2], g[..., 2:, 1:-1] - g[..., :-2, 1:-1]
     magnitude = torch.sqrt(gx * gx + gy * gy)
-    pos = torch.atan2(gy, gx).remainder(math.pi) / math.pi * bins - 0.5  # bin centres at 0, 1, ..., bins − 1
+    period = 2 * math.pi if signed else math.pi
+    pos = torch.atan2(gy, gx).remainder(period) / period * bins - 0.5  # bin centres at 0, 1, ..., bins − 1
     low = torch.floor(pos)
     upper_share = pos - low
     low = low.long().remainder(bins)

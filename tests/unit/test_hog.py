@@ -46,6 +46,27 @@ def test_hog_descriptor_ignores_contrast_and_follows_opencv():
         ref = cv2.HOGDescriptor((64, 64), (2 * cell,) * 2, (cell, cell), (cell, cell), 9).compute(face).reshape(-1)
         assert ours.shape == ref.shape
         assert np.abs(ours - ref).max() < 2e-3, (cell, np.abs(ours - ref).max())
+    # signed bins over 360 deg (OpenCV's signedGradient), and another bin count
+    for bins, signed in ((18, True), (12, False)):
+        ours = hog_descriptor(_normalised(grey), MEAN, STD, bins=bins, signed=signed)[0].numpy()
+        ref = cv2.HOGDescriptor((64, 64), (16, 16), (8, 8), (8, 8), bins, 1, -1, 0, 0.2, False, 64,
+                                signed).compute(face).reshape(-1)
+        assert ours.shape == ref.shape == (49 * 4 * bins,)
+        assert np.abs(ours - ref).max() < 2e-3, (bins, signed, np.abs(ours - ref).max())
+
+
+def test_signed_bins_tell_an_edge_from_its_reverse():
+    """Unsigned bins give a dark-to-light edge and the light-to-dark one the same descriptor; signed bins (0-360 deg,
+    20 deg each, centres at 10, 30, ...) put them half a turn apart: 0 deg shared by bins 17 and 0, 180 deg by bins 8
+    and 9."""
+    rising = torch.zeros(1, 64, 64)
+    rising[..., 32:] = 200.0
+    falling = 200.0 - rising
+    u = [hog_descriptor(_normalised(g), MEAN, STD) for g in (rising, falling)]
+    assert torch.allclose(u[0], u[1], atol=1e-5)
+    s = [hog_descriptor(_normalised(g), MEAN, STD, bins=18, signed=True).view(49, 4, 18).sum((0, 1))
+         for g in (rising, falling)]
+    assert s[0][[17, 0]].sum() / s[0].sum() > 0.99 and s[1][[8, 9]].sum() / s[1].sum() > 0.99
 
 
 def test_hog_descriptor_refuses_sizes_its_cells_do_not_tile():
@@ -118,9 +139,14 @@ def test_clp_hog_preset_is_clp_flow_led_by_the_hog_change_term():
     assert cfg.objective.tcl_weight == flow.tcl_weight
     method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
     assert method.hog_change is not None and method.hog_change.out_features == 1764
+    signed = load_config(["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_bins=18",
+                          "objective.cir.hog_signed=true"])
+    method = build_method(signed.objective, signed.model, int(signed.data.input_size))  # both HOG terms read 3,528
+    assert method.hog_change.out_features == method.hog_basis.dim == 3528 and method.hog_signed
 
 
-@pytest.mark.parametrize("override", ["objective.cir.hog_cell=0", "objective.cir.hog_weight=-1"])
+@pytest.mark.parametrize("override", ["objective.cir.hog_cell=0", "objective.cir.hog_weight=-1",
+                                      "objective.cir.hog_bins=1", "objective.cir.hog_signed=maybe"])
 def test_hog_knobs_are_checked_before_anything_starts(override):
     """A HOG cell under 2 px or a negative weight is refused by the settings check with the knob's name."""
     from aupretrain.config import load_config

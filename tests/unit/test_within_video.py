@@ -44,6 +44,10 @@ def test_hog_bands_split_block_rows_and_banded_directions_stay_in_their_band():
     assert sorted(np.concatenate(bands).tolist()) == list(range(7 * 7 * 36))
     with pytest.raises(ValueError, match="--bands 8"):
         hog_bands(7 * 7 * 36, 7, 8)
+    signed = hog_bands(7 * 7 * 72, 7, 3, per_block=72)  # 18 bins: 72 values a block
+    assert [sorted({int(i // 72) % 7 for i in b}) for b in signed] == rows
+    with pytest.raises(ValueError, match="--bands 3"):
+        hog_bands(7 * 7 * 72, 7, 3)  # a descriptor of 18 bins read as one of 9
     # a 2-block-row toy HOG (2 x 2 blocks): a large change in the bottom row, a small one in the top row
     rng = np.random.default_rng(0)
     d = 2 * 2 * 36

@@ -1,0 +1,34 @@
+"""`bench/quality.py`'s ablation tables: every variant is a configuration the entry point accepts, and removes
+what its name says from the preset it ablates."""
+from __future__ import annotations
+
+import pytest
+
+from aupretrain.config import load_config
+from aupretrain.settings import validate
+
+
+@pytest.mark.parametrize("preset", ["clp", "clp_hog_basis"])
+def test_every_ablation_is_a_valid_config_that_changes_its_preset(preset):
+    from bench.quality import ABLATIONS
+
+    base = load_config(["experiment=quickstart", f"objective={preset}"])
+    validate(base)
+    for name, overrides in ABLATIONS[preset].items():
+        method = next((o.split("=", 1)[1] for o in overrides if o.startswith("objective=")), preset)
+        rest = [o for o in overrides if not o.startswith("objective=")]
+        cfg = load_config(["experiment=quickstart", f"objective={method}", *rest])
+        validate(cfg)
+        assert cfg.objective != base.objective, name
+
+
+def test_the_basis_term_alone_keeps_only_the_basis_term():
+    """The "HOG-basis term alone" row: every other weighted term of clp_hog_basis is 0, the basis term is not."""
+    from bench.quality import ABLATIONS
+
+    cfg = load_config(["experiment=quickstart", "objective=clp_hog_basis",
+                       *ABLATIONS["clp_hog_basis"]["HOG-basis term alone"]]).objective
+    assert cfg.cir.hog_basis_weight > 0
+    assert cfg.tcl_weight == cfg.rank_weight == 0
+    assert cfg.cir.self_weight == cfg.cir.cycle_weight == cfg.cir.au_weight == cfg.cir.id_weight == 0
+    assert cfg.cir.hog_weight == 0
