@@ -16,9 +16,10 @@ in the rows' order).
 `--hog-size` sets the side (pixels) the grey frames are resized to before HOG (64: the HOG row's; the corpus is
 rendered at 112), `--hog-cell` HOG's cell side in pixels at that size (blocks of 2 x 2 cells), `--hog-bins` its
 orientation bins, over 180 deg or, with `--hog-signed`, 360 deg (the edge's polarity kept); `--features hog_colour`
-is HOG of the colour frame (each pixel's gradient from its strongest channel, Dalal & Triggs' colour HOG). `--bands N` fits the directions of HOG
-separately in N horizontal bands of its block rows (`hog_bands`: brows, eyes, mouth apart, so a small local change
-such as a closing lid is not outvoted by the mouth's larger ones) and concatenates k directions of each band.
+is HOG of the colour frame (each pixel's gradient from its strongest channel, Dalal & Triggs' colour HOG).
+`--bands N` fits the directions of HOG separately in N horizontal bands of its block rows (`hog_bands`: brows, eyes,
+mouth apart, so a small local change such as a closing lid is not outvoted by the mouth's larger ones) and
+concatenates k directions of each band.
 
 CORPUS is a folder of `<identity>/<video>.mp4` of aligned faces (`aupretrain-synth`'s layout; a still-head corpus
 isolates the AUs: `aupretrain-synth D --identities 800 --videos-per-identity 1 --frames 40 -- synth.head_motion=0`).
@@ -59,8 +60,8 @@ def principal_directions(groups: list[np.ndarray], k: int, within: bool = True) 
 
 
 def hog_bands(dim: int, blocks: int, bands: int, per_block: int = 36) -> list[np.ndarray]:
-    """Column indices of a HOG descriptor of `dim` = blocks² · per_block values (4 cells × bins; OpenCV's order: blocks
-    column by column, so a value's block row is (index // per_block) mod blocks) split into `bands` horizontal bands
+    """Column indices of a HOG descriptor of `dim` = blocks² · per_block values (4 cells × bins; OpenCV's order:
+    blocks column by column, so a value's block row is (index // per_block) mod blocks) split into `bands` horizontal bands
     of block rows, top first (`np.array_split` of the rows). Raises ValueError when `bands` is not in 1..blocks or
     `dim` is not blocks² · per_block."""
     if dim != blocks * blocks * per_block or not 1 <= bands <= blocks:
@@ -101,10 +102,14 @@ def corpus_videos(corpus: Path, videos: int, every: int) -> list[np.ndarray]:
     return out
 
 
-SPACES = {"hog": ("HOG", hog_features), "hog_colour": ("HOG of colour", hog_features), "pixels": ("grey pixels", grey_pixels)}  # --features: (row name, features)
+# --features: (row name, features); HOG's are made in `main` from --hog-size/-cell/-bins/-signed
+SPACES = {"hog": ("HOG", None), "hog_colour": ("HOG of colour", None), "pixels": ("grey pixels", grey_pixels)}
 
 
-def main() -> None:
+def parse_args(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parser and its reading of `argv`: key=value words are the config's Hydra overrides (`.overrides`) wherever
+    they stand — after a list flag (`--k 8 16 eval.split=validation`) argparse alone would take them as its items
+    (so a path or --json value holding '=' is read as an override too)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("corpus", type=Path)
     ap.add_argument("--features", nargs="*", default=["hog", "pixels"], choices=sorted(SPACES),
@@ -119,8 +124,15 @@ def main() -> None:
     ap.add_argument("--hog-signed", action="store_true", help="HOG bins over 360 deg instead of 180")
     ap.add_argument("--bands", type=int, default=1, help="fit HOG's directions in N bands of block rows")
     ap.add_argument("--json")
-    ap.add_argument("overrides", nargs="*")
-    a = ap.parse_intermixed_args()
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides (key=value), anywhere on the line")
+    overrides = [w for w in argv if "=" in w and not w.startswith("-")]
+    a = ap.parse_intermixed_args([w for w in argv if w not in overrides])
+    a.overrides = [*a.overrides, *overrides]
+    return ap, a
+
+
+def main() -> None:
+    ap, a = parse_args(sys.argv[1:])
     if not a.features and not a.encoder:
         ap.error("nothing to fit: give --features and/or --encoder")
     if min(a.k) < 1 or a.videos < 1 or a.every < 1 or a.bands < 1:
@@ -138,12 +150,10 @@ def main() -> None:
     if min(len(v) for v in fit_frames) < 2:
         raise SystemExit(f"--every {a.every}: a video of {a.corpus} keeps fewer than 2 frames; nothing changes within it")
     spaces = dict(SPACES[name] for name in a.features)
-    if "hog" in a.features:
-        spaces["HOG"] = lambda fr: hog_features(fr, a.hog_size, a.hog_cell, 2 * a.hog_cell, a.hog_bins,
-                                                signed=a.hog_signed)
-    if "hog_colour" in a.features:
-        spaces["HOG of colour"] = lambda fr: hog_features(fr, a.hog_size, a.hog_cell, 2 * a.hog_cell, a.hog_bins,
-                                                          colour=True, signed=a.hog_signed)
+    for key, colour in (("hog", False), ("hog_colour", True)):
+        if key in a.features:
+            spaces[SPACES[key][0]] = lambda fr, c=colour: hog_features(fr, a.hog_size, a.hog_cell, 2 * a.hog_cell,
+                                                                       a.hog_bins, colour=c, signed=a.hog_signed)
     spaces |= {n: (lambda fr, e=e: e.encode(torch.from_numpy(fr)).numpy()) for n, e in encoders.items()}
     seed, rows, per_au = int(cfg.run.seed), [], []  # per_au[i]: row i's F1 per AU (JSON only)
     for name, features in spaces.items():

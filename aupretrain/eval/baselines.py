@@ -34,6 +34,7 @@ def hog_features(frames: np.ndarray, size: int = 64, cell: int = 8, block: int =
         raise ValueError(f"hog_features needs RGB frames [N, H, W, 3], got shape {frames.shape}")
     hog = cv2.HOGDescriptor((size, size), (block, block), (cell, cell), (cell, cell), bins, 1, -1.0,
                             cv2.HOGDescriptor_L2Hys, 0.2, False, cv2.HOGDescriptor_DEFAULT_NLEVELS, signed)
+
     def image(f: np.ndarray) -> np.ndarray:
         f = cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(f) if colour else cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)

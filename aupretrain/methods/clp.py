@@ -319,8 +319,6 @@ class CLPMethod(Method):
         # `cir.hog_weight` > 0: M, a linear map of the unit AU codes' change to the HOG change of the same frames
         self.hog_cell = int(cir.get("hog_cell", 8))
         self.hog_bins, self.hog_signed = int(cir.get("hog_bins", 9)), bool(cir.get("hog_signed", False))
-        if self.hog_bins < 2:
-            raise ValueError(f"objective.cir.hog_bins={self.hog_bins}: HOG needs at least 2 orientation bins")
         self.hog_change = None
         if float(cir.get("hog_weight", 0.0)) > 0:
             self.hog_change = nn.Linear(int(model_cfg["au_dim"]), self._hog_dim(input_size), bias=False)

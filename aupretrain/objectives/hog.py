@@ -38,11 +38,11 @@ def hog_descriptor(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, 
     normalisation, shape [3] or broadcastable to [1, 3, 1, 1], in 0..255 units. Grey = ITU-R 601 luma; gradients
     by the centred [-1, 0, 1] filter (reflected borders, OpenCV's BORDER_REFLECT_101); `bins` orientation bins over
     [0, π) (unsigned: a dark-to-light edge and a light-to-dark one vote alike) or, with `signed`, over [0, 2π)
-    (OpenCV's `signedGradient`: the edge's polarity kept), with linear vote interpolation between the two nearest bins, weighted by the gradient
-    magnitude; blocks of 2 × 2 `cell`-px cells at a stride of one cell, each pixel's vote weighted by the block's
-    Gaussian window (σ = block side / 4) and shared bilinearly between the block's cells; each block L2-Hys
-    normalised (L2 with 0.1 · 4 · bins added to the norm, clipped at `clip`, L2 again). In OpenCV's order: blocks
-    column by column, in each the 2 × 2 cells column by column, in each the bins. Returns float32
+    (OpenCV's `signedGradient`: the edge's polarity kept), with linear vote interpolation between the two nearest
+    bins, weighted by the gradient magnitude; blocks of 2 × 2 `cell`-px cells at a stride of one cell, each pixel's
+    vote weighted by the block's Gaussian window (σ = block side / 4) and shared bilinearly between the block's
+    cells; each block L2-Hys normalised (L2 with 0.1 · 4 · bins added to the norm, clipped at `clip`, L2 again). In
+    OpenCV's order: blocks column by column, in each the 2 × 2 cells column by column, in each the bins. Returns float32
     [N, (S/cell − 1)² · 4 · bins]: 1,764 at 64 px (3,528 with 18 signed bins).
 
     Raises ValueError if S is not a multiple of `cell` or is under two cells.

@@ -75,3 +75,14 @@ def test_an_empty_features_list_needs_an_encoder(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["within_video.py", str(tmp_path), "--features", "--encoder", str(tmp_path / "e.pt")])
     with pytest.raises(FileNotFoundError, match="e.pt"):  # past the argument check: the encoder is loaded
         main()
+
+
+def test_overrides_after_a_list_flag_are_overrides_not_its_items():
+    """`--k 8 16 eval.split=validation run.seed=1` (as docs/benchmarks.md writes it): k is [8, 16], the two words are
+    config overrides; flags after them keep their values."""
+    from bench.within_video import parse_args
+
+    _, a = parse_args(["D", "--features", "hog", "--k", "8", "16", "eval.split=validation", "run.seed=1",
+                       "--hog-signed", "--json", "out.json"])
+    assert a.k == [8, 16] and a.overrides == ["eval.split=validation", "run.seed=1"]
+    assert str(a.corpus) == "D" and a.hog_signed and a.json == "out.json" and a.features == ["hog"]
