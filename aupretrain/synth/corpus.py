@@ -84,7 +84,8 @@ def render_video(job: VideoJob) -> dict:
     return labels
 
 
-RENDERER_VERSION = 2  # bump when the same arguments render different videos (2: AU tracks are excerpts)
+RENDERER_VERSION = 3  # bump when the same arguments render different videos (2: AU tracks are excerpts; 3: the
+#                       encoder is deterministic, so one seed gives one corpus, byte for byte)
 
 
 def write_corpus(root: str | Path, identities: int, videos_per_identity: int, frames: int, seed: int,
