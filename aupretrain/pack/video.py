@@ -52,7 +52,6 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.
                 stream.width, stream.height = w, h
                 stream.pix_fmt = "yuv420p"
                 stream.options = {"crf": str(crf), "preset": preset, "threads": "1", "x264-params": "mbtree=0"}
-                stream.thread_count = 1
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             vf.pts = count
             for packet in stream.encode(vf):

@@ -37,11 +37,11 @@ def test_a_seeded_video_is_rendered_to_the_same_bytes(tmp_path):
     job = VideoJob(str(tmp_path / "a"), 3, 1, 60, 25.0, 112, 11)
     render_video(job)
     frames = read_video(tmp_path / "a" / job.identity_name / f"{job.video_name}.mp4")
-    sums = set()
+    encodings = set()
     for k in range(16):
         write_video(tmp_path / f"e{k}.mp4", frames)
-        sums.add((tmp_path / f"e{k}.mp4").read_bytes())
-    assert len(sums) == 1
+        encodings.add((tmp_path / f"e{k}.mp4").read_bytes())
+    assert len(encodings) == 1
     for d in ("c1", "c2"):
         write_corpus(tmp_path / d, 2, 2, 40, seed=5, workers=2)
     for v in sorted((tmp_path / "c1").glob("*/*.mp4")):
