@@ -20,7 +20,9 @@ same test identities: random-init encoder, HOG, always-positive. Tuning belongs 
 corpus and 150 steps) or `still-head` (the control of docs/benchmarks.md where CLP's headline rows were measured:
 800 identities x 1 video x 40 frames with the head held still, clips of 4 frames 12 apart, 1,500 steps of 16 clips
 per rank; the CLP presets with HOG terms read both views with one geometry). Each protocol keeps its own corpus
-and shard folders, so one never overwrites the other.
+and shard folders, so one never overwrites the other. `--identities N` renders the protocol's corpus with N
+pretraining identities instead (same budget in steps; folders suffixed `-<N>ids`): how a method scales with the
+unlabelled data it sees.
 
 JSON: {"mean_f1": {method: mean over seeds}, "mean_f1_std": {...}, "identity_acc": {...},
 "per_au_f1": {method: {AU: F1}}, "ablations": {variant: {...}}, "runs": [...]} (values in [0, 1]). The key
@@ -106,6 +108,21 @@ def ensure_shards(protocol: dict, synth_dir: Path, shards_dir: Path) -> None:
         subprocess.run([str(bin_ / "aupretrain-pack"), str(synth_dir), str(shards_dir), *protocol["pack"]], check=True)
 
 
+def with_identities(protocol: dict, identities: int) -> dict:
+    """The protocol with `identities` pretraining identities (`aupretrain-synth --identities`) and corpus and shard
+    folders of their own (`<folder>-<N>ids`), the rest unchanged. Raises SystemExit when `identities` < 1."""
+    if identities < 1:
+        raise SystemExit(f"--identities {identities}: must be >= 1")
+    synth = list(protocol["synth"])
+    flags, overrides = (synth[:synth.index("--")], synth[synth.index("--"):]) if "--" in synth else (synth, [])
+    if "--identities" in flags:
+        flags[flags.index("--identities") + 1] = str(identities)
+    else:
+        flags += ["--identities", str(identities)]
+    return {**protocol, "synth": flags + overrides, "synth_dir": f"{protocol['synth_dir']}-{identities}ids",
+            "shards": f"{protocol['shards']}-{identities}ids"}
+
+
 def pretrain_and_probe(method: str, seed: int, run_dir: Path, shards: Path, labels: Path, preset: list[str],
                        extra: list[str], nproc: int, log_dir: Path) -> dict:
     """One real training run (torchrun, `nproc` ranks) + its end-of-run probe; returns its eval.json."""
@@ -189,6 +206,9 @@ def main() -> None:
     ap.add_argument("--protocol", default="quickstart", choices=sorted(PROTOCOLS),
                     help="pretraining corpus and budget (see PROTOCOLS)")
     ap.add_argument("--nproc", type=int, default=None, help="ranks per run (default: 2 on CPU, GPUs on cuda)")
+    ap.add_argument("--identities", type=int, default=None,
+                    help="pretraining identities instead of the protocol's (its corpus and shards then get their "
+                         "own folders, suffixed -<N>ids)")
     ap.add_argument("--synth-dir", help="pretraining corpus folder (default: the protocol's)")
     ap.add_argument("--shards", help="its shards (default: the protocol's)")
     ap.add_argument("--work", default="bench/results/quality-runs", help="run folders and logs")
@@ -196,6 +216,8 @@ def main() -> None:
     a = ap.parse_args()
     os.chdir(ROOT)
     protocol = PROTOCOLS[a.protocol]
+    if a.identities is not None:
+        protocol = with_identities(protocol, a.identities)
     preset = [*DEVICE_PRESETS[a.device], *protocol["train"]]
     nproc = a.nproc or (2 if a.device == "cpu" else max(1, __import__("torch").cuda.device_count()))
     cfg = load_config([*preset, *a.overrides])
