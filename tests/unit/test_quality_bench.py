@@ -32,3 +32,22 @@ def test_the_basis_term_alone_keeps_only_the_basis_term():
     assert cfg.tcl_weight == cfg.rank_weight == 0
     assert cfg.cir.self_weight == cfg.cir.cycle_weight == cfg.cir.au_weight == cfg.cir.id_weight == 0
     assert cfg.cir.hog_weight == 0
+
+
+def test_identities_renders_the_protocols_corpus_with_that_many_identities_in_folders_of_its_own():
+    """`--identities N`: only the identity count and the folders change, for a protocol that names a count and one
+    that does not; a count below 1 is refused."""
+    from bench.quality import PROTOCOLS, with_identities
+
+    still = with_identities(PROTOCOLS["still-head"], 3200)
+    flags = still["synth"]
+    assert flags[flags.index("--identities") + 1] == "3200" and flags.count("--identities") == 1
+    assert flags[flags.index("--"):] == PROTOCOLS["still-head"]["synth"][PROTOCOLS["still-head"]["synth"].index("--"):]
+    assert still["synth_dir"] == PROTOCOLS["still-head"]["synth_dir"] + "-3200ids"
+    assert still["shards"] == PROTOCOLS["still-head"]["shards"] + "-3200ids"
+    assert still["pack"] == PROTOCOLS["still-head"]["pack"] and still["train"] == PROTOCOLS["still-head"]["train"]
+    assert "3200" not in PROTOCOLS["still-head"]["synth"]  # the table itself is untouched
+    quick = with_identities(PROTOCOLS["quickstart"], 50)
+    assert quick["synth"] == ["--identities", "50"] and quick["synth_dir"] == "data/synthetic-50ids"
+    with pytest.raises(SystemExit, match="--identities 0"):
+        with_identities(PROTOCOLS["quickstart"], 0)
