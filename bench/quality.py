@@ -123,6 +123,19 @@ def with_identities(protocol: dict, identities: int) -> dict:
             "shards": f"{protocol['shards']}-{identities}ids"}
 
 
+def checked_config(protocol: dict, preset: list[str], overrides: list[str]):
+    """The config every run composes (`preset` + `overrides`), with the protocol's pretraining identity count
+    (its `--identities` flag) as `synth.identities`, after `check_identity_sets`: raises ValueError naming the two
+    sets when the pretraining identities reach the validation or test ones (e.g. `--identities 100001`)."""
+    from aupretrain.eval.datasets import check_identity_sets
+
+    flags = protocol["synth"]
+    count = [f"synth.identities={flags[flags.index('--identities') + 1]}"] if "--identities" in flags else []
+    cfg = load_config([*preset, *count, *overrides])
+    check_identity_sets(cfg)
+    return cfg
+
+
 def pretrain_and_probe(method: str, seed: int, run_dir: Path, shards: Path, labels: Path, preset: list[str],
                        extra: list[str], nproc: int, log_dir: Path) -> dict:
     """One real training run (torchrun, `nproc` ranks) + its end-of-run probe; returns its eval.json."""
@@ -220,10 +233,7 @@ def main() -> None:
         protocol = with_identities(protocol, a.identities)
     preset = [*DEVICE_PRESETS[a.device], *protocol["train"]]
     nproc = a.nproc or (2 if a.device == "cpu" else max(1, __import__("torch").cuda.device_count()))
-    cfg = load_config([*preset, *a.overrides])
-    from aupretrain.eval.datasets import check_identity_sets
-
-    check_identity_sets(cfg)
+    cfg = checked_config(protocol, preset, a.overrides)
     synth_dir = Path(a.synth_dir or protocol["synth_dir"]).resolve()
     shards, work = Path(a.shards or protocol["shards"]).resolve(), Path(a.work).resolve()
     ensure_shards(protocol, synth_dir, shards)

@@ -51,3 +51,15 @@ def test_identities_renders_the_protocols_corpus_with_that_many_identities_in_fo
     assert quick["synth"] == ["--identities", "50"] and quick["synth_dir"] == "data/synthetic-50ids"
     with pytest.raises(SystemExit, match="--identities 0"):
         with_identities(PROTOCOLS["quickstart"], 0)
+
+
+def test_the_bench_refuses_pretraining_identities_that_reach_the_evaluation_ones():
+    """The identity check reads the protocol's own identity count: 3,200 pass, 100,001 reach the validation set."""
+    from bench.quality import DEVICE_PRESETS, PROTOCOLS, checked_config, with_identities
+
+    protocol = PROTOCOLS["still-head"]
+    preset = [*DEVICE_PRESETS["cpu"], *protocol["train"]]
+    assert checked_config(protocol, preset, []).synth.identities == 800
+    assert checked_config(with_identities(protocol, 3200), preset, []).synth.identities == 3200
+    with pytest.raises(ValueError, match="identity sets overlap: pretraining 0..100000 and validation"):
+        checked_config(with_identities(protocol, 100001), preset, [])
