@@ -233,7 +233,10 @@ def main() -> None:
         protocol = with_identities(protocol, a.identities)
     preset = [*DEVICE_PRESETS[a.device], *protocol["train"]]
     nproc = a.nproc or (2 if a.device == "cpu" else max(1, __import__("torch").cuda.device_count()))
-    cfg = checked_config(protocol, preset, a.overrides)
+    try:
+        cfg = checked_config(protocol, preset, a.overrides)
+    except ValueError as e:  # overlapping identity sets, or a bad override: one line naming it, no traceback
+        ap.error(str(e))
     synth_dir = Path(a.synth_dir or protocol["synth_dir"]).resolve()
     shards, work = Path(a.shards or protocol["shards"]).resolve(), Path(a.work).resolve()
     ensure_shards(protocol, synth_dir, shards)
