@@ -96,12 +96,18 @@ DEVICE_METHOD_PRESETS = {"cpu": {}, "cuda": {m: ["objective.cir.hog_cell=14"]
                                              for m in ("clp", *CLP_PRESETS)}}
 
 
+def synth_flags(protocol: dict) -> tuple[list[str], list[str]]:
+    """The protocol's `aupretrain-synth` words split into its flags and its Hydra overrides (from "--" on), as new
+    lists."""
+    synth = list(protocol["synth"])
+    return (synth[:synth.index("--")], synth[synth.index("--"):]) if "--" in synth else (synth, [])
+
+
 def ensure_shards(protocol: dict, synth_dir: Path, shards_dir: Path) -> None:
     """Render the protocol's pretraining corpus (configs/synth + its flags) and pack it with its clip settings,
     unless already there and up to date (the renderer itself skips videos already rendered with these settings)."""
     bin_ = Path(sys.executable).parent
-    synth = protocol["synth"]
-    flags, overrides = (synth[:synth.index("--")], synth[synth.index("--"):]) if "--" in synth else (synth, [])
+    flags, overrides = synth_flags(protocol)
     subprocess.run([str(bin_ / "aupretrain-synth"), str(synth_dir), "--overwrite", *flags, *overrides], check=True)
     manifest = shards_dir / "manifest.json"
     if not manifest.exists() or manifest.stat().st_mtime < (synth_dir / "corpus.json").stat().st_mtime:
@@ -113,8 +119,7 @@ def with_identities(protocol: dict, identities: int) -> dict:
     folders of their own (`<folder>-<N>ids`), the rest unchanged. Raises SystemExit when `identities` < 1."""
     if identities < 1:
         raise SystemExit(f"--identities {identities}: must be >= 1")
-    synth = list(protocol["synth"])
-    flags, overrides = (synth[:synth.index("--")], synth[synth.index("--"):]) if "--" in synth else (synth, [])
+    flags, overrides = synth_flags(protocol)
     if "--identities" in flags:
         flags[flags.index("--identities") + 1] = str(identities)
     else:
@@ -129,7 +134,7 @@ def checked_config(protocol: dict, preset: list[str], overrides: list[str]):
     sets when the pretraining identities reach the validation or test ones (e.g. `--identities 100001`)."""
     from aupretrain.eval.datasets import check_identity_sets
 
-    flags = protocol["synth"]
+    flags, _ = synth_flags(protocol)
     count = [f"synth.identities={flags[flags.index('--identities') + 1]}"] if "--identities" in flags else []
     cfg = load_config([*preset, *count, *overrides])
     check_identity_sets(cfg)
