@@ -10,13 +10,16 @@ are scored too. No label is read to fit the directions. The JSON also holds each
 in the rows' order).
 
     python bench/within_video.py CORPUS [--features [hog] [pixels]] [--encoder E.pt ...] [--k 2 8 16 32 128]
-        [--videos 800] [--every 4] [--hog-size 64] [--hog-cell 8] [--hog-bins 9] [--hog-signed] [--bands 1]
+        [--videos 800] [--every 4] [--hog-size 64] [--hog-cell 8] [--hog-bins 9] [--hog-signed] [--bands 1] [--whiten 0]
         [--json OUT] [Hydra overrides, e.g. eval.split=validation]
 
 `--hog-size` sets the side (pixels) the grey frames are resized to before HOG (64: the HOG row's; the corpus is
 rendered at 112), `--hog-cell` HOG's cell side in pixels at that size (blocks of 2 x 2 cells), `--hog-bins` its
 orientation bins, over 180 deg or, with `--hog-signed`, 360 deg (the edge's polarity kept); `--features hog_colour`
 is HOG of the colour frame (each pixel's gradient from its strongest channel, Dalal & Triggs' colour HOG).
+`--whiten R` fits the within-video directions as `objective.cir.hog_basis_whiten=R` does in training (the
+project's `WithinClipHOGBasis`, each video one clip): the k directions with the largest within-video share of their
+variance in the pooled features' top-R principal subspace, whitened — the "all frames" rows are unchanged.
 `--bands N` fits the directions of HOG separately in N horizontal bands of its block rows (`hog_bands`: brows, eyes,
 mouth apart, so a small local change such as a closing lid is not outvoted by the mouth's larger ones) and
 concatenates k directions of each band.
@@ -42,6 +45,7 @@ from aupretrain.config import load_config  # noqa: E402
 from aupretrain.eval.baselines import hog_features  # noqa: E402
 from aupretrain.eval.report import evaluate_codes  # noqa: E402
 from aupretrain.eval.run import load_data  # noqa: E402
+from aupretrain.methods.hog_basis import WithinClipHOGBasis  # noqa: E402
 from aupretrain.models.encoder import AUEncoder, load_encoder  # noqa: E402
 
 
@@ -57,6 +61,16 @@ def principal_directions(groups: list[np.ndarray], k: int, within: bool = True) 
         raise ValueError(f"k={k}: {len(x)} rows of {x.shape[1]} features in {len(groups)} videos allow at most "
                          f"{max(0, min(rows, x.shape[1]))} directions")
     return np.linalg.svd(x, full_matrices=False)[2][:k]
+
+
+def within_share_directions(groups: list[np.ndarray], k: int, rank: int) -> np.ndarray:
+    """The top-k directions [k, D] of the largest within-video share of variance, fitted in the pooled features'
+    top-`rank` principal subspace, whitened: `WithinClipHOGBasis(whiten=rank)` with each video (groups: arrays
+    [n_i, D], n_i >= 2) one clip. Raises ValueError when k or rank is out of range for D."""
+    basis = WithinClipHOGBasis(groups[0].shape[1], k, len(groups), whiten=rank)
+    for g in groups:
+        basis.accumulate(torch.from_numpy(np.asarray(g, dtype=np.float64))[None])
+    return basis.basis.double().numpy()
 
 
 def hog_bands(dim: int, blocks: int, bands: int, per_block: int = 36) -> list[np.ndarray]:
@@ -123,6 +137,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Names
     ap.add_argument("--hog-bins", type=int, default=9, help="HOG orientation bins")
     ap.add_argument("--hog-signed", action="store_true", help="HOG bins over 360 deg instead of 180")
     ap.add_argument("--bands", type=int, default=1, help="fit HOG's directions in N bands of block rows")
+    ap.add_argument("--whiten", type=int, default=0,
+                    help="within-video directions of the largest within share, in the pooled top-R subspace (0: off)")
     ap.add_argument("--json")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (key=value), anywhere on the line")
     overrides = [w for w in argv if "=" in w and not w.startswith("-")]
@@ -137,6 +153,8 @@ def main() -> None:
         ap.error("nothing to fit: give --features and/or --encoder")
     if min(a.k) < 1 or a.videos < 1 or a.every < 1 or a.bands < 1:
         ap.error(f"--k, --videos, --every and --bands must be >= 1, got {a.k}, {a.videos}, {a.every}, {a.bands}")
+    if a.whiten and (a.bands > 1 or a.whiten < max(a.k)):
+        ap.error(f"--whiten {a.whiten}: must be >= the largest --k ({max(a.k)}) and cannot be combined with --bands")
     if a.hog_bins < 2:
         ap.error(f"--hog-bins {a.hog_bins}: HOG needs at least 2 orientation bins")
     if a.hog_cell < 2 or a.hog_size % a.hog_cell or a.hog_size // a.hog_cell < 2:
@@ -174,22 +192,26 @@ def main() -> None:
                     bands = hog_bands(x.shape[1], a.hog_size // a.hog_cell - 1, a.bands, 4 * a.hog_bins)
                     banded_basis = banded_directions(groups, max(a.k), bands, within)
                     bases = {k: banded_basis[:, :k].reshape(-1, x.shape[1]) for k in a.k}
+                elif within and a.whiten:
+                    basis = within_share_directions(groups, max(a.k), a.whiten)
+                    bases = {k: basis[:k] for k in a.k}
                 else:
                     basis = principal_directions(groups, max(a.k), within)
                     bases = {k: basis[:k] for k in a.k}
-            except ValueError as e:
-                raise SystemExit(f"--k / --bands: {name} of {a.corpus}: {e}") from None
+            except (ValueError, RuntimeError) as e:
+                raise SystemExit(f"--k / --bands / --whiten: {name} of {a.corpus}: {e}") from None
             for k in a.k:
                 r = probe(x @ bases[k].T)
-                rows.append({"features": name, "directions": ("within-video" if within else "all frames")
-                             + (f", {a.bands} bands" if banded else ""), "k": k * (a.bands if banded else 1),
+                how = ("within-video" if within else "all frames") + (f", {a.bands} bands" if banded else "")
+                how += f", within share in top {a.whiten}" if within and a.whiten and not banded else ""
+                rows.append({"features": name, "directions": how, "k": k * (a.bands if banded else 1),
                              "mean F1": r["f1_mean"], "identity acc": r.get("identity_acc")})
                 per_au.append(r["f1"])
         print(f"{name}: done", flush=True)
     report(f"AU probe on principal directions fitted without labels on {a.corpus} ({cfg.eval.split} identities)",
            rows, a.json, {"corpus": str(a.corpus), "videos": a.videos, "every": a.every, "split": str(cfg.eval.split),
                           "hog_size": a.hog_size, "hog_cell": a.hog_cell, "hog_bins": a.hog_bins,
-                          "hog_signed": a.hog_signed, "bands": a.bands,
+                          "hog_signed": a.hog_signed, "bands": a.bands, "whiten": a.whiten,
                           "per_au_f1": per_au})
 
 

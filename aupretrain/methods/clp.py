@@ -327,7 +327,8 @@ class CLPMethod(Method):
         self.hog_basis = self.hog_basis_head = None
         if float(cir.get("hog_basis_weight", 0.0)) > 0:
             k = int(cir.get("hog_basis_k", 8))
-            self.hog_basis = WithinClipHOGBasis(self._hog_dim(input_size), k, int(cir.get("hog_basis_fit_steps", 100)))
+            self.hog_basis = WithinClipHOGBasis(self._hog_dim(input_size), k, int(cir.get("hog_basis_fit_steps", 100)),
+                                                int(cir.get("hog_basis_whiten", 0)))
             self.hog_basis_head = nn.Linear(int(model_cfg["au_dim"]), k)
 
     def _hog_dim(self, input_size: int) -> int:

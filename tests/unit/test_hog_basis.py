@@ -47,6 +47,39 @@ def test_the_basis_is_what_changes_within_clips_not_between_them():
     assert fresh.is_fitted and torch.equal(fresh.basis, basis.basis)
 
 
+def test_whitened_basis_keeps_the_directions_where_faces_differ_least():
+    """`whiten` = r (`objective.cir.hog_basis_whiten`): the k directions with the largest within-clip share of their
+    variance in the pooled top-r subspace. e_0 changes most within clips (std 3) but differs far more between them
+    (std 10: share 0.08), e_3 changes only within (std 2: share 1), e_7 within (std 1) and between (std 1: share
+    0.5). Plain principal directions keep e_0 then e_3; the whitened fit keeps e_3 then e_7, its targets have zero
+    mean and unit variance, and it refuses an r outside k..Dh and too few frames for r."""
+    g = torch.Generator().manual_seed(0)
+
+    def clips(n: int) -> torch.Tensor:
+        x = 0.01 * torch.randn(n, 4, 16, generator=g)
+        x[..., 0] += 10 * torch.randn(n, 1, generator=g) + 3 * torch.randn(n, 4, generator=g)
+        x[..., 3] += 2 * torch.randn(n, 4, generator=g)
+        x[..., 7] += torch.randn(n, 1, generator=g) + torch.randn(n, 4, generator=g)
+        return x
+
+    data = [clips(400) for _ in range(2)]
+    plain, whitened = WithinClipHOGBasis(16, 2, 2), WithinClipHOGBasis(16, 2, 2, whiten=3)
+    for hog in data:
+        plain.accumulate(hog)
+        whitened.accumulate(hog)
+    assert plain.basis.abs().argmax(1).tolist() == [0, 3]
+    assert whitened.basis.abs().argmax(1).tolist() == [3, 7]
+    assert torch.all(whitened.basis.abs().max(1).values > 0.99)
+    z = whitened.targets(torch.cat(data).flatten(0, 1))
+    assert torch.allclose(z.mean(0), torch.zeros(2), atol=1e-3) and torch.allclose(z.std(0), torch.ones(2), atol=1e-2)
+    for r in (1, 17):
+        with pytest.raises(ValueError, match="hog_basis_whiten"):
+            WithinClipHOGBasis(16, 2, 1, whiten=r)
+    few = WithinClipHOGBasis(16, 2, 1, whiten=12)
+    with pytest.raises(RuntimeError, match="hog_basis_whiten"):
+        few.accumulate(clips(2))  # 8 frames cannot whiten 12 dimensions
+
+
 def test_the_basis_refuses_bad_settings_and_shapes():
     with pytest.raises(ValueError, match="hog_basis_k"):
         WithinClipHOGBasis(dim=16, k=16, fit_steps=1)
@@ -114,7 +147,7 @@ def test_clp_method_gathers_fits_then_regresses_the_whitened_projections():
 
 @pytest.mark.parametrize("override", ["objective.cir.hog_basis_k=0", "objective.cir.hog_basis_weight=-1",
                                       "objective.cir.hog_basis_fit_steps=0",
-                                      "objective.cir.hog_basis_centre=video"])
+                                      "objective.cir.hog_basis_centre=video", "objective.cir.hog_basis_whiten=-1"])
 def test_hog_basis_knobs_are_checked_before_anything_starts(override):
     from aupretrain.config import load_config
     from aupretrain.errors import UsageError

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from bench.within_video import principal_directions
+
 
 def test_within_video_directions_find_the_change_and_pooled_ones_the_identity():
     """Features = a large offset per video (who the face is) + a small signal along one fixed direction that varies
@@ -22,6 +24,32 @@ def test_within_video_directions_find_the_change_and_pooled_ones_the_identity():
     with pytest.raises(ValueError, match="allow at most 0 directions"):
         principal_directions(single, 1)
     assert principal_directions(single, 1, within=False).shape == (1, d)  # pooled over videos it still has rank
+
+
+def test_within_share_directions_drop_the_change_that_also_tells_faces_apart(tmp_path, monkeypatch, capsys):
+    """`--whiten R`: the training basis' fit (each video one clip). Axis 0 changes most within videos but far more
+    between them; axis 3 changes only within: plain within-video PCA keeps axis 0 first, the within-share fit axis 3.
+    Videos of unequal length are fine; an R below the largest k is refused by the parser."""
+    import sys
+
+    from bench.within_video import main, within_share_directions
+
+    rng = np.random.default_rng(0)
+    d = 12
+    groups = []
+    for i in range(60):
+        n = 8 + i % 3
+        g = rng.normal(0, 0.01, (n, d))
+        g[:, 0] += rng.normal(0, 10) + rng.normal(0, 3, n)
+        g[:, 3] += rng.normal(0, 2, n)
+        groups.append(g)
+    assert abs(principal_directions(groups, 1)[0][0]) > 0.99
+    p = within_share_directions(groups, 1, 2)
+    assert p.shape == (1, d) and abs(p[0][3]) > 0.99
+    monkeypatch.setattr(sys, "argv", ["within_video.py", str(tmp_path), "--k", "8", "--whiten", "4"])
+    with pytest.raises(SystemExit):
+        main()
+    assert "--whiten 4: must be >= the largest --k (8)" in capsys.readouterr().err
 
 
 def test_within_video_names_an_empty_corpus(tmp_path):
