@@ -27,7 +27,9 @@ in which faces differ a lot from each other (a face's edge pattern that also mov
 variance, the kept directions are those where who the face is varies least. r regularises the 1,764-by-1,764
 problem (the pooled covariance's small eigenvalues are noise that whitening would blow up). Measured label-free
 (docs/benchmarks.md, session 35): on the still-head corpus the probe reads 0.464 mean F1 on validation identities
-from 8 such directions at r = 64 (three fold seeds) against 0.412 for the plain ones, with half the identity.
+from 8 such directions at r = 64 (three fold seeds) against 0.412 for the plain ones, with half the identity; fitted
+here, from the augmented views (HOG is not invariant to their rotation and crop), it did not raise the trained
+encoder on the test identities, so it is off in every preset.
 
 The fitted basis, mean and scale are buffers (saved with the model); the accumulators are not (a run resumed
 before the fit restarts its accumulation).
