@@ -66,7 +66,8 @@ def principal_directions(groups: list[np.ndarray], k: int, within: bool = True) 
 def within_share_directions(groups: list[np.ndarray], k: int, rank: int) -> np.ndarray:
     """The top-k directions [k, D] of the largest within-video share of variance, fitted in the pooled features'
     top-`rank` principal subspace, whitened: `WithinClipHOGBasis(whiten=rank)` with each video (groups: arrays
-    [n_i, D], n_i >= 2) one clip. Raises ValueError when k or rank is out of range for D."""
+    [n_i, D], n_i >= 2) one clip. Raises ValueError when k or rank is out of range for D, RuntimeError when the
+    videos hold too few frames or within-video degrees of freedom for them."""
     basis = WithinClipHOGBasis(groups[0].shape[1], k, len(groups), whiten=rank)
     for g in groups:
         basis.accumulate(torch.from_numpy(np.asarray(g, dtype=np.float64))[None])
