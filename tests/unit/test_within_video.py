@@ -8,7 +8,6 @@ from bench.within_video import principal_directions
 def test_within_video_directions_find_the_change_and_pooled_ones_the_identity():
     """Features = a large offset per video (who the face is) + a small signal along one fixed direction that varies
     inside every video (its AU): the top within-video direction is the signal's, the top pooled one the offsets'."""
-    from bench.within_video import principal_directions
 
     rng = np.random.default_rng(0)
     d, signal = 20, np.eye(20)[3]
