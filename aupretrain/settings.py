@@ -179,6 +179,7 @@ SCHEMA: dict[str, Spec] = {
     "objective.cir.hog_basis_k": _int(1, what="within-clip HOG directions"),
     "objective.cir.hog_basis_fit_steps": _int(1, what="optimizer steps accumulated before the basis is fitted"),
     "objective.cir.hog_basis_centre": _choice("frame", "clip"),
+    "objective.cir.hog_basis_fit_clips": _choice("augmented", "clean"),
     "objective.cir.hog_basis_whiten": _int(0, what="rank of the pooled HOG subspace of the within-clip-share fit, 0: off"),
     "objective.queue_size": _int(1),
     "objective.momentum": _num_spec(0, 1),

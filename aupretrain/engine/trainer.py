@@ -1,7 +1,8 @@
-"""The training loop, read as the algorithm: batches from the loader, one DeepSpeed step of the method's
-objective with negatives gathered across ranks, metrics, the online probe, checkpoints, a stop on signal; then
-the encoder exported and the AU probe run in its own process. Every part is a component built from the config
-(`components.py`, `metrics.py`, `online_probe.py`, `signals.py`, `export.py`)."""
+"""The training loop, read as the algorithm: the method's targets fitted on un-augmented clips where it has any
+(`prefit.py`); then batches from the loader, one DeepSpeed step of the method's objective with negatives gathered
+across ranks, metrics, the online probe, checkpoints, a stop on signal; then the encoder exported and the AU probe
+run in its own process. Every part is a component built from the config (`components.py`, `metrics.py`,
+`online_probe.py`, `signals.py`, `export.py`)."""
 from __future__ import annotations
 
 import logging
@@ -16,6 +17,7 @@ from .distributed import broadcast_object
 from .export import evaluate_in_own_process, export_run
 from .metrics import StepMetrics
 from .online_probe import OnlineProbe
+from .prefit import fit_on_clean_clips
 from .signals import StopRequest
 from .step import train_step
 
@@ -35,6 +37,7 @@ def train(cfg: DictConfig) -> dict:
     c = build(cfg)
     d, engine, loader = c.dist, c.engine, c.loader
     tracker, record = open_tracker(c)
+    fit_on_clean_clips(cfg, engine, d)  # targets the method fits on un-augmented clips, before step 1 (if any)
     steps = int(cfg.train.steps)
     end = min(steps, int(cfg.train.stop_at)) if cfg.train.get("stop_at") else steps  # chained jobs stop early
     accum = int(cfg.deepspeed.get("gradient_accumulation_steps", 1))

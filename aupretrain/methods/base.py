@@ -99,6 +99,17 @@ class Method(nn.Module):
         `aupretrain.models.head`), written to `<run>/au_head` at the end of training; None: it has none."""
         return None
 
+    def clean_fit_steps(self) -> int:
+        """How many optimizer steps' worth of un-augmented clips the method's label-free targets still need before
+        step 1 (the engine reads them: `engine.prefit.fit_on_clean_clips`); 0 (the default): none."""
+        return 0
+
+    @torch.no_grad()
+    def clean_fit_inputs(self, clips: torch.Tensor) -> torch.Tensor:
+        """clips [N, T, 3, S, S] (normalised, un-augmented) -> what `after_step` accumulates once gathered from every
+        rank. Only called while `clean_fit_steps` > 0; NotImplementedError for a method without such a fit."""
+        raise NotImplementedError(f"{type(self).__name__} fits nothing on clean clips")
+
     @torch.no_grad()
     def after_step(self, keys: torch.Tensor | None) -> None:
         """After each optimizer step; `keys` are the objective's momentum keys gathered from every rank."""

@@ -325,6 +325,10 @@ class CLPMethod(Method):
         # `cir.hog_basis_weight` > 0: the within-clip HOG basis (fitted from the stream) and the head that regresses
         # each frame's whitened projections on it from the frame's AU code
         self.hog_basis = self.hog_basis_head = None
+        self.hog_basis_fit_clips = str(cir.get("hog_basis_fit_clips", "augmented"))
+        if self.hog_basis_fit_clips not in ("augmented", "clean"):
+            raise ValueError(f"objective.cir.hog_basis_fit_clips={self.hog_basis_fit_clips!r}: must be 'augmented' "
+                             f"or 'clean'")
         if float(cir.get("hog_basis_weight", 0.0)) > 0:
             k = int(cir.get("hog_basis_k", 8))
             self.hog_basis = WithinClipHOGBasis(self._hog_dim(input_size), k, int(cir.get("hog_basis_fit_steps", 100)),
@@ -373,13 +377,25 @@ class CLPMethod(Method):
         out = {"pred": self.hog_basis_head(a.to(self.hog_basis_head.weight.dtype)).float()}
         if self.hog_basis.is_fitted:
             out["target"] = self.hog_basis.targets(hog)
-        else:
+        elif self.hog_basis_fit_clips == "augmented":  # "clean": fitted before step 1 (`clean_fit_steps`)
             out["stats"] = hog
         return out
 
+    def clean_fit_steps(self) -> int:
+        """`hog_basis_fit_steps` while the basis with `hog_basis_fit_clips=clean` is not fitted yet (a resumed run
+        loads it fitted), else 0."""
+        clean = self.hog_basis is not None and self.hog_basis_fit_clips == "clean"
+        return self.hog_basis.fit_steps if clean and not self.hog_basis.is_fitted else 0
+
+    @torch.no_grad()
+    def clean_fit_inputs(self, clips: torch.Tensor) -> torch.Tensor:
+        """clips [N, T, 3, S, S] un-augmented -> their frames' HOG [N, T, Dh] (float32), for `after_step`."""
+        return self._hog(clips.float())
+
     @torch.no_grad()
     def after_step(self, keys: torch.Tensor | None) -> None:
-        """`keys`: view 1's HOG [N, T, Dh] of every rank's clips while the HOG basis is being fitted (else None)."""
+        """`keys`: every rank's clips' HOG [N, T, Dh] while the HOG basis is being fitted — view 1's from the
+        training stream, or un-augmented clips' before step 1 (`clean_fit_inputs`) — else None."""
         if keys is not None and self.hog_basis is not None:
             self.hog_basis.accumulate(keys)
 

@@ -118,3 +118,32 @@ def test_the_whole_frame_lands_on_the_pixel_grid(ramps, loader):
     inner = slice(2, -2)  # the outermost pixels average across the border
     assert np.abs(view[0][inner, inner] - 2 * c[None, inner]).mean() < 1.0
     assert np.abs(view[1][inner, inner] - 2 * c[inner, None]).mean() < 1.0
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_unaugmented_config_reads_the_packed_frames_as_the_probe_does(ramps, loader):
+    """`engine.prefit.unaugmented` (the clips the clean fits read): with every draw of the config on — crop,
+    rotation, colour, blur, sensor noise, per-frame warp — both views of a clip are the whole frame on the pixel
+    grid, alike, in every frame; the config it was made from is left as it was."""
+    import dataclasses
+
+    from aupretrain.config import load_config
+    from aupretrain.data.dataset import ReaderSettings
+    from aupretrain.engine.prefit import unaugmented
+
+    cfg = load_config([f"data.shards={ramps}", "data.input_size=32", "data.augment.rotate=20",
+                       "data.augment.noise_sigma=[2.0,4.0]", "data.augment.frame_jitter.shift=0.1",
+                       "data.augment.frame_jitter.rotate=5"])
+    clean = ReaderSettings.from_config(unaugmented(cfg), 0, 1)
+    assert cfg.data.augment.rotate == 20 and list(cfg.data.augment.scale) == [0.6, 1.0]
+    s = dataclasses.replace(settings(ramps), **{f.name: getattr(clean, f.name) for f in dataclasses.fields(clean)
+                                                if f.name not in ("mean", "std", "root", "device", "num_threads")})
+    batch = next(iter(make_loader(loader, dataclasses.replace(s, batch_size=4, shuffle_buffer=4))))
+    assert (batch["view1"] - batch["view2"]).abs().max() < 1.0
+    c = (np.arange(s.input_size) + 0.5) * W / s.input_size
+    inner = slice(2, -2)
+    for view in batch["view1"]:
+        assert (view - view[:1]).abs().max() < 1.0  # no per-frame warp
+        v = view[0].double().numpy()
+        assert np.abs(v[0][inner, inner] - 2 * c[None, inner]).mean() < 1.0
+        assert np.abs(v[1][inner, inner] - 2 * c[inner, None]).mean() < 1.0

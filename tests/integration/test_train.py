@@ -1,6 +1,7 @@
 """Real launches: deepspeed (2 CPU ranks, gloo, ZeRO-2), torchrun, plain python; MLflow server; eval."""
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -255,3 +256,46 @@ def test_universal_checkpoint_resize(packed, tmp_path):
     r = launch([*torchrun, *base], tmp_path)
     assert "world_size: 1 -> 2" in r.stderr and (run_dir / "encoder.pt").exists()
     assert json.loads((run_dir / "checkpoints" / "step_6" / "meta.json").read_text())["world_size"] == 2
+
+
+def test_hog_basis_is_fitted_on_clean_clips_before_step_one(packed, tmp_path):
+    """`objective.cir.hog_basis_fit_clips=clean`: before step 1 the engine reads the shards once more with every
+    augmentation off (`engine.prefit`), gathers both ranks' clips, and the basis is fitted then — the term is live
+    from step 1 (not zero through the fit steps) — on both ranks alike, and it is the basis one process fits from
+    both ranks' un-augmented batches (the training views, rotated and cropped, would give another)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from aupretrain.data.dataset import build_loader
+    from aupretrain.engine.checkpoint import full_weights
+    from aupretrain.engine.prefit import unaugmented
+    from aupretrain.methods import build_method
+    from aupretrain.methods.hog_basis import WithinClipHOGBasis
+
+    fit_steps = 2
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN,
+           *common(packed, tmp_path, **{"objective": "clp_hog_basis", "objective.cir.hog_basis_fit_clips": "clean",
+                                        "objective.cir.hog_basis_fit_steps": fit_steps, "train.steps": 1,
+                                        "data.augment.rotate": 15.0, "train.eval_at_end": "false",
+                                        "tracking.enabled": "false"})]
+    r = launch(cmd, tmp_path)
+    assert f"fitted the method's label-free targets on {fit_steps} steps of un-augmented clips" in r.stderr
+    run_dir = only_run(tmp_path)
+    first = re.search(r"step 1/1 .* hog_basis (\S+) ", r.stderr)
+    assert first and float(first[1]) > 0.1  # whitened targets: ~1 at the start, not the unfitted 0
+    weights = full_weights(run_dir / "checkpoints" / "step_1")
+    assert bool(weights["hog_basis.fitted"])
+
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
+    basis = WithinClipHOGBasis(method.hog_basis.dim, method.hog_basis.k, fit_steps)
+    rank_batches = [iter(build_loader(unaugmented(cfg), rank, 2)) for rank in (0, 1)]
+    for _ in range(fit_steps):
+        basis.accumulate(torch.cat([method.clean_fit_inputs(next(b)["view1"]) for b in rank_batches]))
+    assert torch.allclose(weights["hog_basis.basis"].float(), basis.basis, atol=1e-4)
+    assert torch.allclose(weights["hog_basis.mean"].float(), basis.mean, atol=1e-5)
+    augmented = WithinClipHOGBasis(method.hog_basis.dim, method.hog_basis.k, fit_steps)
+    views = [iter(build_loader(cfg, rank, 2)) for rank in (0, 1)]
+    for _ in range(fit_steps):
+        augmented.accumulate(torch.cat([method.clean_fit_inputs(next(b)["view1"]) for b in views]))
+    assert not torch.allclose(weights["hog_basis.mean"].float(), augmented.mean, atol=1e-3)

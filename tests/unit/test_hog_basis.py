@@ -145,9 +145,42 @@ def test_clp_method_gathers_fits_then_regresses_the_whitened_projections():
                         cfg.model, s).hog_basis is None  # off unless its weight is set
 
 
+def test_clean_fit_asks_for_un_augmented_clips_and_never_fits_from_the_views():
+    """`objective.cir.hog_basis_fit_clips=clean`: the method asks the engine for `hog_basis_fit_steps` steps of
+    un-augmented clips (`clean_fit_steps`) and hands the views' HOG to no one (no `stats`); `clean_fit_inputs` is
+    the clips' HOG; once fitted — from `after_step` or loaded from a checkpoint — it asks for nothing. The default
+    (`augmented`) and a method without the basis never ask."""
+    from aupretrain.config import load_config
+    from aupretrain.methods import build_method
+    from aupretrain.objectives import build_objective, split_views
+
+    over = ["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=3"]
+    cfg = load_config([*over, "objective.cir.hog_basis_fit_clips=clean"])
+    method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
+    assert method.clean_fit_steps() == 3
+    b, t, s = 2, 4, int(cfg.data.input_size)
+    clips = torch.randn(2 * b, t, 3, s, s)
+    out = split_views(method(clips, **method.request({"partner": torch.tensor([1, 0])}, t)), b)
+    assert build_objective(cfg.objective).after_step_inputs(out) is None  # the views are not the fit's input
+    hog = method.clean_fit_inputs(clips[:b])
+    mean, std = method.encoder.mean.view(3), method.encoder.std.view(3)
+    assert torch.allclose(hog, hog_descriptor(clips[:b].flatten(0, 1), mean, std).view(b, t, -1), atol=1e-5)
+    for _ in range(3):
+        assert method.clean_fit_steps() == 3
+        method.after_step(torch.cat([hog, hog + 0.1 * torch.randn_like(hog)]))
+    assert method.hog_basis.is_fitted and method.clean_fit_steps() == 0
+    resumed = build_method(cfg.objective, cfg.model, s)
+    resumed.load_state_dict(method.state_dict())
+    assert resumed.clean_fit_steps() == 0
+    for plain in (over, ["experiment=quickstart", "objective=clp_hog"]):
+        c = load_config(plain)
+        assert build_method(c.objective, c.model, s).clean_fit_steps() == 0
+
+
 @pytest.mark.parametrize("override", ["objective.cir.hog_basis_k=0", "objective.cir.hog_basis_weight=-1",
                                       "objective.cir.hog_basis_fit_steps=0",
-                                      "objective.cir.hog_basis_centre=video", "objective.cir.hog_basis_whiten=-1"])
+                                      "objective.cir.hog_basis_centre=video", "objective.cir.hog_basis_whiten=-1",
+                                      "objective.cir.hog_basis_fit_clips=raw"])
 def test_hog_basis_knobs_are_checked_before_anything_starts(override):
     from aupretrain.config import load_config
     from aupretrain.errors import UsageError
