@@ -9,6 +9,7 @@ noise they add last (`noise_views`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -180,6 +181,22 @@ def colour_maps(s: ReaderSettings, b: int, g: torch.Generator) -> tuple[torch.Te
         c = _RGB @ rot @ _YIQ
         m, off, on = c @ m, (c @ off.unsqueeze(-1)).squeeze(-1), True
     return (m, off) if on else None
+
+
+def without_augmentation(s: ReaderSettings) -> ReaderSettings:
+    """`s` with every draw off: the whole frame resized to `s.input_size` (antialiased), no rotation, crop, colour,
+    blur, sensor noise or per-frame warp — each frame as the probe's `encode()` reads it. What the clean view
+    (`s.clean_view`, `clean_view`) and the engine's fits on un-augmented clips (`engine.prefit`) read."""
+    return dataclasses.replace(s, scale=(1.0, 1.0), rotate=0.0, shared_geometry=True, brightness=(1.0, 1.0),
+                               contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0, blur_sigma=(0.0, 0.0),
+                               frame_shift=0.0, frame_scale=0.0, frame_rotate=0.0, noise_sigma=(0.0, 0.0),
+                               clean_view=False)
+
+
+def clean_view(x: torch.Tensor, s: ReaderSettings) -> torch.Tensor:
+    """The clean view's normalisation (`s.clean_view`): uint8 [B, T, S, S, 3] whole frames resized -> normalised
+    float [B, T, 3, S, S] (`finish_views` with every draw off; the loader's generator is not touched)."""
+    return finish_views(x, without_augmentation(s), torch.Generator())
 
 
 def finish_views(x: torch.Tensor, s: ReaderSettings, g: torch.Generator, taps: int = 5,

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from . import integrity, shards, storage
-from .augment import finish_views, host_views, working_size  # noqa: F401 (working_size re-exported)
+from .augment import (clean_view, finish_views, host_views, without_augmentation,  # noqa: F401 (re-exported)
+                      working_size)
 from .dataset import (ReaderSettings, assemble_batch, check_shards, host_geometry,  # noqa: F401 (re-exported)
                       local_cache, partners, require_full_batches, shared_dataset_view, use_gpu, video_id)
 from .labels import FrameLabels
@@ -97,6 +98,8 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
             initial_fill=s.shuffle_buffer, pad_last_batch=True, name="Reader")
         frames = [fn.decoders.image(j, device="mixed" if gpu else "cpu", output_type=types.RGB) for j in outs[:clip_len]]
         seq = fn.stack(*frames, axis_name="F")
+        # `s.clean_view` (the views cut here): the whole frames resized, antialiased, as the probe reads them
+        clean = [fn.resize(seq, size=[s.input_size, s.input_size], antialias=True)] if s.clean_view and not host else []
         if size:  # the warps do not antialias: downsample once, antialiased, for both views
             seq = fn.resize(seq, size=[size, size], antialias=True)
         # <key>.json zero-padded to the longest in the batch: a dense tensor whatever the length of the identity and
@@ -106,8 +109,8 @@ def build_pipeline(s: ReaderSettings, paths: list[str], index_paths: list[str], 
             return seq, meta
         if s.shared_geometry:  # one rotation and crop for both views (their colour and blur still differ)
             v = view(seq)
-            return v, fn.copy(v), meta
-        return view(seq), view(seq), meta
+            return (v, fn.copy(v), *clean, meta)
+        return (view(seq), view(seq), *clean, meta)
 
     p = pipe(checkpoint=checkpoint)
     p.build()
@@ -210,7 +213,8 @@ class ClipLoader:
                     raise failure from e
                 raise
             try:
-                names = ["clip", "meta"] if self.host else ["view1", "view2", "meta"]
+                clean = ["clean"] if self.settings.clean_view else []
+                names = ["clip", "meta"] if self.host else ["view1", "view2", *clean, "meta"]
                 self.iterator = DALIGenericIterator([self.pipe], names, reader_name="Reader",
                                                     auto_reset=True, last_batch_policy=LastBatchPolicy.DROP)
                 return
@@ -351,13 +355,18 @@ class ClipLoader:
                 try:
                     d = next(it)[0]
                     if "clip" in d:  # decoded only: both views' geometry on the host
-                        d["view1"], d["view2"] = host_views(d.pop("clip"), self.settings, self._gen)
+                        clip = d.pop("clip")
+                        d["view1"], d["view2"] = host_views(clip, self.settings, self._gen)
+                        if self.settings.clean_view:  # the whole frames resized (no draw from the loader's RNG)
+                            d["clean"] = host_views(clip, without_augmentation(self.settings), torch.Generator())[0]
                         if use_gpu(self.settings.device):  # colour, blur and normalisation on the device
-                            d["view1"], d["view2"] = (d[k].pin_memory().cuda(non_blocking=True)
-                                                      for k in ("view1", "view2"))
+                            for k in ("view1", "view2", "clean"):
+                                if k in d:
+                                    d[k] = d[k].pin_memory().cuda(non_blocking=True)
                     v1, v2 = (finish_views(d[k], self.settings, self._gen) for k in ("view1", "view2"))
+                    clean = clean_view(d["clean"], self.settings) if "clean" in d else None
                     batch = assemble_batch(v1, v2, self._decode_meta(d["meta"]), self.identity_ids, self._gen,
-                                           self.settings, self.labels)
+                                           self.settings, self.labels, clean)
                 except StopIteration:
                     break
                 except (RuntimeError, ValueError, UnicodeDecodeError, KeyError, TypeError) as e:  # DALI: RuntimeError

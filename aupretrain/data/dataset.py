@@ -58,6 +58,7 @@ class ReaderSettings:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     verify_checksums: bool = False
     labels: str | None = None  # folder of <video>.labels.json: adds `au` [B, T, A] to every batch
+    clean_view: bool = False  # adds `clean` [B, T, 3, S, S]: each clip's frames un-augmented (`augment.clean_view`)
 
     @classmethod
     def from_config(cls, cfg, rank: int, world: int) -> "ReaderSettings":
@@ -74,7 +75,7 @@ class ReaderSettings:
                    frame_shift=float(aug.frame_jitter.shift), frame_scale=float(aug.frame_jitter.scale),
                    frame_rotate=float(aug.frame_jitter.rotate), noise_sigma=tuple(aug.noise_sigma),
                    mean=tuple(cfg.model.mean), std=tuple(cfg.model.std), verify_checksums=bool(d.verify_checksums),
-                   labels=str(d.labels) if d.get("labels") else None)
+                   labels=str(d.labels) if d.get("labels") else None, clean_view=bool(d.get("clean_view", False)))
 
 
 def local_cache(*parts: str) -> Path:
@@ -316,12 +317,14 @@ def video_id(name: str) -> int:
 
 
 def assemble_batch(view1: torch.Tensor, view2: torch.Tensor, metas: list[dict], identity_ids: dict[str, int],
-                   generator: torch.Generator, settings: ReaderSettings, labels=None) -> dict:
+                   generator: torch.Generator, settings: ReaderSettings, labels=None,
+                   clean: torch.Tensor | None = None) -> dict:
     """The batch contract from two views [B, T, 3, S, S] and the clips' metadata (both loaders): identity [B]
     (-1 for an identity the manifest does not list), video [B] (`video_id`), partner [B] (drawn from
     `generator`), the per-frame jitter (`augment.jitter_views`), the per-view noise (`augment.noise_views`), and
-    `au` [B, T, A] when `labels` (FrameLabels) is set. The views come finished (augmented, blurred, normalised) from the loader.
-    Raises KeyError when a clip's metadata lacks `identity` or `video`."""
+    `au` [B, T, A] when `labels` (FrameLabels) is set. The views come finished (augmented, blurred, normalised) from
+    the loader; so does `clean` [B, T, 3, S, S] (`settings.clean_view`: the frames un-augmented, neither jittered nor
+    noised). Raises KeyError when a clip's metadata lacks `identity` or `video`."""
     from .augment import jitter_views, noise_views
 
     ident = torch.tensor([identity_ids.get(m["identity"], -1) for m in metas])
@@ -332,6 +335,8 @@ def assemble_batch(view1: torch.Tensor, view2: torch.Tensor, metas: list[dict], 
     noise_views(batch, settings, generator)
     if labels is not None:
         batch["au"] = torch.from_numpy(labels.batch(metas))
+    if clean is not None:
+        batch["clean"] = clean
     return batch
 
 
@@ -358,9 +363,10 @@ def host_geometry(s: ReaderSettings) -> bool:
     return s.geometry == "opencv" or (s.geometry == "auto" and not use_gpu(s.device))
 
 
-def build_loader(cfg, rank: int, world: int, state: dict | None = None):
+def build_loader(cfg, rank: int, world: int, state: dict | None = None, plain: bool = False):
     """The training loader `data.loader` names: "dali" (`ClipLoader`), "torch" (the baseline
-    `torch_reader.TorchClipLoader`) or "auto" (DALI when it can be imported, else the baseline, logged)."""
+    `torch_reader.TorchClipLoader`) or "auto" (DALI when it can be imported, else the baseline, logged). `plain`:
+    every augmentation off (`augment.without_augmentation`: both views the whole frames, as the probe reads them)."""
     kind = str(cfg.data.get("loader", "auto"))
     if kind == "auto":
         try:
@@ -370,6 +376,10 @@ def build_loader(cfg, rank: int, world: int, state: dict | None = None):
             log.warning("NVIDIA DALI is not installed: reading with the torch baseline loader (data.loader=torch)")
             kind = "torch"
     settings = ReaderSettings.from_config(cfg, rank, world)
+    if plain:
+        from .augment import without_augmentation
+
+        settings = without_augmentation(settings)
     if kind == "dali":
         from .dali_reader import ClipLoader
 

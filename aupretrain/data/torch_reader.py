@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import integrity, shards, storage
-from .augment import finish_views, geometry_view_uint8
+from .augment import clean_view, finish_views, geometry_view_uint8, without_augmentation
 from .dataset import (ReaderSettings, assemble_batch, rebuild_index, require_full_batches, shared_dataset_view,
                       use_gpu)
 from .labels import FrameLabels
@@ -101,17 +101,22 @@ class _Clips(torch.utils.data.Dataset):
                 v2 = geometry_view_uint8(clip, self.s, torch.Generator().manual_seed(geo))
             else:
                 v1, v2 = geometry_view_uint8(clip, self.s, g), geometry_view_uint8(clip, self.s, g)
-            return {"view1": v1, "view2": v2, "meta": meta,
-                    "skipped": skipped, "reindexed": new}
+            out = {"view1": v1, "view2": v2, "meta": meta, "skipped": skipped, "reindexed": new}
+            if self.s.clean_view:
+                out["clean"] = geometry_view_uint8(clip, without_augmentation(self.s), g)  # draws nothing from g
+            return out
         raise RuntimeError("every sample of this rank's share is damaged")
 
 
 def _collate(items: list[dict]) -> dict:
     """A batch from the workers' samples, stacked in the worker: views uint8 [B, T, S, S, 3], and the lists of
     metadata, damaged samples skipped and indexes rebuilt."""
-    return {"view1": torch.stack([it["view1"] for it in items]), "view2": torch.stack([it["view2"] for it in items]),
-            "meta": [it["meta"] for it in items], "skipped": [x for it in items for x in it["skipped"]],
-            "reindexed": [x for it in items for x in it["reindexed"]]}
+    out = {"view1": torch.stack([it["view1"] for it in items]), "view2": torch.stack([it["view2"] for it in items]),
+           "meta": [it["meta"] for it in items], "skipped": [x for it in items for x in it["skipped"]],
+           "reindexed": [x for it in items for x in it["reindexed"]]}
+    if "clean" in items[0]:
+        out["clean"] = torch.stack([it["clean"] for it in items])
+    return out
 
 
 class TorchClipLoader:
@@ -213,6 +218,8 @@ class TorchClipLoader:
                         self.quarantine[tar][key] = why
                 v1, v2 = (finish_views(batch[k].to(self.device, non_blocking=True), self.settings, self._gen)
                           for k in ("view1", "view2"))
-                yield assemble_batch(v1, v2, batch["meta"], self.identity_ids, self._gen, self.settings, self.labels)
+                clean = clean_view(batch["clean"].to(self.device), self.settings) if "clean" in batch else None
+                yield assemble_batch(v1, v2, batch["meta"], self.identity_ids, self._gen, self.settings, self.labels,
+                                     clean)
             self.epoch += 1
             self.position = 0

@@ -5,47 +5,31 @@ For a target read off a hand-made descriptor that is not invariant to those draw
 spends its directions on the augmentation (docs/benchmarks.md, session 35: the within-clip-share HOG basis read
 0.392 mean F1 on test identities fitted on clean frames, 0.326 fitted from the views). As HuBERT fits its first
 targets offline on features of the raw input (Hsu et al., "HuBERT", IEEE/ACM TASLP 2021, section II-B), the
-engine here reads the same shards once more with every augmentation off — each frame the packed face resized to
-`data.input_size`, what the probe's `encode()` sees — for the steps the method asks, and hands every rank's
-gathered result to `after_step`, as training does; the fitted state is a buffer of the method, so a resumed run
-loads it and reads nothing.
+engine here reads the same shards once more with every augmentation off (`data.augment.without_augmentation`:
+each frame the packed face resized to `data.input_size`, what the probe's `encode()` sees) for the steps the
+method asks, and hands every rank's gathered result to `after_step`, as training does; the fitted state is a buffer
+of the method, so a resumed run loads it and reads nothing. (`objective.cir.hog_basis_fit=prefit`.)
 """
 from __future__ import annotations
 
-import copy
 import logging
 import time
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from ..data.dataset import build_loader
 from .distributed import DistInfo, gather_no_grad
 
 log = logging.getLogger("aupretrain.train")
 
-# data.augment with every draw off: the identity crop, no rotation, colour, blur, noise or per-frame warp
-NO_AUGMENT = {"scale": [1.0, 1.0], "rotate": 0.0, "shared_geometry": True, "brightness": [1.0, 1.0],
-              "contrast": [1.0, 1.0], "saturation": [1.0, 1.0], "hue": 0.0, "blur_sigma": [0.0, 0.0],
-              "noise_sigma": [0.0, 0.0], "frame_jitter": {"shift": 0.0, "scale": 0.0, "rotate": 0.0}}
-
-
-def unaugmented(cfg: DictConfig) -> DictConfig:
-    """A copy of `cfg` whose `data.augment` draws nothing (`NO_AUGMENT`); the rest (shards, batch, input size,
-    loader, seed) as it is."""
-    out = copy.deepcopy(cfg)
-    with open_dict(out):
-        for key, value in NO_AUGMENT.items():
-            out.data.augment[key] = value
-    return out
-
 
 def fit_on_clean_clips(cfg: DictConfig, engine, d: DistInfo) -> int:
     """Every rank (collective when the method asks): read `engine.module.clean_fit_steps()` optimizer steps of
     batches (`deepspeed.gradient_accumulation_steps` micro-batches each) from a second loader over the training
-    shards with augmentation off, and feed each step's `clean_fit_inputs` of view 1, gathered from every rank, to
-    the method's `after_step`. Torch's global RNG is left as it was (the training stream of a fresh and of a
-    resumed run stays the same). Returns the steps read (0: the method needs none)."""
+    shards with augmentation off (`build_loader(..., plain=True)`), and feed each step's `clean_fit_inputs` of
+    view 1, gathered from every rank, to the method's `after_step`. Torch's global RNG is left as it was (the
+    training stream of a fresh and of a resumed run stays the same). Returns the steps read (0: the method needs none)."""
     method = engine.module
     steps = method.clean_fit_steps()
     if steps <= 0:
@@ -54,7 +38,7 @@ def fit_on_clean_clips(cfg: DictConfig, engine, d: DistInfo) -> int:
     t0 = time.perf_counter()
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
-        batches = iter(build_loader(unaugmented(cfg), d.rank, d.world))
+        batches = iter(build_loader(cfg, d.rank, d.world, plain=True))
         for _ in range(steps):
             inputs = [method.clean_fit_inputs(next(batches)["view1"].to(engine.device)) for _ in range(accum)]
             method.after_step(gather_no_grad(torch.cat(inputs)))
@@ -66,4 +50,4 @@ def fit_on_clean_clips(cfg: DictConfig, engine, d: DistInfo) -> int:
     return steps
 
 
-__all__ = ["NO_AUGMENT", "fit_on_clean_clips", "unaugmented"]
+__all__ = ["fit_on_clean_clips"]

@@ -325,15 +325,28 @@ class CLPMethod(Method):
         # `cir.hog_basis_weight` > 0: the within-clip HOG basis (fitted from the stream) and the head that regresses
         # each frame's whitened projections on it from the frame's AU code
         self.hog_basis = self.hog_basis_head = None
-        self.hog_basis_fit_clips = str(cir.get("hog_basis_fit_clips", "augmented"))
-        if self.hog_basis_fit_clips not in ("augmented", "clean"):
-            raise ValueError(f"objective.cir.hog_basis_fit_clips={self.hog_basis_fit_clips!r}: must be 'augmented' "
-                             f"or 'clean'")
+        self.hog_basis_fit = str(cir.get("hog_basis_fit", "stream"))
+        self.hog_basis_frames = str(cir.get("hog_basis_frames", "views"))
+        if self.hog_basis_fit not in ("stream", "prefit") or self.hog_basis_frames not in ("views", "clean"):
+            raise ValueError(f"objective.cir.hog_basis_fit={self.hog_basis_fit!r} (stream | prefit), "
+                             f"hog_basis_frames={self.hog_basis_frames!r} (views | clean)")
         if float(cir.get("hog_basis_weight", 0.0)) > 0:
             k = int(cir.get("hog_basis_k", 8))
             self.hog_basis = WithinClipHOGBasis(self._hog_dim(input_size), k, int(cir.get("hog_basis_fit_steps", 100)),
                                                 int(cir.get("hog_basis_whiten", 0)))
             self.hog_basis_head = nn.Linear(int(model_cfg["au_dim"]), k)
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """`objective.cir.hog_basis_frames=clean` reads the loader's clean view: UsageError without
+        `data.clean_view`."""
+        cir = cfg.objective.get("cir", {})
+        if float(cir.get("hog_basis_weight", 0.0)) > 0 and cir.get("hog_basis_frames", "views") == "clean" \
+                and not cfg.data.get("clean_view", False):
+            from ..errors import UsageError
+
+            raise UsageError("objective.cir.hog_basis_frames=clean reads each clip's un-augmented frames: it needs "
+                             "data.clean_view=true")
 
     def _hog_dim(self, input_size: int) -> int:
         """HOG's descriptor length at this input size, `cir.hog_cell` and `cir.hog_bins`; ValueError naming the
@@ -345,19 +358,30 @@ class CLPMethod(Method):
         return blocks * blocks * 4 * self.hog_bins
 
     def request(self, batch, clip_len):
-        return {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset,
-                                  self.source_frame, self.flow)}
+        out = {"cir": CIRRequest(batch["partner"], select_frames(clip_len, self.cir_frames), self.identity_offset,
+                                 self.source_frame, self.flow)}
+        if self.hog_basis is not None and self.hog_basis_frames == "clean":
+            if "clean" not in batch:
+                raise ValueError("objective.cir.hog_basis_frames=clean: the batch holds no clean view "
+                                 "(data.clean_view=true)")
+            out["clean"] = batch["clean"]
+        return out
 
-    def extra(self, clips, frames, out, res, cir: CIRRequest | None = None, **request):
+    def extra(self, clips, frames, out, res, cir: CIRRequest | None = None, clean: torch.Tensor | None = None,
+              **request):
         super().extra(clips, frames, out, res, **request)
         if cir is None:  # the feature-only pass of gradient accumulation
             return {}
         b = cir.partner.shape[0]
         out = {"cir": cir_forward(self.codes, self.decoder, clips[:b], res["a"][:b], res["p"][:b], cir)}
-        hog = None  # every frame's HOG, computed once when the basis needs it: view 1's, or both views' once fitted
+        hog = None  # view 1's HOG when computed for the basis (the HOG-change term reads it too)
         if self.hog_basis is not None:
-            hog = self._hog(clips if self.hog_basis.is_fitted else clips[:b])
-            out["hog_basis"] = self.hog_basis_pass(hog, res["a"])
+            if clean is not None:  # `hog_basis_frames=clean`: both views' frames take their clean frame's target
+                hog_clean = self._hog(clean.to(clips.device))
+                basis_hog = torch.cat([hog_clean, hog_clean]) if self.hog_basis.is_fitted else hog_clean
+            else:
+                hog = basis_hog = self._hog(clips if self.hog_basis.is_fitted else clips[:b])
+            out["hog_basis"] = self.hog_basis_pass(basis_hog, res["a"])
         if self.hog_change is not None:
             out["hog"] = self.hog_pass(clips[:b], res["a"][:b], cir, None if hog is None else hog[:b])
         return out
@@ -370,22 +394,23 @@ class CLPMethod(Method):
 
     def hog_basis_pass(self, hog: torch.Tensor, a: torch.Tensor) -> dict[str, torch.Tensor]:
         """The within-clip HOG basis' pass (`objective.cir.hog_basis_weight`): a [2B, T, D] both views' codes, hog the
-        frames' HOG — both views' [2B, T, Dh] once the basis is fitted, view 1's [B, T, Dh] before. Returns `pred` =
+        HOG of the frames the term reads (`hog_basis_frames`: the views, or each clip's clean frames, the same for
+        both views) — both views' [2B, T, Dh] once the basis is fitted, view 1's [B, T, Dh] before. Returns `pred` =
         the head's output [2B, T, k] for every frame, and, once fitted, `target` [2B, T, k] (each frame's whitened
-        projection, no gradient); before, `stats` = view 1's HOG, which the engine gathers from every rank for
-        `after_step`."""
+        projection, no gradient); before, with `hog_basis_fit=stream`, `stats` = view 1's HOG, which the engine
+        gathers from every rank for `after_step`."""
         out = {"pred": self.hog_basis_head(a.to(self.hog_basis_head.weight.dtype)).float()}
         if self.hog_basis.is_fitted:
             out["target"] = self.hog_basis.targets(hog)
-        elif self.hog_basis_fit_clips == "augmented":  # "clean": fitted before step 1 (`clean_fit_steps`)
+        elif self.hog_basis_fit == "stream":  # "prefit": fitted before step 1 (`clean_fit_steps`)
             out["stats"] = hog
         return out
 
     def clean_fit_steps(self) -> int:
-        """`hog_basis_fit_steps` while the basis with `hog_basis_fit_clips=clean` is not fitted yet (a resumed run
-        loads it fitted), else 0."""
-        clean = self.hog_basis is not None and self.hog_basis_fit_clips == "clean"
-        return self.hog_basis.fit_steps if clean and not self.hog_basis.is_fitted else 0
+        """`hog_basis_fit_steps` while the basis with `hog_basis_fit=prefit` is not fitted yet (a resumed run loads
+        it fitted), else 0."""
+        prefit = self.hog_basis is not None and self.hog_basis_fit == "prefit"
+        return self.hog_basis.fit_steps if prefit and not self.hog_basis.is_fitted else 0
 
     @torch.no_grad()
     def clean_fit_inputs(self, clips: torch.Tensor) -> torch.Tensor:

@@ -121,29 +121,49 @@ def test_the_whole_frame_lands_on_the_pixel_grid(ramps, loader):
 
 
 @pytest.mark.parametrize("loader", LOADERS)
-def test_unaugmented_config_reads_the_packed_frames_as_the_probe_does(ramps, loader):
-    """`engine.prefit.unaugmented` (the clips the clean fits read): with every draw of the config on — crop,
-    rotation, colour, blur, sensor noise, per-frame warp — both views of a clip are the whole frame on the pixel
-    grid, alike, in every frame; the config it was made from is left as it was."""
+def test_the_clean_view_and_the_plain_loader_read_the_packed_frames_as_the_probe_does(ramps, loader):
+    """`data.clean_view` (targets read off un-augmented frames) and `augment.without_augmentation` (the loader the
+    engine's clean fits read): with every draw of the config on — crop, rotation, colour, blur, sensor noise,
+    per-frame warp — each clip's clean frames, and both views of the plain settings, are the whole frame on the
+    pixel grid, alike in every frame; the augmented views beside the clean view are drawn as before (the same
+    pixels as without it: the clean view takes nothing from the loader's RNG)."""
     import dataclasses
 
     from aupretrain.config import load_config
+    from aupretrain.data.augment import without_augmentation
     from aupretrain.data.dataset import ReaderSettings
-    from aupretrain.engine.prefit import unaugmented
 
     cfg = load_config([f"data.shards={ramps}", "data.input_size=32", "data.augment.rotate=20",
                        "data.augment.noise_sigma=[2.0,4.0]", "data.augment.frame_jitter.shift=0.1",
-                       "data.augment.frame_jitter.rotate=5"])
-    clean = ReaderSettings.from_config(unaugmented(cfg), 0, 1)
-    assert cfg.data.augment.rotate == 20 and list(cfg.data.augment.scale) == [0.6, 1.0]
-    s = dataclasses.replace(settings(ramps), **{f.name: getattr(clean, f.name) for f in dataclasses.fields(clean)
-                                                if f.name not in ("mean", "std", "root", "device", "num_threads")})
-    batch = next(iter(make_loader(loader, dataclasses.replace(s, batch_size=4, shuffle_buffer=4))))
-    assert (batch["view1"] - batch["view2"]).abs().max() < 1.0
+                       "data.augment.frame_jitter.rotate=5", "data.clean_view=true"])
+    drawn = ReaderSettings.from_config(cfg, 0, 1)
+    own = ("mean", "std", "root", "device", "num_threads", "batch_size", "shuffle_buffer")
+    s = dataclasses.replace(settings(ramps), **{f.name: getattr(drawn, f.name) for f in dataclasses.fields(drawn)
+                                                if f.name not in own})
     c = (np.arange(s.input_size) + 0.5) * W / s.input_size
     inner = slice(2, -2)
-    for view in batch["view1"]:
-        assert (view - view[:1]).abs().max() < 1.0  # no per-frame warp
-        v = view[0].double().numpy()
-        assert np.abs(v[0][inner, inner] - 2 * c[None, inner]).mean() < 1.0
-        assert np.abs(v[1][inner, inner] - 2 * c[inner, None]).mean() < 1.0
+
+    def on_the_grid(clips):
+        for clip in clips:
+            assert (clip - clip[:1]).abs().max() < 1.0  # no per-frame warp
+            v = clip[0].double().numpy()
+            assert np.abs(v[0][inner, inner] - 2 * c[None, inner]).mean() < 1.0
+            assert np.abs(v[1][inner, inner] - 2 * c[inner, None]).mean() < 1.0
+
+    batch = next(iter(make_loader(loader, s)))
+    assert batch["clean"].shape == batch["view1"].shape
+    on_the_grid(batch["clean"])
+    assert (batch["view1"] - batch["clean"]).flatten(1).abs().amax(1).min() > 10.0  # the views are drawn
+    without = next(iter(make_loader(loader, dataclasses.replace(s, clean_view=False))))
+    assert "clean" not in without and torch_equal(without["view1"], batch["view1"])
+    plain = without_augmentation(s)
+    assert not plain.clean_view and s.rotate == 20  # a copy
+    batch = next(iter(make_loader(loader, plain)))
+    assert (batch["view1"] - batch["view2"]).abs().max() < 1.0
+    on_the_grid(batch["view1"])
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

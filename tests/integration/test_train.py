@@ -259,22 +259,24 @@ def test_universal_checkpoint_resize(packed, tmp_path):
 
 
 def test_hog_basis_is_fitted_on_clean_clips_before_step_one(packed, tmp_path):
-    """`objective.cir.hog_basis_fit_clips=clean`: before step 1 the engine reads the shards once more with every
+    """`objective.cir.hog_basis_fit=prefit`: before step 1 the engine reads the shards once more with every
     augmentation off (`engine.prefit`), gathers both ranks' clips, and the basis is fitted then — the term is live
     from step 1 (not zero through the fit steps) — on both ranks alike, and it is the basis one process fits from
-    both ranks' un-augmented batches (the training views, rotated and cropped, would give another)."""
+    both ranks' un-augmented batches (the training views, rotated and cropped, would give another). The targets are
+    read off the loader's clean view (`objective.cir.hog_basis_frames=clean`, `data.clean_view`), through
+    DeepSpeed's engine."""
     import torch
     from omegaconf import OmegaConf
 
     from aupretrain.data.dataset import build_loader
     from aupretrain.engine.checkpoint import full_weights
-    from aupretrain.engine.prefit import unaugmented
     from aupretrain.methods import build_method
     from aupretrain.methods.hog_basis import WithinClipHOGBasis
 
     fit_steps = 2
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN,
-           *common(packed, tmp_path, **{"objective": "clp_hog_basis", "objective.cir.hog_basis_fit_clips": "clean",
+           *common(packed, tmp_path, **{"objective": "clp_hog_basis", "objective.cir.hog_basis_fit": "prefit",
+                                        "objective.cir.hog_basis_frames": "clean", "data.clean_view": "true",
                                         "objective.cir.hog_basis_fit_steps": fit_steps, "train.steps": 1,
                                         "data.augment.rotate": 15.0, "train.eval_at_end": "false",
                                         "tracking.enabled": "false"})]
@@ -289,7 +291,7 @@ def test_hog_basis_is_fitted_on_clean_clips_before_step_one(packed, tmp_path):
     cfg = OmegaConf.load(run_dir / "config.yaml")
     method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
     basis = WithinClipHOGBasis(method.hog_basis.dim, method.hog_basis.k, fit_steps)
-    rank_batches = [iter(build_loader(unaugmented(cfg), rank, 2)) for rank in (0, 1)]
+    rank_batches = [iter(build_loader(cfg, rank, 2, plain=True)) for rank in (0, 1)]
     for _ in range(fit_steps):
         basis.accumulate(torch.cat([method.clean_fit_inputs(next(b)["view1"]) for b in rank_batches]))
     assert torch.allclose(weights["hog_basis.basis"].float(), basis.basis, atol=1e-4)

@@ -145,17 +145,17 @@ def test_clp_method_gathers_fits_then_regresses_the_whitened_projections():
                         cfg.model, s).hog_basis is None  # off unless its weight is set
 
 
-def test_clean_fit_asks_for_un_augmented_clips_and_never_fits_from_the_views():
-    """`objective.cir.hog_basis_fit_clips=clean`: the method asks the engine for `hog_basis_fit_steps` steps of
+def test_prefit_asks_for_un_augmented_clips_and_never_fits_from_the_views():
+    """`objective.cir.hog_basis_fit=prefit`: the method asks the engine for `hog_basis_fit_steps` steps of
     un-augmented clips (`clean_fit_steps`) and hands the views' HOG to no one (no `stats`); `clean_fit_inputs` is
     the clips' HOG; once fitted — from `after_step` or loaded from a checkpoint — it asks for nothing. The default
-    (`augmented`) and a method without the basis never ask."""
+    (`stream`) and a method without the basis never ask."""
     from aupretrain.config import load_config
     from aupretrain.methods import build_method
     from aupretrain.objectives import build_objective, split_views
 
     over = ["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=3"]
-    cfg = load_config([*over, "objective.cir.hog_basis_fit_clips=clean"])
+    cfg = load_config([*over, "objective.cir.hog_basis_fit=prefit"])
     method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
     assert method.clean_fit_steps() == 3
     b, t, s = 2, 4, int(cfg.data.input_size)
@@ -177,10 +177,43 @@ def test_clean_fit_asks_for_un_augmented_clips_and_never_fits_from_the_views():
         assert build_method(c.objective, c.model, s).clean_fit_steps() == 0
 
 
+def test_clean_frames_give_both_views_their_clean_frame_target():
+    """`objective.cir.hog_basis_frames=clean`: the basis is fitted from (streamed `stats`) and the targets are read
+    off each clip's clean view — both views' frame t get the projection of clean frame t's HOG, whatever their own
+    rotation and colour; the HOG-change term still reads view 1. The method refuses a batch without a clean view,
+    and `check` refuses the setting without `data.clean_view` before anything is built."""
+    from aupretrain.config import load_config
+    from aupretrain.errors import UsageError
+    from aupretrain.methods import build_method, method_class
+    from aupretrain.objectives import split_views
+
+    over = ["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=1",
+            "objective.cir.hog_basis_frames=clean"]
+    with pytest.raises(UsageError, match="data.clean_view=true"):
+        method_class("clp").check(load_config(over))
+    cfg = load_config([*over, "data.clean_view=true"])
+    method_class("clp").check(cfg)
+    method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
+    b, t, s = 2, 4, int(cfg.data.input_size)
+    clips, clean = torch.randn(2 * b, t, 3, s, s), torch.randn(b, t, 3, s, s)
+    with pytest.raises(ValueError, match="clean view"):
+        method.request({"partner": torch.tensor([1, 0])}, t)
+    request = method.request({"partner": torch.tensor([1, 0]), "clean": clean}, t)
+    out = split_views(method(clips, **request), b)
+    mean, std = method.encoder.mean.view(3), method.encoder.std.view(3)
+    hog = lambda x: hog_descriptor(x.flatten(0, 1), mean, std).view(*x.shape[:2], -1)  # noqa: E731
+    assert torch.allclose(out["hog_basis"]["stats"], hog(clean), atol=1e-5)
+    method.after_step(torch.cat([hog(clean), hog(clean) + 0.1 * torch.randn(b, t, 1764)]))
+    out = split_views(method(clips, **request), b)
+    target = method.hog_basis.targets(hog(clean))
+    assert torch.allclose(out["hog_basis"]["target"], torch.cat([target, target]), atol=1e-4)
+    assert torch.allclose(out["hog"]["target"], hog(clips[:b])[:, [0, 3]] - hog(clips[:b])[:, [1, 0]], atol=1e-5)
+
+
 @pytest.mark.parametrize("override", ["objective.cir.hog_basis_k=0", "objective.cir.hog_basis_weight=-1",
                                       "objective.cir.hog_basis_fit_steps=0",
                                       "objective.cir.hog_basis_centre=video", "objective.cir.hog_basis_whiten=-1",
-                                      "objective.cir.hog_basis_fit_clips=raw"])
+                                      "objective.cir.hog_basis_fit=early", "objective.cir.hog_basis_frames=raw"])
 def test_hog_basis_knobs_are_checked_before_anything_starts(override):
     from aupretrain.config import load_config
     from aupretrain.errors import UsageError
