@@ -6,9 +6,10 @@ centred per video carry the AU probe (0.42 mean F1 on validation identities, HOG
 regresses each frame's HOG projected on them (whitened) learned more of it (0.41 alone) than one trained to explain
 the full HOG change between two frames (0.34). This module is that target's pipeline form:
 
-1. For the first `fit_steps` optimizer steps it accumulates, from every rank's view-1 clips (the engine gathers
-   them and hands them to `CLPMethod.after_step`), the pooled mean and second moment of the frames' HOG and the
-   scatter of HOG centred on its own clip's mean (what changes while the face stays the same).
+1. For `fit_steps` optimizer steps it accumulates, from every rank's clips (the engine gathers them and hands them
+   to `CLPMethod.after_step`) — view 1 of the first training steps, or (`objective.cir.hog_basis_fit=prefit`)
+   un-augmented clips read before step 1 (`engine.prefit`) — the pooled mean and second moment of the frames' HOG
+   and the scatter of HOG centred on its own clip's mean (what changes while the face stays the same).
 2. Then it fits once: the top `k` eigenvectors P [k, Dh] of the within-clip covariance (signs fixed so each
    vector's largest entry is positive, so every rank holds the same basis), and the pooled standard deviation
    sigma [k] of the frames' projections. The basis never changes again, so the head that reads it has a fixed
@@ -28,8 +29,8 @@ variance, the kept directions are those where who the face is varies least. r re
 problem (the pooled covariance's small eigenvalues are noise that whitening would blow up). Measured label-free
 (docs/benchmarks.md, session 35): on the still-head corpus the probe reads 0.464 mean F1 on validation identities
 from 8 such directions at r = 64 (three fold seeds) against 0.412 for the plain ones, with half the identity; fitted
-here, from the augmented views (HOG is not invariant to their rotation and crop), it did not raise the trained
-encoder on the test identities, so it is off in every preset.
+from the augmented views (HOG is not invariant to their rotation and crop), it did not raise the trained encoder on
+the test identities; fitted on un-augmented clips see docs/benchmarks.md (session 36).
 
 The fitted basis, mean and scale are buffers (saved with the model); the accumulators are not (a run resumed
 before the fit restarts its accumulation).
