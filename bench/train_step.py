@@ -65,7 +65,8 @@ def run(name: str, a) -> dict:
     cuda = dev.type == "cuda"
     basis = getattr(model, "hog_basis", None)
     if basis is not None:  # fitted as after 100 steps of training, so the timed steps pay for the basis term
-        basis.accumulate(torch.rand(max(4, 2 * basis.k), 4, basis.dim, generator=g, device=dev))
+        clips = max(4, 2 * basis.k, basis.whiten // 4 + 1)  # the whitened fit needs more frames than its rank
+        basis.accumulate(torch.rand(clips, 4, basis.dim, generator=g, device=dev))
         if not basis.is_fitted:
             basis.fit()
 

@@ -102,7 +102,7 @@ def test_clp_method_gathers_fits_then_regresses_the_whitened_projections():
     from aupretrain.objectives import build_objective, split_views
 
     cfg = load_config(["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=1",
-                       "objective.cir.hog_basis_k=4"])
+                       "objective.cir.hog_basis_k=4", "objective.cir.hog_basis_fit=stream", "objective.cir.hog_basis_whiten=0"])
     method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
     objective = build_objective(cfg.objective)
     b, t, s = 2, 4, int(cfg.data.input_size)
@@ -154,8 +154,9 @@ def test_prefit_asks_for_un_augmented_clips_and_never_fits_from_the_views():
     from aupretrain.methods import build_method
     from aupretrain.objectives import build_objective, split_views
 
-    over = ["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=3"]
-    cfg = load_config([*over, "objective.cir.hog_basis_fit=prefit"])
+    over = ["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=3",
+            "objective.cir.hog_basis_whiten=0"]
+    cfg = load_config(over)  # the preset fits before step 1
     method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
     assert method.clean_fit_steps() == 3
     b, t, s = 2, 4, int(cfg.data.input_size)
@@ -172,7 +173,7 @@ def test_prefit_asks_for_un_augmented_clips_and_never_fits_from_the_views():
     resumed = build_method(cfg.objective, cfg.model, s)
     resumed.load_state_dict(method.state_dict())
     assert resumed.clean_fit_steps() == 0
-    for plain in (over, ["experiment=quickstart", "objective=clp_hog"]):
+    for plain in ([*over, "objective.cir.hog_basis_fit=stream"], ["experiment=quickstart", "objective=clp_hog"]):
         c = load_config(plain)
         assert build_method(c.objective, c.model, s).clean_fit_steps() == 0
 
@@ -188,7 +189,7 @@ def test_clean_frames_give_both_views_their_clean_frame_target():
     from aupretrain.objectives import split_views
 
     over = ["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=1",
-            "objective.cir.hog_basis_frames=clean"]
+            "objective.cir.hog_basis_frames=clean", "objective.cir.hog_basis_fit=stream", "objective.cir.hog_basis_whiten=0"]
     with pytest.raises(UsageError, match="data.clean_view=true"):
         method_class("clp").check(load_config(over))
     cfg = load_config([*over, "data.clean_view=true"])
