@@ -5,9 +5,9 @@ For a target read off a hand-made descriptor that is not invariant to those draw
 spends its directions on the augmentation (docs/benchmarks.md, session 35: the within-clip-share HOG basis read
 0.392 mean F1 on test identities fitted on clean frames, 0.326 fitted from the views). As HuBERT fits its first
 targets offline on features of the raw input (Hsu et al., "HuBERT", IEEE/ACM TASLP 2021, section II-B), the
-engine here reads the same shards once more with every augmentation off (`data.augment.without_augmentation`:
-each frame the packed face resized to `data.input_size`, what the probe's `encode()` sees) for the steps the
-method asks, and hands every rank's gathered result to `after_step`, as training does; the fitted state is a buffer
+engine here reads the same shards once more with every augmentation off
+(`aupretrain.data.augment.without_augmentation`: each frame the packed face resized to `data.input_size`, what the
+probe's `encode()` sees) for the steps the method asks, and hands every rank's gathered result to `after_step`, as training does; the fitted state is a buffer
 of the method, so a resumed run loads it and reads nothing. (`objective.cir.hog_basis_fit=prefit`.)
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ def fit_on_clean_clips(cfg: DictConfig, engine, d: DistInfo) -> int:
     batches (`deepspeed.gradient_accumulation_steps` micro-batches each) from a second loader over the training
     shards with augmentation off (`build_loader(..., plain=True)`), and feed each step's `clean_fit_inputs` of
     view 1, gathered from every rank, to the method's `after_step`. Torch's global RNG is left as it was (the
-    training stream of a fresh and of a resumed run stays the same). Returns the steps read (0: the method needs none)."""
+    training stream of a fresh and of a resumed run stays the same). Returns the steps read (0: the method needs
+    none). Raises RuntimeError when the method is still unfitted after them."""
     method = engine.module
     steps = method.clean_fit_steps()
     if steps <= 0:
