@@ -129,6 +129,8 @@ def test_the_clean_view_and_the_plain_loader_read_the_packed_frames_as_the_probe
     pixels as without it: the clean view takes nothing from the loader's RNG)."""
     import dataclasses
 
+    import torch
+
     from aupretrain.config import load_config
     from aupretrain.data.augment import without_augmentation
     from aupretrain.data.dataset import ReaderSettings
@@ -155,15 +157,9 @@ def test_the_clean_view_and_the_plain_loader_read_the_packed_frames_as_the_probe
     on_the_grid(batch["clean"])
     assert (batch["view1"] - batch["clean"]).flatten(1).abs().amax(1).min() > 10.0  # the views are drawn
     without = next(iter(make_loader(loader, dataclasses.replace(s, clean_view=False))))
-    assert "clean" not in without and torch_equal(without["view1"], batch["view1"])
+    assert "clean" not in without and torch.equal(without["view1"], batch["view1"])
     plain = without_augmentation(s)
     assert not plain.clean_view and s.rotate == 20  # a copy
     batch = next(iter(make_loader(loader, plain)))
     assert (batch["view1"] - batch["view2"]).abs().max() < 1.0
     on_the_grid(batch["view1"])
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return bool(torch.equal(a, b))
