@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import report  # noqa: E402
 
 from aupretrain.config import load_config  # noqa: E402
-from aupretrain.methods.clp import build_decoder  # noqa: E402
+from aupretrain.methods.decoders import build_decoder  # noqa: E402
 from aupretrain.models.encoder import AUEncoder, save_encoder  # noqa: E402
 from aupretrain.objectives.cir import gaussian_blur  # noqa: E402
 

@@ -11,7 +11,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from .base import Method
-from .clp import CIRRequest, CLPMethod, Decoder, cir_forward, select_frames
+from .clp import CIRRequest, CLPMethod, cir_forward, select_frames
+from .decoders import Decoder
 from .moco import MoCoMethod, MomentumBranch
 from .supervised import SupervisedMethod
 

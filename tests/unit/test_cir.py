@@ -252,7 +252,7 @@ def test_source_decoder_adds_a_change_to_its_source():
 def test_flow_decoder_warps_its_source():
     """Zero-initialised it copies the source; a constant field moves the image by that many pixels; the AU codes
     reach the field (a gradient flows to a and a_source)."""
-    from aupretrain.methods.clp import warp
+    from aupretrain.methods.decoders import warp
 
     dec = Decoder(8, 4, 16, widths=(16, 8), start=4, norm_groups=4, source=True, flow=True, flow_max=0.2)
     a, a_s, p = torch.randn(2, 8, requires_grad=True), torch.randn(2, 8, requires_grad=True), torch.randn(2, 4)
@@ -325,7 +325,7 @@ def test_linear_flow_decoder_learns_one_displacement_for_every_face():
     """`cir.flow_grid`: trained on faces whose change is a horizontal shift of 2 (a_t - a_s)[0] pixels (unit
     codes), the decoder rebuilds frame t of faces it never saw far below the copy error — one linear map of the code
     change serves every face; equal codes still copy the source exactly (no bias), and the code's norm is not read."""
-    from aupretrain.methods.clp import LinearFlowDecoder, warp
+    from aupretrain.methods.decoders import LinearFlowDecoder, warp
 
     size, dim = 24, 4
     dec = LinearFlowDecoder(dim, size, grid=4, flow_max=0.3)
@@ -355,7 +355,7 @@ def test_texture_basis_draws_what_a_warp_cannot():
     grid without a flow basis is refused with the knob's name."""
     from aupretrain.config import load_config
     from aupretrain.methods import build_method
-    from aupretrain.methods.clp import LinearFlowDecoder, build_decoder
+    from aupretrain.methods.decoders import LinearFlowDecoder, build_decoder
 
     size, dim = 24, 4
     coarse = torch.zeros(1, 3, 8, 8)  # a furrow drawn on an 8 x 8 lattice, seen through bilinear upsampling
@@ -417,7 +417,7 @@ def test_clp_builds_its_decoder_from_the_flow_knobs():
     start); a flow basis without `cir.flow`, or a flow without `cir.source_frame`, is refused with the knob's name."""
     from aupretrain.config import load_config
     from aupretrain.methods import build_method
-    from aupretrain.methods.clp import LinearFlowDecoder
+    from aupretrain.methods.decoders import LinearFlowDecoder
 
     def method(*overrides):
         cfg = load_config(["experiment=quickstart", "objective=clp", *overrides])
@@ -470,7 +470,7 @@ def test_clp_flow_preset_is_clp_led_by_the_linear_flow_basis():
     decoder, blurred L1, TCL at a twentieth; the CLP knobs it does not set keep clp.yaml's values."""
     from aupretrain.config import load_config
     from aupretrain.methods import build_method
-    from aupretrain.methods.clp import LinearFlowDecoder
+    from aupretrain.methods.decoders import LinearFlowDecoder
 
     cfg = load_config(["experiment=quickstart", "objective=clp_flow"])
     base = load_config(["experiment=quickstart", "objective=clp"]).objective
