@@ -183,6 +183,7 @@ SCHEMA: dict[str, Spec] = {
     "objective.cir.hog_basis_fit": _choice("stream", "prefit"),
     "objective.cir.hog_basis_frames": _choice("views", "clean"),
     "objective.cir.hog_basis_whiten": _int(0, what="rank of the pooled HOG subspace of the within-clip-share fit, 0: off"),
+    "objective.cir.hog_basis_colour": BOOL,
     "objective.queue_size": _int(1),
     "objective.momentum": _num_spec(0, 1),
     "tracking.enabled": BOOL,

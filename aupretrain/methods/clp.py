@@ -138,11 +138,14 @@ class CLPMethod(Method):
         if self.hog_basis_fit not in ("stream", "prefit") or self.hog_basis_frames not in ("views", "clean"):
             raise ValueError(f"objective.cir.hog_basis_fit={self.hog_basis_fit!r} (stream | prefit), "
                              f"hog_basis_frames={self.hog_basis_frames!r} (views | clean)")
+        self.hog_basis_colour = None  # `cir.hog_basis_colour`: a second basis, fitted the same way on colour HOG
         if float(cir.get("hog_basis_weight", 0.0)) > 0:
-            k = int(cir.get("hog_basis_k", 8))
-            self.hog_basis = WithinClipHOGBasis(self._hog_dim(input_size), k, int(cir.get("hog_basis_fit_steps", 100)),
-                                                int(cir.get("hog_basis_whiten", 0)))
-            self.hog_basis_head = nn.Linear(int(model_cfg["au_dim"]), k)
+            k, dim = int(cir.get("hog_basis_k", 8)), self._hog_dim(input_size)
+            fit = (k, int(cir.get("hog_basis_fit_steps", 100)), int(cir.get("hog_basis_whiten", 0)))
+            self.hog_basis = WithinClipHOGBasis(dim, *fit)
+            if bool(cir.get("hog_basis_colour", False)):
+                self.hog_basis_colour = WithinClipHOGBasis(dim, *fit)
+            self.hog_basis_head = nn.Linear(int(model_cfg["au_dim"]), k * (2 if self.hog_basis_colour else 1))
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -182,23 +185,35 @@ class CLPMethod(Method):
             return {}
         b = cir.partner.shape[0]
         out = {"cir": cir_forward(self.codes, self.decoder, clips[:b], res["a"][:b], res["p"][:b], cir)}
-        hog = None  # view 1's HOG when computed for the basis (the HOG-change term reads it too)
+        hog = None  # view 1's grey HOG when computed for the basis (the HOG-change term reads it too)
         if self.hog_basis is not None:
             if clean is not None:  # `hog_basis_frames=clean`: both views' frames take their clean frame's target
-                hog_clean = self._hog(clean.to(clips.device))
+                hog_clean = self._basis_hog(clean.to(clips.device))
                 basis_hog = torch.cat([hog_clean, hog_clean]) if self.hog_basis.is_fitted else hog_clean
             else:
-                hog = basis_hog = self._hog(clips if self.hog_basis.is_fitted else clips[:b])
+                basis_hog = self._basis_hog(clips if self.hog_basis.is_fitted else clips[:b])
+                hog = basis_hog[..., :self.hog_basis.dim]
             out["hog_basis"] = self.hog_basis_pass(basis_hog, res["a"])
         if self.hog_change is not None:
             out["hog"] = self.hog_pass(clips[:b], res["a"][:b], cir, None if hog is None else hog[:b])
         return out
 
-    def _hog(self, clips: torch.Tensor) -> torch.Tensor:
-        """clips [N, T, 3, S, S] (normalised) -> their frames' HOG [N, T, Dh] (`objectives.hog.hog_descriptor`)."""
+    def _hog(self, clips: torch.Tensor, colour: bool = False) -> torch.Tensor:
+        """clips [N, T, 3, S, S] (normalised) -> their frames' HOG [N, T, Dh] (`objectives.hog.hog_descriptor`; with
+        `colour`, each pixel's gradient from its strongest channel)."""
         mean, std = self.encoder.mean.view(3), self.encoder.std.view(3)
         return hog_descriptor(clips.flatten(0, 1), mean, std, self.hog_cell, self.hog_bins,
-                              signed=self.hog_signed).view(*clips.shape[:2], -1)
+                              signed=self.hog_signed, colour=colour).view(*clips.shape[:2], -1)
+
+    def _basis_hog(self, clips: torch.Tensor) -> torch.Tensor:
+        """What the HOG basis reads of clips [N, T, 3, S, S]: their grey HOG [N, T, Dh], with `cir.hog_basis_colour`
+        followed by their colour HOG ([N, T, 2 Dh])."""
+        grey = self._hog(clips)
+        return torch.cat([grey, self._hog(clips, colour=True)], -1) if self.hog_basis_colour is not None else grey
+
+    def _bases(self) -> list[WithinClipHOGBasis]:
+        """The HOG bases in the order of `_basis_hog`'s descriptors: grey, then colour when on."""
+        return [self.hog_basis] + ([self.hog_basis_colour] if self.hog_basis_colour is not None else [])
 
     def hog_basis_pass(self, hog: torch.Tensor, a: torch.Tensor) -> dict[str, torch.Tensor]:
         """The within-clip HOG basis' pass (`objective.cir.hog_basis_weight`): a [2B, T, D] both views' codes, hog the
@@ -206,10 +221,12 @@ class CLPMethod(Method):
         both views) — both views' [2B, T, Dh] once the basis is fitted, view 1's [B, T, Dh] before. Returns `pred` =
         the head's output [2B, T, k] for every frame, and, once fitted, `target` [2B, T, k] (each frame's whitened
         projection, no gradient); before, with `hog_basis_fit=stream`, `stats` = view 1's HOG, which the engine
-        gathers from every rank for `after_step`."""
+        gathers from every rank for `after_step`. With `hog_basis_colour` hog is `_basis_hog`'s [.., 2 Dh] and `pred`
+        and `target` hold 2k values: the grey basis' k, then the colour basis' k."""
         out = {"pred": self.hog_basis_head(a.to(self.hog_basis_head.weight.dtype)).float()}
         if self.hog_basis.is_fitted:
-            out["target"] = self.hog_basis.targets(hog)
+            parts = hog.split(self.hog_basis.dim, -1)
+            out["target"] = torch.cat([basis.targets(h) for basis, h in zip(self._bases(), parts)], -1)
         elif self.hog_basis_fit == "stream":  # "prefit": fitted before step 1 (`clean_fit_steps`)
             out["stats"] = hog
         return out
@@ -222,15 +239,17 @@ class CLPMethod(Method):
 
     @torch.no_grad()
     def clean_fit_inputs(self, clips: torch.Tensor) -> torch.Tensor:
-        """clips [N, T, 3, S, S] un-augmented -> their frames' HOG [N, T, Dh] (float32), for `after_step`."""
-        return self._hog(clips.float())
+        """clips [N, T, 3, S, S] un-augmented -> their frames' HOG [N, T, Dh] (float32; [N, T, 2 Dh] with
+        `hog_basis_colour`: `_basis_hog`), for `after_step`."""
+        return self._basis_hog(clips.float())
 
     @torch.no_grad()
     def after_step(self, keys: torch.Tensor | None) -> None:
         """`keys`: every rank's clips' HOG [N, T, Dh] while the HOG basis is being fitted — view 1's from the
         training stream, or un-augmented clips' before step 1 (`clean_fit_inputs`) — else None."""
         if keys is not None and self.hog_basis is not None:
-            self.hog_basis.accumulate(keys)
+            for basis, h in zip(self._bases(), keys.split(self.hog_basis.dim, -1)):
+                basis.accumulate(h)
 
     def hog_pass(self, x: torch.Tensor, a: torch.Tensor, cir: CIRRequest,
                  hog: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -29,14 +29,16 @@ def _block_weights(cell: int, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def hog_descriptor(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, cell: int = 8, bins: int = 9,
-                   clip: float = 0.2, signed: bool = False) -> torch.Tensor:
+                   clip: float = 0.2, signed: bool = False, colour: bool = False) -> torch.Tensor:
     """HOG (Dalal & Triggs, CVPR 2005) of normalised images, as the targets of a loss (no gradient): OpenCV's
     `cv2.HOGDescriptor((S, S), (2·cell, 2·cell), (cell, cell), (cell, cell), bins)` computed in torch on the
     training device (equal to it up to float rounding on the same grey image; `tests/unit/test_hog.py`).
 
     images: [N, 3, S, S] normalised as the encoder's input, (x - mean) / std with x in 0..255; mean, std: the
     normalisation, shape [3] or broadcastable to [1, 3, 1, 1], in 0..255 units. Grey = ITU-R 601 luma; gradients
-    by the centred [-1, 0, 1] filter (reflected borders, OpenCV's BORDER_REFLECT_101); `bins` orientation bins over
+    by the centred [-1, 0, 1] filter (reflected borders, OpenCV's BORDER_REFLECT_101); with `colour` the gradients
+    of the R, G and B channels instead, each pixel keeping that of the channel with the largest magnitude (Dalal &
+    Triggs' colour HOG, section 6.2; OpenCV's `computeGradient` on a 3-channel image, the first channel on ties); `bins` orientation bins over
     [0, π) (unsigned: a dark-to-light edge and a light-to-dark one vote alike) or, with `signed`, over [0, 2π)
     (OpenCV's `signedGradient`: the edge's polarity kept), with linear vote interpolation between the two nearest
     bins, weighted by the gradient magnitude; blocks of 2 × 2 `cell`-px cells at a stride of one cell, each pixel's
@@ -54,9 +56,12 @@ def hog_descriptor(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, 
     mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).reshape(1, 3, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=images.device).reshape(1, 3, 1, 1)
     x = images.float() * std + mean
-    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    grey = x if colour else (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
     g = F.pad(grey, (1, 1, 1, 1), mode="reflect")
-    gx, gy = g[..., 1:-1, 2:] - g[..., 1:-1, :-2], g[..., 2:, 1:-1] - g[..., :-2, 1:-1]
+    gx, gy = g[..., 1:-1, 2:] - g[..., 1:-1, :-2], g[..., 2:, 1:-1] - g[..., :-2, 1:-1]  # [N, 1 or 3, S, S]
+    if colour:  # each pixel's gradient from its strongest channel
+        strongest = (gx * gx + gy * gy).argmax(1, keepdim=True)
+        gx, gy = gx.gather(1, strongest), gy.gather(1, strongest)
     magnitude = torch.sqrt(gx * gx + gy * gy)
     period = 2 * math.pi if signed else math.pi
     pos = torch.atan2(gy, gx).remainder(period) / period * bins - 0.5  # bin centres at 0, 1, ..., bins − 1

@@ -55,6 +55,21 @@ def test_hog_descriptor_ignores_contrast_and_follows_opencv():
         assert np.abs(ours - ref).max() < 2e-3, (bins, signed, np.abs(ours - ref).max())
 
 
+def test_colour_hog_follows_opencv():
+    """`colour=True` is `cv2.HOGDescriptor` on the RGB image (each pixel's gradient from its strongest channel) up to
+    float rounding, and not the grey descriptor."""
+    import cv2
+    from aupretrain.synth.astronaut import photo
+
+    face = cv2.resize(photo()[30:210, 150:330], (64, 64), interpolation=cv2.INTER_AREA)
+    rgb = torch.from_numpy(face).float().permute(2, 0, 1)[None]
+    x = (rgb - MEAN.view(1, 3, 1, 1)) / STD.view(1, 3, 1, 1)
+    ours = hog_descriptor(x, MEAN, STD, colour=True)[0].numpy()
+    ref = cv2.HOGDescriptor((64, 64), (16, 16), (8, 8), (8, 8), 9).compute(np.ascontiguousarray(face)).reshape(-1)
+    assert np.abs(ours - ref).max() < 2e-3, np.abs(ours - ref).max()
+    assert np.abs(hog_descriptor(x, MEAN, STD)[0].numpy() - ref).max() > 0.05  # the grey descriptor is another one
+
+
 def test_signed_bins_tell_an_edge_from_its_reverse():
     """Unsigned bins give a dark-to-light edge and the light-to-dark one the same descriptor; signed bins (0-360 deg,
     20 deg each, centres at 10, 30, ...) put them half a turn apart: 0 deg shared by bins 17 and 0, 180 deg by bins 8

@@ -211,10 +211,56 @@ def test_clean_frames_give_both_views_their_clean_frame_target():
     assert torch.allclose(out["hog"]["target"], hog(clips[:b])[:, [0, 3]] - hog(clips[:b])[:, [1, 0]], atol=1e-5)
 
 
+def test_colour_basis_is_fitted_on_colour_hog_beside_the_grey_one():
+    """`objective.cir.hog_basis_colour=true`: the method fits a second basis on the clips' colour HOG (each pixel's
+    gradient from its strongest channel) from the same gathered steps, and each frame's target is the grey basis' k
+    projections followed by the colour basis' k; the head regresses all 2k; the HOG-change term still reads grey HOG."""
+    from aupretrain.config import load_config
+    from aupretrain.methods import build_method
+    from aupretrain.objectives import build_objective, split_views
+
+    cfg = load_config(["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=2",
+                       "objective.cir.hog_basis_k=3", "objective.cir.hog_basis_whiten=8",
+                       "objective.cir.hog_basis_colour=true"])
+    method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
+    assert method.hog_basis_head.out_features == 6 and method.clean_fit_steps() == 2
+    b, t, s = 2, 4, int(cfg.data.input_size)
+    mean, std = method.encoder.mean.view(3), method.encoder.std.view(3)
+    hog = lambda x, c=False: hog_descriptor(x.flatten(0, 1), mean, std, colour=c).view(*x.shape[:2], -1)  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    fit_clips = [torch.randn(3 * b, t, 3, s, s, generator=g) for _ in range(2)]
+    for c in fit_clips:
+        inputs = method.clean_fit_inputs(c)
+        assert inputs.shape == (3 * b, t, 2 * 1764)
+        assert torch.allclose(inputs, torch.cat([hog(c), hog(c, True)], -1), atol=1e-5)
+        method.after_step(inputs)
+    assert method.hog_basis.is_fitted and method.hog_basis_colour.is_fitted and method.clean_fit_steps() == 0
+    reference = WithinClipHOGBasis(1764, 3, 2, whiten=8)  # the colour basis is the plain fit of colour HOG
+    for c in fit_clips:
+        reference.accumulate(hog(c, True))
+    assert torch.allclose(method.hog_basis_colour.basis, reference.basis, atol=1e-4)
+    assert not torch.allclose(method.hog_basis.basis, reference.basis, atol=1e-2)
+    clips = torch.randn(2 * b, t, 3, s, s)
+    out = split_views(method(clips, **method.request({"partner": torch.tensor([1, 0])}, t)), b)
+    want = torch.cat([method.hog_basis.targets(hog(clips)), method.hog_basis_colour.targets(hog(clips, True))], -1)
+    assert out["hog_basis"]["pred"].shape == (2 * b, t, 6)
+    assert torch.allclose(out["hog_basis"]["target"], want, atol=1e-4)
+    assert torch.allclose(out["hog"]["target"], hog(clips[:b])[:, [0, 3]] - hog(clips[:b])[:, [1, 0]], atol=1e-5)
+    loss, parts = build_objective(cfg.objective).local_loss(out, {})
+    assert torch.allclose(parts["hog_basis"], hog_basis_terms(out["hog_basis"])["hog_basis"])
+    resumed = build_method(cfg.objective, cfg.model, s)
+    resumed.load_state_dict(method.state_dict())
+    assert resumed.hog_basis_colour.is_fitted and torch.equal(resumed.hog_basis_colour.basis,
+                                                                method.hog_basis_colour.basis)
+    plain = load_config(["experiment=quickstart", "objective=clp_hog_basis"])
+    assert build_method(plain.objective, plain.model, s).hog_basis_colour is None  # off in the preset
+
+
 @pytest.mark.parametrize("override", ["objective.cir.hog_basis_k=0", "objective.cir.hog_basis_weight=-1",
                                       "objective.cir.hog_basis_fit_steps=0",
                                       "objective.cir.hog_basis_centre=video", "objective.cir.hog_basis_whiten=-1",
-                                      "objective.cir.hog_basis_fit=early", "objective.cir.hog_basis_frames=raw"])
+                                      "objective.cir.hog_basis_fit=early", "objective.cir.hog_basis_frames=raw",
+                                      "objective.cir.hog_basis_colour=maybe"])
 def test_hog_basis_knobs_are_checked_before_anything_starts(override):
     from aupretrain.config import load_config
     from aupretrain.errors import UsageError
