@@ -11,6 +11,7 @@ in the rows' order).
 
     python bench/within_video.py CORPUS [--features [hog] [pixels]] [--encoder E.pt ...] [--k 2 8 16 32 128]
         [--videos 800] [--every 4] [--hog-size 64] [--hog-cell 8] [--hog-bins 9] [--hog-signed] [--bands 1] [--whiten 0]
+        [--concat]
         [--json OUT] [Hydra overrides, e.g. eval.split=validation]
 
 `--hog-size` sets the side (pixels) the grey frames are resized to before HOG (64: the HOG row's; the corpus is
@@ -22,7 +23,9 @@ project's `WithinClipHOGBasis`, each video one clip): the k directions with the 
 variance in the pooled features' top-R principal subspace, whitened — the "all frames" rows are unchanged.
 `--bands N` fits the directions of HOG separately in N horizontal bands of its block rows (`hog_bands`: brows, eyes,
 mouth apart, so a small local change such as a closing lid is not outvoted by the mouth's larger ones) and
-concatenates k directions of each band.
+concatenates k directions of each band. `--concat` also scores, for each k, the within-video directions of every
+fitted feature space side by side (k per space; e.g. `--features hog hog_colour --whiten 64 --concat`: what
+`objective.cir.hog_basis_colour=true` regresses).
 
 CORPUS is a folder of `<identity>/<video>.mp4` of aligned faces (`aupretrain-synth`'s layout; a still-head corpus
 isolates the AUs: `aupretrain-synth D --identities 800 --videos-per-identity 1 --frames 40 -- synth.head_motion=0`).
@@ -140,6 +143,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Names
     ap.add_argument("--bands", type=int, default=1, help="fit HOG's directions in N bands of block rows")
     ap.add_argument("--whiten", type=int, default=0,
                     help="within-video directions of the largest within share, in the pooled top-R subspace (0: off)")
+    ap.add_argument("--concat", action="store_true",
+                    help="also score every feature space's within-video directions side by side, per k")
     ap.add_argument("--json")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (key=value), anywhere on the line")
     overrides = [w for w in argv if "=" in w and not w.startswith("-")]
@@ -175,6 +180,7 @@ def main() -> None:
                                                                        a.hog_bins, colour=c, signed=a.hog_signed)
     spaces |= {n: (lambda fr, e=e: e.encode(torch.from_numpy(fr)).numpy()) for n, e in encoders.items()}
     seed, rows, per_au = int(cfg.run.seed), [], []  # per_au[i]: row i's F1 per AU (JSON only)
+    within_codes: dict[int, list[np.ndarray]] = {k: [] for k in a.k}  # --concat: each space's within-video projections
     for name, features in spaces.items():
         groups = [features(v) for v in fit_frames]
         x = features(data.frames)
@@ -202,6 +208,8 @@ def main() -> None:
             except (ValueError, RuntimeError) as e:
                 raise SystemExit(f"--k / --bands / --whiten: {name} of {a.corpus}: {e}") from None
             for k in a.k:
+                if within:
+                    within_codes[k].append(x @ bases[k].T)
                 r = probe(x @ bases[k].T)
                 how = ("within-video" if within else "all frames") + (f", {a.bands} bands" if banded else "")
                 how += f", within share in top {a.whiten}" if within and a.whiten and not banded else ""
@@ -209,10 +217,17 @@ def main() -> None:
                              "mean F1": r["f1_mean"], "identity acc": r.get("identity_acc")})
                 per_au.append(r["f1"])
         print(f"{name}: done", flush=True)
+    if a.concat and len(spaces) > 1:
+        for k in a.k:
+            r = probe(np.concatenate(within_codes[k], 1))
+            rows.append({"features": " + ".join(spaces), "directions": "within-video, side by side"
+                         + (f", within share in top {a.whiten}" if a.whiten and a.bands == 1 else ""),
+                         "k": k * len(spaces), "mean F1": r["f1_mean"], "identity acc": r.get("identity_acc")})
+            per_au.append(r["f1"])
     report(f"AU probe on principal directions fitted without labels on {a.corpus} ({cfg.eval.split} identities)",
            rows, a.json, {"corpus": str(a.corpus), "videos": a.videos, "every": a.every, "split": str(cfg.eval.split),
                           "hog_size": a.hog_size, "hog_cell": a.hog_cell, "hog_bins": a.hog_bins,
-                          "hog_signed": a.hog_signed, "bands": a.bands, "whiten": a.whiten,
+                          "hog_signed": a.hog_signed, "bands": a.bands, "whiten": a.whiten, "concat": a.concat,
                           "per_au_f1": per_au})
 
 
