@@ -219,10 +219,11 @@ def main() -> None:
         print(f"{name}: done", flush=True)
     if a.concat and len(spaces) > 1:
         for k in a.k:
-            r = probe(np.concatenate(within_codes[k], 1))
+            side_by_side = np.concatenate(within_codes[k], 1)
+            r = probe(side_by_side)
             rows.append({"features": " + ".join(spaces), "directions": "within-video, side by side"
                          + (f", within share in top {a.whiten}" if a.whiten and a.bands == 1 else ""),
-                         "k": k * len(spaces), "mean F1": r["f1_mean"], "identity acc": r.get("identity_acc")})
+                         "k": side_by_side.shape[1], "mean F1": r["f1_mean"], "identity acc": r.get("identity_acc")})
             per_au.append(r["f1"])
     report(f"AU probe on principal directions fitted without labels on {a.corpus} ({cfg.eval.split} identities)",
            rows, a.json, {"corpus": str(a.corpus), "videos": a.videos, "every": a.every, "split": str(cfg.eval.split),

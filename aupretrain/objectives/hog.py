@@ -32,16 +32,17 @@ def hog_descriptor(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, 
                    clip: float = 0.2, signed: bool = False, colour: bool = False) -> torch.Tensor:
     """HOG (Dalal & Triggs, CVPR 2005) of normalised images, as the targets of a loss (no gradient): OpenCV's
     `cv2.HOGDescriptor((S, S), (2·cell, 2·cell), (cell, cell), (cell, cell), bins)` computed in torch on the
-    training device (equal to it up to float rounding on the same grey image; `tests/unit/test_hog.py`).
+    training device (equal to it up to float rounding on the same grey or, with `colour`, RGB image;
+    `tests/unit/test_hog.py`).
 
     images: [N, 3, S, S] normalised as the encoder's input, (x - mean) / std with x in 0..255; mean, std: the
     normalisation, shape [3] or broadcastable to [1, 3, 1, 1], in 0..255 units. Grey = ITU-R 601 luma; gradients
     by the centred [-1, 0, 1] filter (reflected borders, OpenCV's BORDER_REFLECT_101); with `colour` the gradients
     of the R, G and B channels instead, each pixel keeping that of the channel with the largest magnitude (Dalal &
-    Triggs' colour HOG, section 6.2; OpenCV's `computeGradient` on a 3-channel image, the first channel on ties); `bins` orientation bins over
-    [0, π) (unsigned: a dark-to-light edge and a light-to-dark one vote alike) or, with `signed`, over [0, 2π)
-    (OpenCV's `signedGradient`: the edge's polarity kept), with linear vote interpolation between the two nearest
-    bins, weighted by the gradient magnitude; blocks of 2 × 2 `cell`-px cells at a stride of one cell, each pixel's
+    Triggs' colour HOG, section 6.2; OpenCV's `computeGradient` on a 3-channel image, the first channel on ties);
+    `bins` orientation bins over [0, π) (unsigned: a dark-to-light edge and a light-to-dark one vote alike) or, with
+    `signed`, over [0, 2π) (OpenCV's `signedGradient`: the edge's polarity kept), with linear vote interpolation
+    between the two nearest bins, weighted by the gradient magnitude; blocks of 2 × 2 `cell`-px cells at a stride of one cell, each pixel's
     vote weighted by the block's Gaussian window (σ = block side / 4) and shared bilinearly between the block's
     cells; each block L2-Hys normalised (L2 with 0.1 · 4 · bins added to the norm, clipped at `clip`, L2 again). In
     OpenCV's order: blocks column by column, in each the 2 × 2 cells column by column, in each the bins. Returns float32
