@@ -23,7 +23,7 @@ The last column is the mean of `rec - copy` over the steps since the previous ro
 values (and, with oracle codes, its column norm per AU: which AUs' motion it learned; both in the JSON);
 `objective.cir.texture_grid=G` adds its appearance basis.
 
-The decoder's kind, shape, normalisation, input size, `flow_max` and `flow_grid` come from the config tree (`experiment=quickstart
+The decoder's kind, shape, normalisation, input size, `flow_max` and `flow_grid` come from the config tree (`experiment=cpu
 objective=clp` plus the overrides given); with the oracle its code width is the AU vector's.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.pair_step is not None and a.pair_step < 1:
         ap.error(f"--pair-step must be >= 1, got {a.pair_step}")
-    cfg = load_config(["experiment=quickstart", "objective=clp", *a.overrides])
+    cfg = load_config(["experiment=cpu", "objective=clp", *a.overrides])
     m, size = cfg.model, int(cfg.data.input_size)
     torch.manual_seed(a.seed)
     x, au = load_pairs(a.corpus, a.videos, a.gap, size, m.mean, m.std, a.pair_step)

@@ -56,7 +56,7 @@ if ! python3 -c "import hydra, omegaconf, deepspeed, webdataset" 2>/dev/null; th
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 work=/tmp/gpuq; rm -rf "$work"; mkdir -p "$work"
-common=(experiment=quickstart model=resnet18 data.input_size=112 data.num_threads=8 data.loader=torch
+common=(experiment=cpu model=resnet18 data.input_size=112 data.num_threads=8 data.loader=torch
         "train.steps=$STEPS" data.batch_size=32 data.shards=.gpuq/shards
         run.seed=0 tracking.enabled=false train.eval_at_end=false train.online_probe.every=0 train.log_every=100)
 [ "$BF16" = 1 ] && common+=(deepspeed.bf16.enabled=true)

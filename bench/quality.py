@@ -10,19 +10,21 @@
     python bench/quality.py --methods clp clp_hog clp_hog_basis --seeds 3   # CLP's other presets beside it
     python bench/quality.py --protocol still-head --methods clp_hog_basis simclr supervised --seeds 3
 
-Each method runs the real entry point (`torchrun ... aupretrain/train.py experiment=quickstart
+Each method runs the real entry point (`torchrun ... aupretrain/train.py experiment=cpu
 objective=<method> run.seed=<s>`: DALI, DeepSpeed, the run's own end-of-training probe) on the synthetic
 pretraining corpus of `configs/synth/` (rendered and packed first if missing); its `eval.json` (linear AU
 probe, subject-exclusive folds, on `eval.split=test` unless overridden) is read back. Reference rows on the
 same test identities: random-init encoder, HOG, always-positive. Tuning belongs on `eval.split=validation`.
 
-`--protocol` picks the pretraining corpus and budget (`PROTOCOLS`): `quickstart` (the default: the README job's
-corpus and 150 steps) or `still-head` (the control of docs/benchmarks.md where CLP's headline rows were measured:
+`--protocol` picks the pretraining corpus and budget (`PROTOCOLS`): `quickstart` (the default: `configs/synth/`'s
+corpus, 600 identities x 32 frames with head motion, clips of 8 frames 2 apart, and the CPU preset's 150 steps —
+the README job until session 39; folders `data/synthetic-motion`, `shards/synthetic-motion`) or `still-head` (the
+control of docs/benchmarks.md where CLP's headline rows were measured, and the README job's corpus since session 39:
 800 identities x 1 video x 40 frames with the head held still, clips of 4 frames 12 apart, 1,500 steps of 16 clips
 per rank; the CLP presets with HOG terms read both views with one geometry). Each protocol keeps its own corpus
-and shard folders, so one never overwrites the other. `--identities N` renders the protocol's corpus with N
-pretraining identities instead (same budget in steps; folders suffixed `-<N>ids`): how a method scales with the
-unlabelled data it sees.
+and shard folders, so one never overwrites the other or the README job's (`data/synthetic`, `shards/synthetic`).
+`--identities N` renders the protocol's corpus with N pretraining identities instead (same budget in steps;
+folders suffixed `-<N>ids`): how a method scales with the unlabelled data it sees.
 
 JSON: {"mean_f1": {method: mean over seeds}, "mean_f1_std": {...}, "identity_acc": {...},
 "per_au_f1": {method: {AU: F1}}, "ablations": {variant: {...}}, "runs": [...]} (values in [0, 1]). The key
@@ -78,7 +80,7 @@ ABLATIONS = {  # per CLP preset (--ablate): the preset with one part removed (ob
 }
 PROTOCOLS = {  # corpus (aupretrain-synth flags), clips (aupretrain-pack flags), budget and per-method overrides
     "quickstart": {"synth": [], "pack": ["--align", "center"], "train": [], "method": {},
-                   "synth_dir": "data/synthetic", "shards": "shards/synthetic"},
+                   "synth_dir": "data/synthetic-motion", "shards": "shards/synthetic-motion"},
     "still-head": {"synth": ["--identities", "800", "--videos-per-identity", "1", "--frames", "40", "--",
                              "synth.head_motion=0"],
                    "pack": ["--align", "center", "--clip-len", "4", "--stride", "12", "--clip-step", "1"],
@@ -86,8 +88,8 @@ PROTOCOLS = {  # corpus (aupretrain-synth flags), clips (aupretrain-pack flags),
                    "method": {m: ["data.augment.shared_geometry=true"] for m in ("clp_flow", "clp_hog", "clp_hog_basis")},
                    "synth_dir": "data/synthetic-still", "shards": "shards/synthetic-still-T4s12"},
 }
-DEVICE_PRESETS = {"cpu": ["experiment=quickstart"],
-                  "cuda": ["experiment=quickstart", "model=resnet18", "data.input_size=112", "data.batch_size=64",
+DEVICE_PRESETS = {"cpu": ["experiment=cpu"],
+                  "cuda": ["experiment=cpu", "model=resnet18", "data.input_size=112", "data.batch_size=64",
                            "data.num_threads=4", "deepspeed.bf16.enabled=true"]}
 # per device, per method (the CLP objectives, which have objective.cir): at 112 px the HOG terms' cells are scaled
 # with the face (8 px at 64 px): 8-px cells at 112 px read 0.363 label-free against 0.411 for 14-px ones

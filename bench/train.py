@@ -15,7 +15,7 @@ random clips already in memory (no data loading: the engine's side of a step), o
 
 Ratios (goals from the engine issue): `deepspeed_vs_torch` = frames/s of `deepspeed` / `torch` (>= 0.95) and
 `scaling_2_vs_1` = frames/s of `deepspeed x2` / (2 x `deepspeed`) (>= 0.90). `data_stall_pct`: the mean
-`perf/data_stall_pct` of a short real run (`aupretrain/train.py experiment=quickstart`, 2 ranks, DALI on
+`perf/data_stall_pct` of a short real run (`aupretrain/train.py experiment=cpu`, 2 ranks, DALI on
 the quickstart shards; skipped with --no-stall or when the shards are missing).
 
 JSON: {"rows": [...], "ratios": {"deepspeed_vs_torch", "scaling_2_vs_1"}, "data_stall_pct"}.
@@ -126,7 +126,7 @@ def data_stall(a) -> float | None:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2",
-               str(ROOT / "aupretrain" / "train.py"), "experiment=quickstart", f"data.shards={shards}",
+               str(ROOT / "aupretrain" / "train.py"), "experiment=cpu", f"data.shards={shards}",
                f"train.steps={a.stall_steps}", "train.log_every=5", "train.eval_at_end=false",
                "train.online_probe.every=0", f"run.dir={run}", f"tracking.uri=sqlite:///{tmp}/m.db"]
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

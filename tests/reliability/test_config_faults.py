@@ -24,7 +24,7 @@ BAD = [
     ("key of an option not chosen", "objective.queue_size=0", ["it is a key of objective=moco: choose that option"]),
     ("key set with + that exists", "+data.batch_size=8", ["data.batch_size exists already",
                                                           "write data.batch_size=8 (without +)"]),
-    ("unknown option of a group", "experiment=smok", ["experiment=smok: no such option", "quickstart, smoke"]),
+    ("unknown option of a group", "experiment=smok", ["experiment=smok: no such option", "cpu, quickstart, smoke"]),
     ("wrong type", "data.batch_size=four", ["data.batch_size=four (a str): must be a whole number >= 1",
                                             "set e.g. data.batch_size=16"]),
     ("float where a count goes", "train.steps=2.5", ["train.steps=2.5: must be a whole number >= 1"]),

@@ -304,8 +304,8 @@ def test_clp_flow_preset_is_clp_led_by_the_linear_flow_basis():
     from aupretrain.methods import build_method
     from aupretrain.methods.decoders import LinearFlowDecoder
 
-    cfg = load_config(["experiment=quickstart", "objective=clp_flow"])
-    base = load_config(["experiment=quickstart", "objective=clp"]).objective
+    cfg = load_config(["experiment=cpu", "objective=clp_flow"])
+    base = load_config(["experiment=cpu", "objective=clp"]).objective
     obj = build_objective(cfg.objective)
     assert obj.name == "clp" and obj.tcl_weight == 0.05 and obj.rec_blur == 1.0
     assert obj.cir_weights["rec_self"] == obj.cir_weights["rec_cycle"] == 100.0
@@ -346,7 +346,7 @@ def test_clp_trains_with_bf16_weights(objective):
     from aupretrain.engine.step import train_step
     from aupretrain.methods import build_method
 
-    cfg = load_config(["experiment=quickstart", f"objective={objective}", "data.input_size=32"])
+    cfg = load_config(["experiment=cpu", f"objective={objective}", "data.input_size=32"])
     engine = _Bf16Engine(build_method(cfg.objective, cfg.model, 32))
     b, t = 4, 4
     g = torch.Generator().manual_seed(0)

@@ -14,8 +14,16 @@ def test_experiment_presets():
     smoke = load_config(["experiment=smoke"])
     assert smoke.model.name == "resnet_small" and smoke.train.steps < 20
     assert smoke.model.widths[0] < load_config().model.widths[0]
-    q = load_config(["experiment=quickstart", "data.shards=s3://bucket/x"])
-    assert q.data.shards == "s3://bucket/x"
+    q = load_config(["experiment=cpu", "data.shards=s3://bucket/x"])
+    assert q.data.shards == "s3://bucket/x" and q.objective.cir.hog_basis_weight == 0 and q.train.steps == 150
+    # the README job: the CPU preset training the headline CLP preset on the still-head control's corpus and clips
+    job = load_config(["experiment=quickstart"])
+    assert job.model == q.model and job.optim == q.optim and job.data.batch_size == q.data.batch_size
+    assert job.objective == load_config(["experiment=cpu", "objective=clp_hog_basis"]).objective  # what was measured
+    assert job.train.steps == 1000
+    assert (job.synth.identities, job.synth.frames, job.synth.head_motion) == (800, 40, 0.0)
+    assert (job.pack.clip_len, job.pack.stride, job.pack.clip_step) == (4, 12, 1)
+    assert job.data.augment.shared_geometry and not q.data.augment.shared_geometry
 
 
 def test_flatten_for_mlflow():

@@ -142,7 +142,7 @@ def test_texture_basis_draws_what_a_warp_cannot():
         # under DeepSpeed's bf16 the weights are cast and the codes are not: it still runs, and returns float32
         out = dec.to(torch.bfloat16)(a0.flip(0), None, x, a0)
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
-    cfg = load_config(["experiment=quickstart", "objective=clp_flow", "objective.cir.flow_grid=0",
+    cfg = load_config(["experiment=cpu", "objective=clp_flow", "objective.cir.flow_grid=0",
                        "objective.cir.texture_grid=8"])
     with pytest.raises(ValueError, match="texture_grid"):
         build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
@@ -158,7 +158,7 @@ def test_clp_builds_its_decoder_from_the_flow_knobs():
     from aupretrain.methods.decoders import LinearFlowDecoder
 
     def method(*overrides):
-        cfg = load_config(["experiment=quickstart", "objective=clp", *overrides])
+        cfg = load_config(["experiment=cpu", "objective=clp", *overrides])
         return build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
 
     linear = method("objective.cir.source_frame=true", "objective.cir.flow=true", "objective.cir.flow_grid=8")

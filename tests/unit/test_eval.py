@@ -83,7 +83,7 @@ def test_pretraining_validation_and_test_identities_are_disjoint():
     from aupretrain.config import load_config
     from aupretrain.eval.datasets import check_identity_sets, identity_sets
 
-    for preset in ([], ["experiment=quickstart"], ["experiment=smoke"]):
+    for preset in ([], ["experiment=cpu"], ["experiment=quickstart"], ["experiment=smoke"]):
         cfg = load_config(preset)
         sets = identity_sets(cfg)
         assert set(sets) == {"pretraining", "validation", "test"}

@@ -34,7 +34,7 @@ class _Bf16Zero1Engine:
 def test_a_16_bit_run_without_its_final_checkpoint_exports_the_module_weights_with_a_warning(tmp_path, caplog):
     """A run resumed from another run's checkpoint at or past train.steps has no checkpoint of its last step in its
     own folder: encoder.pt gets the 16-bit module's weights cast to fp32 (was: the run failed at its export)."""
-    cfg = load_config(["experiment=quickstart"])
+    cfg = load_config(["experiment=cpu"])
     enc = AUEncoder(OmegaConf.to_container(cfg.model, resolve=True), 32)
     with torch.no_grad():
         for p in enc.parameters():

@@ -108,7 +108,7 @@ def test_clp_hog_pass_trains_the_codes_and_refuses_untiled_inputs():
     from aupretrain.objectives import build_objective, split_views
 
     def setup(*overrides):
-        cfg = load_config(["experiment=quickstart", "objective=clp", *overrides])
+        cfg = load_config(["experiment=cpu", "objective=clp", *overrides])
         return cfg, build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
 
     cfg, method = setup("objective.cir.hog_weight=2", "objective.cir.self_weight=0", "objective.cir.cycle_weight=0",
@@ -145,8 +145,8 @@ def test_clp_hog_preset_is_clp_flow_led_by_the_hog_change_term():
     from aupretrain.methods import build_method
     from aupretrain.objectives import build_objective
 
-    cfg = load_config(["experiment=quickstart", "objective=clp_hog"])
-    flow = load_config(["experiment=quickstart", "objective=clp_flow"]).objective
+    cfg = load_config(["experiment=cpu", "objective=clp_hog"])
+    flow = load_config(["experiment=cpu", "objective=clp_flow"]).objective
     obj = build_objective(cfg.objective)
     assert obj.name == "clp" and obj.hog_weight == 2.0 and build_objective(flow).hog_weight == 0.0
     assert {k: v for k, v in cfg.objective.cir.items() if k != "hog_weight"} == \
@@ -154,7 +154,7 @@ def test_clp_hog_preset_is_clp_flow_led_by_the_hog_change_term():
     assert cfg.objective.tcl_weight == flow.tcl_weight
     method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
     assert method.hog_change is not None and method.hog_change.out_features == 1764
-    signed = load_config(["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_bins=18",
+    signed = load_config(["experiment=cpu", "objective=clp_hog_basis", "objective.cir.hog_bins=18",
                           "objective.cir.hog_signed=true"])
     method = build_method(signed.objective, signed.model, int(signed.data.input_size))  # both HOG terms read 3,528
     assert method.hog_change.out_features == method.hog_basis.dim == 3528 and method.hog_signed
@@ -168,6 +168,6 @@ def test_hog_knobs_are_checked_before_anything_starts(override):
     from aupretrain.errors import UsageError
     from aupretrain.settings import validate
 
-    validate(load_config(["experiment=quickstart", "objective=clp_hog"]))
+    validate(load_config(["experiment=cpu", "objective=clp_hog"]))
     with pytest.raises(UsageError, match=override.split("=")[0]):
-        validate(load_config(["experiment=quickstart", "objective=clp_hog", override]))
+        validate(load_config(["experiment=cpu", "objective=clp_hog", override]))

@@ -101,7 +101,7 @@ def test_clp_method_gathers_fits_then_regresses_the_whitened_projections():
     from aupretrain.methods import build_method
     from aupretrain.objectives import build_objective, split_views
 
-    cfg = load_config(["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=1",
+    cfg = load_config(["experiment=cpu", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=1",
                        "objective.cir.hog_basis_k=4", "objective.cir.hog_basis_fit=stream", "objective.cir.hog_basis_whiten=0"])
     method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
     objective = build_objective(cfg.objective)
@@ -129,19 +129,19 @@ def test_clp_method_gathers_fits_then_regresses_the_whitened_projections():
     assert torch.allclose(out["hog_basis"]["pred"], expected, atol=1e-5)
     loss, parts = objective.local_loss(out, {})
     assert torch.allclose(parts["hog_basis"], hog_basis_terms(out["hog_basis"])["hog_basis"])
-    clip_form = build_objective(load_config(["experiment=quickstart", "objective=clp_hog_basis",
+    clip_form = build_objective(load_config(["experiment=cpu", "objective=clp_hog_basis",
                                              "objective.cir.hog_basis_centre=clip"]).objective)
     _, clip_parts = clip_form.local_loss(out, {})  # `objective.cir.hog_basis_centre=clip` reaches the term
     assert torch.allclose(clip_parts["hog_basis"], hog_basis_terms(out["hog_basis"], "clip")["hog_basis"])
     assert not torch.allclose(clip_parts["hog_basis"], parts["hog_basis"])
-    without = build_objective(load_config(["experiment=quickstart", "objective=clp_hog"]).objective)
+    without = build_objective(load_config(["experiment=cpu", "objective=clp_hog"]).objective)
     base, _ = without.local_loss({k: v for k, v in out.items() if k != "hog_basis"}, {})
     assert torch.allclose(loss, base + 2.0 * parts["hog_basis"], atol=1e-5)
     method.zero_grad()
     loss.backward()
     assert method.encoder.au_head[-1].weight.grad.abs().sum() > 0
     assert method.hog_basis_head.weight.grad.abs().sum() > 0
-    assert build_method(load_config(["experiment=quickstart", "objective=clp_hog"]).objective,
+    assert build_method(load_config(["experiment=cpu", "objective=clp_hog"]).objective,
                         cfg.model, s).hog_basis is None  # off unless its weight is set
 
 
@@ -154,7 +154,7 @@ def test_prefit_asks_for_un_augmented_clips_and_never_fits_from_the_views():
     from aupretrain.methods import build_method
     from aupretrain.objectives import build_objective, split_views
 
-    over = ["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=3",
+    over = ["experiment=cpu", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=3",
             "objective.cir.hog_basis_whiten=0"]
     cfg = load_config(over)  # the preset fits before step 1
     method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
@@ -173,7 +173,7 @@ def test_prefit_asks_for_un_augmented_clips_and_never_fits_from_the_views():
     resumed = build_method(cfg.objective, cfg.model, s)
     resumed.load_state_dict(method.state_dict())
     assert resumed.clean_fit_steps() == 0
-    for plain in ([*over, "objective.cir.hog_basis_fit=stream"], ["experiment=quickstart", "objective=clp_hog"]):
+    for plain in ([*over, "objective.cir.hog_basis_fit=stream"], ["experiment=cpu", "objective=clp_hog"]):
         c = load_config(plain)
         assert build_method(c.objective, c.model, s).clean_fit_steps() == 0
 
@@ -188,7 +188,7 @@ def test_clean_frames_give_both_views_their_clean_frame_target():
     from aupretrain.methods import build_method, method_class
     from aupretrain.objectives import split_views
 
-    over = ["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=1",
+    over = ["experiment=cpu", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=1",
             "objective.cir.hog_basis_frames=clean", "objective.cir.hog_basis_fit=stream", "objective.cir.hog_basis_whiten=0"]
     with pytest.raises(UsageError, match="data.clean_view=true"):
         method_class("clp").check(load_config(over))
@@ -219,7 +219,7 @@ def test_colour_basis_is_fitted_on_colour_hog_beside_the_grey_one():
     from aupretrain.methods import build_method
     from aupretrain.objectives import build_objective, split_views
 
-    cfg = load_config(["experiment=quickstart", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=2",
+    cfg = load_config(["experiment=cpu", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=2",
                        "objective.cir.hog_basis_k=3", "objective.cir.hog_basis_whiten=8",
                        "objective.cir.hog_basis_colour=true"])
     method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
@@ -252,7 +252,7 @@ def test_colour_basis_is_fitted_on_colour_hog_beside_the_grey_one():
     resumed.load_state_dict(method.state_dict())
     assert resumed.hog_basis_colour.is_fitted and torch.equal(resumed.hog_basis_colour.basis,
                                                                 method.hog_basis_colour.basis)
-    plain = load_config(["experiment=quickstart", "objective=clp_hog_basis"])
+    plain = load_config(["experiment=cpu", "objective=clp_hog_basis"])
     assert build_method(plain.objective, plain.model, s).hog_basis_colour is None  # off in the preset
 
 
@@ -266,9 +266,9 @@ def test_hog_basis_knobs_are_checked_before_anything_starts(override):
     from aupretrain.errors import UsageError
     from aupretrain.settings import validate
 
-    validate(load_config(["experiment=quickstart", "objective=clp_hog_basis"]))
+    validate(load_config(["experiment=cpu", "objective=clp_hog_basis"]))
     with pytest.raises(UsageError, match=override.split("=")[0]):
-        validate(load_config(["experiment=quickstart", "objective=clp_hog_basis", override]))
+        validate(load_config(["experiment=cpu", "objective=clp_hog_basis", override]))
 
 
 def test_clip_centred_basis_term_ignores_each_face_offset_and_keeps_its_change():
@@ -293,6 +293,6 @@ def test_clip_centred_basis_term_ignores_each_face_offset_and_keeps_its_change()
         hog_basis_terms(shifted, "video")
     with pytest.raises(ValueError, match=">= 2 frames"):
         hog_basis_terms({"pred": target[:, :1], "target": target[:, :1]}, "clip")
-    objective = build_objective(load_config(["experiment=quickstart", "objective=clp_hog_basis",
+    objective = build_objective(load_config(["experiment=cpu", "objective=clp_hog_basis",
                                              "objective.cir.hog_basis_centre=clip"]).objective)
     assert objective.hog_basis_centre == "clip"

@@ -12,12 +12,12 @@ from aupretrain.settings import validate
 def test_every_ablation_is_a_valid_config_that_changes_its_preset(preset):
     from bench.quality import ABLATIONS
 
-    base = load_config(["experiment=quickstart", f"objective={preset}"])
+    base = load_config(["experiment=cpu", f"objective={preset}"])
     validate(base)
     for name, overrides in ABLATIONS[preset].items():
         method = next((o.split("=", 1)[1] for o in overrides if o.startswith("objective=")), preset)
         rest = [o for o in overrides if not o.startswith("objective=")]
-        cfg = load_config(["experiment=quickstart", f"objective={method}", *rest])
+        cfg = load_config(["experiment=cpu", f"objective={method}", *rest])
         validate(cfg)
         assert cfg.objective != base.objective, name
 
@@ -26,7 +26,7 @@ def test_the_basis_term_alone_keeps_only_the_basis_term():
     """The "HOG-basis term alone" row: every other weighted term of clp_hog_basis is 0, the basis term is not."""
     from bench.quality import ABLATIONS
 
-    cfg = load_config(["experiment=quickstart", "objective=clp_hog_basis",
+    cfg = load_config(["experiment=cpu", "objective=clp_hog_basis",
                        *ABLATIONS["clp_hog_basis"]["HOG-basis term alone"]]).objective
     assert cfg.cir.hog_basis_weight > 0
     assert cfg.tcl_weight == cfg.rank_weight == 0
@@ -48,7 +48,7 @@ def test_identities_renders_the_protocols_corpus_with_that_many_identities_in_fo
     assert still["pack"] == PROTOCOLS["still-head"]["pack"] and still["train"] == PROTOCOLS["still-head"]["train"]
     assert "3200" not in PROTOCOLS["still-head"]["synth"]  # the table itself is untouched
     quick = with_identities(PROTOCOLS["quickstart"], 50)
-    assert quick["synth"] == ["--identities", "50"] and quick["synth_dir"] == "data/synthetic-50ids"
+    assert quick["synth"] == ["--identities", "50"] and quick["synth_dir"] == "data/synthetic-motion-50ids"
     with pytest.raises(SystemExit, match="--identities 0"):
         with_identities(PROTOCOLS["quickstart"], 0)
 
