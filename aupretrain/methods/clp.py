@@ -145,7 +145,8 @@ class CLPMethod(Method):
             self.hog_basis = WithinClipHOGBasis(dim, *fit)
             if bool(cir.get("hog_basis_colour", False)):
                 self.hog_basis_colour = WithinClipHOGBasis(dim, *fit)
-            self.hog_basis_head = nn.Linear(int(model_cfg["au_dim"]), k * (2 if self.hog_basis_colour is not None else 1))
+            targets = k * (2 if self.hog_basis_colour is not None else 1)  # grey, then colour
+            self.hog_basis_head = nn.Linear(int(model_cfg["au_dim"]), targets)
 
     @classmethod
     def check(cls, cfg: Any) -> None:
