@@ -63,3 +63,24 @@ def test_the_bench_refuses_pretraining_identities_that_reach_the_evaluation_ones
     assert checked_config(with_identities(protocol, 3200), preset, []).synth.identities == 3200
     with pytest.raises(ValueError, match="identity sets overlap: pretraining 0..100000 and validation"):
         checked_config(with_identities(protocol, 100001), preset, [])
+
+
+def test_the_readme_job_trains_on_the_still_head_protocols_corpus_and_clips():
+    """experiment=quickstart and `--protocol still-head` state the same corpus, clips and CLP view geometry twice (the
+    job through the config tree, the bench through CLI flags): they must not drift apart, or the job's figures stop
+    being the protocol's."""
+    from bench.quality import PROTOCOLS, synth_flags
+
+    job = load_config(["experiment=quickstart"])
+    still = PROTOCOLS["still-head"]
+    flags, overrides = synth_flags(still)
+    assert dict(zip(flags[::2], flags[1::2])) == {"--identities": str(job.synth.identities),
+                                                  "--videos-per-identity": str(job.synth.videos_per_identity),
+                                                  "--frames": str(job.synth.frames)}
+    assert overrides == ["--", f"synth.head_motion={job.synth.head_motion:g}"]
+    pack = still["pack"]
+    assert pack[pack.index("--clip-len") + 1] == str(job.pack.clip_len)
+    assert pack[pack.index("--stride") + 1] == str(job.pack.stride)
+    assert pack[pack.index("--clip-step") + 1] == str(job.pack.clip_step)
+    assert still["method"]["clp_hog_basis"] == ["data.augment.shared_geometry=true"]  # the job's objective
+    assert job.data.augment.shared_geometry
