@@ -130,6 +130,7 @@ SCHEMA: dict[str, Spec] = {
     "data.augment.hue": _num_spec(0, 180, what="degrees"),
     "data.augment.blur_sigma": POSITIVE,
     "data.augment.noise_sigma": POSITIVE,
+    "data.augment.hflip": _num_spec(0, 1, what="probability"),
     "data.augment.frame_jitter.shift": _num_spec(0, 0.5, what="fraction of the side"),
     "data.augment.frame_jitter.scale": _num_spec(0, 0.5),
     "data.augment.frame_jitter.rotate": _num_spec(0, 180, what="degrees"),

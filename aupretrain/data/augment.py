@@ -190,7 +190,7 @@ def without_augmentation(s: ReaderSettings) -> ReaderSettings:
     return dataclasses.replace(s, scale=(1.0, 1.0), rotate=0.0, shared_geometry=True, brightness=(1.0, 1.0),
                                contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0, blur_sigma=(0.0, 0.0),
                                frame_shift=0.0, frame_scale=0.0, frame_rotate=0.0, noise_sigma=(0.0, 0.0),
-                               clean_view=False)
+                               hflip=0.0, clean_view=False)
 
 
 def clean_view(x: torch.Tensor, s: ReaderSettings) -> torch.Tensor:
@@ -289,6 +289,29 @@ def blur_clips(x: torch.Tensor, sigma: torch.Tensor, taps: int = 5) -> torch.Ten
     y = sum(k[:, i] * p[..., i:i + x.shape[-1]] for i in range(taps))
     p = F.pad(y.flatten(0, 1), (0, 0, r, r), mode="reflect").view(*x.shape[:-2], x.shape[-2] + 2 * r, x.shape[-1])
     return sum(k[:, i] * p[..., i:i + x.shape[-2], :] for i in range(taps))
+
+
+def flip_views(batch: dict, s: ReaderSettings, g: torch.Generator) -> None:
+    """Mirror whole clips of `batch["view1"]` and `batch["view2"]` (float [B, T, 3, S, S]) left to right, in place
+    of the dict entries: each clip of a view with probability `s.hflip`, one draw per clip and view from `g` (the
+    loader's saved generator: a resume repeats the draws), all its frames alike. With `s.shared_geometry` both views
+    of a clip share the draw, so the views stay aligned. Nothing is drawn when `s.hflip` is 0, so the stream of
+    every other draw is the same as without the knob. The labels are kept: the random horizontal flip of AU
+    detectors (e.g. Shao et al., "Deep Adaptive Attention for Joint Facial Action Unit Detection and Face
+    Alignment", ECCV 2018), which treats an AU as present on either side of the face."""
+    if s.hflip <= 0:
+        return
+    b = batch["view1"].shape[0]
+    draw = torch.rand(2, b, generator=g) < s.hflip
+    if s.shared_geometry:
+        draw[1] = draw[0]
+    for i, k in enumerate(("view1", "view2")):
+        idx = draw[i].nonzero().flatten()
+        if len(idx):
+            x = batch[k].clone()
+            idx = idx.to(x.device)
+            x[idx] = x[idx].flip(-1)
+            batch[k] = x
 
 
 def jitter_frames(x: torch.Tensor, shift: float, scale: float, rotate: float, g: torch.Generator) -> torch.Tensor:

@@ -54,6 +54,7 @@ class ReaderSettings:
     frame_scale: float = 0.0  # zoom 1 +- this
     frame_rotate: float = 0.0  # degrees, +-
     noise_sigma: tuple[float, float] = (0.0, 0.0)  # per-view Gaussian noise, grey levels (augment.noise_views)
+    hflip: float = 0.0  # probability that a clip's view is mirrored left to right (augment.flip_views)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     verify_checksums: bool = False
@@ -74,6 +75,7 @@ class ReaderSettings:
                    saturation=tuple(aug.saturation), hue=float(aug.hue), blur_sigma=tuple(aug.blur_sigma),
                    frame_shift=float(aug.frame_jitter.shift), frame_scale=float(aug.frame_jitter.scale),
                    frame_rotate=float(aug.frame_jitter.rotate), noise_sigma=tuple(aug.noise_sigma),
+                   hflip=float(aug.hflip),
                    mean=tuple(cfg.model.mean), std=tuple(cfg.model.std), verify_checksums=bool(d.verify_checksums),
                    labels=str(d.labels) if d.get("labels") else None, clean_view=bool(d.get("clean_view", False)))
 
@@ -321,16 +323,17 @@ def assemble_batch(view1: torch.Tensor, view2: torch.Tensor, metas: list[dict], 
                    clean: torch.Tensor | None = None) -> dict:
     """The batch contract from two views [B, T, 3, S, S] and the clips' metadata (both loaders): identity [B]
     (-1 for an identity the manifest does not list), video [B] (`video_id`), partner [B] (drawn from
-    `generator`), the per-frame jitter (`augment.jitter_views`), the per-view noise (`augment.noise_views`), and
+    `generator`), the mirrored clips (`augment.flip_views`), the per-frame jitter (`augment.jitter_views`), the per-view noise (`augment.noise_views`), and
     `au` [B, T, A] when `labels` (FrameLabels) is set. The views come finished (augmented, blurred, normalised) from
     the loader; so does `clean` [B, T, 3, S, S] (`settings.clean_view`: the frames un-augmented, neither jittered nor
     noised). Raises KeyError when a clip's metadata lacks `identity` or `video`."""
-    from .augment import jitter_views, noise_views
+    from .augment import flip_views, jitter_views, noise_views
 
     ident = torch.tensor([identity_ids.get(m["identity"], -1) for m in metas])
     batch = {"view1": view1, "view2": view2, "identity": ident,
              "video": torch.tensor([video_id(m["video"]) for m in metas]),
              "partner": partners(ident, generator), "meta": metas}
+    flip_views(batch, settings, generator)
     jitter_views(batch, settings, generator)
     noise_views(batch, settings, generator)
     if labels is not None:

@@ -3,10 +3,12 @@ clip moves on its own draw, within the configured bounds, and the draws follow t
 readers' batch colour, blur and normalisation step (`augment.finish_views`) is the float reference's colour map
 and blur (`augment_view`, `blur_clips`), on either of its paths (OpenCV on CPU, torch elsewhere). With
 `shared_geometry` the two views of a frame share its jitter. The per-view noise (`augment.noise_views`) has the configured sigma in grey levels, is drawn
-apart for the two views of a frame, follows the generator, and keeps the views' memory layout."""
+apart for the two views of a frame, follows the generator, and keeps the views' memory layout. The horizontal flip
+(`augment.flip_views`) mirrors whole clips at the configured rate, alike in both views with `shared_geometry`, and
+draws nothing when off."""
 import torch
 
-from aupretrain.data.augment import augment_view, finish_views, jitter_frames, jitter_views, noise_views
+from aupretrain.data.augment import augment_view, finish_views, flip_views, jitter_frames, jitter_views, noise_views
 from aupretrain.data.dataset import ReaderSettings
 
 
@@ -218,6 +220,32 @@ def test_noise_views_adds_independent_noise_of_the_configured_grey_levels():
     off = {"view1": zero, "view2": zero}
     noise_views(off, ReaderSettings(root="-", batch_size=4, input_size=32), torch.Generator())
     assert off["view1"] is zero  # the default (0, 0) leaves the batch alone
+
+
+def test_flip_views_mirrors_whole_clips_at_the_configured_rate():
+    b, t = 400, 3
+    # DALI's layout: a channels-last buffer seen as [B, T, 3, S, S]; every frame a ramp left to right
+    ramp = torch.arange(8.0).view(1, 1, 1, 8, 1).expand(b, t, 8, 8, 3).contiguous().permute(0, 1, 4, 2, 3)
+    for shared in (True, False):
+        batch = {"view1": ramp, "view2": ramp.clone()}
+        s = ReaderSettings(root="-", batch_size=b, input_size=8, hflip=0.5, shared_geometry=shared)
+        flip_views(batch, s, torch.Generator().manual_seed(0))
+        v1, v2 = batch["view1"], batch["view2"]
+        assert v1.stride() == ramp.stride() and v1.shape == ramp.shape  # the layout the model reads is kept
+        assert torch.equal(ramp, torch.arange(8.0).expand_as(ramp))  # the loader's tensor is not written into
+        flipped = []
+        for v in (v1, v2):
+            left = v[..., 0]  # [B, T, 3, S]: 0 where kept, 7 where mirrored
+            per_clip = left.flatten(1)
+            assert ((per_clip == 0).all(1) | (per_clip == 7).all(1)).all()  # every frame of a clip alike
+            flipped.append(per_clip[:, 0] == 7)
+        assert 0.4 < float(flipped[0].float().mean()) < 0.6 and 0.4 < float(flipped[1].float().mean()) < 0.6
+        assert torch.equal(flipped[0], flipped[1]) == shared  # shared geometry: one draw for both views
+    g = torch.Generator().manual_seed(5)
+    state = g.get_state()
+    off = {"view1": ramp, "view2": ramp}
+    flip_views(off, ReaderSettings(root="-", batch_size=b, input_size=8), g)
+    assert off["view1"] is ramp and torch.equal(g.get_state(), state)  # off: nothing changed, nothing drawn
 
 
 def _ramp_clips(b=4, t=2, w=96):
