@@ -185,6 +185,8 @@ SCHEMA: dict[str, Spec] = {
     "objective.cir.hog_basis_frames": _choice("views", "clean"),
     "objective.cir.hog_basis_whiten": _int(0, what="rank of the pooled HOG subspace of the within-clip-share fit, 0: off"),
     "objective.cir.hog_basis_colour": BOOL,
+    "objective.cir.id_adversary_weight": _num_spec(0, what="weight of the identity-confusion term, 0: off"),
+    "objective.cir.id_adversary_classes": _int(2, what="identity classes of the confusion term's classifier"),
     "objective.queue_size": _int(1),
     "objective.momentum": _num_spec(0, 1),
     "tracking.enabled": BOOL,

@@ -101,13 +101,24 @@ def cir_forward(encode: Encode, decode: Decode, x: torch.Tensor, a: torch.Tensor
     }
 
 
+def identity_adversary_pass(classifier: nn.Linear, a: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The identity-confusion term's pass (`objective.cir.id_adversary_weight`; `objectives.identity`): a [N, T, D]
+    every view's AU codes -> `head` [N, T, K], the classifier's logits on the codes detached (its cross-entropy
+    trains the classifier only), and `code` [N, T, K], the codes through the classifier's weights detached (the
+    confusion trains the encoder only)."""
+    x = a.to(classifier.weight.dtype)
+    return {"head": classifier(x.detach()).float(),
+            "code": F.linear(x, classifier.weight.detach(), classifier.bias.detach()).float()}
+
+
 class CLPMethod(Method):
     """TCL's encoder + projector and CIR's decoder. `request` draws the CIR frames and takes the loader's
     partner of each clip; `forward` then adds `cir` (the pass's tensors, [B, F, ...]) computed on view 1.
     Settings: `objective.cir.frames`, `objective.cir.identity_offset`, `objective.cir.source_frame` (the decoder
     also reads frame s: D(a, p, x_s)), `objective.cir.flow`, `.flow_max` and `.flow_grid` (it warps frame s:
     D(a, p, x_s, a_s); with a grid, a linear displacement basis of a - a_s), `model.decoder`; `objective.cir.hog_weight`
-    (`hog_pass`) and `objective.cir.hog_basis_weight` (`hog_basis_pass`; `after_step` feeds the basis' fit)."""
+    (`hog_pass`) and `objective.cir.hog_basis_weight` (`hog_basis_pass`; `after_step` feeds the basis' fit);
+    `objective.cir.id_adversary_weight` and `.id_adversary_classes` (`identity_adversary_pass`)."""
 
     def __init__(self, model_cfg: dict[str, Any], input_size: int, objective_cfg: Any = None):
         super().__init__(model_cfg, input_size, objective_cfg)
@@ -147,6 +158,10 @@ class CLPMethod(Method):
                 self.hog_basis_colour = WithinClipHOGBasis(dim, *fit)
             targets = k * (2 if self.hog_basis_colour is not None else 1)  # grey, then colour
             self.hog_basis_head = nn.Linear(int(model_cfg["au_dim"]), targets)
+        # `cir.id_adversary_weight` > 0: a linear identity classifier on the AU code (the identity-confusion term)
+        self.id_adversary = None
+        if float(cir.get("id_adversary_weight", 0.0)) > 0:
+            self.id_adversary = nn.Linear(int(model_cfg["au_dim"]), int(cir.get("id_adversary_classes", 1024)))
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -197,6 +212,8 @@ class CLPMethod(Method):
             out["hog_basis"] = self.hog_basis_pass(basis_hog, res["a"])
         if self.hog_change is not None:
             out["hog"] = self.hog_pass(clips[:b], res["a"][:b], cir, None if hog is None else hog[:b])
+        if self.id_adversary is not None:
+            out["id_adversary"] = identity_adversary_pass(self.id_adversary, res["a"])
         return out
 
     def _hog(self, clips: torch.Tensor, colour: bool = False) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .base import Objective, zero_like
 from .hog import HOG_BASIS_CENTRES, hog_basis_terms, hog_change_terms
+from .identity import identity_confusion_terms
 from .tcl import TCLObjective
 
 
@@ -113,6 +114,9 @@ class CLPObjective(TCLObjective):
         if self.hog_basis_centre not in HOG_BASIS_CENTRES:  # refused here, not at the basis' fit
             raise ValueError(f"objective.cir.hog_basis_centre={self.hog_basis_centre!r}: must be one of "
                              f"{', '.join(HOG_BASIS_CENTRES)}")
+        self.id_adversary_weight = float(c.get("id_adversary_weight", 0.0))
+        if self.id_adversary_weight < 0:
+            raise ValueError(f"objective.cir.id_adversary_weight={self.id_adversary_weight}: must be >= 0")
         self.tcl_weight = float(cfg.get("tcl_weight", 1.0))
         if self.tcl_weight < 0:
             raise ValueError(f"objective.tcl_weight={self.tcl_weight}: must be >= 0")
@@ -136,6 +140,10 @@ class CLPObjective(TCLObjective):
             basis = hog_basis_terms(outputs["hog_basis"], self.hog_basis_centre)
             loss = loss + self.hog_basis_weight * basis.get("hog_basis", zero_like(outputs["hog_basis"]["pred"]))
             parts = {**parts, **{k: v.detach() for k, v in basis.items()}}
+        if "id_adversary" in outputs:  # `cir.id_adversary_weight` > 0: the classifier's CE trains it alone
+            adv = identity_confusion_terms(outputs["id_adversary"], batch["identity"])
+            loss = loss + adv["id_adv_ce"] + self.id_adversary_weight * adv["id_adv_confusion"]
+            parts = {**parts, **{k: v.detach() for k, v in adv.items()}}
         rank, rank_parts = super().local_loss(outputs, batch)
         if rank is not None:
             loss = loss + rank
