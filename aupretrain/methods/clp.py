@@ -103,10 +103,13 @@ def cir_forward(encode: Encode, decode: Decode, x: torch.Tensor, a: torch.Tensor
 
 def identity_adversary_pass(classifier: nn.Linear, a: torch.Tensor) -> dict[str, torch.Tensor]:
     """The identity-confusion term's pass (`objective.cir.id_adversary_weight`; `objectives.identity`): a [N, T, D]
-    every view's AU codes -> `head` [N, T, K], the classifier's logits on the codes detached (its cross-entropy
-    trains the classifier only), and `code` [N, T, K], the codes through the classifier's weights detached (the
-    confusion trains the encoder only)."""
-    x = a.to(classifier.weight.dtype)
+    every view's AU codes, standardised per dimension over the rank's N·T frames (as the evaluation's identity probe
+    reads them through its BatchNorm; the encoder's gradient flows through the statistics, so shrinking the code
+    hides nothing) -> `head` [N, T, K], the classifier's logits on the codes detached (its cross-entropy trains the
+    classifier only), and `code` [N, T, K], the codes through the classifier's weights detached (the confusion
+    trains the encoder only)."""
+    flat = a.float().flatten(0, 1)
+    x = ((flat - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + 1e-5)).view_as(a).to(classifier.weight.dtype)
     return {"head": classifier(x.detach()).float(),
             "code": F.linear(x, classifier.weight.detach(), classifier.bias.detach()).float()}
 
