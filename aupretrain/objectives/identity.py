@@ -7,7 +7,9 @@ classifier minimises its cross-entropy on the codes, detached; the encoder minim
 classifier's prediction from the uniform distribution, so its loss is bounded and is 0 when the classifier is
 blind. Here the uniform distribution is over the identities present in the rank's batch (the softmax restricted
 to them): the pretraining set's identity count is not a setting, and the code only has to hide who of the faces
-in front of it is who.
+in front of it is who. Measured and not adopted (docs/benchmarks.md, session 41): the classifier is blinded, but a
+probe fitted afresh on the frozen code reads as much identity or more — the encoder evades an adversary trained
+online rather than dropping what it evades.
 """
 from __future__ import annotations
 
