@@ -108,8 +108,7 @@ def identity_adversary_pass(classifier: nn.Linear, a: torch.Tensor) -> dict[str,
     hides nothing) -> `head` [N, T, K], the classifier's logits on the codes detached (its cross-entropy trains the
     classifier only), and `code` [N, T, K], the codes through the classifier's weights detached (the confusion
     trains the encoder only)."""
-    flat = a.float().flatten(0, 1)
-    x = ((flat - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + 1e-5)).view_as(a).to(classifier.weight.dtype)
+    x = F.batch_norm(a.float().flatten(0, 1), None, None, training=True).view_as(a).to(classifier.weight.dtype)
     return {"head": classifier(x.detach()).float(),
             "code": F.linear(x, classifier.weight.detach(), classifier.bias.detach()).float()}
 
