@@ -45,11 +45,16 @@ def test_mlflow_remote_server(packed, tmp_path, fault):
     outage, says when the server is back, and every metric reaches the run."""
     from mlflow.tracking import MlflowClient
 
+    # long enough (~0.1 s a step here) that the kill lands mid-run even when the server is slow to come up: with
+    # 60 steps a fast CI box finished training before the run was created and the kill found the trainer waiting
+    # in its final flush instead of training
+    steps = 400
     port, store = free_port(), tmp_path / "server"
     url = f"http://127.0.0.1:{port}"
     run_dir = tmp_path / "run"
     args = ["experiment=smoke", f"data.shards={packed}", f"run.dir={run_dir}", "train.eval_at_end=false",
-            "train.steps=60", "tracking.retry_max_s=2", "tracking.start_timeout_s=2", "tracking.experiment=outage"]
+            f"train.steps={steps}", "tracking.retry_max_s=2", "tracking.start_timeout_s=2",
+            "tracking.experiment=outage"]
     # MLflow's own HTTP retries (7 with backoff by default) would only make each background attempt longer
     env = run_env(MLFLOW_TRACKING_URI=url, MLFLOW_HTTP_REQUEST_MAX_RETRIES=0, MLFLOW_HTTP_REQUEST_TIMEOUT=5)
     log = open(tmp_path / "train.log", "w")
@@ -78,6 +83,7 @@ def test_mlflow_remote_server(packed, tmp_path, fault):
         # 2. killed mid-run, back ~8 s later on the same port and store
         wait(lambda: max(logged_steps(run_dir) or [0]) >= 5 and "is back after" in train_log(), "step 5")
         killed_at, at_kill = time.time(), max(logged_steps(run_dir))
+        assert at_kill < steps - 20, f"training reached step {at_kill} of {steps} before the kill: not mid-run"
         _stop(server)
         time.sleep(8)
         during = max(logged_steps(run_dir)) - at_kill
@@ -87,7 +93,7 @@ def test_mlflow_remote_server(packed, tmp_path, fault):
         rc = proc.wait(timeout=600)
         client = MlflowClient(url)
         run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
-        steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
+        reached = {m.step for m in client.get_metric_history(run_id, "train/loss")}
         run = client.get_run(run_id)
     finally:
         if proc.poll() is None:
@@ -95,20 +101,20 @@ def test_mlflow_remote_server(packed, tmp_path, fault):
         if server is not None:
             _stop(server)
     out = train_log()
-    lost = sorted(set(range(1, 61)) - steps)
+    lost = sorted(set(range(1, steps + 1)) - reached)
     down_warn = warned_at(out, DOWN)
     gave_up = warned_at(out, "did not answer within")  # the trainer stops waiting for the run's creation
     waited = gave_up[0] - down_warn[0] if gave_up and down_warn else None
     fault("MLflow server down at start", f"first attempt refused; training waited {waited and round(waited, 1)} s "
           f"(tracking.start_timeout_s=2), warned and trained on; server started at step {steps_before_server}, the "
           f"run created {created_after:.1f} s after it answered, with the queue (gap reported: "
-          f"{gaps(out)[0] if gaps(out) else None} s); {60 - len(lost)}/60 steps reached MLflow",
+          f"{gaps(out)[0] if gaps(out) else None} s); {steps - len(lost)}/{steps} steps reached MLflow",
           data_lost=bool(lost), detect_s=None)
     detect = next((t - killed_at for t in down_warn if t >= killed_at - 1), None)
     fault("MLflow server killed mid-run, then back", f"killed at step {at_kill}: training went on ({during} steps in "
           f"the next 8 s{', then ended' if ended_during else ''}), warned {detect and round(detect, 1)} s later; "
           f"server back {back_at - killed_at:.0f} s after the kill, reported gap "
-          f"{gaps(out)[1] if len(gaps(out)) > 1 else None} s; exit {rc}; {60 - len(lost)}/60 steps reached MLflow, "
+          f"{gaps(out)[1] if len(gaps(out)) > 1 else None} s; exit {rc}; {steps - len(lost)}/{steps} steps reached MLflow, "
           f"run {run.info.status}", data_lost=bool(lost), detect_s=detect)
     assert rc == 0, out[-3000:]
     assert during > 0 or ended_during  # training went on without the server
@@ -117,7 +123,7 @@ def test_mlflow_remote_server(packed, tmp_path, fault):
     assert not lost, lost  # nothing lost: the queue was sent once the server was back
     assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "1"
     assert "mlflow.source.git.commit" in run.data.tags and "version.torch" in run.data.tags
-    assert run.data.params.get("train.steps") == "60"  # params queued while the server was down reached the run
+    assert run.data.params.get("train.steps") == str(steps)  # params queued while the server was down reached the run
     import torch
 
     exported = torch.load(run_dir / "encoder.pt", weights_only=True)  # the run created late is the one recorded
