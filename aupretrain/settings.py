@@ -185,6 +185,7 @@ SCHEMA: dict[str, Spec] = {
     "objective.cir.hog_basis_frames": _choice("views", "clean"),
     "objective.cir.hog_basis_whiten": _int(0, what="rank of the pooled HOG subspace of the within-clip-share fit, 0: off"),
     "objective.cir.hog_basis_colour": BOOL,
+    "objective.cir.hog_basis_second_cell": _int(0, what="HOG cell side of a second grey basis, pixels; 0: none"),
     "objective.cir.id_adversary_weight": _num_spec(0, what="weight of the identity-confusion term, 0: off"),
     "objective.cir.id_adversary_classes": _int(2, what="identity classes of the confusion term's classifier"),
     "objective.queue_size": _int(1),

@@ -152,14 +152,17 @@ class CLPMethod(Method):
             raise ValueError(f"objective.cir.hog_basis_fit={self.hog_basis_fit!r} (stream | prefit), "
                              f"hog_basis_frames={self.hog_basis_frames!r} (views | clean)")
         self.hog_basis_colour = None  # `cir.hog_basis_colour`: a second basis, fitted the same way on colour HOG
+        self.hog_basis_scale = None  # `cir.hog_basis_second_cell`: one more, on grey HOG of that cell side
+        self.second_cell = int(cir.get("hog_basis_second_cell", 0))
         if float(cir.get("hog_basis_weight", 0.0)) > 0:
             k, dim = int(cir.get("hog_basis_k", 8)), self._hog_dim(input_size)
             fit = (k, int(cir.get("hog_basis_fit_steps", 100)), int(cir.get("hog_basis_whiten", 0)))
             self.hog_basis = WithinClipHOGBasis(dim, *fit)
             if bool(cir.get("hog_basis_colour", False)):
                 self.hog_basis_colour = WithinClipHOGBasis(dim, *fit)
-            targets = k * (2 if self.hog_basis_colour is not None else 1)  # grey, then colour
-            self.hog_basis_head = nn.Linear(int(model_cfg["au_dim"]), targets)
+            if self.second_cell:
+                self.hog_basis_scale = WithinClipHOGBasis(self._hog_dim(input_size, self.second_cell), *fit)
+            self.hog_basis_head = nn.Linear(int(model_cfg["au_dim"]), k * len(self._bases()))
         # `cir.id_adversary_weight` > 0: a linear identity classifier on the AU code (the identity-confusion term)
         self.id_adversary = None
         if float(cir.get("id_adversary_weight", 0.0)) > 0:
@@ -177,13 +180,15 @@ class CLPMethod(Method):
             raise UsageError("objective.cir.hog_basis_frames=clean reads each clip's un-augmented frames: it needs "
                              "data.clean_view=true")
 
-    def _hog_dim(self, input_size: int) -> int:
-        """HOG's descriptor length at this input size, `cir.hog_cell` and `cir.hog_bins`; ValueError naming the
-        first two when they do not tile."""
-        if input_size % self.hog_cell or input_size < 2 * self.hog_cell:
+    def _hog_dim(self, input_size: int, cell: int | None = None) -> int:
+        """HOG's descriptor length at this input size, cell side (`cir.hog_cell` by default; the second basis':
+        `cir.hog_basis_second_cell`) and `cir.hog_bins`; ValueError naming the setting when they do not tile."""
+        key = "hog_cell" if cell is None else "hog_basis_second_cell"
+        cell = self.hog_cell if cell is None else cell
+        if input_size % cell or input_size < 2 * cell:
             raise ValueError(f"objective.cir.hog_weight / hog_basis_weight > 0 need data.input_size ({input_size}) "
-                             f"to be a multiple of objective.cir.hog_cell ({self.hog_cell}) and at least two cells")
-        blocks = input_size // self.hog_cell - 1
+                             f"to be a multiple of objective.cir.{key} ({cell}) and at least two cells")
+        blocks = input_size // cell - 1
         return blocks * blocks * 4 * self.hog_bins
 
     def request(self, batch, clip_len):
@@ -218,22 +223,32 @@ class CLPMethod(Method):
             out["id_adversary"] = identity_adversary_pass(self.id_adversary, res["a"])
         return out
 
-    def _hog(self, clips: torch.Tensor, colour: bool = False) -> torch.Tensor:
+    def _hog(self, clips: torch.Tensor, colour: bool = False, cell: int | None = None) -> torch.Tensor:
         """clips [N, T, 3, S, S] (normalised) -> their frames' HOG [N, T, Dh] (`objectives.hog.hog_descriptor`; with
-        `colour`, each pixel's gradient from its strongest channel)."""
+        `colour`, each pixel's gradient from its strongest channel; cells of `cell` px, default `cir.hog_cell`)."""
         mean, std = self.encoder.mean.view(3), self.encoder.std.view(3)
-        return hog_descriptor(clips.flatten(0, 1), mean, std, self.hog_cell, self.hog_bins,
+        return hog_descriptor(clips.flatten(0, 1), mean, std, cell or self.hog_cell, self.hog_bins,
                               signed=self.hog_signed, colour=colour).view(*clips.shape[:2], -1)
 
     def _basis_hog(self, clips: torch.Tensor) -> torch.Tensor:
-        """What the HOG basis reads of clips [N, T, 3, S, S]: their grey HOG [N, T, Dh], with `cir.hog_basis_colour`
-        followed by their colour HOG ([N, T, 2 Dh])."""
-        grey = self._hog(clips)
-        return torch.cat([grey, self._hog(clips, colour=True)], -1) if self.hog_basis_colour is not None else grey
+        """What the HOG bases read of clips [N, T, 3, S, S]: their grey HOG [N, T, Dh], followed by their colour HOG
+        with `cir.hog_basis_colour` and by their grey HOG of `cir.hog_basis_second_cell` px cells when set — the
+        descriptors of `_bases()`, concatenated in its order."""
+        parts = [self._hog(clips)]
+        if self.hog_basis_colour is not None:
+            parts.append(self._hog(clips, colour=True))
+        if self.hog_basis_scale is not None:
+            parts.append(self._hog(clips, cell=self.second_cell))
+        return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
 
     def _bases(self) -> list[WithinClipHOGBasis]:
-        """The HOG bases in the order of `_basis_hog`'s descriptors: grey, then colour when on."""
-        return [self.hog_basis] + ([self.hog_basis_colour] if self.hog_basis_colour is not None else [])
+        """The HOG bases in the order of `_basis_hog`'s descriptors: grey, then colour and the second cell size
+        when on."""
+        return [b for b in (self.hog_basis, self.hog_basis_colour, self.hog_basis_scale) if b is not None]
+
+    def _split_bases(self, hog: torch.Tensor) -> list[torch.Tensor]:
+        """`_basis_hog`'s concatenated descriptors [.., sum Dh] -> one tensor per basis of `_bases()`."""
+        return list(hog.split([b.dim for b in self._bases()], -1))
 
     def hog_basis_pass(self, hog: torch.Tensor, a: torch.Tensor) -> dict[str, torch.Tensor]:
         """The within-clip HOG basis' pass (`objective.cir.hog_basis_weight`): a [2B, T, D] both views' codes, hog the
@@ -241,12 +256,12 @@ class CLPMethod(Method):
         both views) — both views' [2B, T, Dh] once the basis is fitted, view 1's [B, T, Dh] before. Returns `pred` =
         the head's output [2B, T, k] for every frame, and, once fitted, `target` [2B, T, k] (each frame's whitened
         projection, no gradient); before, with `hog_basis_fit=stream`, `stats` = view 1's HOG, which the engine
-        gathers from every rank for `after_step`. With `hog_basis_colour` hog is `_basis_hog`'s [.., 2 Dh] and `pred`
-        and `target` hold 2k values: the grey basis' k, then the colour basis' k."""
+        gathers from every rank for `after_step`. With `hog_basis_colour` or `hog_basis_second_cell` hog is
+        `_basis_hog`'s concatenated descriptors and `pred` and `target` hold k values per basis of `_bases()`: the grey
+        basis' k, then the colour basis' and the second cell size's."""
         out = {"pred": self.hog_basis_head(a.to(self.hog_basis_head.weight.dtype)).float()}
         if self.hog_basis.is_fitted:
-            parts = hog.split(self.hog_basis.dim, -1)
-            out["target"] = torch.cat([basis.targets(h) for basis, h in zip(self._bases(), parts)], -1)
+            out["target"] = torch.cat([basis.targets(h) for basis, h in zip(self._bases(), self._split_bases(hog))], -1)
         elif self.hog_basis_fit == "stream":  # "prefit": fitted before step 1 (`clean_fit_steps`)
             out["stats"] = hog
         return out
@@ -259,8 +274,8 @@ class CLPMethod(Method):
 
     @torch.no_grad()
     def clean_fit_inputs(self, clips: torch.Tensor) -> torch.Tensor:
-        """clips [N, T, 3, S, S] un-augmented -> their frames' HOG [N, T, Dh] (float32; [N, T, 2 Dh] with
-        `hog_basis_colour`: `_basis_hog`), for `after_step`."""
+        """clips [N, T, 3, S, S] un-augmented -> their frames' HOG [N, T, Dh] (float32; with more than one basis, every
+        basis' descriptor: `_basis_hog`), for `after_step`."""
         return self._basis_hog(clips.float())
 
     @torch.no_grad()
@@ -268,7 +283,7 @@ class CLPMethod(Method):
         """`keys`: every rank's clips' HOG [N, T, Dh] while the HOG basis is being fitted — view 1's from the
         training stream, or un-augmented clips' before step 1 (`clean_fit_inputs`) — else None."""
         if keys is not None and self.hog_basis is not None:
-            for basis, h in zip(self._bases(), keys.split(self.hog_basis.dim, -1)):
+            for basis, h in zip(self._bases(), self._split_bases(keys)):
                 basis.accumulate(h)
 
     def hog_pass(self, x: torch.Tensor, a: torch.Tensor, cir: CIRRequest,

@@ -260,7 +260,7 @@ def test_colour_basis_is_fitted_on_colour_hog_beside_the_grey_one():
                                       "objective.cir.hog_basis_fit_steps=0",
                                       "objective.cir.hog_basis_centre=video", "objective.cir.hog_basis_whiten=-1",
                                       "objective.cir.hog_basis_fit=early", "objective.cir.hog_basis_frames=raw",
-                                      "objective.cir.hog_basis_colour=maybe"])
+                                      "objective.cir.hog_basis_colour=maybe", "objective.cir.hog_basis_second_cell=-8"])
 def test_hog_basis_knobs_are_checked_before_anything_starts(override):
     from aupretrain.config import load_config
     from aupretrain.errors import UsageError
@@ -296,3 +296,47 @@ def test_clip_centred_basis_term_ignores_each_face_offset_and_keeps_its_change()
     objective = build_objective(load_config(["experiment=cpu", "objective=clp_hog_basis",
                                              "objective.cir.hog_basis_centre=clip"]).objective)
     assert objective.hog_basis_centre == "clip"
+
+
+def test_second_cell_basis_is_fitted_on_coarser_hog_beside_the_grey_one():
+    """`objective.cir.hog_basis_second_cell=16`: the method fits one more basis on the clips' grey HOG of 16-px
+    cells from the same gathered steps; each frame's target is the 8-px basis' k projections followed by the 16-px
+    basis' k, the head regresses all 2k, a resumed method loads both fits, and a cell size that does not tile the
+    input is refused naming the setting."""
+    from aupretrain.config import load_config
+    from aupretrain.methods import build_method
+    from aupretrain.objectives import split_views
+
+    cfg = load_config(["experiment=cpu", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=2",
+                       "objective.cir.hog_basis_k=3", "objective.cir.hog_basis_whiten=8",
+                       "objective.cir.hog_basis_second_cell=16"])
+    method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
+    b, t, s = 2, 4, int(cfg.data.input_size)
+    coarse_dim = (s // 16 - 1) ** 2 * 36
+    assert method.hog_basis_head.out_features == 6 and method.hog_basis_scale.dim == coarse_dim
+    mean, std = method.encoder.mean.view(3), method.encoder.std.view(3)
+    hog = lambda x, cell=8: hog_descriptor(x.flatten(0, 1), mean, std, cell).view(*x.shape[:2], -1)  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    fit_clips = [torch.randn(3 * b, t, 3, s, s, generator=g) for _ in range(2)]
+    for c in fit_clips:
+        inputs = method.clean_fit_inputs(c)
+        assert inputs.shape == (3 * b, t, 1764 + coarse_dim)
+        assert torch.allclose(inputs, torch.cat([hog(c), hog(c, 16)], -1), atol=1e-5)
+        method.after_step(inputs)
+    assert method.hog_basis.is_fitted and method.hog_basis_scale.is_fitted
+    reference = WithinClipHOGBasis(coarse_dim, 3, 2, whiten=8)  # the second basis is the plain fit of 16-px HOG
+    for c in fit_clips:
+        reference.accumulate(hog(c, 16))
+    assert torch.allclose(method.hog_basis_scale.basis, reference.basis, atol=1e-4)
+    clips = torch.randn(2 * b, t, 3, s, s)
+    out = split_views(method(clips, **method.request({"partner": torch.tensor([1, 0])}, t)), b)
+    want = torch.cat([method.hog_basis.targets(hog(clips)), method.hog_basis_scale.targets(hog(clips, 16))], -1)
+    assert out["hog_basis"]["pred"].shape == (2 * b, t, 6)
+    assert torch.allclose(out["hog_basis"]["target"], want, atol=1e-4)
+    resumed = build_method(cfg.objective, cfg.model, s)
+    resumed.load_state_dict(method.state_dict())
+    assert resumed.hog_basis_scale.is_fitted
+    assert torch.equal(resumed.hog_basis_scale.basis, method.hog_basis_scale.basis)
+    with pytest.raises(ValueError, match="hog_basis_second_cell"):
+        bad = load_config(["experiment=cpu", "objective=clp_hog_basis", "objective.cir.hog_basis_second_cell=24"])
+        build_method(bad.objective, bad.model, s)
