@@ -171,14 +171,20 @@ class CLPMethod(Method):
     @classmethod
     def check(cls, cfg: Any) -> None:
         """`objective.cir.hog_basis_frames=clean` reads the loader's clean view: UsageError without
-        `data.clean_view`."""
-        cir = cfg.objective.get("cir", {})
-        if float(cir.get("hog_basis_weight", 0.0)) > 0 and cir.get("hog_basis_frames", "views") == "clean" \
-                and not cfg.data.get("clean_view", False):
-            from ..errors import UsageError
+        `data.clean_view`. `hog_basis_colour` and `hog_basis_second_cell` add bases to the basis term: UsageError
+        naming them when `hog_basis_weight` is 0 (they would be silently unused)."""
+        from ..errors import UsageError
 
+        cir = cfg.objective.get("cir", {})
+        on = float(cir.get("hog_basis_weight", 0.0)) > 0
+        if on and cir.get("hog_basis_frames", "views") == "clean" and not cfg.data.get("clean_view", False):
             raise UsageError("objective.cir.hog_basis_frames=clean reads each clip's un-augmented frames: it needs "
                              "data.clean_view=true")
+        extra = [f"objective.cir.{k}={cir.get(k)}" for k in ("hog_basis_colour", "hog_basis_second_cell") if cir.get(k)]
+        if extra and not on:
+            raise UsageError(f"{' and '.join(extra)}: extra bases of the within-clip HOG basis term, which is off "
+                             "(objective.cir.hog_basis_weight=0); set objective.cir.hog_basis_weight > 0 (e.g. "
+                             "objective=clp_hog_basis) or leave them off")
 
     def _hog_dim(self, input_size: int, cell: int | None = None) -> int:
         """HOG's descriptor length at this input size, cell side (`cir.hog_cell` by default; the second basis':

@@ -340,3 +340,10 @@ def test_second_cell_basis_is_fitted_on_coarser_hog_beside_the_grey_one():
     with pytest.raises(ValueError, match="hog_basis_second_cell"):
         bad = load_config(["experiment=cpu", "objective=clp_hog_basis", "objective.cir.hog_basis_second_cell=24"])
         build_method(bad.objective, bad.model, s)
+    from aupretrain.errors import UsageError
+    from aupretrain.methods import method_class
+
+    unused = load_config(["experiment=cpu", "objective=clp", "objective.cir.hog_basis_second_cell=16"])
+    with pytest.raises(UsageError, match="hog_basis_second_cell=16: .*hog_basis_weight > 0"):
+        method_class("clp").check(unused)  # the basis term is off in objective=clp: refused, not silently unused
+    method_class("clp").check(cfg)
