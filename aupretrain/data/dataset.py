@@ -326,7 +326,8 @@ def assemble_batch(view1: torch.Tensor, view2: torch.Tensor, metas: list[dict], 
     `generator`), the mirrored clips (`augment.flip_views`), the per-frame jitter (`augment.jitter_views`), the
     per-view noise (`augment.noise_views`), and `au` [B, T, A] when `labels` (FrameLabels) is set. The views come
     finished (augmented, blurred, normalised) from the loader; so does `clean` [B, T, 3, S, S] (`settings.clean_view`:
-    the frames un-augmented, neither jittered nor noised). Raises KeyError when a clip's metadata lacks `identity` or `video`."""
+    the frames un-augmented, neither jittered nor noised). Raises KeyError when a clip's metadata lacks `identity`
+    or `video`."""
     from .augment import flip_views, jitter_views, noise_views
 
     ident = torch.tensor([identity_ids.get(m["identity"], -1) for m in metas])
