@@ -153,16 +153,21 @@ class CLPMethod(Method):
                              f"hog_basis_frames={self.hog_basis_frames!r} (views | clean)")
         self.hog_basis_colour = None  # `cir.hog_basis_colour`: a second basis, fitted the same way on colour HOG
         self.hog_basis_scale = None  # `cir.hog_basis_second_cell`: one more, on grey HOG of that cell side
-        self.second_cell = int(cir.get("hog_basis_second_cell", 0))
+        # every basis with the HOG it reads, (basis, colour, cell side or None for `hog_cell`), in the one order
+        # the descriptors are concatenated, split and regressed (`_basis_hog`, `_bases`)
+        self._basis_specs: list[tuple[WithinClipHOGBasis, bool, int | None]] = []
         if float(cir.get("hog_basis_weight", 0.0)) > 0:
-            k, dim = int(cir.get("hog_basis_k", 8)), self._hog_dim(input_size)
+            k, second_cell = int(cir.get("hog_basis_k", 8)), int(cir.get("hog_basis_second_cell", 0))
             fit = (k, int(cir.get("hog_basis_fit_steps", 100)), int(cir.get("hog_basis_whiten", 0)))
-            self.hog_basis = WithinClipHOGBasis(dim, *fit)
+            self.hog_basis = WithinClipHOGBasis(self._hog_dim(input_size), *fit)
+            self._basis_specs.append((self.hog_basis, False, None))
             if bool(cir.get("hog_basis_colour", False)):
-                self.hog_basis_colour = WithinClipHOGBasis(dim, *fit)
-            if self.second_cell:
-                self.hog_basis_scale = WithinClipHOGBasis(self._hog_dim(input_size, self.second_cell), *fit)
-            self.hog_basis_head = nn.Linear(int(model_cfg["au_dim"]), k * len(self._bases()))
+                self.hog_basis_colour = WithinClipHOGBasis(self._hog_dim(input_size), *fit)
+                self._basis_specs.append((self.hog_basis_colour, True, None))
+            if second_cell:
+                self.hog_basis_scale = WithinClipHOGBasis(self._hog_dim(input_size, second_cell), *fit)
+                self._basis_specs.append((self.hog_basis_scale, False, second_cell))
+            self.hog_basis_head = nn.Linear(int(model_cfg["au_dim"]), k * len(self._basis_specs))
         # `cir.id_adversary_weight` > 0: a linear identity classifier on the AU code (the identity-confusion term)
         self.id_adversary = None
         if float(cir.get("id_adversary_weight", 0.0)) > 0:
@@ -237,20 +242,16 @@ class CLPMethod(Method):
                               signed=self.hog_signed, colour=colour).view(*clips.shape[:2], -1)
 
     def _basis_hog(self, clips: torch.Tensor) -> torch.Tensor:
-        """What the HOG bases read of clips [N, T, 3, S, S]: their grey HOG [N, T, Dh], followed by their colour HOG
-        with `cir.hog_basis_colour` and by their grey HOG of `cir.hog_basis_second_cell` px cells when set — the
-        descriptors of `_bases()`, concatenated in its order."""
-        parts = [self._hog(clips)]
-        if self.hog_basis_colour is not None:
-            parts.append(self._hog(clips, colour=True))
-        if self.hog_basis_scale is not None:
-            parts.append(self._hog(clips, cell=self.second_cell))
+        """What the HOG bases read of clips [N, T, 3, S, S]: every basis' descriptor [N, T, Dh_i] in `_bases()`'s order,
+        concatenated — grey HOG, then colour HOG with `cir.hog_basis_colour` and grey HOG of
+        `cir.hog_basis_second_cell` px cells when set."""
+        parts = [self._hog(clips, colour=colour, cell=cell) for _, colour, cell in self._basis_specs]
         return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
 
     def _bases(self) -> list[WithinClipHOGBasis]:
         """The HOG bases in the order of `_basis_hog`'s descriptors: grey, then colour and the second cell size
         when on."""
-        return [b for b in (self.hog_basis, self.hog_basis_colour, self.hog_basis_scale) if b is not None]
+        return [basis for basis, _, _ in self._basis_specs]
 
     def _split_bases(self, hog: torch.Tensor) -> list[torch.Tensor]:
         """`_basis_hog`'s concatenated descriptors [.., sum Dh] -> one tensor per basis of `_bases()`."""
