@@ -26,7 +26,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # peaks 3.5 GB above where it started while pip unpacks wheels into TMPDIR. Byte-code is not compiled at install
   # (--no-compile: Python writes it lazily for the modules a run imports, ~0.4 GB less on disk). Check both disks
   # up front so a full disk is one clear error, not a broken half-installed venv. A refresh of an installed venv
-  # (pyproject.toml changed) fetches only what changed: it asks 2 GB (a new DALI build unpacked beside its wheel: ~1.5 GB).
+  # (pyproject.toml changed) fetches only what changed: it asks 2 GB (a new DALI build beside its wheel: ~1.5 GB).
   if [ -f "$stamp" ]; then need_mb="${AUPRETRAIN_MIN_FREE_MB:-2000}"; else need_mb="${AUPRETRAIN_MIN_FREE_MB:-4200}"; fi
   pip_tmp="$VENV/.pip-tmp"; mkdir -p "$pip_tmp"
   for d in "$VENV" "$pip_tmp"; do
