@@ -197,6 +197,7 @@ SCHEMA: dict[str, Spec] = {
     "tracking.flush_timeout_s": _num_spec(0, what="seconds"),
     "tracking.system_metrics_every_s": _num_spec(0, what="seconds, 0: off"),
     "eval.dataset": _choice("synthetic", "bp4d", "disfa", "gft"),
+    "eval.split": _choice("validation", "test"),
     "eval.protocol": _choice("linear", "finetune"),
     "eval.select": _choice("auto", "none", "validation"),
     "eval.normalize": _choice("none", "video_median"),
@@ -259,6 +260,8 @@ def validate(cfg: DictConfig | dict, sections: Sequence[str] | None = None, trai
         UsageError: one line naming the key, the bad value and what to set instead.
     """
     flags = flags or {}
+    if isinstance(cfg, DictConfig):  # first the values as written: a bad choice that others interpolate from
+        _check(OmegaConf.to_container(cfg, resolve=False), sections, flags, as_written=True)  # (eval.split)
     try:
         d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     except Exception as e:  # noqa: BLE001 - an interpolation that does not resolve (omegaconf errors)
@@ -266,6 +269,14 @@ def validate(cfg: DictConfig | dict, sections: Sequence[str] | None = None, trai
         msg = str(e).splitlines()[0]
         raise UsageError(f"{key}: {msg}; a literal '${{' in a value is written '\\${{' (e.g. "
                          f"data.shards='s3://b/\\${{x}}'), {QUOTING}") from None
+    _check(d, sections, flags)
+    if training:
+        check_shards_setting(d["data"]["shards"])
+
+
+def _check(d: dict, sections: Sequence[str] | None, flags: dict[str, str], as_written: bool = False) -> None:
+    """`validate`'s check of every `SCHEMA` key present in `d` under `sections`; `as_written`: `d` is the config
+    unresolved, and values that interpolate (`${...}`) are left to the resolved pass. Raises UsageError."""
     for key, spec in SCHEMA.items():
         if sections is not None and key.split(".", 1)[0] not in sections:
             continue
@@ -275,14 +286,14 @@ def validate(cfg: DictConfig | dict, sections: Sequence[str] | None = None, trai
                 break
             node = node[part]
         else:
+            if as_written and isinstance(node, str) and "${" in node:
+                continue
             if not spec.ok(node):
                 flag = f" ({flags[key]})" if key in flags else ""
                 typed = isinstance(node, (str, list, dict))
                 kind = f" (a {type(node).__name__})" if typed else ""
                 raise UsageError(f"{key}={_show(node)}{flag}{kind}: must be {spec.need()}; "
                                  f"set e.g. {spec.example(key)}")
-    if training:
-        check_shards_setting(d["data"]["shards"])
 
 
 def check_shards_setting(shards: Any) -> None:

@@ -5,7 +5,8 @@
     python aupretrain/train.py experiment=smoke
 
 Arguments are Hydra overrides of configs/. The deepspeed launcher's `--local_rank=N` is accepted (and
-ignored: LOCAL_RANK is in the environment). `--cfg` prints the composed config and exits.
+ignored: LOCAL_RANK is in the environment). `--cfg` prints the composed config and exits; `-h` / `--help` prints
+this text and the config groups to choose from.
 """
 from __future__ import annotations
 
@@ -40,6 +41,17 @@ def launcher_rank() -> str:
     return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
 
 
+def usage() -> str:
+    """`--help`: this module's docstring and each config group's options (the YAML files under configs/)."""
+    from aupretrain.config import config_dir
+
+    root = config_dir()
+    groups = sorted(d for d in root.iterdir() if d.is_dir())
+    lines = [f"  {d.name}=" + " | ".join(sorted(f.stem for f in d.glob("*.yaml"))) for d in groups]
+    return (f"usage: aupretrain-train [OVERRIDE ...] [--cfg]\n\n{__doc__.strip()}\n\nConfig groups "
+            f"(group=option; every key of {root} can be set as key=value, e.g. train.steps=100):\n" + "\n".join(lines))
+
+
 RANK0_FIRST_S = 10.0  # how long the other ranks wait, on an error every rank has, for rank 0 to print it
 
 
@@ -67,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(RANK0_FIRST_S)
         return code
 
+    if "-h" in args or "--help" in args:
+        print(usage())
+        return 0
     show = "--cfg" in args
     try:  # every rank of a torchrun / deepspeed job parses the same arguments: all refuse alike, at once
         cfg = load_config([a for a in args if a != "--cfg"])  # an override that does not parse or names no key

@@ -10,7 +10,8 @@ crops). One CSV row per frame: input, frame, time_s, face (0/1), x1, y1, x2, y2 
 a0 … a<D-1> (the AU code) — or, with `--head` (a folder from `aupretrain-eval --save-head`), one column per AU
 named after it (`AU1`, `AU2`, …: P(AU present)) plus `<AU>_on` (0/1 at the head's own per-AU threshold). A
 frame without a face is a row with empty values. An input that cannot be read is
-reported and skipped; the exit code is 0 when at least one input gave rows, 2 otherwise.
+reported and skipped; the exit code is 0 when at least one input gave rows, 2 otherwise (and no CSV is left).
+The CSV is written to OUT.csv.partial and renamed when complete; OUT's folder is created if missing.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64, help="crops per encoder call")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the pack group after -- (e.g. pack.detect_every=10)")
     a = ap.parse_intermixed_args(argv)  # flags before or after the positionals, then `-- OVERRIDES`
+    if a.batch < 1:
+        ap.error(f"--batch {a.batch}: crops per encoder call must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from tqdm import tqdm
 
@@ -82,9 +86,20 @@ def main(argv: list[str] | None = None) -> int:
                 skipped.append(str(path))
         bar.close()
 
-    counts = write_csv(rows(), a.out, columns)
+    out = Path(a.out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # like --out of the other commands
+        counts = write_csv(rows(), out, columns)
+    except OSError as e:  # a directory of that name, no permission, a full disk: nothing half-written is left
+        print(f"aupretrain-extract: error: cannot write {a.out}: {e.strerror or e}", file=sys.stderr)
+        return 2 if isinstance(e, (IsADirectoryError, NotADirectoryError, PermissionError)) else 1
     print(json.dumps({"out": a.out, "inputs": len(inputs), "skipped": skipped, **counts}, indent=1))
-    return 0 if counts["frames"] else 2
+    if not counts["frames"]:  # every input skipped: no CSV that looks like a result
+        out.unlink(missing_ok=True)
+        print(f"aupretrain-extract: error: no input gave a frame ({len(skipped)} of {len(inputs)} skipped, "
+              f"reasons above); {a.out} not written", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

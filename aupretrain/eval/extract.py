@@ -69,7 +69,16 @@ def _crop_box(landmarks: np.ndarray, template: np.ndarray, size: int) -> tuple[f
 
 
 def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[FrameRow]:
-    """Rows of one input, in frame order. `encode(uint8 [N, S, S, 3]) -> [N, D]` (e.g. AUEncoder.encode)."""
+    """Rows of one input, in frame order. `encode(uint8 [N, S, S, 3]) -> [N, D]` (e.g. AUEncoder.encode); at most
+    `batch` aligned crops are held before each call.
+
+    Raises:
+        ValueError: `batch` < 1.
+        VideoError: the input cannot be decoded, or holds no decodable frame (raised after its last row, so the
+            caller skips and reports it as `aupretrain-pack` does).
+    """
+    if batch < 1:
+        raise ValueError(f"batch={batch}: crops per encoder call must be at least 1")
     times: dict[int, float] = {}
     lms: dict[int, np.ndarray] = {}
     shape: list[int] = [0, 0]
@@ -114,16 +123,37 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
         yield from flush(pending)
     for i in range(done, max(times, default=-1) + 1):
         yield FrameRow(str(path), i, times[i], None, None)
+    if not times:
+        raise VideoError(f"{path}: no decodable frames")
 
 
 def write_csv(rows: Iterable[FrameRow], out: str | Path, columns: int | list[str]) -> dict[str, int]:
     """Write rows as CSV (`input, frame, time_s, face, x1, y1, x2, y2`, then one column per value of a row's
-    code: `columns` names them, or an int D names them a0 … a<D-1>); returns counts."""
-    n = faces_found = 0
+    code: `columns` names them, or an int D names them a0 … a<D-1>); returns counts. The rows go to
+    `<out>.partial`, renamed to `out` once all are written: an interrupted or failed run never leaves a CSV that
+    looks complete (a file already at `out` stays until then).
+
+    Raises:
+        OSError: `out` cannot be written (its folder is missing, a directory of that name, a full disk ...).
+    """
     if isinstance(columns, int):
         columns = [f"a{k}" for k in range(columns)]
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        counts = _write_rows(rows, partial, columns)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(out)
+    return counts
+
+
+def _write_rows(rows: Iterable[FrameRow], path: Path, columns: list[str]) -> dict[str, int]:
+    """`write_csv`'s body: the header and every row to `path`; returns the counts."""
+    n = faces_found = 0
     dim = len(columns)
-    with open(out, "w", newline="") as f:
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["input", "frame", "time_s", "face", "x1", "y1", "x2", "y2", *columns])
         for r in rows:

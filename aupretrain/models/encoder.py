@@ -4,6 +4,7 @@ The modules a pretraining method adds around it (projector, decoder, momentum br
 the method in `aupretrain.methods`."""
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import torch
@@ -102,12 +103,13 @@ def load_encoder(path, map_location: str = "cpu") -> AUEncoder:
     `model.safetensors`, from `aupretrain-export`), its `model.safetensors`, or a training run's `encoder.pt`.
 
     `encoder.pt` is read with `torch.load(weights_only=True)`: tensors, numbers, strings, lists and dicts only,
-    so a file carrying any other pickled object is refused (`pickle.UnpicklingError`) instead of running it.
+    so a file carrying any other pickled object is refused instead of running it.
 
     Raises:
         FileNotFoundError: nothing loadable at `path`.
-        pickle.UnpicklingError: an `encoder.pt` holding objects other than plain data.
-        ValueError: not an aupretrain encoder.
+        ValueError: not an aupretrain encoder, a file that does not parse (damaged, truncated, not written by
+            `torch.save` / safetensors), an `encoder.pt` holding objects other than plain data ("refused"), or
+            weights that do not fit the saved model config — always naming the file.
     """
     import json
     from pathlib import Path
@@ -119,19 +121,55 @@ def load_encoder(path, map_location: str = "cpu") -> AUEncoder:
 
         if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
             raise FileNotFoundError(f"{path}: an export folder needs config.json and model.safetensors")
-        meta = json.loads((folder / "config.json").read_text())
-        if meta.get("format") != SAFETENSORS_FORMAT:
-            raise ValueError(f"{folder / 'config.json'}: not an aupretrain encoder (format={meta.get('format')!r})")
-        cfg, state = dict(meta["model"]), load_file(str(folder / "model.safetensors"), device=map_location)
+        try:
+            meta = json.loads((folder / "config.json").read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{folder / 'config.json'}: not readable JSON ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != SAFETENSORS_FORMAT or "model" not in meta:
+            got = meta.get("format") if isinstance(meta, dict) else None
+            raise ValueError(f"{folder / 'config.json'}: not an aupretrain encoder (format={got!r})")
+        try:
+            state = load_file(str(folder / "model.safetensors"), device=map_location)
+        except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError, OSError: a damaged or truncated file
+            raise ValueError(f"{folder / 'model.safetensors'}: not a readable safetensors file, damaged or "
+                             f"truncated ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+        cfg = dict(meta["model"])
     else:
         if not p.is_file():
             raise FileNotFoundError(f"{path}: no such encoder file or export folder")
-        ck = torch.load(p, map_location=map_location, weights_only=True)
+        try:
+            ck = torch.load(p, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:  # the weights-only unpickler: a global it does not admit, or garbage
+            import re
+
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]  # torch's advice first, the cause after
+            named = re.search(r"GLOBAL ([\w.]+)", str(e))
+            if named:
+                raise ValueError(f"{path}: refused: loading it would call {named.group(1)} (an encoder file holds "
+                                 "tensors and plain data only); do not load a file you cannot trust") from None
+            cause = next((ln for ln in lines[1:] if not ln.startswith("Check the documentation")),
+                         lines[-1] if lines else type(e).__name__)
+            raise ValueError(f"{path}: not a readable encoder file, damaged or not written by torch.save "
+                             f"({' '.join(cause.split())[:200]})") from None
+        except Exception as e:  # noqa: BLE001 - a truncated zip (OSError, RuntimeError), a non-pickle (KeyError ...)
+            raise ValueError(f"{path}: not a readable encoder file, damaged or not written by torch.save "
+                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
         if not isinstance(ck, dict) or ck.get("format") != "aupretrain-encoder/1":
-            raise ValueError(f"{path}: not an aupretrain encoder file (format={ck.get('format') if isinstance(ck, dict) else None!r})")
+            got = ck.get("format") if isinstance(ck, dict) else None
+            raise ValueError(f"{path}: not an aupretrain encoder file (format={got!r})")
+        if not isinstance(ck.get("config"), dict) or not isinstance(ck.get("state_dict"), dict):
+            raise ValueError(f"{path}: an aupretrain encoder file without its config or state_dict (damaged)")
         cfg, state = dict(ck["config"]), ck["state_dict"]
-    enc = AUEncoder(cfg, cfg.pop("input_size"))
-    enc.load_state_dict(state)
+    try:
+        enc = AUEncoder(cfg, cfg.pop("input_size"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: the saved model config does not build an encoder "
+                         f"({type(e).__name__}: {e})") from None
+    try:
+        enc.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: the weights do not fit the encoder its config describes "
+                         f"({' '.join(str(e).split())[:300]})") from None
     return enc.eval()
 
 
