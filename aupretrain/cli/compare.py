@@ -14,10 +14,104 @@ Sorted by mean F1; printed, and saved as `<out>.csv` and `<out>.png` (default ou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
+
+PROG = "aupretrain-compare"
+# MLflow's HTTP defaults (7 retries with backoff, 120 s timeout) keep a read-only look at a server that is down
+# silent for minutes; this command fails within about a minute instead, unless the user set these variables.
+QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+class StoreError(Exception):
+    """The tracking store cannot be read: `status` is the exit status (1: the server does not answer or fails,
+    2: the URI or a request is wrong), the message is the one line to print."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+@contextlib.contextmanager
+def quick_http():
+    """Within: MLflow's HTTP retries and timeout lowered to QUICK_HTTP where the environment does not set them
+    (MLflow reads them at each request); the environment as it was afterwards."""
+    added = [k for k in QUICK_HTTP if k not in os.environ]
+    os.environ.update({k: QUICK_HTTP[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def unreachable(e: BaseException) -> BaseException | None:
+    """The failure to reach an HTTP server (connection refused or reset, unknown host, timeout, retries used up)
+    that `e` is, or was raised from or during; None when it is none."""
+    import requests
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                          requests.exceptions.RetryError)):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def why_unreachable(e: BaseException) -> str:
+    """A few words on why the server did not answer: the OS's reason (`Connection refused`, `Name or service not
+    known`), `timed out`, else the requests exception's name."""
+    import re
+
+    import requests
+
+    cause = unreachable(e) or e
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", f"{e} {cause}")
+    if found:
+        return found[1].strip()
+    if isinstance(cause, requests.exceptions.Timeout):
+        return f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s"
+    return type(cause).__name__
+
+
+def store_error(e: Exception, uri: str) -> StoreError:
+    """The one-line StoreError for an exception raised while reading the store at `uri` (password redacted)."""
+    from ..engine.tracking import redact
+
+    shown = redact(uri)
+    if unreachable(e):
+        return StoreError(f"the tracking server at {shown} does not answer ({why_unreachable(e)}); check "
+                          "--tracking-uri / $MLFLOW_TRACKING_URI and that the server is running", 1)
+    code = getattr(e, "error_code", "")
+    what = " ".join(redact(getattr(e, "message", None) or str(e)).split())[:600]
+    usage = code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST", "ENDPOINT_NOT_FOUND")
+    if type(e).__name__.startswith("Unsupported"):  # an unknown URI scheme
+        usage = True
+    return StoreError(f"tracking store {shown}: {what}", 2 if usage else 1)
+
+
+def get_runs(client, ids: list[str], uri: str) -> list:
+    """The MLflow runs of `ids`, in order. Raises StoreError (status 2) naming every id the store does not have."""
+    from mlflow.exceptions import MlflowException
+
+    from ..engine.tracking import redact
+
+    runs, missing = [], []
+    for r in ids:
+        try:
+            runs.append(client.get_run(r))
+        except MlflowException as e:
+            if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or unreachable(e):
+                raise
+            missing.append(r)
+    if missing:
+        raise StoreError(f"--runs: no run with id {', '.join(missing)} in {redact(uri)}", 2)
+    return runs
 
 
 def pretraining_of(client, run, cache: dict) -> object | None:
@@ -33,7 +127,9 @@ def pretraining_of(client, run, cache: dict) -> object | None:
 
         try:
             cache[parent] = client.get_run(parent)
-        except MlflowException:
+        except MlflowException as e:
+            if unreachable(e):  # the server went away: not a missing parent
+                raise
             cache[parent] = None
     return cache[parent]
 
@@ -123,7 +219,10 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="aupretrain-compare", description=__doc__.splitlines()[0])
+    """Run aupretrain-compare with `argv` (default: sys.argv[1:]); returns the exit status: 0, 2 for a wrong
+    argument (unknown experiment or run id, conflicting experiment names, bad URI), 1 when the store does not
+    answer."""
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("experiment_name", nargs="?", metavar="EXPERIMENT", help="MLflow experiment (default: aupretrain)")
     ap.add_argument("--tracking-uri")
     ap.add_argument("--experiment", help="the same as EXPERIMENT")
@@ -132,22 +231,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the rows as JSON here")
     ap.add_argument("--plot", help="write the bar chart (PNG) here instead of <out>.png")
     a = ap.parse_args(argv)
+    if a.experiment_name and a.experiment and a.experiment_name != a.experiment:
+        print(f"{PROG}: error: EXPERIMENT {a.experiment_name!r} and --experiment {a.experiment!r} differ; "
+              "give one of them", file=sys.stderr)
+        return 2
     a.experiment = a.experiment_name or a.experiment or "aupretrain"
-    import mlflow
-
     uri = a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    client = mlflow.tracking.MlflowClient(uri)
-    if a.runs:
-        runs = [client.get_run(r) for r in a.runs]
-    else:
-        exp = client.get_experiment_by_name(a.experiment)
-        if exp is None:
-            print(f"aupretrain-compare: error: no experiment {a.experiment!r} in {uri}", file=sys.stderr)
-            return 2
-        runs = client.search_runs([exp.experiment_id], max_results=5000)
-    rows = collect(client, runs)
+    try:
+        with quick_http():
+            rows = read_rows(a, uri)
+    except StoreError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.status
     if not rows:
-        print(f"aupretrain-compare: error: no run with eval results in {uri}", file=sys.stderr)
+        from ..engine.tracking import redact
+
+        print(f"{PROG}: error: no run with eval results in {redact(uri)}", file=sys.stderr)
         return 2
     show(rows)
     out = Path(a.out or f"compare-{a.experiment if not a.runs else 'runs'}")
@@ -159,6 +258,34 @@ def main(argv: list[str] | None = None) -> int:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     print(f"saved {table} and {chart}")
     return 0
+
+
+def read_rows(a: argparse.Namespace, uri: str) -> list[dict]:
+    """The rows (`collect`) of the runs `a.runs`, else of experiment `a.experiment`, in the store at `uri`.
+    Raises StoreError: an unknown experiment or run id, a URI MLflow cannot use, a server that does not answer."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from ..engine.tracking import redact
+
+    try:
+        client = mlflow.tracking.MlflowClient(uri)
+        if a.runs:
+            runs = get_runs(client, a.runs, uri)
+        else:
+            exp = client.get_experiment_by_name(a.experiment)
+            if exp is None:
+                raise StoreError(f"no experiment {a.experiment!r} in {redact(uri)}", 2)
+            runs = client.search_runs([exp.experiment_id], max_results=5000)
+        return collect(client, runs)
+    except StoreError:
+        raise
+    except MlflowException as e:
+        raise store_error(e, uri) from None
+    except Exception as e:  # noqa: BLE001 - requests' own errors where MLflow lets them through
+        if not unreachable(e):
+            raise
+        raise store_error(e, uri) from None
 
 
 if __name__ == "__main__":

@@ -14,10 +14,12 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from ..config import load_config
+from ..errors import UsageError
 from ..settings import validate
 from ..pack.packer import PackSettings, pack
 from ..data import storage
@@ -46,6 +48,33 @@ def settings_from(cfg_pack, args: argparse.Namespace | None = None) -> PackSetti
     return PackSettings(**c)
 
 
+def file_in_the_way(path: str) -> Path | None:
+    """The regular file (or other non-folder) that stops a folder being made at local `path`: `path` itself or
+    the nearest of its parents that exists; None when there is none (or `path` is on S3)."""
+    if not path or storage.is_s3(str(path)):
+        return None
+    p = Path(path).absolute()
+    for q in (p, *p.parents):
+        if q.exists():
+            return None if q.is_dir() else q
+    return None
+
+
+def check_folders(output: str, s: PackSettings) -> None:
+    """Refuse, before any work, an OUTPUT or work folder (`--work-dir` / pack.work_dir) that cannot be a folder
+    because a file is in the way (rerunning would not help).
+
+    Raises:
+        UsageError: naming the argument and the file."""
+    for what, path in (("OUTPUT", output), ("--work-dir (pack.work_dir)", s.work_dir)):
+        f = file_in_the_way(path)
+        if f is None:
+            continue
+        if f == Path(path).absolute():
+            raise UsageError(f"{what} {path} is an existing file, not a folder; give a folder")
+        raise UsageError(f"{what} {path}: {f} is an existing file, not a folder; give a folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="aupretrain-pack", description="Pack face videos into aligned face-clip "
                                  "WebDataset shards with DALI indexes and a manifest (resumable).")
@@ -62,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(a.overrides)
         storage.configure(cfg.storage.s3)  # boto3's retries (storage.s3.*), before any S3 request
         s = settings_from(cfg.pack, a)
+        check_folders(a.output, s)
         m = pack(a.input, a.output, s)
     except (FileNotFoundError, RuntimeError, ValueError) as e:  # incl. DetectorUnavailable: once, before any input
         print(f"aupretrain-pack: error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -48,9 +49,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = a.out or c["out"]
     t0 = time.time()
-    stats = write_corpus(out, c["identities"], c["videos_per_identity"], c["frames"], c["seed"], fps=c["fps"],
-                         size=c["size"], workers=c["workers"], first_identity=c["first_identity"],
-                         overwrite=a.overwrite, head_motion=float(c.get("head_motion", 1.0)))
+    try:
+        stats = write_corpus(out, c["identities"], c["videos_per_identity"], c["frames"], c["seed"], fps=c["fps"],
+                             size=c["size"], workers=c["workers"], first_identity=c["first_identity"],
+                             overwrite=a.overwrite, head_motion=float(c.get("head_motion", 1.0)))
+    except (FileExistsError, NotADirectoryError) as e:  # a file where OUT (or a folder in it) has to be
+        where = e.filename or out
+        why = (f"OUT {out} is an existing file, not a folder" if Path(where) == Path(out) and Path(out).is_file()
+               else f"OUT {out}: cannot make the folder {where}: a file is in the way ({e.strerror})")
+        print(f"aupretrain-synth: error: {why}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # OUT holds a corpus rendered with other settings, ...: the message says what to do
+        print(f"aupretrain-synth: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     stats["seconds"] = round(time.time() - t0, 1)
     if a.sheet:
         contact_sheet(a.sheet, c["seed"], size=c["size"])

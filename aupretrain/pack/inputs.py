@@ -218,6 +218,9 @@ def discover(source: str) -> tuple[list[VideoItem], list[dict]]:
         items, rejects = _group_tree(entries, prefix)
     else:
         root = Path(source)
+        if root.exists() and not root.is_dir():  # one video, notes.txt, a list with another extension
+            raise FileNotFoundError(f"{source}: a file, but neither a video list (.csv / .jsonl) nor a folder "
+                                    "(INPUT is a folder <identity>/<video file> or a .csv/.jsonl list)")
         if not root.is_dir():
             raise FileNotFoundError(f"{source}: input folder does not exist")
         items, rejects = _group_tree(_scan(root), str(root))
