@@ -6,7 +6,7 @@
 
 Tracking store: --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (as training).
 One row per evaluation: objective, model, steps, clips per rank per step, evaluation dataset and protocol, mean
-F1 and its random-init floor, identity accuracy (lower = more person-independent), training frames/s, and per-AU
+F1 and its random-init floor, identity accuracy (lower = more person-independent), training frames/s (median), per-AU
 F1. Training's end-of-run evaluation lives in the pretraining run; every later `aupretrain-eval` of a run is its
 own run nested under it, and reads its pretraining run's objective, model, steps and speed from there.
 Sorted by mean F1; printed, and saved as `<out>.csv` and `<out>.png` (default out: compare-<experiment>).
@@ -134,11 +134,22 @@ def pretraining_of(client, run, cache: dict) -> object | None:
     return cache[parent]
 
 
+def median_frames_per_s(client, run) -> float | None:
+    """The median of `perf/frames_per_s` over every step `run` logged it (the run's typical training speed; the
+    last value alone is one logging window, slow or fast by chance); None when it never did."""
+    if "perf/frames_per_s" not in run.data.metrics:
+        return None
+    import statistics
+
+    values = [m.value for m in client.get_metric_history(run.info.run_id, "perf/frames_per_s")]
+    return statistics.median(values) if values else run.data.metrics["perf/frames_per_s"]
+
+
 def collect(client, runs) -> list[dict]:
     """One row per MLflow run of `runs` that logged `eval/f1_mean` (others are skipped), best mean F1 first: run
     name, id, the pretraining run's id, objective, model, steps, clips/rank/step (data.batch_size x gradient
-    accumulation), eval dataset and protocol, frames_per_s, f1_mean, f1_random, identity_acc (None where not logged)
-    and `f1` {AU: F1}. An evaluation logged as its own run (`aupretrain-eval` of a run folder: nested under the
+    accumulation), eval dataset and protocol, frames_per_s (`median_frames_per_s`), f1_mean, f1_random,
+    identity_acc (None where not logged) and `f1` {AU: F1}. An evaluation logged as its own run (`aupretrain-eval` of a run folder: nested under the
     pretraining run) takes the objective, model, steps, batch and frames/s from that pretraining run, read with
     `client`, and is named `<pretraining run> / <evaluation run>`."""
     rows, cache = [], {r.info.run_id: r for r in runs}
@@ -158,7 +169,7 @@ def collect(client, runs) -> list[dict]:
             "steps": int(float(p.get("train.steps", 0) or 0)),
             "clips/rank/step": batch,
             "dataset": tags.get("eval.dataset", "synthetic"), "protocol": tags.get("eval.protocol", "linear"),
-            "frames_per_s": source.data.metrics.get("perf/frames_per_s"),
+            "frames_per_s": median_frames_per_s(client, source),
             "f1_mean": m["eval/f1_mean"], "f1_random": m.get("eval_random/f1_mean"),
             "identity_acc": m.get("eval/identity_acc"),
             "f1": {k.split("/", 2)[2]: v for k, v in m.items() if k.startswith("eval/f1/")},

@@ -6,13 +6,15 @@ import pytest
 from aupretrain.cli.compare import main
 
 
-def log_run(client, exp, name, metrics, params=None):
+def log_run(client, exp, name, metrics, params=None, speeds=None):
     """A finished run as training logs it (client API: no global tracking URI leaks into later tests)."""
     run = client.create_run(exp, run_name=name)
     for k, v in (params or {}).items():
         client.log_param(run.info.run_id, k, v)
     for k, v in metrics.items():
         client.log_metric(run.info.run_id, k, v)
+    for step, fps in enumerate(speeds or [], 1):  # perf/frames_per_s logged at every logging step
+        client.log_metric(run.info.run_id, "perf/frames_per_s", fps, step=step)
     client.set_terminated(run.info.run_id)
 
 
@@ -30,7 +32,7 @@ def test_compare_ranks_runs_by_mean_f1(mlflow_server, tmp_path, capsys):
     client = mlflow.tracking.MlflowClient(mlflow_server)
     exp = client.create_experiment("compare-test")
     log_run(client, exp, "tcl-run", *evaluated("tcl", {"AU1": 0.2, "AU12": 0.3}, 0.14))
-    log_run(client, exp, "clp-run", *evaluated("clp", {"AU1": 0.4, "AU12": 0.5}, 0.14))
+    log_run(client, exp, "clp-run", *evaluated("clp", {"AU1": 0.4, "AU12": 0.5}, 0.14), speeds=[200, 210, 190, 7])
     log_run(client, exp, "not-evaluated", {"train/loss": 1.0})
     out = tmp_path / "cmp.json"
     assert main(["compare-test", "--tracking-uri", mlflow_server, "--json", str(out),
@@ -39,6 +41,8 @@ def test_compare_ranks_runs_by_mean_f1(mlflow_server, tmp_path, capsys):
     assert [r["objective"] for r in rows] == ["clp", "tcl"]  # sorted by mean F1; the unevaluated run left out
     assert rows[0]["f1_mean"] == pytest.approx(0.45) and rows[0]["clips/rank/step"] == 32
     assert rows[0]["f1"] == {"AU1": 0.4, "AU12": 0.5}
+    # the run's typical speed, not its last logging window (7 frames/s while the machine was busy)
+    assert rows[0]["frames_per_s"] == pytest.approx(195) and rows[1]["frames_per_s"] is None
     assert (tmp_path / "table.png").stat().st_size > 0
     import csv
 
