@@ -274,10 +274,47 @@ def validate(cfg: DictConfig | dict, sections: Sequence[str] | None = None, trai
         check_shards_setting(d["data"]["shards"])
 
 
+def bool_keys() -> frozenset[str]:
+    """Every dotted key that is true/false in the config tree's YAML files (a group's file under its group, e.g.
+    `objective/clp.yaml`'s `cir.flow` as `objective.cir.flow`; `# @package _global_` files at the root) and never
+    anything else there: switches, which `validate` holds to true/false beside `SCHEMA` (Hydra reads `maybe` or
+    `no` as a string, which Python's bool() would take as true)."""
+    global _BOOL_KEYS
+    if _BOOL_KEYS is None:
+        from .config import config_dir
+
+        kinds: dict[str, set[bool]] = {}
+
+        def walk(node: Any, prefix: str) -> None:
+            for k, v in node.items():
+                if k == "defaults":
+                    continue
+                key = f"{prefix}{k}"
+                if isinstance(v, dict):
+                    walk(v, key + ".")
+                else:
+                    kinds.setdefault(key, set()).add(isinstance(v, bool))
+
+        root = config_dir()
+        for f in sorted(root.rglob("*.yaml")):
+            group = f.parent.relative_to(root).as_posix()
+            glob = group == "." or f.read_text().lstrip().startswith("# @package _global_")
+            node = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
+            if isinstance(node, dict):
+                walk(node, "" if glob else group.replace("/", ".") + ".")
+        _BOOL_KEYS = frozenset(k for k, seen in kinds.items() if seen == {True})
+    return _BOOL_KEYS
+
+
+_BOOL_KEYS: frozenset[str] | None = None
+
+
 def _check(d: dict, sections: Sequence[str] | None, flags: dict[str, str], as_written: bool = False) -> None:
-    """`validate`'s check of every `SCHEMA` key present in `d` under `sections`; `as_written`: `d` is the config
-    unresolved, and values that interpolate (`${...}`) are left to the resolved pass. Raises UsageError."""
-    for key, spec in SCHEMA.items():
+    """`validate`'s check of every `SCHEMA` key, and of every switch of `bool_keys()` (as BOOL), present in `d`
+    under `sections`; `as_written`: `d` is the config unresolved, and values that interpolate (`${...}`) are left to
+    the resolved pass. Raises UsageError."""
+    specs = {**{k: BOOL for k in bool_keys()}, **SCHEMA}
+    for key, spec in specs.items():
         if sections is not None and key.split(".", 1)[0] not in sections:
             continue
         node: Any = d

@@ -241,24 +241,40 @@ def prune(run_dir: str | Path, keep: int) -> list[Path]:
 
 def resolve(run_dir: str | Path, resume) -> tuple[int, Path] | None:
     """The checkpoint to resume from for `train.resume`: `auto` (or true) = the newest complete one in run_dir,
-    if any; `never` (or false) = none; a path = that checkpoint folder (`.../step_<N>`, which must be complete)
-    or the newest complete checkpoint of that run folder.
+    if any; `never` (or false) = none, and run_dir must hold no complete checkpoint; a path = that checkpoint folder
+    (`.../step_<N>`, which must be complete) or the newest complete checkpoint of that run folder — for a run's
+    first job: once run_dir holds checkpoints of its own, a path outside run_dir gives way to them (the same
+    command, relaunched, continues the run, as torchtitan's `initial_load_path`), while a path inside run_dir (one
+    of its own, older checkpoints) is taken as given.
 
     Raises:
-        UsageError: a path that holds no complete checkpoint.
+        UsageError: a path that holds no complete checkpoint; `never` in a run folder that holds checkpoints
+            (starting over there would prune and replace them with another run's).
     """
+    own = latest(run_dir)
     if resume in (True, "auto", "true"):
-        return latest(run_dir)
+        return own
     if resume in (False, None, "never", "false"):
+        if own is not None:
+            raise UsageError(f"train.resume=never: run.dir={run_dir} already holds a run's checkpoints (newest: "
+                             f"{own[1].name}); a new run there would prune them and be mixed up with them on the "
+                             f"next relaunch — give a new run.dir, or remove {root(run_dir)} first")
         return None
     p = Path(str(resume))
     if (p / COMPLETE).exists() and re.fullmatch(r"step_(\d+)", p.name):
-        return int(p.name.split("_")[1]), p.resolve()
-    found = latest(p)
-    if found is None:
-        raise UsageError(f"train.resume={resume}: no complete checkpoint there (expected a run folder or its "
-                         "checkpoints/step_<N> folder with a COMPLETE marker)")
-    return found[0], found[1].resolve()
+        found = int(p.name.split("_")[1]), p.resolve()
+    else:
+        found = latest(p)
+        if found is None:
+            raise UsageError(f"train.resume={resume}: no complete checkpoint there (expected a run folder or its "
+                             "checkpoints/step_<N> folder with a COMPLETE marker)")
+        found = found[0], found[1].resolve()
+    inside = root(run_dir).resolve() in found[1].parents
+    if own is not None and not inside:
+        log.info("train.resume=%s: run.dir holds its own checkpoints; continuing from %s (step %d)", resume, own[1],
+                 own[0])
+        return own
+    return found
 
 
 def latest(run_dir: str | Path) -> tuple[int, Path] | None:

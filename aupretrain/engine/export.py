@@ -38,7 +38,7 @@ def master_method(engine, cfg, final_checkpoint: Path) -> tuple[Method | None, b
     in fp32 with the master weights of `final_checkpoint`, read as `aupretrain-export` reads them:
     `checkpoint.full_weights`; None on the other ranks, and None, False in fp32 or under ZeRO-0, where the module's
     weights are the weights; whether it is used: the same on every rank). Where that checkpoint is not there (a
-    run resumed from another run's checkpoint at or past `train.steps`) or cannot be read, rank 0 warns and every
+    run resumed from another run's checkpoint at `train.steps`) or cannot be read, rank 0 warns and every
     rank falls back to the module's weights, cast."""
     from ..methods import build_method
     from .distributed import broadcast_object

@@ -36,7 +36,8 @@ def changed_keys(old: dict, new: dict) -> dict[str, tuple[str | None, str | None
 
 
 def check_resume(meta: dict, cfg: dict, world: int, ckpt: str) -> dict[str, tuple]:
-    """The changes a resumed job applies; raises UsageError (naming every offending key) for the others.
+    """The changes a resumed job applies; raises UsageError (naming every offending key) for the others, and for
+    a `train.steps` below the checkpoint's step.
 
     Args:
         meta: the checkpoint's meta.json (`world_size`, `config`, `step`).
@@ -46,6 +47,10 @@ def check_resume(meta: dict, cfg: dict, world: int, ckpt: str) -> dict[str, tupl
     """
     saved_world = int(meta.get("world_size", world))
     stage = int(cfg["deepspeed"]["zero_optimization"]["stage"])
+    step, steps = int(meta.get("step", 0)), int(cfg["train"]["steps"])
+    if steps < step:  # the run's encoder, checkpoints and stop record are of step `step` already
+        raise UsageError(f"{ckpt} is at step {step} and train.steps={steps} ends before it: a resumed run cannot go "
+                         f"back; set train.steps >= {step}, or start a new run with run.dir=<new folder>")
     if saved_world != world and stage not in RESIZABLE_STAGES:
         raise UsageError(f"{ckpt} was written by {saved_world} ranks and this job has {world}: resuming on another "
                          f"number of ranks goes through DeepSpeed universal checkpoints, supported here for ZeRO "

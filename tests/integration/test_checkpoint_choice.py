@@ -31,6 +31,14 @@ def test_ranks_agree_on_resume_step(tmp_path):
         if complete:
             (d / "COMPLETE").write_text("ok\n")
     assert choices(run, "auto") == {0: 4, 1: 4}  # rank 1's stale view of step 6 is not used
-    assert choices(run, "never") == {0: None, 1: None}
+    never = choices(run, "never")  # a run's checkpoints are never pruned away by a new run in the same folder
+    assert never[0] == never[1] and "train.resume=never" in never[0] and "already holds" in never[0]
+    assert choices(tmp_path / "fresh", "never") == {0: None, 1: None}
+    other = tmp_path / "other" / "checkpoints" / "step_8"
+    other.mkdir(parents=True)
+    (other / "COMPLETE").write_text("ok\n")
+    assert choices(tmp_path / "fresh", str(other)) == {0: 8, 1: 8}  # a run's first job starts from PATH ...
+    assert choices(run, str(other)) == {0: 4, 1: 4}  # ... and once the run has its own, relaunches continue them
+    assert choices(run, str(run / "checkpoints" / "step_2")) == {0: 2, 1: 2}  # its own older one: as given
     bad = choices(run, str(tmp_path / "elsewhere"))  # refused on rank 0: the same error on both ranks
     assert bad[0] == bad[1] and bad[0].startswith("UsageError: train.resume=") and "no complete checkpoint" in bad[0]

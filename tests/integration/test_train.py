@@ -208,7 +208,9 @@ def test_zero_stages(packed, tmp_path, stage):
 
 def test_checkpoints_are_pruned_and_resume_takes_auto_never_or_a_path(packed, tmp_path):
     """train.keep_checkpoints keeps the newest k complete checkpoints; train.resume=PATH starts a new run folder
-    from another run's checkpoint; never starts over; a path without a checkpoint is a one-line error."""
+    from another run's checkpoint, and the same command relaunched continues the run's own; never starts a fresh
+    folder and is refused in a used one; train.steps below the checkpoint's step and a path without a checkpoint
+    are one-line errors."""
     first = tmp_path / "runs" / "first"
     base = common(packed, tmp_path, **{"train.eval_at_end": "false", "tracking.enabled": "false", "train.steps": 5})
     launch([sys.executable, TRAIN, *base, f"run.dir={first}", "train.checkpoint_every=1", "train.keep_checkpoints=2"],
@@ -219,8 +221,19 @@ def test_checkpoints_are_pruned_and_resume_takes_auto_never_or_a_path(packed, tm
                 f"train.resume={first / 'checkpoints' / 'step_4'}"], tmp_path)
     assert f"resumed from {first / 'checkpoints' / 'step_4'} at step 4" in r.stderr
     assert checkpoint_steps(second) == [6] and (second / "config.yaml").exists() and (second / "encoder.pt").exists()
-    r = launch([sys.executable, TRAIN, *base, f"run.dir={second}", "train.steps=6", "train.resume=never"], tmp_path)
-    assert "resumed from" not in r.stderr and "step 6/6" in r.stderr
+    # the same command relaunched continues the run's own checkpoint, not PATH again (chained jobs)
+    r = launch([sys.executable, TRAIN, *base, f"run.dir={second}", "train.steps=7",
+                f"train.resume={first / 'checkpoints' / 'step_4'}"], tmp_path)
+    assert "at step 6" in r.stderr and "step 7/7" in r.stderr and checkpoint_steps(second) == [6, 7]
+    never = subprocess.run([sys.executable, TRAIN, *base, f"run.dir={second}", "train.resume=never"], cwd=tmp_path,
+                           env=run_env(), capture_output=True, text=True, timeout=300)
+    assert never.returncode == 2 and "already holds" in never.stderr and checkpoint_steps(second) == [6, 7]
+    third = tmp_path / "runs" / "third"
+    r = launch([sys.executable, TRAIN, *base, f"run.dir={third}", "train.steps=2", "train.resume=never"], tmp_path)
+    assert "resumed from" not in r.stderr and "step 2/2" in r.stderr
+    back = subprocess.run([sys.executable, TRAIN, *base, f"run.dir={second}", "train.steps=5"], cwd=tmp_path,
+                          env=run_env(), capture_output=True, text=True, timeout=300)  # step 7 cannot go back to 5
+    assert back.returncode == 2 and "cannot go back" in back.stderr and "Traceback" not in back.stderr
     bad = subprocess.run([sys.executable, TRAIN, *base, f"run.dir={second}", f"train.resume={tmp_path / 'nothing'}"],
                          cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no complete checkpoint there" in bad.stderr and "Traceback" not in bad.stderr

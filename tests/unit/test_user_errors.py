@@ -141,3 +141,18 @@ def test_a_pickled_payload_never_runs(tmp_path):
     with pytest.raises(ValueError, match="refused"):
         load_encoder(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("override", ["data.augment.shared_geometry=maybe", "objective.cir.flow=no",
+                                      "deepspeed.bf16.enabled=1", "model.channels_last=yes"])
+def test_a_switch_set_to_anything_but_true_or_false_is_refused(override):
+    """Every key that is true/false in the config tree is held to true/false (a string such as `no` would be
+    true to Python), SCHEMA or not."""
+    from aupretrain.config import load_config
+    from aupretrain.errors import UsageError
+    from aupretrain.settings import validate
+
+    key = override.split("=")[0]
+    with pytest.raises(UsageError, match=f"{key}=.*must be true or false"):
+        validate(load_config(["experiment=smoke", "objective=clp_flow", override]))
+    validate(load_config(["experiment=smoke", "objective=clp_flow", f"{key}=true"]))  # a real switch passes
