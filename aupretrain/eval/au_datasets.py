@@ -120,7 +120,19 @@ def bp4d_sequences(root: Path) -> list[Sequence]:
         frames, labels = read_occurrence_csv(c, AUS["bp4d"])
         out.append(Sequence(subject, Source(f"{subject}_{task}", folder, files), frames, labels,
                             np.full(labels.shape, np.nan, np.float32)))
+    labelled = {(c.stem.partition("_")[0], c.stem.partition("_")[2]) for c in csvs}
+    _warn_unlabelled([d for d in sorted(seq_root.glob("*/*")) if d.is_dir()
+                      and (d.parent.name, d.name) not in labelled], occ, "<subject>_<task>.csv")
     return out
+
+
+def _warn_unlabelled(sources: list[Path], labels: Path, name: str) -> None:
+    """Report, once, the frame folders or videos that have no label file in `labels` (`name`: the file each would
+    need): they are not evaluated, and a user who copied the labels partly must see which and how many."""
+    if sources:
+        shown = ", ".join(str(p) for p in sources[:5]) + (f" and {len(sources) - 5} more" if len(sources) > 5 else "")
+        log.warning("%d frame folder(s) / video(s) have no label file in %s (%s each) and are not evaluated: %s",
+                    len(sources), labels, name, shown)
 
 
 def disfa_sequences(root: Path) -> list[Sequence]:
@@ -156,6 +168,8 @@ def disfa_sequences(root: Path) -> list[Sequence]:
         first = 1 if frames.min() >= 1 else 0
         out.append(Sequence(subj, Source(subj, video), frames - first, (inten >= DISFA_PRESENT).astype(np.int64),
                             inten, first))
+    _warn_unlabelled([v for v in sorted(vid_root.glob("LeftVideo*_comp.avi"))
+                      if v.name[len("LeftVideo"):-len("_comp.avi")] not in subjects], lab_root, "<subject>/ folder")
     return out
 
 
@@ -176,6 +190,9 @@ def gft_sequences(root: Path) -> list[Sequence]:
         first = 1 if frames.min() >= 1 else 0
         out.append(Sequence(c.stem, Source(c.stem, sorted(videos)[0]), frames - first, labels,
                             np.full(labels.shape, np.nan, np.float32), first))
+    stems = {c.stem for c in csvs}
+    _warn_unlabelled([v for v in sorted(vid_root.iterdir()) if v.suffix.lower() in VIDEO_EXTS and v.stem not in stems],
+                     lab_root, "<subject>.csv")
     return out
 
 

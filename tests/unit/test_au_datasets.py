@@ -229,3 +229,27 @@ def test_finetune_protocol_runs_on_tiny_data_and_selects_on_validation_only(tmp_
     probe, meta2 = load_linear_head(tmp_path / "head")
     assert meta2["aus"] == data.aus and meta2["code_dim"] == 12 and len(meta2["thresholds"]) == 2
     assert probe(torch.from_numpy(codes[:5])).shape == (5, 2)
+
+
+def test_frames_or_videos_without_a_label_file_are_reported_by_name_and_count(tmp_path, caplog):
+    """A BP4D frame folder, a DISFA video or a GFT video whose label file is missing (a partial copy) is not
+    evaluated, and one warning names it and counts them (it was skipped silently)."""
+    import shutil
+
+    from aupretrain.eval.au_datasets import bp4d_sequences, disfa_sequences, gft_sequences
+    from tests.fake_au_datasets import write_bp4d, write_disfa, write_gft
+
+    write_bp4d(tmp_path / "bp4d", subjects=("F001", "M011"), tasks=("T1",), n=3)
+    (tmp_path / "bp4d" / "AUCoding" / "AU_OCC" / "F001_T1.csv").unlink()
+    write_disfa(tmp_path / "disfa", subjects=("SN001", "SN013"), n=3)
+    shutil.rmtree(tmp_path / "disfa" / "ActionUnit_Labels" / "SN013")
+    write_gft(tmp_path / "gft", subjects=("001A", "002B"), n=3)
+    (tmp_path / "gft" / "AUCoding" / "002B.csv").unlink()
+    with caplog.at_level("WARNING"):
+        got = {"bp4d": bp4d_sequences(tmp_path / "bp4d"), "disfa": disfa_sequences(tmp_path / "disfa"),
+               "gft": gft_sequences(tmp_path / "gft")}
+    assert {k: [s.subject for s in v] for k, v in got.items()} == {"bp4d": ["M011"], "disfa": ["SN001"],
+                                                                    "gft": ["001A"]}
+    warned = [r.getMessage() for r in caplog.records if "no label file" in r.getMessage()]
+    assert len(warned) == 3 and all(w.startswith("1 frame folder(s) / video(s)") for w in warned), warned
+    assert "F001/T1" in warned[0] and "LeftVideoSN013_comp.avi" in warned[1] and "002B.mp4" in warned[2]
