@@ -240,9 +240,10 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int, l
         mid = len(batch) // 2
         idx, rgb = batch[mid]
         m = main_face_near(rgb, left)
-        if m is None:
-            yield from lost(batch)
-            return False
+        if m is None:  # there at both ends, gone in the middle (a hand, a turn, a damaged frame): find where it
+            yield from edge(batch[:mid], left, None, depth - 1)  # leaves and where it comes back, not the whole
+            yield emit(idx, rgb, None, None)  # interval lost
+            return (yield from edge(batch[mid + 1:], None, right, depth - 1))
         if not (yield from bridge(batch[:mid], left, m, depth - 1)):
             run_open = False
         yield emit(idx, rgb, *m)

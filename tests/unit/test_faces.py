@@ -76,6 +76,20 @@ def test_main_face_policy_and_lost_frames():
     assert len({f.segment for f in tracked if f.segment >= 0}) == 2  # the track breaks and restarts
 
 
+def test_a_face_hidden_where_the_bisection_looks_costs_only_the_hidden_frames():
+    """The face is there at two detections (frames 25 and 50, detect_every 25) and hidden around the frame the
+    bisection checks first (38): only the hidden frames and a few around them are lost (the whole interval was,
+    a field report), and the track restarts after them."""
+    video, _ = astronaut.render(76, 320, 240, degrees=6.0, zoom=0.15, pan=0.08)
+    video[36:41] = 127
+    s = PackSettings()
+    tracked = list(track(enumerate(video), detector(s), s))
+    lost = {f.index for f in tracked if f.landmarks is None}
+    gone = set(range(36, 41))
+    assert gone <= lost and len(lost - gone) <= 6, sorted(lost)
+    assert len({f.segment for f in tracked if f.segment >= 0}) == 2
+
+
 def test_resample_by_timestamp_handles_variable_frame_rate():
     times = [0.0, 0.04, 0.08, 0.2, 0.24, 0.4]  # gaps: variable frame rate
     frames = [(i, t, np.full((2, 2, 3), i, np.uint8)) for i, t in enumerate(times)]
