@@ -124,18 +124,21 @@ def _shard_info(d, i: int, source: str) -> ShardInfo:
 
 
 def load_manifest(root: str) -> Manifest:
-    """The manifest of the dataset folder `root` (local or s3://). Raises FileNotFoundError when there is none or
-    it cannot be read, storage.EnvironmentFault when the storage is unreachable, UsageError when it cannot be used
-    (`Manifest.from_json`)."""
+    """The manifest of the dataset folder `root` (local or s3://). Raises UsageError when there is none, it cannot
+    be read (a missing bucket, key or permission: a setting to fix, one line at the entry points) or cannot be used
+    (`Manifest.from_json`); storage.EnvironmentFault when the storage is unreachable."""
+    from ..errors import UsageError
+
     uri = storage.join(root, MANIFEST)
     try:
         text = storage.read_text(uri)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{uri}: no manifest; is {root} a packed dataset (aupretrain-pack)?") from e
+    except FileNotFoundError:
+        raise UsageError(f"{uri}: no manifest; is {root} a packed dataset (aupretrain-pack)?") from None
     except storage.EnvironmentFault:  # S3 unreachable or throttled after its retries: named as it is
         raise
     except Exception as e:  # botocore errors: missing key or bucket, access denied
-        raise FileNotFoundError(f"{uri}: cannot read the manifest ({e})") from e
+        raise UsageError(f"{uri}: cannot read the manifest ({' '.join(str(e).split())[:300]}); is {root} a packed "
+                         "dataset (aupretrain-pack) you may read?") from None
     return Manifest.from_json(text, uri)
 
 

@@ -122,3 +122,22 @@ def test_label_names_read_from_the_first_listing_page(s3_server):
     assert len(storage.list_files("s3://labels")) == 1101  # the whole bucket
     with pytest.raises(FileNotFoundError, match="s3://labels/none"):
         FrameLabels("s3://labels/none").names()
+
+
+def test_training_from_an_s3_prefix_that_is_no_dataset_is_one_line(s3_server, tmp_path):
+    """A wrong bucket or prefix in data.shards is a setting to fix: one line from rank 0, exit 2, no traceback
+    (a field trial saw 50 lines of one)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import run_env
+    from tests.launch import TRAIN
+
+    storage.s3_client().create_bucket(Bucket="real-bucket")
+    for shards_uri, why in (("s3://no-such-bucket/clips", "NoSuchBucket"), ("s3://real-bucket/nope", "NoSuchKey")):
+        r = subprocess.run([sys.executable, TRAIN, "experiment=smoke", f"data.shards={shards_uri}",
+                            f"run.dir={tmp_path / 'run'}", "tracking.enabled=false"], cwd=tmp_path,
+                           env=run_env(**s3_server), capture_output=True, text=True, timeout=300)
+        errors = [line for line in r.stderr.splitlines() if line.startswith("aupretrain-train: error:")]
+        assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert f"{shards_uri}/manifest.json" in errors[0] and why in errors[0], errors[0]
