@@ -2,6 +2,7 @@
 
     aupretrain-export runs/exp1 exports/exp1                           # the run's final encoder, else its newest checkpoint
     aupretrain-export runs/exp1/checkpoints/step_4000 exports/exp1-4k  # any complete checkpoint, any ZeRO stage
+    aupretrain-export runs/exp1/encoder.pt exports/exp1                # an encoder.pt file
 
 OUT gets `model.safetensors` (fp32 encoder weights) and `config.json` (model config, input size, step, MLflow run
 id, source). Load it with `aupretrain.load_encoder(OUT)`. Checkpoints are read by
@@ -20,26 +21,42 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="aupretrain-export", description=__doc__.splitlines()[0])
-    ap.add_argument("source", help="a run folder or a checkpoint folder (.../checkpoints/step_N)")
+    ap.add_argument("source", help="a run folder, a checkpoint folder (.../checkpoints/step_N) or an encoder.pt file")
     ap.add_argument("out", help="output folder (model.safetensors + config.json)")
     a = ap.parse_args(argv)
-    from ..engine.checkpoint import COMPLETE, latest
+    from ..engine.checkpoint import COMPLETE
+    from ..engine.choice import newest_whole, problems
     from ..engine.export import encoder_from_checkpoint
     from ..models.encoder import load_encoder, save_encoder_folder
 
     src = Path(a.source)
     try:
-        if (src / "encoder.pt").is_file():
+        pt = src if src.is_file() else src / "encoder.pt"
+        if pt.is_file():  # a run folder's final encoder, or an encoder.pt file named directly
             import torch
 
-            enc = load_encoder(src / "encoder.pt")
-            ck = torch.load(src / "encoder.pt", weights_only=True)
-            extra = {"step": ck.get("step"), "mlflow_run_id": ck.get("mlflow_run_id"), "source": str(src / "encoder.pt")}
+            enc = load_encoder(pt)
+            ck = torch.load(pt, weights_only=True)
+            extra = {"step": ck.get("step"), "mlflow_run_id": ck.get("mlflow_run_id"), "source": str(pt)}
         else:
-            ckpt = src if (src / COMPLETE).exists() else (latest(src) or (None, None))[1]
-            if ckpt is None:
-                raise FileNotFoundError(f"{src}: no encoder.pt and no complete checkpoint (a run folder or "
-                                        ".../checkpoints/step_N with a COMPLETE marker)")
+            if not src.exists():
+                raise FileNotFoundError(f"{src}: no such file or folder")
+            if (src / COMPLETE).exists():
+                if wrong := problems(src):
+                    raise FileNotFoundError(f"{src}: this checkpoint cannot be read: {'; '.join(wrong)}")
+                ckpt = src
+            elif (src / "mp_rank_00_model_states.pt").exists() or list(src.glob("*_model_states.pt")):
+                raise FileNotFoundError(f"{src}: a half-written checkpoint (no {COMPLETE} marker: the job writing it "
+                                        "stopped before it finished)")
+            else:
+                found, skipped = newest_whole(src)
+                for s in skipped:
+                    print(f"aupretrain-export: warning: skipping checkpoint {s}", file=sys.stderr)
+                if found is None:
+                    raise FileNotFoundError(f"{src}: no encoder.pt and no complete checkpoint that can be read (a "
+                                            "run folder, .../checkpoints/step_N with a COMPLETE marker, or an "
+                                            "encoder.pt file)")
+                ckpt = found[1]
             enc, meta = encoder_from_checkpoint(ckpt)
             extra = {"step": meta["step"], "mlflow_run_id": meta.get("mlflow_run_id"), "source": str(ckpt)}
     except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:  # UsageError is a ValueError

@@ -1,4 +1,5 @@
-"""Checkpoints: <run>/checkpoints/step_<N>/ with DeepSpeed state, meta.json and a COMPLETE marker last."""
+"""Checkpoints: <run>/checkpoints/step_<N>/ with DeepSpeed state, meta.json and a COMPLETE marker last. Which one a
+job resumes from is `choice.py`'s."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ import re
 import shutil
 from pathlib import Path
 
-from ..errors import UsageError
 from .distributed import barrier, broadcast_object
 from .vetting import vet  # noqa: F401  (checkpoint.vet: what resume and export call)
 
@@ -239,44 +239,6 @@ def prune(run_dir: str | Path, keep: int) -> list[Path]:
     return gone
 
 
-def resolve(run_dir: str | Path, resume) -> tuple[int, Path] | None:
-    """The checkpoint to resume from for `train.resume`: `auto` (or true) = the newest complete one in run_dir,
-    if any; `never` (or false) = none, and run_dir must hold no complete checkpoint; a path = that checkpoint folder
-    (`.../step_<N>`, which must be complete) or the newest complete checkpoint of that run folder — for a run's
-    first job: once run_dir holds checkpoints of its own, a path outside run_dir gives way to them (the same
-    command, relaunched, continues the run, as torchtitan's `initial_load_path`), while a path inside run_dir (one
-    of its own, older checkpoints) is taken as given.
-
-    Raises:
-        UsageError: a path that holds no complete checkpoint; `never` in a run folder that holds checkpoints
-            (starting over there would prune and replace them with another run's).
-    """
-    own = latest(run_dir)
-    if resume in (True, "auto", "true"):
-        return own
-    if resume in (False, None, "never", "false"):
-        if own is not None:
-            raise UsageError(f"train.resume=never: run.dir={run_dir} already holds a run's checkpoints (newest: "
-                             f"{own[1].name}); a new run there would prune them and be mixed up with them on the "
-                             f"next relaunch — give a new run.dir, or remove {root(run_dir)} first")
-        return None
-    p = Path(str(resume))
-    if (p / COMPLETE).exists() and re.fullmatch(r"step_(\d+)", p.name):
-        found = int(p.name.split("_")[1]), p.resolve()
-    else:
-        found = latest(p)
-        if found is None:
-            raise UsageError(f"train.resume={resume}: no complete checkpoint there (expected a run folder or its "
-                             "checkpoints/step_<N> folder with a COMPLETE marker)")
-        found = found[0], found[1].resolve()
-    inside = root(run_dir).resolve() in found[1].parents
-    if own is not None and not inside:
-        log.info("train.resume=%s: run.dir holds its own checkpoints; continuing from %s (step %d)", resume, own[1],
-                 own[0])
-        return own
-    return found
-
-
 def latest(run_dir: str | Path) -> tuple[int, Path] | None:
     """Newest checkpoint that finished (has COMPLETE); half-written ones are ignored."""
     best = None
@@ -285,28 +247,6 @@ def latest(run_dir: str | Path) -> tuple[int, Path] | None:
         if m and (p / COMPLETE).exists() and (best is None or int(m.group(1)) > best[0]):
             best = (int(m.group(1)), p)
     return best
-
-
-def choose(run_dir: str | Path, resume, is_main: bool, rank: int) -> tuple[int, Path] | None:
-    """`resolve` on rank 0, broadcast to every rank (NFS caches and node-local views differ between ranks), so
-    all ranks load the same checkpoint; a UsageError is raised on every rank alike.
-
-    Raises:
-        UsageError: `resolve` refused the setting, or this rank cannot see the chosen checkpoint.
-    """
-    choice = None
-    if is_main:
-        try:
-            choice = ("ok", resolve(run_dir, resume))
-        except UsageError as e:
-            choice = ("error", str(e))
-    kind, found = broadcast_object(choice)
-    if kind == "error":
-        raise UsageError(found)
-    if found and not (found[1] / COMPLETE).exists():
-        raise UsageError(f"rank {rank} cannot see {found[1]}, the checkpoint rank 0 resumes from: run.dir must be "
-                         "on storage every rank shares")
-    return found
 
 
 def universal(ckpt_dir: str | Path, is_main: bool) -> Path:

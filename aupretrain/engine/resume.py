@@ -78,7 +78,7 @@ def describe(changes: dict[str, tuple]) -> str:
 
 class ResumePlan:
     """Where a job starts, decided before any data or state is touched: rank 0 chooses the checkpoint for
-    `train.resume` (`checkpoint.choose`, broadcast), every rank vets it (no file that would run code) and checks
+    `train.resume` (`choice.choose`, broadcast; a COMPLETE checkpoint missing a file is passed over), every rank vets it (no file that would run code) and checks
     what the new config changes (`check_resume`). Empty (`found` None) for a new run.
 
     Attributes: found ((step, checkpoint folder) or None), changes ({key: (old, new)}), reader (this rank's
@@ -90,10 +90,10 @@ class ResumePlan:
     def __init__(self, cfg, run_dir: Path, rank: int, world: int, is_main: bool):
         from omegaconf import OmegaConf
 
-        from . import checkpoint
+        from . import checkpoint, choice
 
         self.is_main = is_main
-        self.found = checkpoint.choose(run_dir, cfg.train.resume, is_main, rank)
+        self.found = choice.choose(run_dir, cfg.train.resume, is_main, rank)
         self.changes: dict = {}
         self.reader = None
         if self.found:

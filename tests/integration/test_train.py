@@ -184,6 +184,9 @@ def test_zero_stages(packed, tmp_path, stage):
     assert stage != 3 or "at step 2 (data stream continues where it stopped)" in r.stderr
     meta = json.loads((run_dir / "checkpoints" / "step_4" / "meta.json").read_text())
     assert meta["config"]["deepspeed"]["zero_optimization"]["stage"] == stage
+    from aupretrain.engine.choice import problems  # the files DeepSpeed's load_checkpoint opens, by its names
+
+    assert problems(run_dir / "checkpoints" / "step_4") == [], sorted(p.name for p in (run_dir / "checkpoints" / "step_4").iterdir())
     enc = load_encoder(run_dir / "encoder.pt")
     sd = torch.load(run_dir / "encoder.pt", weights_only=True)["state_dict"]
     assert all(v.numel() > 0 and v.dtype in (torch.float32, torch.int64) for v in sd.values())
@@ -198,6 +201,9 @@ def test_zero_stages(packed, tmp_path, stage):
     crops = torch.randint(0, 255, (2, 3, 40, 40), dtype=torch.uint8)  # uint8 NCHW, resized inside
     assert torch.allclose(exported(crops), enc(crops), atol=1e-5)
     assert torch.allclose(exported(crops.float() / 255), enc(crops), atol=1e-5)  # float in [0, 1] alike
+    if stage == 2:  # an encoder.pt file named directly exports that file
+        assert export_main([str(run_dir / "encoder.pt"), str(tmp_path / "export_pt")]) == 0
+        assert json.loads((tmp_path / "export_pt" / "config.json").read_text())["source"] == str(run_dir / "encoder.pt")
     if stage == 3:  # another number of ranks under ZeRO-3 (no universal conversion here): refused, one line
         one = subprocess.run([sys.executable, TRAIN, *cmd[5:], "train.steps=6"], cwd=tmp_path, env=run_env(),
                              capture_output=True, text=True, timeout=300)
@@ -210,7 +216,7 @@ def test_checkpoints_are_pruned_and_resume_takes_auto_never_or_a_path(packed, tm
     """train.keep_checkpoints keeps the newest k complete checkpoints; train.resume=PATH starts a new run folder
     from another run's checkpoint, and the same command relaunched continues the run's own; never starts a fresh
     folder and is refused in a used one; train.steps below the checkpoint's step and a path without a checkpoint
-    are one-line errors."""
+    are one-line errors; a COMPLETE checkpoint that lost a file is passed over for the newest whole one."""
     first = tmp_path / "runs" / "first"
     base = common(packed, tmp_path, **{"train.eval_at_end": "false", "tracking.enabled": "false", "train.steps": 5})
     launch([sys.executable, TRAIN, *base, f"run.dir={first}", "train.checkpoint_every=1", "train.keep_checkpoints=2"],
@@ -236,7 +242,12 @@ def test_checkpoints_are_pruned_and_resume_takes_auto_never_or_a_path(packed, tm
     assert back.returncode == 2 and "cannot go back" in back.stderr and "Traceback" not in back.stderr
     bad = subprocess.run([sys.executable, TRAIN, *base, f"run.dir={second}", f"train.resume={tmp_path / 'nothing'}"],
                          cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "no complete checkpoint there" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "no such file or folder" in bad.stderr and "Traceback" not in bad.stderr
+    # step 7 marked COMPLETE but its model states lost (a partial copy): the relaunch passes it over, by name
+    (second / "checkpoints" / "step_7" / "mp_rank_00_model_states.pt").unlink()
+    r = launch([sys.executable, TRAIN, *base, f"run.dir={second}", "train.steps=8"], tmp_path)
+    assert "step_7: mp_rank_00_model_states.pt is missing" in r.stderr and "at step 6" in r.stderr, r.stderr[-3000:]
+    assert "step 8/8" in r.stderr and checkpoint_steps(second) == [6, 7, 8]  # the damaged one is left as it is
 
 
 def test_universal_checkpoint_resize(packed, tmp_path):
