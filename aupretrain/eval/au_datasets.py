@@ -84,12 +84,40 @@ def read_occurrence_csv(path: Path, aus: list[int]) -> tuple[np.ndarray, np.ndar
     missing = [a for a in aus if a not in col]
     if missing:
         raise UsageError(f"{path}: no column for AU {', '.join(map(str, missing))} (header: {','.join(header[:8])}...)")
-    try:
-        data = np.array([[int(float(r[0]))] + [int(float(r[col[a]])) for a in aus] for r in rows[1:] if r],
-                        dtype=np.int64)
-    except (ValueError, IndexError) as e:
-        raise UsageError(f"{path}: unreadable AU occurrence row ({e})") from e
+    data, need = [], max(col[a] for a in aus)
+    for line, r in enumerate(rows[1:], 2):  # line numbers as an editor shows them (the header is line 1)
+        if not any(x.strip() for x in r):
+            continue
+        if len(r) <= need:
+            raise UsageError(f"{path}, line {line}: {len(r)} values, the header has {len(header)} (a row cut short)")
+        try:
+            data.append([int(float(r[0]))] + [int(float(r[col[a]])) for a in aus])
+        except ValueError as e:
+            raise UsageError(f"{path}, line {line}: unreadable AU occurrence row ({e})") from e
+    if not data:
+        raise UsageError(f"{path}: AU occurrence file has no frames (only a header)")
+    data = np.array(data, dtype=np.int64)
     return data[:, 0], data[:, 1:]
+
+
+def read_intensity_txt(path: Path) -> np.ndarray:
+    """A DISFA `<subject>_au<k>.txt` -> [F, 2] float (frame number, intensity 0-5), one line 'frame,intensity'
+    each; blank lines are skipped. Raises UsageError naming the file and line of a line that is not two numbers,
+    and for a file with no frames."""
+    rows = []
+    with open(path, newline="") as f:
+        for line, r in enumerate(csv.reader(f), 1):
+            if not any(x.strip() for x in r):
+                continue
+            try:
+                if len(r) != 2:
+                    raise ValueError(f"{len(r)} values")
+                rows.append([float(r[0]), float(r[1])])
+            except ValueError as e:
+                raise UsageError(f"{path}, line {line}: expected 'frame,intensity' ({e})") from None
+    if not rows:
+        raise UsageError(f"{path}: AU label file has no frames (expected lines 'frame,intensity')")
+    return np.array(rows, dtype=np.float64)
 
 
 def _frame_files(folder: Path) -> list[tuple[int, Path]]:
@@ -150,12 +178,7 @@ def disfa_sequences(root: Path) -> list[Sequence]:
         cols, frames = [], None
         for a in AUS["disfa"]:
             p = _need(lab_root / subj / f"{subj}_au{a}.txt", f"AU{a} label")
-            try:
-                rows = np.loadtxt(p, delimiter=",", ndmin=2)
-            except ValueError as e:
-                raise UsageError(f"{p}: unreadable (expected lines 'frame,intensity': {e})") from e
-            if rows.shape[1] != 2 or len(rows) == 0:
-                raise UsageError(f"{p}: expected lines 'frame,intensity', got {rows.shape[1]} columns")
+            rows = read_intensity_txt(p)
             f = rows[:, 0].astype(np.int64)
             if frames is not None and not np.array_equal(f[:len(frames)], frames[:len(f)]):
                 raise UsageError(f"{p}: frame numbers differ from {subj}_au{AUS['disfa'][0]}.txt")

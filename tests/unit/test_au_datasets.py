@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from aupretrain.errors import UsageError
-from aupretrain.eval.au_datasets import AUS, read_occurrence_csv
+from aupretrain.eval.au_datasets import AUS, read_intensity_txt, read_occurrence_csv
 from aupretrain.eval.baselines import always_positive
 from aupretrain.eval.datasets import LabelledFrames
 from aupretrain.eval.folds import STANDARD_PARTS, standard_folds, validation_subjects
@@ -29,8 +29,29 @@ def test_occurrence_csv_reads_frame_column_and_the_aus_asked_for(tmp_path):
     with pytest.raises(UsageError, match=r"F001_T1.csv: no column for AU 7"):
         read_occurrence_csv(p, [1, 7])
     p.write_text("Frame,AU01,AU4\n1,1,x\n")
-    with pytest.raises(UsageError, match="unreadable AU occurrence row"):
+    with pytest.raises(UsageError, match="F001_T1.csv, line 2: unreadable AU occurrence row"):
         read_occurrence_csv(p, [1, 4])
+    p.write_text("Frame,AU01,AU4\n1,1,0\n\n2,1,0\n3,1\n")  # a row cut short: its line, not an IndexError
+    with pytest.raises(UsageError, match=r"F001_T1.csv, line 5: 2 values, the header has 3 \(a row cut short\)"):
+        read_occurrence_csv(p, [1, 4])
+    p.write_text("Frame,AU01,AU4\n")
+    with pytest.raises(UsageError, match="F001_T1.csv: AU occurrence file has no frames"):
+        read_occurrence_csv(p, [1, 4])
+
+
+def test_disfa_intensity_file_errors_name_the_file_and_line(tmp_path, recwarn):
+    p = tmp_path / "SN001_au1.txt"
+    p.write_text("1,0\n2,3\n\n")
+    assert read_intensity_txt(p).tolist() == [[1, 0], [2, 3]]
+    for text, said in (("", "SN001_au1.txt: AU label file has no frames"),
+                       ("1,0\n2\n", "SN001_au1.txt, line 2: expected 'frame,intensity' (1 values)"),
+                       ("1,0\n2,0,5\n", "SN001_au1.txt, line 2: expected 'frame,intensity' (3 values)"),
+                       ("1,a\n", "SN001_au1.txt, line 1: expected 'frame,intensity'")):
+        p.write_text(text)
+        with pytest.raises(UsageError) as e:
+            read_intensity_txt(p)
+        assert said in str(e.value), str(e.value)
+    assert not [w for w in recwarn if "numpy" in str(w.filename)]  # no numpy "empty input file" warning
 
 
 def test_standard_fold_lists_are_the_literatures_and_disjoint():
