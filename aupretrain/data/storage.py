@@ -235,6 +235,35 @@ def exists(uri: str) -> bool:
     return Path(uri).exists()
 
 
+def check_bucket(uri: str) -> None:
+    """Before any work is done for an s3:// output: its bucket exists (an S3 HeadBucket). Local paths pass.
+
+    Raises:
+        UsageError: the bucket does not exist (404) — the URL's bucket, the endpoint asked and how to fix it;
+            a bucket name S3 rejects.
+        S3Error: the endpoint cannot be reached, or refuses the credentials, after boto3's retries.
+    """
+    if not is_s3(uri):
+        return
+    from botocore.exceptions import ClientError, ParamValidationError
+
+    from ..errors import UsageError
+
+    bucket, _ = split_s3(uri)
+    try:
+        with _s3_errors(uri, "HeadBucket"):
+            s3_client().head_bucket(Bucket=bucket)
+    except ParamValidationError as e:
+        raise UsageError(f"{uri}: {bucket!r} is not a valid S3 bucket name ({' '.join(str(e).split())})") from None
+    except ClientError as e:  # 403 and 404 are left as ClientError by _s3_errors (is_input_fault)
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise UsageError(f"{uri}: bucket {bucket!r} does not exist at {endpoint}; create it first (aws s3 mb "
+                             f"s3://{bucket}), or check the URL and AWS_ENDPOINT_URL") from None
+        raise s3_error(uri, "HeadBucket", e) from e  # denied: the credentials', not one input's
+
+
 def size(uri: str) -> int:
     """Size in bytes of the file at `uri` (an S3 HEAD, or a stat). Raises OSError locally; on S3, ClientError for a
     missing or denied object, S3Error for other failures after retries."""

@@ -219,6 +219,7 @@ def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
     (the face detector cannot be loaded) and storage.EnvironmentFault (disk or storage failure: rerun to resume)."""
     # `in`, `in/` and `/abs/in` are the same run (journal fingerprint, work folder, manifest)
     source, output = (str(p) if storage.is_s3(str(p)) else str(Path(p).resolve()) for p in (source, output))
+    storage.check_bucket(output)  # a bucket that does not exist: one line before any video is read
     items, list_rejects = discover(source)
     if not items:
         raise FileNotFoundError(f"{source}: no videos found (expected <identity>/<video file>, "

@@ -68,6 +68,23 @@ def test_pack_round_trip_through_s3(astronaut_mp4, s3_server, tmp_path):
     assert "cannot read from S3" in m.rejects[0]["reason"]
 
 
+def test_packing_to_a_bucket_that_does_not_exist_is_one_line_before_any_work(astronaut_mp4, s3_server, tmp_path,
+                                                                           capsys):
+    """A typo in the output bucket is the user's argument, not a storage outage: exit 2 naming the bucket, before
+    a video is read or a work folder written (it was an upload failure after the first shard, saying "run the same
+    command again to resume")."""
+    from aupretrain.cli.pack import main as pack_main
+
+    path, _ = astronaut_mp4
+    (tmp_path / "in" / "eileen").mkdir(parents=True)
+    (tmp_path / "in" / "eileen" / "a000.mp4").write_bytes(path.read_bytes())
+    work = tmp_path / "work"
+    assert pack_main([str(tmp_path / "in"), "s3://no-such-bucket/ds", "--work-dir", str(work)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "s3://no-such-bucket/ds: bucket 'no-such-bucket' does not exist" in err[0], err
+    assert "resume" not in err[0] and not work.exists()
+
+
 def test_s3_keys_with_url_characters_round_trip(astronaut_mp4, s3_server, tmp_path, monkeypatch):
     """Every legal key character stands for itself (no URL fragment/query parsing): inputs named with `#`, `?`,
     `=`, `%`, `+`, spaces and non-ASCII are fetched under their full key, shards are written under such a prefix,
