@@ -119,7 +119,8 @@ def open_tracker(c: Components) -> tuple[Tracker, Path]:
     """The job's MLflow run (collective): rank 0 creates it, or continues the checkpoint's, and broadcasts its id
     (`c.run_id` is updated), tagged with the git sha, world size, every rank's host and device and the library
     versions. Rank 0 then writes the config record — `<run>/config.yaml` for the first job, `config.step_<N>.yaml`
-    for a resumed one (the record is never rewritten; logged with the changes as tags) — and logs the data:
+    for a resumed one, `config.step_<N>.<k>.yaml` for the k-th job resuming from the same step (a record is never
+    rewritten; logged with the changes as tags `resume.step_<N>[.<k>].changed`) — and logs the data:
     samples, samples skipped at start, and the manifest of the shards read as MLflow's dataset input (again when
     a resumed job changes `data.shards`). Returns (tracker, the config record's path; meaningful on rank 0)."""
     cfg, d, loader, found = c.cfg, c.dist, c.loader, c.plan.found
@@ -130,12 +131,17 @@ def open_tracker(c: Components) -> tuple[Tracker, Path]:
     c.run_id = broadcast_object(tracker.run_id)
     first = not found or not (c.run_dir / "config.yaml").exists()
     record = c.run_dir / ("config.yaml" if first else f"config.step_{c.start}.yaml")
+    again = 1
+    while not first and record.exists():  # a second job resuming from the same step (the first one crashed)
+        again += 1
+        record = c.run_dir / f"config.step_{c.start}.{again}.yaml"
     if d.is_main:
         OmegaConf.save(cfg, record, resolve=True)
         if found:
+            key = f"resume.step_{c.start}" + (f".{again}" if again > 1 else "")
             tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), record.name)
-            tracker.set_tags({f"resume.step_{c.start}.changed": describe(c.plan.changes) or "nothing",
-                              f"resume.step_{c.start}.checkpoint": str(found[1])})
+            tracker.set_tags({f"{key}.changed": describe(c.plan.changes) or "nothing",
+                              f"{key}.checkpoint": str(found[1])})
         tracker.log_metrics({"data/samples": loader.manifest.samples, **skipped_metrics(loader)}, step=c.start)
         if not found or "data.shards" in c.plan.changes:  # the shards read, those left out named
             tracker.log_dataset(str(cfg.data.shards), manifest_as_read(loader.manifest, loader.bad_shards))

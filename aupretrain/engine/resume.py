@@ -8,7 +8,8 @@ stream restarts its epoch. On resume every changed key is named:
 - any other change (model, objective, batch size, input size, ZeRO/precision, seed ...) cannot take effect on
   the restored weights, optimizer state and data stream, so the job is refused before anything is loaded.
 The record is never rewritten: `<run>/config.yaml` stays the first job's config; each resumed job writes
-`<run>/config.step_<N>.yaml` and tags the MLflow run with what changed (`resume.step_<N>.changed`).
+`<run>/config.step_<N>.yaml` (`config.step_<N>.<k>.yaml` for the k-th job resuming from the same step) and tags
+the MLflow run with what changed (`resume.step_<N>[.<k>].changed`).
 """
 from __future__ import annotations
 

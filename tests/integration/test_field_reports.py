@@ -81,6 +81,13 @@ def test_changed_settings_on_resume_are_applied_and_recorded_or_refused(packed, 
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(meta(run_dir, 4)["mlflow_run_id"])
     assert run.data.tags["resume.step_2.changed"].startswith("optim.lr: 0.002 -> 0.0001")
     assert run.data.params["optim.lr"] == "0.002"  # MLflow params are the first job's; the tag says what changed
+    # a second job resuming from step 2 (as after a crash before the next checkpoint) keeps the first one's record
+    train([*args, "train.stop_at=3", "optim.lr=5e-5", f"train.resume={run_dir / 'checkpoints' / 'step_2'}"], tmp_path)
+    assert "lr: 0.0001" in (run_dir / "config.step_2.yaml").read_text()
+    assert "lr: 5.0e-05" in (run_dir / "config.step_2.2.yaml").read_text()
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run.info.run_id)
+    assert run.data.tags["resume.step_2.2.changed"].startswith("optim.lr: 0.002 -> 5e-05")
+    assert run.data.tags["resume.step_2.changed"].startswith("optim.lr: 0.002 -> 0.0001")
     r = train([*args, "optim.lr=1e-4", "data.batch_size=2", "model.stem_width=16"], tmp_path, ok=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     err = [x for x in r.stderr.splitlines() if x.startswith("aupretrain-train: error:")]
