@@ -7,7 +7,8 @@
 Tracking store: --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (as training).
 One row per evaluation: objective, model, steps, clips per rank per step, evaluation dataset and protocol, mean
 F1 and its random-init floor, identity accuracy (lower = more person-independent), training frames/s (median), per-AU
-F1. Training's end-of-run evaluation lives in the pretraining run; every later `aupretrain-eval` of a run is its
+F1. Evaluations made with different settings (their `eval.*` params: split, identities, folds, probe, data root)
+get a letter each, are ranked within their letter, and what differs is printed under the table. Training's end-of-run evaluation lives in the pretraining run; every later `aupretrain-eval` of a run is its
 own run nested under it, and reads its pretraining run's objective, model, steps and speed from there.
 Sorted by mean F1; printed, and saved as `<out>.csv` and `<out>.png` (default out: compare-<experiment>).
 """
@@ -145,11 +146,42 @@ def median_frames_per_s(client, run) -> float | None:
     return statistics.median(values) if values else run.data.metrics["perf/frames_per_s"]
 
 
+# eval.* settings that change no figure of a row (extra reference rows, batching, a cache folder)
+NOT_SETTINGS = ("eval.baselines", "eval.random_baseline", "eval.batch_size", "eval.cache")
+
+
+def eval_settings(run, protocol: str) -> dict[str, str]:
+    """The evaluation settings an evaluation run was made with: its `eval.*` params (an `aupretrain-eval` run logs
+    them as its own; a training run's end-of-run evaluation used the run's), less `NOT_SETTINGS` and, for the
+    linear protocol, `eval.finetune.*`."""
+    return {k: v for k, v in run.data.params.items() if k.startswith("eval.") and not k.startswith(NOT_SETTINGS)
+            and not (protocol == "linear" and k.startswith("eval.finetune."))}
+
+
+def label_settings(rows: list[dict]) -> list[str]:
+    """Where rows were evaluated with different settings (`eval_settings`, kept in each row's "eval_params"): each
+    row gets "eval_settings" {key: value} of the keys that differ between rows ("–" where a run did not log one)
+    and a letter "eval_group" (A, B, ... one per distinct set, in order of the best row); rows are re-sorted
+    by group, then mean F1. Returns one line per group ("A: eval.split=test, eval.identities=6"); [] and nothing
+    added when every row was evaluated alike. Rows of different letters do not compare (other identities,
+    split, probe or folds)."""
+    keys = sorted({k for r in rows for k in r["eval_params"]})
+    differ = [k for k in keys if len({r["eval_params"].get(k, "–") for r in rows}) > 1]
+    if not differ:
+        return []
+    groups: dict[tuple, str] = {}
+    for r in rows:  # rows come best first: group A holds the best row
+        r["eval_settings"] = {k: r["eval_params"].get(k, "–") for k in differ}
+        r["eval_group"] = groups.setdefault(tuple(r["eval_settings"].values()), chr(ord("A") + len(groups) % 26))
+    rows.sort(key=lambda r: (r["eval_group"], -r["f1_mean"]))
+    return [f"{g}: " + ", ".join(f"{k}={v}" for k, v in zip(differ, values)) for values, g in groups.items()]
+
+
 def collect(client, runs) -> list[dict]:
     """One row per MLflow run of `runs` that logged `eval/f1_mean` (others are skipped), best mean F1 first: run
     name, id, the pretraining run's id, objective, model, steps, clips/rank/step (data.batch_size x gradient
     accumulation), eval dataset and protocol, frames_per_s (`median_frames_per_s`), f1_mean, f1_random,
-    identity_acc (None where not logged) and `f1` {AU: F1}. An evaluation logged as its own run (`aupretrain-eval` of a run folder: nested under the
+    identity_acc (None where not logged), `f1` {AU: F1} and `eval_params` (`eval_settings`). An evaluation logged as its own run (`aupretrain-eval` of a run folder: nested under the
     pretraining run) takes the objective, model, steps, batch and frames/s from that pretraining run, read with
     `client`, and is named `<pretraining run> / <evaluation run>`."""
     rows, cache = [], {r.info.run_id: r for r in runs}
@@ -173,42 +205,54 @@ def collect(client, runs) -> list[dict]:
             "f1_mean": m["eval/f1_mean"], "f1_random": m.get("eval_random/f1_mean"),
             "identity_acc": m.get("eval/identity_acc"),
             "f1": {k.split("/", 2)[2]: v for k, v in m.items() if k.startswith("eval/f1/")},
+            "eval_params": eval_settings(run, tags.get("eval.protocol", "linear")),
         })
     return sorted(rows, key=lambda r: -r["f1_mean"])
 
 
-def show(rows: list[dict]) -> None:
-    """Print `rows` (from `collect`) as a rich table to stdout, F1 and accuracies x100, one column per AU."""
+def show(rows: list[dict], groups: list[str]) -> None:
+    """Print `rows` (from `collect`) as a rich table to stdout, F1 and accuracies x100, one column per AU; with
+    `groups` (`label_settings`), an "eval" column of letters and, under the table, what each letter stands for."""
     from rich.console import Console
     from rich.table import Table
 
     aus = sorted({a for r in rows for a in r["f1"]}, key=lambda a: (len(a), a))
     t = Table(title="Runs by mean AU F1 (x100, linear probe, identity-held-out)")
-    text = ("run", "objective", "model", "dataset", "protocol")
-    for c in ("run", "objective", "model", "steps", "clips/rank/step", "dataset", "protocol", "mean F1", "random-init",
-              "identity acc", "frames/s", *aus):
+    text = ("run", "objective", "model", "dataset", "protocol", "eval")
+    for c in ("run", "objective", "model", "steps", "clips/rank/step", "dataset", "protocol", *(["eval"] if groups else []),
+              "mean F1", "random-init", "identity acc", "frames/s", *aus):
         t.add_column(c, justify="left" if c in text else "right")
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
     for r in rows:
         fps = "–" if r["frames_per_s"] is None else f"{r['frames_per_s']:.0f}"
         t.add_row(r["run"], r["objective"], r["model"], str(r["steps"]), str(r["clips/rank/step"]), r["dataset"],
-                  r["protocol"], f"[b]{pct(r['f1_mean'])}[/b]", pct(r["f1_random"]), pct(r["identity_acc"]), fps,
-                  *[pct(r["f1"].get(a)) for a in aus])
-    Console(width=200).print(t)
+                  r["protocol"], *([r["eval_group"]] if groups else []), f"[b]{pct(r['f1_mean'])}[/b]",
+                  pct(r["f1_random"]), pct(r["identity_acc"]), fps, *[pct(r["f1"].get(a)) for a in aus])
+    console = Console(width=200)
+    console.print(t)
+    if groups:
+        console.print("These evaluations were made with different settings; rows of different letters do not "
+                      "compare (ranked within each letter):", markup=False)
+        for g in groups:
+            console.print(f"  {g}", markup=False, soft_wrap=True)
 
 
 def write_csv(rows: list[dict], path: str | Path) -> None:
-    """One line per run: the table's columns, then `F1 <AU>` per AU (F1 and accuracies in [0, 1])."""
+    """One line per run: the table's columns (with `eval_group` and `eval_settings` "key=value; ..." where the
+    evaluations were made with different settings), then `F1 <AU>` per AU (F1 and accuracies in [0, 1])."""
     import csv
 
     aus = sorted({a for r in rows for a in r["f1"]}, key=lambda a: (len(a), a))
     cols = ["run", "run_id", "pretraining_run", "objective", "model", "steps", "clips/rank/step", "dataset", "protocol", "f1_mean",
             "f1_random", "identity_acc", "frames_per_s"]
+    settings = "eval_settings" in rows[0]  # label_settings found evaluations made differently
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([*cols, *[f"F1 {a}" for a in aus]])
+        w.writerow([*cols, *(["eval_group", "eval_settings"] if settings else []), *[f"F1 {a}" for a in aus]])
         for r in rows:
-            w.writerow([("" if r[c] is None else r[c]) for c in cols] + [r["f1"].get(a, "") for a in aus])
+            extra = ([r["eval_group"], "; ".join(f"{k}={v}" for k, v in r["eval_settings"].items())] if settings
+                     else [])
+            w.writerow([("" if r[c] is None else r[c]) for c in cols] + extra + [r["f1"].get(a, "") for a in aus])
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -219,7 +263,7 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows)), 3.5))
-    names = [f"{r['run']}\n{r['objective']}" for r in rows]
+    names = [f"{r['run']}\n{r['objective']}" + (f" [{r['eval_group']}]" if "eval_group" in r else "") for r in rows]
     ax.bar(names, [r["f1_mean"] for r in rows], label="pretrained")
     ax.scatter(names, [r["f1_random"] or 0 for r in rows], color="k", marker="_", s=400, label="random-init")
     ax.set_ylabel("mean F1")
@@ -259,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"{PROG}: error: no run with eval results in {redact(uri)}", file=sys.stderr)
         return 2
-    show(rows)
+    groups = label_settings(rows)
+    for r in rows:
+        r.pop("eval_params")
+    show(rows, groups)
     out = Path(a.out or f"compare-{a.experiment if not a.runs else 'runs'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     table, chart = out.with_name(out.name + ".csv"), Path(a.plot) if a.plot else out.with_name(out.name + ".png")

@@ -40,7 +40,7 @@ def test_compare_ranks_runs_by_mean_f1(mlflow_server, tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert [r["objective"] for r in rows] == ["clp", "tcl"]  # sorted by mean F1; the unevaluated run left out
     assert rows[0]["f1_mean"] == pytest.approx(0.45) and rows[0]["clips/rank/step"] == 32
-    assert rows[0]["f1"] == {"AU1": 0.4, "AU12": 0.5}
+    assert rows[0]["f1"] == {"AU1": 0.4, "AU12": 0.5} and "eval_group" not in rows[0]  # evaluated alike
     # the run's typical speed, not its last logging window (7 frames/s while the machine was busy)
     assert rows[0]["frames_per_s"] == pytest.approx(195) and rows[1]["frames_per_s"] is None
     assert (tmp_path / "table.png").stat().st_size > 0
@@ -51,3 +51,30 @@ def test_compare_ranks_runs_by_mean_f1(mlflow_server, tmp_path, capsys):
     assert table[0]["dataset"] == "synthetic" and table[0]["protocol"] == "linear"
     assert "clp-run" in capsys.readouterr().out
     assert main(["--tracking-uri", mlflow_server, "--experiment", "nope"]) == 2
+
+
+def test_evaluations_made_with_different_settings_are_lettered_and_ranked_apart(mlflow_server, tmp_path, capsys):
+    """Two runs probed on the test identities and one on the validation identities (easier ones): the table says
+    which rows compare instead of ranking them side by side."""
+    import csv
+
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(mlflow_server)
+    exp = client.create_experiment("settings-test")
+    same = {"eval.dataset": "synthetic", "eval.identities": 24, "eval.baselines": "['hog']"}
+    for name, f1, split, baselines in (("a-test", 0.38, "test", "[]"), ("b-val", 0.47, "validation", "['hog']"),
+                                       ("c-test", 0.36, "test", "['hog']")):
+        metrics, params = evaluated("clp", {"AU1": f1}, 0.14)
+        log_run(client, exp, name, metrics, {**params, **same, "eval.split": split, "eval.baselines": baselines})
+    out = tmp_path / "cmp.json"
+    assert main(["settings-test", "--tracking-uri", mlflow_server, "--json", str(out),
+                 "--out", str(tmp_path / "t")]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["run"], r["eval_group"]) for r in rows] == [("b-val", "A"), ("a-test", "B"), ("c-test", "B")]
+    assert rows[0]["eval_settings"] == {"eval.split": "validation"}  # only what differs (not eval.baselines)
+    said = capsys.readouterr().out
+    assert "rows of different letters do not compare" in said and "A: eval.split=validation" in said
+    assert "B: eval.split=test" in said
+    table = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert [(r["eval_group"], r["eval_settings"]) for r in table][1] == ("B", "eval.split=test")
