@@ -4,6 +4,8 @@ bad value and a value that works. (Composing the config and Hydra's override err
 """
 from __future__ import annotations
 
+import functools
+
 import math
 import re
 from dataclasses import dataclass
@@ -274,39 +276,34 @@ def validate(cfg: DictConfig | dict, sections: Sequence[str] | None = None, trai
         check_shards_setting(d["data"]["shards"])
 
 
+@functools.lru_cache(maxsize=None)
 def bool_keys() -> frozenset[str]:
     """Every dotted key that is true/false in the config tree's YAML files (a group's file under its group, e.g.
     `objective/clp.yaml`'s `cir.flow` as `objective.cir.flow`; `# @package _global_` files at the root) and never
     anything else there: switches, which `validate` holds to true/false beside `SCHEMA` (Hydra reads `maybe` or
     `no` as a string, which Python's bool() would take as true)."""
-    global _BOOL_KEYS
-    if _BOOL_KEYS is None:
-        from .config import config_dir
+    from .config import config_dir
 
-        kinds: dict[str, set[bool]] = {}
+    kinds: dict[str, set[bool]] = {}
 
-        def walk(node: Any, prefix: str) -> None:
-            for k, v in node.items():
-                if k == "defaults":
-                    continue
-                key = f"{prefix}{k}"
-                if isinstance(v, dict):
-                    walk(v, key + ".")
-                else:
-                    kinds.setdefault(key, set()).add(isinstance(v, bool))
+    def walk(node: Any, prefix: str) -> None:
+        for k, v in node.items():
+            if k == "defaults":
+                continue
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                kinds.setdefault(key, set()).add(isinstance(v, bool))
 
-        root = config_dir()
-        for f in sorted(root.rglob("*.yaml")):
-            group = f.parent.relative_to(root).as_posix()
-            glob = group == "." or f.read_text().lstrip().startswith("# @package _global_")
-            node = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
-            if isinstance(node, dict):
-                walk(node, "" if glob else group.replace("/", ".") + ".")
-        _BOOL_KEYS = frozenset(k for k, seen in kinds.items() if seen == {True})
-    return _BOOL_KEYS
-
-
-_BOOL_KEYS: frozenset[str] | None = None
+    root = config_dir()
+    for f in sorted(root.rglob("*.yaml")):
+        group = f.parent.relative_to(root).as_posix()
+        glob = group == "." or f.read_text().lstrip().startswith("# @package _global_")
+        node = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
+        if isinstance(node, dict):
+            walk(node, "" if glob else group.replace("/", ".") + ".")
+    return frozenset(k for k, seen in kinds.items() if seen == {True})
 
 
 def _check(d: dict, sections: Sequence[str] | None, flags: dict[str, str], as_written: bool = False) -> None:
