@@ -124,16 +124,37 @@ def _group_tree(entries: list[tuple[str, int]], root: str) -> tuple[list[VideoIt
 
 
 def _scan(root: Path) -> Iterator[tuple[str, int]]:
-    """(relative POSIX path, size) of every file below root, hidden folders skipped. Video files are
-    stat'ed; images are only listed (size 1 each: a frame folder's fingerprint is its frame count)."""
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    """(relative POSIX path, size) of every file below root, hidden folders skipped. Links to folders are followed
+    (an identity or a frame folder may be a link into another disk), each real folder read once: a link back up
+    the tree or a second link to the same folder is skipped with a warning. Video files are stat'ed (a broken
+    link has size 0, and opening it is its reject); images are only listed (size 1 each: a frame folder's
+    fingerprint is its frame count)."""
+    import logging
+
+    seen = {os.path.realpath(root)}
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(folder, d))
+            if real in seen:
+                logging.getLogger(__name__).warning("%s: a link to a folder read already (%s); skipped",
+                                                    os.path.join(folder, d), real)
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirs[:] = keep
         rel = Path(folder).relative_to(root)
         for f in sorted(files):
             if f.startswith("."):
                 continue
             r = (rel / f).as_posix()
-            yield r, 1 if Path(f).suffix.lower() in IMAGE_EXTS else os.stat(os.path.join(folder, f)).st_size
+            if Path(f).suffix.lower() in IMAGE_EXTS:
+                yield r, 1
+                continue
+            try:
+                yield r, os.stat(os.path.join(folder, f)).st_size
+            except OSError:  # a broken link: listed, and opening it is its reject
+                yield r, 0
 
 
 def _resolve(path: str, base: str) -> str:
@@ -143,34 +164,57 @@ def _resolve(path: str, base: str) -> str:
 
 
 def _parse_list(uri: str) -> tuple[list[VideoItem], list[dict]]:
-    text = storage.read_text(uri)
+    """Items and rejects of a .csv / .jsonl list; each row is named by its line in the file (`list.csv:3`). A
+    UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped and CSV headers are read without surrounding spaces.
+    Rows of one identity whose default video ids (the file or folder name) collide while their paths differ
+    (`sess1/clip.mp4`, `sess2/clip.mp4`) are named by their parent folder too (`alice/sess1/clip`)."""
+    text = storage.read_text(uri).lstrip("\ufeff")
     base = uri.rsplit("/", 1)[0] if storage.is_s3(uri) else str(Path(uri).parent)
+    rows: list[tuple[int, object]] = []
     if uri.lower().endswith(".csv"):
-        rows = list(csv.DictReader(io.StringIO(text)))
+        reader = csv.DictReader(io.StringIO(text))
+        if reader.fieldnames:
+            reader.fieldnames = [h.strip() for h in reader.fieldnames]
+        rows = [(reader.line_num, row) for row in reader]
+        columns = reader.fieldnames or []
     else:
-        rows = []
+        columns = None
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append((n, json.loads(line)))
                 except json.JSONDecodeError as e:
-                    rows.append({"_error": f"{uri}:{n}: not valid JSON ({e})"})
-    items, rejects = [], []
-    for n, row in enumerate(rows, 1):
+                    rows.append((n, {"_error": f"{uri}:{n}: not valid JSON ({e})"}))
+    items, rejects, named = [], [], []
+    for n, row in rows:
         try:  # one bad row is one reject, never the end of the run
-            items.append(_list_item(row, base, f"{uri}:{n}"))
+            items.append(_list_item(row, base, f"{uri}:{n}", columns))
+            named.append(bool(row.get("video")))
         except ValueError as e:
             rejects.append({"input": f"{uri}:{n}", "reason": str(e)})
+    paths: dict[str, set[str]] = {}
+    for it, explicit in zip(items, named):
+        if not explicit:
+            paths.setdefault(it.video, set()).add(it.path.rstrip("/"))
+    for i, (it, explicit) in enumerate(zip(items, named)):
+        if not explicit and len(paths[it.video]) > 1:  # the same file name in two folders: two videos
+            p = PurePosixPath(it.path.rstrip("/"))
+            items[i] = VideoItem(it.path, it.identity, f"{it.identity}/{p.parent.name}/{p.stem}", it.frames_dir,
+                                 it.boxes, it.nbytes)
     return items, rejects
 
 
-def _list_item(row, base: str, where: str) -> VideoItem:
+def _list_item(row, base: str, where: str, columns: list[str] | None = None) -> VideoItem:
     if not isinstance(row, dict):
         raise ValueError(f"{where}: a row must be an object with `path` and `identity`, not {type(row).__name__}")
     if "_error" in row:
         raise ValueError(row["_error"])
     if not row.get("path") or not row.get("identity"):
-        raise ValueError(f"{where}: needs `path` and `identity`")
+        found = columns if columns is not None else sorted(row)
+        missing = [k for k in ("path", "identity") if k not in found]
+        raise ValueError(f"{where}: needs `path` and `identity`"
+                         + (f" (the header has {', '.join(map(repr, found))}: no {' or '.join(missing)} column)"
+                            if missing else " (empty here)"))
     path = _resolve(str(row["path"]).strip(), base)
     boxes = row.get("boxes") or None
     if isinstance(boxes, str):

@@ -225,12 +225,15 @@ def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
         raise FileNotFoundError(f"{source}: no videos found (expected <identity>/<video file>, "
                                 f"<identity>/<video>/<frame>.jpg, or a .csv/.jsonl list)"
                                 + (f"; {list_rejects[0]['reason']}" if list_rejects else ""))
+    for r in list_rejects:  # bad list rows, duplicate ids: said now, as the rejects of decoding are
+        log.warning("rejected %s", r["reason"])
     if s.align == "detect":
         detector(s)  # the detector loads once here, or the run stops with one clear error (DetectorUnavailable)
     work = work_folder(output, s)
     if not storage.is_s3(output):
         Path(output).mkdir(parents=True, exist_ok=True)
     journal = Journal(work, fingerprint(source, items, s))
+    previous = _previous_shards(output, journal.resumed)
     if not journal.resumed and storage.exists(storage.join(output, shards.MANIFEST)):
         storage.delete(storage.join(output, shards.MANIFEST))  # the old dataset is being replaced
     by_video = {it.video: it for it in items}
@@ -285,13 +288,51 @@ def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
         stats=totals, settings=s.content() | {"input": str(source)})
     shards.write_manifest(output, manifest)
     shutil.rmtree(work, ignore_errors=True)
-    _remove_stale_shards(output, {i.name for i in asm.infos} | {i.index for i in asm.infos})
+    _remove_stale_shards(output, {i.name for i in asm.infos} | {i.index for i in asm.infos}, previous)
     return manifest
 
 
-def _remove_stale_shards(output: str, keep: set[str]) -> None:
-    """Shards of an earlier, larger packing of the same output (not in the new manifest)."""
+def _previous_shards(output: str, resumed: bool) -> set[str]:
+    """The shard and index names an earlier packing of `output` recorded in its manifest (what a new packing may
+    replace and remove). A shard file in `output` that no manifest records and no resumed journal explains is
+    someone else's (or of a packing that stopped before its manifest, with other settings): refused, not
+    overwritten or deleted.
+
+    Raises:
+        UsageError: `output` holds shard files (shard-NNNNNN.tar/.idx) that no manifest there records.
+    """
+    from ..errors import UsageError
+
+    names = {uri.rsplit("/", 1)[-1] for uri, _ in storage.list_files(output)}
+    ours = {n for n in names if _SHARD_FILE.match(n) and not n.startswith(".")}
+    recorded: set[str] = set()
+    if shards.MANIFEST in names:
+        try:
+            old = shards.load_manifest(output)
+        except UsageError:  # an unreadable manifest: it records nothing
+            old = None
+        if old is not None:
+            recorded = {i.name for i in old.shards} | {i.index for i in old.shards}
+            if not resumed:
+                log.warning("%s: replacing the dataset there (%d clips of %s)", output, old.samples,
+                            old.settings.get("input", "?"))
+    if resumed:  # this packing's first job found no foreign shard (it would have been refused): all are ours
+        return recorded | ours
+    foreign = sorted(ours - recorded)
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise UsageError(f"{output}: holds shard files that no manifest.json there records ({shown}); they would be "
+                         "overwritten or removed — give an empty or new output folder, or remove them first (a "
+                         "packing that stopped before writing its manifest, with other inputs or settings, leaves "
+                         "such files too)")
+    return recorded
+
+
+def _remove_stale_shards(output: str, keep: set[str], previous: set[str]) -> None:
+    """Shards of an earlier packing of the same output that the new manifest does not hold (`previous`, as its
+    manifest recorded them), and temporary files of a crashed packing; no other file is touched."""
     for uri, _ in storage.list_files(output):
         name = uri.rsplit("/", 1)[-1]
-        if _SHARD_FILE.match(name) and name not in keep and storage.join(output, name) == uri:
+        stale = name in previous or (_SHARD_FILE.match(name) and name.startswith("."))
+        if stale and name not in keep and storage.join(output, name) == uri:
             storage.delete(uri)

@@ -212,3 +212,61 @@ def test_missing_detector_weights_are_one_error_at_start(corpus, tmp_path, monke
     monkeypatch.setenv("AUPRETRAIN_MTCNN_WEIGHTS", str(damaged))
     with pytest.raises(mtcnn.DetectorUnavailable, match="onet.pt"):
         mtcnn.weights_dir()
+
+
+def test_linked_folders_excel_lists_same_named_videos_and_foreign_shards(corpus, tmp_path, caplog):
+    """Real users' inputs (a field trial): an identity folder and a frame folder that are links into another disk
+    are packed (were skipped without a word); a link loop is read once; an Excel "CSV UTF-8" list (a byte-order
+    mark, spaces in the header) is read; two videos with the same file name in different folders are two videos
+    (one was dropped as a duplicate id); a bad list row is said as a warning; an output folder holding shard
+    files no manifest records is refused, not overwritten."""
+    import logging
+    import os
+
+    from aupretrain.errors import UsageError
+
+    src = sorted(corpus.glob("*/*.mp4"))
+    real = tmp_path / "elsewhere"
+    (real / "bob").mkdir(parents=True)
+    shutil.copy(src[0], real / "bob" / "v.mp4")
+    frames = real / "frames"
+    frames.mkdir()
+    for i, f in enumerate(read_video(src[1])[:12]):
+        cv2.imwrite(str(frames / f"{i}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    root = tmp_path / "in"
+    (root / "carol").mkdir(parents=True)
+    shutil.copy(src[2], root / "carol" / "a.mp4")
+    os.symlink(real / "bob", root / "bob")  # an identity folder on another disk
+    os.symlink(frames, root / "carol" / "seq")  # a frame folder
+    os.symlink(root, root / "carol" / "loop")  # a link back up the tree: read once
+    args = ["--align", "center", "--clip-len", "4", "--stride", "2", "--size", "32", "--workers", "1"]
+    assert pack_main([str(root), str(tmp_path / "out"), *args]) == 0
+    m = shards.load_manifest(tmp_path / "out")
+    assert {s.meta.video for s in all_samples(tmp_path / "out")} == {"bob/v", "carol/a", "carol/seq"}
+    assert m.rejects == [] and "a link to a folder read already" in caplog.text
+    other = real / "bob" / src[0].name  # the same file name as src[0], in another folder
+    (real / "bob" / "v.mp4").rename(other)
+    lst = tmp_path / "list.csv"  # Excel: BOM, CRLF, a space after the comma in the header
+    lst.write_bytes(f"\ufeffpath, identity\r\n{src[0]},alice\r\n{other},alice\r\n{src[0]},alice\r\n,nobody\r\n".encode())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert pack_main([str(lst), str(tmp_path / "out_list"), *args]) == 0
+    m = shards.load_manifest(tmp_path / "out_list")
+    ids = {s.meta.video for s in all_samples(tmp_path / "out_list")}
+    assert ids == {f"alice/{src[0].parent.name}/{src[0].stem}", f"alice/bob/{src[0].stem}"}, ids
+    reasons = sorted(r["reason"] for r in m.rejects)
+    assert len(reasons) == 2 and "duplicate video id" in reasons[0] and reasons[1].startswith(f"{lst}:5: needs")
+    assert f"{lst}:5: needs `path` and `identity` (empty here)" in caplog.text  # said, not only in the manifest
+    # a folder holding someone's shard files, no manifest: refused before they are overwritten or removed
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "shard-000007.tar").write_bytes(b"precious")
+    with pytest.raises(UsageError, match=r"holds shard files that no manifest.json there records \(shard-000007.tar\)"):
+        pack(str(root), str(mine), PackSettings(align="center", clip_len=4, stride=2, size=32, workers=1))
+    assert (mine / "shard-000007.tar").read_bytes() == b"precious"
+    # packing again into a dataset folder replaces it, said as a warning; an extra file there is left alone
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert pack_main([str(lst), str(tmp_path / "out"), *args]) == 0
+    assert "replacing the dataset there" in caplog.text and (tmp_path / "out" / "notes.txt").exists()
