@@ -71,7 +71,7 @@ def read_occurrence_csv(path: Path, aus: list[int]) -> tuple[np.ndarray, np.ndar
     (0, 1 or 9) of `aus`, in file order. The first column is the frame number whatever its header ("0",
     "Frame"); AU columns are named "<k>" or "AU<k>". Raises UsageError naming the file for a missing AU
     column, a non-integer value or an empty file."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Excel) is dropped
         rows = list(csv.reader(f))
     if len(rows) < 2:
         raise UsageError(f"{path}: AU occurrence file has no frames (expected a header 'Frame,1,2,4,...' and rows)")
@@ -94,6 +94,9 @@ def read_occurrence_csv(path: Path, aus: list[int]) -> tuple[np.ndarray, np.ndar
             data.append([int(float(r[0]))] + [int(float(r[col[a]])) for a in aus])
         except ValueError as e:
             raise UsageError(f"{path}, line {line}: unreadable AU occurrence row ({e})") from e
+        if bad := [(a, v) for a, v in zip(aus, data[-1][1:]) if v not in (0, 1, 9)]:
+            raise UsageError(f"{path}, line {line}: AU{bad[0][0]} is {bad[0][1]}; occurrence values are 0 (absent), "
+                             "1 (present) or 9 (not coded)")
     if not data:
         raise UsageError(f"{path}: AU occurrence file has no frames (only a header)")
     data = np.array(data, dtype=np.int64)
@@ -105,7 +108,7 @@ def read_intensity_txt(path: Path) -> np.ndarray:
     each; blank lines are skipped. Raises UsageError naming the file and line of a line that is not two numbers,
     and for a file with no frames."""
     rows = []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Excel) is dropped
         for line, r in enumerate(csv.reader(f), 1):
             if not any(x.strip() for x in r):
                 continue
@@ -206,9 +209,12 @@ def gft_sequences(root: Path) -> list[Sequence]:
         raise UsageError(f"{lab_root}: no <subject>.csv label files")
     out = []
     for c in csvs:
-        videos = [p for p in vid_root.glob(f"{c.stem}.*") if p.suffix.lower() in VIDEO_EXTS]
+        videos = sorted(p for p in vid_root.glob(f"{c.stem}.*") if p.suffix.lower() in VIDEO_EXTS)
         if not videos:
             raise UsageError(f"{vid_root}/{c.stem}.mp4: missing video for {c.name}")
+        if len(videos) > 1:  # which one the labels were coded on cannot be guessed
+            raise UsageError(f"{c}: {len(videos)} videos for subject {c.stem} ({', '.join(v.name for v in videos)}); "
+                             "keep the one the labels were coded on in Videos/")
         frames, labels = read_occurrence_csv(c, AUS["gft"])
         first = 1 if frames.min() >= 1 else 0
         out.append(Sequence(c.stem, Source(c.stem, sorted(videos)[0]), frames - first, labels,

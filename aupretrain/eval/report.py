@@ -166,8 +166,8 @@ def evaluate_encoders(encoders: dict[str, AUEncoder], data: LabelledFrames, cfg_
 
 
 def table(results: dict, aus: list[str]):
-    """A rich Table of `results` ({encoder: `evaluate_codes` result}): per-AU F1 x100 per encoder for `aus`, the
-    first encoder's base rate, the mean F1 row and, when the first has one, identity accuracy with chance."""
+    """A rich Table of `results` ({encoder: `evaluate_codes` result}): per-AU F1 x100 per encoder for `aus` ("–" for
+    an AU with no positive frame, which the mean leaves out), the first encoder's base rate, the mean F1 row and, when the first has one, identity accuracy with chance."""
     from rich.table import Table
 
     names = list(results)
@@ -177,8 +177,10 @@ def table(results: dict, aus: list[str]):
         t.add_column(n, justify="right")
     first = results[names[0]]
     t.add_column("base rate", justify="right")
-    for a in aus:
-        t.add_row(a, *[f"{100 * results[n]['f1'][a]:.1f}" for n in names], f"{100 * first['au_base_rate'][a]:.1f}")
+    scored = set(first.get("aus_evaluated", aus))
+    for a in aus:  # an AU with no positive frame has no F1: shown as such, and left out of the mean
+        t.add_row(a, *[f"{100 * results[n]['f1'][a]:.1f}" if a in scored else "–" for n in names],
+                  f"{100 * first['au_base_rate'][a]:.1f}" if a in scored else "0 (no positive frame: not scored)")
     t.add_row("[b]mean[/b]", *[f"[b]{100 * results[n]['f1_mean']:.1f}[/b]" for n in names], "")
     if "identity_acc" in first:
         t.add_row("identity acc (lower = more person-independent)",

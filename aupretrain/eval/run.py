@@ -119,6 +119,11 @@ def evaluate(cfg, encoder: AUEncoder, tracker=None, out_dir: str | Path | None =
         else:
             raise ValueError(f"eval.baselines: unknown reference row {name!r} (hog | always_positive)")
     print_table(results, data.aus)
+    unscored = [a for a in data.aus if a not in next(iter(results.values())).get("aus_evaluated", data.aus)]
+    if unscored:
+        log.warning("%s: no frame of the evaluation data has %s: no F1 for %s, and the mean F1 is over the other "
+                    "%d AUs", data.dataset, " / ".join(unscored), "it" if len(unscored) == 1 else "them",
+                    len(data.aus) - len(unscored))
     summary = {"split": str(e.split), "aus": data.aus, "frames": int(len(data.labels)),
                "identities": len(data.identity_names), "results": results, "dataset": data.dataset,
                "protocol": protocol, "select": select_mode(e, data.dataset), "fold_source": fold_source,

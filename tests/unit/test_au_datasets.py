@@ -39,6 +39,46 @@ def test_occurrence_csv_reads_frame_column_and_the_aus_asked_for(tmp_path):
         read_occurrence_csv(p, [1, 4])
 
 
+def test_label_files_from_real_tools_and_values_outside_the_convention(tmp_path):
+    """A byte-order mark (Excel) is read past in BP4D/GFT and DISFA files; an occurrence value other than 0, 1 or 9
+    (e.g. -1 for absent) is one error naming the line, not a scikit-learn traceback after alignment; two videos
+    of one GFT subject are refused by name, not one of them picked."""
+    from aupretrain.eval.au_datasets import gft_sequences
+
+    p = tmp_path / "F001_T1.csv"
+    p.write_bytes("\ufeffFrame,1,4\r\n1,1,0\r\n2,9,1\r\n".encode())
+    frames, lab = read_occurrence_csv(p, [1, 4])
+    assert frames.tolist() == [1, 2] and lab.tolist() == [[1, 0], [9, 1]]
+    p.write_text("Frame,1,4\n1,1,0\n2,-1,1\n")
+    with pytest.raises(UsageError, match=r"F001_T1.csv, line 3: AU1 is -1; occurrence values are 0 \(absent\), "
+                                         r"1 \(present\) or 9"):
+        read_occurrence_csv(p, [1, 4])
+    t = tmp_path / "SN001_au1.txt"
+    t.write_bytes("\ufeff1,0\r\n2,3\r\n".encode())
+    assert read_intensity_txt(t).tolist() == [[1, 0], [2, 3]]
+    (tmp_path / "gft" / "Videos").mkdir(parents=True)
+    (tmp_path / "gft" / "AUCoding").mkdir()
+    (tmp_path / "gft" / "AUCoding" / "005.csv").write_text("Frame," + ",".join(str(a) for a in AUS["gft"]) + "\n")
+    for ext in (".mp4", ".avi"):
+        (tmp_path / "gft" / "Videos" / f"005{ext}").write_bytes(b"x")
+    with pytest.raises(UsageError, match=r"005.csv: 2 videos for subject 005 \(005.avi, 005.mp4\)"):
+        gft_sequences(tmp_path / "gft")
+
+
+def test_an_au_with_no_positive_frame_shows_no_f1():
+    from aupretrain.eval.report import table
+
+    result = {"f1": {"AU1": 0.5, "AU2": 0.0}, "f1_mean": 0.5, "au_base_rate": {"AU1": 0.2, "AU2": 0.0},
+              "aus_evaluated": ["AU1"]}
+    from rich.console import Console
+
+    console = Console(width=120, record=True)
+    console.print(table({"pretrained": result}, ["AU1", "AU2"]))
+    text = console.export_text()
+    row = next(x for x in text.splitlines() if "AU2" in x)
+    assert "–" in row and "no positive frame" in row and "0.0" not in row, text
+
+
 def test_disfa_intensity_file_errors_name_the_file_and_line(tmp_path, recwarn):
     p = tmp_path / "SN001_au1.txt"
     p.write_text("1,0\n2,3\n\n")
