@@ -7,6 +7,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,11 +15,88 @@ from torch import nn
 from .resnet import ResNetTrunk
 
 
+FLOAT_TOLERANCE = 1e-3  # float pixels a little outside [0, 1] (rounding after a resize) are accepted
+
+
+def _shape_hint(shape: tuple, layout: str) -> str:
+    """A hint for a common layout mistake (channels on the wrong side, one image, grey, RGBA), or ""."""
+    nd, last = len(shape), (shape[-1] if shape else None)
+    if layout == "NHWC":
+        if nd == 4 and shape[1] == 3 and last != 3:
+            return ("; that looks like channels-first crops [N, 3, H, W]: use x.permute(0, 2, 3, 1) "
+                    "(aupretrain.load_encoder's model also takes crops directly: enc(crops))")
+        if nd == 3 and last == 3:
+            return "; that looks like one frame [H, W, 3]: pass frame[None]"
+        if nd == 3:
+            return "; if these are grey frames [N, H, W], repeat them to RGB: x[..., None].expand(-1, -1, -1, 3)"
+        if nd == 4 and last == 1:
+            return "; grey frames: repeat them to RGB with x.expand(-1, -1, -1, 3)"
+        if nd == 4 and last == 4:
+            return "; RGBA frames: drop alpha with x[..., :3]"
+    else:
+        if nd == 4 and last == 3 and shape[1] != 3:
+            return ("; that looks like channels-last frames [N, H, W, 3]: use enc.encode(frames) "
+                    "or x.permute(0, 3, 1, 2)")
+        if nd == 3 and shape[0] == 3:
+            return "; that looks like one crop [3, H, W]: pass crop[None]"
+        if nd == 4 and shape[1] == 1:
+            return "; grey crops: repeat them to RGB with x.expand(-1, 3, -1, -1)"
+        if nd == 4 and shape[1] == 4:
+            return "; RGBA crops: drop alpha with x[:, :3]"
+    return ""
+
+
+def as_pixels(x, layout: str = "NHWC") -> torch.Tensor:
+    """`x` (a torch tensor, a numpy array, or anything `torch.as_tensor` takes) as a tensor of the same values and
+    dtype (numpy arrays shared where possible), checked to be RGB images in `layout`: "NHWC" (decoded frames
+    [N, H, W, 3]) or "NCHW" (face crops [N, 3, H, W]), H, W >= 1, N >= 0, with pixel values in the one convention
+    of `AUEncoder.encode` and `AUCodeModel.forward`: uint8 (or another integer type) 0..255, or floating in [0, 1]
+    (within FLOAT_TOLERANCE; NaN and inf are refused).
+
+    Raises:
+        TypeError: `x` is not array-like (a tensor, numpy array or nested list of numbers).
+        ValueError: the wrong shape (naming the expected layout, the shape given, and the likely fix), a bool or
+            complex dtype, integers outside 0..255, or floats outside [0, 1] (naming the dtype, min and max:
+            divide by 255 or pass uint8).
+    """
+    what = "frames [N, H, W, 3] (channels last)" if layout == "NHWC" else "face crops [N, 3, H, W] (channels first)"
+    if not isinstance(x, torch.Tensor):
+        if isinstance(x, np.ndarray) and (not x.flags.writeable or any(s < 0 for s in x.strides)):
+            x = np.array(x)  # torch refuses negative strides (frame[..., ::-1]) and warns on read-only arrays
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"expected RGB {what} as a torch tensor or numpy array, got {type(x).__name__} "
+                            f"({' '.join(str(e).split())[:150]})") from None
+    shape = tuple(x.shape)
+    c, hw = ((shape[3], shape[1:3]) if layout == "NHWC" else (shape[1], shape[2:])) if len(shape) == 4 else (0, ())
+    if c != 3 or min(hw) < 1:
+        raise ValueError(f"expected RGB {what}, uint8 0..255 or float in [0, 1]; got shape {shape}"
+                         + (_shape_hint(shape, layout) or ("; H and W must be at least 1" if c == 3 else "")))
+    if x.dtype == torch.uint8 or x.numel() == 0:
+        return x
+    if x.dtype == torch.bool or x.is_complex():
+        raise ValueError(f"{what}: expected uint8 0..255 or float in [0, 1], got {x.dtype}")
+    if not x.is_floating_point():  # int64 from a list of ints, int32, uint16 ...: the 0..255 scale, checked
+        lo, hi = (int(v) for v in torch.aminmax(x.detach().to(torch.int64)))
+        if lo < 0 or hi > 255:
+            raise ValueError(f"{what}: integer pixels must be 0..255 (uint8); got {x.dtype} with min {lo}, max {hi}")
+        return x
+    lo, hi = (float(v) for v in torch.aminmax(x.detach().float()))
+    if not (lo >= -FLOAT_TOLERANCE and hi <= 1.0 + FLOAT_TOLERANCE):  # also refuses NaN (every comparison fails)
+        fix = ("remove the non-finite values" if not (np.isfinite(lo) and np.isfinite(hi)) else
+               "if these are 0..255 values, divide by 255 (x / 255) or pass uint8 (x.to(torch.uint8))")
+        raise ValueError(f"{what}: float pixels must be in [0, 1] (uint8 is the 0..255 type); got {x.dtype} "
+                         f"with min {lo:.4g}, max {hi:.4g}: {fix}")
+    return x
+
+
 class AUEncoder(nn.Module):
     """frames -> AU code `a` (what AU detection uses) and identity/appearance code `p`.
 
-    `encode(frames_uint8)` takes RGB uint8 [N, H, W, 3] (any size) and applies the same resize and
-    normalisation as training; `forward` takes normalised float [N, 3, S, S].
+    `encode(frames)` takes RGB frames [N, H, W, 3] (any size; uint8 0..255 or float in [0, 1]; tensor or numpy)
+    and applies the same resize and normalisation as training; `forward` takes normalised float [N, 3, S, S]
+    (what training calls, with gradients; the user-facing module is `AUCodeModel`).
     """
 
     def __init__(self, model_cfg: dict[str, Any], input_size: int):
@@ -45,23 +123,46 @@ class AUEncoder(nn.Module):
         return self.au_head[-1].out_features
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised float [N, 3, S, S] (as `preprocess` returns) -> {"a": AU code [N, au_dim],
+        "p": identity code [N, id_dim]}, in the weights' dtype, with gradients (training's call)."""
         h = self.trunk(x)
         return {"a": self.au_head(h), "p": self.id_head(h)}
 
-    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
-        """RGB uint8 [N, H, W, 3] -> normalised float [N, 3, S, S]."""
-        x = frames.permute(0, 3, 1, 2).float()
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
-                              align_corners=False)
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels already checked by `as_pixels(x, "NCHW")` ([N, 3, H, W], uint8 0..255 or float [0, 1]) ->
+        normalised float32 [N, 3, S, S] on the encoder's device (resized bilinear, antialiased, if H, W != S)."""
+        x = x.to(self.mean.device)
+        x = x.float() * 255.0 if x.is_floating_point() else x.float()
+        s = self.input_size
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
         return (x - self.mean) / self.std
 
+    def preprocess(self, frames) -> torch.Tensor:
+        """RGB frames [N, H, W, 3], uint8 0..255 or float in [0, 1] (tensor or numpy) -> normalised float32
+        [N, 3, S, S] on the encoder's device. Differentiable (fine-tuning calls it). Raises TypeError / ValueError
+        as `as_pixels` does (wrong layout, float outside [0, 1])."""
+        return self.normalise(as_pixels(frames, "NHWC").permute(0, 3, 1, 2))
+
     @torch.no_grad()
-    def encode(self, frames: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """AU codes [N, au_dim] of RGB uint8 frames [N, H, W, 3]."""
+    def encode(self, frames, batch_size: int = 256) -> torch.Tensor:
+        """AU codes [N, au_dim] (float32, CPU, no gradients) of RGB frames [N, H, W, 3] (channels last, as
+        decoded video frames, any H, W): uint8 0..255, or float in [0, 1] (the same convention as
+        `AUCodeModel.forward`); a torch tensor or a numpy array (PyAV / OpenCV frames; OpenCV's are BGR: flip them
+        with frames[..., ::-1]). Encoded `batch_size` frames at a time on the weights' device. One frame
+        [H, W, 3] is refused: pass frame[None].
+
+        Raises:
+            TypeError: `frames` is not array-like.
+            ValueError: not [N, H, W, 3] (the message names the shape given and the likely fix), float values
+                outside [0, 1] (e.g. 0..255 floats: divide by 255 or pass uint8), or `batch_size` < 1.
+        """
+        frames = as_pixels(frames, "NHWC")  # checked once, whole, before any batch runs
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size={batch_size}: frames per encoder call must be at least 1")
         w = next(self.parameters())  # inputs follow the weights' device and dtype (bf16 under DeepSpeed's bf16)
-        out = [self(self.preprocess(frames[i:i + batch_size].to(w.device)).to(w.dtype))["a"].float().cpu()
-               for i in range(0, len(frames), batch_size)]
+        out = [self(self.normalise(frames[i:i + batch_size].to(w.device).permute(0, 3, 1, 2)).to(w.dtype))["a"]
+               .float().cpu() for i in range(0, len(frames), int(batch_size))]
         return torch.cat(out) if out else torch.empty(0, self.au_dim)
 
 
@@ -176,14 +277,21 @@ def load_encoder(path, map_location: str = "cpu") -> AUEncoder:
 class AUCodeModel(nn.Module):
     """What `aupretrain.load_encoder` returns: aligned face crops in, AU codes out.
 
-    forward(x): x is uint8 [N, 3, H, W] (0..255) or float [N, 3, H, W] in [0, 1], RGB, any H, W (aligned crops
-    as `aupretrain-pack` cuts them); resized (bilinear, antialiased) to the training input size and normalised
-    inside. Returns the AU code [N, D] (float32). `encoder` is the underlying AUEncoder.
+    forward(x): x is RGB face crops [N, 3, H, W] (channels first, any H, W; aligned as `aupretrain-pack` cuts
+    them), uint8 0..255 or float in [0, 1] (float 0..255 is refused: divide by 255), a torch tensor or a numpy
+    array; moved to the weights' device, resized (bilinear, antialiased) to the training input size and
+    normalised inside. Returns the AU code [N, D] (float32, on the weights' device). `encode(frames)` takes
+    channels-last frames [N, H, W, 3] instead. `encoder` is the underlying AUEncoder.
+
+    The parameters are frozen (requires_grad False) unless `trainable=True`, so codes need no `.detach()` before
+    `.numpy()`; to fine-tune, call `.requires_grad_(True)` and `.train()` (gradients then flow through forward).
     """
 
-    def __init__(self, encoder: AUEncoder):
+    def __init__(self, encoder: AUEncoder, trainable: bool = False):
         super().__init__()
         self.encoder = encoder
+        if not trainable:
+            self.requires_grad_(False)
 
     @property
     def au_dim(self) -> int:
@@ -195,16 +303,20 @@ class AUCodeModel(nn.Module):
         """The encoder's model config (with `input_size`), as saved with it."""
         return self.encoder.config
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected face crops [N, 3, H, W], got {tuple(x.shape)}")
-        x = x.float() if x.dtype == torch.uint8 else x.float() * 255.0
-        s = self.encoder.input_size
-        if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-        return self.encoder((x - self.encoder.mean) / self.encoder.std)["a"]
+    def forward(self, x) -> torch.Tensor:
+        """AU codes [N, D] (float32) of RGB face crops `x` [N, 3, H, W], uint8 0..255 or float in [0, 1].
+
+        Raises:
+            TypeError: `x` is not array-like.
+            ValueError: not [N, 3, H, W] (the message names the shape given and the likely fix, e.g. permute
+                channels-last frames or use `encode`), or float values outside [0, 1] (naming dtype, min and max).
+        """
+        x = as_pixels(x, "NCHW")
+        w = next(self.encoder.parameters())
+        return self.encoder(self.encoder.normalise(x).to(w.dtype))["a"].float()
 
     @torch.no_grad()
-    def encode(self, frames: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """AU codes [N, D] of RGB uint8 frames [N, H, W, 3] (channels last, as decoded video frames)."""
+    def encode(self, frames, batch_size: int = 256) -> torch.Tensor:
+        """AU codes [N, D] (float32, CPU, no gradients) of RGB frames [N, H, W, 3] (channels last, as decoded video
+        frames), uint8 0..255 or float in [0, 1], tensor or numpy; see `AUEncoder.encode` (its errors too)."""
         return self.encoder.encode(frames, batch_size)
