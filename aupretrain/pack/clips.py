@@ -93,6 +93,7 @@ class VideoResult:
     dropped: dict = field(default_factory=lambda: {"small": 0, "blurry": 0})
     reason: str | None = None  # why it produced nothing
     warning: str | None = None
+    notes: list = field(default_factory=list)  # what reading the input passed over (frames cut short or damaged)
 
 
 def resample(frames: Iterable[tuple[int, float, np.ndarray]], fps: float | None) -> Iterator[tuple[int, np.ndarray]]:
@@ -135,7 +136,7 @@ def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResul
     resampled to `s.fps` (`res.sampled`), then centre-cropped (`align=center`) or detected, tracked (along the item's
     own face track when it has one) and aligned. Raises VideoError for an undecodable input or a bad face track,
     and what `detector` raises."""
-    counted = _count(iter_source_frames(item, local, s.frames_fps), res)
+    counted = _count(iter_source_frames(item, local, s.frames_fps, res.notes), res)
     frames = _count_sampled(resample(counted, s.fps), res)
     if s.align == "center":
         yield from align_center(center_faces(frames), s.size)
@@ -257,7 +258,10 @@ def process_video(item: VideoItem, s: PackSettings, spill_path: str) -> VideoRes
                     raise
                 res.warning = f"{e} (kept the {res.clips} clips before the error)"
         if res.clips == 0:
-            res.reason = _why_nothing(item, s, res)
+            res.reason = _why_nothing(item, s, res) + (f" ({'; '.join(res.notes)})" if res.notes else "")
+        elif res.notes:  # frames passed over while reading: said, with what was kept
+            res.warning = "; ".join([*res.notes, *([res.warning] if res.warning else [])]) + \
+                (f" (kept {res.clips} clips)" if not res.warning else "")
     except VideoError as e:
         res.reason = str(e)
     except (MemoryError, storage.EnvironmentFault, DetectorUnavailable):

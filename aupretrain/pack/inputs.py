@@ -308,10 +308,15 @@ def local_copy(item: VideoItem) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def iter_source_frames(item: VideoItem, local: str, frames_fps: float) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(index, seconds, RGB) of a video file or a frame folder (frames in natural name order at frames_fps)."""
+def iter_source_frames(item: VideoItem, local: str, frames_fps: float,
+                       notes: list[str] | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(index, seconds, RGB) of a video file or a frame folder (frames in natural name order at frames_fps). A frame
+    image that cannot be decoded (a damaged or cut-short file) is replaced by the frame before it (a frame hold, as
+    players show a damaged frame: clips keep their spacing in time; skipped when it is the first) and counted in one
+    line of `notes`; a video cut short is noted as `iter_timed_frames`
+    does. Raises VideoError when nothing can be read."""
     if not item.frames_dir:
-        yield from iter_timed_frames(local)
+        yield from iter_timed_frames(local, notes)
         return
     d = Path(local)
     if not d.is_dir():
@@ -319,11 +324,29 @@ def iter_source_frames(item: VideoItem, local: str, frames_fps: float) -> Iterat
     files = sorted((p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=lambda p: (_natural(p.name), p.name))
     if not files:
         raise VideoError(f"{item.path}: no frame images ({', '.join(IMAGE_EXTS)})")
+    bad, prev = [], None
     for i, f in enumerate(files):
         img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if img is None:
-            raise VideoError(f"{item.path}: cannot decode frame image {f.name}")
-        yield i, i / frames_fps, cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        if img is None:  # held: the frame before stands in, so the clips' spacing in time stays true
+            bad.append(f.name)
+            if prev is not None:
+                yield i, i / frames_fps, prev
+            continue
+        prev = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        yield i, i / frames_fps, prev
+    if len(bad) == len(files):
+        raise VideoError(f"{item.path}: no frame image can be decoded ({', '.join(bad[:3])}"
+                         f"{' …' if len(bad) > 3 else ''})")
+    if bad:
+        note = (f"{item.path}: {len(bad)} of {len(files)} frame images cannot be decoded, each replaced by the frame "
+                f"before it "
+                f"({', '.join(bad[:5])}{' …' if len(bad) > 5 else ''})")
+        if notes is None:
+            import logging
+
+            logging.getLogger(__name__).warning("%s", note)
+        else:
+            notes.append(note)
 
 
 def read_track(boxes: object, width: int, height: int) -> dict[int, np.ndarray]:

@@ -101,11 +101,28 @@ def upright(frame: np.ndarray, rotation: float) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frame, k)) if k else frame
 
 
-def iter_timed_frames(path: str | Path) -> Iterator[tuple[int, float, np.ndarray]]:
+def _short(container, stream, n: int, seconds: float) -> str | None:
+    """Why `n` decoded frames spanning `seconds` fall well short of what the file says it holds — its frame count
+    where the container records one (mp4, mov, avi: exact, variable frame rate too), else its duration (mkv, webm:
+    compared in time, since a frame count from a variable rate would be a guess) — or None."""
+    if stream.frames:
+        if n < 0.9 * stream.frames - 2:  # edit lists and B-frame delay cost a few frames
+            return f"decoded {n} of the {stream.frames} frames the container declares"
+        return None
+    duration = container.duration / av.time_base if container.duration else 0.0
+    if duration and seconds < 0.9 * duration - 0.1:
+        return f"decoded {n} frames, {seconds:.1f} s of the {duration:.1f} s the container declares"
+    return None
+
+
+def iter_timed_frames(path: str | Path, notes: list[str] | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
     """Yield (index, seconds since the first frame, RGB uint8 [H, W, 3]) with rotation metadata applied.
 
     Timestamps come from the packets (variable frame rate is kept as it is); frames without one get the
-    previous time plus one average frame period. Raises VideoError naming the file on failure.
+    previous time plus one average frame period. A file that ends well short of the frames it declares (cut
+    short by a failed copy or download: FFmpeg stops at the damage without an error; `_short`) is noted in `notes`
+    as "<path>: decoded N of the M frames the container declares …" (logged as a warning when `notes` is None);
+    the frames decoded are used. Raises VideoError naming the file on failure.
     """
     try:
         with av.open(str(path)) as container:
@@ -114,15 +131,24 @@ def iter_timed_frames(path: str | Path) -> Iterator[tuple[int, float, np.ndarray
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             period = 1.0 / float(stream.average_rate or stream.guessed_rate or 25)
-            t0, last = None, None
+            t0, last, n = None, None, 0
             for i, frame in enumerate(container.decode(stream)):
                 t = frame.time
                 if t is None or (last is not None and t <= last):
                     t = 0.0 if last is None else last + period
                 if t0 is None:
                     t0 = t
-                last = t
+                last, n = t, i + 1
                 yield i, t - t0, upright(to_rgb(frame), frame.rotation or 0)
+            short = _short(container, stream, n, last - t0 + period) if n else None
+            if short:
+                note = f"{path}: {short} (the file is truncated or damaged); the frames decoded are used"
+                if notes is None:
+                    import logging
+
+                    logging.getLogger(__name__).warning("%s", note)
+                else:
+                    notes.append(note)
     except VideoError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as e:

@@ -270,3 +270,47 @@ def test_linked_folders_excel_lists_same_named_videos_and_foreign_shards(corpus,
     with caplog.at_level(logging.WARNING):
         assert pack_main([str(lst), str(tmp_path / "out"), *args]) == 0
     assert "replacing the dataset there" in caplog.text and (tmp_path / "out" / "notes.txt").exists()
+
+
+def test_a_video_cut_short_and_a_damaged_frame_image_are_said_and_the_rest_kept(corpus, tmp_path, caplog):
+    """A copy cut short ends decoding quietly in FFmpeg: the packer says how many of the frames the file declares
+    it decoded (was silent); one damaged JPEG in a frame folder is held over by the frame before it and said (the
+    whole folder was rejected, its good frames lost)."""
+    import logging
+
+    import av
+
+    from aupretrain.pack.video import iter_timed_frames
+
+    frames = read_video(next(corpus.glob("*/*.mp4")))
+    root = tmp_path / "in"
+    (root / "p").mkdir(parents=True)
+    full = tmp_path / "full.mkv"  # Matroska records its duration in the header: a cut copy still declares it
+    with av.open(str(full), "w") as c:
+        st = c.add_stream("mjpeg", rate=25)
+        st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], "yuvj420p"
+        for f in np.concatenate([frames, frames])[:80]:
+            c.mux(st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(st.encode())
+    data = full.read_bytes()
+    (root / "p" / "cut.mkv").write_bytes(data[: int(len(data) * 0.5)])
+    notes = []
+    n = sum(1 for _ in iter_timed_frames(root / "p" / "cut.mkv", notes))
+    assert 20 < n < 60 and len(notes) == 1 and f"decoded {n} frames, {n / 25:.1f} s of the 3.2 s the container " \
+        "declares" in notes[0], notes
+    assert sum(1 for _ in iter_timed_frames(full, notes)) == 80 and len(notes) == 1  # a whole file says nothing
+    seq = root / "p" / "seq"
+    seq.mkdir()
+    for i, f in enumerate(frames[:24]):
+        cv2.imwrite(str(seq / f"{i}.jpg"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    (seq / "12.jpg").write_bytes((seq / "12.jpg").read_bytes()[:300])  # a damaged file
+    args = ["--align", "center", "--clip-len", "4", "--stride", "2", "--size", "32", "--workers", "1"]
+    with caplog.at_level(logging.WARNING):
+        assert pack_main([str(root), str(tmp_path / "out"), *args]) == 0
+    m = shards.load_manifest(tmp_path / "out")
+    samples = all_samples(tmp_path / "out")
+    assert m.rejects == [] and {s.meta.video for s in samples} == {"p/cut", "p/seq"}
+    seq_frames = sorted({f for s in samples if s.meta.video == "p/seq" for f in s.meta.frames})
+    assert seq_frames[-1] >= 20  # the frames after the damaged one are packed too
+    assert "1 of 24 frame images cannot be decoded, each replaced by the frame before it (12.jpg)" in caplog.text
+    assert "s the container declares (the file is truncated or damaged)" in caplog.text
