@@ -4,7 +4,10 @@
     aupretrain-extract videos/ codes.csv --encoder runs/x/encoder.pt -- pack.detect_every=10
     aupretrain-extract interview.mp4 aus.csv --encoder exports/quickstart --head heads/bp4d   # AU probabilities
 
-INPUT: a video file, an image, or a folder (every video and image below it). Faces are detected, tracked and
+INPUT: a video file, an image, or a folder (every video below it, every folder of numbered images — 00001.jpg,
+frame_12.png … — as one video's frames in natural order at `pack.frames_fps`, as `aupretrain-pack` reads them, and
+every other image on its own; `--stills`: every image on its own). An input in which no face is found gives empty
+rows and a warning. Faces are detected, tracked and
 aligned exactly as `aupretrain-pack` does (`pack.*` settings; `--align center` for inputs that are already face
 crops). One CSV row per frame: input, frame, time_s, face (0/1), x1, y1, x2, y2 (face box in source pixels),
 a0 … a<D-1> (the AU code) — or, with `--head` (a folder from `aupretrain-eval --save-head`), one column per AU
@@ -30,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head", help="an AU head folder (aupretrain-eval --save-head): write AU probabilities, not codes")
     ap.add_argument("--align", choices=["detect", "center"], help="default: pack.align (detect)")
     ap.add_argument("--batch", type=int, default=64, help="crops per encoder call")
+    ap.add_argument("--stills", action="store_true", help="every image is an input of its own (default: a folder "
+                    "of numbered images, e.g. 00001.jpg ..., is one video's frames, as aupretrain-pack reads it)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the pack group after -- (e.g. pack.detect_every=10)")
     a = ap.parse_intermixed_args(argv)  # flags before or after the positionals, then `-- OVERRIDES`
     if a.batch < 1:
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             from ..eval.head import load_head
 
             predictor = load_head(a.head, enc)
-        inputs = list_inputs(a.input)
+        inputs = list_inputs(a.input, stills=a.stills)
         if s.align == "detect":
             from ..pack.clips import detector
 
@@ -77,13 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     def rows():
         bar = tqdm(unit="frame", desc="extract", disable=None)
         for path in inputs:
+            n = found = 0
             try:
                 for r in extract(path, encode, s, a.batch):
                     bar.update(1)
+                    n, found = n + 1, found + (r.code is not None)
                     yield r
             except VideoError as e:  # a bad input: reported, the others go on
                 logging.warning("skipped %s", e)
                 skipped.append(str(path))
+                continue
+            if path.is_dir():
+                logging.info("%s: read as one video's frames (%d; --stills reads each image on its own)", path, n)
+            if n and not found:  # rows are written (empty), but the user should know why they are empty
+                logging.warning("%s: no face found in any of its %d frame(s): its rows are empty", path, n)
         bar.close()
 
     out = Path(a.out)

@@ -9,6 +9,7 @@ exactly what `aupretrain-pack` does (`pack.*` settings: MTCNN every `detect_ever
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -18,7 +19,7 @@ import torch
 
 from ..pack import faces
 from ..pack.clips import PackSettings, align_center, center_faces, detector, track
-from ..pack.inputs import IMAGE_EXTS, VIDEO_EXTS
+from ..pack.inputs import IMAGE_EXTS, VIDEO_EXTS, VideoItem, natural_key, iter_source_frames
 from ..pack.video import VideoError, iter_timed_frames
 
 
@@ -33,21 +34,49 @@ class FrameRow:
     code: np.ndarray | None  # [D] AU code; None: no face
 
 
-def list_inputs(path: str | Path) -> list[Path]:
-    """A video or image file, or every video and image file below a folder (sorted)."""
+NUMBERED = re.compile(r".*\d$")  # a frame's file name ends in its number: 00001.jpg, frame_12.png, img-3.jpg
+
+
+def is_frame_folder(images: list[Path]) -> bool:
+    """Whether the image files of one folder are the frames of one video: at least two, every name (less its
+    extension) ending in a number — what `ffmpeg -i v.mp4 %05d.jpg` writes, and BP4D's frame folders; photos named
+    otherwise (IMG_1234.jpg is numbered too: use --stills) are each an input of their own."""
+    return len(images) > 1 and all(NUMBERED.match(f.stem) for f in images)
+
+
+def list_inputs(path: str | Path, stills: bool = False) -> list[Path]:
+    """The inputs under `path`: a video or image file itself; below a folder, every video file, every folder of
+    numbered frame images as one video (`is_frame_folder`, frames in natural order, as `aupretrain-pack` reads
+    them; unless `stills`) and every other image on its own — in natural order, hidden files and folders left out.
+
+    Raises:
+        FileNotFoundError: `path` does not exist, or holds no video or image file.
+    """
     p = Path(path)
     if p.is_file():
         return [p]
     if not p.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTS + IMAGE_EXTS
-                   and not any(part.startswith(".") for part in f.relative_to(p).parts))
-    if not found:
+    files = [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTS + IMAGE_EXTS
+             and not any(part.startswith(".") for part in f.relative_to(p).parts)]
+    if not files:
         raise FileNotFoundError(f"{path}: no video ({', '.join(VIDEO_EXTS)}) or image files")
-    return found
+    by_folder: dict[Path, list[Path]] = {}
+    for f in files:
+        if f.suffix.lower() in IMAGE_EXTS:
+            by_folder.setdefault(f.parent, []).append(f)
+    found = [f for f in files if f.suffix.lower() not in IMAGE_EXTS]
+    for folder, images in by_folder.items():
+        found += [folder] if not stills and is_frame_folder(images) else images
+    return sorted(found, key=lambda f: (natural_key(str(f)), str(f)))
 
 
-def _frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
+def _frames(path: Path, frames_fps: float) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(index, seconds, RGB) of a video file, a frame folder (`frames_fps`) or one image."""
+    if path.is_dir():
+        item = VideoItem(str(path), "", str(path), frames_dir=True)
+        yield from iter_source_frames(item, str(path), frames_fps)
+        return
     if path.suffix.lower() in IMAGE_EXTS:
         import cv2
 
@@ -84,7 +113,7 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
     shape: list[int] = [0, 0]
 
     def timed():
-        for i, t, rgb in _frames(path):
+        for i, t, rgb in _frames(path, s.frames_fps):
             times[i], shape[:] = t, rgb.shape[:2]
             yield i, rgb
 
@@ -104,7 +133,7 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
         nonlocal done
         codes = np.asarray(encode(torch.from_numpy(np.stack([a.crop for a in pending]))), dtype=np.float32)
         for a, c in zip(pending, codes):
-            yield from ((FrameRow(str(path), i, times[i], None, None)) for i in range(done, a.index))
+            yield from ((FrameRow(str(path), i, times[i], None, None)) for i in range(done, a.index) if i in times)
             if s.align == "center":  # the centre square
                 (h, w), side = shape, min(shape)
                 box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
@@ -122,7 +151,8 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
     if pending:
         yield from flush(pending)
     for i in range(done, max(times, default=-1) + 1):
-        yield FrameRow(str(path), i, times[i], None, None)
+        if i in times:  # (a frame folder's first images may be undecodable: no row)
+            yield FrameRow(str(path), i, times[i], None, None)
     if not times:
         raise VideoError(f"{path}: no decodable frames")
 

@@ -60,7 +60,8 @@ class VideoItem:
         return self.video.split("/", 1)[-1]
 
 
-def _natural(name: str):
+def natural_key(name: str):
+    """Sort key of a name with its digit runs as numbers: "frame_2" before "frame_10"."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
@@ -321,7 +322,7 @@ def iter_source_frames(item: VideoItem, local: str, frames_fps: float,
     d = Path(local)
     if not d.is_dir():
         raise VideoError(f"{item.path}: frame folder does not exist")
-    files = sorted((p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=lambda p: (_natural(p.name), p.name))
+    files = sorted((p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=lambda p: (natural_key(p.name), p.name))
     if not files:
         raise VideoError(f"{item.path}: no frame images ({', '.join(IMAGE_EXTS)})")
     bad, prev = [], None

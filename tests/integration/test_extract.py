@@ -14,7 +14,7 @@ TINY = {"widths": [8, 16], "blocks": [1, 1], "stem_width": 8, "stem_stride": 2, 
         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
-def test_extract_gives_one_row_per_frame_with_faces_boxes_and_codes(astronaut_mp4, tmp_path, capsys):
+def test_extract_gives_one_row_per_frame_with_faces_boxes_and_codes(astronaut_mp4, tmp_path, capsys, caplog):
     path, transforms = astronaut_mp4
     torch.manual_seed(0)
     save_encoder_folder(AUEncoder(TINY, 32), tmp_path / "enc")
@@ -39,6 +39,38 @@ def test_extract_gives_one_row_per_frame_with_faces_boxes_and_codes(astronaut_mp
         assert np.isfinite(code).all()
     blank = [r for r in rows if r["input"].endswith("blank.mp4")]
     assert len(blank) == 5 and all(r["face"] == "0" and r["a0"] == "" and r["x1"] == "" for r in blank)
+    assert "blank.mp4: no face found in any of its 5 frame(s)" in caplog.text  # empty rows, and why
+
+
+def test_a_folder_of_numbered_frames_is_one_video_and_other_images_are_stills(astronaut_mp4, tmp_path, capsys):
+    """A folder of numbered frame images (what ffmpeg writes, BP4D's layout) is one video in natural order, read as
+    aupretrain-pack reads it — with tracking and time stamps (each image was its own input, frame 0, time 0, in
+    lexicographic order); photos with other names are each their own input, and --stills makes every image so."""
+    import cv2
+
+    from aupretrain.pack.video import read_video
+
+    path, _ = astronaut_mp4
+    torch.manual_seed(0)
+    save_encoder_folder(AUEncoder(TINY, 32), tmp_path / "enc")
+    frames = read_video(path)[:12]
+    seq, photos = tmp_path / "in" / "seq", tmp_path / "in" / "photos"
+    seq.mkdir(parents=True)
+    photos.mkdir()
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(seq / f"frame_{i}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    for name in ("alice.jpg", "bob.jpg"):
+        cv2.imwrite(str(photos / name), cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR))
+    enc = ["--encoder", str(tmp_path / "enc")]
+    assert extract_main([str(tmp_path / "in"), str(tmp_path / "a.csv"), *enc]) == 0
+    assert json.loads(capsys.readouterr().out)["inputs"] == 3
+    rows = list(csv.DictReader(open(tmp_path / "a.csv")))
+    seq_rows = [r for r in rows if r["input"] == str(seq)]
+    assert [int(r["frame"]) for r in seq_rows] == list(range(12))  # frame_2 before frame_10
+    assert float(seq_rows[10]["time_s"]) == 0.4 and sum(r["face"] == "1" for r in seq_rows) >= 11
+    assert {r["input"] for r in rows} == {str(seq), str(photos / "alice.jpg"), str(photos / "bob.jpg")}
+    assert extract_main([str(tmp_path / "in"), str(tmp_path / "b.csv"), *enc, "--stills"]) == 0
+    assert json.loads(capsys.readouterr().out)["inputs"] == 14
 
 
 def test_extract_with_a_head_gives_au_probabilities(astronaut_mp4, tmp_path, capsys):
