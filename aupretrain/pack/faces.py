@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
+from .exposure import badly_exposed, exposure_corrected
 from .mtcnn import DetectorUnavailable
 
 # Mean landmark positions inside an MTCNN-style square face box (for box-only detectors and tracks).
@@ -81,7 +82,14 @@ class Detector:
     def detect(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces in an RGB uint8 image [H, W, 3] at least max(12, `min_face` x short side) pixels wide: boxes [N, 4]
         (x1, y1, x2, y2, pixels), scores [N], landmarks [N, 5, 2]. The Haar detector scores every box 1 and places the
-        landmarks at their mean positions in the box (`box_landmarks`)."""
+        landmarks at their mean positions in the box (`box_landmarks`). A badly exposed frame in which no face is
+        found is searched again after `exposure_corrected` (the boxes and landmarks are the same pixels')."""
+        found = self._detect(img)
+        if not len(found[0]) and badly_exposed(img):
+            found = self._detect(exposure_corrected(img))
+        return found
+
+    def _detect(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         min_px = max(12.0, self.min_face * min(img.shape[:2]))
         if self.kind == "mtcnn":
             return self._mtcnn.detect(img, min_face=min_px, thresholds=self.thresholds)
@@ -93,11 +101,25 @@ class Detector:
         return boxes, np.ones(len(boxes)), box_landmarks(boxes)
 
     def refine(self, img, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Landmarks and face probability for given boxes of one image (or of a list of images, one per box)."""
+        """Landmarks and face probability for given boxes of one image (or of a list of images, one per box). A box
+        of a badly exposed image that the landmark net doubts (probability below its threshold) is refined again on
+        `exposure_corrected` pixels, and the likelier answer kept."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        if self.kind == "mtcnn" and len(boxes):
-            return self._mtcnn.refine(img, boxes)
-        return boxes, np.ones(len(boxes)), box_landmarks(boxes)
+        if self.kind != "mtcnn" or not len(boxes):
+            return boxes, np.ones(len(boxes)), box_landmarks(boxes)
+        b, p, lm = self._mtcnn.refine(img, boxes)
+        imgs = img if isinstance(img, (list, tuple)) else [img] * len(boxes)
+        doubt = [k for k in range(len(boxes)) if p[k] < self.thresholds[-1] and badly_exposed(imgs[k])]
+        if doubt:
+            fixed = {id(imgs[k]): None for k in doubt}
+            for k in doubt:
+                if fixed[id(imgs[k])] is None:
+                    fixed[id(imgs[k])] = exposure_corrected(imgs[k])
+            b2, p2, lm2 = self._mtcnn.refine([fixed[id(imgs[k])] for k in doubt], boxes[doubt])
+            for j, k in enumerate(doubt):
+                if p2[j] > p[k]:
+                    b[k], p[k], lm[k] = b2[j], p2[j], lm2[j]
+        return b, p, lm
 
 
 def box_landmarks(boxes: np.ndarray) -> np.ndarray:

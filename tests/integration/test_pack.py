@@ -314,3 +314,29 @@ def test_a_video_cut_short_and_a_damaged_frame_image_are_said_and_the_rest_kept(
     assert seq_frames[-1] >= 20  # the frames after the damaged one are packed too
     assert "1 of 24 frame images cannot be decoded, each replaced by the frame before it (12.jpg)" in caplog.text
     assert "s the container declares (the file is truncated or damaged)" in caplog.text
+
+
+def test_a_washed_out_or_dark_face_is_found_and_its_crops_cut_from_the_frame_as_it_is(astronaut_mp4, tmp_path):
+    """Over- and under-exposed footage (a window behind the speaker, a dim room): MTCNN finds no face in the frames
+    as they are; the detector's second look at exposure-corrected pixels does (both were rejected as "no face
+    found"), and the crops keep the video's own pixels."""
+    from aupretrain.pack.exposure import badly_exposed
+    from aupretrain.pack.faces import Detector
+
+    path, _ = astronaut_mp4
+    frames = read_video(path)[:40].astype(np.float32)
+    root = tmp_path / "in" / "eileen"
+    root.mkdir(parents=True)
+    looks = {"bright": np.clip(frames * 1.8 + 40, 0, 255), "dark": frames * 0.06}
+    for name, f in looks.items():
+        write_video(root / f"{name}.mp4", f.astype(np.uint8))
+    det = Detector("mtcnn", 0.1, (0.6, 0.7, 0.7))
+    for name, f in looks.items():
+        raw = det._detect(f[0].astype(np.uint8))[0]
+        boxes = det.detect(f[0].astype(np.uint8))[0]
+        assert badly_exposed(f[0].astype(np.uint8)) and len(raw) == 0 and (boxes[:, 2] - boxes[:, 0]).max() > 50
+    (root / "dark.mp4").unlink()  # (found, but its crops, 0-15 grey levels, fail the sharpness filter: a reject)
+    m = pack(str(tmp_path / "in"), str(tmp_path / "out"), PackSettings(**FAST))
+    assert m.rejects == [] and m.videos == 1 and m.stats["frames_with_face"] >= 30, (m.samples, m.stats)
+    assert min(decode(s.jpegs[0]).mean() for s in all_samples(tmp_path / "out")) > 150  # the frames' own pixels
+    assert not badly_exposed(read_video(path)[0])  # footage exposed as usual is looked at once, as before
