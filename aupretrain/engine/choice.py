@@ -87,9 +87,18 @@ def newest_whole(run_dir: str | Path) -> tuple[tuple[int, Path] | None, list[str
 
 
 def _whole_or_refuse(run_dir: str | Path, what: str) -> tuple[int, Path] | None:
-    """`newest_whole`, with a warning for each checkpoint passed over; UsageError when checkpoints exist and none
-    is whole (starting over there would prune them)."""
+    """`newest_whole`, with a warning for each checkpoint passed over (a COMPLETE one that lost a file; a newer
+    half-written one, without its COMPLETE marker); UsageError when checkpoints exist and none is whole (starting
+    over there would prune them)."""
     found, skipped = newest_whole(run_dir)
+    half = sorted((int(m.group(1)), p) for p in root(run_dir).glob("step_*")
+                  if (m := STEP.fullmatch(p.name)) and not (p / COMPLETE).exists())
+    newer = [p.name for step, p in half if found is None or step > found[0]]
+    if newer:
+        log.warning("%s: %s %s no %s marker (a job stopped while writing %s): not resumed from; %s", root(run_dir),
+                    ", ".join(newer), "has" if len(newer) == 1 else "have", COMPLETE,
+                    "it" if len(newer) == 1 else "them",
+                    f"resuming from {found[1].name}" if found else "no complete checkpoint: starting from step 0")
     if skipped and found is None:
         raise UsageError(f"{what}: no checkpoint there can be loaded — {' | '.join(skipped)}; restore the missing "
                          f"files (a copy of the run folder, the sync that cut them short), or move "

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,28 +18,15 @@ from ..data.dataset import build_loader, manifest_as_read
 from ..methods import build_method, method_class
 from ..objectives import build_objective
 from . import checkpoint
-from .distributed import DistInfo, barrier, broadcast_object, gather_objects, init_distributed
+from .distributed import DistInfo, broadcast_object, gather_objects, init_distributed
 from .host import device_description, run_tags
 from .metrics import skipped_metrics
 from .optim import build_optimizer, lr_lambda
 from .resume import ResumePlan, describe
+from .run_folder import resolve_run_dir
 from .tracking import Tracker
 
 log = logging.getLogger("aupretrain.train")
-
-
-def resolve_run_dir(cfg: DictConfig, d: DistInfo) -> Path:
-    """The run folder, absolute, the same on every rank: `run.dir`, else `<run.root>/<run.name>-<YYYYmmdd-HHMMSS>`
-    (rank 0's local time, broadcast). Rank 0 creates it; collective (a barrier follows)."""
-    if cfg.run.dir:
-        path = Path(cfg.run.dir)
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S") if d.is_main else None
-        path = Path(cfg.run.root) / f"{cfg.run.name}-{broadcast_object(stamp)}"
-    if d.is_main:
-        path.mkdir(parents=True, exist_ok=True)
-    barrier()
-    return path.resolve()
 
 
 def deepspeed_config(cfg: DictConfig, world: int) -> dict:
@@ -70,6 +56,29 @@ def check_precision(cfg: DictConfig) -> None:
                              f"another 16-bit type, or fp32 (the default)")
 
 
+def torch_threads(cfg: DictConfig, local_ranks: int) -> int:
+    """Threads per rank: `train.torch_threads`, else $OMP_NUM_THREADS (what Slurm's --cpus-per-task launchers
+    export), else the CPUs this process may run on (its affinity: a Slurm or Kubernetes CPU allocation, `taskset`;
+    not the machine's core count) shared among the ranks on this host."""
+    if cfg.train.torch_threads:
+        return int(cfg.train.torch_threads)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, local_ranks))
+
+
+def absolute_paths(cfg: DictConfig) -> None:
+    """Local `data.shards`, `data.labels` and `run.dir` made absolute (against this job's working directory)
+    before the config is recorded or compared with a checkpoint's: a job resumed from another folder then reads
+    the same data, and the record says which data (a relative path is ambiguous across working directories)."""
+    for section, key in (("data", "shards"), ("data", "labels"), ("run", "dir")):
+        value = cfg[section].get(key)
+        if value and isinstance(value, str) and not storage.is_s3(value) and not os.path.isabs(value):
+            cfg[section][key] = os.path.abspath(value)
+
+
 @dataclass
 class Components:
     """What one training job is made of (`build`); `start`: the steps already done (0, or the checkpoint's step)."""
@@ -86,7 +95,8 @@ class Components:
 
 def build(cfg: DictConfig) -> Components:
     """Every rank (collective): settings checked, S3 retries configured, the process group joined, torch threads
-    set (`train.torch_threads`, else cores / local ranks), the run folder resolved, the seed set; the resume
+    set (`torch_threads`), local paths made absolute, the run folder resolved (created, checked writable and
+    locked: `run_folder`), the seed set; the resume
     decided and refused up front when it cannot work (before any data or state is touched); then the loader,
     the method, its optimizer and warmup + cosine schedule inside `deepspeed.initialize`, and the checkpoint
     loaded. The order is fixed: a resumed run draws the same random numbers as an uninterrupted one.
@@ -96,8 +106,8 @@ def build(cfg: DictConfig) -> Components:
     check_precision(cfg)
     storage.configure(cfg.get("storage", {}).get("s3"))  # S3 retries for boto3 and DALI, before any request
     d = init_distributed(cfg.train.get("collective_timeout_s"))
-    threads = cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(1, d.local_world))
-    torch.set_num_threads(int(threads))
+    torch.set_num_threads(torch_threads(cfg, d.local_world))
+    absolute_paths(cfg)
     run_dir = resolve_run_dir(cfg, d)
     torch.manual_seed(int(cfg.run.seed))
     objective = build_objective(cfg.objective)

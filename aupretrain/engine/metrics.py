@@ -1,8 +1,10 @@
 """The training loop's metrics: throughput and data-stall accounting, skipped samples, logging every N steps."""
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 
 from ..data.integrity import BAD_JPEG, BAD_JSON, FRAME_SIZE
 
@@ -105,3 +107,23 @@ class StepMetrics:
     def close(self) -> None:
         """Close the progress bar."""
         self.bar.close()
+
+
+def unsent(client, run_id: str, path: Path, nbytes: int) -> list:
+    """The metric values among the first `nbytes` bytes of a `metrics.jsonl` (one JSON object per line: "step",
+    "time_ms" and metric: value) that MLflow run `run_id` does not hold, compared per metric and step (one
+    `get_metric_history` call per metric name), as `mlflow.entities.Metric`s. A line cut by a crash is skipped."""
+    from mlflow.entities import Metric
+
+    with open(path, "rb") as f:
+        lines = f.read(nbytes).decode("utf-8", "replace").splitlines()
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    keys = sorted({k for r in rows for k in r if k not in ("step", "time_ms")})
+    held = {k: {m.step for m in client.get_metric_history(run_id, k)} for k in keys}
+    return [Metric(k, float(v), int(r.get("time_ms", 0)), int(r["step"])) for r in rows for k, v in r.items()
+            if k in held and int(r["step"]) not in held[k] and isinstance(v, (int, float))]

@@ -53,16 +53,27 @@ def redact(text: str) -> str:
 
 def tracking_uri(cfg: DictConfig, run_dir: str | Path | None = None) -> str:
     """Where the run is tracked: `tracking.uri`, else the store the run folder recorded (a resumed job),
-    else $MLFLOW_TRACKING_URI, else a sqlite store in the folder the first job started from. The record holds
+    else $MLFLOW_TRACKING_URI, else a sqlite store in the folder the first job started from (a relative sqlite
+    path is made absolute: `absolute_uri`). The record holds
     the URI without its password (`redact`); the password comes back from $MLFLOW_TRACKING_URI when that names
     the same store."""
     if cfg.tracking.uri:
-        return str(cfg.tracking.uri)
+        return absolute_uri(str(cfg.tracking.uri))
     rec = read_record(run_dir) if run_dir else None
-    env = os.environ.get("MLFLOW_TRACKING_URI")
+    env = absolute_uri(os.environ.get("MLFLOW_TRACKING_URI") or "") or None
     if rec and rec.get("uri"):
         return env if env and redact(env) == rec["uri"] else rec["uri"]
     return env or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def absolute_uri(uri: str) -> str:
+    """A sqlite URI with a relative path (`sqlite:///mlflow.db`: relative to the working directory, SQLAlchemy's
+    convention) made absolute against this job's working directory, so a job resumed from another folder finds
+    the same store through `tracking.json`; other URIs unchanged."""
+    head = "sqlite:///"
+    if uri.startswith(head) and not uri[len(head):].startswith(("/", ":memory:")) and uri[len(head):]:
+        return head + str(Path.cwd() / uri[len(head):])
+    return uri
 
 
 def read_record(run_dir: str | Path) -> dict | None:
@@ -95,6 +106,12 @@ class Tracker:
                  uri: str | None = None, experiment: str | None = None):
         self.active = bool(active and cfg.tracking.enabled)
         self.run_id: str | None = None
+        self.run_dir = Path(run_dir) if run_dir else None
+        self._metrics_failed = False
+        # every metric is appended to <run>/metrics.jsonl by rank 0, with MLflow or without it (tracking.enabled)
+        self._metrics_file = open(self.run_dir / "metrics.jsonl", "a") if active and self.run_dir else None
+        # what an earlier job of this run wrote there: sent again where the store lacks it (`_backfill`)
+        self._earlier_bytes = self._metrics_file.tell() if self._metrics_file else 0
         if not self.active:
             return
         t = cfg.tracking
@@ -102,7 +119,6 @@ class Tracker:
         self.shown = redact(self.uri)  # in logs and records
         if self.shown != self.uri:  # MLflow prints "View run ... at: <the URL, password and all>" when a run ends
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-        self.run_dir = Path(run_dir) if run_dir else None
         self.retry_max = float(t.get("retry_max_s", 30))
         self.max_pending = int(t.get("max_pending", 10000))
         self.flush_timeout = float(t.get("flush_timeout_s", 60))
@@ -112,8 +128,6 @@ class Tracker:
         self._busy = False
         self._closed = False
         self._started = threading.Event()
-        self._metrics_file = open(self.run_dir / "metrics.jsonl", "a") if self.run_dir else None
-        self._metrics_failed = False
         self._tmp = Path(tempfile.mkdtemp(prefix="aupretrain-mlflow-"))
         params = flatten(cfg) if run_id is None else None
         self._put(lambda c: self._start(c, str(experiment or t.experiment), run_name, run_id, params,
@@ -131,7 +145,7 @@ class Tracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int, local: bool = True) -> None:
         """Queue `metrics` at `step`; `local`: also append them to `<run>/metrics.jsonl`."""
-        if not (self.active and metrics):
+        if not metrics:
             return
         vals, ts = {k: float(v) for k, v in metrics.items()}, int(time.time() * 1000)
         if self._metrics_file and local:
@@ -143,6 +157,8 @@ class Tracker:
                     log.warning("%s: cannot append metrics (%s); they go on to MLflow only", self.run_dir /
                                 "metrics.jsonl", e)
                 self._metrics_failed = True
+        if not self.active:
+            return
         from mlflow.entities import Metric
 
         batch = [Metric(k, v, ts, step) for k, v in vals.items()]
@@ -224,6 +240,7 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         """End the run with `status` and wait up to `tracking.flush_timeout_s` for the queue to drain."""
         if not self.active:
+            self._close_metrics()
             return
         self.active = False
         if self.dropped:
@@ -235,16 +252,34 @@ class Tracker:
             self._cv.notify_all()
             done = self._cv.wait_for(lambda: not self._ops and not self._busy, timeout)
             left = len(self._ops)
-        if self._metrics_file:
-            try:
-                self._metrics_file.close()
-            except OSError:  # what was buffered could not be written (a full disk): said when it happened
-                pass
+        self._close_metrics()
         if done:  # artifact snapshots are sent; an unsent queue keeps them until the process ends
             shutil.rmtree(self._tmp, ignore_errors=True)
         if not done:
             where = f"; every metric is in {self.run_dir / 'metrics.jsonl'}" if self.run_dir else ""
             log.warning("MLflow at %s still unreachable: %d tracking operations not sent%s", self.shown, left, where)
+
+    def _close_metrics(self) -> None:
+        if self._metrics_file:
+            try:
+                self._metrics_file.close()
+            except OSError:  # what was buffered could not be written (a full disk): said when it happened
+                pass
+            self._metrics_file = None
+
+    def _backfill(self, client) -> None:
+        """Send what an earlier job of this run folder appended to `<run>/metrics.jsonl` but the store does not
+        hold (`metrics.unsent`) — the store was down until that job ended (its run continued now), or for all of it
+        (the run is created now); tagged `aupretrain.backfilled_metrics`. Runs in the worker, inside `_start`."""
+        from .metrics import unsent
+
+        missing = unsent(client, self.run_id, self.run_dir / "metrics.jsonl", self._earlier_bytes)
+        for i in range(0, len(missing), 1000):  # MLflow's log_batch limit
+            client.log_batch(self.run_id, metrics=missing[i:i + 1000])
+        if missing:
+            client.set_tag(self.run_id, "aupretrain.backfilled_metrics", str(len(missing)))
+            log.warning("MLflow run %s lacked %d metric values an earlier job logged while the store was away; "
+                        "sent now from %s", self.run_id, len(missing), self.run_dir / "metrics.jsonl")
 
     # -- system metrics ---------------------------------------------------------------------------------------
 
@@ -362,6 +397,8 @@ class Tracker:
             for i in range(0, len(items), 100):
                 client.log_batch(self.run_id, params=items[i:i + 100])
             client.log_text(self.run_id, config_yaml, "config.yaml")
+        if self._earlier_bytes:  # an earlier job of this run logged metrics the store may lack
+            self._backfill(client)
         if self.run_dir:
             (self.run_dir / RECORD).write_text(json.dumps({"uri": self.shown, "experiment": experiment,
                                                            "run_id": self.run_id}, indent=1))

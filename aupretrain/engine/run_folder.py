@@ -1,0 +1,93 @@
+"""The run folder of a training job: resolved the same on every rank, created and checked writable by rank 0, and
+held by one job at a time.
+
+Two jobs in one run folder (a relaunch while the first job's ranks still run — `kill -9` of torchrun's agent leaves
+them running in their own sessions —, a double submission, a colleague's job) would prune each other's checkpoints
+and interleave their metrics. Rank 0 holds an exclusive `flock` on `<run>/.lock` for its whole life (the kernel
+releases it when the process ends, however it ends); a second job's rank 0 finds it held and the job is refused
+with one line naming the holder's pid, host and start time. On a file system without locks (some FUSE or object
+store mounts) the job warns and goes on unguarded.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ..errors import UsageError
+from .distributed import DistInfo, barrier, broadcast_object
+
+log = logging.getLogger("aupretrain.train")
+
+LOCK = ".lock"
+_held: list = []  # rank 0's open lock file: kept open (and locked) until the process ends
+
+
+def _claim(path: Path) -> str | None:
+    """Rank 0: create `path`, check a file can be written there and take its lock; the one-line error, or None.
+    EnvironmentFault-like conditions (a read-only or full file system) are errors of the setting here: the job has
+    not started and nothing can be written."""
+    import fcntl
+
+    shown = f"run.dir={path}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"{shown}: a file is in the way (run.dir must be a folder)"
+    except NotADirectoryError:
+        return f"{shown}: a part of the path is a file, not a folder"
+    except OSError as e:
+        return f"{shown}: cannot create the run folder ({e.strerror or e})"
+    try:
+        f = open(path / LOCK, "a+")
+    except OSError as e:
+        return (f"{shown}: the run folder cannot be written ({e.strerror or e}"
+                f"{': a read-only file system' if e.errno == errno.EROFS else ''}); give a writable run.dir")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = " ".join(f.read().split()) or "another process"
+        f.close()
+        return (f"{shown} is in use by another job ({holder}); two jobs in one run folder would prune each other's "
+                "checkpoints — wait for it to end (or stop it), or give another run.dir")
+    except OSError as e:  # no lock support on this file system: unguarded, said once
+        log.warning("%s: file locks are not supported here (%s); nothing stops a second job from using this run "
+                    "folder at the same time", shown, e.strerror or e)
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        f.flush()
+    except OSError as e:
+        f.close()
+        return f"{shown}: the run folder cannot be written ({e.strerror or e}); give a writable run.dir"
+    _held.append(f)
+    return None
+
+
+def resolve_run_dir(cfg: DictConfig, d: DistInfo) -> Path:
+    """The run folder, absolute, the same on every rank: `run.dir`, else `<run.root>/<run.name>-<YYYYmmdd-HHMMSS>`
+    (rank 0's local time, broadcast). Rank 0 creates it, checks it can be written and takes its lock (`_claim`);
+    collective.
+
+    Raises:
+        UsageError (on every rank alike): a file in the way, a folder that cannot be created or written (a
+            read-only file system, no permission), or a run folder another job holds.
+    """
+    if cfg.run.dir:
+        path = Path(cfg.run.dir)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S") if d.is_main else None
+        path = Path(cfg.run.root) / f"{cfg.run.name}-{broadcast_object(stamp)}"
+    path = Path(os.path.abspath(path))
+    error = broadcast_object(_claim(path) if d.is_main else None)
+    if error:
+        raise UsageError(error)
+    barrier()
+    return path.resolve()
