@@ -63,7 +63,11 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
 
     `timeout_s`: how long a collective may wait for the other ranks before it fails the job (a dead or stuck
     rank; torch.distributed's `timeout`, default 30 min). With gloo a dead peer usually fails the collective at
-    once; with NCCL the timeout is what ends the wait."""
+    once; with NCCL the timeout is what ends the wait.
+
+    Raises:
+        UsageError: the rendezvous port is taken (a second job on the host with the launcher's default port).
+    """
     if "RANK" not in os.environ and "SLURM_PROCID" in os.environ:  # srun without a launcher
         os.environ.setdefault("RANK", os.environ["SLURM_PROCID"])
         os.environ.setdefault("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))
@@ -82,7 +86,16 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
         kw = {"timeout": timedelta(seconds=float(timeout_s))} if timeout_s else {}
         if not torch.cuda.is_available():
             skip_inference_shm_op()
-        deepspeed.init_distributed(auto_mpi_discovery=False, **kw)
+        try:
+            deepspeed.init_distributed(auto_mpi_discovery=False, **kw)
+        except RuntimeError as e:  # torch's DistNetworkError: the rendezvous port is taken (a second job here)
+            if "EADDRINUSE" not in str(e) and "address already in use" not in str(e).lower():
+                raise
+            from ..errors import UsageError
+
+            raise UsageError(f"the rendezvous port {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} "
+                             "is in use (another job on this host?): give another one — deepspeed --master_port P, "
+                             "torchrun --master_port P (or --rdzv-endpoint), MASTER_PORT=P") from None
     world = dist.get_world_size()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", world)))
     return DistInfo(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", 0)), local_world)

@@ -120,3 +120,22 @@ def test_metrics_a_job_could_not_send_reach_mlflow_on_the_relaunch(packed, tmp_p
     quiet = tmp_path / "runs" / "off"
     launch([*args[:-1], f"run.dir={quiet}", "train.steps=2", "tracking.enabled=false"], tmp_path)
     assert sorted({json.loads(x)["step"] for x in (quiet / "metrics.jsonl").read_text().splitlines()} - {0}) == [1, 2]
+
+
+def test_a_rendezvous_port_in_use_is_one_line(packed, tmp_path):
+    """A second job on the host with the launcher's default port (deepspeed's 29500): one line naming the port and
+    the flag to change it, not an EADDRINUSE traceback."""
+    import socket
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        r = subprocess.run([sys.executable, TRAIN, *common(packed, tmp_path, **{"train.steps": 1})], cwd=tmp_path,
+                           env=run_env(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                                       MASTER_PORT=str(port)), capture_output=True, text=True, timeout=300)
+    err = [x for x in r.stderr.splitlines() if x.startswith("aupretrain-train: error:")]
+    assert r.returncode == 2 and len(err) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"the rendezvous port 127.0.0.1:{port} is in use" in err[0] and "--master_port" in err[0]
