@@ -134,8 +134,9 @@ def _scan(root: Path) -> Iterator[tuple[str, int]]:
 
     seen = {os.path.realpath(root)}
     for folder, dirs, files in os.walk(root, followlinks=True):
-        keep = []
-        for d in sorted(d for d in dirs if not d.startswith(".")):
+        keep = []  # real folders before links to them: the real name is the one kept
+        for d in sorted((d for d in dirs if not d.startswith(".")),
+                        key=lambda d: (os.path.islink(os.path.join(folder, d)), d)):
             real = os.path.realpath(os.path.join(folder, d))
             if real in seen:
                 logging.getLogger(__name__).warning("%s: a link to a folder read already (%s); skipped",
@@ -167,8 +168,9 @@ def _resolve(path: str, base: str) -> str:
 def _parse_list(uri: str) -> tuple[list[VideoItem], list[dict]]:
     """Items and rejects of a .csv / .jsonl list; each row is named by its line in the file (`list.csv:3`). A
     UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped and CSV headers are read without surrounding spaces.
-    Rows of one identity whose default video ids (the file or folder name) collide while their paths differ
-    (`sess1/clip.mp4`, `sess2/clip.mp4`) are named by their parent folder too (`alice/sess1/clip`)."""
+    A row whose default video id (the file or folder name) an earlier row of the identity has for another path
+    (`sess1/clip.mp4`, then `sess2/clip.mp4`) is named by its parent folder too (`alice/sess2/clip`); the first keeps
+    its id."""
     text = storage.read_text(uri).lstrip("\ufeff")
     base = uri.rsplit("/", 1)[0] if storage.is_s3(uri) else str(Path(uri).parent)
     rows: list[tuple[int, object]] = []
@@ -193,13 +195,13 @@ def _parse_list(uri: str) -> tuple[list[VideoItem], list[dict]]:
             named.append(bool(row.get("video")))
         except ValueError as e:
             rejects.append({"input": f"{uri}:{n}", "reason": str(e)})
-    paths: dict[str, set[str]] = {}
-    for it, explicit in zip(items, named):
-        if not explicit:
-            paths.setdefault(it.video, set()).add(it.path.rstrip("/"))
+    first: dict[str, str] = {}  # default id -> the path that has it (the first row naming it keeps it)
     for i, (it, explicit) in enumerate(zip(items, named)):
-        if not explicit and len(paths[it.video]) > 1:  # the same file name in two folders: two videos
-            p = PurePosixPath(it.path.rstrip("/"))
+        if explicit:
+            continue
+        path = it.path.rstrip("/")
+        if first.setdefault(it.video, path) != path:  # the same file name in another folder: another video
+            p = PurePosixPath(path)
             items[i] = VideoItem(it.path, it.identity, f"{it.identity}/{p.parent.name}/{p.stem}", it.frames_dir,
                                  it.boxes, it.nbytes)
     return items, rejects
@@ -237,7 +239,7 @@ def _list_item(row, base: str, where: str, columns: list[str] | None = None) -> 
         is_dir = path.endswith("/") or not suffix
     else:
         is_dir = Path(path).is_dir() or (not suffix and not Path(path).exists())
-    name = str(row.get("video") or PurePosixPath(path.rstrip("/")).stem)
+    name = str(row.get("video") or "").strip() or PurePosixPath(path.rstrip("/")).stem
     return VideoItem(path, ident, f"{ident}/{name}", frames_dir=is_dir, boxes=boxes)
 
 

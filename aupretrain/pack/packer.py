@@ -232,8 +232,8 @@ def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
     work = work_folder(output, s)
     if not storage.is_s3(output):
         Path(output).mkdir(parents=True, exist_ok=True)
+    previous = _previous_shards(output, (work / "journal.jsonl").exists())  # before the journal is (re)made
     journal = Journal(work, fingerprint(source, items, s))
-    previous = _previous_shards(output, journal.resumed)
     if not journal.resumed and storage.exists(storage.join(output, shards.MANIFEST)):
         storage.delete(storage.join(output, shards.MANIFEST))  # the old dataset is being replaced
     by_video = {it.video: it for it in items}
@@ -292,18 +292,20 @@ def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
     return manifest
 
 
-def _previous_shards(output: str, resumed: bool) -> set[str]:
-    """The shard and index names an earlier packing of `output` recorded in its manifest (what a new packing may
-    replace and remove). A shard file in `output` that no manifest records and no resumed journal explains is
-    someone else's (or of a packing that stopped before its manifest, with other settings): refused, not
-    overwritten or deleted.
+def _previous_shards(output: str, journal: bool) -> set[str]:
+    """The shard and index files directly in `output` that a new packing may replace and remove: those the
+    manifest of an earlier packing there records, and — where a pack journal for this output exists (its work
+    folder: a packing of ours ran here and stopped, with these or other settings) — every shard file there. A shard
+    file that neither explains (someone's files, or those of a packing whose journal is gone — an S3 output packed
+    from another machine, a cleared cache) is refused, not overwritten or deleted.
 
     Raises:
-        UsageError: `output` holds shard files (shard-NNNNNN.tar/.idx) that no manifest there records.
+        UsageError: `output` holds shard files (shard-NNNNNN.tar/.idx) that no manifest or journal accounts for.
     """
     from ..errors import UsageError
 
-    names = {uri.rsplit("/", 1)[-1] for uri, _ in storage.list_files(output)}
+    names = {uri.rsplit("/", 1)[-1] for uri, _ in storage.list_files(output)
+             if storage.join(output, uri.rsplit("/", 1)[-1]) == uri}  # this folder's own files, not its subfolders'
     ours = {n for n in names if _SHARD_FILE.match(n) and not n.startswith(".")}
     recorded: set[str] = set()
     if shards.MANIFEST in names:
@@ -313,18 +315,17 @@ def _previous_shards(output: str, resumed: bool) -> set[str]:
             old = None
         if old is not None:
             recorded = {i.name for i in old.shards} | {i.index for i in old.shards}
-            if not resumed:
-                log.warning("%s: replacing the dataset there (%d clips of %s)", output, old.samples,
-                            old.settings.get("input", "?"))
-    if resumed:  # this packing's first job found no foreign shard (it would have been refused): all are ours
+            log.warning("%s: replacing the dataset there (%d clips of %s)", output,
+                        old.samples, old.settings.get("input", "?"))
+    if journal:
         return recorded | ours
     foreign = sorted(ours - recorded)
     if foreign:
         shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
-        raise UsageError(f"{output}: holds shard files that no manifest.json there records ({shown}); they would be "
-                         "overwritten or removed — give an empty or new output folder, or remove them first (a "
-                         "packing that stopped before writing its manifest, with other inputs or settings, leaves "
-                         "such files too)")
+        raise UsageError(f"{output}: holds shard files that no manifest.json or pack journal there accounts for "
+                         f"({shown}); they would be overwritten or removed — give an empty or new output folder, or "
+                         "remove them first (a packing that stopped before its manifest leaves such files; its "
+                         "journal is in the work folder: <output>/.pack-work, or --work-dir for S3)")
     return recorded
 
 
