@@ -101,17 +101,28 @@ def upright(frame: np.ndarray, rotation: float) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frame, k)) if k else frame
 
 
-def _short(container, stream, n: int, seconds: float) -> str | None:
-    """Why `n` decoded frames spanning `seconds` fall well short of what the file says it holds — its frame count
-    where the container records one (mp4, mov, avi: exact, variable frame rate too), else its duration (mkv, webm:
-    compared in time, since a frame count from a variable rate would be a guess) — or None."""
-    if stream.frames:
-        if n < 0.9 * stream.frames - 2:  # edit lists and B-frame delay cost a few frames
-            return f"decoded {n} of the {stream.frames} frames the container declares"
-        return None
-    duration = container.duration / av.time_base if container.duration else 0.0
-    if duration and seconds < 0.9 * duration - 0.1:
-        return f"decoded {n} frames, {seconds:.1f} s of the {duration:.1f} s the container declares"
+def _stream_seconds(stream) -> float | None:
+    """The video stream's own duration in seconds: its duration field (mp4, mov, avi: after the edit list), else
+    Matroska's per-track DURATION tag (mkv, webm); None when neither is there. The container's duration is not used:
+    it is the longest stream's (an audio track that outlasts the video)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = (stream.metadata or {}).get("DURATION") or (stream.metadata or {}).get("duration")
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            return None
+    return None
+
+
+def _short(stream, n: int, seconds: float) -> str | None:
+    """Why `n` decoded frames spanning `seconds` fall well short of the video stream's declared duration
+    (`_stream_seconds`), or None: a copy cut short, which FFmpeg decodes up to the damage without an error."""
+    declared = _stream_seconds(stream)
+    if declared and seconds < 0.9 * declared - 0.1:
+        return f"decoded {n} frames, {seconds:.1f} s of the {declared:.1f} s the video stream declares"
     return None
 
 
@@ -121,7 +132,7 @@ def iter_timed_frames(path: str | Path, notes: list[str] | None = None) -> Itera
     Timestamps come from the packets (variable frame rate is kept as it is); frames without one get the
     previous time plus one average frame period. A file that ends well short of the frames it declares (cut
     short by a failed copy or download: FFmpeg stops at the damage without an error; `_short`) is noted in `notes`
-    as "<path>: decoded N of the M frames the container declares …" (logged as a warning when `notes` is None);
+    as "<path>: decoded N frames, X s of the Y s the video stream declares …" (a warning when `notes` is None);
     the frames decoded are used. Raises VideoError naming the file on failure.
     """
     try:
@@ -140,7 +151,7 @@ def iter_timed_frames(path: str | Path, notes: list[str] | None = None) -> Itera
                     t0 = t
                 last, n = t, i + 1
                 yield i, t - t0, upright(to_rgb(frame), frame.rotation or 0)
-            short = _short(container, stream, n, last - t0 + period) if n else None
+            short = _short(stream, n, last - t0 + period) if n else None
             if short:
                 note = f"{path}: {short} (the file is truncated or damaged); the frames decoded are used"
                 if notes is None:

@@ -298,9 +298,32 @@ def test_a_video_cut_short_and_a_damaged_frame_image_are_said_and_the_rest_kept(
     (root / "p" / "cut.mkv").write_bytes(data[: int(len(data) * 0.5)])
     notes = []
     n = sum(1 for _ in iter_timed_frames(root / "p" / "cut.mkv", notes))
-    assert 20 < n < 60 and len(notes) == 1 and f"decoded {n} frames, {n / 25:.1f} s of the 3.2 s the container " \
+    assert 20 < n < 60 and len(notes) == 1 and f"decoded {n} frames, {n / 25:.1f} s of the 3.2 s the video stream " \
         "declares" in notes[0], notes
     assert sum(1 for _ in iter_timed_frames(full, notes)) == 80 and len(notes) == 1  # a whole file says nothing
+    # whole files that declare more than they show: an mp4 cut with an edit list (frames before its start are
+    # stored but not shown) and an mkv whose audio outlasts its video — neither is "truncated"
+    with av.open(str(tmp_path / "edit.mp4"), "w") as c:
+        st = c.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = 64, 64, "yuv420p"
+        for i in range(100):
+            f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 2, np.uint8), format="rgb24")
+            f.pts = i - 40
+            c.mux(st.encode(f))
+        c.mux(st.encode())
+    with av.open(str(tmp_path / "audio_longer.mkv"), "w") as c:
+        st, au = c.add_stream("libx264", rate=25), c.add_stream("pcm_s16le", rate=8000)
+        st.width, st.height, st.pix_fmt, au.layout = 64, 64, "yuv420p", "mono"
+        for i in range(50):  # 2 s of video
+            c.mux(st.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 4, np.uint8), format="rgb24")))
+        c.mux(st.encode())
+        for k in range(40):  # 4 s of audio
+            af = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+            af.sample_rate, af.pts = 8000, k * 800
+            c.mux(au.encode(af))
+        c.mux(au.encode())
+    for whole in ("edit.mp4", "audio_longer.mkv"):
+        assert sum(1 for _ in iter_timed_frames(tmp_path / whole, notes)) > 40 and len(notes) == 1, notes
     seq = root / "p" / "seq"
     seq.mkdir()
     for i, f in enumerate(frames[:24]):
@@ -315,7 +338,7 @@ def test_a_video_cut_short_and_a_damaged_frame_image_are_said_and_the_rest_kept(
     seq_frames = sorted({f for s in samples if s.meta.video == "p/seq" for f in s.meta.frames})
     assert seq_frames[-1] >= 20  # the frames after the damaged one are packed too
     assert "1 of 24 frame images cannot be decoded, each replaced by the frame before it (12.jpg)" in caplog.text
-    assert "s the container declares (the file is truncated or damaged)" in caplog.text
+    assert "s the video stream declares (the file is truncated or damaged)" in caplog.text
 
 
 def test_a_washed_out_or_dark_face_is_found_and_its_crops_cut_from_the_frame_as_it_is(astronaut_mp4, tmp_path):
