@@ -5,8 +5,9 @@
     python aupretrain/train.py experiment=smoke
 
 Arguments are Hydra overrides of configs/. The deepspeed launcher's `--local_rank=N` is accepted (and
-ignored: LOCAL_RANK is in the environment). `--cfg` prints the composed config and exits; `-h` / `--help` prints
-this text and the config groups to choose from.
+ignored: LOCAL_RANK is in the environment). `--cfg` prints the composed config and exits; `--check` checks the
+settings (exit 0, or 2 with one error line) without training; `-h` / `--help` prints this text and the config groups
+to choose from.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def usage() -> str:
     root = config_dir()
     groups = sorted(d for d in root.iterdir() if d.is_dir())
     lines = [f"  {d.name}=" + " | ".join(sorted(f.stem for f in d.glob("*.yaml"))) for d in groups]
-    return (f"usage: aupretrain-train [OVERRIDE ...] [--cfg]\n\n{__doc__.strip()}\n\nConfig groups "
+    return (f"usage: aupretrain-train [OVERRIDE ...] [--cfg | --check]\n\n{__doc__.strip()}\n\nConfig groups "
             f"(group=option; every key of {root} can be set as key=value, e.g. train.steps=100):\n" + "\n".join(lines))
 
 
@@ -69,7 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         """One line from rank 0, no traceback; exit 2 (a setting or input to fix) or 1 (the machine's fault).
         Every rank has the same error: the others wait a little, since a launcher (torchrun, deepspeed) stops
         all ranks as soon as the first one exits, and rank 0 must have said why by then. `own`: a fault this
-        rank met by itself (its storage), which it reports too, naming itself."""
+        rank met by itself (its storage), which it reports too, naming itself. With $AUPRETRAIN_REFUSED_MARK
+        set, a refusal (exit 2) also creates that file: torchrun reports only "failed" and would restart the
+        ranks, so a launcher watches for it (launchers/k8s/entrypoint.sh)."""
+        if code == 2 and os.environ.get("AUPRETRAIN_REFUSED_MARK"):
+            try:
+                open(os.environ["AUPRETRAIN_REFUSED_MARK"], "a").close()
+            except OSError:
+                pass
         if launcher_rank() == "0" or own:
             where = f" [rank {launcher_rank()}]" if own and launcher_rank() != "0" else ""
             print(f"aupretrain-train: error{where}: {' | '.join(str(e).splitlines())}", file=sys.stderr, flush=True)
@@ -82,15 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in args or "--help" in args:
         print(usage())
         return 0
-    show = "--cfg" in args
+    show, check = "--cfg" in args, "--check" in args
     try:  # every rank of a torchrun / deepspeed job parses the same arguments: all refuse alike, at once
-        cfg = load_config([a for a in args if a != "--cfg"])  # an override that does not parse or names no key
+        cfg = load_config([a for a in args if a not in ("--cfg", "--check")])  # an override that does not parse
         if show:
             print(OmegaConf.to_yaml(cfg))
             return 0
         validate(cfg, training=True)  # types and ranges, data.shards: before any process group or worker
     except UsageError as e:
         return refuse(e)
+    if check:  # a launcher's check before it starts the ranks (exit 0, or 2 with the one line)
+        return 0
     rank = launcher_rank()
     level = logging.INFO if rank == "0" else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s [rank " + rank + "] %(name)s: %(message)s")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import signal
 import subprocess
 import time
@@ -142,12 +143,110 @@ def start_pods(kind, tmp_path, packed, port, overrides) -> list[subprocess.Popen
                              stderr=subprocess.STDOUT, text=True, start_new_session=True) for i in range(2)]
 
 
+def start_pod(kind, tmp_path, packed, overrides, **env) -> subprocess.Popen:
+    """One pod alone (its environment with `env` on top: NNODES=1 for a one-node job)."""
+    run_dir, db = tmp_path / "runs" / "k8s", tmp_path / "mlflow.db"
+    return subprocess.Popen(["bash", str(K8S / "entrypoint.sh"), *overrides], cwd=tmp_path,
+                            env={**pod_env(kind, 0, free_port(), run_dir, packed, db), **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def exits(procs: list[subprocess.Popen], codes: list[int], timeout: float = 420) -> list[str]:
+    """`run_together` for pods expected to exit with `codes`."""
+    outs = []
+    try:
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert [p.returncode for p in procs] == codes, "\n".join(o[-3000:] for o in outs)
+    return outs
+
+
+def wait_for_steps(run_dir: Path, n: int, procs: list[subprocess.Popen], timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not (run_dir / "metrics.jsonl").exists() or len((run_dir / "metrics.jsonl").read_text().splitlines()) < n:
+        assert time.time() < deadline and all(p.poll() is None for p in procs), [p.poll() for p in procs]
+        time.sleep(0.5)
+
+
+def test_manifests_act_on_the_entrypoint_exit_status():
+    """The entrypoint exits 2 for a refused configuration and 143 for a stop on a signal (launchers/k8s/
+    entrypoint.sh): the Indexed Job fails at once on 2 and recreates an index that exited 143 without counting
+    it; the PyTorchJob (restartPolicy ExitCode) fails on 2 and recreates on 143, as the training-operator
+    classifies exit codes (retryable: >= 128; kubeflow/common: 130, 137, 143, 138)."""
+    job = next(d for d in documents("indexed-job.yaml") if d["kind"] == "Job")
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+
+    def action(code: int) -> str | None:  # the first rule whose exit codes match (the Job controller's order)
+        for r in rules:
+            ex = r.get("onExitCodes")
+            if ex and ex.get("containerName", "trainer") == "trainer" and (code in ex["values"]) == (ex["operator"] == "In"):
+                return r["action"]
+        return None
+
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert action(2) == "FailJob" and action(143) == "Ignore" and action(1) is None, rules
+    assert any(r["action"] == "Ignore" and r.get("onPodConditions") == [{"type": "DisruptionTarget", "status": "True"}]
+               for r in rules)
+    ptj = documents("pytorchjob.yaml")[0]
+    for role, spec in ptj["spec"]["pytorchReplicaSpecs"].items():
+        assert spec["restartPolicy"] == "ExitCode", role
+        assert spec["template"]["spec"]["containers"][0]["name"] == "pytorch", role  # whose exit code is read
+    for retryable in (lambda c: c >= 128, lambda c: c in (130, 137, 143, 138)):
+        assert retryable(143) and not retryable(2) and not retryable(1)
+
+
+@pytest.mark.parametrize("override, where", [("data.batch_size=-4", "before torchrun"),
+                                             ("optim.name=lars", "in the trainer")])
+def test_a_refused_configuration_exits_2_once(override, where, packed, tmp_path):
+    """A configuration error fails the pod with exit 2 (the Indexed Job's FailJob rule, the PyTorchJob's
+    ExitCode policy) and is said once: not retried by torchrun (whose own exit status would be 1 after
+    MAX_RESTARTS restarts of ranks that all refuse again). A bad setting is refused before torchrun starts; a
+    refusal met inside the trainer (here: LARS under ZeRO-2) stops torchrun instead of restarting the ranks."""
+    t0 = time.time()
+    pod = start_pod("indexed-job", tmp_path, packed, ["experiment=smoke", override], NNODES="1")
+    out = exits([pod], [2], timeout=180)[0]
+    assert out.count("aupretrain-train: error:") == 1, out[-4000:]
+    assert override.split("=")[0] in out and "exit 2, not retried" in out, out[-4000:]
+    if where == "before torchrun":
+        assert "torch.distributed" not in out, out[-4000:]  # torchrun never started
+        assert time.time() - t0 < 60
+    else:
+        assert "a rank refused the configuration" in out, out[-4000:]
+
+
+@pytest.mark.slow
+def test_a_terminated_pod_exits_143_and_its_rerun_resumes(packed, tmp_path):
+    """SIGTERM to the entrypoint (the kubelet's, on a drain or eviction; here the PyTorchJob's environment, one
+    node): the ranks checkpoint, last_stop.json says "signal", and the pod exits 143, so that it is recreated
+    (exit 0 would complete the pod and end the job as Succeeded mid-run). The same pod started again resumes
+    from the checkpoint and exits 0 once the run is finished."""
+    steps = 10
+    overrides = ["experiment=smoke", f"train.steps={steps}", "train.eval_at_end=false", "train.log_every=1",
+                 "train.signal_check_every=1"]
+    run_dir = tmp_path / "runs" / "k8s"
+    pod = start_pod("pytorchjob", tmp_path, packed, overrides, PET_NNODES="1")
+    wait_for_steps(run_dir, 1, [pod])
+    pod.send_signal(signal.SIGTERM)
+    out = exits([pod], [143])[0]
+    stop = json.loads((run_dir / "last_stop.json").read_text())
+    assert stop["reason"] == "signal" and stop["step"] < steps, stop
+    assert "the ranks stopped on a signal with a checkpoint: exit 143" in out, out[-3000:]
+    out = exits([start_pod("pytorchjob", tmp_path, packed, overrides, PET_NNODES="1")], [0])[0]
+    assert f"resumed from {run_dir / 'checkpoints' / ('step_%d' % stop['step'])}" in out, out[-3000:]
+    stop = json.loads((run_dir / "last_stop.json").read_text())
+    assert stop["reason"] == "finished" and stop["step"] == steps, stop
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pytorchjob", "indexed-job"])
 def test_two_simulated_pods_rendezvous_and_train(kind, packed, tmp_path):
     """Two pods, one rank each, c10d rendezvous: one run of world size 2 (both pods' ranks take part), one
     MLflow run. The Indexed-Job pods are also terminated mid-run (SIGTERM to pod 1's entrypoint, as the
-    kubelet does): both stop at the same step with a checkpoint, exit 0, and recreated pods finish the run."""
+    kubelet does): both stop at the same step with a checkpoint and both exit 143 (pod 0 too, though it got no
+    signal: exit 0 would complete its index), and recreated pods finish the run."""
     steps = 12
     overrides = ["experiment=smoke", f"train.steps={steps}", "train.eval_at_end=false", "train.log_every=1",
                  "train.signal_check_every=1", f"eval.corpus={tmp_path / 'eval'}"]
@@ -155,12 +254,9 @@ def test_two_simulated_pods_rendezvous_and_train(kind, packed, tmp_path):
     pods = start_pods(kind, tmp_path, packed, port, overrides)
     run_dir = tmp_path / "runs" / "k8s"
     if kind == "indexed-job":
-        deadline = time.time() + 240
-        while not (run_dir / "metrics.jsonl").exists() or len((run_dir / "metrics.jsonl").read_text().splitlines()) < 2:
-            assert time.time() < deadline and all(p.poll() is None for p in pods), [p.poll() for p in pods]
-            time.sleep(0.5)
+        wait_for_steps(run_dir, 2, pods)
         pods[1].send_signal(signal.SIGTERM)  # the entrypoint (PID 1 in the container)
-        outs = run_together(pods)
+        outs = exits(pods, [143, 143])
         stop = json.loads((run_dir / "last_stop.json").read_text())
         assert stop["reason"] == "signal" and stop["step"] < steps, stop
         assert "SIGTERM: asking the ranks to checkpoint" in outs[1]
