@@ -27,21 +27,123 @@ def config_dir() -> Path:
     return d
 
 
-def load_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose configs/config.yaml with Hydra overrides (`key=value`, `group=option`, `experiment=smoke`)."""
+def _compose(overrides: Sequence[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
-    except HydraException as e:
-        raise UsageError(override_error(e, list(overrides))) from None
+            return compose(config_name="config", overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
+
+
+def load_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose configs/config.yaml with Hydra overrides (`key=value`, `group=option`, `experiment=smoke`).
+
+    Raises:
+        UsageError: an override Hydra refuses, or one `check_overrides` refuses (a deletion `~key` of a key the
+            code reads, a key added with `+` where nothing reads it), in one line naming it."""
+    from hydra.errors import HydraException
+
+    try:
+        cfg = _compose(overrides)
+    except HydraException as e:
+        raise UsageError(override_error(e, list(overrides))) from None
+    check_overrides(list(overrides))
     return cfg
+
+
+# Sections whose every key is read by the code from the config tree: a key added to one (`+data.batchsize=8`) is
+# read by nothing, and the job would run as if it were not there. `OPEN` mappings in them take names of the user's
+# (MLflow tags, evaluation splits). `deepspeed.*` is DeepSpeed's own config (`settings.check_deepspeed_keys`); a
+# new top-level section may serve as variables to interpolate (`+paths.root=/data data.shards=${paths.root}/x`).
+CLOSED = ("data", "train", "optim", "model", "objective", "eval", "run", "tracking", "storage", "pack", "synth")
+OPEN = ("tracking.tags", "eval.splits")
+
+
+def _closed(key: str) -> bool:
+    return key.split(".", 1)[0] in CLOSED and not any(key == p or key.startswith(p + ".") for p in OPEN)
+
+
+def _default_options() -> dict[str, str | None]:
+    """{group: option} of config.yaml's defaults list (None: no option by default, e.g. experiment)."""
+    main = OmegaConf.load(config_dir() / "config.yaml")
+    out: dict[str, str | None] = {}
+    for entry in main.get("defaults") or []:
+        if isinstance(entry, (dict, DictConfig)):
+            out.update({str(k): v for k, v in dict(entry).items()})
+    return out
+
+
+def _example(overrides: list[str], key: str) -> str:
+    """` (e.g. key=<its value>)` with the value `key` has when composed from `overrides`, or "" (a section)."""
+    try:
+        v = OmegaConf.select(_compose(overrides), key, default=None)
+    except Exception:  # noqa: BLE001 - the example is a courtesy (HydraException included)
+        return ""
+    if v is None or OmegaConf.is_dict(v):
+        return ""
+    if OmegaConf.is_list(v):
+        v = OmegaConf.to_container(v, resolve=True)
+    text = str(v).lower() if isinstance(v, bool) else str(v).replace(" ", "") if isinstance(v, list) else str(v)
+    o = f"{key}={text}"
+    return f" (e.g. {o if _parses(o) else quote_override(o)})"
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Refuse, in one line naming the override, what Hydra composes but the job could not use:
+
+    - `~key` (delete) of a key of the config tree: the code reads it and has no default of its own (MLflow tags,
+      and keys the same command adds with `+`, may be deleted);
+    - `~group` of a config group chosen by default (model, objective, ...; `~experiment` is fine);
+    - `+key=value` / `++key=value` adding a key under a `CLOSED` section: nothing would read it.
+
+    Raises:
+        UsageError: naming the override, why, and what to write instead."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # noqa: BLE001 - Hydra composed them: it parsed them
+        return
+    root = config_dir()
+    added = {o.key_or_group for o in parsed if o.is_add() or o.is_force_add()}
+    for o in parsed:
+        key = o.key_or_group
+        group = "/" in key or (root / key).is_dir()
+        if key.split(".", 1)[0] == "hydra" or key.split("/", 1)[0] == "hydra":
+            continue
+        if o.is_delete() and group:
+            chosen = _default_options().get(key)
+            if chosen is None:
+                continue
+            options = " | ".join(sorted(f.stem for f in (root / key).glob("*.yaml")))
+            raise UsageError(f"override {o.input_line}: {key} is a config group the code needs ({key}={chosen} by "
+                             f"default): it cannot be deleted with ~; choose an option instead ({key}={options})")
+        if o.is_delete():
+            if key in added or key.startswith("tracking.tags."):  # a tag, or a key this command adds
+                continue
+            rest = [x for x in overrides if x != o.input_line]
+            raise UsageError(f"override {o.input_line}: {key} has no default in code: it cannot be deleted with ~; "
+                             f"set a value instead{_example(rest, key)}")
+        if (o.is_add() or o.is_force_add()) and not group and _closed(key):
+            if o.is_force_add():  # `++`: sets a key that is there, adds one that is not
+                try:
+                    base = _compose([x for x in overrides if x != o.input_line])
+                    if OmegaConf.select(base, key, default=_ABSENT) is not _ABSENT:
+                        continue
+                except Exception:  # noqa: BLE001 - composed with it, composes without it
+                    pass
+            value = o.input_line.split("=", 1)[1] if "=" in o.input_line else "..."
+            section = key.rsplit(".", 1)[0] if "." in key else key
+            raise UsageError(f"override {o.input_line}: {key} is not a key of the config tree, and nothing reads a "
+                             f"key added under {section} (the job would run as if it were not there); "
+                             f"{_unknown_hint(key, f'{key}={value}', closed=True)}")
+
+
+_ABSENT = object()
 
 
 QUOTING = 'README, "Checked settings, and quoting override values"'
@@ -138,10 +240,45 @@ def _options_with(key: str) -> list[str]:
     return out
 
 
-def override_error(e: Exception, overrides: list[str]) -> str:
-    """One line for a Hydra composition error: the override at fault and what to type instead."""
+def _near_keys(key: str) -> list[str]:
+    """The keys of the config tree `key` most likely means: the closest of its own section, else keys with the
+    same last part (the section left out or another one's), else the closest anywhere (at most 2)."""
     import difflib
 
+    keys = _known_keys()
+    parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    if parent:
+        own = [k for k in keys if k.startswith(parent) and "." not in k[len(parent):]]
+        near = difflib.get_close_matches(key, own, n=1, cutoff=0.75)
+        if near:
+            return near
+    same = [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1] and k != key]
+    return difflib.get_close_matches(key, same, n=2, cutoff=0) or difflib.get_close_matches(key, keys, n=2,
+                                                                                          cutoff=0.75)
+
+
+def _unknown_hint(key: str, override: str, closed: bool) -> str:
+    """What to write instead of `override` (`key=value`), whose key the config tree does not have: the option that
+    has it, else the key(s) meant (the override rewritten), else - where a new key is read by something (not a
+    `CLOSED` section) - the `+` form."""
+    value = override.split("=", 1)[1] if "=" in override else "..."
+    groups = _options_with(key)
+    if groups:
+        return f"it is a key of {' and '.join(groups)}: choose that option first (e.g. {groups[0]} {override})"
+    near = _near_keys(key)
+    if near:
+        fixed = f"{near[0]}={value}"
+        return (f"did you mean {' or '.join(near)}? write {'e.g. ' if len(near) > 1 else ''}"
+                f"{fixed if _parses(fixed) else quote_override(fixed)}")
+    if closed:
+        section = key.split(".", 1)[0]
+        return (f"{section} takes no new keys (nothing would read one): set one of its keys (aupretrain-train --cfg "
+                "shows them)")
+    return f"to add a key the tree does not have, write +{override}"
+
+
+def override_error(e: Exception, overrides: list[str]) -> str:
+    """One line for a Hydra composition error: the override at fault and what to type instead."""
     text = str(e)
     for o in overrides:
         if not _parses(o):
@@ -160,21 +297,14 @@ def override_error(e: Exception, overrides: list[str]) -> str:
     if m:
         key = m.group(1)
         o = next((x for x in overrides if x.split("=", 1)[0].lstrip("~") == key), key)
-        keys = _known_keys()
-        same = [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]  # the section left out
-        near = difflib.get_close_matches(key, same, n=2, cutoff=0) or difflib.get_close_matches(key, keys, n=2,
-                                                                                                  cutoff=0.75)
-        groups = _options_with(key)
-        if groups:
-            hint = f"it is a key of {' and '.join(groups)}: choose that option first (e.g. {groups[0]} {o}); "
-        else:
-            hint = f"did you mean {' or '.join(near)}? " if near else ""
-        return (f"override {o}: unknown key {key!r} (not in the config tree {config_dir()}); {hint}"
-                f"to add a key the tree does not have, write +{o.lstrip('~')}")
+        return (f"override {o}: unknown key {key!r} (not in the config tree {config_dir()}); "
+                f"{_unknown_hint(key, o.lstrip('~'), closed=_closed(key))}")
     m = re.search(r"An item is already at '(.+?)'", text)
-    if m:
+    if m:  # `+key=v` where the key is there: blame the `+` override, not another that set the same key
         key = m.group(1)
-        o = next((x for x in overrides if x.lstrip("+").split("=", 1)[0] == key), key)
+        plus = [x for x in overrides if x.startswith("+") and not x.startswith("++")
+                and x.lstrip("+").split("=", 1)[0] == key]
+        o = plus[-1] if plus else next((x for x in overrides if x.lstrip("+").split("=", 1)[0] == key), key)
         return f"override {o}: {key} exists already; write {o.lstrip('+')} (without +) to change it"
     m = re.search(r"Could not find '(.+?)/(.+?)'", text)
     if m:

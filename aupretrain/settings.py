@@ -5,7 +5,6 @@ bad value and a value that works. (Composing the config and Hydra's override err
 from __future__ import annotations
 
 import functools
-
 import math
 import re
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ from .errors import UsageError
 
 @dataclass(frozen=True)
 class Spec:
-    """What one setting must be: `kind` int | number | bool | choice | pair (two numbers lo <= a <= b <= hi),
+    """What one setting must be: `kind` int | number | bool | choice | pair (two numbers lo <= a <= b <= hi) |
+    ints | numbers (a list of whole numbers / numbers, `size` of them, else at least one, each within the bounds),
     bounds `lo`/`hi` (inclusive; `above`: lo excluded), `choices`, `null` (None allowed), and `what` it means."""
     kind: str
     lo: float | None = None
@@ -29,6 +29,7 @@ class Spec:
     choices: tuple = ()
     null: bool = False
     what: str = ""
+    size: int | None = None
 
     def need(self) -> str:
         """What a valid value is, in words for an error message, e.g. "a whole number >= 1 or null (what it means)"."""
@@ -37,11 +38,14 @@ class Spec:
         elif self.kind == "bool":
             s = "true or false"
         else:
-            s = {"int": "a whole number", "number": "a number", "pair": "two numbers [a, b] with a <= b"}[self.kind]
+            n = f"{self.size} " if self.size else ""
+            s = {"int": "a whole number", "number": "a number", "pair": "two numbers [a, b] with a <= b",
+                 "ints": f"a list of {n}whole numbers", "numbers": f"a list of {n}numbers"}[self.kind]
             lo = f"{'>' if self.above else '>='} {self.lo:g}" if self.lo is not None else ""
             hi = f"<= {self.hi:g}" if self.hi is not None else ""
             if lo or hi:
-                s += (", each " if self.kind == "pair" else " ") + " and ".join(x for x in (lo, hi) if x)
+                s += (", each " if self.kind in ("pair", "ints", "numbers") else " ") + " and ".join(
+                    x for x in (lo, hi) if x)
         return s + (" or null" if self.null else "") + (f" ({self.what})" if self.what else "")
 
     def example(self, key: str) -> str:
@@ -61,6 +65,9 @@ class Spec:
         if self.kind == "pair":
             lo, hi = self.lo or 0, self.hi if self.hi is not None else 1
             return f"{key}=[{lo:g},{hi:g}]"
+        if self.kind in ("ints", "numbers"):
+            v = (self.lo or 0) + (1 if self.above else 0)
+            return f"{key}=[{','.join([f'{v:g}'] * (self.size or 1))}]"
         v = self.lo if self.lo is not None else 0
         if self.above:
             v = v + 1 if self.kind == "int" else (v or 0) + (0.1 if self.hi is not None and self.hi <= 1 else 1)
@@ -76,11 +83,16 @@ class Spec:
             return isinstance(v, bool)
         if self.kind == "choice":
             return isinstance(v, (str, int)) and not isinstance(v, bool) and v in self.choices
-        vals = list(v) if self.kind == "pair" and isinstance(v, (list, tuple)) else [v]
+        listed = self.kind in ("pair", "ints", "numbers")
+        if listed and not isinstance(v, (list, tuple)):
+            return False
+        vals = list(v) if listed else [v]
         if self.kind == "pair" and (len(vals) != 2 or not _num(vals[0]) or not _num(vals[1]) or vals[0] > vals[1]):
             return False
+        if self.kind in ("ints", "numbers") and (not vals or (self.size is not None and len(vals) != self.size)):
+            return False
         for x in vals:
-            if not _num(x) or (self.kind == "int" and not isinstance(x, int)):
+            if not _num(x) or (self.kind in ("int", "ints") and not isinstance(x, int)):
                 return False
             if self.lo is not None and (x <= self.lo if self.above else x < self.lo):
                 return False
@@ -104,6 +116,10 @@ def _num_spec(lo: float | None = None, hi: float | None = None, above: bool = Fa
 
 def _choice(*choices, what: str = "") -> Spec:
     return Spec("choice", choices=choices, what=what)
+
+
+def _ints(lo: float | None = 1, size: int | None = None, what: str = "") -> Spec:
+    return Spec("ints", lo, what=what, size=size)
 
 
 BOOL = Spec("bool")
@@ -161,10 +177,22 @@ SCHEMA: dict[str, Spec] = {
     "deepspeed.zero_optimization.stage": _choice(0, 1, 2, 3),
     "deepspeed.gradient_accumulation_steps": _int(1),
     "deepspeed.gradient_clipping": _num_spec(0),
+    "model.widths": _ints(1, what="channels of each trunk stage"),
+    "model.blocks": _ints(1, what="residual blocks of each trunk stage, one per width"),
+    "model.stem_width": _int(1, what="channels of the stem convolution"),
+    "model.stem_stride": _int(1, what="stride of the stem convolution"),
     "model.norm": _choice("group", "batch"),
+    "model.norm_groups": _int(1, what="GroupNorm groups; with model.norm=group they divide every trunk width"),
     "model.au_grid": _int(0),
     "model.au_dim": _int(1),
     "model.id_dim": _int(1),
+    "model.proj_hidden": _int(1),
+    "model.proj_dim": _int(1),
+    "model.mean": Spec("numbers", size=3, what="per-channel RGB mean, 0..1 scale"),
+    "model.std": Spec("numbers", 0, above=True, size=3, what="per-channel RGB standard deviation, 0..1 scale"),
+    "model.decoder.widths": _ints(1, what="channels of CIR's decoder stages"),
+    "model.decoder.start": _int(1, what="side of the decoder's first feature map, doubled each stage"),
+    "model.decoder.norm_groups": _int(1, what="the decoder's GroupNorm groups"),
     "objective.name": _choice("clp", "tcl", "simclr", "moco", "supervised"),
     "objective.temperature": _num_spec(0, above=True),
     "objective.margin": _num_spec(0),
@@ -254,14 +282,20 @@ def _show(v: Any) -> str:
 
 def validate(cfg: DictConfig | dict, sections: Sequence[str] | None = None, training: bool = False,
              flags: dict[str, str] | None = None) -> None:
-    """Check the settings of `SCHEMA` under `sections` (top-level keys; None: all) and, with `training`, that
-    `data.shards` names a packed dataset (a local folder must exist and hold manifest.json; an s3:// prefix is
+    """Check the settings of `SCHEMA` under `sections` (top-level keys; None: all), the settings that must agree
+    (`model.norm_groups` and the widths it divides, the decoder's size; `run.dir` and `tracking.uri` given empty)
+    and, with `training`, that every key the config tree always defines is there (`check_present`: none deleted
+    with `~key`), that no key under `deepspeed` is one DeepSpeed does not read (`check_deepspeed_keys`), that the
+    MLflow store (`tracking.uri`, else $MLFLOW_TRACKING_URI) is one MLflow can use (`check_tracking_store`) and
+    that `data.shards` names a packed dataset (a local folder must exist and hold manifest.json; an s3:// prefix is
     checked by the loader). `flags`: {key: command-line flag} to name a flag where it set the value.
 
     Raises:
         UsageError: one line naming the key, the bad value and what to set instead.
     """
     flags = flags or {}
+    if training:  # a key deleted with `~key` (before resolving: other values may interpolate from it)
+        check_present(OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg, sections)
     if isinstance(cfg, DictConfig):  # first the values as written: a bad choice that others interpolate from
         _check(OmegaConf.to_container(cfg, resolve=False), sections, flags, as_written=True)  # (eval.split)
     try:
@@ -272,7 +306,13 @@ def validate(cfg: DictConfig | dict, sections: Sequence[str] | None = None, trai
         raise UsageError(f"{key}: {msg}; a literal '${{' in a value is written '\\${{' (e.g. "
                          f"data.shards='s3://b/\\${{x}}'), {QUOTING}") from None
     _check(d, sections, flags)
+    _check_together(d, sections)
     if training:
+        if sections is None or "deepspeed" in sections:
+            check_deepspeed_keys(d.get("deepspeed"))
+        t = d.get("tracking")
+        if (sections is None or "tracking" in sections) and isinstance(t, dict) and t.get("enabled", True):
+            check_tracking_store(d)
         check_shards_setting(d["data"]["shards"])
 
 
@@ -320,18 +360,27 @@ def _check(d: dict, sections: Sequence[str] | None, flags: dict[str, str], as_wr
                 break
             node = node[part]
         else:
-            if as_written and isinstance(node, str) and "${" in node:
+            if as_written and _interpolates(node):
                 continue
             if not spec.ok(node):
                 flag = f" ({flags[key]})" if key in flags else ""
-                typed = isinstance(node, (str, list, dict))
+                listed = spec.kind in ("pair", "ints", "numbers") and isinstance(node, list)
+                typed = isinstance(node, (str, list, dict)) and not listed
                 kind = f" (a {type(node).__name__})" if typed else ""
                 raise UsageError(f"{key}={_show(node)}{flag}{kind}: must be {spec.need()}; "
                                  f"set e.g. {spec.example(key)}")
 
 
+def _interpolates(node: Any) -> bool:
+    """Whether a value as written holds an interpolation (`${...}`), itself or in a list's items."""
+    if isinstance(node, str):
+        return "${" in node
+    return isinstance(node, list) and any(_interpolates(x) for x in node)
+
+
 def check_shards_setting(shards: Any) -> None:
-    """`data.shards` must name a packed dataset: an s3:// prefix, or a local folder holding manifest.json."""
+    """`data.shards` must name a packed dataset: an s3:// prefix, or a local folder holding a manifest.json that
+    `Manifest.from_json` accepts (JSON of the format, fields of their types, shards listed)."""
     fix = "set data.shards to a folder or s3://bucket/prefix written by aupretrain-pack"
     if shards is None or str(shards).strip() == "":
         raise UsageError(f"data.shards is {'empty' if shards == '' else 'not set'}: {fix}")
@@ -346,3 +395,18 @@ def check_shards_setting(shards: Any) -> None:
     if not (p / "manifest.json").is_file():
         raise UsageError(f"data.shards={_show(s)}: {p.resolve()} holds no manifest.json (not a packed dataset, or its "
                          f"packing has not finished); {fix}, or run aupretrain-pack again to finish it")
+    from .data.shards import MANIFEST, Manifest  # (the trainer imports it next anyway)
+
+    f = p / MANIFEST
+    try:
+        text = f.read_text()
+    except UnicodeDecodeError:
+        raise UsageError(f"{f}: not valid JSON (not UTF-8 text); pack the dataset again (aupretrain-pack)") from None
+    except OSError:  # unreadable: the loader says so, as for s3://
+        return
+    Manifest.from_json(text, str(f))  # a manifest that cannot be used: before any run folder or worker
+
+
+# checks of settings against each other and the world (they use this module's table and helpers: imported last)
+from .settings_checks import _check_together, check_deepspeed_keys, check_present  # noqa: E402
+from .settings_checks import check_tracking_store, check_tracking_uri  # noqa: E402,F401 (public here too)

@@ -292,6 +292,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     a.experiment = a.experiment_name or a.experiment or "aupretrain"
     uri = a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):  # a store MLflow cannot open: one line, not a hang
+        from ..errors import UsageError
+        from ..settings import check_tracking_uri
+
+        try:
+            check_tracking_uri(uri, "--tracking-uri" if a.tracking_uri else "MLFLOW_TRACKING_URI")
+        except UsageError as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 2
     try:
         with quick_http():
             rows = read_rows(a, uri)

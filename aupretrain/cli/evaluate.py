@@ -95,6 +95,9 @@ def eval_tracker(a, cfg, run_dir: Path | None, record: dict | None):
 
     if a.no_mlflow:
         return None
+    from ..settings import check_tracking_uri
+
+    check_tracking_uri(tracking_uri(cfg, run_dir), "tracking.uri" if cfg.tracking.uri else "MLFLOW_TRACKING_URI")
     dataset, protocol = str(cfg.eval.get("dataset", "synthetic")), str(cfg.eval.get("protocol", "linear"))
     if a.mlflow_run:
         check_target_run(tracking_uri(cfg, run_dir), a.mlflow_run, dataset, protocol)

@@ -96,7 +96,8 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str, source: str = "manifest") -> "Manifest":
         """Parse a manifest. Raises UsageError (a ValueError) naming `source` when it is not JSON, not of this
-        format, lists no shards or a shard entry lacks a field or has one of the wrong type."""
+        format, lists no shards, a field has a value of the wrong type (`_FIELDS`: counts are whole numbers >= 0,
+        naming the field and the value), or a shard entry lacks a field or has one of the wrong type."""
         from ..errors import UsageError
 
         try:
@@ -108,9 +109,44 @@ class Manifest:
             raise UsageError(f"{source}: format {got!r}, expected {FORMAT!r}")
         if not isinstance(d.get("shards"), list) or not d["shards"]:
             raise UsageError(f"{source}: lists no shards; pack the dataset again (aupretrain-pack)")
+        for k, (ok, what) in _FIELDS.items():
+            if k in d and not ok(d[k]):  # an absent field keeps its default (older manifests)
+                raise UsageError(f"{source}: field {k!r} is {_shown(d[k])}, expected {what}; pack the dataset again "
+                                 "(aupretrain-pack) or correct the field")
         d["shards"] = [_shard_info(s, i, source) for i, s in enumerate(d["shards"])]
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})  # e.g. `created` of older manifests is dropped
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _shown(v) -> str:
+    """A manifest value as JSON (cut at 80 characters) with its JSON type: '"sixty-four" (a string)'."""
+    kind = ("null" if v is None else "true/false" if isinstance(v, bool) else "string" if isinstance(v, str) else
+            "whole number" if isinstance(v, int) else "number" if isinstance(v, float) else
+            "list" if isinstance(v, list) else "object")
+    text = json.dumps(v)
+    return f"{text[:80]}{'...' if len(text) > 80 else ''} (a {kind})"
+
+
+# The manifest's fields as `Manifest.from_json` checks them: (test, what a valid value is).
+_FIELDS = {
+    "samples": (_count, "a whole number >= 0 (clips)"),
+    "frames": (_count, "a whole number >= 0"),
+    "clip_len": (_count, "a whole number >= 0 (frames per clip)"),
+    "stride": (_count, "a whole number >= 0"),
+    "size": (_count, "a whole number >= 0 (pixels)"),
+    "videos": (_count, "a whole number >= 0"),
+    "fps": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+            "a number > 0 or null"),
+    "identities": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of names"),
+    "rejects": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+                'a list of {"input", "reason"} objects'),
+    "stats": (lambda v: isinstance(v, dict), "an object"),
+    "settings": (lambda v: isinstance(v, dict), "an object"),
+}
 
 
 def _shard_info(d, i: int, source: str) -> ShardInfo:
@@ -120,6 +156,10 @@ def _shard_info(d, i: int, source: str) -> ShardInfo:
     if not isinstance(d, dict) or any(not isinstance(d.get(k), tp) or isinstance(d.get(k), bool)
                                       for k, tp in types.items()):
         raise UsageError(f"{source}: shard entry {i} is not {{name, index, samples, bytes, sha256}}: {str(d)[:200]}")
+    for k in ("samples", "bytes"):
+        if d[k] < 0:
+            raise UsageError(f"{source}: shard entry {i} field {k!r} is {d[k]}, expected a whole number >= 0; pack "
+                             "the dataset again (aupretrain-pack)")
     return ShardInfo(**{k: d[k] for k in types})
 
 

@@ -40,6 +40,9 @@ class Decoder(nn.Module):
             raise ValueError("a flow decoder warps its source frame: flow=True needs source=True")
         self.channels_last = bool(channels_last)
         widths = tuple(int(w) for w in widths)
+        if int(start) < 1 or not widths or min(widths) < 1:  # start 0 would double 0 forever below
+            raise ValueError(f"model.decoder.start must be >= 1 and model.decoder.widths whole numbers >= 1, got "
+                             f"start={start}, widths={list(widths)}")
         self.output_size = int(output_size)
         self.start = int(start)
         self.flow, self.flow_max = bool(flow), float(flow_max)

@@ -19,7 +19,7 @@ S3 = "s3://bucket/year=2024/month=01/clips"
 # (fault name, override, what the one line must contain)
 BAD = [
     ("unknown key", "data.batchsize=8", ["unknown key 'data.batchsize'", "did you mean data.batch_size",
-                                          "+data.batchsize=8"]),
+                                          "write data.batch_size=8"]),
     ("unknown key without its section", "batch_size=8", ["unknown key 'batch_size'", "data.batch_size"]),
     ("key of an option not chosen", "objective.queue_size=0", ["it is a key of objective=moco: choose that option"]),
     ("key set with + that exists", "+data.batch_size=8", ["data.batch_size exists already",
