@@ -58,12 +58,14 @@ def check_precision(cfg: DictConfig) -> None:
 
 def torch_threads(cfg: DictConfig, local_ranks: int) -> int:
     """Threads per rank: `train.torch_threads`, else $OMP_NUM_THREADS (what Slurm's --cpus-per-task launchers
-    export), else the CPUs this process may run on (its affinity: a Slurm or Kubernetes CPU allocation, `taskset`;
-    not the machine's core count) shared among the ranks on this host."""
+    export) — except the 1 torchrun puts there itself when it is unset and it starts several ranks —, else the
+    CPUs this process may run on (its affinity: a Slurm CPU allocation, `taskset`; not the machine's core count)
+    shared among the ranks on this host."""
     if cfg.train.torch_threads:
         return int(cfg.train.torch_threads)
     omp = os.environ.get("OMP_NUM_THREADS", "")
-    if omp.isdigit() and int(omp) > 0:
+    torchrun_default = omp == "1" and "TORCHELASTIC_RUN_ID" in os.environ and local_ranks > 1
+    if omp.isdigit() and int(omp) > 0 and not torchrun_default:
         return int(omp)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cpus // max(1, local_ranks))
@@ -135,7 +137,7 @@ def open_tracker(c: Components) -> tuple[Tracker, Path]:
     a resumed job changes `data.shards`). Returns (tracker, the config record's path; meaningful on rank 0)."""
     cfg, d, loader, found = c.cfg, c.dist, c.loader, c.plan.found
     where = gather_objects((socket.gethostname(), device_description()))  # every rank's host and device
-    tracker = Tracker(cfg, d.is_main, run_name=c.run_dir.name, run_id=c.run_id,
+    tracker = Tracker(cfg, d.is_main, run_name=c.run_dir.name, run_id=c.run_id, backfill_until=c.start,
                       run_dir=c.run_dir if d.is_main else None,
                       tags=run_tags(cfg, d.world, [h for h, _ in where], [dv for _, dv in where]))
     c.run_id = broadcast_object(tracker.run_id)

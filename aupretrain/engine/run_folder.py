@@ -43,32 +43,61 @@ def _claim(path: Path) -> str | None:
         return f"{shown}: a part of the path is a file, not a folder"
     except OSError as e:
         return f"{shown}: cannot create the run folder ({e.strerror or e})"
-    try:
-        f = open(path / LOCK, "a+")
+    probe = path / f".write-check-{os.getpid()}"
+    try:  # the folder must take files (checkpoints, the record), whoever made the lock file
+        probe.write_text("")
+        probe.unlink()
     except OSError as e:
         return (f"{shown}: the run folder cannot be written ({e.strerror or e}"
                 f"{': a read-only file system' if e.errno == errno.EROFS else ''}); give a writable run.dir")
     try:
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o664)
+    except PermissionError:  # a colleague's lock file in a shared folder: locked read-only, holder not written
+        fd = os.open(path / LOCK, os.O_RDONLY)
+    f = os.fdopen(fd, "r+" if os.access(path / LOCK, os.W_OK) else "r", encoding="utf-8", errors="replace")
+    try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
-        holder = " ".join(f.read().split()) or "another process"
+        holder = " ".join(f.read(300).split()) or "another process"
         f.close()
         return (f"{shown} is in use by another job ({holder}); two jobs in one run folder would prune each other's "
-                "checkpoints — wait for it to end (or stop it), or give another run.dir")
+                f"checkpoints — wait for it to end (or stop it), or give another run.dir (if no job runs there — "
+                f"an NFS lock a crashed client left — remove {path / LOCK})")
     except OSError as e:  # no lock support on this file system: unguarded, said once
         log.warning("%s: file locks are not supported here (%s); nothing stops a second job from using this run "
                     "folder at the same time", shown, e.strerror or e)
-    try:
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
-        f.flush()
-    except OSError as e:
-        f.close()
-        return f"{shown}: the run folder cannot be written ({e.strerror or e}); give a writable run.dir"
+    if f.writable():
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on host {socket.gethostname()} since "
+                    f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+            f.flush()
+        except OSError:  # the holder's line is a courtesy; the lock is what guards
+            pass
     _held.append(f)
     return None
+
+
+def release() -> None:
+    """Let go of the run folder's lock this process holds (the end of a training job; a process that ends lets go
+    by itself)."""
+    while _held:
+        _held.pop().close()
+
+
+def _forget_in_child() -> None:
+    """In a forked child (a DataLoader worker, a pack worker): close the inherited lock file without unlocking
+    (the lock belongs to the parent's open file), so a child that outlives a killed rank 0 does not hold it."""
+    while _held:
+        try:
+            _held.pop().close()  # the child's copy of the descriptor; flock holds while the parent's is open
+        except OSError:
+            pass
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def resolve_run_dir(cfg: DictConfig, d: DistInfo) -> Path:

@@ -103,15 +103,17 @@ class Tracker:
 
     def __init__(self, cfg: DictConfig, active: bool, run_name: str, run_id: str | None = None,
                  run_dir: str | Path | None = None, tags: dict | None = None, parent_run_id: str | None = None,
-                 uri: str | None = None, experiment: str | None = None):
+                 uri: str | None = None, experiment: str | None = None, backfill_until: int = 0):
         self.active = bool(active and cfg.tracking.enabled)
         self.run_id: str | None = None
         self.run_dir = Path(run_dir) if run_dir else None
         self._metrics_failed = False
         # every metric is appended to <run>/metrics.jsonl by rank 0, with MLflow or without it (tracking.enabled)
         self._metrics_file = open(self.run_dir / "metrics.jsonl", "a") if active and self.run_dir else None
-        # what an earlier job of this run wrote there: sent again where the store lacks it (`_backfill`)
-        self._earlier_bytes = self._metrics_file.tell() if self._metrics_file else 0
+        # a resumed training job: what earlier jobs of this run wrote there up to its step, sent where the store
+        # lacks it (`_backfill`)
+        self._earlier_bytes = self._metrics_file.tell() if self._metrics_file and backfill_until > 0 else 0
+        self._backfill_until = int(backfill_until)
         if not self.active:
             return
         t = cfg.tracking
@@ -268,14 +270,23 @@ class Tracker:
             self._metrics_file = None
 
     def _backfill(self, client) -> None:
-        """Send what an earlier job of this run folder appended to `<run>/metrics.jsonl` but the store does not
-        hold (`metrics.unsent`) — the store was down until that job ended (its run continued now), or for all of it
-        (the run is created now); tagged `aupretrain.backfilled_metrics`. Runs in the worker, inside `_start`."""
+        """A resumed training job (`backfill_until`: the step it resumed from): send what earlier jobs of this run
+        folder appended to `<run>/metrics.jsonl` up to that step — the last value of each metric and step, the
+        one the checkpoint's history kept — and the store does not hold (`metrics.unsent`): the store was away
+        until a job ended (its run continued now), or for all of it (the run is created now). Tagged
+        `aupretrain.backfilled_metrics`. A queued operation of its own, after the start; a failure is said once
+        and dropped (the file keeps every value)."""
         from .metrics import unsent
 
-        missing = unsent(client, self.run_id, self.run_dir / "metrics.jsonl", self._earlier_bytes)
-        for i in range(0, len(missing), 1000):  # MLflow's log_batch limit
-            client.log_batch(self.run_id, metrics=missing[i:i + 1000])
+        try:
+            missing = unsent(client, self.run_id, self.run_dir / "metrics.jsonl", self._backfill_args,
+                             self._backfill_until)
+            for i in range(0, len(missing), 1000):  # MLflow's log_batch limit
+                client.log_batch(self.run_id, metrics=missing[i:i + 1000])
+        except Exception as e:  # noqa: BLE001 - never blocks the queue behind it
+            log.warning("metrics of earlier jobs not sent to MLflow (%s: %s); they are in %s", type(e).__name__,
+                        redact(str(e))[:200], self.run_dir / "metrics.jsonl")
+            return
         if missing:
             client.set_tag(self.run_id, "aupretrain.backfilled_metrics", str(len(missing)))
             log.warning("MLflow run %s lacked %d metric values an earlier job logged while the store was away; "
@@ -397,10 +408,12 @@ class Tracker:
             for i in range(0, len(items), 100):
                 client.log_batch(self.run_id, params=items[i:i + 100])
             client.log_text(self.run_id, config_yaml, "config.yaml")
-        if self._earlier_bytes:  # an earlier job of this run logged metrics the store may lack
-            self._backfill(client)
         if self.run_dir:
             (self.run_dir / RECORD).write_text(json.dumps({"uri": self.shown, "experiment": experiment,
                                                            "run_id": self.run_id}, indent=1))
         log.info("MLflow run %s at %s", self.run_id, self.shown)
         self._started.set()
+        if self._earlier_bytes:  # its own operation, next after this one (not blocking the start), once
+            with self._cv:
+                self._ops.insert(1, (self._backfill, False))
+            self._earlier_bytes, self._backfill_args = 0, self._earlier_bytes

@@ -25,6 +25,17 @@ log = logging.getLogger("aupretrain.train")
 
 
 def train(cfg: DictConfig) -> dict:
+    """`_train`, with the run folder's lock released when it returns or raises (`run_folder.release`; a second
+    training job in the same process may then take it)."""
+    from .run_folder import release
+
+    try:
+        return _train(cfg)
+    finally:
+        release()
+
+
+def _train(cfg: DictConfig) -> dict:
     """Pretrain on every rank (collective): resume from a checkpoint of `train.resume` when one is found, run
     `train.steps` (or up to `train.stop_at`) DeepSpeed steps, log to MLflow, checkpoint every `train.checkpoint_every`
     steps, on a stop signal and at the last step; once all `train.steps` are done, export `<run>/encoder.pt` (and

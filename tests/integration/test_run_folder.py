@@ -86,10 +86,13 @@ def test_threads_follow_the_cpus_this_job_may_use():
         assert torch_threads(cfg, 1) == len(os.sched_getaffinity(0))  # a CPU allocation, not the machine's cores
         os.environ["OMP_NUM_THREADS"] = "1"  # what a launcher exports for --cpus-per-task
         assert torch_threads(cfg, 2) == 1
+        os.environ["TORCHELASTIC_RUN_ID"] = "x"  # ... but not the 1 torchrun puts there for several ranks
+        assert torch_threads(cfg, 2) == max(1, len(os.sched_getaffinity(0)) // 2)
         cfg.train.torch_threads = 3
         assert torch_threads(cfg, 2) == 3
     finally:
         os.environ.pop("OMP_NUM_THREADS", None)
+        os.environ.pop("TORCHELASTIC_RUN_ID", None)
         if old is not None:
             os.environ["OMP_NUM_THREADS"] = old
 
