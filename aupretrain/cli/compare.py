@@ -158,6 +158,16 @@ def eval_settings(run, protocol: str) -> dict[str, str]:
             and not (protocol == "linear" and k.startswith("eval.finetune."))}
 
 
+def _letters(n: int) -> str:
+    """0 -> A, 25 -> Z, 26 -> AA, ... (spreadsheet column names)."""
+    out = ""
+    n += 1
+    while n:
+        n, r = divmod(n - 1, 26)
+        out = chr(ord("A") + r) + out
+    return out
+
+
 def label_settings(rows: list[dict]) -> list[str]:
     """Where rows were evaluated with different settings (`eval_settings`, kept in each row's "eval_params"): each
     row gets "eval_settings" {key: value} of the keys that differ between rows ("–" where a run did not log one)
@@ -172,7 +182,7 @@ def label_settings(rows: list[dict]) -> list[str]:
     groups: dict[tuple, str] = {}
     for r in rows:  # rows come best first: group A holds the best row
         r["eval_settings"] = {k: r["eval_params"].get(k, "–") for k in differ}
-        r["eval_group"] = groups.setdefault(tuple(r["eval_settings"].values()), chr(ord("A") + len(groups) % 26))
+        r["eval_group"] = groups.setdefault(tuple(r["eval_settings"].values()), _letters(len(groups)))
     rows.sort(key=lambda r: (r["eval_group"], -r["f1_mean"]))
     return [f"{g}: " + ", ".join(f"{k}={v}" for k, v in zip(differ, values)) for values, g in groups.items()]
 

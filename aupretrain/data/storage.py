@@ -241,7 +241,8 @@ def check_bucket(uri: str) -> None:
     Raises:
         UsageError: the bucket does not exist (404) — the URL's bucket, the endpoint asked and how to fix it;
             a bucket name S3 rejects.
-        S3Error: the endpoint cannot be reached, or refuses the credentials, after boto3's retries.
+        S3Error: the endpoint cannot be reached after boto3's retries. (A 403 is not an error here: credentials
+            scoped to a prefix may be refused HeadBucket and still write.)
     """
     if not is_s3(uri):
         return
@@ -261,7 +262,8 @@ def check_bucket(uri: str) -> None:
         if code in ("404", "NoSuchBucket", "NotFound"):
             raise UsageError(f"{uri}: bucket {bucket!r} does not exist at {endpoint}; create it first (aws s3 mb "
                              f"s3://{bucket}), or check the URL and AWS_ENDPOINT_URL") from None
-        raise s3_error(uri, "HeadBucket", e) from e  # denied: the credentials', not one input's
+        # 403: credentials scoped to a prefix may not list the bucket itself — they can still write: go on (a
+        # write that is refused is reported by the upload, as before)
 
 
 def size(uri: str) -> int:

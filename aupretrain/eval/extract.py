@@ -34,14 +34,21 @@ class FrameRow:
     code: np.ndarray | None  # [D] AU code; None: no face
 
 
-NUMBERED = re.compile(r".*\d$")  # a frame's file name ends in its number: 00001.jpg, frame_12.png, img-3.jpg
+NUMBERED = re.compile(r"(.*?)(\d+)$")  # a frame's name ends in its number: 00001.jpg, frame_12.png, img-3.jpg
 
 
 def is_frame_folder(images: list[Path]) -> bool:
-    """Whether the image files of one folder are the frames of one video: at least two, every name (less its
-    extension) ending in a number — what `ffmpeg -i v.mp4 %05d.jpg` writes, and BP4D's frame folders; photos named
-    otherwise (IMG_1234.jpg is numbered too: use --stills) are each an input of their own."""
-    return len(images) > 1 and all(NUMBERED.match(f.stem) for f in images)
+    """Whether the image files of one folder are the frames of one video — what `ffmpeg -i v.mp4 %05d.jpg` writes,
+    BP4D's frame folders: at least two, every name (less its extension) one shared prefix and a number, one
+    extension, and the numbers a nearly unbroken run (at most a tenth of them missing). Photos (alice.jpg,
+    IMG_1234.jpg beside IMG_1301.jpg) are each an input of their own; `--stills` makes every image one."""
+    if len(images) < 2:
+        return False
+    parts = [NUMBERED.fullmatch(f.stem) for f in images]
+    if not all(parts) or len({m.group(1) for m in parts}) != 1 or len({f.suffix.lower() for f in images}) != 1:
+        return False
+    numbers = sorted(int(m.group(2)) for m in parts)
+    return numbers[-1] - numbers[0] + 1 <= 1.1 * len(numbers) + 1
 
 
 def list_inputs(path: str | Path, stills: bool = False) -> list[Path]:
@@ -75,7 +82,7 @@ def _frames(path: Path, frames_fps: float) -> Iterator[tuple[int, float, np.ndar
     """(index, seconds, RGB) of a video file, a frame folder (`frames_fps`) or one image."""
     if path.is_dir():
         item = VideoItem(str(path), "", str(path), frames_dir=True)
-        yield from iter_source_frames(item, str(path), frames_fps)
+        yield from iter_source_frames(item, str(path), frames_fps, hold=False)  # a damaged frame: no codes
         return
     if path.suffix.lower() in IMAGE_EXTS:
         import cv2

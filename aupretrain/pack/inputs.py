@@ -311,13 +311,14 @@ def local_copy(item: VideoItem) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def iter_source_frames(item: VideoItem, local: str, frames_fps: float,
-                       notes: list[str] | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+def iter_source_frames(item: VideoItem, local: str, frames_fps: float, notes: list[str] | None = None,
+                       hold: bool = True) -> Iterator[tuple[int, float, np.ndarray]]:
     """(index, seconds, RGB) of a video file or a frame folder (frames in natural name order at frames_fps). A frame
     image that cannot be decoded (a damaged or cut-short file) is replaced by the frame before it (a frame hold, as
     players show a damaged frame: clips keep their spacing in time; skipped when it is the first) and counted in one
-    line of `notes`; a video cut short is noted as `iter_timed_frames`
-    does. Raises VideoError when nothing can be read."""
+    line of `notes`; with `hold=False` (extraction: a row must not show another frame's measurement) it is
+    left out, its index unused. A video cut short is noted as `iter_timed_frames` does. Raises VideoError when
+    nothing can be read."""
     if not item.frames_dir:
         yield from iter_timed_frames(local, notes)
         return
@@ -332,7 +333,7 @@ def iter_source_frames(item: VideoItem, local: str, frames_fps: float,
         img = cv2.imread(str(f), cv2.IMREAD_COLOR)
         if img is None:  # held: the frame before stands in, so the clips' spacing in time stays true
             bad.append(f.name)
-            if prev is not None:
+            if prev is not None and hold:
                 yield i, i / frames_fps, prev
             continue
         prev = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -341,8 +342,8 @@ def iter_source_frames(item: VideoItem, local: str, frames_fps: float,
         raise VideoError(f"{item.path}: no frame image can be decoded ({', '.join(bad[:3])}"
                          f"{' …' if len(bad) > 3 else ''})")
     if bad:
-        note = (f"{item.path}: {len(bad)} of {len(files)} frame images cannot be decoded, each replaced by the frame "
-                f"before it "
+        note = (f"{item.path}: {len(bad)} of {len(files)} frame images cannot be decoded, each "
+                f"{'replaced by the frame before it' if hold else 'left out'} "
                 f"({', '.join(bad[:5])}{' …' if len(bad) > 5 else ''})")
         if notes is None:
             import logging

@@ -59,18 +59,19 @@ def test_a_folder_of_numbered_frames_is_one_video_and_other_images_are_stills(as
     photos.mkdir()
     for i, f in enumerate(frames):
         cv2.imwrite(str(seq / f"frame_{i}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    for name in ("alice.jpg", "bob.jpg"):
+    for name in ("alice.jpg", "bob.jpg", "IMG_1234.jpg", "IMG_1301.jpg"):  # numbered photos are not frames
         cv2.imwrite(str(photos / name), cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR))
     enc = ["--encoder", str(tmp_path / "enc")]
     assert extract_main([str(tmp_path / "in"), str(tmp_path / "a.csv"), *enc]) == 0
-    assert json.loads(capsys.readouterr().out)["inputs"] == 3
+    assert json.loads(capsys.readouterr().out)["inputs"] == 5
     rows = list(csv.DictReader(open(tmp_path / "a.csv")))
     seq_rows = [r for r in rows if r["input"] == str(seq)]
     assert [int(r["frame"]) for r in seq_rows] == list(range(12))  # frame_2 before frame_10
     assert float(seq_rows[10]["time_s"]) == 0.4 and sum(r["face"] == "1" for r in seq_rows) >= 11
-    assert {r["input"] for r in rows} == {str(seq), str(photos / "alice.jpg"), str(photos / "bob.jpg")}
+    assert {r["input"] for r in rows} == {str(seq), *(str(photos / n) for n in ("alice.jpg", "bob.jpg", "IMG_1234.jpg",
+                                                                                "IMG_1301.jpg"))}
     assert extract_main([str(tmp_path / "in"), str(tmp_path / "b.csv"), *enc, "--stills"]) == 0
-    assert json.loads(capsys.readouterr().out)["inputs"] == 14
+    assert json.loads(capsys.readouterr().out)["inputs"] == 16
 
 
 def test_extract_with_a_head_gives_au_probabilities(astronaut_mp4, tmp_path, capsys):
