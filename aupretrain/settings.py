@@ -293,6 +293,8 @@ def validate(cfg: DictConfig | dict, sections: Sequence[str] | None = None, trai
     Raises:
         UsageError: one line naming the key, the bad value and what to set instead.
     """
+    from .settings_checks import _check_together, check_deepspeed_keys, check_present, check_tracking_store
+
     flags = flags or {}
     if training:  # a key deleted with `~key` (before resolving: other values may interpolate from it)
         check_present(OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg, sections)
@@ -407,6 +409,14 @@ def check_shards_setting(shards: Any) -> None:
     Manifest.from_json(text, str(f))  # a manifest that cannot be used: before any run folder or worker
 
 
-# checks of settings against each other and the world (they use this module's table and helpers: imported last)
-from .settings_checks import _check_together, check_deepspeed_keys, check_present  # noqa: E402
-from .settings_checks import check_tracking_store, check_tracking_uri  # noqa: E402,F401 (public here too)
+_CHECKS = ("_check_together", "check_deepspeed_keys", "check_present", "check_tracking_store", "check_tracking_uri")
+
+
+def __getattr__(name: str):
+    """The checks of settings against each other and the world live in `settings_checks` (which uses this module's
+    table and helpers); they are reachable here too, imported on first use (no import cycle)."""
+    if name in _CHECKS:
+        from . import settings_checks
+
+        return getattr(settings_checks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

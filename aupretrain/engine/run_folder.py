@@ -5,8 +5,9 @@ Two jobs in one run folder (a relaunch while the first job's ranks still run —
 them running in their own sessions —, a double submission, a colleague's job) would prune each other's checkpoints
 and interleave their metrics. Rank 0 holds an exclusive `flock` on `<run>/.lock` for its whole life (the kernel
 releases it when the process ends, however it ends); a second job's rank 0 finds it held and the job is refused
-with one line naming the holder's pid, host and start time. On a file system without locks (some FUSE or object
-store mounts) the job warns and goes on unguarded.
+with one line naming the holder's pid, host and start time, exit 1 (a conflict that clears, which a scheduler may
+retry; not 2, a setting to fix). On a file system without locks (some FUSE or object store mounts) the job warns
+and goes on unguarded.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from .distributed import DistInfo, barrier, broadcast_object
 log = logging.getLogger("aupretrain.train")
 
 LOCK = ".lock"
+BUSY = "busy:"  # marks `_claim`'s message for a held lock: a conflict that clears, not a setting to fix
 _held: list = []  # rank 0's open lock file: kept open (and locked) until the process ends
 
 
@@ -61,9 +63,9 @@ def _claim(path: Path) -> str | None:
         f.seek(0)
         holder = " ".join(f.read(300).split()) or "another process"
         f.close()
-        return (f"{shown} is in use by another job ({holder}); two jobs in one run folder would prune each other's "
-                f"checkpoints — wait for it to end (or stop it), or give another run.dir (if no job runs there — "
-                f"an NFS lock a crashed client left — remove {path / LOCK})")
+        return (f"{BUSY}{shown} is in use by another job ({holder}); two jobs in one run folder would prune each "
+                f"other's checkpoints — run the same command again once it has ended (or stop it), or give another "
+                f"run.dir (if no job runs there — an NFS lock a crashed client left — remove {path / LOCK})")
     except OSError as e:  # no lock support on this file system: unguarded, said once
         log.warning("%s: file locks are not supported here (%s); nothing stops a second job from using this run "
                     "folder at the same time", shown, e.strerror or e)
@@ -105,9 +107,11 @@ def resolve_run_dir(cfg: DictConfig, d: DistInfo) -> Path:
     (rank 0's local time, broadcast). Rank 0 creates it, checks it can be written and takes its lock (`_claim`);
     collective.
 
-    Raises:
-        UsageError (on every rank alike): a file in the way, a folder that cannot be created or written (a
-            read-only file system, no permission), or a run folder another job holds.
+    Raises (on every rank alike):
+        UsageError: a file in the way, a folder that cannot be created or written (a read-only file system, no
+            permission) — exit 2.
+        EnvironmentFault: a run folder another job holds — exit 1: it clears when that job ends (or, on NFS, when
+            a dead client's lock lease expires), so a scheduler's retry (a Kubernetes Job's backoff) may succeed.
     """
     if cfg.run.dir:
         path = Path(cfg.run.dir)
@@ -116,6 +120,12 @@ def resolve_run_dir(cfg: DictConfig, d: DistInfo) -> Path:
         path = Path(cfg.run.root) / f"{cfg.run.name}-{broadcast_object(stamp)}"
     path = Path(os.path.abspath(path))
     error = broadcast_object(_claim(path) if d.is_main else None)
+    if error and error.startswith(BUSY):  # exit 1, not 2: a scheduler retries it (the holder ends, a lease expires)
+        from ..data.storage import EnvironmentFault
+
+        fault = EnvironmentFault(error[len(BUSY):])
+        fault.raised_on_rank0 = True
+        raise fault
     if error:
         raise UsageError(error)
     barrier()
