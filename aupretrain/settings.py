@@ -319,24 +319,21 @@ def validate(cfg: DictConfig | dict, sections: Sequence[str] | None = None, trai
 
 
 @functools.lru_cache(maxsize=None)
-def bool_keys() -> frozenset[str]:
-    """Every dotted key that is true/false in the config tree's YAML files (a group's file under its group, e.g.
-    `objective/clp.yaml`'s `cir.flow` as `objective.cir.flow`; `# @package _global_` files at the root) and never
-    anything else there: switches, which `validate` holds to true/false beside `SCHEMA` (Hydra reads `maybe` or
-    `no` as a string, which Python's bool() would take as true)."""
+def tree_items() -> tuple[tuple[str, Any], ...]:
+    """(dotted key, value) of every key in every YAML file of the config tree — a group's file under its group
+    (`objective/clp.yaml`'s `cir.flow` as `objective.cir.flow`), `# @package _global_` files at the root; sections
+    too (their value a dict); `defaults` lists left out."""
     from .config import config_dir
 
-    kinds: dict[str, set[bool]] = {}
+    out: list[tuple[str, Any]] = []
 
     def walk(node: Any, prefix: str) -> None:
         for k, v in node.items():
             if k == "defaults":
                 continue
-            key = f"{prefix}{k}"
+            out.append((f"{prefix}{k}", v))
             if isinstance(v, dict):
-                walk(v, key + ".")
-            else:
-                kinds.setdefault(key, set()).add(isinstance(v, bool))
+                walk(v, f"{prefix}{k}.")
 
     root = config_dir()
     for f in sorted(root.rglob("*.yaml")):
@@ -345,6 +342,18 @@ def bool_keys() -> frozenset[str]:
         node = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
         if isinstance(node, dict):
             walk(node, "" if glob else group.replace("/", ".") + ".")
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=None)
+def bool_keys() -> frozenset[str]:
+    """Every dotted key that is true/false in the config tree's YAML files (`tree_items`) and never anything else
+    there: switches, which `validate` holds to true/false beside `SCHEMA` (Hydra reads `maybe` or `no` as a string,
+    which Python's bool() would take as true)."""
+    kinds: dict[str, set[bool]] = {}
+    for key, v in tree_items():
+        if not isinstance(v, dict):
+            kinds.setdefault(key, set()).add(isinstance(v, bool))
     return frozenset(k for k, seen in kinds.items() if seen == {True})
 
 

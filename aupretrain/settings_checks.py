@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from .config import default_config
 from .errors import UsageError
-from .settings import SCHEMA, _num, _show
+from .settings import SCHEMA, _num, _show, tree_items
 
 
 _MISSING = object()
@@ -210,27 +210,8 @@ def _deepspeed_source() -> tuple[str, frozenset[str], frozenset[str]] | None:
 
 @functools.lru_cache(maxsize=None)
 def _tree_keys() -> frozenset[str]:
-    """Every dotted key any YAML file of the config tree has (as `bool_keys` walks them)."""
-    from .config import config_dir
-
-    out: set[str] = set()
-
-    def walk(node: Any, prefix: str) -> None:
-        for k, v in node.items():
-            if k == "defaults":
-                continue
-            out.add(f"{prefix}{k}")
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-
-    root = config_dir()
-    for f in sorted(root.rglob("*.yaml")):
-        group = f.parent.relative_to(root).as_posix()
-        glob = group == "." or f.read_text().lstrip().startswith("# @package _global_")
-        node = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
-        if isinstance(node, dict):
-            walk(node, "" if glob else group.replace("/", ".") + ".")
-    return frozenset(out)
+    """Every dotted key any YAML file of the config tree has (`settings.tree_items`)."""
+    return frozenset(k for k, _ in tree_items())
 
 
 def check_deepspeed_keys(ds: Any) -> None:

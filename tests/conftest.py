@@ -169,9 +169,10 @@ def on_two_ranks(fn, *args) -> dict:
         return dict(out)
 
 
-def run_together(procs: list[subprocess.Popen], timeout: float = 420) -> list[str]:
+def run_together(procs: list[subprocess.Popen], timeout: float = 420, codes: list[int] | None = None) -> list[str]:
     """Wait for processes started together (each in its own session, stdout piped, stderr merged); on a timeout
-    or error every one still running is killed with its group. Asserts each exited 0; returns their outputs."""
+    or error every one still running is killed with its group. Asserts each exited 0 (or with `codes`, in order);
+    returns their outputs."""
     outs = []
     try:
         outs = [p.communicate(timeout=timeout)[0] for p in procs]
@@ -179,8 +180,10 @@ def run_together(procs: list[subprocess.Popen], timeout: float = 420) -> list[st
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
+    if codes is not None:
+        assert [p.returncode for p in procs] == codes, "\n".join(o[-3000:] for o in outs)
     for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
+        assert codes is not None or p.returncode == 0, out[-4000:]
     return outs
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import signal
 import subprocess
 import time
@@ -153,15 +152,7 @@ def start_pod(kind, tmp_path, packed, overrides, **env) -> subprocess.Popen:
 
 def exits(procs: list[subprocess.Popen], codes: list[int], timeout: float = 420) -> list[str]:
     """`run_together` for pods expected to exit with `codes`."""
-    outs = []
-    try:
-        outs = [p.communicate(timeout=timeout)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-    assert [p.returncode for p in procs] == codes, "\n".join(o[-3000:] for o in outs)
-    return outs
+    return run_together(procs, timeout, codes)
 
 
 def wait_for_steps(run_dir: Path, n: int, procs: list[subprocess.Popen], timeout: float = 240) -> None:
