@@ -179,21 +179,29 @@ def _levenshtein(a: str, b: str) -> int:
     return prev[-1]
 
 
+def _package_root(name: str) -> Path | None:
+    """The folder of installed package `name`, found without importing it (DeepSpeed takes 4 s); None when absent."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 @functools.lru_cache(maxsize=None)
 def _deepspeed_source() -> tuple[str, frozenset[str], frozenset[str]] | None:
     """(DeepSpeed's version, every quoted snake_case word of its source (a superset of the config keys it reads),
     the values of its `constants.py` files (its config keys, for suggestions)), read without importing it (4 s);
     None when it is not installed."""
     import importlib.metadata
-    import importlib.util
 
-    try:
-        spec = importlib.util.find_spec("deepspeed")
-    except (ImportError, ValueError):
+    root = _package_root("deepspeed")
+    if root is None:
         return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    root = Path(list(spec.submodule_search_locations)[0])
     words: set[str] = set()
     consts: set[str] = set()
     for f in root.rglob("*.py"):
@@ -259,15 +267,10 @@ _STORE_FIX = "sqlite:///<path>/mlflow.db (a local store) or http(s)://host:port 
 def _file_store_allowed() -> bool:
     """Whether the installed MLflow opens a folder as its store: its file store refuses to start (it is "in
     maintenance mode") unless $MLFLOW_ALLOW_FILE_STORE is true; read from its source, without importing it."""
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec("mlflow")
-    except (ImportError, ValueError):
+    root = _package_root("mlflow")
+    if root is None:
         return True
-    if spec is None or not spec.submodule_search_locations:
-        return True
-    f = Path(list(spec.submodule_search_locations)[0]) / "store" / "tracking" / "file_store.py"
+    f = root / "store" / "tracking" / "file_store.py"
     try:
         gated = "MLFLOW_ALLOW_FILE_STORE" in f.read_text(errors="ignore")
     except OSError:
