@@ -199,7 +199,8 @@ def summarise(results: dict[str, list[dict]]) -> dict:
         js["mean_f1_std"][name] = float(np.std(f1))
         ids = [r["identity_acc"] for r in rs if "identity_acc" in r]
         js["identity_acc"][name] = float(np.mean(ids)) if ids else None
-        js["per_au_f1"][name] = {a: float(np.mean([r["f1"][a] for r in rs])) for a in rs[0]["f1"]}
+        js["per_au_f1"][name] = {a: (float(np.mean(v)) if (v := [r["f1"][a] for r in rs if r["f1"].get(a) is not None])
+                                     else None) for a in rs[0]["f1"]}  # null: no frame had the AU (eval.json)
     return js
 
 

@@ -84,6 +84,7 @@ def _fold_entry(k, test, data, pred_probs, thr, extra) -> dict:
     return {"fold": k + 1, "test_subjects": sorted(data.identity_names[i] for i in np.unique(data.identity[test])),
             "frames": int(test.sum()), "f1": {a: float(v) for a, v in zip(data.aus, f1)},
             "f1_mean": float(f1[present].mean()) if present.any() else 0.0,
+            "aus_evaluated": [a for a, ok in zip(data.aus, present) if ok],
             "thresholds": {a: float(t) for a, t in zip(data.aus, np.broadcast_to(thr, (len(data.aus),)))}, **extra}
 
 

@@ -16,6 +16,20 @@ from .report import embedding_figure, evaluate_codes, evaluate_encoders, figure,
 log = logging.getLogger(__name__)
 
 
+
+def unscored_as_null(results: dict) -> dict:
+    """A copy of `results` ({row: `evaluate_codes` result}) for eval.json: the F1 of an AU that no frame of the
+    evaluated data (or of a fold's test frames) has is null instead of scikit-learn's 0.0, which reads as a
+    measured miss; the means already leave such AUs out (`f1_summary`)."""
+    def row(r: dict) -> dict:
+        scored = set(r.get("aus_evaluated", r.get("f1", {})))
+        out = {**r, "f1": {a: (v if a in scored else None) for a, v in r.get("f1", {}).items()}}
+        if "folds" in r:
+            out["folds"] = [{**f, "f1": {a: (v if a in f.get("aus_evaluated", f["f1"]) else None)
+                                         for a, v in f["f1"].items()}} for f in r["folds"]]
+        return out
+    return {name: row(r) for name, r in results.items()}
+
 def pack_settings(cfg, size: int):
     """The packer's settings (`pack.*`) at the encoder's input size: evaluation crops = pretraining crops."""
     from dataclasses import replace
@@ -125,7 +139,7 @@ def evaluate(cfg, encoder: AUEncoder, tracker=None, out_dir: str | Path | None =
                     "%d AUs", data.dataset, " / ".join(unscored), "it" if len(unscored) == 1 else "them",
                     len(data.aus) - len(unscored))
     summary = {"split": str(e.split), "aus": data.aus, "frames": int(len(data.labels)),
-               "identities": len(data.identity_names), "results": results, "dataset": data.dataset,
+               "identities": len(data.identity_names), "results": unscored_as_null(results), "dataset": data.dataset,
                "protocol": protocol, "select": select_mode(e, data.dataset), "fold_source": fold_source,
                "normalize": str(e.get("normalize", "none")),
                "data_info": data.info, "subjects": list(data.identity_names)}
@@ -150,7 +164,8 @@ def evaluate(cfg, encoder: AUEncoder, tracker=None, out_dir: str | Path | None =
             if name not in results:
                 continue
             r = results[name]
-            m = {f"{prefix}/f1_mean": r["f1_mean"], **{f"{prefix}/f1/{a}": v for a, v in r["f1"].items()}}
+            m = {f"{prefix}/f1_mean": r["f1_mean"],
+                 **{f"{prefix}/f1/{a}": v for a, v in r["f1"].items() if a in r.get("aus_evaluated", r["f1"])}}
             if "identity_acc" in r:
                 m[f"{prefix}/identity_acc"] = r["identity_acc"]
             for f in r.get("folds", []) if name == main else []:

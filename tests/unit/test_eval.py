@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -112,6 +114,13 @@ def test_reference_rows_always_positive_and_hog():
     r = always_positive(d)
     assert r["f1"]["a"] == pytest.approx(2 / 3) and r["f1"]["b"] == pytest.approx(2 / 11)
     assert r["f1_mean"] == pytest.approx((2 / 3 + 2 / 11) / 2) and r["aus_evaluated"] == ["a", "b"]
+    from aupretrain.eval.run import unscored_as_null
+
+    fold = {"fold": 1, "f1": {"a": 0.5, "b": 0.0, "c": 0.0}, "f1_mean": 0.5, "aus_evaluated": ["a"]}
+    js = json.loads(json.dumps(unscored_as_null({"row": {**r, "folds": [fold]}})))  # what eval.json holds
+    assert js["row"]["f1"] == {"a": pytest.approx(2 / 3), "b": pytest.approx(2 / 11), "c": None}
+    assert js["row"]["folds"][0]["f1"] == {"a": 0.5, "b": None, "c": None}  # b: no positive in this fold
+    assert r["f1"]["c"] == 0.0  # the in-memory result is left as it was
     h = hog_features(frames)
     assert h.shape == (10, 1764) and h.dtype == np.float32 and np.isfinite(h).all()
     assert not np.allclose(h[0], h[1])  # different images, different descriptors
