@@ -236,7 +236,8 @@ SCHEMA: dict[str, Spec] = {
     "eval.frames": _int(1),
     "eval.frame_stride": _int(1),
     "eval.folds": _int(2),
-    "eval.au_threshold": _num_spec(0, 1),
+    "eval.au_threshold": _num_spec(0, 5, null=True, what="intensity at which an AU is present: synthetic 0..1, "
+                                   "DISFA 1..5; null for BP4D / GFT, which code occurrence"),
     "eval.validation_fraction": _num_spec(0, 1, above=True),
     "eval.batch_size": _int(1),
     "eval.probe.steps": _int(1),

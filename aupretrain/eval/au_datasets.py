@@ -13,7 +13,7 @@ Layouts (details and sources: docs/evaluation.md):
 
 Label conventions: BP4D / GFT occurrence 1 = present; an evaluated AU coded 9 (unknown) drops the frame
 (counted in `info["unknown_label"]`). DISFA: present when intensity >= 2 (the JAA-Net / ME-GraphAU
-convention). AU sets: the 12 BP4D AUs, 8 DISFA AUs and 10 GFT AUs of the literature (AUS below).
+convention; `eval.au_threshold` of the `eval=disfa` preset, 1 the other convention in use). AU sets: the 12 BP4D AUs, 8 DISFA AUs and 10 GFT AUs of the literature (AUS below).
 
 Faces are detected, tracked and aligned with the packer's code (`aligned.py`) and cached; frames without a
 face are dropped and counted (`info["no_face"]`).
@@ -21,6 +21,7 @@ face are dropped and counted (`info["no_face"]`).
 from __future__ import annotations
 
 import csv
+import glob
 import logging
 import re
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import numpy as np
 
 from ..pack.clips import PackSettings
 from ..pack.inputs import VIDEO_EXTS
+from ..pack.video import VideoError, probe_video
 from ..errors import UsageError
 from .aligned import Source, aligned_crops
 from .datasets import LabelledFrames
@@ -58,12 +60,44 @@ class Sequence:
     first: int = 0  # the label file's number of the video's first frame (1: 1-based); 0 for frame folders
 
 
-def _need(path: Path, what: str, folder: bool = False) -> Path:
+def _need(path: Path, what: str, folder: bool = False, why: str = "") -> Path:
+    """`path` if it is a folder (`folder`) or a file; else UsageError "<path>: missing <what> <folder|file>[ for
+    <why>]", with a hint when it exists as the other kind or a sibling's name differs only in case."""
     ok = path.is_dir() if folder else path.is_file()
     if not ok:
         kind = "folder" if folder else "file"
-        raise UsageError(f"{path}: missing {what} {kind}" + (" (it is a file)" if folder and path.exists() else ""))
+        hint = ""
+        if path.exists():
+            hint = " (it is a file)" if folder else " (it is a folder)"
+        else:  # the first missing part of the path, and a sibling spelled in another case
+            gone = path
+            while not gone.parent.exists() and gone.parent != gone:
+                gone = gone.parent
+            near = [p for p in gone.parent.iterdir() if p.name.lower() == gone.name.lower()] if gone.parent.is_dir() else []
+            if near:
+                hint = f" (there is {near[0]}: names are case-sensitive; rename it {gone.name!r})"
+        raise UsageError(f"{path}: missing {what} {kind}{f' for {why}' if why else ''}{hint}")
     return path
+
+
+def _need_video(path: Path, why: str) -> Path:
+    """`_need` for a video, which is also opened (nothing decoded) so that an empty, damaged or audio-only file is
+    refused before any sequence is aligned, not hours into the run. Raises UsageError naming the file."""
+    _need(path, "video", why=why)
+    try:
+        probe_video(path)
+    except VideoError as e:
+        reason = str(e).removeprefix(f"{path}: ")
+        raise UsageError(f"{path}: unreadable video ({reason})") from None
+    return path
+
+
+def _whole(v: str) -> int:
+    """A label file's cell as a whole number ("1", "1.0", " 9 "); ValueError for "0.6", "x" or ""."""
+    f = float(v)
+    if not f.is_integer():
+        raise ValueError(f"{v.strip()!r} is not a whole number")
+    return int(f)
 
 
 def read_occurrence_csv(path: Path, aus: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -84,16 +118,20 @@ def read_occurrence_csv(path: Path, aus: list[int]) -> tuple[np.ndarray, np.ndar
     missing = [a for a in aus if a not in col]
     if missing:
         raise UsageError(f"{path}: no column for AU {', '.join(map(str, missing))} (header: {','.join(header[:8])}...)")
-    data, need = [], max(col[a] for a in aus)
+    data, need, seen = [], max(col[a] for a in aus), {}
     for line, r in enumerate(rows[1:], 2):  # line numbers as an editor shows them (the header is line 1)
         if not any(x.strip() for x in r):
             continue
         if len(r) <= need:
             raise UsageError(f"{path}, line {line}: {len(r)} values, the header has {len(header)} (a row cut short)")
         try:
-            data.append([int(float(r[0]))] + [int(float(r[col[a]])) for a in aus])
+            data.append([_whole(r[0])] + [_whole(r[col[a]]) for a in aus])
         except ValueError as e:
             raise UsageError(f"{path}, line {line}: unreadable AU occurrence row ({e})") from e
+        if data[-1][0] in seen:  # which row holds the frame's labels cannot be guessed
+            raise UsageError(f"{path}, line {line}: frame {data[-1][0]} again (first on line {seen[data[-1][0]]}); "
+                             "each frame needs exactly one row")
+        seen[data[-1][0]] = line
         if bad := [(a, v) for a, v in zip(aus, data[-1][1:]) if v not in (0, 1, 9)]:
             raise UsageError(f"{path}, line {line}: AU{bad[0][0]} is {bad[0][1]}; occurrence values are 0 (absent), "
                              "1 (present) or 9 (not coded)")
@@ -105,9 +143,9 @@ def read_occurrence_csv(path: Path, aus: list[int]) -> tuple[np.ndarray, np.ndar
 
 def read_intensity_txt(path: Path) -> np.ndarray:
     """A DISFA `<subject>_au<k>.txt` -> [F, 2] float (frame number, intensity 0-5), one line 'frame,intensity'
-    each; blank lines are skipped. Raises UsageError naming the file and line of a line that is not two numbers,
-    and for a file with no frames."""
-    rows = []
+    each; blank lines are skipped. Raises UsageError naming the file and line of a line that is not two whole
+    numbers, of a frame listed twice, and for a file with no frames."""
+    rows, seen = [], {}
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Excel) is dropped
         for line, r in enumerate(csv.reader(f), 1):
             if not any(x.strip() for x in r):
@@ -115,20 +153,42 @@ def read_intensity_txt(path: Path) -> np.ndarray:
             try:
                 if len(r) != 2:
                     raise ValueError(f"{len(r)} values")
-                rows.append([float(r[0]), float(r[1])])
+                rows.append([_whole(r[0]), _whole(r[1])])
             except ValueError as e:
                 raise UsageError(f"{path}, line {line}: expected 'frame,intensity' ({e})") from None
+            if rows[-1][0] in seen:
+                raise UsageError(f"{path}, line {line}: frame {rows[-1][0]} again (first on line {seen[rows[-1][0]]}); "
+                                 "each frame needs exactly one line")
+            seen[rows[-1][0]] = line
     if not rows:
         raise UsageError(f"{path}: AU label file has no frames (expected lines 'frame,intensity')")
     return np.array(rows, dtype=np.float64)
 
 
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
 def _frame_files(folder: Path) -> list[tuple[int, Path]]:
-    files = []
+    """(frame number, file) of the `<number>.jpg|.jpeg|.png` images in `folder`, sorted by number. Two images of
+    one number (0001.jpg beside 001.jpg or 1.png) are both left out, with a warning naming them: which one the
+    labels were coded on cannot be told (their frames count as `no_image`)."""
+    by_number: dict[int, list[Path]] = {}
     for p in folder.iterdir():
-        if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.stem.isdigit():
-            files.append((int(p.stem), p))
-    return sorted(files)
+        if p.suffix.lower() in IMAGE_EXTS and p.stem.isdigit():
+            by_number.setdefault(int(p.stem), []).append(p)
+    clash = {n: sorted(ps) for n, ps in by_number.items() if len(ps) > 1}
+    if clash:
+        shown = "; ".join(" and ".join(p.name for p in ps) for ps in list(clash.values())[:3])
+        log.warning("%s: %d frame number(s) have more than one image (%s%s): those frames are left out",
+                    folder, len(clash), shown, " ..." if len(clash) > 3 else "")
+    return sorted((n, ps[0]) for n, ps in by_number.items() if len(ps) == 1)
+
+
+def _no_frames(folder: Path) -> UsageError:
+    """The error for a frame folder without `<number>.jpg|.png` images, pointing at a subfolder that has them."""
+    sub = next((d for d in sorted(folder.iterdir()) if d.is_dir() and _frame_files(d)), None)
+    hint = f" (its subfolder {sub.name}/ has them: move them up one level)" if sub else ""
+    return UsageError(f"{folder}: no frames <number>.jpg / .png{hint}")
 
 
 def bp4d_sequences(root: Path) -> list[Sequence]:
@@ -144,10 +204,10 @@ def bp4d_sequences(root: Path) -> list[Sequence]:
         subject, _, task = c.stem.partition("_")
         if not task:
             raise UsageError(f"{c}: label file name is not <subject>_<task>.csv")
-        folder = _need(seq_root / subject / task, f"frame folder for {c.name}:", folder=True)
+        folder = _need(seq_root / subject / task, "frame", folder=True, why=c.name)
         files = _frame_files(folder)
         if not files:
-            raise UsageError(f"{folder}: no frames <number>.jpg")
+            raise _no_frames(folder)
         frames, labels = read_occurrence_csv(c, AUS["bp4d"])
         out.append(Sequence(subject, Source(f"{subject}_{task}", folder, files), frames, labels,
                             np.full(labels.shape, np.nan, np.float32)))
@@ -166,18 +226,24 @@ def _warn_unlabelled(sources: list[Path], labels: Path, name: str) -> None:
                     len(sources), labels, name, shown)
 
 
-def disfa_sequences(root: Path) -> list[Sequence]:
-    """Every `ActionUnit_Labels/<subject>/` with its video `Videos_LeftCamera/LeftVideo<subject>_comp.avi`.
-    Label frame numbers are 1-based (the first line is frame 1) and refer to the video's decode order; a file
-    starting at frame 0 is read as 0-based. Raises UsageError naming a missing video or AU label file."""
+def disfa_sequences(root: Path, threshold: float = DISFA_PRESENT) -> list[Sequence]:
+    """Every `ActionUnit_Labels/<subject>/` with its video `Videos_LeftCamera/LeftVideo<subject>_comp.avi`; an
+    AU is present at intensity >= `threshold`. Label frame numbers are 1-based (the first line is frame 1) and refer
+    to the video's decode order; a file starting at frame 0 is read as 0-based. A folder holding no
+    `<name>_au<k>.txt` (`__MACOSX`, a notes folder) is passed over with a warning. Raises UsageError naming a
+    missing or unreadable video or AU label file."""
     lab_root = _need(root / "ActionUnit_Labels", "DISFA label (ActionUnit_Labels)", folder=True)
     vid_root = _need(root / "Videos_LeftCamera", "DISFA video (Videos_LeftCamera)", folder=True)
-    subjects = sorted(p.name for p in lab_root.iterdir() if p.is_dir())
+    folders = sorted(p for p in lab_root.iterdir() if p.is_dir())
+    subjects = [p.name for p in folders if any(p.glob(f"{glob.escape(p.name)}_au*.txt"))]
+    if other := [p.name for p in folders if p.name not in subjects]:
+        log.warning("%s: %d folder(s) hold no <subject>_au<k>.txt label files and are passed over: %s", lab_root,
+                    len(other), ", ".join(other[:5]) + (" ..." if len(other) > 5 else ""))
     if not subjects:
-        raise UsageError(f"{lab_root}: no <subject> folders (e.g. SN001/SN001_au1.txt)")
+        raise UsageError(f"{lab_root}: no <subject> folders with label files (e.g. SN001/SN001_au1.txt)")
     out = []
     for subj in subjects:
-        video = _need(vid_root / f"LeftVideo{subj}_comp.avi", f"video for {subj}:")
+        video = _need_video(vid_root / f"LeftVideo{subj}_comp.avi", f"subject {subj}")
         cols, frames = [], None
         for a in AUS["disfa"]:
             p = _need(lab_root / subj / f"{subj}_au{a}.txt", f"AU{a} label")
@@ -192,7 +258,7 @@ def disfa_sequences(root: Path) -> list[Sequence]:
             cols = [c[:n] for c in cols] + [rows[:n, 1].astype(np.float32)]
         inten = np.stack(cols, 1)
         first = 1 if frames.min() >= 1 else 0
-        out.append(Sequence(subj, Source(subj, video), frames - first, (inten >= DISFA_PRESENT).astype(np.int64),
+        out.append(Sequence(subj, Source(subj, video), frames - first, (inten >= threshold).astype(np.int64),
                             inten, first))
     _warn_unlabelled([v for v in sorted(vid_root.glob("LeftVideo*_comp.avi"))
                       if v.name[len("LeftVideo"):-len("_comp.avi")] not in subjects], lab_root, "<subject>/ folder")
@@ -209,12 +275,13 @@ def gft_sequences(root: Path) -> list[Sequence]:
         raise UsageError(f"{lab_root}: no <subject>.csv label files")
     out = []
     for c in csvs:
-        videos = sorted(p for p in vid_root.glob(f"{c.stem}.*") if p.suffix.lower() in VIDEO_EXTS)
+        videos = sorted(p for p in vid_root.glob(f"{glob.escape(c.stem)}.*") if p.suffix.lower() in VIDEO_EXTS)
         if not videos:
             raise UsageError(f"{vid_root}/{c.stem}.mp4: missing video for {c.name}")
         if len(videos) > 1:  # which one the labels were coded on cannot be guessed
             raise UsageError(f"{c}: {len(videos)} videos for subject {c.stem} ({', '.join(v.name for v in videos)}); "
                              "keep the one the labels were coded on in Videos/")
+        _need_video(videos[0], c.name)
         frames, labels = read_occurrence_csv(c, AUS["gft"])
         first = 1 if frames.min() >= 1 else 0
         out.append(Sequence(c.stem, Source(c.stem, sorted(videos)[0]), frames - first, labels,
@@ -229,7 +296,8 @@ READERS = {"bp4d": bp4d_sequences, "disfa": disfa_sequences, "gft": gft_sequence
 
 
 def load_au_dataset(name: str, root: str | Path, s: PackSettings, cache: str | Path | None = None,
-                    frame_stride: int = 1, subjects: list[str] | None = None) -> LabelledFrames:
+                    frame_stride: int = 1, subjects: list[str] | None = None,
+                    au_threshold: float | None = None) -> LabelledFrames:
     """BP4D / DISFA / GFT at `root` (the owners' layout) -> LabelledFrames of aligned face crops.
 
     frames [N, S, S, 3] uint8 (S = s.size), labels [N, A] {0, 1}, intensity [N, A] (DISFA; NaN otherwise),
@@ -237,21 +305,35 @@ def load_au_dataset(name: str, root: str | Path, s: PackSettings, cache: str | P
     frame_index [N] (the label file's frame number). Every `frame_stride`-th frame of a sequence is read.
     Dropped frames are counted in `info`: no_face, unknown_label (an evaluated AU coded 9), unlabelled (a
     frame read that the label file does not cover), no_image (a labelled frame missing from the source),
-    unreadable. `subjects` keeps only those subjects.
+    unreadable. `subjects` keeps only those subjects. `au_threshold`: DISFA's intensity at which an AU is present
+    (None: 2, the JAA-Net / ME-GraphAU convention); BP4D and GFT code occurrence, so a value given for them is
+    not used (a warning says so).
 
-    Raises UsageError naming the file or folder for a missing or malformed input (see the readers), and when
-    no frame is left.
+    Raises UsageError naming the file or folder for a missing or malformed input (see the readers), a subject of
+    `subjects` the dataset does not have, a DISFA threshold outside 1..5, and when no frame is left.
     """
     if name not in READERS:
         raise UsageError(f"eval.dataset={name!r}: must be one of synthetic, {', '.join(READERS)}")
     if frame_stride < 1:
         raise UsageError(f"eval.frame_stride={frame_stride}: must be >= 1")
     root = _need(Path(root).expanduser(), f"{name.upper()} root (eval.root)", folder=True)
-    seqs = READERS[name](root)
+    if name == "disfa":
+        t = DISFA_PRESENT if au_threshold is None else float(au_threshold)
+        if not 1 <= t <= 5:
+            raise UsageError(f"eval.au_threshold={au_threshold}: DISFA codes intensity 0-5, an AU present at >= the "
+                             "threshold; use 2 (the eval=disfa preset, JAA-Net / ME-GraphAU) or 1")
+        seqs = disfa_sequences(root, t)
+    else:
+        if au_threshold is not None:
+            log.warning("eval.au_threshold=%s is not used: %s codes AU occurrence (0 / 1 / 9), not intensity",
+                        au_threshold, name.upper())
+        seqs = READERS[name](root)
     if subjects:
+        have = {q.subject for q in seqs}
+        if unknown := [x for x in subjects if x not in have]:
+            raise UsageError(f"eval.subjects: {', '.join(map(str, unknown))} not in {root} (its subjects: "
+                             f"{', '.join(sorted(have)[:12])}{' ...' if len(have) > 12 else ''})")
         seqs = [q for q in seqs if q.subject in set(subjects)]
-        if not seqs:
-            raise UsageError(f"{root}: none of the subjects {subjects} found")
     info = {"sequences": len(seqs), "frames_read": 0, "no_face": 0, "unknown_label": 0, "unlabelled": 0,
             "no_image": 0, "unreadable": 0, "cache_hits": 0}
     parts = {k: [] for k in ("frames", "labels", "inten", "ident", "video", "index")}
@@ -281,7 +363,10 @@ def load_au_dataset(name: str, root: str | Path, s: PackSettings, cache: str | P
         known = (lab != UNKNOWN).all(1)
         info["unknown_label"] += int((~known).sum())
         if not known.any():
-            log.warning("%s: no labelled frame with a face", q.source.path)
+            why = (f"{len(known)} labelled frames with a face, each with an evaluated AU coded {UNKNOWN} (not coded)"
+                   if len(known) else f"no face in the {c.seen - c.unreadable} frames read" if not len(c.index)
+                   else f"none of the {len(c.index)} frames with a face is in the label file")
+            log.warning("%s: left out: %s", q.source.path, why)
             continue
         if q.subject not in subj_names:
             subj_names.append(q.subject)

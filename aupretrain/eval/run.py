@@ -46,6 +46,11 @@ def load_data(cfg, encoder: AUEncoder) -> tuple[LabelledFrames, list[np.ndarray]
     name = str(e.get("dataset", "synthetic"))
     if name == "synthetic":
         check_identity_sets(cfg)
+        if e.get("au_threshold") is None or not 0 <= float(e.au_threshold) <= 1:
+            from ..errors import UsageError
+
+            raise UsageError(f"eval.au_threshold={e.get('au_threshold')}: the synthetic intensities are 0..1; set a "
+                             "number in [0, 1] (0.5 in configs/eval/synthetic.yaml)")
         data = load_synthetic(ensure_synthetic(e), float(e.au_threshold), int(e.frame_stride))
         return data, None, f"seeded subject split into {int(e.folds)} folds (seed {int(cfg.run.seed)})"
     from ..errors import UsageError
@@ -58,7 +63,7 @@ def load_data(cfg, encoder: AUEncoder) -> tuple[LabelledFrames, list[np.ndarray]
     cache = e.get("cache")
     cache = None if cache == "none" else Path(cache) if cache else default_cache()
     data = load_au_dataset(name, e.root, pack_settings(cfg, encoder.input_size), cache, int(e.frame_stride),
-                           list(e.get("subjects") or []) or None)
+                           list(e.get("subjects") or []) or None, e.get("au_threshold"))
     masks, source = standard_folds(name, data.subject_names, int(e.folds), int(cfg.run.seed))
     return data, masks, source
 

@@ -91,6 +91,46 @@ def test_inputs_are_checked_with_one_clear_error(tmp_path, caplog):
     assert len(data.labels) == 6 and "6 frames decoded, 9 labelled; using the first 6" in caplog.text
 
 
+def test_field_report_inputs_real_copies_have(tmp_path, caplog):
+    """From a researcher's field trial: an empty GFT video is refused before any other video is aligned (nothing
+    cached), a subject name with brackets is found, a `__MACOSX` folder among DISFA's labels is passed over,
+    DISFA's intensity threshold is `eval.au_threshold` (a synthetic 0..1 value refused), a mistyped subject is
+    named, and a sequence whose every frame is coded 9 is left out with the reason."""
+    g = tmp_path / "gft"
+    write_gft(g, subjects=("S[1]", "002B"), n=6)
+    (g / "Videos" / "002B.mp4").write_bytes(b"")
+    cache = tmp_path / "cache"
+    with pytest.raises(UsageError, match=r"002B.mp4: unreadable video \("):
+        load_au_dataset("gft", g, S, cache)
+    assert not cache.exists() or not any(cache.rglob("*.npz"))  # refused before S[1] was aligned
+    (g / "Videos" / "002B.mp4").unlink()
+    (g / "AUCoding" / "002B.csv").unlink()
+    assert load_au_dataset("gft", g, S, None).identity_names == ["S[1]"]
+    with pytest.raises(UsageError, match=r"eval.subjects: S1 not in .*gft \(its subjects: S\[1\]\)"):
+        load_au_dataset("gft", g, S, None, subjects=["S1"])
+    d = tmp_path / "disfa"
+    inten = write_disfa(d, subjects=("SN001", "SN002"), n=6)["SN001"]
+    (d / "ActionUnit_Labels" / "__MACOSX").mkdir()
+    at2 = load_au_dataset("disfa", d, S, None)
+    assert "1 folder(s) hold no <subject>_au<k>.txt label files and are passed over: __MACOSX" in caplog.text
+    at1 = load_au_dataset("disfa", d, S, None, au_threshold=1)
+    m = at1.identity == 0
+    assert np.array_equal(at1.labels[m], (inten[at1.frame_index[m] - 1] >= 1).astype(np.float32))
+    assert np.array_equal(at2.labels[at2.identity == 0], (inten[at2.frame_index[m] - 1] >= 2).astype(np.float32))
+    with pytest.raises(UsageError, match=r"eval.au_threshold=0.5: DISFA codes intensity 0-5"):
+        load_au_dataset("disfa", d, S, None, au_threshold=0.5)
+    b = tmp_path / "bp4d"
+    write_bp4d(b, subjects=("F001", "M011"), tasks=("T1",), n=4)
+    occ = b / "AUCoding" / "AU_OCC" / "F001_T1.csv"
+    rows = occ.read_text().splitlines()
+    occ.write_text("\n".join([rows[0]] + [r.split(",")[0] + ",9" * (len(rows[0].split(",")) - 1) for r in rows[1:]]) + "\n")
+    caplog.clear()
+    data = load_au_dataset("bp4d", b, S, None, au_threshold=0.5)
+    assert data.identity_names == ["M011"]
+    assert "F001/T1: left out: 4 labelled frames with a face, each with an evaluated AU coded 9" in caplog.text
+    assert "eval.au_threshold=0.5 is not used: BP4D codes AU occurrence" in caplog.text
+
+
 def test_cli_end_to_end_on_fake_bp4d(bp4d, tmp_path, capsys):
     from aupretrain.cli.evaluate import main
     from aupretrain.models.encoder import AUEncoder, save_encoder

@@ -314,3 +314,53 @@ def test_frames_or_videos_without_a_label_file_are_reported_by_name_and_count(tm
     warned = [r.getMessage() for r in caplog.records if "no label file" in r.getMessage()]
     assert len(warned) == 3 and all(w.startswith("1 frame folder(s) / video(s)") for w in warned), warned
     assert "F001/T1" in warned[0] and "LeftVideoSN013_comp.avi" in warned[1] and "002B.mp4" in warned[2]
+
+
+def test_label_cells_that_are_not_whole_numbers_and_frames_listed_twice_are_refused_by_line(tmp_path):
+    """Field report: 0.6 read as 0 and frame 2.7 as frame 2, silently; two rows of one frame, the last one
+    winning. Each is now one error naming the file and line ("1.0" from a spreadsheet still reads as 1)."""
+    p = tmp_path / "F001_T1.csv"
+    p.write_text("Frame,1,4\n1,1.0,0\n2,0.6,1\n")
+    with pytest.raises(UsageError, match=r"F001_T1.csv, line 3: unreadable AU occurrence row \('0.6' is not a whole"):
+        read_occurrence_csv(p, [1, 4])
+    p.write_text("Frame,1,4\n1,1,0\n2.7,0,1\n")
+    with pytest.raises(UsageError, match=r"line 3: unreadable AU occurrence row \('2.7' is not a whole number"):
+        read_occurrence_csv(p, [1, 4])
+    p.write_text("Frame,1,4\n1,1,0\n2,0,1\n1,0,0\n")
+    with pytest.raises(UsageError, match=r"F001_T1.csv, line 4: frame 1 again \(first on line 2\)"):
+        read_occurrence_csv(p, [1, 4])
+    p.write_text("Frame,1,4\n1,1.0,0\n2,9,1\n")
+    assert read_occurrence_csv(p, [1, 4])[1].tolist() == [[1, 0], [9, 1]]
+    t = tmp_path / "SN001_au1.txt"
+    t.write_text("1,0\n2,2.5\n")
+    with pytest.raises(UsageError, match=r"SN001_au1.txt, line 2: expected 'frame,intensity' \('2.5' is not a whole"):
+        read_intensity_txt(t)
+    t.write_text("1,0\n2,3\n2,1\n")
+    with pytest.raises(UsageError, match=r"SN001_au1.txt, line 3: frame 2 again \(first on line 2\)"):
+        read_intensity_txt(t)
+
+
+def test_frame_folders_two_images_of_one_number_a_nested_copy_and_a_name_in_the_wrong_case(tmp_path, caplog):
+    """0001.jpg beside 001.jpg: both left out with a warning naming them (which one was coded is unknown); a
+    frame folder one level too deep and a folder named in the wrong case get errors that say so."""
+    from aupretrain.eval.au_datasets import _frame_files, bp4d_sequences
+
+    f = tmp_path / "frames"
+    f.mkdir()
+    for name in ("0001.jpg", "001.jpg", "0002.jpg", "3.png", "notes.txt"):
+        (f / name).write_bytes(b"x")
+    assert [(n, p.name) for n, p in _frame_files(f)] == [(2, "0002.jpg"), (3, "3.png")]
+    assert "1 frame number(s) have more than one image (0001.jpg and 001.jpg)" in caplog.text
+    root = tmp_path / "bp4d"
+    (root / "AUCoding" / "AU_OCC").mkdir(parents=True)
+    (root / "AUCoding" / "AU_OCC" / "F001_T1.csv").write_text("Frame," + ",".join(map(str, AUS["bp4d"])) + "\n1" +
+                                                             ",0" * len(AUS["bp4d"]) + "\n")
+    (root / "Sequences" / "f001" / "T1").mkdir(parents=True)
+    with pytest.raises(UsageError, match=r"Sequences/F001/T1: missing frame folder for F001_T1.csv \(there is "
+                                         r".*Sequences/f001: names are case-sensitive; rename it 'F001'\)"):
+        bp4d_sequences(root)
+    (root / "Sequences" / "f001").rename(root / "Sequences" / "F001")
+    (root / "Sequences" / "F001" / "T1" / "T1").mkdir()
+    (root / "Sequences" / "F001" / "T1" / "T1" / "0001.jpg").write_bytes(b"x")
+    with pytest.raises(UsageError, match=r"F001/T1: no frames <number>.jpg / .png \(its subfolder T1/ has them"):
+        bp4d_sequences(root)
