@@ -8,7 +8,8 @@ Tracking store: --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/
 One row per evaluation: objective, model, steps, clips per rank per step, evaluation dataset and protocol, mean
 F1 and its random-init floor, identity accuracy (lower = more person-independent), training frames/s (median), per-AU
 F1. Evaluations made with different settings (their `eval.*` params: split, identities, folds, probe, data root)
-get a letter each, are ranked within their letter, and what differs is printed under the table. Training's end-of-run evaluation lives in the pretraining run; every later `aupretrain-eval` of a run is its
+get a letter each, are ranked within their letter, and what differs is printed under the table (only settings the
+row's dataset reads: no eval.corpus / eval.identities for BP4D, no eval.root for the synthetic set). Training's end-of-run evaluation lives in the pretraining run; every later `aupretrain-eval` of a run is its
 own run nested under it, and reads its pretraining run's objective, model, steps and speed from there.
 Sorted by mean F1; printed, and saved as `<out>.csv` and `<out>.png` (default out: compare-<experiment>).
 """
@@ -148,6 +149,19 @@ def median_frames_per_s(client, run) -> float | None:
 
 # eval.* settings that change no figure of a row (extra reference rows, batching, a cache folder)
 NOT_SETTINGS = ("eval.baselines", "eval.random_baseline", "eval.batch_size", "eval.cache")
+# eval.* settings only the synthetic evaluation set reads (configs/eval/synthetic.yaml: which identities, corpus and
+# frames are generated); BP4D / DISFA / GFT evaluations log them too (their presets inherit synthetic.yaml) but
+# ignore them. And the settings only those read (the licensed copy and which of its subjects).
+SYNTHETIC_ONLY = ("eval.split", "eval.splits", "eval.corpus", "eval.identities", "eval.videos_per_identity",
+                  "eval.frames", "eval.first_identity", "eval.seed")
+REAL_ONLY = ("eval.root", "eval.subjects")
+
+
+def applies(key: str, dataset: str) -> bool:
+    """Whether the eval setting `key` (a param name, e.g. `eval.splits.test.seed`) is read when evaluating on
+    `dataset`: `SYNTHETIC_ONLY` keys on the synthetic set only, `REAL_ONLY` keys on the others only."""
+    only = REAL_ONLY if dataset == "synthetic" else SYNTHETIC_ONLY
+    return not any(key == k or key.startswith(k + ".") for k in only)
 
 
 def eval_settings(run, protocol: str) -> dict[str, str]:
@@ -170,21 +184,23 @@ def _letters(n: int) -> str:
 
 def label_settings(rows: list[dict]) -> list[str]:
     """Where rows were evaluated with different settings (`eval_settings`, kept in each row's "eval_params"): each
-    row gets "eval_settings" {key: value} of the keys that differ between rows ("–" where a run did not log one)
-    and a letter "eval_group" (A, B, ... one per distinct set, in order of the best row); rows are re-sorted
-    by group, then mean F1. Returns one line per group ("A: eval.split=test, eval.identities=6"); [] and nothing
-    added when every row was evaluated alike. Rows of different letters do not compare (other identities,
+    row gets "eval_settings" {key: value} of the keys that differ between rows ("–" where a run did not log one),
+    less those its evaluation dataset does not read (`applies`: no eval.corpus for a BP4D row, no eval.root for a
+    synthetic one), and a letter "eval_group" (A, B, ... one per distinct set, in order of the best row); rows are
+    re-sorted by group, then mean F1. Returns one line per group ("A: eval.split=test, eval.identities=6"); [] and
+    nothing added when every row was evaluated alike. Rows of different letters do not compare (other identities,
     split, probe or folds)."""
-    keys = sorted({k for r in rows for k in r["eval_params"]})
-    differ = [k for k in keys if len({r["eval_params"].get(k, "–") for r in rows}) > 1]
+    read = [{k: v for k, v in r["eval_params"].items() if applies(k, r["dataset"])} for r in rows]
+    keys = sorted({k for p in read for k in p})
+    differ = [k for k in keys if len({p.get(k, "–") for r, p in zip(rows, read) if applies(k, r["dataset"])}) > 1]
     if not differ:
         return []
     groups: dict[tuple, str] = {}
-    for r in rows:  # rows come best first: group A holds the best row
-        r["eval_settings"] = {k: r["eval_params"].get(k, "–") for k in differ}
-        r["eval_group"] = groups.setdefault(tuple(r["eval_settings"].values()), _letters(len(groups)))
+    for r, p in zip(rows, read):  # rows come best first: group A holds the best row
+        r["eval_settings"] = {k: p.get(k, "–") for k in differ if applies(k, r["dataset"])}
+        r["eval_group"] = groups.setdefault(tuple(r["eval_settings"].items()), _letters(len(groups)))
     rows.sort(key=lambda r: (r["eval_group"], -r["f1_mean"]))
-    return [f"{g}: " + ", ".join(f"{k}={v}" for k, v in zip(differ, values)) for values, g in groups.items()]
+    return [f"{g}: " + ", ".join(f"{k}={v}" for k, v in items) for items, g in groups.items()]
 
 
 def collect(client, runs) -> list[dict]:
@@ -222,7 +238,8 @@ def collect(client, runs) -> list[dict]:
 
 def show(rows: list[dict], groups: list[str]) -> None:
     """Print `rows` (from `collect`) as a rich table to stdout, F1 and accuracies x100, one column per AU; with
-    `groups` (`label_settings`), an "eval" column of letters and, under the table, what each letter stands for."""
+    `groups` (`label_settings`), an "eval" column of letters and, under the table, what each letter stands for.
+    The table is 200 columns wide, or as wide as it needs to be: no run name, header or value is cut short."""
     from rich.console import Console
     from rich.table import Table
 
@@ -230,15 +247,20 @@ def show(rows: list[dict], groups: list[str]) -> None:
     t = Table(title="Runs by mean AU F1 (x100, linear probe, identity-held-out)")
     text = ("run", "objective", "model", "dataset", "protocol", "eval")
     for c in ("run", "objective", "model", "steps", "clips/rank/step", "dataset", "protocol", *(["eval"] if groups else []),
-              "mean F1", "random-init", "identity acc", "frames/s", *aus):
-        t.add_column(c, justify="left" if c in text else "right")
+              "mean F1", "random-init", "identity acc", "frames/s", *aus):  # names fold, never cut to `smoke…`
+        longest = max([len(c), *(len(str(r[c])) for r in rows if c in r)]) if c in text else None
+        t.add_column(c, justify="left" if c in text else "right", overflow="fold",
+                     min_width=None if longest is None else min(longest, 80))
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
     for r in rows:
         fps = "–" if r["frames_per_s"] is None else f"{r['frames_per_s']:.0f}"
         t.add_row(r["run"], r["objective"], r["model"], str(r["steps"]), str(r["clips/rank/step"]), r["dataset"],
                   r["protocol"], *([r["eval_group"]] if groups else []), f"[b]{pct(r['f1_mean'])}[/b]",
                   pct(r["f1_random"]), pct(r["identity_acc"]), fps, *[pct(r["f1"].get(a)) for a in aus])
-    console = Console(width=200)
+    from rich.measure import Measurement
+
+    wide = Console(width=10_000)  # at least 200 columns, more where the table needs them (many AUs, long names)
+    console = Console(width=max(200, Measurement.get(wide, wide.options, t).maximum))
     console.print(t)
     if groups:
         console.print("These evaluations were made with different settings; rows of different letters do not "

@@ -9,10 +9,13 @@ frame_12.png … — as one video's frames in natural order at `pack.frames_fps`
 every other image on its own; `--stills`: every image on its own). An input in which no face is found gives empty
 rows and a warning. Faces are detected, tracked and
 aligned exactly as `aupretrain-pack` does (`pack.*` settings; `--align center` for inputs that are already face
-crops). One CSV row per frame: input, frame, time_s, face (0/1), x1, y1, x2, y2 (face box in source pixels),
-a0 … a<D-1> (the AU code) — or, with `--head` (a folder from `aupretrain-eval --save-head`), one column per AU
-named after it (`AU1`, `AU2`, …: P(AU present)) plus `<AU>_on` (0/1 at the head's own per-AU threshold). A
-frame without a face is a row with empty values. An input that cannot be read is
+crops). One CSV row per frame: input, frame (a video's 0-based frame index; a numbered frame folder's number from
+the file name, gaps kept), time_s (seconds since the first frame; a frame folder's: (number − first number) /
+pack.frames_fps), file (the image a row was read from; empty for a video), face (0/1), x1, y1, x2, y2 (face box in
+source pixels), a0 … a<D-1> (the AU code) — or, with `--head` (a folder from `aupretrain-eval --save-head`), one
+column per AU named after it (`AU1`, `AU2`, …: P(AU present)) plus `<AU>_on` (0/1 at the head's own per-AU
+threshold); the columns of an AU the head was not trained for (no positive frame; head.json's aus_trained) are
+empty, with a warning naming it. A frame without a face is a row with empty values. An input that cannot be read is
 reported and skipped; the exit code is 0 when at least one input gave rows, 2 otherwise (and no CSV is left).
 The CSV is written to OUT.csv.partial and renamed when complete; OUT's folder is created if missing.
 """
@@ -68,16 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     skipped = []
     if predictor is None:
         encode, columns = enc.encode, [f"a{k}" for k in range(enc.au_dim)]
-    else:  # probabilities, then 0/1 at the head's thresholds
+    else:  # probabilities, then 0/1 at the head's thresholds (NaN, written empty: an AU the head never learnt)
         import torch
-
-        thr = torch.from_numpy(predictor.thresholds)
 
         def encode(frames, batch_size=256):
             p = predictor(frames, batch_size)
-            return torch.cat([p, (p >= thr).float()], dim=1)
+            return torch.cat([p, predictor.decide(p)], dim=1)
 
         columns = [*predictor.aus, *[f"{au}_on" for au in predictor.aus]]
+        if predictor.untrained:
+            logging.warning("--head %s: not trained for %s (no positive frame where it was fitted): %s columns "
+                            "are left empty", a.head, " / ".join(predictor.untrained),
+                            " / ".join(f"{au}, {au}_on" for au in predictor.untrained))
 
     def rows():
         bar = tqdm(unit="frame", desc="extract", disable=None)

@@ -28,7 +28,8 @@ from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the same settings would give other crops
+CACHE_VERSION = 2  # bump when the same settings would give other crops (2: the tracker re-detects every frame
+#                    while no face is held, so a face coming back is found on its first frame)
 ALIGN_KEYS = ("align", "detector", "detect_every", "landmarks_every", "min_face", "thresholds", "main_face",
               "link_iou", "min_face_prob", "smooth_sigma", "template", "size")
 

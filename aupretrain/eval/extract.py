@@ -1,14 +1,17 @@
 """AU codes per frame of a user's own video, with the packer's face detection, tracking and alignment.
 
-Each frame of the input is one row: frame index, timestamp (s), whether a face was found, the face box in
-source pixels (the region the aligned crop covers, mapped back through the alignment similarity) and the AU
-code [D] of the encoder. A frame without a face is a row with empty values, not an error. Faces go through
-exactly what `aupretrain-pack` does (`pack.*` settings: MTCNN every `detect_every` frames, tracking between,
-5-point similarity alignment with temporal smoothing at `pack.size`), so they look like pretraining crops.
+Each frame of the input is one row: frame number, timestamp (s), the image file it was read from (frame folders
+and still images), whether a face was found, the face box in source pixels (the region the aligned crop covers,
+mapped back through the alignment similarity) and the AU code [D] of the encoder. A frame without a face is a row
+with empty values, not an error. Faces go through exactly what `aupretrain-pack` does (`pack.*` settings: MTCNN
+every `detect_every` frames while a face is tracked and on every frame while none is, tracking between, 5-point
+similarity alignment with temporal smoothing at `pack.size`), so they look like pretraining crops.
 """
 from __future__ import annotations
 
 import csv
+import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,19 +22,23 @@ import torch
 
 from ..pack import faces
 from ..pack.clips import PackSettings, align_center, center_faces, detector, track
-from ..pack.inputs import IMAGE_EXTS, VIDEO_EXTS, VideoItem, natural_key, iter_source_frames
+from ..pack.inputs import IMAGE_EXTS, VIDEO_EXTS, natural_key
 from ..pack.video import VideoError, iter_timed_frames
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class FrameRow:
-    """One frame of an input (`extract`): input path, 0-based frame index, time (s since the first frame), face
-    box and float32 AU code [D]; box and code are None when the frame has no face."""
+    """One frame of an input (`extract`): input path, frame number (a video's 0-based decode index; a numbered frame
+    folder's number from the file name), time (s since the first frame), face box, float32 AU code [D] (box and code
+    None when the frame has no face) and the image file's name (frame folders, still images; "" for a video)."""
     input: str
     frame: int
     time_s: float
     box: tuple[float, float, float, float] | None  # x1, y1, x2, y2 in source pixels; None: no face
     code: np.ndarray | None  # [D] AU code; None: no face
+    file: str = ""  # the image the frame was read from; "" for a video's frames
 
 
 NUMBERED = re.compile(r"(.*?)(\d+)$")  # a frame's name ends in its number: 00001.jpg, frame_12.png, img-3.jpg
@@ -40,7 +47,7 @@ NUMBERED = re.compile(r"(.*?)(\d+)$")  # a frame's name ends in its number: 0000
 def is_frame_folder(images: list[Path]) -> bool:
     """Whether the image files of one folder are the frames of one video — what `ffmpeg -i v.mp4 %05d.jpg` writes,
     BP4D's frame folders: at least two, every name (less its extension) one shared prefix and a number, one
-    extension, and the numbers a nearly unbroken run (at most a tenth of them missing). Photos (alice.jpg,
+    extension, and the numbers distinct and a nearly unbroken run (at most a tenth of them missing). Photos (alice.jpg,
     IMG_1234.jpg beside IMG_1301.jpg) are each an input of their own; `--stills` makes every image one."""
     if len(images) < 2:
         return False
@@ -48,7 +55,7 @@ def is_frame_folder(images: list[Path]) -> bool:
     if not all(parts) or len({m.group(1) for m in parts}) != 1 or len({f.suffix.lower() for f in images}) != 1:
         return False
     numbers = sorted(int(m.group(2)) for m in parts)
-    return numbers[-1] - numbers[0] + 1 <= 1.1 * len(numbers) + 1
+    return len(set(numbers)) == len(numbers) and numbers[-1] - numbers[0] + 1 <= 1.1 * len(numbers) + 1
 
 
 def list_inputs(path: str | Path, stills: bool = False) -> list[Path]:
@@ -78,11 +85,11 @@ def list_inputs(path: str | Path, stills: bool = False) -> list[Path]:
     return sorted(found, key=lambda f: (natural_key(str(f)), str(f)))
 
 
-def _frames(path: Path, frames_fps: float) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(index, seconds, RGB) of a video file, a frame folder (`frames_fps`) or one image."""
+def _frames(path: Path, frames_fps: float) -> Iterator[tuple[int, float, str, np.ndarray]]:
+    """(frame number, seconds, image file name, RGB) of a video file (decode index, its time stamps, ""), a frame
+    folder (`_folder_frames`) or one image (0, 0.0, its name)."""
     if path.is_dir():
-        item = VideoItem(str(path), "", str(path), frames_dir=True)
-        yield from iter_source_frames(item, str(path), frames_fps, hold=False)  # a damaged frame: no codes
+        yield from _folder_frames(path, frames_fps)
         return
     if path.suffix.lower() in IMAGE_EXTS:
         import cv2
@@ -90,9 +97,38 @@ def _frames(path: Path, frames_fps: float) -> Iterator[tuple[int, float, np.ndar
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise VideoError(f"{path}: cannot decode image")
-        yield 0, 0.0, cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        yield 0, 0.0, path.name, cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         return
-    yield from iter_timed_frames(path)
+    yield from ((i, t, "", rgb) for i, t, rgb in iter_timed_frames(path))
+
+
+def _folder_frames(path: Path, frames_fps: float) -> Iterator[tuple[int, float, str, np.ndarray]]:
+    """(frame number, seconds, file name, RGB) of the images of a folder in natural order. A numbered frame folder
+    (`is_frame_folder`) keeps the numbers of its file names — missing frames leave gaps, as in BP4D's numbering —
+    and its times are (number − first number) / `frames_fps`; any other folder numbers its images 0, 1, … An image
+    that cannot be decoded gives no frame (its number stays unused; one warning names them). Raises VideoError when
+    the folder has no image, or none can be decoded."""
+    import cv2
+
+    files = sorted((f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS
+                    and not f.name.startswith(".")), key=lambda f: (natural_key(f.name), f.name))
+    if not files:
+        raise VideoError(f"{path}: no frame images ({', '.join(IMAGE_EXTS)})")
+    numbers = ([int(NUMBERED.fullmatch(f.stem).group(2)) for f in files] if is_frame_folder(files)
+               else list(range(len(files))))
+    bad = []
+    for n, f in zip(numbers, files):
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if img is None:  # left out: a row must not show another frame's measurement
+            bad.append(f.name)
+            continue
+        yield n, (n - numbers[0]) / frames_fps, f.name, cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if len(bad) == len(files):
+        raise VideoError(f"{path}: no frame image can be decoded "
+                         f"({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''})")
+    if bad:
+        log.warning("%s: %d of %d frame images cannot be decoded, each left out (%s%s)", path, len(bad), len(files),
+                    ", ".join(bad[:5]), " …" if len(bad) > 5 else "")
 
 
 def _crop_box(landmarks: np.ndarray, template: np.ndarray, size: int) -> tuple[float, float, float, float]:
@@ -116,12 +152,13 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
     if batch < 1:
         raise ValueError(f"batch={batch}: crops per encoder call must be at least 1")
     times: dict[int, float] = {}
+    names: dict[int, str] = {}
     lms: dict[int, np.ndarray] = {}
     shape: list[int] = [0, 0]
 
     def timed():
-        for i, t, rgb in _frames(path, s.frames_fps):
-            times[i], shape[:] = t, rgb.shape[:2]
+        for i, t, name, rgb in _frames(path, s.frames_fps):
+            times[i], names[i], shape[:] = t, name, rgb.shape[:2]
             yield i, rgb
 
     def tapped(fs: Iterable[faces.FaceFrame]):
@@ -140,13 +177,14 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
         nonlocal done
         codes = np.asarray(encode(torch.from_numpy(np.stack([a.crop for a in pending]))), dtype=np.float32)
         for a, c in zip(pending, codes):
-            yield from ((FrameRow(str(path), i, times[i], None, None)) for i in range(done, a.index) if i in times)
+            yield from (FrameRow(str(path), i, times[i], None, None, names[i])
+                        for i in range(done, a.index) if i in times)
             if s.align == "center":  # the centre square
                 (h, w), side = shape, min(shape)
                 box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
             else:
                 box = _crop_box(lms.pop(a.index), s.template, s.size)
-            yield FrameRow(str(path), a.index, times[a.index], box, c)
+            yield FrameRow(str(path), a.index, times[a.index], box, c, names[a.index])
             done = a.index + 1
 
     pending: list[faces.Aligned] = []
@@ -159,14 +197,15 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
         yield from flush(pending)
     for i in range(done, max(times, default=-1) + 1):
         if i in times:  # (a frame folder's first images may be undecodable: no row)
-            yield FrameRow(str(path), i, times[i], None, None)
+            yield FrameRow(str(path), i, times[i], None, None, names[i])
     if not times:
         raise VideoError(f"{path}: no decodable frames")
 
 
 def write_csv(rows: Iterable[FrameRow], out: str | Path, columns: int | list[str]) -> dict[str, int]:
-    """Write rows as CSV (`input, frame, time_s, face, x1, y1, x2, y2`, then one column per value of a row's
-    code: `columns` names them, or an int D names them a0 … a<D-1>); returns counts. The rows go to
+    """Write rows as CSV (`input, frame, time_s, file, face, x1, y1, x2, y2`, then one column per value of a row's
+    code: `columns` names them, or an int D names them a0 … a<D-1>; a NaN value — an AU its head was not trained
+    for — is written empty, as are all of a row without a face); returns counts. The rows go to
     `<out>.partial`, renamed to `out` once all are written: an interrupted or failed run never leaves a CSV that
     looks complete (a file already at `out` stays until then).
 
@@ -192,13 +231,13 @@ def _write_rows(rows: Iterable[FrameRow], path: Path, columns: list[str]) -> dic
     dim = len(columns)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["input", "frame", "time_s", "face", "x1", "y1", "x2", "y2", *columns])
+        w.writerow(["input", "frame", "time_s", "file", "face", "x1", "y1", "x2", "y2", *columns])
         for r in rows:
             n += 1
             if r.code is None:
-                w.writerow([r.input, r.frame, f"{r.time_s:.4f}", 0, *[""] * (4 + dim)])
+                w.writerow([r.input, r.frame, f"{r.time_s:.4f}", r.file, 0, *[""] * (4 + dim)])
             else:
                 faces_found += 1
-                w.writerow([r.input, r.frame, f"{r.time_s:.4f}", 1, *[f"{v:.1f}" for v in r.box],
-                            *[f"{v:.6g}" for v in r.code]])
+                w.writerow([r.input, r.frame, f"{r.time_s:.4f}", r.file, 1, *[f"{v:.1f}" for v in r.box],
+                            *["" if math.isnan(v) else f"{v:.6g}" for v in r.code]])
     return {"frames": n, "frames_with_face": faces_found}

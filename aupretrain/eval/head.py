@@ -3,13 +3,17 @@
 
 PATH is a folder: `head.safetensors` (the probe's tensors: `bn.*` BatchNorm1d + `linear.*` Linear for the
 linear protocol; `head.*` plus the fine-tuned `encoder.*` for `protocol=finetune`) and `head.json` (format,
-protocol, AU names, per-AU thresholds, code dim, steps / epochs / lr, dataset, the encoder it was trained
-on). Settings are chosen as in the evaluation (validation subjects carved from all subjects when
-`eval.select` is validation), then the head is refitted on every frame.
+protocol, AU names, per-AU thresholds, `aus_trained`, code dim, steps / epochs / lr, dataset, the encoder it was
+trained on). Settings are chosen as in the evaluation (validation subjects carved from all subjects when
+`eval.select` is validation), then the head is refitted on every frame. An AU with no positive (or no negative)
+frame in the data cannot be learnt: its column is kept (the AU list stays the dataset's) but left out of
+`aus_trained`, and readers give no probability or decision for it (heads written before `aus_trained` existed:
+every AU trained).
 """
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,28 +26,70 @@ from .probe import fit_au_probe, per_au_f1, predict
 from .report import f1_summary, select_linear, select_mode
 
 __all__ = ["FORMAT", "AUPredictor", "final_finetuned_head", "final_linear_head", "load_head", "load_linear_head",
-           "open_linear_head", "save_head", "score_head"]
+           "open_linear_head", "save_head", "score_head", "trained_aus", "trained_mask"]
+
+log = logging.getLogger(__name__)
+
+
+def trained_aus(data: LabelledFrames) -> list[str]:
+    """The AUs of `data` a head fitted on all its frames can learn: those with at least one positive and one
+    negative frame (an all-0 column gives a head that never fires for a reason, an all-1 one that always does).
+    Logs one warning naming the others."""
+    labels = np.asarray(data.labels)
+    ok = labels.any(0) & ~labels.all(0)
+    untrained = [a for a, k in zip(data.aus, ok) if not k]
+    if untrained:
+        log.warning("saved head (%s): no positive (or no negative) frame of %s: not trained, left out of head.json's "
+                    "aus_trained (aupretrain-extract leaves those columns empty)", data.dataset, " / ".join(untrained))
+    return [a for a, k in zip(data.aus, ok) if k]
+
+
+def trained_mask(meta: dict) -> np.ndarray:
+    """[A] bool: which of head.json's `aus` were trained (`aus_trained`; a head without it: all).
+
+    Raises:
+        ValueError: `aus_trained` is not a list of names among `aus`.
+    """
+    aus = list(meta["aus"])
+    trained = meta.get("aus_trained", aus)
+    if not isinstance(trained, list) or any(a not in aus for a in trained):
+        raise ValueError(f"aus_trained={trained!r} must list names among aus={aus}")
+    return np.array([a in trained for a in aus], dtype=bool)
 
 
 class AUPredictor(nn.Module):
     """Aligned face frames -> per-AU probabilities: an encoder's AU code through a saved head.
 
     `forward(frames)`: RGB uint8 [N, H, W, 3] -> P(AU present) [N, A] (float32); `aus` names the columns and
-    `thresholds` [A] are the per-AU decision thresholds chosen when the head was trained."""
+    `thresholds` [A] are the per-AU decision thresholds chosen when the head was trained; `trained` [A] (bool)
+    which AUs it learnt (`trained_mask`): the columns of the others are NaN, never a probability."""
 
     def __init__(self, encoder, head: nn.Module, meta: dict):
         super().__init__()
         self.encoder, self.head, self.meta = encoder, head, meta
         self.aus = list(meta["aus"])
         self.thresholds = np.asarray(meta.get("thresholds", [0.5] * len(self.aus)), dtype=np.float32)
+        self.trained = trained_mask(meta)
+
+    @property
+    def untrained(self) -> list[str]:
+        """The AUs the head was not trained for (their columns are NaN)."""
+        return [a for a, ok in zip(self.aus, self.trained) if not ok]
 
     @torch.no_grad()
     def forward(self, frames: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """P(AU present) [N, A] (float32, AU order `self.aus`) of aligned face crops `frames`, RGB uint8
-        [N, H, W, 3] (channels last, as decoded), encoded `batch_size` frames at a time by the encoder's `encode`;
-        compare with `self.thresholds` [A] to decide."""
+        """P(AU present) [N, A] (float32, AU order `self.aus`; NaN for an AU the head was not trained for) of
+        aligned face crops `frames`, RGB uint8 [N, H, W, 3] (channels last, as decoded), encoded `batch_size` frames
+        at a time by the encoder's `encode`; compare with `self.thresholds` [A] to decide (`decide`)."""
         codes = self.encoder.encode(frames, batch_size)
-        return torch.sigmoid(self.head(codes)).float()
+        p = torch.sigmoid(self.head(codes)).float()
+        return p.masked_fill(~torch.from_numpy(self.trained).to(p.device), float("nan"))
+
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """0/1 [N, A] (float32) of probabilities [N, A] from `forward` at the per-AU thresholds; NaN where they are
+        NaN (an AU the head was not trained for: no decision)."""
+        on = (probs >= torch.from_numpy(self.thresholds).to(probs.device)).float()
+        return on.masked_fill(torch.isnan(probs), float("nan"))
 
 
 def load_head(path: str | Path, encoder=None) -> AUPredictor:
@@ -54,7 +100,8 @@ def load_head(path: str | Path, encoder=None) -> AUPredictor:
 
     Raises:
         FileNotFoundError: no head.json / head.safetensors in `path`.
-        ValueError: not an aupretrain AU head, or a linear head whose code size differs from the encoder's.
+        ValueError: not an aupretrain AU head, a linear head whose code size differs from the encoder's, or an
+            `aus_trained` that is not a list of its AUs.
     """
     from safetensors.torch import load_file
 
@@ -65,6 +112,10 @@ def load_head(path: str | Path, encoder=None) -> AUPredictor:
     meta = json.loads((folder / "head.json").read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{folder / 'head.json'}: not an aupretrain AU head (format={meta.get('format')!r})")
+    try:
+        trained_mask(meta)
+    except ValueError as e:
+        raise ValueError(f"{folder / 'head.json'}: {e}") from None
     if meta.get("protocol") == "finetune":
         from ..models.encoder import AUEncoder
 
@@ -85,7 +136,8 @@ def load_head(path: str | Path, encoder=None) -> AUPredictor:
 
 def final_linear_head(codes: np.ndarray, data: LabelledFrames, cfg_eval, seed: int = 0) -> tuple[dict, dict]:
     """(tensors, meta) of a linear probe fitted on all of codes [N, D] / data.labels, with steps and
-    thresholds chosen on validation subjects (select=validation) or the fixed defaults (none)."""
+    thresholds chosen on validation subjects (select=validation) or the fixed defaults (none); meta's
+    `aus_trained` leaves out the AUs the data cannot teach (`trained_aus`)."""
     p = cfg_eval.probe
     if select_mode(cfg_eval, data.dataset) == "validation" and len(np.unique(data.identity)) >= 2:
         sel = select_linear(codes, data, np.ones(len(codes), bool), cfg_eval, seed)
@@ -95,14 +147,16 @@ def final_linear_head(codes: np.ndarray, data: LabelledFrames, cfg_eval, seed: i
     probe = fit_au_probe(codes, data.labels, steps, p.lr, p.weight_decay, p.batch_size, seed)
     tensors = {k.replace("0.", "bn.", 1) if k.startswith("0.") else k.replace("1.", "linear.", 1): v
                for k, v in probe.state_dict().items()}
-    meta = {"protocol": "linear", "aus": list(data.aus), "thresholds": [float(t) for t in thr],
+    meta = {"protocol": "linear", "aus": list(data.aus), "aus_trained": trained_aus(data),
+            "thresholds": [float(t) for t in thr],
             "code_dim": int(codes.shape[1]), "steps": steps, "dataset": data.dataset, "frames": int(len(codes)),
             "subjects": list(data.identity_names)}
     return tensors, meta
 
 
 def final_finetuned_head(encoder, data: LabelledFrames, cfg_eval, seed: int = 0) -> tuple[dict, dict]:
-    """(tensors, meta) of the encoder + linear head fine-tuned on every frame (settings as in the evaluation)."""
+    """(tensors, meta) of the encoder + linear head fine-tuned on every frame (settings as in the evaluation); meta's
+    `aus_trained` as in `final_linear_head`."""
     from . import finetune
 
     f = cfg_eval.finetune
@@ -114,7 +168,8 @@ def final_finetuned_head(encoder, data: LabelledFrames, cfg_eval, seed: int = 0)
                            int(f.batch_size), seed)
     tensors = {f"head.{k}": v for k, v in model.head.state_dict().items()}
     tensors.update({f"encoder.{k}": v for k, v in model.encoder.state_dict().items()})
-    meta = {"protocol": "finetune", "aus": list(data.aus), "thresholds": [float(t) for t in sel["thresholds"]],
+    meta = {"protocol": "finetune", "aus": list(data.aus), "aus_trained": trained_aus(data),
+            "thresholds": [float(t) for t in sel["thresholds"]],
             "code_dim": int(encoder.au_dim), "epochs": int(sel["epochs"]), "lr": float(sel["lr"]),
             "encoder_config": encoder.config, "dataset": data.dataset, "frames": int(len(data.labels)),
             "subjects": list(data.identity_names)}
@@ -135,11 +190,12 @@ def open_linear_head(path: str | Path, code_dim: int) -> tuple[nn.Module, dict]:
 def score_head(path: str | Path, codes: np.ndarray, data: LabelledFrames) -> dict:
     """F1 of a saved linear head applied as it is (no fitting) to codes [N, D] of every frame of `data`, at the
     head's own per-AU thresholds: the row `aupretrain-eval --head` adds (for the supervised bound, its own
-    classifier fitted on the pretraining identities' labels, `<run>/au_head`).
+    classifier fitted on the pretraining identities' labels, `<run>/au_head`). An AU the head was not trained for
+    (`aus_trained`) has no F1 (NaN, left out of `aus_evaluated` and the mean; one warning names it).
 
     Raises:
         FileNotFoundError: `path` holds no head.json.
-        ValueError: not a linear head, or a code size other than the encoder's.
+        ValueError: not a linear head, a code size other than the encoder's, or a bad `aus_trained`.
         UsageError: AUs of `data` the head does not predict.
     """
     folder = Path(path)
@@ -150,7 +206,19 @@ def score_head(path: str | Path, codes: np.ndarray, data: LabelledFrames) -> dic
 
         raise UsageError(f"--head {path}: the head predicts {meta['aus']}, not {missing} of {data.dataset}")
     cols = [list(meta["aus"]).index(a) for a in data.aus]
+    try:
+        trained = trained_mask(meta)[cols]
+    except ValueError as e:
+        raise ValueError(f"{folder / 'head.json'}: {e}") from None
     probs = predict(probe, codes)[:, cols]
     thr = np.asarray(meta.get("thresholds", [0.5] * len(meta["aus"])), dtype=np.float64)[cols]
-    return {**f1_summary(per_au_f1(data.labels, probs, thr), data), "head": str(folder),
-            "head_source": meta.get("source", meta.get("dataset"))}
+    out = f1_summary(np.where(trained, per_au_f1(data.labels, probs, thr), np.nan), data)
+    untrained = [a for a, ok in zip(data.aus, trained) if not ok]
+    if untrained:
+        log.warning("--head %s: the head was not trained for %s: no F1 for %s", path, " / ".join(untrained),
+                    "it" if len(untrained) == 1 else "them")
+        out["aus_evaluated"] = [a for a in out["aus_evaluated"] if a not in untrained]
+        scored = [out["f1"][a] for a in out["aus_evaluated"]]
+        out["f1_mean"] = float(np.mean(scored)) if scored else float("nan")
+        out["aus_untrained"] = untrained
+    return {**out, "head": str(folder), "head_source": meta.get("source", meta.get("dataset"))}

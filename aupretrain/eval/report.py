@@ -179,8 +179,9 @@ def table(results: dict, aus: list[str]):
     first = results[names[0]]
     t.add_column("base rate", justify="right")
     scored = set(first.get("aus_evaluated", aus))
+    own = {n: set(results[n].get("aus_evaluated", aus)) for n in names}  # a saved head's untrained AUs too
     for a in aus:  # an AU with no positive frame has no F1: shown as such, and left out of the mean
-        t.add_row(a, *[f"{100 * results[n]['f1'][a]:.1f}" if a in scored else "–" for n in names],
+        t.add_row(a, *[f"{100 * results[n]['f1'][a]:.1f}" if a in scored and a in own[n] else "–" for n in names],
                   f"{100 * first['au_base_rate'][a]:.1f}" if a in scored else "0 (no positive frame: not scored)")
     t.add_row("[b]mean[/b]", *[f"[b]{100 * results[n]['f1_mean']:.1f}[/b]" for n in names], "")
     if "identity_acc" in first:

@@ -1,5 +1,5 @@
-"""Faces in a frame stream: detect (every k frames), follow the main face, align it with a smoothed
-similarity transform from 5 landmarks to a template, and measure size and sharpness.
+"""Faces in a frame stream: detect (every k frames while a face is held, every frame while none is), follow the
+main face, align it with a smoothed similarity transform from 5 landmarks to a template, and measure size and sharpness.
 
 Stages are generators so a video streams through with a bounded lag (k frames for tracking, 3 sigma for
 smoothing), never held whole in memory:
@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 from typing import Callable, Iterable, Iterator
 
 import cv2
@@ -169,11 +170,13 @@ def choose_main(boxes: np.ndarray, img_shape, previous: np.ndarray | None, polic
 def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int, landmarks_every: int,
           main_face: str, link_iou: float, min_prob: float, given: dict[int, np.ndarray] | None = None
           ) -> Iterator[FaceFrame]:
-    """Follow the main face (settings: configs/pack/default.yaml). Full detection on every `every`-th frame
-    and on the last. Frames in between get boxes interpolated between two linked detections; every
-    `landmarks_every`-th of them is refined by the landmark net (face probability below min_prob: lost)
-    and the rest interpolate the landmarks of their neighbours. Where that straight path fails (fast or
-    curved motion) or the face appears or leaves in between, detections in the middle bisect the interval.
+    """Follow the main face (settings: configs/pack/default.yaml). While a face is held, full detection runs on
+    every `every`-th frame and on the last; while none is (no face at the last detection, or after the face left),
+    on every frame, so a face is found on the first frame it is (back) in view. Frames in between get boxes
+    interpolated between two linked detections; every `landmarks_every`-th of them is refined by the landmark net
+    (face probability below min_prob: lost) and the rest interpolate the landmarks of their neighbours. Where that
+    straight path fails (fast or curved motion) detections in the middle bisect the interval; where the face leaves
+    in between, bisection finds where, and the frames after it are searched one by one.
     With `given` boxes {source frame: box} (a face track) detection is skipped; only the landmark net runs."""
     segment, run_open = -1, False
 
@@ -220,13 +223,8 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int, l
         return out, ok
 
     if given is not None:
-        batch = []
-        for idx, rgb in frames:
-            batch.append((idx, rgb))
-            if len(batch) == every:
-                yield from (emit(*f) for f in between(batch, [given.get(i) for i, _ in batch])[0])
-                batch = []
-        if batch:
+        stream = iter(frames)
+        while batch := list(islice(stream, every)):
             yield from (emit(*f) for f in between(batch, [given.get(i) for i, _ in batch])[0])
         return
 
@@ -237,9 +235,9 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int, l
         return iou(a[0], b[0]) >= link_iou or _near(a[0], b[0])
 
     def main_face_near(rgb, anchor):
-        """(box, landmarks) of the main face of a frame, chosen next to `anchor`'s box; None without a face."""
+        """(box, landmarks) of the main face of a frame, chosen next to `anchor`'s box (if any); None without a face."""
         boxes, _, lms = det.detect(rgb)
-        k, _ = choose_main(boxes, rgb.shape, anchor[0], main_face, link_iou)
+        k, _ = choose_main(boxes, rgb.shape, None if anchor is None else anchor[0], main_face, link_iou)
         return None if k is None else (boxes[k], lms[k])
 
     def lost(frames):
@@ -265,42 +263,46 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int, l
         if m is None:  # there at both ends, gone in the middle (a hand, a turn, a damaged frame): find where it
             yield from edge(batch[:mid], left, None, depth - 1)  # leaves and where it comes back, not the whole
             yield emit(idx, rgb, None, None)  # interval lost
-            return (yield from edge(batch[mid + 1:], None, right, depth - 1))
+            return (yield from search(batch[mid + 1:], right, depth - 1))
         if not (yield from bridge(batch[:mid], left, m, depth - 1)):
             run_open = False
         yield emit(idx, rgb, *m)
         return (yield from bridge(batch[mid + 1:], m, right, depth - 1))
 
     def edge(batch, left, right, depth):
-        """Frames between a detection and a detection without the face (one of left/right is None): find
-        where the face ends (or starts) by bisection instead of dropping the whole interval. Returns
-        whether the chain of links reaches `right`."""
+        """Frames between a detection and a detection without the face (one of left/right is None): find where
+        the face leaves by bisection, then search the frames after it one by one (`search`; so too where it
+        starts: left None) instead of dropping the whole interval. Returns whether the chain of links reaches
+        `right`."""
         nonlocal run_open
-        if depth == 0 or not batch:
-            yield from lost(batch)
+        if left is None:
+            return (yield from search(batch, right, depth))
+        if not batch:  # (no depth limit: halving finds the last frame with the face in log2(frames) detections)
             return False
-        mid = len(batch) // 2
+        mid, depth = len(batch) // 2, max(depth - 1, 0)
         idx, rgb = batch[mid]
-        anchor = left if left is not None else right
-        m = main_face_near(rgb, anchor)
-        if m is not None and not linked(anchor, m):
-            m = None
-        if left is not None and m is None:  # the face is gone by mid
-            yield from edge(batch[:mid], left, None, depth - 1)
-            yield from lost(batch[mid:])
-            return False
-        if left is not None:  # still there at mid
-            if not (yield from bridge(batch[:mid], left, m, depth - 1)):
-                run_open = False
-            yield emit(idx, rgb, *m)
-            return (yield from edge(batch[mid + 1:], m, None, depth - 1))
-        if m is None:  # not there yet at mid
-            yield from lost(batch[:mid + 1])
-            return (yield from edge(batch[mid + 1:], None, right, depth - 1))
-        if not (yield from edge(batch[:mid], None, m, depth - 1)):  # already there at mid
+        m = main_face_near(rgb, left)
+        if m is None or not linked(left, m):  # the face is gone by mid; the frames after it: no face tracked
+            yield from edge(batch[:mid], left, None, depth)
+            yield emit(idx, rgb, None, None)
+            return (yield from search(batch[mid + 1:], None, depth))
+        if not (yield from bridge(batch[:mid], left, m, depth)):  # still there at mid
             run_open = False
         yield emit(idx, rgb, *m)
-        return (yield from bridge(batch[mid + 1:], m, right, depth - 1))
+        return (yield from edge(batch[mid + 1:], m, None, depth))
+
+    def search(batch, right, depth):
+        """Frames after one without the face, up to the detection `right` (None: no face): no face is tracked, so
+        each frame is searched until one shows a face, tracked on from there. Whether the links reach `right`."""
+        for k, (idx, rgb) in enumerate(batch):
+            m = main_face_near(rgb, right)
+            if m is not None:
+                yield emit(idx, rgb, *m)
+                if right is None:
+                    return (yield from edge(batch[k + 1:], m, None, depth))
+                return (yield from bridge(batch[k + 1:], m, right, depth))
+            yield emit(idx, rgb, None, None)
+        return False
 
     def keyframe(idx, rgb):
         nonlocal prev, pending, run_open
@@ -309,24 +311,23 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int, l
         cur = None if k is None else (boxes[k], lms[k])
         if prev is not None and cur is not None:
             chained = yield from bridge(pending, prev, cur, 3)
-        elif prev is not None or cur is not None:  # the face appeared or left in between
+        else:  # the face left in between (without a face at the last detection no frame waits: nothing to do)
             chained = yield from edge(pending, prev, cur, 3)
-        else:
-            chained = False
-            yield from lost(pending)
         if not chained:
             run_open = False
         yield emit(idx, rgb, *(cur or (None, None)))
         prev, pending = cur, []
 
-    for pos, (idx, rgb) in enumerate(frames):
-        if pos % every:
+    since = every  # frames since the last full detection
+    for idx, rgb in frames:
+        if prev is not None and since < every:  # a face is held: detections every `every` frames
             pending.append((idx, rgb))
-        else:
+            since += 1
+        else:  # and on every frame while none is
             yield from keyframe(idx, rgb)
+            since = 1
     if pending:  # the last frame is a keyframe too, so the tail is interpolated like the rest
-        last = pending.pop()
-        yield from keyframe(*last)
+        yield from keyframe(*pending.pop())
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ def test_extract_gives_one_row_per_frame_with_faces_boxes_and_codes(astronaut_mp
     assert summary["skipped"] == [str(folder / "broken.mp4")] and summary["frames"] == 64 + 5
     rows = list(csv.DictReader(open(tmp_path / "au.csv")))
     face = [r for r in rows if r["input"].endswith("a.mp4")]
-    assert [int(r["frame"]) for r in face] == list(range(64))
+    assert [int(r["frame"]) for r in face] == list(range(64)) and all(r["file"] == "" for r in face)  # a video: no file
     assert float(face[1]["time_s"]) == 0.04
     found = [r for r in face if r["face"] == "1"]
     assert len(found) >= 0.95 * 64  # the packer's detector finds the face in nearly every frame
@@ -74,10 +74,10 @@ def test_a_folder_of_numbered_frames_is_one_video_and_other_images_are_stills(as
     assert json.loads(capsys.readouterr().out)["inputs"] == 16
 
 
-def test_extract_with_a_head_gives_au_probabilities(astronaut_mp4, tmp_path, capsys):
+def test_extract_with_a_head_gives_au_probabilities(astronaut_mp4, tmp_path, capsys, caplog):
     """--head (a folder as aupretrain-eval --save-head writes it): per-AU probabilities equal to the head applied
     to the AU codes of the same frames, and 0/1 columns at the head's own thresholds; a head for another code size
-    is one clear error."""
+    is one clear error; the columns of an AU the head was not trained for are empty."""
     from aupretrain.eval.head import save_head
 
     path, _ = astronaut_mp4
@@ -94,7 +94,7 @@ def test_extract_with_a_head_gives_au_probabilities(astronaut_mp4, tmp_path, cap
     assert extract_main([str(path), str(tmp_path / "aus.csv"), *enc_args, "--head", str(tmp_path / "head")]) == 0
     codes = [r for r in csv.DictReader(open(tmp_path / "codes.csv")) if r["face"] == "1"]
     aus = [r for r in csv.DictReader(open(tmp_path / "aus.csv")) if r["face"] == "1"]
-    assert len(aus) == len(codes) > 0 and list(aus[0])[8:] == ["AU1", "AU12", "AU1_on", "AU12_on"]
+    assert len(aus) == len(codes) > 0 and list(aus[0])[9:] == ["AU1", "AU12", "AU1_on", "AU12_on"]
     x = torch.tensor([[float(r[f"a{k}"]) for k in range(12)] for r in codes])
     with torch.no_grad():
         want = torch.sigmoid(lin(bn.eval()(x))).numpy()
@@ -102,7 +102,58 @@ def test_extract_with_a_head_gives_au_probabilities(astronaut_mp4, tmp_path, cap
     assert np.allclose(got, want, atol=1e-4)
     on = np.array([[float(r["AU1_on"]), float(r["AU12_on"])] for r in aus])
     assert (on == (got >= np.array([0.4, 0.6]))).all()
+    # a head fitted on data without a positive AU12 frame: its columns empty (they were AU12_on=1 on every frame)
+    save_head(tmp_path / "half", tensors, {"protocol": "linear", "aus": ["AU1", "AU12"], "thresholds": [0.4, 0.6],
+                                           "code_dim": 12, "aus_trained": ["AU1"]})
+    caplog.clear()
+    assert extract_main([str(path), str(tmp_path / "half.csv"), *enc_args, "--head", str(tmp_path / "half")]) == 0
+    half = [r for r in csv.DictReader(open(tmp_path / "half.csv")) if r["face"] == "1"]
+    assert len(half) == len(aus) and all(r["AU12"] == "" and r["AU12_on"] == "" for r in half)
+    assert np.allclose([float(r["AU1"]) for r in half], got[:, 0], atol=1e-4)
+    assert [float(r["AU1_on"]) for r in half] == on[:, 0].tolist()
+    warned = [m for m in caplog.messages if "not trained for AU12" in m]
+    assert len(warned) == 1 and str(tmp_path / "half") in warned[0]  # once, naming the head and the AU
     save_head(tmp_path / "wide", tensors, {"protocol": "linear", "aus": ["AU1", "AU12"], "code_dim": 16})
     capsys.readouterr()
     assert extract_main([str(path), str(tmp_path / "x.csv"), *enc_args, "--head", str(tmp_path / "wide")]) == 2
     assert "16-d AU codes" in capsys.readouterr().err
+
+
+def test_a_frame_folder_with_gaps_keeps_the_file_numbers_and_names_each_file(astronaut_mp4, tmp_path, capsys, caplog):
+    """Field trial: 0001.jpg … 0020.jpg less 0005 and 0006 gave frames 0–17 (0007.jpg reported as frame 4 at 0.16 s)
+    and no file column. A numbered frame folder's rows carry the number of the file name, time_s = (number − first)
+    / fps and the file's name (still images too); an undecodable image keeps its number unused."""
+    import cv2
+
+    from aupretrain.pack.video import read_video
+
+    path, _ = astronaut_mp4
+    torch.manual_seed(0)
+    save_encoder_folder(AUEncoder(TINY, 32), tmp_path / "enc")
+    seq = tmp_path / "clip" / "frames"
+    seq.mkdir(parents=True)
+    for i, f in enumerate(read_video(path)[:20], start=1):
+        cv2.imwrite(str(seq / f"{i:04d}.jpg"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    (seq / "0005.jpg").unlink()
+    (seq / "0006.jpg").unlink()
+    (seq / "0012.jpg").write_bytes(b"cut short")  # cannot be decoded: no row, and 12 stays unused
+    still = tmp_path / "clip" / "portrait.png"
+    cv2.imwrite(str(still), cv2.cvtColor(read_video(path)[0], cv2.COLOR_RGB2BGR))
+    assert extract_main([str(tmp_path / "clip"), str(tmp_path / "a.csv"), "--encoder", str(tmp_path / "enc")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "a.csv")))
+    seq_rows = [r for r in rows if r["input"] == str(seq)]
+    numbers = [n for n in range(1, 21) if n not in (5, 6, 12)]
+    assert [int(r["frame"]) for r in seq_rows] == numbers
+    assert [r["file"] for r in seq_rows] == [f"{n:04d}.jpg" for n in numbers]
+    assert [float(r["time_s"]) for r in seq_rows] == [round((n - 1) / 25, 4) for n in numbers]  # pack.frames_fps 25
+    by_file = {r["file"]: r for r in seq_rows}
+    assert by_file["0007.jpg"]["frame"] == "7" and float(by_file["0007.jpg"]["time_s"]) == 0.24
+    assert sum(r["face"] == "1" for r in seq_rows) >= 15
+    assert "1 of 18 frame images cannot be decoded, each left out (0012.jpg)" in caplog.text
+    (row,) = [r for r in rows if r["input"] == str(still)]
+    assert row["file"] == "portrait.png" and row["frame"] == "0" and row["face"] == "1"
+    from pathlib import Path
+
+    from aupretrain.eval.extract import is_frame_folder
+
+    assert not is_frame_folder([Path("f_1.jpg"), Path("f_01.jpg"), Path("f_2.jpg")])  # one number twice: no frames

@@ -63,3 +63,57 @@ def test_eval_refuses_a_head_that_does_not_fit_before_reading_any_frame(tmp_path
               {"protocol": "linear", "aus": ["AU1", "AU2"], "thresholds": [0.5, 0.5], "code_dim": 5})
     assert main([str(tmp_path / "encoder.pt"), "--head", str(tmp_path / "h")]) == 2
     assert "the head takes 5-d AU codes" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("protocol", ["linear", "finetune"])
+def test_a_saved_head_marks_aus_without_a_positive_frame_untrained_and_gives_no_value_for_them(tmp_path, caplog,
+                                                                                                protocol):
+    """Field trial: evaluation data without a positive frame of AU2 gave a head that listed AU2 with threshold 0.5,
+    nothing marking it untrained, and aupretrain-extract wrote AU2_on=1 on every frame. head.json now lists the
+    AUs trained (`aus_trained`); the predictor gives NaN (no probability, no decision) for the others; heads
+    written before keep every AU; a malformed list is one error naming head.json."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from aupretrain.eval.head import final_finetuned_head, final_linear_head, load_head, save_head, score_head
+    from aupretrain.models.encoder import AUEncoder
+    from tests.unit.test_au_datasets import EVAL
+
+    torch.manual_seed(0)
+    data, rng = fake_set(n_id=6, per_id=10, aus=3)
+    data.labels[:, 1] = 0  # AU2: no positive frame
+    data.frames = rng.integers(0, 255, (len(data.labels), 32, 32, 3)).astype(np.uint8)
+    enc = AUEncoder(TINY, 32).eval()
+    cfg = OmegaConf.merge(EVAL, {"select": "none", "probe": {"steps": 20},
+                                 "finetune": {"epochs": [1], "lr": [1e-3], "weight_decay": 0.0, "batch_size": 32}})
+    codes = enc.encode(torch.from_numpy(data.frames)).numpy()
+    tensors, meta = (final_linear_head(codes, data, cfg) if protocol == "linear"
+                     else final_finetuned_head(enc, data, cfg))
+    assert meta["aus"] == data.aus and meta["aus_trained"] == [data.aus[0], data.aus[2]]
+    assert f"no positive (or no negative) frame of {data.aus[1]}: not trained" in caplog.text
+    save_head(tmp_path / "h", tensors, meta)
+    predictor = load_head(tmp_path / "h", enc)
+    assert predictor.untrained == [data.aus[1]]
+    p = predictor(torch.from_numpy(data.frames[:7]))
+    on = predictor.decide(p)
+    assert torch.isnan(p[:, 1]).all() and torch.isnan(on[:, 1]).all()  # no value, not 0 or 1
+    assert torch.isfinite(p[:, [0, 2]]).all() and set(on[:, [0, 2]].unique().tolist()) <= {0.0, 1.0}
+    assert ((on[:, [0, 2]] == 1) == (p[:, [0, 2]] >= torch.tensor(meta["thresholds"])[[0, 2]])).all()
+
+    if protocol == "linear":  # eval --head: no F1 for an AU the head never learnt, even where the data has positives
+        scored = fake_set(n_id=6, per_id=10, aus=3)[0]
+        out = score_head(tmp_path / "h", codes, scored)
+        assert np.isnan(out["f1"][data.aus[1]]) and out["aus_evaluated"] == [data.aus[0], data.aus[2]]
+        assert out["f1_mean"] == pytest.approx(np.mean([out["f1"][data.aus[0]], out["f1"][data.aus[2]]]))
+        assert out["aus_untrained"] == [data.aus[1]]
+
+    old = json.loads((tmp_path / "h" / "head.json").read_text())
+    del old["aus_trained"]  # a head written before aus_trained existed: every AU trained
+    (tmp_path / "h" / "head.json").write_text(json.dumps(old))
+    assert load_head(tmp_path / "h", enc).untrained == []
+    assert torch.isfinite(load_head(tmp_path / "h", enc)(torch.from_numpy(data.frames[:3]))).all()
+    (tmp_path / "h" / "head.json").write_text(json.dumps({**old, "aus_trained": ["AU99"]}))
+    with pytest.raises(ValueError, match=r"h/head.json: aus_trained=\['AU99'\] must list names among aus"):
+        load_head(tmp_path / "h", enc)
