@@ -100,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         return refuse(e)
     if check:  # a launcher's check before it starts the ranks (exit 0, or 2 with the one line)
+        from aupretrain.engine.components import check_settings
+
+        try:
+            check_settings(cfg)  # what training would refuse before its first step, without starting it
+        except UsageError as e:
+            return refuse(e)
         return 0
     rank = launcher_rank()
     level = logging.INFO if rank == "0" else logging.WARNING

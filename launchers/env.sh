@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Create or refresh the project's virtualenv (.venv) on a machine with Python 3.11 and apt.
-# Sourced by the quickstart and test commands; safe to run again (reinstalls only when pyproject changes).
-set -euo pipefail
+# Create or refresh the project's virtualenv (.venv) on a machine with Python 3.11 and apt, then put it on PATH.
+# Sourced by the quickstart and test commands and by users (`source launchers/env.sh` on a login node); safe to run
+# again (reinstalls only when pyproject changes). The work runs in a subshell with its own `set -euo pipefail`, so
+# sourcing it changes no option of the caller's shell and a failure returns its status instead of closing the shell.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${AUPRETRAIN_VENV:-$ROOT/.venv}"
+
+_aupretrain_env() (
+set -euo pipefail
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
 need_apt=()
@@ -44,6 +48,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   TMPDIR="$pip_tmp" "$VENV/bin/python" -m pip install -q --no-compile -e "$ROOT[test]"
   rm -rf "$pip_tmp"
   echo "$want" > "$stamp"
+fi
+)
+
+# not in an `if` or `||`: bash would ignore `set -e` inside the function there (a caller with `set -e` stops here)
+_aupretrain_env
+_rc=$?
+unset -f _aupretrain_env
+if [ "$_rc" != 0 ]; then
+  return "$_rc" 2>/dev/null || exit "$_rc"   # sourced: back to the caller with the status; run as a script: exit
 fi
 export PATH="$VENV/bin:$PATH"
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"

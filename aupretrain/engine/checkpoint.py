@@ -249,21 +249,31 @@ def latest(run_dir: str | Path) -> tuple[int, Path] | None:
     return best
 
 
-def universal(ckpt_dir: str | Path, is_main: bool) -> Path:
-    """The DeepSpeed universal form of a checkpoint (`<ckpt>/universal/`, loadable on any number of ranks with
-    `checkpoint.load_universal`), converted once by rank 0 with `deepspeed.checkpoint.ds_to_universal` into a
-    temporary folder that is renamed when complete; every rank returns after the barrier.
+def universal(ckpt_dir: str | Path, is_main: bool, run_dir: str | Path | None = None) -> Path:
+    """The DeepSpeed universal form of a checkpoint, loadable on any number of ranks with
+    `checkpoint.load_universal`: `<ckpt>/universal/` when it exists already or the checkpoint is this job's own
+    (inside `run_dir`) and writable; else — another run's checkpoint (`train.resume=PATH`) or a read-only one —
+    `<run_dir>/universal/<step_N>-<hash of its path>/`, so nothing is written into another run's folder. Converted
+    once by rank 0 with `deepspeed.checkpoint.ds_to_universal` into a temporary folder that is renamed when
+    complete; every rank returns after the barrier.
 
     Raises:
         RuntimeError: the conversion failed (its output is in the message).
     """
+    import hashlib
+    import os
     import subprocess
     import sys
 
     ckpt_dir = Path(ckpt_dir)
     out = ckpt_dir / "universal"
+    own = run_dir is None or ckpt_dir.resolve().is_relative_to(Path(run_dir).resolve())
+    if not (out / COMPLETE).exists() and not (own and os.access(ckpt_dir, os.W_OK)):
+        tag = hashlib.sha1(str(ckpt_dir.resolve()).encode()).hexdigest()[:8]
+        out = Path(run_dir) / "universal" / f"{ckpt_dir.name}-{tag}"
     if is_main and not (out / COMPLETE).exists():
-        tmp = ckpt_dir / ".universal.tmp"
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         log.warning("converting %s to a DeepSpeed universal checkpoint (another number of ranks)", ckpt_dir)
         r = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",

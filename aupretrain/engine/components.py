@@ -56,6 +56,18 @@ def check_precision(cfg: DictConfig) -> None:
                              f"another 16-bit type, or fp32 (the default)")
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """Every refusal that needs no process group, data or weights, in one place — precision on this machine's
+    accelerator, the method's own conditions (`Method.check`), the optimizer against the ZeRO stage — so that
+    `train.py --check` (a launcher's or a Kubernetes entrypoint's pre-flight) refuses what training would.
+    Raises UsageError naming the setting."""
+    from .optim import check_optimizer
+
+    check_precision(cfg)
+    method_class(cfg.objective.name).check(cfg)
+    check_optimizer(cfg)
+
+
 def torch_threads(cfg: DictConfig, local_ranks: int) -> int:
     """Threads per rank: `train.torch_threads`, else $OMP_NUM_THREADS (what Slurm's --cpus-per-task launchers
     export) — except the 1 torchrun puts there itself when it is unset and it starts several ranks —, else the
@@ -105,7 +117,7 @@ def build(cfg: DictConfig) -> Components:
     Raises UsageError for settings it cannot train or resume with."""
     import deepspeed
 
-    check_precision(cfg)
+    check_settings(cfg)  # settings it cannot train with: refused before any process group or data
     storage.configure(cfg.get("storage", {}).get("s3"))  # S3 retries for boto3 and DALI, before any request
     d = init_distributed(cfg.train.get("collective_timeout_s"))
     torch.set_num_threads(torch_threads(cfg, d.local_world))
@@ -113,7 +125,6 @@ def build(cfg: DictConfig) -> Components:
     run_dir = resolve_run_dir(cfg, d)
     torch.manual_seed(int(cfg.run.seed))
     objective = build_objective(cfg.objective)
-    method_class(cfg.objective.name).check(cfg)  # settings the method cannot train with: refused first
     plan = ResumePlan(cfg, run_dir, d.rank, d.world, d.is_main)  # rank 0 decides for all
     loader = build_loader(cfg, d.rank, d.world, state=plan.reader)
     model = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))

@@ -131,19 +131,28 @@ class LAMB(torch.optim.Optimizer):
         return loss
 
 
+def check_optimizer(cfg: DictConfig) -> None:
+    """Refuse (UsageError) an unknown `optim.name`, and LARS / LAMB under ZeRO stage 1–3 (flat partitions: a
+    layer-wise trust ratio would span many layers) — without building anything (`train.py --check` calls it)."""
+    name = str(cfg.optim.get("name", "adamw"))
+    if name not in ("adamw", "lars", "lamb"):
+        raise UsageError(f"optim.name={name!r}: expected adamw, lars or lamb")
+    if name in ("lars", "lamb") and int(cfg.deepspeed.zero_optimization.stage) != 0:
+        raise UsageError(f"optim.name={name} needs deepspeed=zero0: ZeRO stages 1-3 give the optimizer flat "
+                         "partitions, so layer-wise trust ratios would span many layers")
+
+
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, global_batch: int) -> torch.optim.Optimizer:
     """The optimizer of `optim.name` over `param_groups(model)` at the scaled LR.
 
     Raises:
         UsageError: an unknown `optim.name`, or LARS / LAMB under ZeRO stage 1–3.
     """
+    check_optimizer(cfg)
     name, lr = str(cfg.optim.get("name", "adamw")), scaled_lr(cfg, global_batch)
     groups = param_groups(model, float(cfg.optim.weight_decay))
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.optim.betas))
-    if name in ("lars", "lamb") and int(cfg.deepspeed.zero_optimization.stage) != 0:
-        raise UsageError(f"optim.name={name} needs deepspeed=zero0: ZeRO stages 1-3 give the optimizer flat "
-                         "partitions, so layer-wise trust ratios would span many layers")
     if name == "lars":
         return LARS(groups, lr=lr, momentum=float(cfg.optim.get("momentum", 0.9)),
                     eta=float(cfg.optim.get("lars_eta", 0.02)))

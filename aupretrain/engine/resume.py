@@ -1,7 +1,8 @@
 """What a resumed job may change: the new config against the checkpoint's, and applying what can change.
 
 A checkpoint records the config that was in effect (`meta.json`). A job with another number of ranks loads the
-checkpoint's DeepSpeed universal form (converted once, by rank 0, into `<checkpoint>/universal/`), and its data
+checkpoint's DeepSpeed universal form (converted once, by rank 0, into `<checkpoint>/universal/`, or into
+`<run>/universal/` for another run's or a read-only checkpoint), and its data
 stream restarts its epoch. On resume every changed key is named:
 - keys in `APPLIED` take effect from the first resumed step (the LR schedule's inputs, logging, evaluation,
   tracking, loader threads, augmentation, data paths — a new shard list restarts the data epoch —, S3 retries);
@@ -37,8 +38,9 @@ def changed_keys(old: dict, new: dict) -> dict[str, tuple[str | None, str | None
 
 
 def check_resume(meta: dict, cfg: dict, world: int, ckpt: str) -> dict[str, tuple]:
-    """The changes a resumed job applies; raises UsageError (naming every offending key) for the others, and for
-    a `train.steps` below the checkpoint's step.
+    """The changes a resumed job applies; raises UsageError (naming every offending key) for the others, for
+    a `train.steps` below the checkpoint's step, and for a `train.stop_at` at or below it (the job would train
+    nothing).
 
     Args:
         meta: the checkpoint's meta.json (`world_size`, `config`, `step`).
@@ -52,6 +54,11 @@ def check_resume(meta: dict, cfg: dict, world: int, ckpt: str) -> dict[str, tupl
     if steps < step:  # the run's encoder, checkpoints and stop record are of step `step` already
         raise UsageError(f"{ckpt} is at step {step} and train.steps={steps} ends before it: a resumed run cannot go "
                          f"back; set train.steps >= {step}, or start a new run with run.dir=<new folder>")
+    stop_at = cfg["train"].get("stop_at")
+    if stop_at is not None and int(stop_at) <= step < steps:  # nothing to train: no false stop record, no conversion
+        raise UsageError(f"{ckpt} is at step {step} and train.stop_at={stop_at} is not beyond it: this job would train "
+                         f"nothing; raise train.stop_at above {step}, or drop it (train.stop_at=null) to train to "
+                         f"train.steps={steps}")
     if saved_world != world and stage not in RESIZABLE_STAGES:
         raise UsageError(f"{ckpt} was written by {saved_world} ranks and this job has {world}: resuming on another "
                          f"number of ranks goes through DeepSpeed universal checkpoints, supported here for ZeRO "
@@ -69,6 +76,10 @@ def check_resume(meta: dict, cfg: dict, world: int, ckpt: str) -> dict[str, tupl
                          f"run: {listed}; revert them, or start a new run with run.dir=<new folder>")
     if saved_world != world:
         changes["world_size"] = (str(saved_world), str(world))
+        per_rank = int(cfg["data"]["batch_size"]) * int(cfg["deepspeed"].get("gradient_accumulation_steps", 1))
+        scaling = str(cfg["optim"].get("lr_scaling", "none"))
+        key = "global_batch" + (f" (optim.lr_scaling={scaling}: the peak LR follows it)" if scaling != "none" else "")
+        changes[key] = (str(per_rank * saved_world), str(per_rank * world))  # clips per optimizer step
     return changes
 
 
@@ -94,6 +105,7 @@ class ResumePlan:
         from . import checkpoint, choice
 
         self.is_main = is_main
+        self.run_dir = run_dir
         self.found = choice.choose(run_dir, cfg.train.resume, is_main, rank)
         self.changes: dict = {}
         self.reader = None
@@ -112,7 +124,7 @@ class ResumePlan:
             return None
         if "world_size" in self.changes:
             ds_config["checkpoint"] = {"load_universal": True}
-            return checkpoint.universal(self.found[1], self.is_main)
+            return checkpoint.universal(self.found[1], self.is_main, self.run_dir)
         return self.found[1]
 
     def load(self, engine, load_from: Path | None, optimizer, scheduler, cfg, global_batch: int, run_dir: Path,
@@ -131,7 +143,8 @@ class ResumePlan:
         if not self.found[1].is_relative_to(run_dir):
             run_id = None
         apply_settings(optimizer, scheduler, cfg, global_batch)
-        (log.info if restored else log.warning)(  # a restarted epoch reads some clips again: said loudly
+        (log.info if restored else log.warning if self.is_main else log.debug)(  # said once, by rank 0; a restarted
+            # epoch reads some clips again: said loudly
             "resumed from %s at step %d (data stream %s)%s", self.found[1], start,
             "continues where it stopped" if restored else "restarts its epoch: clips of this epoch already "
             "read are read again (documented in docs/launching.md)",

@@ -62,8 +62,9 @@ def _train(cfg: DictConfig) -> dict:
             t0 = time.perf_counter()
             batch = [next(batches) for _ in range(accum)]
             metrics.data_wait(time.perf_counter() - t0)
+            lr = engine.get_lr()[0]  # the rate step n uses: the scheduler moves on inside train_step
             loss, parts = train_step(engine, c.objective, batch, d.rank)
-            metrics.step(n, end, loss, parts, engine.get_lr()[0])
+            metrics.step(n, end, loss, parts, lr)
             if online.due(n):  # rank 0, no gradient; the other ranks wait at the next collective
                 tracker.log_metrics(online(n, engine.module.encoder), step=n)
             ckpt.due(n, end)

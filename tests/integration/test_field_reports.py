@@ -75,7 +75,9 @@ def test_changed_settings_on_resume_are_applied_and_recorded_or_refused(packed, 
     assert "changed: optim.lr: 0.002 -> 0.0001" in r.stderr, r.stderr[-2000:]
     f = lr_lambda(load_config(["experiment=smoke", "train.steps=6"]))
     lr = metric_steps(run_dir, "train/lr")
-    assert lr[2] == pytest.approx(2e-3 * f(2)) and lr[3] == pytest.approx(1e-4 * f(3))  # the new LR from step 3
+    # step n runs at f(n - 1) (lr_lambda counts optimizer steps from 0) and logs the rate it ran at
+    assert lr[1] == pytest.approx(2e-3 * f(0)) and lr[2] == pytest.approx(2e-3 * f(1))
+    assert lr[3] == pytest.approx(1e-4 * f(2))  # the new LR from step 3
     assert "lr: 0.002" in (run_dir / "config.yaml").read_text()  # the first job's record is not rewritten
     assert "lr: 0.0001" in (run_dir / "config.step_2.yaml").read_text()
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(meta(run_dir, 4)["mlflow_run_id"])

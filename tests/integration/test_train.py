@@ -272,6 +272,7 @@ def test_universal_checkpoint_resize(packed, tmp_path):
         {"reader_rank0.json", "reader_rank1.json"}
     r = launch([sys.executable, TRAIN, *base, "train.stop_at=3", "optim.lr=0"], tmp_path)
     assert "world_size: 2 -> 1" in r.stderr and "data stream restarts its epoch" in r.stderr, r.stderr[-3000:]
+    assert "global_batch: " in r.stderr  # a world-size change changes the clips per optimizer step: said
     two, _ = encoder_from_checkpoint(run_dir / "checkpoints" / "step_2")
     one, meta = encoder_from_checkpoint(run_dir / "checkpoints" / "step_3")
     assert meta["world_size"] == 1
@@ -280,6 +281,14 @@ def test_universal_checkpoint_resize(packed, tmp_path):
     r = launch([*torchrun, *base], tmp_path)
     assert "world_size: 1 -> 2" in r.stderr and (run_dir / "encoder.pt").exists()
     assert json.loads((run_dir / "checkpoints" / "step_6" / "meta.json").read_text())["world_size"] == 2
+    # another run's checkpoint (train.resume=PATH) on another number of ranks: converted into this job's own folder,
+    # nothing written into the other run's (which may be read-only or shared)
+    other = tmp_path / "runs" / "other"
+    r = launch([sys.executable, TRAIN, *base, f"run.dir={other}", "train.steps=7",
+                f"train.resume={run_dir / 'checkpoints' / 'step_6'}"], tmp_path)
+    assert "world_size: 2 -> 1" in r.stderr and (other / "encoder.pt").exists(), r.stderr[-3000:]
+    assert len(list((other / "universal").glob("step_6-*"))) == 1
+    assert not (run_dir / "checkpoints" / "step_6" / "universal").exists()
 
 
 def test_hog_basis_is_fitted_on_clean_clips_before_step_one(packed, tmp_path):

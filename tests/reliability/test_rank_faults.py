@@ -1,4 +1,5 @@
-"""Faults of a training process: a preemption signal (SIGTERM, then SIGUSR1 on the relaunch) and kill -9 of one
+"""Faults of a training process: a preemption signal (SIGTERM, then SIGUSR1 and Ctrl-C's SIGINT on relaunches; the
+`deepspeed` launcher killed alone) and kill -9 of one
 rank mid-run (the job fails fast naming the rank; a relaunch continues bit-exactly from the last complete
 checkpoint)."""
 import json
@@ -12,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import BIN, run_env
+from tests.conftest import BIN, free_port, run_env
 from tests.launch import TRAIN, checkpoint_steps, common, launch, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -28,14 +29,14 @@ def _read_until(proc, lines: list[str], pattern: str, timeout: float = 300) -> N
 
 def test_preemption_sigterm_stops_with_a_checkpoint_and_the_run_continues(packed, tmp_path, fault):
     """SIGTERM mid-run: the process finishes its step, checkpoints and exits 0 within the grace time; the
-    relaunch resumes there and, stopped by SIGUSR1, does the same. (One rank of a 2-rank torchrun job being
+    relaunch resumes there and, stopped by SIGUSR1, does the same, and so does the next one on SIGINT (Ctrl-C). (One rank of a 2-rank torchrun job being
     signalled is the Kubernetes entrypoint test's case, test_k8s.py.)"""
     run_dir = tmp_path / "runs" / "preempted"
     cmd = [sys.executable, TRAIN, *common(packed, tmp_path, **{
         "run.dir": str(run_dir), "train.eval_at_end": "false", "train.steps": 500, "tracking.enabled": "false",
         "objective": "tcl"})]
     resumed = None  # the step the second job resumes from
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=run_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 text=True, start_new_session=True)
         lines: list[str] = []
@@ -113,3 +114,46 @@ def test_resume_bit_exact(packed, tmp_path, fault):
           f"{'equal' if same else 'differ from'} the uninterrupted run's", data_lost=not same, detect_s=took)
     assert 4 <= k < 16
     assert same, (k, a, b)
+
+
+def test_the_deepspeed_launcher_killed_alone_stops_its_ranks_with_a_checkpoint(packed, tmp_path, fault):
+    """Field report: `kill <pid of deepspeed>` killed only DeepSpeed's runner (it forwards signals in pdsh mode
+    only); the ranks trained on, orphaned, holding the run's lock. Each rank now watches the runner and stops as
+    on SIGTERM: a checkpoint, a stop record, the ranks gone, the lock free for the relaunch."""
+    run_dir = tmp_path / "runs" / "orphaned"
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), TRAIN,
+           *common(packed, tmp_path, **{"run.dir": str(run_dir), "train.eval_at_end": "false", "train.steps": 500,
+                                        "tracking.enabled": "false", "objective": "tcl"})]
+    log = tmp_path / "ds.log"
+    with open(log, "w") as out:
+        runner = subprocess.Popen(cmd, cwd=tmp_path, env=run_env(), stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while "step 3/500" not in log.read_text():
+            assert runner.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        ranks = psutil.Process(runner.pid).children(recursive=True)
+        t0 = time.monotonic()
+        runner.send_signal(signal.SIGTERM)  # the runner's pid only, as `kill PID` does
+        runner.wait(timeout=60)
+        gone, alive = psutil.wait_procs(ranks, timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        try:
+            os.killpg(runner.pid, signal.SIGKILL)
+        except ProcessLookupError:  # every process of the group has exited
+            pass
+    text = log.read_text()
+    steps = checkpoint_steps(run_dir)
+    stop = json.loads((run_dir / "last_stop.json").read_text()) if (run_dir / "last_stop.json").exists() else {}
+    fault("SIGTERM to the deepspeed launcher's pid only", f"the ranks saw the launcher gone and stopped: checkpoint at "
+          f"step {steps[-1] if steps else None}, stop record {stop.get('reason')}, every rank gone {took:.1f} s after "
+          "the signal", data_lost=not steps, detect_s=took)
+    assert not alive, [p.cmdline() for p in alive]
+    assert "the deepspeed launcher (pid" in text and "is gone" in text, text[-3000:]
+    assert steps and 3 <= steps[-1] < 500 and stop.get("reason") == "signal", text[-3000:]
+    r = launch([sys.executable, TRAIN, *common(packed, tmp_path, **{
+        "run.dir": str(run_dir), "train.eval_at_end": "false", "train.steps": steps[-1] + 1,
+        "tracking.enabled": "false", "objective": "tcl"})], tmp_path)  # the lock is free: the relaunch goes on
+    assert f"at step {steps[-1]}" in r.stderr and (run_dir / "encoder.pt").exists(), r.stderr[-3000:]

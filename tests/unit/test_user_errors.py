@@ -128,6 +128,22 @@ def test_the_trainer_prints_its_help_and_the_config_groups(capsys):
     assert "experiment=cpu | quickstart | smoke" in out
 
 
+@pytest.mark.parametrize("overrides,says", [
+    (["optim.name=lars"], "optim.name=lars needs deepspeed=zero0"),
+    (["optim.name=lamb", "deepspeed=zero3"], "optim.name=lamb needs deepspeed=zero0"),
+    (["objective=moco", "deepspeed=zero0", "deepspeed.bf16.enabled=true"], "objective=moco with deepspeed.bf16/fp16"),
+])
+def test_check_refuses_what_training_would_refuse(overrides, says, packed, capsys):
+    """Field report: `train.py --check` (the Kubernetes entrypoint's pre-flight) passed settings that training
+    then refused; it now runs the same method, optimizer and precision checks."""
+    from aupretrain.train import main as train_main
+
+    assert train_main(["--check", "experiment=smoke", f"data.shards={packed}"]) == 0
+    rc = train_main(["--check", "experiment=smoke", f"data.shards={packed}", *overrides])
+    err = capsys.readouterr().err
+    assert rc == 2 and says in err and "Traceback" not in err, err
+
+
 def test_a_pickled_payload_never_runs(tmp_path):
     marker = tmp_path / "ran"
 
