@@ -1,6 +1,6 @@
 """aupretrain-export RUN_OR_CHECKPOINT OUT: the encoder as safetensors + JSON config, fp32.
 
-    aupretrain-export runs/exp1 exports/exp1                           # the run's final encoder, else its newest checkpoint
+    aupretrain-export runs/exp1 exports/exp1                           # the run's newest state (see below)
     aupretrain-export runs/exp1/checkpoints/step_4000 exports/exp1-4k  # any complete checkpoint, any ZeRO stage
     aupretrain-export runs/exp1/encoder.pt exports/exp1                # an encoder.pt file
 
@@ -9,6 +9,12 @@ id, source). Load it with `aupretrain.load_encoder(OUT)`. Checkpoints are read b
 `engine.checkpoint.full_weights` once every file passed `engine.checkpoint.vet` (no pickled code): DeepSpeed's
 `get_fp32_state_dict_from_zero_checkpoint` gathers ZeRO partitions (stages 1–3) into full fp32 weights; a stage-0
 checkpoint holds the full module and is read with `torch.load(weights_only=True)`.
+
+A run folder exports its newest state: `encoder.pt`, unless a whole checkpoint of a later step is there (a run
+continued past its end, `train.stop_at`): that checkpoint is exported, and the printed JSON's "note" (and a line on
+stderr) says so. With no `encoder.pt`, the newest whole checkpoint; when a running job prunes it while it is read
+(`train.keep_checkpoints`), the newest whole one is chosen again (a few tries; then exit 1, one line). OUT's files
+get the mode any file this process writes gets (0666 & ~umask). A user error is one line, exit 2.
 """
 from __future__ import annotations
 
@@ -20,50 +26,33 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Export SOURCE to the folder OUT; returns the exit status (0; 2: a user error; 1: the environment failed —
+    a full disk, or a running job pruned every checkpoint chosen — each reported as one line)."""
     ap = argparse.ArgumentParser(prog="aupretrain-export", description=__doc__.splitlines()[0])
     ap.add_argument("source", help="a run folder, a checkpoint folder (.../checkpoints/step_N) or an encoder.pt file")
     ap.add_argument("out", help="output folder (model.safetensors + config.json)")
     a = ap.parse_args(argv)
-    from ..engine.checkpoint import COMPLETE
-    from ..engine.choice import newest_whole, problems
-    from ..engine.export import encoder_from_checkpoint
-    from ..models.encoder import load_encoder, save_encoder_folder
+    from ..data.storage import EnvironmentFault
+    from ..engine.export import check_out, read_source, write_export_folder
 
-    src = Path(a.source)
+    def say(kind: str, text) -> None:
+        print(f"aupretrain-export: {kind}: {' '.join(str(text).split())[:600]}", file=sys.stderr)
+
+    out = Path(a.out)
     try:
-        pt = src if src.is_file() else src / "encoder.pt"
-        if pt.is_file():  # a run folder's final encoder, or an encoder.pt file named directly
-            import torch
-
-            enc = load_encoder(pt)
-            ck = torch.load(pt, weights_only=True)
-            extra = {"step": ck.get("step"), "mlflow_run_id": ck.get("mlflow_run_id"), "source": str(pt)}
-        else:
-            if not src.exists():
-                raise FileNotFoundError(f"{src}: no such file or folder")
-            if (src / COMPLETE).exists():
-                if wrong := problems(src):
-                    raise FileNotFoundError(f"{src}: this checkpoint cannot be read: {'; '.join(wrong)}")
-                ckpt = src
-            elif (src / "mp_rank_00_model_states.pt").exists() or list(src.glob("*_model_states.pt")):
-                raise FileNotFoundError(f"{src}: a half-written checkpoint (no {COMPLETE} marker: the job writing it "
-                                        "stopped before it finished)")
-            else:
-                found, skipped = newest_whole(src)
-                for s in skipped:
-                    print(f"aupretrain-export: warning: skipping checkpoint {s}", file=sys.stderr)
-                if found is None:
-                    raise FileNotFoundError(f"{src}: no encoder.pt and no complete checkpoint that can be read (a "
-                                            "run folder, .../checkpoints/step_N with a COMPLETE marker, or an "
-                                            "encoder.pt file)")
-                ckpt = found[1]
-            enc, meta = encoder_from_checkpoint(ckpt)
-            extra = {"step": meta["step"], "mlflow_run_id": meta.get("mlflow_run_id"), "source": str(ckpt)}
+        check_out(out)  # before the (maybe long) read of a checkpoint
+        enc, extra, note = read_source(Path(a.source), lambda text: say("warning", text))
+        if note:
+            say("note", note)
+        write_export_folder(enc, out, extra)
+    except EnvironmentFault as e:  # a full disk; CheckpointsPruned: running it again may succeed
+        say("error", e)
+        return 1
     except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:  # UsageError is a ValueError
-        print(f"aupretrain-export: error: {' '.join(str(e).split())[:600]}", file=sys.stderr)
+        say("error", e)
         return 2
-    save_encoder_folder(enc, a.out, extra)
-    print(json.dumps({"out": str(Path(a.out).resolve()), "au_dim": enc.au_dim, **extra}, indent=1))
+    print(json.dumps({"out": str(out.resolve()), "au_dim": enc.au_dim, **extra, **({"note": note} if note else {})},
+                     indent=1))
     return 0
 
 

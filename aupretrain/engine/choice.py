@@ -72,11 +72,13 @@ def problems(ckpt_dir: str | Path) -> list[str]:
     return found
 
 
-def newest_whole(run_dir: str | Path) -> tuple[tuple[int, Path] | None, list[str]]:
+def newest_whole(run_dir: str | Path, above: int | None = None) -> tuple[tuple[int, Path] | None, list[str]]:
     """The newest COMPLETE checkpoint of a run folder that `problems` finds whole (or None), and one line for each
-    newer COMPLETE one passed over ("<folder>: <what is wrong>")."""
+    newer COMPLETE one passed over ("<folder>: <what is wrong>"). `above`: only checkpoints of a later step count
+    (`aupretrain-export`: those newer than the run's encoder.pt)."""
     done = sorted(((int(m.group(1)), p) for p in root(run_dir).glob("step_*")
-                   if (m := STEP.fullmatch(p.name)) and (p / COMPLETE).exists()), reverse=True)
+                   if (m := STEP.fullmatch(p.name)) and (above is None or int(m.group(1)) > above)
+                   and (p / COMPLETE).exists()), reverse=True)
     skipped = []
     for step, p in done:
         wrong = problems(p)

@@ -1,11 +1,14 @@
 """The end of a finished run: the encoder (and the method's own AU head) exported, the stop recorded, and the AU
-probe launched as its own process."""
+probe launched as its own process; and what `aupretrain-export` reads (`read_source`: a run's newest state, chosen
+again when a running job prunes it mid-read) and writes (`write_export_folder`)."""
 from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
+from ..data.storage import EnvironmentFault
 from ..methods import Method
 from ..models.encoder import save_encoder
 from . import checkpoint
@@ -30,6 +33,203 @@ def encoder_from_checkpoint(ckpt: Path):
     if unexpected or [k for k in missing if not k.endswith(("mean", "std"))]:
         raise ValueError(f"{ckpt}: encoder weights do not match the model config (missing {missing}, unexpected {unexpected})")
     return enc.eval(), meta
+
+
+READ_TRIES = 4  # a checkpoint pruned while it was read (a running job's train.keep_checkpoints): chosen again
+
+
+class CheckpointsPruned(EnvironmentFault):
+    """A running job pruned (`train.keep_checkpoints`) every checkpoint `aupretrain-export` chose while reading it:
+    running the same command again may well succeed."""
+
+
+def _gone(ckpt: Path, e: BaseException) -> bool:
+    """Whether `ckpt` was removed, or lost a file, while it was read (after `e` was raised reading it): its COMPLETE
+    marker is gone or `choice.problems` finds a file missing. A file-not-found error with the folder still whole is
+    looked at once more after 0.5 s (a removal still under way); any other failure of a whole checkpoint is its own."""
+    from .choice import problems
+
+    for again in (True, False):
+        if not (ckpt / checkpoint.COMPLETE).exists() or problems(ckpt):
+            return True
+        missing = isinstance(e, FileNotFoundError) or "doesn't exist" in str(e) or "No such file" in str(e)
+        if not (again and missing):
+            return False
+        time.sleep(0.5)
+    return False
+
+
+def newest_encoder(run_dir: Path, above: int | None = None, warn=log.warning, tries: int = READ_TRIES):
+    """(encoder, meta, checkpoint folder) of the newest whole checkpoint of a run folder (`choice.newest_whole`; with
+    `above`, only one of a later step), or None when there is none. `warn(text)` is told of each checkpoint passed
+    over. A running job may prune the chosen checkpoint while it is read: when it vanished or lost a file
+    (`_gone`), the newest whole one is chosen again, up to `tries` times.
+
+    Raises:
+        CheckpointsPruned: the chosen checkpoints were removed while they were read on every try.
+        what `encoder_from_checkpoint` raises for a checkpoint that is still there.
+    """
+    from .choice import newest_whole
+
+    gone: list[str] = []
+    warned: set[str] = set()
+    for _ in range(tries):
+        found, skipped = newest_whole(run_dir, above)
+        for s in skipped:
+            if s not in warned:
+                warned.add(s)
+                warn(f"skipping checkpoint {s}")
+        if found is None:
+            if gone:
+                break
+            return None
+        try:
+            enc, meta = encoder_from_checkpoint(found[1])
+            return enc, meta, found[1]
+        except Exception as e:  # noqa: BLE001 - re-raised unless the checkpoint vanished under the reader
+            if not _gone(found[1], e):
+                raise
+            gone.append(found[1].name)
+            warn(f"{found[1]} was removed while it was read (a running job pruning its checkpoints); choosing again")
+    raise CheckpointsPruned(f"{run_dir}: the running job pruned the checkpoints while they were read "
+                            f"({', '.join(gone)} removed mid-read); run the same command again, or raise "
+                            "train.keep_checkpoints so an export has time to read one")
+
+
+def _encoder_file(pt: Path):
+    """(encoder, provenance) of an `encoder.pt` file."""
+    import torch
+
+    from ..models.encoder import load_encoder
+
+    enc = load_encoder(pt)
+    ck = torch.load(pt, weights_only=True)
+    return enc, {"step": ck.get("step"), "mlflow_run_id": ck.get("mlflow_run_id"), "source": str(pt)}
+
+
+def read_source(src: Path, warn=log.warning):
+    """What `aupretrain-export SRC` exports: (encoder in eval mode, provenance {"step", "mlflow_run_id", "source"},
+    a note for the user or None). SRC is an encoder.pt file, a complete checkpoint folder, or a run folder: there the
+    newest state — its encoder.pt, unless a whole checkpoint of a later step is there (a run continued past its end,
+    `train.stop_at`), which is then read and named in the note; with no encoder.pt, the newest whole checkpoint
+    (`newest_encoder`: chosen again when a running job prunes it mid-read). `warn(text)`: checkpoints passed over.
+
+    Raises:
+        FileNotFoundError: nothing to export there, a half-written checkpoint, a named checkpoint removed while it
+            was read.
+        CheckpointsPruned: a run folder's chosen checkpoints were all pruned while they were read.
+        ValueError, pickle.UnpicklingError: a file that cannot be read (`UsageError`: a file that would run code).
+    """
+    from .choice import problems
+
+    if src.is_file():
+        return (*_encoder_file(src), None)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or folder")
+    if (src / checkpoint.COMPLETE).exists():
+        if wrong := problems(src):
+            raise FileNotFoundError(f"{src}: this checkpoint cannot be read: {'; '.join(wrong)}")
+        try:
+            enc, meta = encoder_from_checkpoint(src)
+        except Exception as e:  # noqa: BLE001 - re-raised unless it vanished under the reader
+            if not _gone(src, e):
+                raise
+            raise FileNotFoundError(f"{src}: removed while it was read (a running job pruning its checkpoints: "
+                                    "train.keep_checkpoints); export the run folder for its newest one") from None
+        return enc, {"step": meta["step"], "mlflow_run_id": meta.get("mlflow_run_id"), "source": str(src)}, None
+    if (src / "mp_rank_00_model_states.pt").exists() or list(src.glob("*_model_states.pt")):
+        raise FileNotFoundError(f"{src}: a half-written checkpoint (no {checkpoint.COMPLETE} marker: the job writing "
+                                "it stopped before it finished)")
+    pt = src / "encoder.pt"
+    final = _encoder_file(pt) if pt.is_file() else None
+    if final is not None and final[1]["step"] is None:  # an encoder.pt that does not say its step: taken as final
+        return (*final, None)
+    newer = newest_encoder(src, None if final is None else int(final[1]["step"]), warn)
+    if newer is None:
+        if final is None:
+            raise FileNotFoundError(f"{src}: no encoder.pt and no complete checkpoint that can be read (a run folder, "
+                                    ".../checkpoints/step_N with a COMPLETE marker, or an encoder.pt file)")
+        return (*final, None)
+    enc, meta, ckpt = newer
+    note = None if final is None else (f"{ckpt} (step {meta['step']}) is newer than {pt} (step {final[1]['step']}): "
+                                       "exported the checkpoint")
+    return enc, {"step": meta["step"], "mlflow_run_id": meta.get("mlflow_run_id"), "source": str(ckpt)}, note
+
+
+def _file_mode() -> int:
+    """The mode a new file gets under this process's umask: 0666 & ~umask."""
+    try:
+        umask = next(int(x.split()[1], 8) for x in Path("/proc/self/status").read_text().splitlines()
+                     if x.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def check_out(out: Path) -> None:
+    """Refuse an export folder that cannot be written, before anything is read: OUT (or the nearest folder above it
+    that exists) is a file, or a folder this process may not write (permissions, a read-only file system).
+
+    Raises:
+        UsageError: naming the path and what is wrong.
+    """
+    from ..errors import UsageError
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: is a file; give a folder for the export")
+    above = next((p for p in (out, *out.parents) if p.exists()), None)
+    if above is not None and above != out and not above.is_dir():
+        raise UsageError(f"{out}: {above} is a file; give a folder for the export")
+    if above is not None and not os.access(above, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if _read_only(above) else "is not writable by this user"
+        raise UsageError(f"{out}: {'' if above == out else f'{above} '}{why}; give a folder you can write for the "
+                         "export")
+
+
+def _read_only(p: Path) -> bool:
+    try:
+        return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def write_export_folder(enc, out: Path, extra: dict) -> None:
+    """Write `<out>/model.safetensors` and `<out>/config.json` (`models.encoder.save_encoder_folder`) through a
+    temporary folder inside `out`, each file renamed into place (a reader never sees half a file), with the mode a
+    file written by this process gets (0666 & ~umask: the writer safetensors uses makes 0600 files).
+
+    Raises:
+        UsageError: `out` is a file, or a folder this user may not write (naming it and the reason).
+        EnvironmentFault: the write failed otherwise (a full disk ...). Nothing half-written is left either way.
+    """
+    import errno
+    import shutil
+
+    from safetensors import SafetensorError
+
+    from ..errors import UsageError
+    from ..models.encoder import save_encoder_folder
+
+    check_out(out)
+    tmp = out / f".export-{os.getpid()}.tmp"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        save_encoder_folder(enc, tmp, extra)
+        mode = _file_mode()
+        for name in ("model.safetensors", "config.json"):
+            os.chmod(tmp / name, mode)
+            os.replace(tmp / name, out / name)
+    except (OSError, RuntimeError, SafetensorError) as e:  # SafetensorError: its writer's I/O errors
+        reason = checkpoint.why(e, out) if isinstance(e, OSError) else " ".join(str(e).split())[:300]
+        users = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
+        if getattr(e, "errno", None) in users or any(t in reason for t in ("Permission denied", "Read-only file")):
+            raise UsageError(f"{out}: the export cannot be written there ({reason}); give a folder you can "
+                             "write") from None
+        raise EnvironmentFault(f"{out}: the export could not be written ({reason}); run the same command again "
+                               "once that is fixed") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def master_method(engine, cfg, final_checkpoint: Path) -> tuple[Method | None, bool]:

@@ -111,3 +111,19 @@ def test_resume_paths_that_are_not_checkpoints_each_get_their_own_message(tmp_pa
             raise AssertionError(f"{path} was accepted")
         except UsageError as e:
             assert said in str(e) and str(e).startswith(f"train.resume={path}"), str(e)
+
+
+def test_newest_whole_above_a_step_counts_only_later_checkpoints(tmp_path):
+    """`aupretrain-export` asks for a checkpoint newer than the run's encoder.pt: only later steps count, and only
+    those are reported when passed over."""
+    from aupretrain.engine import choice
+
+    run = tmp_path / "run"
+    for step in (2, 4, 6):
+        fake_checkpoint(run / "checkpoints" / f"step_{step}")
+    (run / "checkpoints" / "step_6" / "mp_rank_00_model_states.pt").unlink()
+    assert choice.newest_whole(run)[0] == (4, run / "checkpoints" / "step_4")
+    assert choice.newest_whole(run, above=2)[0] == (4, run / "checkpoints" / "step_4")
+    found, skipped = choice.newest_whole(run, above=4)
+    assert found is None and skipped == [f"{run / 'checkpoints' / 'step_6'}: mp_rank_00_model_states.pt is missing"]
+    assert choice.newest_whole(run, above=6) == (None, [])

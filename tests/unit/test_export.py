@@ -2,6 +2,7 @@
 in DeepSpeed's 16-bit modes when the final checkpoint is not in the run's folder. (With it there, encoder.pt and the
 AU head hold its fp32 master weights: `tests/integration/test_train.py::test_zero_stages[1]` and
 `test_torchrun_two_ranks[supervised...]`.)"""
+import json
 import logging
 
 import torch
@@ -50,3 +51,130 @@ def test_a_16_bit_run_without_its_final_checkpoint_exports_the_module_weights_wi
     back = load_encoder(tmp_path / "encoder.pt")
     for (name, p), q in zip(enc.float().named_parameters(), back.parameters()):
         assert torch.equal(p, q), name
+
+
+# --- aupretrain-export's output folder (field trial, session 45): file modes, OUT that cannot be a folder ---
+
+TINY = {"widths": [8, 16], "blocks": [1, 1], "stem_width": 8, "stem_stride": 2, "stem_pool": False, "norm": "group",
+        "norm_groups": 4, "au_dim": 12, "id_dim": 6, "proj_hidden": 16, "proj_dim": 8,
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def _encoder_pt(tmp_path):
+    from aupretrain.models.encoder import save_encoder
+
+    torch.manual_seed(0)
+    path = tmp_path / "run" / "encoder.pt"
+    path.parent.mkdir()
+    save_encoder(AUEncoder(TINY, 32), path, {"step": 5, "mlflow_run_id": None})
+    return path
+
+
+def _export(argv, capsys):
+    from aupretrain.cli.export import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_export_files_get_the_mode_of_a_normal_write_under_the_umask(tmp_path, capsys):
+    """model.safetensors was 0600 (safetensors writes through a private temporary file) beside a 0644 config.json:
+    a serving container with another uid could not read it. Every file of the export gets 0666 & ~umask."""
+    import os
+    import stat
+
+    pt = _encoder_pt(tmp_path)
+    for umask in (0o022, 0o027, 0o002):
+        old = os.umask(umask)
+        try:
+            out = tmp_path / f"export_{umask:o}"
+            rc, _, err = _export([pt.parent, out], capsys)
+        finally:
+            os.umask(old)
+        assert rc == 0, err
+        files = sorted(p.name for p in out.iterdir())
+        assert files == ["config.json", "model.safetensors"]  # no temporary left behind
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+        assert modes == {name: 0o666 & ~umask for name in files}, (oct(umask), {k: oct(v) for k, v in modes.items()})
+        assert load_encoder(out).au_dim == 12
+
+
+def test_export_over_an_existing_export_replaces_its_files(tmp_path, capsys):
+    pt = _encoder_pt(tmp_path)
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"old")
+    (out / "notes.txt").write_text("kept\n")
+    rc, stdout, err = _export([pt, out], capsys)
+    assert rc == 0, err
+    assert json.loads(stdout)["source"] == str(pt) and (out / "notes.txt").read_text() == "kept\n"
+    assert load_encoder(out).au_dim == 12
+
+
+def _one_error_line(rc, err, want):
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0] == f"aupretrain-export: error: {want}", lines[0]
+
+
+def test_an_out_that_is_a_file_is_one_line_and_nothing_is_read(tmp_path, capsys):
+    """OUT an existing file was an 11-line FileExistsError traceback (after the whole checkpoint was read)."""
+    pt = _encoder_pt(tmp_path)
+    (tmp_path / "exports").mkdir()
+    f = tmp_path / "exports" / "file"
+    f.write_text("not a folder\n")
+    rc, out, err = _export([pt.parent, f], capsys)
+    _one_error_line(rc, err, f"{f}: is a file; give a folder for the export")
+    assert out == "" and f.read_text() == "not a folder\n"
+    rc, _, err = _export([pt.parent, f / "sub"], capsys)
+    _one_error_line(rc, err, f"{f / 'sub'}: {f} is a file; give a folder for the export")
+    rc, _, err = _export([tmp_path / "missing", f], capsys)  # OUT is checked before SOURCE is read
+    _one_error_line(rc, err, f"{f}: is a file; give a folder for the export")
+
+
+def test_the_cli_prints_one_line_for_an_out_that_is_a_file(tmp_path):
+    """The console script itself: exit 2 and one line, no traceback (as the field trial ran it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pt = _encoder_pt(tmp_path)
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "file").write_text("x")
+    r = subprocess.run([str(Path(sys.executable).parent / "aupretrain-export"), str(pt.parent), "exports/file"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    _one_error_line(r.returncode, r.stderr, "exports/file: is a file; give a folder for the export")
+
+
+def test_an_out_in_a_read_only_folder_is_one_line(tmp_path, capsys):
+    """A folder the user may not write (chmod 555), or, as root (whom permissions do not stop), a read-only bind
+    mount in a mount namespace of its own."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pt = _encoder_pt(tmp_path)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        ro.chmod(0o555)
+        try:
+            rc, out, err = _export([pt.parent, ro / "x"], capsys)
+        finally:
+            ro.chmod(0o755)
+        _one_error_line(rc, err, f"{ro / 'x'}: {ro} is not writable by this user; give a folder you can write for "
+                                 "the export")
+        assert not (ro / "x").exists()
+        return
+    assert shutil.which("unshare"), "root: util-linux's unshare makes the read-only folder (as for test_netns)"
+    export = Path(sys.executable).parent / "aupretrain-export"
+    r = subprocess.run(["unshare", "-m", "sh", "-c", f'mount --bind "{ro}" "{ro}" && mount -o remount,bind,ro "{ro}" '
+                        f'"{ro}" && exec "{export}" "{pt.parent}" "{ro}/x"'], capture_output=True, text=True,
+                       timeout=300)
+    assert not ("mount" in r.stderr and "aupretrain-export" not in r.stderr), f"no mount namespace: {r.stderr[:300]}"
+    _one_error_line(r.returncode, r.stderr, f"{ro / 'x'}: {ro} is on a read-only file system; give a folder you can "
+                                            "write for the export")
+    assert not (ro / "x").exists()
