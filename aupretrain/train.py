@@ -100,12 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         return refuse(e)
     if check:  # a launcher's check before it starts the ranks (exit 0, or 2 with the one line)
-        from aupretrain.engine.components import check_settings
+        from deepspeed.accelerator import get_accelerator
+
+        from aupretrain.engine.components import check_precision, check_settings
 
         try:
-            check_settings(cfg)  # what training would refuse before its first step, without starting it
+            check_settings(cfg, precision=False)  # what training would refuse before its first step, without it
         except UsageError as e:
             return refuse(e)
+        try:  # precision depends on the machine: a refusal binds where training runs, not on a CPU login node
+            check_precision(cfg)
+        except UsageError as e:
+            if get_accelerator().device_name() != "cpu":
+                return refuse(e)
+            print(f"aupretrain-train: note: {e} (checked on a machine without a GPU: training on one may accept it)",
+                  file=sys.stderr)
         return 0
     rank = launcher_rank()
     level = logging.INFO if rank == "0" else logging.WARNING

@@ -155,11 +155,15 @@ NOT_SETTINGS = ("eval.baselines", "eval.random_baseline", "eval.batch_size", "ev
 SYNTHETIC_ONLY = ("eval.split", "eval.splits", "eval.corpus", "eval.identities", "eval.videos_per_identity",
                   "eval.frames", "eval.first_identity", "eval.seed")
 REAL_ONLY = ("eval.root", "eval.subjects")
+INTENSITY_CODED = ("synthetic", "disfa")  # eval.au_threshold is read there; BP4D / GFT code occurrence
 
 
 def applies(key: str, dataset: str) -> bool:
     """Whether the eval setting `key` (a param name, e.g. `eval.splits.test.seed`) is read when evaluating on
-    `dataset`: `SYNTHETIC_ONLY` keys on the synthetic set only, `REAL_ONLY` keys on the others only."""
+    `dataset`: `SYNTHETIC_ONLY` keys on the synthetic set only, `REAL_ONLY` keys on the others only,
+    `eval.au_threshold` on the intensity-coded sets only (`INTENSITY_CODED`)."""
+    if key == "eval.au_threshold":
+        return dataset in INTENSITY_CODED
     only = REAL_ONLY if dataset == "synthetic" else SYNTHETIC_ONLY
     return not any(key == k or key.startswith(k + ".") for k in only)
 
@@ -182,6 +186,18 @@ def _letters(n: int) -> str:
     return out
 
 
+def as_read(key: str, value: str, dataset: str) -> str:
+    """The value of an eval setting as the evaluation used it: DISFA evaluations made before `eval.au_threshold`
+    was read there logged synthetic.yaml's 0.5 while thresholding at intensity 2, so a logged value below 1 of a
+    DISFA row reads as 2; everything else as logged."""
+    if key == "eval.au_threshold" and dataset == "disfa":
+        try:
+            return "2" if float(value) < 1 else value
+        except ValueError:
+            return value
+    return value
+
+
 def label_settings(rows: list[dict]) -> list[str]:
     """Where rows were evaluated with different settings (`eval_settings`, kept in each row's "eval_params"): each
     row gets "eval_settings" {key: value} of the keys that differ between rows ("–" where a run did not log one),
@@ -190,7 +206,8 @@ def label_settings(rows: list[dict]) -> list[str]:
     re-sorted by group, then mean F1. Returns one line per group ("A: eval.split=test, eval.identities=6"); [] and
     nothing added when every row was evaluated alike. Rows of different letters do not compare (other identities,
     split, probe or folds)."""
-    read = [{k: v for k, v in r["eval_params"].items() if applies(k, r["dataset"])} for r in rows]
+    read = [{k: as_read(k, v, r["dataset"]) for k, v in r["eval_params"].items() if applies(k, r["dataset"])}
+            for r in rows]
     keys = sorted({k for p in read for k in p})
     differ = [k for k in keys if len({p.get(k, "–") for r, p in zip(rows, read) if applies(k, r["dataset"])}) > 1]
     if not differ:
@@ -200,7 +217,8 @@ def label_settings(rows: list[dict]) -> list[str]:
         r["eval_settings"] = {k: p.get(k, "–") for k in differ if applies(k, r["dataset"])}
         r["eval_group"] = groups.setdefault(tuple(r["eval_settings"].items()), _letters(len(groups)))
     rows.sort(key=lambda r: (r["eval_group"], -r["f1_mean"]))
-    return [f"{g}: " + ", ".join(f"{k}={v}" for k, v in items) for items, g in groups.items()]
+    return [f"{g}: " + (", ".join(f"{k}={v}" for k, v in items) or "none of these settings is read by its dataset")
+            for items, g in groups.items()]
 
 
 def collect(client, runs) -> list[dict]:

@@ -268,14 +268,14 @@ def universal(ckpt_dir: str | Path, is_main: bool, run_dir: str | Path | None = 
     ckpt_dir = Path(ckpt_dir)
     out = ckpt_dir / "universal"
     own = run_dir is None or ckpt_dir.resolve().is_relative_to(Path(run_dir).resolve())
-    if not (out / COMPLETE).exists() and not (own and os.access(ckpt_dir, os.W_OK)):
+    if run_dir is not None and not (out / COMPLETE).exists() and not (own and os.access(ckpt_dir, os.W_OK)):
         tag = hashlib.sha1(str(ckpt_dir.resolve()).encode()).hexdigest()[:8]
         out = Path(run_dir) / "universal" / f"{ckpt_dir.name}-{tag}"
     if is_main and not (out / COMPLETE).exists():
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        log.warning("converting %s to a DeepSpeed universal checkpoint (another number of ranks)", ckpt_dir)
+        log.warning("converting %s to a DeepSpeed universal checkpoint in %s (another number of ranks)", ckpt_dir, out)
         r = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                             str(ckpt_dir), "--output_folder", str(tmp), "--inject_missing_state"],
                            capture_output=True, text=True)

@@ -56,14 +56,15 @@ def check_precision(cfg: DictConfig) -> None:
                              f"another 16-bit type, or fp32 (the default)")
 
 
-def check_settings(cfg: DictConfig) -> None:
+def check_settings(cfg: DictConfig, precision: bool = True) -> None:
     """Every refusal that needs no process group, data or weights, in one place — precision on this machine's
-    accelerator, the method's own conditions (`Method.check`), the optimizer against the ZeRO stage — so that
-    `train.py --check` (a launcher's or a Kubernetes entrypoint's pre-flight) refuses what training would.
+    accelerator (`precision`), the method's own conditions (`Method.check`), the optimizer against the ZeRO stage —
+    so that `train.py --check` (a launcher's or a Kubernetes entrypoint's pre-flight) refuses what training would.
     Raises UsageError naming the setting."""
     from .optim import check_optimizer
 
-    check_precision(cfg)
+    if precision:
+        check_precision(cfg)
     method_class(cfg.objective.name).check(cfg)
     check_optimizer(cfg)
 

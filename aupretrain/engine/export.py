@@ -144,7 +144,14 @@ def read_source(src: Path, warn=log.warning):
     final = _encoder_file(pt) if pt.is_file() else None
     if final is not None and final[1]["step"] is None:  # an encoder.pt that does not say its step: taken as final
         return (*final, None)
-    newer = newest_encoder(src, None if final is None else int(final[1]["step"]), warn)
+    try:
+        newer = newest_encoder(src, None if final is None else int(final[1]["step"]), warn)
+    except Exception as e:  # noqa: BLE001 - with a readable encoder.pt, a newer checkpoint that fails is passed over
+        if final is None:
+            raise
+        warn(f"{src}: a checkpoint newer than encoder.pt (step {final[1]['step']}) could not be read ({e}); "
+             "exported encoder.pt")
+        newer = None
     if newer is None:
         if final is None:
             raise FileNotFoundError(f"{src}: no encoder.pt and no complete checkpoint that can be read (a run folder, "

@@ -48,6 +48,10 @@ class OnlineProbe:
         c.eval.identities, c.eval.videos_per_identity, c.eval.frames = int(o.identities), 1, int(o.frames)
         c.eval.folds, c.eval.probe.steps, c.eval.identity_probe = 2, int(o.probe_steps), False
         c.eval.dataset, c.eval.select = "synthetic", "none"
+        if str(cfg.eval.get("dataset", "synthetic")) != "synthetic":  # eval=bp4d|gft set null, eval=disfa 2 (0-5):
+            from ..config import config_dir  # the probe reads synthetic intensities (0..1) with synthetic's value
+
+            c.eval.au_threshold = OmegaConf.load(config_dir() / "eval" / "synthetic.yaml").au_threshold
         c.eval.corpus = str(Path(str(OmegaConf.to_container(cfg.eval, resolve=True)["corpus"])).parent /
                             f"synthetic_online-validation-{int(o.identities)}x1x{int(o.frames)}-s{int(c.eval.seed)}")
         check_identity_sets(c)
@@ -75,4 +79,5 @@ class OnlineProbe:
         with torch.random.fork_rng(devices=[]):  # the probe seeds torch's global RNG: training's stream stays as it was
             r = evaluate_codes(codes, self.data, self.cfg_eval, seed=0)
         log.info("step %d: online AU probe (validation identities) mean F1 %.3f", step, r["f1_mean"])
-        return {"online/f1_mean": r["f1_mean"], **{f"online/f1/{a}": v for a, v in r["f1"].items()}}
+        scored = set(r.get("aus_evaluated", r["f1"]))  # an AU no frame has: no metric, not a measured 0
+        return {"online/f1_mean": r["f1_mean"], **{f"online/f1/{a}": v for a, v in r["f1"].items() if a in scored}}

@@ -55,7 +55,9 @@ def check_resume(meta: dict, cfg: dict, world: int, ckpt: str) -> dict[str, tupl
         raise UsageError(f"{ckpt} is at step {step} and train.steps={steps} ends before it: a resumed run cannot go "
                          f"back; set train.steps >= {step}, or start a new run with run.dir=<new folder>")
     stop_at = cfg["train"].get("stop_at")
-    if stop_at is not None and int(stop_at) <= step < steps:  # nothing to train: no false stop record, no conversion
+    # nothing to train: no false stop record, no conversion (a finished run rerun with its own stop_at >= steps is
+    # the same run again, as without stop_at)
+    if stop_at is not None and int(stop_at) <= step and int(stop_at) < steps:
         raise UsageError(f"{ckpt} is at step {step} and train.stop_at={stop_at} is not beyond it: this job would train "
                          f"nothing; raise train.stop_at above {step}, or drop it (train.stop_at=null) to train to "
                          f"train.steps={steps}")
@@ -139,6 +141,12 @@ class ResumePlan:
         if not self.found:
             return 0, None
         state = checkpoint.load(engine, load_from)
+        if load_from.parent == Path(self.run_dir) / "universal":  # a conversion of another run's checkpoint: done
+            checkpoint.barrier()  # with once every rank holds it (a relaunch converts again if it needs it)
+            if self.is_main:
+                import shutil
+
+                shutil.rmtree(load_from, ignore_errors=True)
         start, run_id = int(state["step"]), state.get("mlflow_run_id")
         if not self.found[1].is_relative_to(run_dir):
             run_id = None

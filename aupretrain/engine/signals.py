@@ -41,6 +41,8 @@ class StopRequest:
         self._watch = LauncherWatch.start(self, watch_every_s)
         for s in signals:
             try:
+                if s == signal.SIGINT and signal.getsignal(s) == signal.SIG_IGN:
+                    continue  # started in the background by a non-interactive shell: a terminal's Ctrl-C is not ours
                 self._previous[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread (e.g. inside a test harness): no handler
                 pass
@@ -68,6 +70,7 @@ class StopRequest:
         """Restore the signal handlers that were in place before this StopRequest; stop watching the launcher."""
         for s, h in self._previous.items():
             signal.signal(s, h)
+        self._previous = {}  # closing twice restores nothing twice
         if self._watch is not None:
             self._watch.stop.set()
 

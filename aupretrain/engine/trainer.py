@@ -93,6 +93,8 @@ def _train(cfg: DictConfig) -> dict:
         stop.close()
         tracker.finish("FAILED")
         raise
+    finally:
+        stop.close()  # whatever ended the job: the signal handlers it replaced are back, the launcher watch ends
     result["mlflow_run_id"] = run_id
     if d.is_main:
         tracker.log_artifact(c.run_dir / "config.yaml")  # the first job's; resumed jobs logged theirs at start

@@ -80,10 +80,9 @@ def _need(path: Path, what: str, folder: bool = False, why: str = "") -> Path:
     return path
 
 
-def _need_video(path: Path, why: str) -> Path:
-    """`_need` for a video, which is also opened (nothing decoded) so that an empty, damaged or audio-only file is
-    refused before any sequence is aligned, not hours into the run. Raises UsageError naming the file."""
-    _need(path, "video", why=why)
+def _open_video(path: Path) -> Path:
+    """Open a video (nothing decoded) so that an empty, damaged or audio-only file is refused before any sequence
+    is aligned, not hours into the run. Raises UsageError naming the file."""
     try:
         probe_video(path)
     except VideoError as e:
@@ -243,7 +242,7 @@ def disfa_sequences(root: Path, threshold: float = DISFA_PRESENT) -> list[Sequen
         raise UsageError(f"{lab_root}: no <subject> folders with label files (e.g. SN001/SN001_au1.txt)")
     out = []
     for subj in subjects:
-        video = _need_video(vid_root / f"LeftVideo{subj}_comp.avi", f"subject {subj}")
+        video = _need(vid_root / f"LeftVideo{subj}_comp.avi", "video", why=f"subject {subj}")
         cols, frames = [], None
         for a in AUS["disfa"]:
             p = _need(lab_root / subj / f"{subj}_au{a}.txt", f"AU{a} label")
@@ -281,7 +280,6 @@ def gft_sequences(root: Path) -> list[Sequence]:
         if len(videos) > 1:  # which one the labels were coded on cannot be guessed
             raise UsageError(f"{c}: {len(videos)} videos for subject {c.stem} ({', '.join(v.name for v in videos)}); "
                              "keep the one the labels were coded on in Videos/")
-        _need_video(videos[0], c.name)
         frames, labels = read_occurrence_csv(c, AUS["gft"])
         first = 1 if frames.min() >= 1 else 0
         out.append(Sequence(c.stem, Source(c.stem, sorted(videos)[0]), frames - first, labels,
@@ -334,6 +332,9 @@ def load_au_dataset(name: str, root: str | Path, s: PackSettings, cache: str | P
             raise UsageError(f"eval.subjects: {', '.join(map(str, unknown))} not in {root} (its subjects: "
                              f"{', '.join(sorted(have)[:12])}{' ...' if len(have) > 12 else ''})")
         seqs = [q for q in seqs if q.subject in set(subjects)]
+    for q in seqs:  # every video of the set opens, before the first is aligned (subjects left out are not read)
+        if q.source.frames is None:
+            _open_video(q.source.path)
     info = {"sequences": len(seqs), "frames_read": 0, "no_face": 0, "unknown_label": 0, "unlabelled": 0,
             "no_image": 0, "unreadable": 0, "cache_hits": 0}
     parts = {k: [] for k in ("frames", "labels", "inten", "ident", "video", "index")}

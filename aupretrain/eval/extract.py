@@ -152,6 +152,7 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
     if batch < 1:
         raise ValueError(f"batch={batch}: crops per encoder call must be at least 1")
     times: dict[int, float] = {}
+    order: list[int] = []  # frame numbers in the order read (increasing)
     names: dict[int, str] = {}
     lms: dict[int, np.ndarray] = {}
     shape: list[int] = [0, 0]
@@ -159,6 +160,7 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
     def timed():
         for i, t, name, rgb in _frames(path, s.frames_fps):
             times[i], names[i], shape[:] = t, name, rgb.shape[:2]
+            order.append(i)
             yield i, rgb
 
     def tapped(fs: Iterable[faces.FaceFrame]):
@@ -171,21 +173,29 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
         aligned = align_center(center_faces(timed()), s.size)
     else:
         aligned = faces.align(tapped(track(timed(), detector(s), s)), np.asarray(s.template), s.size, s.smooth_sigma)
-    done = 0  # frames up to here have been emitted
+    done = 0  # the frames read (`order`) before this position have been emitted
+
+    def faceless(upto: float) -> Iterator[FrameRow]:
+        """Rows without a face for the frames read before number `upto` not yet emitted (in the order read: a
+        folder's numbers may start anywhere, e.g. at 1700000000)."""
+        nonlocal done
+        while done < len(order) and order[done] < upto:
+            i = order[done]
+            yield FrameRow(str(path), i, times[i], None, None, names[i])
+            done += 1
 
     def flush(pending: list[faces.Aligned]) -> Iterator[FrameRow]:
         nonlocal done
         codes = np.asarray(encode(torch.from_numpy(np.stack([a.crop for a in pending]))), dtype=np.float32)
         for a, c in zip(pending, codes):
-            yield from (FrameRow(str(path), i, times[i], None, None, names[i])
-                        for i in range(done, a.index) if i in times)
+            yield from faceless(a.index)
             if s.align == "center":  # the centre square
                 (h, w), side = shape, min(shape)
                 box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
             else:
                 box = _crop_box(lms.pop(a.index), s.template, s.size)
             yield FrameRow(str(path), a.index, times[a.index], box, c, names[a.index])
-            done = a.index + 1
+            done += 1  # a.index is the next frame read
 
     pending: list[faces.Aligned] = []
     for a in aligned:
@@ -195,9 +205,7 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
             pending = []
     if pending:
         yield from flush(pending)
-    for i in range(done, max(times, default=-1) + 1):
-        if i in times:  # (a frame folder's first images may be undecodable: no row)
-            yield FrameRow(str(path), i, times[i], None, None, names[i])
+    yield from faceless(float("inf"))
     if not times:
         raise VideoError(f"{path}: no decodable frames")
 

@@ -219,6 +219,11 @@ def score_head(path: str | Path, codes: np.ndarray, data: LabelledFrames) -> dic
                     "it" if len(untrained) == 1 else "them")
         out["aus_evaluated"] = [a for a in out["aus_evaluated"] if a not in untrained]
         scored = [out["f1"][a] for a in out["aus_evaluated"]]
-        out["f1_mean"] = float(np.mean(scored)) if scored else float("nan")
+        if not scored:
+            from ..errors import UsageError
+
+            raise UsageError(f"--head {path}: the head was trained for none of the AUs with a positive frame here "
+                             f"({', '.join(untrained)} untrained): nothing to score")
+        out["f1_mean"] = float(np.mean(scored))
         out["aus_untrained"] = untrained
     return {**out, "head": str(folder), "head_source": meta.get("source", meta.get("dataset"))}

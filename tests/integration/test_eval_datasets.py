@@ -103,6 +103,7 @@ def test_field_report_inputs_real_copies_have(tmp_path, caplog):
     with pytest.raises(UsageError, match=r"002B.mp4: unreadable video \("):
         load_au_dataset("gft", g, S, cache)
     assert not cache.exists() or not any(cache.rglob("*.npz"))  # refused before S[1] was aligned
+    assert load_au_dataset("gft", g, S, None, subjects=["S[1]"]).identity_names == ["S[1]"]  # 002B left out: unread
     (g / "Videos" / "002B.mp4").unlink()
     (g / "AUCoding" / "002B.csv").unlink()
     assert load_au_dataset("gft", g, S, None).identity_names == ["S[1]"]

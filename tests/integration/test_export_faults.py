@@ -115,6 +115,12 @@ def test_checkpoints_pruned_on_every_try_are_one_line(continued, tmp_path, capsy
                       "(step_4, step_3, step_2 removed mid-read); run the same command again, or raise "
                       "train.keep_checkpoints so an export has time to read one")
     assert not (tmp_path / "export").exists()
+    # with a readable encoder.pt the newer checkpoints failing is no failure: encoder.pt is exported, with a warning
+    run = _copy(continued, tmp_path / "with_pt")
+    calls.clear()
+    rc, out, err = _export([run, tmp_path / "export_pt"], capsys)
+    assert rc == 0 and json.loads(out[out.index("{\n"):])["source"] == str(run / "encoder.pt"), (rc, err)
+    assert "could not be read" in err[-1] and "exported encoder.pt" in err[-1], err
     # a checkpoint named directly that vanishes mid-read: one line naming it
     run = _copy(continued, tmp_path / "again")
     rc, out, err = _export([run / "checkpoints" / "step_3", tmp_path / "export3"], capsys)

@@ -152,6 +152,15 @@ def test_a_frame_folder_with_gaps_keeps_the_file_numbers_and_names_each_file(ast
     assert "1 of 18 frame images cannot be decoded, each left out (0012.jpg)" in caplog.text
     (row,) = [r for r in rows if r["input"] == str(still)]
     assert row["file"] == "portrait.png" and row["frame"] == "0" and row["face"] == "1"
+    # frames named by epoch seconds: rows at once (review: the frame numbers before the first were walked one by one)
+    epoch = tmp_path / "epoch"
+    epoch.mkdir()
+    for i, f in enumerate(read_video(path)[:4]):
+        cv2.imwrite(str(epoch / f"{1_700_000_000 + i}.jpg"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    assert extract_main([str(epoch), str(tmp_path / "e.csv"), "--encoder", str(tmp_path / "enc")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "e.csv")))
+    assert [int(r["frame"]) for r in rows] == [1_700_000_000 + i for i in range(4)]
+    assert [r["file"] for r in rows] == [f"{1_700_000_000 + i}.jpg" for i in range(4)]
     from pathlib import Path
 
     from aupretrain.eval.extract import is_frame_folder

@@ -122,3 +122,22 @@ def test_pack_output_or_work_dir_that_is_a_file_is_refused_up_front(tmp_path, wh
     assert named in line and str(notes) in line and "existing file, not a folder" in line, line
     assert "resume" not in line, line
     assert notes.read_text() == "not a folder\n"
+
+
+def test_compare_letters_only_settings_a_dataset_reads():
+    """Review: BP4D / GFT evaluations logged eval.au_threshold=0.5 (inherited, never read) before their presets set
+    null, and DISFA ones 0.5 while thresholding at 2: neither may split rows into letters."""
+    from aupretrain.cli.compare import label_settings
+
+    def row(dataset, f1, **params):
+        return {"dataset": dataset, "f1_mean": f1, "eval_params": {"eval.folds": "3", **params}}
+
+    rows = [row("bp4d", 0.5, **{"eval.au_threshold": "0.5"}), row("bp4d", 0.4, **{"eval.au_threshold": "None"}),
+            row("disfa", 0.3, **{"eval.au_threshold": "0.5"}), row("disfa", 0.2, **{"eval.au_threshold": "2"})]
+    assert label_settings(rows) == [] and all("eval_group" not in r for r in rows)
+    rows += [row("disfa", 0.1, **{"eval.au_threshold": "1"})]  # the other DISFA convention: a setting that counts
+    lines = label_settings(rows)
+    assert lines == ["A: none of these settings is read by its dataset", "B: eval.au_threshold=2",
+                     "C: eval.au_threshold=1"], lines
+    assert [r["eval_group"] for r in rows if r["dataset"] == "bp4d"] == ["A", "A"]  # nothing of theirs differs
+    assert [r["eval_group"] for r in rows if r["dataset"] == "disfa"] == ["B", "B", "C"]

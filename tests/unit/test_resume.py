@@ -48,3 +48,7 @@ def test_a_stop_at_not_beyond_the_checkpoint_is_refused_before_anything_is_loade
         check_resume({"world_size": 1, "step": 10, "config": c}, cfg("train.steps=60", "train.stop_at=10"), 1, "ck")
     assert check_resume({"world_size": 1, "step": 10, "config": c}, cfg("train.steps=60", "train.stop_at=12"), 1,
                         "ck") == {"train.stop_at": ("8", "12")}
+    with pytest.raises(UsageError, match="at step 60 and train.stop_at=8"):  # a finished run: no stop record at 8
+        check_resume({"world_size": 1, "step": 60, "config": c}, c, 1, "ck")
+    assert "train.stop_at" in check_resume({"world_size": 1, "step": 60, "config": c},
+                                           cfg("train.steps=60", "train.stop_at=60"), 1, "ck")
