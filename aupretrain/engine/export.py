@@ -203,8 +203,10 @@ def _read_only(p: Path) -> bool:
 
 def write_export_folder(enc, out: Path, extra: dict) -> None:
     """Write `<out>/model.safetensors` and `<out>/config.json` (`models.encoder.save_encoder_folder`) through a
-    temporary folder inside `out`, each file renamed into place (a reader never sees half a file), with the mode a
-    file written by this process gets (0666 & ~umask: the writer safetensors uses makes 0600 files).
+    temporary folder inside `out`, each file renamed into place (a reader never sees half a file; a reader of a
+    folder being re-exported may see the new weights for a moment before the new config.json), with the mode a
+    file written by this process gets (0666 & ~umask: the writer safetensors uses makes 0600 files). A temporary
+    folder an earlier export left (killed mid-write) is removed once its process is gone.
 
     Raises:
         UsageError: `out` is a file, or a folder this user may not write (naming it and the reason).
@@ -220,6 +222,13 @@ def write_export_folder(enc, out: Path, extra: dict) -> None:
 
     check_out(out)
     tmp = out / f".export-{os.getpid()}.tmp"
+    for old in out.glob(".export-*.tmp") if out.is_dir() else []:  # an export killed mid-write (SIGKILL, OOM)
+        try:
+            os.kill(int(old.name[len(".export-"):-len(".tmp")]), 0)  # its process is still writing: left alone
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(old, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
     try:
         out.mkdir(parents=True, exist_ok=True)
         save_encoder_folder(enc, tmp, extra)

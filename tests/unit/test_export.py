@@ -106,9 +106,13 @@ def test_export_over_an_existing_export_replaces_its_files(tmp_path, capsys):
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"old")
     (out / "notes.txt").write_text("kept\n")
+    (out / ".export-999999999.tmp").mkdir()  # left by an export killed mid-write: its process is gone
+    (out / ".export-999999999.tmp" / "model.safetensors").write_bytes(b"half")
+    (out / ".export-1.tmp").mkdir()  # pid 1 lives: a writer still at work is left alone
     rc, stdout, err = _export([pt, out], capsys)
     assert rc == 0, err
     assert json.loads(stdout)["source"] == str(pt) and (out / "notes.txt").read_text() == "kept\n"
+    assert not (out / ".export-999999999.tmp").exists() and (out / ".export-1.tmp").is_dir()
     assert load_encoder(out).au_dim == 12
 
 
