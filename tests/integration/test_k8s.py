@@ -190,12 +190,15 @@ def test_manifests_act_on_the_entrypoint_exit_status():
 
 
 @pytest.mark.parametrize("override, where", [("data.batch_size=-4", "before torchrun"),
-                                             ("optim.name=lars", "in the trainer")])
+                                             ("optim.name=lars", "before torchrun"),
+                                             ("train.resume=/nonexistent/checkpoint", "in the trainer")])
 def test_a_refused_configuration_exits_2_once(override, where, packed, tmp_path):
     """A configuration error fails the pod with exit 2 (the Indexed Job's FailJob rule, the PyTorchJob's
     ExitCode policy) and is said once: not retried by torchrun (whose own exit status would be 1 after
-    MAX_RESTARTS restarts of ranks that all refuse again). A bad setting is refused before torchrun starts; a
-    refusal met inside the trainer (here: LARS under ZeRO-2) stops torchrun instead of restarting the ranks."""
+    MAX_RESTARTS restarts of ranks that all refuse again). A bad setting is refused before torchrun starts (LARS
+    under ZeRO-2 too: `--check` runs the optimizer's refusal); a refusal met inside the trainer (here: a
+    `train.resume` path that is not there — the run's folders are read only when the job starts) stops torchrun
+    instead of restarting the ranks."""
     t0 = time.time()
     pod = start_pod("indexed-job", tmp_path, packed, ["experiment=smoke", override], NNODES="1")
     out = exits([pod], [2], timeout=180)[0]
