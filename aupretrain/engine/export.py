@@ -204,7 +204,8 @@ def _read_only(p: Path) -> bool:
 def write_export_folder(enc, out: Path, extra: dict) -> None:
     """Write `<out>/model.safetensors` and `<out>/config.json` (`models.encoder.save_encoder_folder`) through a
     temporary folder inside `out`, each file renamed into place (a reader never sees half a file; a reader of a
-    folder being re-exported may see the new weights for a moment before the new config.json), with the mode a
+    folder being re-exported may see the new weights beside the old config.json for a moment, and `load_encoder`
+    then reads the config the weights file carries in its own metadata), with the mode a
     file written by this process gets (0666 & ~umask: the writer safetensors uses makes 0600 files). A temporary
     folder an earlier export left (killed mid-write) is removed once its process is gone.
 

@@ -186,7 +186,10 @@ SAFETENSORS_FORMAT = "aupretrain-encoder/2"
 
 def save_encoder_folder(encoder: AUEncoder, out, extra: dict | None = None) -> None:
     """Write `<out>/model.safetensors` (fp32 weights) and `<out>/config.json` (model config, input size,
-    format, provenance) — the export format of `aupretrain-export`."""
+    format, provenance) — the export format of `aupretrain-export`. The same JSON is also stored in the
+    safetensors header's metadata (key `aupretrain`; safetensors' `__metadata__`, string values only), so the
+    weights file describes itself: `load_encoder` reads the config from there, and a folder caught between its two
+    files' renames by a re-export still loads the weights with their own config."""
     import json
     from pathlib import Path
 
@@ -194,14 +197,57 @@ def save_encoder_folder(encoder: AUEncoder, out, extra: dict | None = None) -> N
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(fp32_tensors(encoder.state_dict()), str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps({"format": SAFETENSORS_FORMAT, "model": encoder.config,
-                                                 **(extra or {})}, indent=1))
+    meta = json.dumps({"format": SAFETENSORS_FORMAT, "model": encoder.config, **(extra or {})}, indent=1)
+    save_file(fp32_tensors(encoder.state_dict()), str(out / "model.safetensors"),
+              metadata={"format": "pt", META_KEY: meta})
+    (out / "config.json").write_text(meta)
+
+
+META_KEY = "aupretrain"  # the safetensors metadata key holding config.json's JSON (exports since session 46)
+
+
+def _export_config(folder, path) -> dict:
+    """The export's JSON: from model.safetensors' own metadata where it has it (written with the weights, so the
+    two always match), else (exports written before the metadata) from config.json. Raises ValueError naming the
+    file: unreadable, damaged, or not an aupretrain encoder; FileNotFoundError: a file the export needs is missing."""
+    import json
+
+    from safetensors import safe_open
+
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path}: an export folder needs model.safetensors (and config.json)")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError, OSError: a damaged or truncated file
+        raise ValueError(f"{weights}: not a readable safetensors file, damaged or truncated "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    source, text = (weights, header[META_KEY]) if META_KEY in header else (folder / "config.json", None)
+    if text is None:
+        if not source.is_file():
+            raise FileNotFoundError(f"{path}: an export folder needs config.json and model.safetensors (this "
+                                    "model.safetensors does not carry its config)")
+        try:
+            text = source.read_text()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{source}: not readable JSON ({e})") from None
+    try:
+        meta = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{source}: not readable JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != SAFETENSORS_FORMAT or not isinstance(meta.get("model"),
+                                                                                                   dict):
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{source}: not an aupretrain encoder (format={got!r})")
+    return meta
 
 
 def load_encoder(path, map_location: str = "cpu") -> AUEncoder:
     """Load an encoder for feature extraction or fine-tuning: an export folder (`config.json` +
     `model.safetensors`, from `aupretrain-export`), its `model.safetensors`, or a training run's `encoder.pt`.
+    An export's config is read from `model.safetensors`' own metadata where it carries it (`save_encoder_folder`),
+    else from `config.json`.
 
     `encoder.pt` is read with `torch.load(weights_only=True)`: tensors, numbers, strings, lists and dicts only,
     so a file carrying any other pickled object is refused instead of running it.
@@ -212,7 +258,6 @@ def load_encoder(path, map_location: str = "cpu") -> AUEncoder:
             `torch.save` / safetensors), an `encoder.pt` holding objects other than plain data ("refused"), or
             weights that do not fit the saved model config — always naming the file.
     """
-    import json
     from pathlib import Path
 
     p = Path(path)
@@ -220,15 +265,7 @@ def load_encoder(path, map_location: str = "cpu") -> AUEncoder:
     if folder is not None:
         from safetensors.torch import load_file
 
-        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{path}: an export folder needs config.json and model.safetensors")
-        try:
-            meta = json.loads((folder / "config.json").read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{folder / 'config.json'}: not readable JSON ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format") != SAFETENSORS_FORMAT or "model" not in meta:
-            got = meta.get("format") if isinstance(meta, dict) else None
-            raise ValueError(f"{folder / 'config.json'}: not an aupretrain encoder (format={got!r})")
+        meta = _export_config(folder, path)
         try:
             state = load_file(str(folder / "model.safetensors"), device=map_location)
         except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError, OSError: a damaged or truncated file

@@ -5,6 +5,7 @@ AU head hold its fp32 master weights: `tests/integration/test_train.py::test_zer
 import json
 import logging
 
+import pytest
 import torch
 
 from aupretrain.config import load_config
@@ -182,3 +183,40 @@ def test_an_out_in_a_read_only_folder_is_one_line(tmp_path, capsys):
     _one_error_line(r.returncode, r.stderr, f"{ro / 'x'}: {ro} is on a read-only file system; give a folder you can "
                                             "write for the export")
     assert not (ro / "x").exists()
+
+
+def test_an_export_folder_caught_between_its_two_renames_loads_the_weights_with_their_own_config(tmp_path):
+    """A re-export renames model.safetensors, then config.json: a reader in between saw new weights beside the old
+    config.json (a size mismatch, or the old provenance). The weights file carries its config in its metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from aupretrain.models.encoder import fp32_tensors, save_encoder_folder
+
+    small, wide = AUEncoder(TINY, 32), AUEncoder({**TINY, "au_dim": 20}, 32)
+    save_encoder_folder(small, tmp_path / "old", {"step": 1})
+    save_encoder_folder(wide, tmp_path / "new", {"step": 2})
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "config.json").write_bytes((tmp_path / "old" / "config.json").read_bytes())
+    (mixed / "model.safetensors").write_bytes((tmp_path / "new" / "model.safetensors").read_bytes())
+    with safe_open(str(mixed / "model.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["aupretrain"])["step"] == 2
+    frames = torch.randint(0, 255, (3, 40, 40, 3), dtype=torch.uint8)
+    loaded = load_encoder(mixed)
+    assert loaded.au_dim == 20 and torch.equal(loaded.encode(frames), wide.eval().encode(frames))
+    assert load_encoder(mixed / "model.safetensors").au_dim == 20
+    (mixed / "config.json").unlink()  # the weights file alone describes itself
+    assert load_encoder(mixed).au_dim == 20
+    # an export written before the metadata (weights only in the header) is still read through config.json
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    save_file(fp32_tensors(small.state_dict()), str(legacy / "model.safetensors"))
+    (legacy / "config.json").write_bytes((tmp_path / "old" / "config.json").read_bytes())
+    assert torch.equal(load_encoder(legacy).encode(frames), small.eval().encode(frames))
+    (legacy / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="needs config.json"):
+        load_encoder(legacy)
+    (legacy / "config.json").write_text('{"format": "something-else", "model": {}}')
+    with pytest.raises(ValueError, match="not an aupretrain encoder"):
+        load_encoder(legacy)
