@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from .config import default_config
 from .errors import UsageError
-from .settings import SCHEMA, _num, _show, tree_items
+from .settings import tree_items
+from .settings_schema import SCHEMA, _num, _show
 
 
 _MISSING = object()
