@@ -90,7 +90,6 @@ def _train(cfg: DictConfig) -> dict:
     except EnvironmentFault:  # a full disk, storage gone ...: the run is marked FAILED; the last complete
         # checkpoint is kept
         metrics.close()
-        stop.close()
         tracker.finish("FAILED")
         raise
     finally:
