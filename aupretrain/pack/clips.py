@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -20,7 +21,8 @@ import torch
 from . import faces
 
 from ..data import shards, storage
-from .inputs import VideoItem, iter_source_frames, local_copy, read_track
+from .frames import source_runs
+from .inputs import VideoItem, local_copy, read_track
 from .mtcnn import DetectorUnavailable
 from .spill import SpillWriter
 from .video import VideoError, probe_video
@@ -97,13 +99,16 @@ class VideoResult:
 
 
 def resample(frames: Iterable[tuple[int, float, np.ndarray]], fps: float | None) -> Iterator[tuple[int, np.ndarray]]:
-    """(source index, RGB) at `fps` by timestamp (nearest frame; frames repeat or drop); all frames if fps is None."""
+    """(source index, RGB) at `fps` by timestamp (nearest frame; frames repeat or drop; ticks j / fps from the first
+    frame's time on); all frames if fps is None."""
     if not fps:
         for i, _, rgb in frames:
             yield i, rgb
         return
-    j, prev = 0, None
+    j, prev = None, None
     for i, t, rgb in frames:
+        if j is None:  # ticks from the first frame's time (a later run of a frame folder starts past 0 s)
+            j = math.ceil(t * fps - 1e-9)
         while j / fps <= t:
             tj = j / fps
             yield (prev[0], prev[2]) if prev is not None and tj - prev[1] < t - tj else (i, rgb)
@@ -134,27 +139,36 @@ def align_center(frames: Iterable[faces.FaceFrame], size: int) -> Iterator[faces
 def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResult) -> Iterator[faces.Aligned]:
     """The aligned faces of one input (`local`: its local copy) in frame order: decoded (counted in `res.frames`),
     resampled to `s.fps` (`res.sampled`), then centre-cropped (`align=center`) or detected, tracked (along the item's
-    own face track when it has one) and aligned. Raises VideoError for an undecodable input or a bad face track,
-    and what `detector` raises."""
-    counted = _count(iter_source_frames(item, local, s.frames_fps, res.notes), res)
-    frames = _count_sampled(resample(counted, s.fps), res)
-    if s.align == "center":
-        yield from align_center(center_faces(frames), s.size)
-        return
-    det = detector(s)
-    given = None
-    if item.boxes is not None:
-        first = next(frames, None)
-        if first is None:
-            return
-        h, w = first[1].shape[:2]
-        try:
-            given = read_track(item.boxes, w, h)
-        except (OSError, ValueError) as e:
-            raise VideoError(f"{item.path}: bad face track ({e})") from e
-        frames = _chain(first, frames)
-    yield from faces.align(track(frames, det, s, given), np.asarray(s.template), s.size, s.smooth_sigma,
-                           keep=lambda p: in_clip(p, s))
+    own face track when it has one) and aligned — each run of unbroken footage (`source_runs`: a frame folder with
+    a gap in its numbering has two) on its own, its face segments numbered after the run before's, so no clip
+    reaches across a gap. Raises VideoError for an undecodable input or a bad face track, and what `detector`
+    raises."""
+    det = None if s.align == "center" else detector(s)
+    given, offset = None, 0
+    for run in source_runs(item, local, s.frames_fps, res.notes):
+        frames = _count_sampled(resample(_count(run, res), s.fps), res)
+        if s.align == "center":
+            aligned = align_center(center_faces(frames), s.size)
+        else:
+            if item.boxes is not None and given is None:
+                first = next(frames, None)
+                if first is None:
+                    continue
+                h, w = first[1].shape[:2]
+                try:
+                    given = read_track(item.boxes, w, h)
+                except (OSError, ValueError) as e:
+                    raise VideoError(f"{item.path}: bad face track ({e})") from e
+                frames = _chain(first, frames)
+            aligned = faces.align(track(frames, det, s, given), np.asarray(s.template), s.size, s.smooth_sigma,
+                                  keep=lambda p: in_clip(p, s))
+        last = -1
+        for a in aligned:
+            if a.segment >= 0:
+                last = max(last, a.segment)
+                a.segment += offset
+            yield a
+        offset += last + 1
 
 
 def detector(s: PackSettings) -> faces.Detector:

@@ -1,4 +1,5 @@
-"""What to pack: discover input videos (local or s3://) and read their frames.
+"""What to pack: discover input videos and frame folders (local or s3://), fetch them, and read their face tracks
+(their frames: `frames.py`).
 
 INPUT is one of
 - a folder tree `<identity>/<video>.<ext>` (any container PyAV/FFmpeg opens: mp4, m4v, mov, mkv, webm, avi,
@@ -26,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-import cv2
 import numpy as np
 
 from ..data import storage
-from .video import VideoError, iter_timed_frames
+from .video import VideoError
 
 # Containers listed here are videos by name; files with other extensions (except NOT_VIDEO_EXTS) are tried
 # with PyAV too, so anything FFmpeg can demux is packed, and what it cannot open is a reject with the reason.
@@ -309,48 +309,6 @@ def local_copy(item: VideoItem) -> Iterator[str]:
         yield local
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def iter_source_frames(item: VideoItem, local: str, frames_fps: float, notes: list[str] | None = None,
-                       hold: bool = True) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(index, seconds, RGB) of a video file or a frame folder (frames in natural name order at frames_fps). A frame
-    image that cannot be decoded (a damaged or cut-short file) is replaced by the frame before it (a frame hold, as
-    players show a damaged frame: clips keep their spacing in time; skipped when it is the first) and counted in one
-    line of `notes`; with `hold=False` (extraction: a row must not show another frame's measurement) it is
-    left out, its index unused. A video cut short is noted as `iter_timed_frames` does. Raises VideoError when
-    nothing can be read."""
-    if not item.frames_dir:
-        yield from iter_timed_frames(local, notes)
-        return
-    d = Path(local)
-    if not d.is_dir():
-        raise VideoError(f"{item.path}: frame folder does not exist")
-    files = sorted((p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=lambda p: (natural_key(p.name), p.name))
-    if not files:
-        raise VideoError(f"{item.path}: no frame images ({', '.join(IMAGE_EXTS)})")
-    bad, prev = [], None
-    for i, f in enumerate(files):
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if img is None:  # held: the frame before stands in, so the clips' spacing in time stays true
-            bad.append(f.name)
-            if prev is not None and hold:
-                yield i, i / frames_fps, prev
-            continue
-        prev = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        yield i, i / frames_fps, prev
-    if len(bad) == len(files):
-        raise VideoError(f"{item.path}: no frame image can be decoded ({', '.join(bad[:3])}"
-                         f"{' …' if len(bad) > 3 else ''})")
-    if bad:
-        note = (f"{item.path}: {len(bad)} of {len(files)} frame images cannot be decoded, each "
-                f"{'replaced by the frame before it' if hold else 'left out'} "
-                f"({', '.join(bad[:5])}{' …' if len(bad) > 5 else ''})")
-        if notes is None:
-            import logging
-
-            logging.getLogger(__name__).warning("%s", note)
-        else:
-            notes.append(note)
 
 
 def read_track(boxes: object, width: int, height: int) -> dict[int, np.ndarray]:

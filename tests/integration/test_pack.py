@@ -365,3 +365,40 @@ def test_a_washed_out_or_dark_face_is_found_and_its_crops_cut_from_the_frame_as_
     assert m.rejects == [] and m.videos == 1 and m.stats["frames_with_face"] >= 30, (m.samples, m.stats)
     assert min(decode(s.jpegs[0]).mean() for s in all_samples(tmp_path / "out")) > 150  # the frames' own pixels
     assert not badly_exposed(read_video(path)[0])  # footage exposed as usual is looked at once, as before
+
+
+def test_no_clip_reaches_across_a_gap_in_a_frame_folders_numbering(corpus, tmp_path):
+    """A frame folder with frames deleted (00001-00012 then 00031-00042) was timed by position: clips ran across
+    the gap as if the frames were 40 ms apart. Each stretch without a gap is packed on its own; a folder of every
+    other frame (step 2 throughout) is one stretch."""
+    frames = read_video(next(corpus.glob("*/*.mp4")))
+    root = tmp_path / "in"
+    for name, numbers in {"gap": [*range(1, 13), *range(31, 43)], "every2": range(2, 50, 2)}.items():
+        (root / "p" / name).mkdir(parents=True)
+        for k, n in enumerate(numbers):
+            cv2.imwrite(str(root / "p" / name / f"{n:05d}.jpg"), cv2.cvtColor(frames[k], cv2.COLOR_RGB2BGR))
+    args = ["--align", "center", "--clip-len", "4", "--stride", "1", "--clip-step", "1", "--size", "32",
+            "--workers", "1"]
+    assert pack_main([str(root), str(tmp_path / "out"), *args]) == 0
+    samples = all_samples(tmp_path / "out")
+    gap = sorted(s.meta.frames for s in samples if s.meta.video == "p/gap")
+    # positions 0-11 are frames 1-12, 12-23 frames 31-42: nine clips in each stretch, none with 11 and 12 both
+    assert len(gap) == 18 and all(f == list(range(f[0], f[0] + 4)) for f in gap), gap
+    assert not [f for f in gap if 11 in f and 12 in f]
+    assert len([s for s in samples if s.meta.video == "p/every2"]) == 21  # 24 frames, one stretch
+
+
+def test_frame_runs_split_at_gaps_in_the_numbering(tmp_path):
+    from pathlib import Path
+
+    from aupretrain.pack.frames import frame_runs
+
+    def runs(names):
+        return [[i for i, _ in r] for r in frame_runs([Path(n) for n in names])]
+
+    assert runs(["f_1.jpg", "f_2.jpg", "f_3.jpg", "f_7.jpg", "f_8.jpg"]) == [[0, 1, 2], [3, 4]]
+    assert runs(["0002.png", "0004.png", "0006.png", "0010.png", "0012.png"]) == [[0, 1, 2], [3, 4]]
+    assert runs(["1.jpg", "2.jpg", "5.jpg"]) == [[0, 1], [2]]
+    assert runs(["a.jpg", "b.jpg", "c.jpg"]) == [[0, 1, 2]]  # not numbered: one stretch, natural order
+    assert runs(["x1.jpg", "y2.jpg", "x5.jpg"]) == [[0, 1, 2]]  # no one prefix
+    assert runs(["1.jpg", "9.jpg"]) == [[0, 1]]  # two frames say nothing of a usual step
