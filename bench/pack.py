@@ -84,7 +84,7 @@ def alignment(s, frames: int, width: int, height: int) -> list[dict]:
     the default motion and a fast one, with and without temporal smoothing; one thread."""
     import torch
 
-    from aupretrain.pack import faces
+    from aupretrain.pack import alignment, faces
     from aupretrain.pack.clips import track
     from aupretrain.synth import astronaut
 
@@ -99,7 +99,7 @@ def alignment(s, frames: int, width: int, height: int) -> list[dict]:
         tracked = list(track(enumerate(video), det, s))
         track_ms = 1000 * (time.perf_counter() - t) / n
         for sigma in (0.0, s.smooth_sigma):
-            crops = [a.crop for a in faces.align(iter(tracked), np.asarray(s.template), s.size, sigma)]
+            crops = [a.crop for a in alignment.align(iter(tracked), np.asarray(s.template), s.size, sigma)]
             e = np.array([astronaut.misalignment(c, ref) for c in crops])
             shift = np.hypot(e[:, 1], e[:, 2])
             rows.append({"motion": motion, "smooth_sigma": sigma, "frames_with_face": len(crops) / n,

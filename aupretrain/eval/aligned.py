@@ -21,7 +21,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from ..pack import faces
+from ..pack import alignment
 from ..pack.clips import PackSettings, align_center, center_faces, detector, track
 from ..pack.video import VideoError, iter_timed_frames
 from ..errors import UsageError
@@ -114,7 +114,7 @@ def aligned_crops(src: Source, s: PackSettings, cache: Path | None, dataset: str
     if s.align == "center":
         aligned = align_center(center_faces(frames), s.size)
     else:
-        aligned = faces.align(track(frames, detector(s), s), np.asarray(s.template), s.size, s.smooth_sigma)
+        aligned = alignment.align(track(frames, detector(s), s), np.asarray(s.template), s.size, s.smooth_sigma)
     index, crops = [], []
     for a in aligned:
         index.append(a.index)

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from ..pack import faces
+from ..pack import alignment, faces
 from ..pack.clips import PackSettings, align_center, center_faces, detector, track
 from ..pack.inputs import IMAGE_EXTS, VIDEO_EXTS, natural_key
 from ..pack.video import VideoError, iter_timed_frames
@@ -133,7 +133,7 @@ def _folder_frames(path: Path, frames_fps: float) -> Iterator[tuple[int, float, 
 
 def _crop_box(landmarks: np.ndarray, template: np.ndarray, size: int) -> tuple[float, float, float, float]:
     """The source-pixel box of the S x S aligned crop: its corners mapped back through the similarity."""
-    a, b, tx, ty = faces.similarity(landmarks, np.asarray(template, np.float64) * size)
+    a, b, tx, ty = alignment.similarity(landmarks, np.asarray(template, np.float64) * size)
     m = np.array([[a, -b, tx], [b, a, ty], [0, 0, 1]])
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64) @ np.linalg.inv(m).T
     return (float(corners[:, 0].min()), float(corners[:, 1].min()), float(corners[:, 0].max()),
@@ -172,7 +172,7 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
     if s.align == "center":
         aligned = align_center(center_faces(timed()), s.size)
     else:
-        aligned = faces.align(tapped(track(timed(), detector(s), s)), np.asarray(s.template), s.size, s.smooth_sigma)
+        aligned = alignment.align(tapped(track(timed(), detector(s), s)), np.asarray(s.template), s.size, s.smooth_sigma)
     done = 0  # the frames read (`order`) before this position have been emitted
 
     def faceless(upto: float) -> Iterator[FrameRow]:
@@ -184,7 +184,7 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
             yield FrameRow(str(path), i, times[i], None, None, names[i])
             done += 1
 
-    def flush(pending: list[faces.Aligned]) -> Iterator[FrameRow]:
+    def flush(pending: list[alignment.Aligned]) -> Iterator[FrameRow]:
         nonlocal done
         codes = np.asarray(encode(torch.from_numpy(np.stack([a.crop for a in pending]))), dtype=np.float32)
         for a, c in zip(pending, codes):
@@ -197,7 +197,7 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
             yield FrameRow(str(path), a.index, times[a.index], box, c, names[a.index])
             done += 1  # a.index is the next frame read
 
-    pending: list[faces.Aligned] = []
+    pending: list[alignment.Aligned] = []
     for a in aligned:
         pending.append(a)
         if len(pending) == batch:

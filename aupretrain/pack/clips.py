@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import faces
+from . import alignment, faces
 
 from ..data import shards, storage
 from .frames import source_runs
@@ -123,7 +123,7 @@ def center_faces(frames: Iterable[tuple[int, np.ndarray]]) -> Iterator[faces.Fac
         yield faces.FaceFrame(i, rgb, None, float(min(rgb.shape[:2])), 0)
 
 
-def align_center(frames: Iterable[faces.FaceFrame], size: int) -> Iterator[faces.Aligned]:
+def align_center(frames: Iterable[faces.FaceFrame], size: int) -> Iterator[alignment.Aligned]:
     """Centre square crop resized to size (inputs that are already face crops, e.g. the synthetic corpus,
     whose blurred scenes are intended: no size or sharpness filter applies in this mode)."""
     for f in frames:
@@ -133,10 +133,10 @@ def align_center(frames: Iterable[faces.FaceFrame], size: int) -> Iterator[faces
         crop = f.rgb[y0:y0 + s, x0:x0 + s]
         if s != size:
             crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_LINEAR)
-        yield faces.Aligned(f.index, np.ascontiguousarray(crop), f.face_px, faces.sharpness(crop), 0)
+        yield alignment.Aligned(f.index, np.ascontiguousarray(crop), f.face_px, alignment.sharpness(crop), 0)
 
 
-def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResult) -> Iterator[faces.Aligned]:
+def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResult) -> Iterator[alignment.Aligned]:
     """The aligned faces of one input (`local`: its local copy) in frame order: decoded (counted in `res.frames`),
     resampled to `s.fps` (`res.sampled`), then centre-cropped (`align=center`) or detected, tracked (along the item's
     own face track when it has one) and aligned — each run of unbroken footage (`source_runs`: a frame folder with
@@ -160,7 +160,7 @@ def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResul
                 except (OSError, ValueError) as e:
                     raise VideoError(f"{item.path}: bad face track ({e})") from e
                 frames = _chain(first, frames)
-            aligned = faces.align(track(frames, det, s, given), np.asarray(s.template), s.size, s.smooth_sigma,
+            aligned = alignment.align(track(frames, det, s, given), np.asarray(s.template), s.size, s.smooth_sigma,
                                   keep=lambda p: in_clip(p, s))
         last = -1
         for a in aligned:
@@ -206,7 +206,7 @@ def _count_sampled(frames, res: VideoResult):
         yield f
 
 
-def cut(aligned: Iterable[faces.Aligned], s: PackSettings) -> Iterator[list[tuple[tuple[int, int], faces.Aligned]]]:
+def cut(aligned: Iterable[alignment.Aligned], s: PackSettings) -> Iterator[list[tuple[tuple[int, int], alignment.Aligned]]]:
     """Clips of one face segment: T frames `stride` apart, a new clip every `step` frames."""
     span = (s.clip_len - 1) * s.stride + 1
     segment, pos, start, buf = None, -1, 0, {}

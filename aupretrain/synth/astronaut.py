@@ -63,11 +63,11 @@ def write(path: str | Path, frames: int = 48, width: int = 320, height: int = 24
 
 def reference_crop(template, size: int = 112) -> np.ndarray:
     """The still photo aligned to the template (MTCNN landmarks): what every aligned frame should look like."""
-    from ..pack import faces, mtcnn
+    from ..pack import alignment, mtcnn
 
     img = photo()
     _, _, lms = mtcnn.detect(img, min_face=40)
-    return faces.warp(img, faces.similarity(lms[0], np.asarray(template, np.float64) * size), size)
+    return alignment.warp(img, alignment.similarity(lms[0], np.asarray(template, np.float64) * size), size)
 
 
 def misalignment(crop: np.ndarray, ref: np.ndarray) -> tuple[float, float, float, float]:

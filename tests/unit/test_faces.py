@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from aupretrain.pack import faces, mtcnn
+from aupretrain.pack import alignment, faces, mtcnn
 from aupretrain.pack.clips import PackSettings, detector, resample, track
 from aupretrain.pack.inputs import read_track
 from aupretrain.synth import astronaut
@@ -42,7 +42,7 @@ def test_similarity_recovers_a_known_transform():
     src = rng.uniform(0, 100, (5, 2))
     a, b, tx, ty = 0.8 * np.cos(0.3), 0.8 * np.sin(0.3), 12.0, -4.0
     dst = src @ np.array([[a, b], [-b, a]]) + [tx, ty]
-    assert np.allclose(faces.similarity(src, dst), [a, b, tx, ty])
+    assert np.allclose(alignment.similarity(src, dst), [a, b, tx, ty])
 
 
 def test_astronaut_animation_is_tracked_and_aligned_centred_upright_and_stable(reference_crop):
@@ -51,7 +51,7 @@ def test_astronaut_animation_is_tracked_and_aligned_centred_upright_and_stable(r
     tracked = list(track(enumerate(video), detector(s), s))
     assert sum(f.landmarks is not None for f in tracked) / len(video) >= 0.95
     assert {f.segment for f in tracked} == {0}  # one face, one unbroken track
-    crops = {sigma: [a.crop for a in faces.align(iter(tracked), TEMPLATE, 112, sigma)] for sigma in (0.0, s.smooth_sigma)}
+    crops = {sigma: [a.crop for a in alignment.align(iter(tracked), TEMPLATE, 112, sigma)] for sigma in (0.0, s.smooth_sigma)}
     err = np.array([astronaut.misalignment(c, reference_crop) for c in crops[s.smooth_sigma]])
     assert np.abs(err[:, 0]).max() < 3.0  # upright: degrees
     assert np.hypot(err[:, 1], err[:, 2]).mean() < 1.5 and np.hypot(err[:, 1], err[:, 2]).max() < 3.0  # centred: px at 112
