@@ -28,8 +28,9 @@ from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when the same settings would give other crops (2: the tracker re-detects every frame
-#                    while no face is held, so a face coming back is found on its first frame)
+CACHE_VERSION = 3  # bump when the same settings would give other crops (2: the tracker re-detects every frame
+#                    while no face is held, so a face coming back is found on its first frame; 3: a blank frame
+#                    between two detections gets no face)
 ALIGN_KEYS = ("align", "detector", "detect_every", "landmarks_every", "min_face", "thresholds", "main_face",
               "link_iou", "min_face_prob", "smooth_sigma", "template", "size")
 

@@ -13,6 +13,7 @@ boxes only, landmarks placed at mean positions inside the box — a fallback wit
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import islice
 from typing import Iterable, Iterator
@@ -134,6 +135,33 @@ def _close(a: np.ndarray, b: np.ndarray, tol: float = 0.05) -> bool:
     return dist < tol * sb and abs(np.log(sa / sb)) < tol
 
 
+def box_contrast(rgb: np.ndarray, box: np.ndarray) -> float:
+    """Standard deviation of the grey levels (0..255) inside `box` (x1, y1, x2, y2; clipped to the frame [H, W, 3]),
+    on a 32 x 32 area-averaged sample; 0 for a box outside the frame."""
+    h, w = rgb.shape[:2]
+    x0, y0 = max(int(box[0]), 0), max(int(box[1]), 0)
+    x1, y1 = min(int(math.ceil(box[2])), w), min(int(math.ceil(box[3])), h)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return 0.0
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
+    return float(cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).std())
+
+
+def _blank_out(out: list, guessed: set[int], floor: float = 2.0, share: float = 0.2) -> list:
+    """`out` (idx, rgb, box, landmarks) with no face on the frames of `guessed` (boxes interpolated, no net looked
+    at them) whose box is blank — its contrast (`box_contrast`) below `share` of the median over the frames of `out`
+    with a box, and below `floor` grey levels at least: a black or flat frame between two detections (a fade, a
+    dropped frame, a flash) is not given the face around it. A dark face keeps its contrast relative to its
+    neighbours, so it is kept."""
+    with_box = [j for j, o in enumerate(out) if o[2] is not None]
+    if not guessed or not with_box:
+        return out
+    contrast = {j: box_contrast(out[j][1], out[j][2]) for j in with_box}
+    limit = max(floor, share * float(np.median(list(contrast.values()))))
+    return [(o[0], o[1], None, None) if j in contrast and j in guessed and contrast[j] < limit else o
+            for j, o in enumerate(out)]
+
+
 def choose_main(boxes: np.ndarray, img_shape, previous: np.ndarray | None, policy: str, link_iou: float
                 ) -> tuple[int | None, bool]:
     """Index of the main face and whether it continues the previous one (IoU >= link_iou, or close by)."""
@@ -208,7 +236,7 @@ def track(frames: Iterable[tuple[int, np.ndarray]], det: Detector, every: int, l
                 else:
                     w = (j - u) / (v - u)
                     out.append((idx, rgb, *((1 - w) * a + w * c for a, c in zip(known[u], known[v]))))
-        return out, ok
+        return _blank_out(out, {j for j in range(n) if j not in known}), ok
 
     if given is not None:
         stream = iter(frames)

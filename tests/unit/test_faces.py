@@ -169,3 +169,21 @@ def test_detect_every_spaces_detections_only_while_a_face_is_held():
     det = CountingDetector(s)
     assert all(f.landmarks is None for f in track(enumerate(video), det, s))
     assert det.calls == 60
+
+
+@pytest.mark.parametrize("level", [0, 255, 127])
+def test_a_blank_frame_between_two_detections_gets_no_face(level):
+    """Field trial: a single black (or white, or flat grey) frame between two detections got the face around it
+    interpolated onto it, and a clip with a black frame was packed. A frame no net looked at whose box is flat
+    against its neighbours has no face; a dark video keeps every frame (its contrast is low everywhere)."""
+    video, _ = astronaut.render(30, 320, 240, degrees=2.0, zoom=0.05, pan=0.02)
+    s = PackSettings()  # detect_every 25, landmarks_every 3: frames 10 and 20 are interpolated, not looked at
+    for k in (10, 20):
+        v = video.copy()
+        v[k] = level
+        lost = [f.index for f in track(enumerate(v), detector(s), s) if f.landmarks is None]
+        assert lost == [k], (k, lost)
+    dark = (video.astype(np.float32) / 12).astype(np.uint8)  # grey levels 0..21
+    assert [f.index for f in track(enumerate(dark), detector(s), s) if f.landmarks is None] == []
+    dark[10] = 0
+    assert [f.index for f in track(enumerate(dark), detector(s), s) if f.landmarks is None] == [10]
