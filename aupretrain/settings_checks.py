@@ -46,6 +46,23 @@ def _groups_that_fit(groups: int, channels: Sequence[int]) -> int:
     return next(g for g in range(groups, 0, -1) if all(_divides(g, c) for c in channels))
 
 
+def _check_template(t: Any) -> None:
+    """`pack.template`: 5 points [x, y] in [0, 1] (fractions of the crop side; MTCNN's eyes, nose tip, mouth corners)
+    spread over the face — the similarity that maps the landmarks onto them needs points that are not all one.
+    Raises UsageError."""
+    example = "[[0.375,0.42],[0.625,0.42],[0.5,0.56],[0.395,0.71],[0.605,0.71]]"
+    points = t if isinstance(t, (list, tuple)) else []
+    ok = len(points) == 5 and all(isinstance(q, (list, tuple)) and len(q) == 2 and all(_num(x) and 0 <= x <= 1
+                                                                                     for x in q) for q in points)
+    if ok:
+        xs, ys = [q[0] for q in points], [q[1] for q in points]
+        ok = max(xs) - min(xs) >= 0.05 and max(ys) - min(ys) >= 0.05
+    if not ok:
+        raise UsageError(f"pack.template={_show(t)}: must be 5 points [x, y], each between 0 and 1 (fractions of "
+                         f"the crop side: left eye, right eye, nose tip, left and right mouth corner) and spread over "
+                         f"the face; the default is pack.template={example}")
+
+
 def _check_together(d: dict, sections: Sequence[str] | None) -> None:
     """`validate`'s checks of settings that must agree with each other, and of paths given empty where null (or
     leaving the key out) means the default. Raises UsageError."""
@@ -58,6 +75,8 @@ def _check_together(d: dict, sections: Sequence[str] | None) -> None:
         if _on(key, sections) and isinstance(v, str) and not v.strip():
             raise UsageError(f"{key} is {'empty' if v == '' else repr(v)} (an unset shell variable, as in "
                              f"{key}=${key.replace('.', '_').upper()}?): {fix}")
+    if _on("pack", sections) and _get(d, "pack.template", None) is not None:
+        _check_template(_get(d, "pack.template"))
     m = d.get("model") if _on("model", sections) else None
     if not isinstance(m, dict):
         return

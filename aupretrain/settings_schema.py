@@ -272,4 +272,9 @@ SCHEMA: dict[str, Spec] = {
     "pack.landmarks_every": _int(1),
     "pack.min_face": _num_spec(0, 1, above=True),
     "pack.smooth_sigma": _num_spec(0),
+    "pack.thresholds": Spec("numbers", 0.0, 1.0, above=True, size=3, what="MTCNN P-, R- and O-Net face probabilities"),
+    "pack.link_iou": _num_spec(0, 1, above=True, what="box overlap that continues a track"),
+    "pack.min_face_prob": _num_spec(0, 1, what="landmark-net face probability"),
+    "pack.min_face_px": _num_spec(0, what="source pixels"),
+    "pack.min_sharpness": _num_spec(0, what="variance of the Laplacian"),
 }

@@ -4,14 +4,17 @@ INPUT: a folder <identity>/<video>.mp4 (or <identity>/<video>/<frame>.jpg), a .c
 s3://bucket/prefix. OUTPUT: a folder or s3://bucket/prefix. Defaults come from configs/pack/default.yaml;
 Hydra overrides may follow `--` (e.g. `-- pack.main_face=central storage.s3.max_attempts=3`). Re-running the same
 command after a crash or Ctrl-C resumes. Exit code 0 when something was packed (rejects are listed in the
-manifest), 2 when nothing could be packed or the input is missing, 1 when the output cannot be written
-(S3 errors after boto3's retries, `storage.s3.*` in configs/config.yaml; disk full), 130 when interrupted.
+manifest), 2 when nothing could be packed, the input is missing, or OUTPUT cannot be made or lies inside
+INPUT, 1 when the output cannot be written
+(S3 errors after boto3's retries, `storage.s3.*` in configs/config.yaml; disk full; another packer writing
+OUTPUT), 130 when interrupted (Ctrl-C), 143 when stopped by SIGTERM (workers end with the packer either way).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -60,12 +63,29 @@ def file_in_the_way(path: str) -> Path | None:
     return None
 
 
-def check_folders(output: str, s: PackSettings) -> None:
+def _inside(inner: str, outer: str) -> bool:
+    """Whether `inner` is `outer` or lies under it (local paths resolved, links followed; s3:// URLs by prefix)."""
+    if storage.is_s3(inner) != storage.is_s3(outer):
+        return False
+    if storage.is_s3(inner):
+        a, b = inner.rstrip("/") + "/", outer.rstrip("/") + "/"
+        return a.startswith(b)
+    a, b = Path(inner).resolve(), Path(outer).resolve()
+    return a == b or b in a.parents
+
+
+def check_folders(source: str, output: str, s: PackSettings) -> None:
     """Refuse, before any work, an OUTPUT or work folder (`--work-dir` / pack.work_dir) that cannot be a folder
-    because a file is in the way (rerunning would not help).
+    because a file is in the way (rerunning would not help), and an OUTPUT inside the INPUT folder (its shards
+    and manifest would be listed as inputs by the next packing of INPUT).
 
     Raises:
         UsageError: naming the argument and the file."""
+    if Path(source).suffix.lower() not in (".csv", ".jsonl") and _inside(output, source):
+        same = storage.is_s3(output) and output.rstrip("/") == source.rstrip("/") or (
+            not storage.is_s3(output) and Path(output).resolve() == Path(source).resolve())
+        raise UsageError(f"OUTPUT {output} {'is INPUT' if same else f'is inside INPUT {source}'}: the next packing "
+                         "of INPUT would read its shards and manifest as videos; give an output folder outside it")
     for what, path in (("OUTPUT", output), ("--work-dir (pack.work_dir)", s.work_dir)):
         f = file_in_the_way(path)
         if f is None:
@@ -76,6 +96,26 @@ def check_folders(output: str, s: PackSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; SIGTERM (a scheduler's preemption, `kill`, `docker stop`: sent to this process only) stops the
+    packer as Ctrl-C does — workers terminated, the journal kept, one line, exit 143 — instead of killing it
+    silently (left alone when SIGTERM is ignored at start; the handler it replaced is back when it returns)."""
+    came: list[int] = []
+
+    def on_term(signum, frame):
+        came.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, on_term)
+    try:
+        return _main(argv, came)
+    finally:
+        if previous is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None, terminated: list[int]) -> int:
     ap = argparse.ArgumentParser(prog="aupretrain-pack", description="Pack face videos into aligned face-clip "
                                  "WebDataset shards with DALI indexes and a manifest (resumable).")
     ap.add_argument("input", help="folder <identity>/<video>.mp4 or <identity>/<video>/<frame>.jpg, a .csv/.jsonl "
@@ -91,14 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(a.overrides)
         storage.configure(cfg.storage.s3)  # boto3's retries (storage.s3.*), before any S3 request
         s = settings_from(cfg.pack, a)
-        check_folders(a.output, s)
+        check_folders(a.input, a.output, s)
         m = pack(a.input, a.output, s)
     except (FileNotFoundError, RuntimeError, ValueError) as e:  # incl. DetectorUnavailable: once, before any input
         print(f"aupretrain-pack: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("aupretrain-pack: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        how = "stopped (SIGTERM)" if terminated else "interrupted"
+        print(f"aupretrain-pack: {how}; run the same command again to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130
     except (EnvironmentFault, MemoryError) as e:  # disk full, out of memory, S3Error: no input is blamed
         print(f"aupretrain-pack: error: {e}; run the same command again to resume", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """One input video -> aligned face clips in a spill file (the work of one pack worker).
 
-decode (PyAV, rotation applied; or a frame folder) -> resample to `fps` by timestamp -> faces: detect and
+decode (PyAV, rotation applied; or a frame folder) -> resample by timestamp to `fps` (default: the video's own
+average rate, so a variable-frame-rate video's clips are evenly spaced in time) -> faces: detect and
 track the main face, align with a smoothed similarity (or `align=center`: centre crop, for inputs that are
 already face crops) -> cut each face segment into clips of T frames at `stride`, one clip every `step`
 frames -> drop clips whose face is too small or too blurry -> JPEG -> spill file.
@@ -136,9 +137,28 @@ def align_center(frames: Iterable[faces.FaceFrame], size: int) -> Iterator[align
         yield alignment.Aligned(f.index, np.ascontiguousarray(crop), f.face_px, alignment.sharpness(crop), 0)
 
 
-def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResult) -> Iterator[alignment.Aligned]:
+def frame_rate(item: VideoItem, local: str, s: PackSettings, notes: list[str]) -> float | None:
+    """The rate (frames/s) an input's frames are resampled to by timestamp: `s.fps` when given, else a frame
+    folder's `frames_fps`, else the video's own average rate (the container's: a variable-frame-rate video is cut at
+    its mean rate, each clip's frames evenly spaced in time; a constant-rate video keeps every frame). None — every
+    frame, cut by index — where the container gives no usable rate (0, or outside 1-240 frames/s), said in `notes`.
+    Raises VideoError (from `probe_video`) for a file that cannot be opened."""
+    if s.fps:
+        return float(s.fps)
+    if item.frames_dir:
+        return float(s.frames_fps)
+    rate = probe_video(local).fps
+    if 1.0 <= rate <= 240.0:
+        return rate
+    notes.append(f"{item.path}: the container gives no usable frame rate ({rate:g} frames/s); clips are cut by frame "
+                 "index (give --fps to cut them by time)")
+    return None
+
+
+def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResult, rate: float | None = None
+                   ) -> Iterator[alignment.Aligned]:
     """The aligned faces of one input (`local`: its local copy) in frame order: decoded (counted in `res.frames`),
-    resampled to `s.fps` (`res.sampled`), then centre-cropped (`align=center`) or detected, tracked (along the item's
+    resampled to `rate` frames/s by timestamp (`frame_rate`; None: every frame) (`res.sampled`), then centre-cropped (`align=center`) or detected, tracked (along the item's
     own face track when it has one) and aligned — each run of unbroken footage (`source_runs`: a frame folder with
     a gap in its numbering has two) on its own, its face segments numbered after the run before's, so no clip
     reaches across a gap. Raises VideoError for an undecodable input or a bad face track, and what `detector`
@@ -146,7 +166,7 @@ def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResul
     det = None if s.align == "center" else detector(s)
     given, offset = None, 0
     for run in source_runs(item, local, s.frames_fps, res.notes):
-        frames = _count_sampled(resample(_count(run, res), s.fps), res)
+        frames = _count_sampled(resample(_count(run, res), rate), res)
         if s.align == "center":
             aligned = align_center(center_faces(frames), s.size)
         else:
@@ -233,13 +253,14 @@ def process_video(item: VideoItem, s: PackSettings, spill_path: str) -> VideoRes
         with local_copy(item) as local:
             if not item.frames_dir and Path(local).is_file() and Path(local).stat().st_size == 0:
                 raise VideoError(f"{item.path}: empty file (0 bytes)")
-            fps = s.fps or (s.frames_fps if item.frames_dir else probe_video(local).fps)
+            rate = frame_rate(item, local, s, res.notes)
+            fps = rate or probe_video(local).fps
             params = [cv2.IMWRITE_JPEG_QUALITY, s.jpeg_quality]
             written: dict[tuple[int, int], tuple[int, int]] = {}
             keys: set[str] = set()
             video_tag = hashlib.sha1(item.video.encode()).hexdigest()[:8]
             try:
-                for clip in cut(_faces_counted(aligned_frames(item, local, s, res), res), s):
+                for clip in cut(_faces_counted(aligned_frames(item, local, s, res, rate), res), s):
                     frames = [a for _, a in clip]
                     if s.align == "detect" and min(a.face_px for a in frames) < s.min_face_px:
                         res.dropped["small"] += 1

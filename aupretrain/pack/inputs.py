@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -127,36 +127,53 @@ def _group_tree(entries: list[tuple[str, int]], root: str) -> tuple[list[VideoIt
 def _scan(root: Path) -> Iterator[tuple[str, int]]:
     """(relative POSIX path, size) of every file below root, hidden folders skipped. Links to folders are followed
     (an identity or a frame folder may be a link into another disk), each real folder read once: a link back up
-    the tree or a second link to the same folder is skipped with a warning. Video files are stat'ed (a broken
-    link has size 0, and opening it is its reject); images are only listed (size 1 each: a frame folder's
-    fingerprint is its frame count)."""
+    the tree or a second link to the same folder is skipped with a warning. Likewise each real video file is
+    listed once: of the paths that reach it (a link to a file, a file in a linked folder) the real path wins when it
+    is below root, else the first in sorted order; the others are skipped with a warning naming both. Video files
+    are stat'ed (a broken link has size 0, and opening it is its reject); images are only listed (size 1 each: a
+    frame folder's fingerprint is its frame count)."""
     import logging
 
-    seen = {os.path.realpath(root)}
+    log = logging.getLogger(__name__)
+    real_root = os.path.realpath(root)
+    seen = {real_root}
+    listed: list[tuple[str, int, str | None]] = []  # (relative path, size, real path of a video candidate)
     for folder, dirs, files in os.walk(root, followlinks=True):
         keep = []  # real folders before links to them: the real name is the one kept
         for d in sorted((d for d in dirs if not d.startswith(".")),
                         key=lambda d: (os.path.islink(os.path.join(folder, d)), d)):
             real = os.path.realpath(os.path.join(folder, d))
             if real in seen:
-                logging.getLogger(__name__).warning("%s: a link to a folder read already (%s); skipped",
-                                                    os.path.join(folder, d), real)
+                log.warning("%s: a link to a folder read already (%s); skipped", os.path.join(folder, d), real)
                 continue
             seen.add(real)
             keep.append(d)
         dirs[:] = keep
-        rel = Path(folder).relative_to(root)
+        rel, real_folder = Path(folder).relative_to(root), os.path.realpath(folder)
         for f in sorted(files):
             if f.startswith("."):
                 continue
-            r = (rel / f).as_posix()
-            if Path(f).suffix.lower() in IMAGE_EXTS:
-                yield r, 1
+            r, ext, full = (rel / f).as_posix(), Path(f).suffix.lower(), os.path.join(folder, f)
+            if ext in IMAGE_EXTS:  # frames may be links shared by frame folders: each folder keeps its own
+                listed.append((r, 1, None))
                 continue
             try:
-                yield r, os.stat(os.path.join(folder, f)).st_size
+                link = os.path.islink(full)
+                size = os.stat(full).st_size
             except OSError:  # a broken link: listed, and opening it is its reject
-                yield r, 0
+                listed.append((r, 0, None))
+                continue
+            real = os.path.realpath(full) if link else os.path.join(real_folder, f)
+            listed.append((r, size, None if ext in NOT_VIDEO_EXTS else real))
+    first: dict[str, str] = {}  # real path -> the relative path that lists it: the real one, else the first sorted
+    for r, _, real in listed:
+        if real:
+            first[real] = min(first.get(real, r), r, key=lambda x: (os.path.join(real_root, x) != real, x))
+    for r, size, real in listed:
+        if real and first[real] != r:
+            log.warning("%s: a link to a file read already (%s); skipped", root / r, root / first[real])
+            continue
+        yield r, size
 
 
 def _resolve(path: str, base: str) -> str:
@@ -168,9 +185,8 @@ def _resolve(path: str, base: str) -> str:
 def _parse_list(uri: str) -> tuple[list[VideoItem], list[dict]]:
     """Items and rejects of a .csv / .jsonl list; each row is named by its line in the file (`list.csv:3`). A
     UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped and CSV headers are read without surrounding spaces.
-    A row whose default video id (the file or folder name) an earlier row of the identity has for another path
-    (`sess1/clip.mp4`, then `sess2/clip.mp4`) is named by its parent folder too (`alice/sess2/clip`); the first keeps
-    its id."""
+    Rows without a `video` whose default id (`<identity>/<file or folder name>`) other paths of the identity share
+    are told apart by parent folders (`_unique_ids`). A field that is only spaces counts as empty."""
     text = storage.read_text(uri).lstrip("\ufeff")
     base = uri.rsplit("/", 1)[0] if storage.is_s3(uri) else str(Path(uri).parent)
     rows: list[tuple[int, object]] = []
@@ -192,19 +208,52 @@ def _parse_list(uri: str) -> tuple[list[VideoItem], list[dict]]:
     for n, row in rows:
         try:  # one bad row is one reject, never the end of the run
             items.append(_list_item(row, base, f"{uri}:{n}", columns))
-            named.append(bool(row.get("video")))
+            named.append(bool(_text(row, "video")))
         except ValueError as e:
             rejects.append({"input": f"{uri}:{n}", "reason": str(e)})
-    first: dict[str, str] = {}  # default id -> the path that has it (the first row naming it keeps it)
-    for i, (it, explicit) in enumerate(zip(items, named)):
-        if explicit:
-            continue
-        path = it.path.rstrip("/")
-        if first.setdefault(it.video, path) != path:  # the same file name in another folder: another video
-            p = PurePosixPath(path)
-            items[i] = VideoItem(it.path, it.identity, f"{it.identity}/{p.parent.name}/{p.stem}", it.frames_dir,
-                                 it.boxes, it.nbytes)
-    return items, rejects
+    return _unique_ids(items, named), rejects
+
+
+def _unique_ids(items: list[VideoItem], named: list[bool]) -> list[VideoItem]:
+    """The items with unique ids where rows without a `video` share a default id (`<identity>/<stem>`) with other
+    paths: the first row's path keeps it (unless a `video` of another path has it), every other path is named with
+    as many parent folders as tell it apart from the rest (the file name with its extension where only that
+    differs): ids that depend on the set of paths, not on their order. The same path twice keeps one id (a
+    duplicate, rejected by `discover`)."""
+    def norm(path: str) -> str:
+        return path.rstrip("/") if storage.is_s3(path) else os.path.abspath(path)
+
+    taken = {it.video: norm(it.path) for it, n in zip(items, named) if n}
+    groups: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}  # (identity, stem) -> {path: (*folders, stem)}
+    for it, n in zip(items, named):
+        if not n:
+            p, stem = PurePosixPath(norm(it.path)), it.video[len(it.identity) + 1:]
+            parts = (*(q for q in p.parent.parts if q != "/"), stem)
+            groups.setdefault((it.identity, stem), {}).setdefault(str(p), parts)
+    ids: dict[tuple[str, str], str] = {}
+    for (ident, stem), paths in groups.items():
+        for i, (p, parts) in enumerate(paths.items()):
+            if i == 0 and taken.setdefault(f"{ident}/{stem}", p) == p:
+                continue  # the first path keeps the default id
+            others = [q for q in paths.values() if q != parts]  # equal parts: the same name, another extension
+            twin = len(others) < len(paths) - 1
+            for k in range(1, max(map(len, paths.values())) + 1):
+                label = (*parts[-k:-1], PurePosixPath(p).name) if twin else parts[-k:]
+                vid = f"{ident}/{'/'.join(label)}"
+                if all(q[-k:] != parts[-k:] for q in others) and taken.get(vid, p) == p:
+                    break
+            ids[ident, p] = vid
+            taken.setdefault(vid, p)
+    out = []
+    for it, n in zip(items, named):
+        vid = None if n else ids.get((it.identity, str(PurePosixPath(norm(it.path)))))
+        out.append(replace(it, video=vid) if vid else it)
+    return out
+
+
+def _text(row: dict, key: str) -> str:
+    """A list row's field as text without surrounding spaces; "" when absent, empty or only spaces."""
+    return str(row.get(key) or "").strip()
 
 
 def _list_item(row, base: str, where: str, columns: list[str] | None = None) -> VideoItem:
@@ -212,16 +261,17 @@ def _list_item(row, base: str, where: str, columns: list[str] | None = None) -> 
         raise ValueError(f"{where}: a row must be an object with `path` and `identity`, not {type(row).__name__}")
     if "_error" in row:
         raise ValueError(row["_error"])
-    if not row.get("path") or not row.get("identity"):
+    path, ident = _text(row, "path"), _text(row, "identity")
+    if not path or not ident:  # absent, empty or only spaces
         found = columns if columns is not None else sorted(row)
         missing = [k for k in ("path", "identity") if k not in found]
         raise ValueError(f"{where}: needs `path` and `identity`"
                          + (f" (the header has {', '.join(map(repr, found))}: no {' or '.join(missing)} column)"
                             if missing else " (empty here)"))
-    path = _resolve(str(row["path"]).strip(), base)
+    path = _resolve(path, base)
     boxes = row.get("boxes") or None
-    if isinstance(boxes, str):
-        boxes = _resolve(boxes.strip(), base)
+    if isinstance(boxes, str):  # only spaces: no track, as an empty field
+        boxes = _resolve(boxes.strip(), base) if boxes.strip() else None
     elif isinstance(boxes, list):
         try:
             boxes = tuple(tuple(float(v) for v in b) for b in boxes)
@@ -231,7 +281,6 @@ def _list_item(row, base: str, where: str, columns: list[str] | None = None) -> 
             raise ValueError(f"{where}: `boxes` must be rows of [frame, x, y, w, h]")
     elif boxes is not None:
         raise ValueError(f"{where}: `boxes` must be a file path or a list of [frame, x, y, w, h]")
-    ident = str(row["identity"]).strip()
     suffix = PurePosixPath(path.rstrip("/")).suffix.lower()
     if suffix in VIDEO_EXTS:  # a video file by name; otherwise a folder of frames unless it is a file
         is_dir = False
@@ -239,12 +288,14 @@ def _list_item(row, base: str, where: str, columns: list[str] | None = None) -> 
         is_dir = path.endswith("/") or not suffix
     else:
         is_dir = Path(path).is_dir() or (not suffix and not Path(path).exists())
-    name = str(row.get("video") or "").strip() or PurePosixPath(path.rstrip("/")).stem
+    name = _text(row, "video") or PurePosixPath(path.rstrip("/")).stem
     return VideoItem(path, ident, f"{ident}/{name}", frames_dir=is_dir, boxes=boxes)
 
 
 def discover(source: str) -> tuple[list[VideoItem], list[dict]]:
-    """Items to pack and rejects found while listing (duplicate ids, bad list rows), in a stable order."""
+    """Items to pack and rejects found while listing (duplicate ids, bad list rows), in a stable order. Raises
+    FileNotFoundError for a missing or unreadable input (folder, list, S3 prefix), storage.EnvironmentFault when S3
+    fails past its retries."""
     source = str(source)
     if source.lower().endswith(LIST_EXTS):
         try:

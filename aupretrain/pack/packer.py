@@ -9,7 +9,9 @@
    random one leaves into the current shard. Every `samples_per_shard` clips are read back from their
    spill files and written as one shard (temp name + rename locally, multipart upload on S3), then
    journalled; spill files whose clips are all in journalled shards are deleted. At the end the buffer is
-   drained in random order, `manifest.json` is written last and the work folder is removed.
+   drained in random order, `manifest.json` is written last and the work folder is removed. An earlier
+   packing's manifest stays until the first shard is written over: a run that stops before (nothing could be
+   packed, a bad setting, Ctrl-C early) leaves the earlier dataset whole and readable.
 
 Memory and scratch disk are bounded by the buffer and the videos in flight, not by the corpus. The output
 is a function of (inputs, settings, seed) only — not of the worker count or of interruptions: a re-run after
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .. import locks
 from ..data import shards, storage
 
 from . import spill
@@ -40,6 +43,7 @@ from .parallel import parallel_map
 
 log = logging.getLogger(__name__)
 __all__ = ["PackSettings", "pack", "work_folder"]
+LOCK = ".lock"  # in the work folder: held by the packer writing it
 _SHARD_FILE = re.compile(r"\.?shard-\d{6}\.(tar|idx)(\.tmp)?$")  # final names and a crashed run's temp names
 
 
@@ -80,9 +84,15 @@ class Journal:
                         self.shards[rec["shard"]] = shards.ShardInfo(**rec["info"])
             else:
                 log.warning("%s: left by a run with other inputs or settings; starting over", folder)
-        if not self.resumed:
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
+        if not self.resumed:  # everything of the earlier run goes but the lock file this run holds
+            folder.mkdir(parents=True, exist_ok=True)
+            for old in folder.iterdir():
+                if old.name == LOCK:
+                    continue
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink(missing_ok=True)
             self.path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
         self.f = open(self.path, "a")
 
@@ -138,6 +148,7 @@ class Assembler:
         self.remaining: dict[str, int] = {}
         self.infos: list[shards.ShardInfo] = []
         self.scratch = Path(tempfile.mkdtemp(prefix="shard-", dir=work)) if storage.is_s3(output) else Path(output)
+        self.replacing = True  # an earlier packing's manifest.json may still stand: removed before the first write
 
     def spill_path(self, video: str) -> Path:
         """The spill file of `video` in the work folder: `spill/<sha1 of the video id, 20 hex>.clips`."""
@@ -191,6 +202,10 @@ class Assembler:
                     if again.reason:  # it packed before, so this is the environment (e.g. S3 gone), not the input
                         raise storage.EnvironmentFault(f"{video}: could not be processed again ({again.reason})")
                 samples.append(spill.read_clip(path, c))
+            if self.replacing:  # until now the earlier dataset stood whole; from here its shards change
+                self.replacing = False
+                if storage.exists(storage.join(self.output, shards.MANIFEST)):
+                    storage.delete(storage.join(self.output, shards.MANIFEST))
             info = shards.write_shard(samples, self.output, n, self.scratch)
             self.journal.add({"shard": n, "info": info.__dict__}, sync=True)
         self.infos.append(info)
@@ -230,12 +245,41 @@ def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
     if s.align == "detect":
         detector(s)  # the detector loads once here, or the run stops with one clear error (DetectorUnavailable)
     work = work_folder(output, s)
-    if not storage.is_s3(output):
-        Path(output).mkdir(parents=True, exist_ok=True)
+    for what, folder in (("OUTPUT", None if storage.is_s3(output) else Path(output)), ("the work folder", work)):
+        try:
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # /proc/x, a read-only mount, no permission: a setting to fix, before any work
+            from ..errors import UsageError
+
+            raise UsageError(f"{what} {folder}: the folder cannot be made ({e.strerror or e}); give a folder you "
+                             "can write") from None
+    _lock(work, output)
+    try:
+        return _pack(source, output, s, items, list_rejects, work)
+    finally:
+        locks.release(work / LOCK)
+
+
+def _lock(work: Path, output: str) -> None:
+    """Take the work folder's lock (`locks.try_lock`: one packer writes a journal and an output at a time).
+
+    Raises:
+        storage.EnvironmentFault: another packer holds it (naming its pid, host and start time): a conflict that
+            clears, exit 1 like a full disk."""
+    holder = locks.try_lock(work / LOCK, str(work))
+    if holder is not None:
+        raise storage.EnvironmentFault(
+            f"{output}: another aupretrain-pack is writing it ({holder}); two packers would write one journal and "
+            f"the same shards — let it end or stop it, or give another output (if no packer runs — an NFS lock a "
+            f"crashed client left — remove {work / LOCK})")
+
+
+def _pack(source: str, output: str, s: PackSettings, items: list[VideoItem], list_rejects: list[dict],
+          work: Path) -> shards.Manifest:
+    """`pack` once the inputs are listed and the work folder's lock is held."""
     previous = _previous_shards(output, (work / "journal.jsonl").exists())  # before the journal is (re)made
     journal = Journal(work, fingerprint(source, items, s))
-    if not journal.resumed and storage.exists(storage.join(output, shards.MANIFEST)):
-        storage.delete(storage.join(output, shards.MANIFEST))  # the old dataset is being replaced
     by_video = {it.video: it for it in items}
     order = sorted(items, key=lambda it: it.video)
     random.Random(f"videos-{s.seed}").shuffle(order)
