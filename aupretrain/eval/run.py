@@ -65,7 +65,40 @@ def load_data(cfg, encoder: AUEncoder) -> tuple[LabelledFrames, list[np.ndarray]
     data = load_au_dataset(name, e.root, pack_settings(cfg, encoder.input_size), cache, int(e.frame_stride),
                            list(e.get("subjects") or []) or None, e.get("au_threshold"))
     masks, source = standard_folds(name, data.subject_names, int(e.folds), int(cfg.run.seed))
+    check_folds(name, np.asarray(data.subject_names), masks, e)
     return data, masks, source
+
+
+def check_folds(name: str, subjects: np.ndarray, masks: list[np.ndarray], e) -> None:
+    """Refuse a labelled set too small for its protocol before any probe is fitted: every fold needs a subject to
+    test on and one to train on — two with `eval.select=validation` (BP4D / DISFA / GFT's default: subjects are
+    held out of the training folds to choose the probe's steps and thresholds). `subjects` [N] is each kept
+    frame's subject, `masks` the folds' test masks [N].
+
+    Raises:
+        UsageError: naming the subjects kept, the fold short of them, and the settings that fit."""
+    from ..errors import UsageError
+
+    validation = select_mode(e, name) == "validation"
+    kept = np.unique(subjects)
+    for k, test in enumerate(masks):
+        trained, tested = np.unique(subjects[~test]), np.unique(subjects[test])
+        if len(tested) and len(trained) >= (2 if validation else 1):
+            continue
+        shown = ", ".join(map(str, kept[:6])) + (" …" if len(kept) > 6 else "")
+        short = (f"fold {k + 1} has no subject to test on" if not len(tested) else
+                 f"fold {k + 1} trains on {len(trained)} subject(s)")
+        need = ("each fold's training part needs 2 subjects or more (validation subjects are held out of it)"
+                if validation else "each fold needs a subject to train on and one to test on")
+        asked = int(e.get("folds", len(masks)))
+        folds = f"{asked} folds" if asked == len(masks) else f"eval.folds={asked} ({len(masks)} made)"
+        fixes = ["add subjects"]
+        if asked > 2 and len(kept) >= (4 if validation else 2):
+            fixes.append("set eval.folds=2")
+        if validation and len(kept) >= 2:
+            fixes.append("set eval.select=none (fixed probe steps, threshold 0.5)")
+        raise UsageError(f"{name}: {len(kept)} subject(s) kept with labelled frames and a face ({shown}) for "
+                         f"{folds}: {short}; {need} — {', or '.join(fixes)}")
 
 
 def check_normalize(e, protocol: str, save_head) -> None:

@@ -364,3 +364,24 @@ def test_frame_folders_two_images_of_one_number_a_nested_copy_and_a_name_in_the_
     (root / "Sequences" / "F001" / "T1" / "T1" / "0001.jpg").write_bytes(b"x")
     with pytest.raises(UsageError, match=r"F001/T1: no frames <number>.jpg / .png \(its subfolder T1/ has them"):
         bp4d_sequences(root)
+
+
+def test_a_labelled_set_too_small_for_its_folds_is_one_line_before_any_probe():
+    """Field trial 8: a GFT copy with one label file missing and one subject without a face kept 2 subjects; the
+    3-fold protocol with selection on validation subjects ended in a traceback after all the alignment."""
+    from aupretrain.eval.run import check_folds
+
+    subjects = np.repeat(np.array(["S001", "S002"]), 20)
+    masks, _ = standard_folds("gft", subjects, k=3, seed=0)
+    e = OmegaConf.create({"select": "auto", "folds": 3})
+    with pytest.raises(UsageError, match=r"gft: 2 subject\(s\) kept with labelled frames and a face \(S001, S002\) "
+                                         r"for eval.folds=3 \(2 made\): fold 1 trains on 1 subject\(s\); .* — add "
+                                         r"subjects, or set eval.select=none \(fixed probe steps, threshold 0.5\)$"):
+        check_folds("gft", subjects, masks, e)
+    masks, _ = standard_folds("gft", subjects, k=2, seed=0)
+    with pytest.raises(UsageError, match="eval.select=none"):  # 2 folds: each trains on 1, too few to hold one out
+        check_folds("gft", subjects, masks, e)
+    check_folds("gft", subjects, masks, OmegaConf.create({"select": "none", "folds": 2}))  # fits: no error
+    four = np.repeat(np.array(["S001", "S002", "S003", "S004"]), 10)
+    masks, _ = standard_folds("gft", four, k=2, seed=0)
+    check_folds("gft", four, masks, e)  # 2 folds of 2: each trains on 2
