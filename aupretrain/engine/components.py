@@ -139,6 +139,13 @@ def build(cfg: DictConfig) -> Components:
     return Components(cfg, d, run_dir, objective, loader, engine, plan, start, run_id)
 
 
+def mlflow_run_name(cfg, run_dir: Path) -> str:
+    """The name of a new MLflow run: the run folder's (`<run.root>/<run.name>-<time>`), or `run.name` where it was
+    set to something else than its default (the objective's name) beside a fixed `run.dir`."""
+    name = str(cfg.run.get("name") or "")
+    return name if cfg.run.get("dir") and name and name != str(cfg.objective.name) else run_dir.name
+
+
 def open_tracker(c: Components) -> tuple[Tracker, Path]:
     """The job's MLflow run (collective): rank 0 creates it, or continues the checkpoint's, and broadcasts its id
     (`c.run_id` is updated), tagged with the git sha, world size, every rank's host and device and the library
@@ -149,7 +156,7 @@ def open_tracker(c: Components) -> tuple[Tracker, Path]:
     a resumed job changes `data.shards`). Returns (tracker, the config record's path; meaningful on rank 0)."""
     cfg, d, loader, found = c.cfg, c.dist, c.loader, c.plan.found
     where = gather_objects((socket.gethostname(), device_description()))  # every rank's host and device
-    tracker = Tracker(cfg, d.is_main, run_name=c.run_dir.name, run_id=c.run_id, backfill_until=c.start,
+    tracker = Tracker(cfg, d.is_main, run_name=mlflow_run_name(cfg, c.run_dir), run_id=c.run_id, backfill_until=c.start,
                       run_dir=c.run_dir if d.is_main else None,
                       tags=run_tags(cfg, d.world, [h for h, _ in where], [dv for _, dv in where]))
     c.run_id = broadcast_object(tracker.run_id)
