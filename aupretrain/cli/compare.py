@@ -11,16 +11,20 @@ F1. Evaluations made with different settings (their `eval.*` params: split, iden
 get a letter each, are ranked within their letter, and what differs is printed under the table (only settings the
 row's dataset reads: no eval.corpus / eval.identities for BP4D, no eval.root for the synthetic set). Training's end-of-run evaluation lives in the pretraining run; every later `aupretrain-eval` of a run is its
 own run nested under it, and reads its pretraining run's objective, model, steps and speed from there.
-Sorted by mean F1; printed, and saved as `<out>.csv` and `<out>.png` (default out: compare-<experiment>).
+Sorted by mean F1; printed, and saved as `<out>.csv` and `<out>.png` (default out: compare-<experiment>). A value a
+run did not log is "–" (null in JSON, empty in CSV). `--runs`: a named run without evaluation results of its own or
+nested under it is left out with a warning naming it. The store is only read: one that does not exist is refused,
+never created; every output is checked writable (missing folders are created) before the store is read.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
+
+from .compare_output import check_outputs, show, write_outputs
 
 PROG = "aupretrain-compare"
 # MLflow's HTTP defaults (7 retries with backoff, 120 s timeout) keep a read-only look at a server that is down
@@ -97,6 +101,40 @@ def store_error(e: Exception, uri: str) -> StoreError:
     return StoreError(f"tracking store {shown}: {what}", 2 if usage else 1)
 
 
+def store_missing(uri: str) -> str | None:
+    """Why `uri`, a local store (sqlite:///FILE, file:// or a folder), is no MLflow store to read: the file or
+    folder does not exist, or the file is no MLflow database; None when it is one, or is not local. Opening a store
+    that does not exist with MLflow's client would create it (an empty database at a mistyped path)."""
+    import re
+    import sqlite3
+    from urllib.parse import urlparse
+
+    db = re.fullmatch(r"sqlite(?:\+\w+)?://(/?)(.*)", uri, re.IGNORECASE | re.DOTALL)
+    if db:
+        name = db[2].split("?", 1)[0]
+        if not db[1] or not name or name == ":memory:":
+            return "an in-memory sqlite database holds no runs"
+        f = Path(name)
+        if not f.exists():
+            return f"no MLflow store at {f.absolute()} (no such file)"
+        if f.is_dir():
+            return f"no MLflow store at {f.absolute()} (a folder, not a database file)"
+        try:
+            with contextlib.closing(sqlite3.connect(f"{f.absolute().as_uri()}?mode=ro", uri=True)) as c:
+                tables = {t for (t,) in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.Error as e:
+            return f"{f.absolute()} is not an MLflow store ({e})"
+        if not {"experiments", "runs"} <= tables:
+            return f"{f.absolute()} is not an MLflow store (it has no experiments and runs tables)"
+        return None
+    p = urlparse(uri)
+    if p.scheme.lower() in ("", "file") or (len(p.scheme) == 1 and p.scheme.isalpha()):  # C: is a drive
+        local = Path(p.path if p.scheme.lower() == "file" else uri).expanduser()
+        if not local.is_dir():
+            return f"no MLflow store at {local.absolute()} (no such folder)"
+    return None
+
+
 def get_runs(client, ids: list[str], uri: str) -> list:
     """The MLflow runs of `ids`, in order. Raises StoreError (status 2) naming every id the store does not have."""
     from mlflow.exceptions import MlflowException
@@ -116,14 +154,14 @@ def get_runs(client, ids: list[str], uri: str) -> list:
     return runs
 
 
-def pretraining_of(client, run, cache: dict) -> object | None:
-    """The pretraining run an evaluation run was logged under (`mlflow.parentRunId`, else the
-    `eval.pretraining_run` tag when it names another run), or None for a run that is its own pretraining run (or
-    whose parent the store no longer has). `cache`: run id -> run, filled as it reads."""
+def pretraining_of(client, run, cache: dict) -> tuple[str | None, object | None]:
+    """(id, run) of the pretraining run an evaluation run was logged under (`mlflow.parentRunId`, else the
+    `eval.pretraining_run` tag when it names another run): (None, None) for a run that is its own pretraining run,
+    (id, None) where the store does not have that run. `cache`: run id -> run, filled as it reads."""
     tags = run.data.tags
     parent = tags.get("mlflow.parentRunId") or tags.get("eval.pretraining_run")
     if not parent or parent == run.info.run_id:
-        return None
+        return None, None
     if parent not in cache:
         from mlflow.exceptions import MlflowException
 
@@ -133,7 +171,7 @@ def pretraining_of(client, run, cache: dict) -> object | None:
             if unreachable(e):  # the server went away: not a missing parent
                 raise
             cache[parent] = None
-    return cache[parent]
+    return parent, cache[parent]
 
 
 def median_frames_per_s(client, run) -> float | None:
@@ -221,106 +259,53 @@ def label_settings(rows: list[dict]) -> list[str]:
             for items, g in groups.items()]
 
 
-def collect(client, runs) -> list[dict]:
+def _number(params: dict, key: str) -> int | None:
+    """The whole number param `key` holds ("150", "150.0"), None where it is not logged or no number."""
+    try:
+        return int(float(params[key]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def collect(client, runs, notes: list[str] | None = None) -> list[dict]:
     """One row per MLflow run of `runs` that logged `eval/f1_mean` (others are skipped), best mean F1 first: run
     name, id, the pretraining run's id, objective, model, steps, clips/rank/step (data.batch_size x gradient
-    accumulation), eval dataset and protocol, frames_per_s (`median_frames_per_s`), f1_mean, f1_random,
-    identity_acc (None where not logged), `f1` {AU: F1} and `eval_params` (`eval_settings`). An evaluation logged as its own run (`aupretrain-eval` of a run folder: nested under the
-    pretraining run) takes the objective, model, steps, batch and frames/s from that pretraining run, read with
-    `client`, and is named `<pretraining run> / <evaluation run>`."""
+    accumulation), eval dataset and protocol (tags, else params; runs from before they were logged: synthetic,
+    linear), frames_per_s (`median_frames_per_s`), f1_mean, f1_random, identity_acc, `f1` {AU: F1} and
+    `eval_params` (`eval_settings`). A value the run did not log is None (never a stand-in such as 0). An
+    evaluation logged as its own run (`aupretrain-eval` of a run folder: nested under the pretraining run) takes the
+    objective, model, steps, batch and frames/s from that pretraining run, read with `client`, and is named
+    `<pretraining run> / <evaluation run>`; where the store does not have that run, they are None and a line saying
+    so is added to `notes`."""
     rows, cache = [], {r.info.run_id: r for r in runs}
     for run in runs:
         m, tags = run.data.metrics, run.data.tags
         if "eval/f1_mean" not in m:
             continue
-        parent = pretraining_of(client, run, cache)
-        source = parent or run  # where the pretraining's params and speed live
-        p, name = source.data.params, run.info.run_name or run.info.run_id[:8]
+        parent_id, parent = pretraining_of(client, run, cache)
+        name = run.info.run_name or run.info.run_id[:8]
         if parent is not None:
             name = f"{parent.info.run_name or parent.info.run_id[:8]} / {name}"
-        batch = int(p.get("data.batch_size", 0) or 0) * int(p.get("deepspeed.gradient_accumulation_steps", 1) or 1)
+        elif parent_id is not None and notes is not None:
+            notes.append(f"{name} ({run.info.run_id}) was logged as an evaluation of run {parent_id}, which is not "
+                         "in the store: its objective, model, steps, clips/rank/step and frames/s are unknown (–)")
+        source = parent if parent is not None else None if parent_id else run  # where the pretraining's params live
+        p = source.data.params if source is not None else {}
+        batch, accumulation = _number(p, "data.batch_size"), _number(p, "deepspeed.gradient_accumulation_steps")
+        protocol = tags.get("eval.protocol") or run.data.params.get("eval.protocol") or "linear"
         rows.append({
-            "run": name, "run_id": run.info.run_id, "pretraining_run": source.info.run_id,
-            "objective": p.get("objective.name", "?"), "model": p.get("model.name", "?"),
-            "steps": int(float(p.get("train.steps", 0) or 0)),
-            "clips/rank/step": batch,
-            "dataset": tags.get("eval.dataset", "synthetic"), "protocol": tags.get("eval.protocol", "linear"),
-            "frames_per_s": median_frames_per_s(client, source),
+            "run": name, "run_id": run.info.run_id, "pretraining_run": source.info.run_id if source else None,
+            "objective": p.get("objective.name"), "model": p.get("model.name"), "steps": _number(p, "train.steps"),
+            "clips/rank/step": None if batch is None else batch * (accumulation or 1),
+            "dataset": tags.get("eval.dataset") or run.data.params.get("eval.dataset") or "synthetic",
+            "protocol": protocol,
+            "frames_per_s": median_frames_per_s(client, source) if source is not None else None,
             "f1_mean": m["eval/f1_mean"], "f1_random": m.get("eval_random/f1_mean"),
             "identity_acc": m.get("eval/identity_acc"),
             "f1": {k.split("/", 2)[2]: v for k, v in m.items() if k.startswith("eval/f1/")},
-            "eval_params": eval_settings(run, tags.get("eval.protocol", "linear")),
+            "eval_params": eval_settings(run, protocol),
         })
     return sorted(rows, key=lambda r: -r["f1_mean"])
-
-
-def show(rows: list[dict], groups: list[str]) -> None:
-    """Print `rows` (from `collect`) as a rich table to stdout, F1 and accuracies x100, one column per AU; with
-    `groups` (`label_settings`), an "eval" column of letters and, under the table, what each letter stands for.
-    The table is 200 columns wide, or as wide as it needs to be: no run name, header or value is cut short."""
-    from rich.console import Console
-    from rich.table import Table
-
-    aus = sorted({a for r in rows for a in r["f1"]}, key=lambda a: (len(a), a))
-    t = Table(title="Runs by mean AU F1 (x100, linear probe, identity-held-out)")
-    text = ("run", "objective", "model", "dataset", "protocol", "eval")
-    for c in ("run", "objective", "model", "steps", "clips/rank/step", "dataset", "protocol", *(["eval"] if groups else []),
-              "mean F1", "random-init", "identity acc", "frames/s", *aus):  # names fold, never cut to `smoke…`
-        longest = max([len(c), *(len(str(r[c])) for r in rows if c in r)]) if c in text else None
-        t.add_column(c, justify="left" if c in text else "right", overflow="fold",
-                     min_width=None if longest is None else min(longest, 80))
-    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    for r in rows:
-        fps = "–" if r["frames_per_s"] is None else f"{r['frames_per_s']:.0f}"
-        t.add_row(r["run"], r["objective"], r["model"], str(r["steps"]), str(r["clips/rank/step"]), r["dataset"],
-                  r["protocol"], *([r["eval_group"]] if groups else []), f"[b]{pct(r['f1_mean'])}[/b]",
-                  pct(r["f1_random"]), pct(r["identity_acc"]), fps, *[pct(r["f1"].get(a)) for a in aus])
-    from rich.measure import Measurement
-
-    wide = Console(width=10_000)  # at least 200 columns, more where the table needs them (many AUs, long names)
-    console = Console(width=max(200, Measurement.get(wide, wide.options, t).maximum))
-    console.print(t)
-    if groups:
-        console.print("These evaluations were made with different settings; rows of different letters do not "
-                      "compare (ranked within each letter):", markup=False)
-        for g in groups:
-            console.print(f"  {g}", markup=False, soft_wrap=True)
-
-
-def write_csv(rows: list[dict], path: str | Path) -> None:
-    """One line per run: the table's columns (with `eval_group` and `eval_settings` "key=value; ..." where the
-    evaluations were made with different settings), then `F1 <AU>` per AU (F1 and accuracies in [0, 1])."""
-    import csv
-
-    aus = sorted({a for r in rows for a in r["f1"]}, key=lambda a: (len(a), a))
-    cols = ["run", "run_id", "pretraining_run", "objective", "model", "steps", "clips/rank/step", "dataset", "protocol", "f1_mean",
-            "f1_random", "identity_acc", "frames_per_s"]
-    settings = "eval_settings" in rows[0]  # label_settings found evaluations made differently
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*cols, *(["eval_group", "eval_settings"] if settings else []), *[f"F1 {a}" for a in aus]])
-        for r in rows:
-            extra = ([r["eval_group"], "; ".join(f"{k}={v}" for k, v in r["eval_settings"].items())] if settings
-                     else [])
-            w.writerow([("" if r[c] is None else r[c]) for c in cols] + extra + [r["f1"].get(a, "") for a in aus])
-
-
-def plot(rows: list[dict], path: str) -> None:
-    """Write a PNG bar chart (120 dpi) to `path`: mean F1 per run, with its random-init floor (0 when missing)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows)), 3.5))
-    names = [f"{r['run']}\n{r['objective']}" + (f" [{r['eval_group']}]" if "eval_group" in r else "") for r in rows]
-    ax.bar(names, [r["f1_mean"] for r in rows], label="pretrained")
-    ax.scatter(names, [r["f1_random"] or 0 for r in rows], color="k", marker="_", s=400, label="random-init")
-    ax.set_ylabel("mean F1")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,65 +321,102 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the rows as JSON here")
     ap.add_argument("--plot", help="write the bar chart (PNG) here instead of <out>.png")
     a = ap.parse_args(argv)
+    from ..engine.tracking import redact
+    from ..errors import UsageError
+
     if a.experiment_name and a.experiment and a.experiment_name != a.experiment:
         print(f"{PROG}: error: EXPERIMENT {a.experiment_name!r} and --experiment {a.experiment!r} differ; "
               "give one of them", file=sys.stderr)
         return 2
     a.experiment = a.experiment_name or a.experiment or "aupretrain"
+    a.runs = list(dict.fromkeys(a.runs)) if a.runs else a.runs  # each run once
+    out = Path(a.out or f"compare-{a.experiment if not a.runs else 'runs'}")
+    table, chart = out.with_name(out.name + ".csv"), Path(a.plot) if a.plot else out.with_name(out.name + ".png")
+    json_path = Path(a.json) if a.json is not None else None
+    given = "--tracking-uri" if a.tracking_uri else "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else ""
     uri = a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    if a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):  # a store MLflow cannot open: one line, not a hang
-        from ..errors import UsageError
-        from ..settings import check_tracking_uri
+    try:  # every output writable, the store one MLflow can open and there: before the store is read
+        check_outputs([("--out", "table", table), ("--plot" if a.plot else "--out", "chart", chart),
+                       *([("--json", "JSON", json_path)] if json_path is not None else [])])
+        if given:  # a store MLflow cannot open: one line, not a hang
+            from ..settings import check_tracking_uri
 
-        try:
-            check_tracking_uri(uri, "--tracking-uri" if a.tracking_uri else "MLFLOW_TRACKING_URI")
-        except UsageError as e:
-            print(f"{PROG}: error: {e}", file=sys.stderr)
-            return 2
+            check_tracking_uri(uri, given)
+        missing = store_missing(uri)
+        if missing:
+            raise UsageError(f"{given or 'the default store'} {redact(uri)}: {missing}; compare reads an existing "
+                             "store (give --tracking-uri or set $MLFLOW_TRACKING_URI to the one training used)"
+                             + (f"; cannot look up --runs {', '.join(a.runs)}" if a.runs else ""))
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
     try:
         with quick_http():
-            rows = read_rows(a, uri)
+            rows, left_out, notes = read_rows(a, uri)
     except StoreError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return e.status
     if not rows:
-        from ..engine.tracking import redact
-
-        print(f"{PROG}: error: no run with eval results in {redact(uri)}", file=sys.stderr)
+        if left_out:
+            print(f"{PROG}: error: --runs: no evaluation results to compare: {'; '.join(left_out)}", file=sys.stderr)
+        else:
+            print(f"{PROG}: error: no run of experiment {a.experiment!r} in {redact(uri)} has evaluation results "
+                  "(eval/f1_mean); evaluate a run with aupretrain-eval", file=sys.stderr)
         return 2
+    for line in [*(f"--runs: left out {r}" for r in left_out), *notes]:
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
     groups = label_settings(rows)
     for r in rows:
         r.pop("eval_params")
     show(rows, groups)
-    out = Path(a.out or f"compare-{a.experiment if not a.runs else 'runs'}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table, chart = out.with_name(out.name + ".csv"), Path(a.plot) if a.plot else out.with_name(out.name + ".png")
-    write_csv(rows, table)
-    plot(rows, str(chart))
-    if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=1))
-    print(f"saved {table} and {chart}")
+    try:
+        write_outputs(rows, table, chart, json_path)
+    except OSError as e:
+        print(f"{PROG}: error: could not write {e.filename or table}: {e.strerror or e}; nothing was written",
+              file=sys.stderr)
+        return 1
+    print(f"saved {table} and {chart}" + (f" and {json_path}" if json_path is not None else ""))
     return 0
 
 
-def read_rows(a: argparse.Namespace, uri: str) -> list[dict]:
-    """The rows (`collect`) of the runs `a.runs`, else of experiment `a.experiment`, in the store at `uri`.
-    Raises StoreError: an unknown experiment or run id, a URI MLflow cannot use, a server that does not answer."""
+def nested_evaluations(client, run) -> list:
+    """The evaluation runs (`eval/f1_mean` logged) nested under `run` (`aupretrain-eval` of its run folder or
+    export, logged with `mlflow.parentRunId`), in its experiment."""
+    found = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+                               max_results=5000)
+    return [r for r in found if "eval/f1_mean" in r.data.metrics]
+
+
+def read_rows(a: argparse.Namespace, uri: str) -> tuple[list[dict], list[str], list[str]]:
+    """(rows (`collect`), runs left out, notes) of the runs `a.runs` (with the evaluations nested under each named
+    run), else of experiment `a.experiment`, in the store at `uri`. "Left out": a named run with no evaluation
+    results of its own or nested under it, as "ID (name): why". Notes: `collect`'s. Raises StoreError: an unknown
+    experiment or run id, a URI MLflow cannot use, a server that does not answer."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from ..engine.tracking import redact
 
+    left_out, notes = [], []
     try:
         client = mlflow.tracking.MlflowClient(uri)
         if a.runs:
-            runs = get_runs(client, a.runs, uri)
+            runs, have = [], set()
+            for run in get_runs(client, a.runs, uri):
+                found = [run] if "eval/f1_mean" in run.data.metrics else []
+                found += nested_evaluations(client, run)
+                if not found:
+                    left_out.append(f"{run.info.run_id} ({run.info.run_name or 'no name'}): no evaluation results "
+                                    "(no eval/f1_mean, and no evaluation run nested under it); evaluate it with "
+                                    "aupretrain-eval")
+                runs += [r for r in found if r.info.run_id not in have]
+                have |= {r.info.run_id for r in found}
         else:
             exp = client.get_experiment_by_name(a.experiment)
             if exp is None:
                 raise StoreError(f"no experiment {a.experiment!r} in {redact(uri)}", 2)
             runs = client.search_runs([exp.experiment_id], max_results=5000)
-        return collect(client, runs)
+        return collect(client, runs, notes), left_out, notes
     except StoreError:
         raise
     except MlflowException as e:

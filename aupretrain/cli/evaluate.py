@@ -12,7 +12,8 @@ MLflow: an evaluation of a run folder (which records its MLflow run in tracking.
 `eval-<dataset>-<protocol>`, nested under the pretraining run in its store and experiment and tagged
 `eval.pretraining_run`, `eval.dataset`, `eval.protocol`; `--parent-run RUN_ID` does the same for an export
 folder or encoder file (store: tracking.uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db); `--no-mlflow` logs
-nothing. `--mlflow-run RUN_ID` logs into that run itself, as training's end-of-run evaluation does, and is refused
+nothing; a `--parent-run` the store does not have (or a deleted one, or one of another experiment than
+tracking.experiment) is refused before anything is evaluated. `--mlflow-run RUN_ID` logs into that run itself, as training's end-of-run evaluation does, and is refused
 when the run already holds the results of another dataset or protocol. Datasets, folds and protocol:
 docs/evaluation.md.
 """
@@ -87,6 +88,52 @@ def check_target_run(uri: str, run_id: str, dataset: str, protocol: str) -> None
                          "(--parent-run RUN_ID where the encoder is not in a run folder)")
 
 
+def check_parent_run(uri: str, run_id: str, experiment: str | None) -> None:
+    """Refuse (UsageError, before any evaluation work) to nest an evaluation under `--parent-run run_id` where the
+    store at `uri` has no such run: no store there (a sqlite file or folder that does not exist; it is not created),
+    no run of that id, a deleted run or a run of a deleted experiment, or, where `experiment` is given (set with
+    tracking.experiment, or recorded by the run folder), a run of another experiment. A store that does not answer
+    now is not a refusal (the tracker retries in the background)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from ..engine.tracking import redact
+    from ..errors import UsageError
+    from .compare import store_missing
+
+    shown = redact(uri)
+    missing = store_missing(uri)
+    if missing:
+        raise UsageError(f"--parent-run {run_id}: {missing}, so no such run (store: tracking.uri, else "
+                         "$MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # a server that is down answers now, not after minutes
+    try:
+        client = mlflow.tracking.MlflowClient(uri)
+        run = client.get_run(run_id)
+        exp = client.get_experiment(run.info.experiment_id)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise UsageError(f"--parent-run {run_id}: no run with this id in {shown}") from None
+        return
+    except Exception:  # noqa: BLE001 - an unreachable store: the tracker says so and retries
+        return
+    finally:
+        if retries is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
+    name = f"run {run_id} ({run.info.run_name or 'no name'}) of experiment {exp.name!r} in {shown}"
+    if run.info.lifecycle_stage == "deleted" or exp.lifecycle_stage == "deleted":
+        raise UsageError(f"--parent-run {run_id}: the {name} is deleted (its "
+                         f"{'run' if run.info.lifecycle_stage == 'deleted' else 'experiment'}); restore it "
+                         "(`mlflow runs restore` / `mlflow experiments restore`) or give another run")
+    if experiment and exp.name != experiment:
+        raise UsageError(f"--parent-run {run_id}: the {name}, not of experiment {experiment!r} "
+                         "(tracking.experiment or the run folder's record); give a run of that experiment, or "
+                         "drop the experiment setting to log under the run's own")
+
+
 def eval_tracker(a, cfg, run_dir: Path | None, record: dict | None):
     """The MLflow tracker of this evaluation (see the module docstring), or None for no tracking."""
     from omegaconf import OmegaConf
@@ -105,6 +152,10 @@ def eval_tracker(a, cfg, run_dir: Path | None, record: dict | None):
     parent = a.parent_run or (record or {}).get("run_id")
     if not parent:
         return None
+    if a.parent_run:  # refused here, before any frame is read, where the store has no such run
+        explicit = [o.split("=", 1)[1] for o in a.overrides if o.lstrip("+").startswith("tracking.experiment=")]
+        check_parent_run(tracking_uri(cfg, run_dir), a.parent_run,
+                         explicit[-1] if explicit else (record or {}).get("experiment"))
     # a run of its own: eval.* as its params (the pretraining run holds the rest), nothing written to the run folder
     own = OmegaConf.create({"eval": cfg.eval, "tracking": cfg.tracking, "run": {"seed": cfg.run.seed}})
     return Tracker(own, True, f"eval-{dataset}-{protocol}", uri=tracking_uri(cfg, run_dir), parent_run_id=parent,

@@ -40,11 +40,15 @@ def one_error(r: subprocess.CompletedProcess, prog: str) -> str:
 
 
 def test_compare_names_the_run_ids_a_store_does_not_have(tmp_path):
-    r, _ = cli("compare", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--runs", "deadbeef", "cafe0123",
-               "--out", tmp_path / "c2", cwd=tmp_path)
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("other")  # a real store, without these runs
+    r, _ = cli("compare", "--tracking-uri", uri, "--runs", "deadbeef", "cafe0123", "--out", tmp_path / "c2",
+               cwd=tmp_path)
     line = one_error(r, "aupretrain-compare")
     assert r.returncode == 2, r.stderr
-    assert "--runs" in line and "deadbeef" in line and "cafe0123" in line, line
+    assert "--runs" in line and "deadbeef" in line and "cafe0123" in line and "no MLflow store" not in line, line
     assert not (tmp_path / "c2.csv").exists()
 
 
