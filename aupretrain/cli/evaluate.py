@@ -20,6 +20,7 @@ docs/evaluation.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -56,6 +57,21 @@ def expand_shorthands(overrides: list[str]) -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def _answer_now():
+    """MLflow's HTTP retries off inside (`MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`: a server that is down answers now,
+    not after minutes of retries), the variable as it was after."""
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        yield
+    finally:
+        if retries is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
+
+
 def check_target_run(uri: str, run_id: str, dataset: str, protocol: str) -> None:
     """Refuse (UsageError) to log an evaluation into MLflow run `run_id` that already holds the results of another
     dataset or protocol (tags `eval.dataset`, `eval.protocol`): MLflow shows each metric's value at its highest
@@ -66,21 +82,15 @@ def check_target_run(uri: str, run_id: str, dataset: str, protocol: str) -> None
 
     from ..errors import UsageError
 
-    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # a server that is down answers now, not after minutes
     try:
-        tags = mlflow.tracking.MlflowClient(uri).get_run(run_id).data.tags
+        with _answer_now():
+            tags = mlflow.tracking.MlflowClient(uri).get_run(run_id).data.tags
     except MlflowException as e:
         if e.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise UsageError(f"--mlflow-run {run_id}: no such run in the store") from None
         return
     except Exception:  # noqa: BLE001 - an unreachable store: the tracker says so and retries
         return
-    finally:
-        if retries is None:
-            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
-        else:
-            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
     held = (tags.get("eval.dataset"), tags.get("eval.protocol", "linear"))
     if held[0] is not None and held != (dataset, protocol):
         raise UsageError(f"--mlflow-run {run_id} already holds the {held[0]} / {held[1]} evaluation; drop "
@@ -106,23 +116,17 @@ def check_parent_run(uri: str, run_id: str, experiment: str | None) -> None:
     if missing:
         raise UsageError(f"--parent-run {run_id}: {missing}, so no such run (store: tracking.uri, else "
                          "$MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # a server that is down answers now, not after minutes
     try:
-        client = mlflow.tracking.MlflowClient(uri)
-        run = client.get_run(run_id)
-        exp = client.get_experiment(run.info.experiment_id)
+        with _answer_now():
+            client = mlflow.tracking.MlflowClient(uri)
+            run = client.get_run(run_id)
+            exp = client.get_experiment(run.info.experiment_id)
     except MlflowException as e:
         if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise UsageError(f"--parent-run {run_id}: no run with this id in {shown}") from None
         return
     except Exception:  # noqa: BLE001 - an unreachable store: the tracker says so and retries
         return
-    finally:
-        if retries is None:
-            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
-        else:
-            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
     name = f"run {run_id} ({run.info.run_name or 'no name'}) of experiment {exp.name!r} in {shown}"
     if run.info.lifecycle_stage == "deleted" or exp.lifecycle_stage == "deleted":
         raise UsageError(f"--parent-run {run_id}: the {name} is deleted (its "
