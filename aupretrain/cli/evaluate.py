@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.head:  # refused before the frames are read
             from ..eval.head import open_linear_head
 
-            open_linear_head(a.head, encoder.au_dim)
+            open_linear_head(a.head, encoder.au_dim, encoder, a.encoder)
     except (FileNotFoundError, ValueError) as e:
         print(f"aupretrain-eval: error: {e}", file=sys.stderr)
         return 2

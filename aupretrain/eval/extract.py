@@ -5,11 +5,14 @@ and still images), whether a face was found, the face box in source pixels (the 
 mapped back through the alignment similarity) and the AU code [D] of the encoder. A frame without a face is a row
 with empty values, not an error. Faces go through exactly what `aupretrain-pack` does (`pack.*` settings: MTCNN
 every `detect_every` frames while a face is tracked and on every frame while none is, tracking between, 5-point
-similarity alignment with temporal smoothing at `pack.size`), so they look like pretraining crops.
+similarity alignment with temporal smoothing at `pack.size`), so they look like pretraining crops. One face per
+frame is followed (the packer's main face, `pack.main_face`); where the track comes back after frames without a
+face somewhere else in the picture (possibly another person), one warning per input names the frames.
 """
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import math
 import re
@@ -22,10 +25,16 @@ import torch
 
 from ..pack import alignment, faces
 from ..pack.clips import PackSettings, align_center, center_faces, detector, track
-from ..pack.inputs import IMAGE_EXTS, VIDEO_EXTS, natural_key
+from ..errors import UsageError
+from ..pack.inputs import NOT_VIDEO_EXTS, VIDEO_EXTS, natural_key
 from ..pack.video import VideoError, iter_timed_frames
 
 log = logging.getLogger(__name__)
+
+# The image files extract reads (with OpenCV), alone and in folders alike: a folder's other files are left out
+# (one line counts them); a single file of another type is tried as a video.
+IMAGE_EXTS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".jp2", ".pbm", ".pgm",
+              ".ppm", ".pnm")
 
 
 @dataclass
@@ -58,10 +67,41 @@ def is_frame_folder(images: list[Path]) -> bool:
     return len(set(numbers)) == len(numbers) and numbers[-1] - numbers[0] + 1 <= 1.1 * len(numbers) + 1
 
 
+def numbered_run(images: list[Path]) -> list[Path]:
+    """The largest set of `images` with one prefix + number and one extension, if `is_frame_folder` accepts it
+    (else [])."""
+    groups: dict[tuple[str, str], list[Path]] = {}
+    for f in images:
+        m = NUMBERED.fullmatch(f.stem)
+        if m:
+            groups.setdefault((m.group(1), f.suffix.lower()), []).append(f)
+    run = max(groups.values(), key=lambda g: (len(g), sorted(map(str, g))), default=[])
+    return run if is_frame_folder(run) else []
+
+
+def frame_split(images: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(frames, strays) of the image files of one folder: frames, its `numbered_run`, where the other images
+    (strays: a cover.jpg, a thumbs.png) are at most a tenth as many (10 frames per stray); else ([], images) —
+    every image a still."""
+    frames = numbered_run(images)
+    chosen = set(frames)
+    strays = [f for f in images if f not in chosen]
+    if not frames or len(strays) > len(frames) // 10:
+        return [], list(images)
+    return frames, strays
+
+
+def _listed(p: Path) -> list[Path]:
+    """The files below folder `p`, hidden files and folders left out."""
+    return [f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)]
+
+
 def list_inputs(path: str | Path, stills: bool = False) -> list[Path]:
     """The inputs under `path`: a video or image file itself; below a folder, every video file, every folder of
-    numbered frame images as one video (`is_frame_folder`, frames in natural order, as `aupretrain-pack` reads
-    them; unless `stills`) and every other image on its own — in natural order, hidden files and folders left out.
+    numbered frame images as one video (`frame_split`, frames in natural order, as `aupretrain-pack` reads them;
+    unless `stills`) with any stray image beside them on its own (one warning names them), and every other image
+    (`IMAGE_EXTS`) on its own — in natural order, hidden files and folders left out; other files are left out with
+    one line counting them (video sidecars such as .json / .csv silently).
 
     Raises:
         FileNotFoundError: `path` does not exist, or holds no video or image file.
@@ -71,18 +111,100 @@ def list_inputs(path: str | Path, stills: bool = False) -> list[Path]:
         return [p]
     if not p.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    files = [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTS + IMAGE_EXTS
-             and not any(part.startswith(".") for part in f.relative_to(p).parts)]
+    listed = _listed(p)
+    files = [f for f in listed if f.suffix.lower() in VIDEO_EXTS + IMAGE_EXTS]
+    other = [f for f in listed if f.suffix.lower() not in VIDEO_EXTS + IMAGE_EXTS + NOT_VIDEO_EXTS]
+    if other:
+        log.info("%s: %d file(s) neither a video (%s) nor an image (%s) left out: %s%s", path, len(other),
+                 " ".join(VIDEO_EXTS[:6]) + " …", " ".join(IMAGE_EXTS), ", ".join(str(f.relative_to(p)) for f in other[:5]),
+                 " …" if len(other) > 5 else "")
     if not files:
-        raise FileNotFoundError(f"{path}: no video ({', '.join(VIDEO_EXTS)}) or image files")
+        raise FileNotFoundError(f"{path}: no video ({', '.join(VIDEO_EXTS)}) or image ({', '.join(IMAGE_EXTS)}) files")
     by_folder: dict[Path, list[Path]] = {}
     for f in files:
         if f.suffix.lower() in IMAGE_EXTS:
             by_folder.setdefault(f.parent, []).append(f)
     found = [f for f in files if f.suffix.lower() not in IMAGE_EXTS]
     for folder, images in by_folder.items():
-        found += [folder] if not stills and is_frame_folder(images) else images
+        frames, strays = ([], images) if stills else frame_split(images)
+        if frames and strays:
+            log.warning("%s: %s not numbered like its %d frames (%s … %s): %s an input of its own (frame 0), the "
+                        "frames one video (--stills reads every image on its own)", folder,
+                        ", ".join(f.name for f in strays), len(frames), min(frames, key=_natural).name,
+                        max(frames, key=_natural).name, "it is" if len(strays) == 1 else "each is")
+        run = [] if stills or frames else numbered_run(images)
+        if len(run) >= 10:  # what looks like a video's frames, read as stills: said, not silent
+            log.warning("%s: the numbered images %s … %s look like one video's frames, but %d other image(s) are "
+                        "beside them: every image is read on its own (move the others out to read the %d frames "
+                        "as one video)", folder, min(run, key=_natural).name, max(run, key=_natural).name,
+                        len(images) - len(run), len(run))
+        found += ([folder] if frames else []) + strays
     return sorted(found, key=lambda f: (natural_key(str(f)), str(f)))
+
+
+def _natural(f: Path):
+    return natural_key(f.name), f.name
+
+
+def _frame_files(path: Path) -> list[Path]:
+    """The images a folder input is read from, in natural order: its frames (`frame_split`), or every image."""
+    images = [f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".")]
+    frames, _ = frame_split(images)
+    return sorted(frames or images, key=_natural)
+
+
+def input_files(inputs: list[Path]) -> Iterator[Path]:
+    """Every file `inputs` (from `list_inputs`) are read from: the files themselves, a frame folder's frames."""
+    for p in inputs:
+        yield from _frame_files(p) if p.is_dir() else [p]
+
+
+ENVIRONMENT = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM}  # not the path's fault
+
+
+def check_out(out: str | Path, inputs: list[Path]) -> None:
+    """Before any input is read: make sure the CSV can be written at `out` without touching an input — `out` is
+    not a file of `inputs` (`input_files`, same file by device and inode), not a folder, not below a file; its
+    folder is created if missing and a file can be created in it (`<out>.partial` is made and removed).
+
+    Raises:
+        UsageError: one of those (a path to change: also a folder without write permission or on a read-only disk).
+        OSError: the environment failed (a full disk, an I/O error).
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"{out}: is a folder; give the CSV file to write, e.g. {out / 'codes.csv'}")
+    if out.exists():
+        st = out.stat()
+        for f in input_files(inputs):
+            try:
+                fs = f.stat()
+            except OSError:
+                continue
+            if (fs.st_dev, fs.st_ino) == (st.st_dev, st.st_ino):
+                named = "" if f.resolve() == out.resolve() else f" ({f})"
+                raise UsageError(f"{out}: is an input{named} and would be overwritten; give another CSV path as OUT")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{out}: {parent} is a file, not a folder; give a CSV path in a folder")
+            break
+    partial = partial_path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w"):
+            pass
+        partial.unlink()
+    except OSError as e:
+        if e.errno in ENVIRONMENT:
+            raise
+        raise UsageError(f"cannot write {out}: {e.strerror or e} ({e.filename or out.parent}); choose a folder you "
+                         "can write") from None
+
+
+def partial_path(out: Path) -> Path:
+    """Where `write_csv` writes before renaming to `out`: `<out>.partial`."""
+    return out.with_name(out.name + ".partial")
 
 
 def _frames(path: Path, frames_fps: float) -> Iterator[tuple[int, float, str, np.ndarray]]:
@@ -104,14 +226,13 @@ def _frames(path: Path, frames_fps: float) -> Iterator[tuple[int, float, str, np
 
 def _folder_frames(path: Path, frames_fps: float) -> Iterator[tuple[int, float, str, np.ndarray]]:
     """(frame number, seconds, file name, RGB) of the images of a folder in natural order. A numbered frame folder
-    (`is_frame_folder`) keeps the numbers of its file names — missing frames leave gaps, as in BP4D's numbering —
+    (`frame_split`: its numbered frames only) keeps the numbers of its file names — missing frames leave gaps, as in BP4D's numbering —
     and its times are (number − first number) / `frames_fps`; any other folder numbers its images 0, 1, … An image
     that cannot be decoded gives no frame (its number stays unused; one warning names them). Raises VideoError when
     the folder has no image, or none can be decoded."""
     import cv2
 
-    files = sorted((f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS
-                    and not f.name.startswith(".")), key=lambda f: (natural_key(f.name), f.name))
+    files = _frame_files(path)
     if not files:
         raise VideoError(f"{path}: no frame images ({', '.join(IMAGE_EXTS)})")
     numbers = ([int(NUMBERED.fullmatch(f.stem).group(2)) for f in files] if is_frame_folder(files)
@@ -140,9 +261,18 @@ def _crop_box(landmarks: np.ndarray, template: np.ndarray, size: int) -> tuple[f
             float(corners[:, 1].max()))
 
 
+def _elsewhere(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
+    """Whether two faces (centre x, centre y, face size in pixels) are at different places: centres a face size or
+    more apart, or sizes a factor 1.5 or more apart (the tracker links faces less than half a face apart)."""
+    dist = math.hypot(a[0] - b[0], a[1] - b[1])
+    return dist >= (a[2] + b[2]) / 2 or max(a[2], b[2]) >= 1.5 * max(min(a[2], b[2]), 1e-6)
+
+
 def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[FrameRow]:
     """Rows of one input, in frame order. `encode(uint8 [N, S, S, 3]) -> [N, D]` (e.g. AUEncoder.encode); at most
-    `batch` aligned crops are held before each call.
+    `batch` aligned crops are held before each call. One face per frame is followed (the packer's main face); when
+    the track starts again after frames without a face somewhere else in the picture (`_elsewhere` the box it last
+    had: maybe another person), one warning after the input's last row names those frames.
 
     Raises:
         ValueError: `batch` < 1.
@@ -184,6 +314,9 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
             yield FrameRow(str(path), i, times[i], None, None, names[i])
             done += 1
 
+    last: list = [None, None]  # segment and (centre x, y, size) of the previous face row
+    jumps: list[int] = []  # frames where the track came back elsewhere
+
     def flush(pending: list[alignment.Aligned]) -> Iterator[FrameRow]:
         nonlocal done
         codes = np.asarray(encode(torch.from_numpy(np.stack([a.crop for a in pending]))), dtype=np.float32)
@@ -194,6 +327,10 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
                 box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
             else:
                 box = _crop_box(lms.pop(a.index), s.template, s.size)
+            here = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, a.face_px)
+            if last[0] is not None and a.segment != last[0] and _elsewhere(here, last[1]):
+                jumps.append(a.index)
+            last[:] = a.segment, here
             yield FrameRow(str(path), a.index, times[a.index], box, c, names[a.index])
             done += 1  # a.index is the next frame read
 
@@ -206,6 +343,10 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
     if pending:
         yield from flush(pending)
     yield from faceless(float("inf"))
+    if jumps:
+        log.warning("%s: the face followed comes back elsewhere in the picture at frame %s (after frames without a "
+                    "face): from there the rows may be another person's (extract follows one face: pack.main_face)",
+                    path, ", ".join(map(str, jumps[:10])) + (f" … ({len(jumps)} times)" if len(jumps) > 10 else ""))
     if not times:
         raise VideoError(f"{path}: no decodable frames")
 
@@ -213,9 +354,10 @@ def extract(path: Path, encode, s: PackSettings, batch: int = 64) -> Iterator[Fr
 def write_csv(rows: Iterable[FrameRow], out: str | Path, columns: int | list[str]) -> dict[str, int]:
     """Write rows as CSV (`input, frame, time_s, file, face, x1, y1, x2, y2`, then one column per value of a row's
     code: `columns` names them, or an int D names them a0 … a<D-1>; a NaN value — an AU its head was not trained
-    for — is written empty, as are all of a row without a face); returns counts. The rows go to
-    `<out>.partial`, renamed to `out` once all are written: an interrupted or failed run never leaves a CSV that
-    looks complete (a file already at `out` stays until then).
+    for — is written empty, as are all of a row without a face); returns counts ({"frames", "frames_with_face"}).
+    The rows go to `<out>.partial` (`partial_path`), renamed to `out` once all are written: an interrupted or
+    failed run never leaves a CSV that looks complete nor a partial file, and a file already at `out` stays as it
+    was. When no row came (frames 0) nothing is written: `out` is left as it was.
 
     Raises:
         OSError: `out` cannot be written (its folder is missing, a directory of that name, a full disk ...).
@@ -223,13 +365,15 @@ def write_csv(rows: Iterable[FrameRow], out: str | Path, columns: int | list[str
     if isinstance(columns, int):
         columns = [f"a{k}" for k in range(columns)]
     out = Path(out)
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_path(out)
     try:
         counts = _write_rows(rows, partial, columns)
+        if counts["frames"]:
+            partial.replace(out)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    partial.replace(out)
+    partial.unlink(missing_ok=True)  # no row: nothing replaces `out`
     return counts
 
 

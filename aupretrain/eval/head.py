@@ -3,8 +3,12 @@
 
 PATH is a folder: `head.safetensors` (the probe's tensors: `bn.*` BatchNorm1d + `linear.*` Linear for the
 linear protocol; `head.*` plus the fine-tuned `encoder.*` for `protocol=finetune`) and `head.json` (format,
-protocol, AU names, per-AU thresholds, `aus_trained`, code dim, steps / epochs / lr, dataset, the encoder it was
-trained on). Settings are chosen as in the evaluation (validation subjects carved from all subjects when
+protocol, AU names, per-AU thresholds, `aus_trained`, code dim, steps / epochs / lr, dataset and `encoder`: the
+encoder it was fitted on — `encoder_record`: a fingerprint of its weights, code and input size, its path where the
+caller gives it; a linear head has it when `final_linear_head` is given the encoder, a `finetune` head always, as the
+encoder it was fine-tuned from). `load_head` refuses a linear head on any other
+encoder (`check_encoder`); a head saved without that record (before it existed) loads with one warning that the
+pairing cannot be checked. Settings are chosen as in the evaluation (validation subjects carved from all subjects when
 `eval.select` is validation), then the head is refitted on every frame. An AU with no positive (or no negative)
 frame in the data cannot be learnt: its column is kept (the AU list stays the dataset's) but left out of
 `aus_trained`, and readers give no probability or decision for it (heads written before `aus_trained` existed:
@@ -25,10 +29,77 @@ from .datasets import LabelledFrames
 from .probe import fit_au_probe, per_au_f1, predict
 from .report import f1_summary, select_linear, select_mode
 
-__all__ = ["FORMAT", "AUPredictor", "final_finetuned_head", "final_linear_head", "load_head", "load_linear_head",
-           "open_linear_head", "save_head", "score_head", "trained_aus", "trained_mask"]
+__all__ = ["FORMAT", "AUPredictor", "check_encoder", "encoder_fingerprint", "encoder_record", "final_finetuned_head",
+           "final_linear_head", "load_head", "load_linear_head", "open_linear_head", "save_head", "score_head",
+           "trained_aus", "trained_mask"]
 
 log = logging.getLogger(__name__)
+
+
+def encoder_fingerprint(encoder) -> str:
+    """`sha256:<16 hex digits>` of an encoder: every state-dict tensor (by name, shape, fp32 bytes) and the settings
+    that shape its codes beside the weights (input size, normalisation mean / std). Equal for a run's encoder.pt and
+    its export (both fp32), different for any other training or seed."""
+    import hashlib
+
+    h = hashlib.sha256()
+    cfg = dict(getattr(encoder, "config", None) or {})
+    h.update(json.dumps({k: cfg.get(k) for k in ("input_size", "mean", "std")}, sort_keys=True).encode())
+    for name, t in sorted(encoder.state_dict().items()):
+        t = t.detach().cpu()
+        t = (t.float() if t.is_floating_point() else t).contiguous()
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def encoder_record(encoder, source: str | Path | None = None) -> dict:
+    """head.json's `encoder`: {"fingerprint": `encoder_fingerprint`, "au_dim", "input_size", "source" (the path the
+    encoder was read from, when given: for messages only)}."""
+    rec = {"fingerprint": encoder_fingerprint(encoder), "au_dim": int(encoder.au_dim),
+           "input_size": int(dict(getattr(encoder, "config", None) or {}).get("input_size", 0))}
+    return {**rec, "source": str(source)} if source is not None else rec
+
+
+_unchecked: set[str] = set()  # heads without an encoder record already warned about (once per head and process)
+
+
+def _beside(head: Path, source: str | Path | None) -> bool:
+    """Whether the head folder sits in the run folder the encoder was read from (a supervised run's `au_head`)."""
+    if source is None:
+        return False
+    src = Path(source)
+    run = src if src.is_dir() else src.parent
+    return head.resolve().parent == run.resolve()
+
+
+def check_encoder(path: str | Path, meta: dict, encoder, source: str | Path | None = None) -> None:
+    """Check that `encoder` (read from `source`, for the message) is the one the head at `path` (head.json `meta`)
+    was fitted on: its `encoder` record's fingerprint (`encoder_record`). A head without that record (saved before
+    it existed) cannot be checked: one warning per head, none for a head inside the encoder's own run folder
+    (`<run>/au_head`).
+
+    Raises:
+        UsageError: another encoder (naming both, and how to fit a head for this one).
+    """
+    rec = meta.get("encoder")
+    if not isinstance(rec, dict) or not rec.get("fingerprint"):
+        key = str(Path(path).resolve())
+        if key not in _unchecked and not _beside(Path(path), source):
+            _unchecked.add(key)
+            log.warning("%s: head.json does not record the encoder the head was fitted on (saved before heads kept "
+                        "it): cannot check that it belongs to %s; its AU probabilities mean something only with that "
+                        "encoder", path, source or "the given encoder")
+        return
+    got = encoder_fingerprint(encoder)
+    if got != rec["fingerprint"]:
+        from ..errors import UsageError
+
+        fitted = f"{rec['source']} ({rec['fingerprint']})" if rec.get("source") else rec["fingerprint"]
+        raise UsageError(f"{path}: the head was fitted on the codes of encoder {fitted}, not on {source or 'this one'} "
+                         f"({got}): its AU probabilities would be meaningless; use the encoder it was fitted on, or "
+                         f"fit one for this encoder: aupretrain-eval {source or 'ENCODER'} "
+                         f"dataset={meta.get('dataset', 'NAME')} eval.root=DATA --save-head NEW_HEAD")
 
 
 def trained_aus(data: LabelledFrames) -> list[str]:
@@ -92,16 +163,19 @@ class AUPredictor(nn.Module):
         return on.masked_fill(torch.isnan(probs), float("nan"))
 
 
-def load_head(path: str | Path, encoder=None) -> AUPredictor:
+def load_head(path: str | Path, encoder=None, source: str | Path | None = None) -> AUPredictor:
     """A head saved by `aupretrain-eval --save-head` as an `AUPredictor`.
 
-    Linear heads sit on `encoder` (the one they were trained on; its code size must match `code_dim`);
-    fine-tuned heads carry their own encoder, so `encoder` is ignored for them.
+    Linear heads sit on `encoder` (read from `source`, named in messages), which must be the one they were fitted
+    on: the code size must match `code_dim` and the weights head.json's `encoder` fingerprint (`check_encoder`; a
+    head without it loads with one warning). Fine-tuned heads carry their own encoder, so `encoder` is not used
+    for them (the caller says so: `meta["encoder"]` is the encoder they were fine-tuned from, where recorded).
 
     Raises:
         FileNotFoundError: no head.json / head.safetensors in `path`.
         ValueError: not an aupretrain AU head, a linear head whose code size differs from the encoder's, or an
             `aus_trained` that is not a list of its AUs.
+        UsageError (a ValueError): a linear head fitted on another encoder.
     """
     from safetensors.torch import load_file
 
@@ -130,14 +204,17 @@ def load_head(path: str | Path, encoder=None) -> AUPredictor:
         raise ValueError(f"{path}: a linear head needs the encoder it was trained on")
     if int(meta["code_dim"]) != int(encoder.au_dim):
         raise ValueError(f"{path}: the head takes {meta['code_dim']}-d AU codes, the encoder gives {encoder.au_dim}-d")
+    check_encoder(path, meta, encoder, source)
     probe, meta = load_linear_head(folder)
     return AUPredictor(encoder, probe, meta)
 
 
-def final_linear_head(codes: np.ndarray, data: LabelledFrames, cfg_eval, seed: int = 0) -> tuple[dict, dict]:
+def final_linear_head(codes: np.ndarray, data: LabelledFrames, cfg_eval, seed: int = 0, encoder=None,
+                      source: str | Path | None = None) -> tuple[dict, dict]:
     """(tensors, meta) of a linear probe fitted on all of codes [N, D] / data.labels, with steps and
     thresholds chosen on validation subjects (select=validation) or the fixed defaults (none); meta's
-    `aus_trained` leaves out the AUs the data cannot teach (`trained_aus`)."""
+    `aus_trained` leaves out the AUs the data cannot teach (`trained_aus`), and its `encoder` records `encoder`
+    (the one that gave `codes`, read from `source`: `encoder_record`) so the head is refused on any other."""
     p = cfg_eval.probe
     if select_mode(cfg_eval, data.dataset) == "validation" and len(np.unique(data.identity)) >= 2:
         sel = select_linear(codes, data, np.ones(len(codes), bool), cfg_eval, seed)
@@ -151,13 +228,18 @@ def final_linear_head(codes: np.ndarray, data: LabelledFrames, cfg_eval, seed: i
             "thresholds": [float(t) for t in thr],
             "code_dim": int(codes.shape[1]), "steps": steps, "dataset": data.dataset, "frames": int(len(codes)),
             "subjects": list(data.identity_names)}
+    if encoder is not None:
+        meta["encoder"] = encoder_record(encoder, source)
     return tensors, meta
 
 
-def final_finetuned_head(encoder, data: LabelledFrames, cfg_eval, seed: int = 0) -> tuple[dict, dict]:
+def final_finetuned_head(encoder, data: LabelledFrames, cfg_eval, seed: int = 0,
+                         source: str | Path | None = None) -> tuple[dict, dict]:
     """(tensors, meta) of the encoder + linear head fine-tuned on every frame (settings as in the evaluation); meta's
-    `aus_trained` as in `final_linear_head`."""
+    `aus_trained` as in `final_linear_head`, its `encoder` the record of the encoder it was fine-tuned from."""
     from . import finetune
+
+    base = encoder_record(encoder, source)  # before any training step
 
     f = cfg_eval.finetune
     if select_mode(cfg_eval, data.dataset) == "validation" and len(np.unique(data.identity)) >= 2:
@@ -172,18 +254,22 @@ def final_finetuned_head(encoder, data: LabelledFrames, cfg_eval, seed: int = 0)
             "thresholds": [float(t) for t in sel["thresholds"]],
             "code_dim": int(encoder.au_dim), "epochs": int(sel["epochs"]), "lr": float(sel["lr"]),
             "encoder_config": encoder.config, "dataset": data.dataset, "frames": int(len(data.labels)),
-            "subjects": list(data.identity_names)}
+            "subjects": list(data.identity_names), "encoder": base}
     return tensors, meta
 
 
-def open_linear_head(path: str | Path, code_dim: int) -> tuple[nn.Module, dict]:
-    """`load_linear_head` for codes of size `code_dim`. Raises FileNotFoundError (no head.json) or ValueError
-    (not a linear head, another code size), each naming `path`."""
+def open_linear_head(path: str | Path, code_dim: int, encoder=None,
+                     source: str | Path | None = None) -> tuple[nn.Module, dict]:
+    """`load_linear_head` for codes of size `code_dim`; with `encoder` (read from `source`) also `check_encoder`.
+    Raises FileNotFoundError (no head.json) or ValueError (not a linear head, another code size; UsageError:
+    fitted on another encoder), each naming `path`."""
     if not (Path(path) / "head.json").is_file():
         raise FileNotFoundError(f"{path}: no head.json (an AU head folder: <run>/au_head or aupretrain-eval --save-head)")
     probe, meta = load_linear_head(path)
     if int(meta["code_dim"]) != int(code_dim):
         raise ValueError(f"{path}: the head takes {meta['code_dim']}-d AU codes, the encoder gives {code_dim}-d")
+    if encoder is not None:
+        check_encoder(path, meta, encoder, source)
     return probe, meta
 
 

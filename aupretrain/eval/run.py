@@ -190,7 +190,7 @@ def evaluate(cfg, encoder: AUEncoder, tracker=None, out_dir: str | Path | None =
         from .head import final_finetuned_head, final_linear_head, save_head as write_head
 
         tensors, meta = (final_finetuned_head(encoder, data, e, seed) if protocol == "finetune"
-                         else final_linear_head(codes["pretrained"], data, e, seed))
+                         else final_linear_head(codes["pretrained"], data, e, seed, encoder=encoder))
         summary["head"] = str(write_head(save_head, tensors, meta))
     if out_dir is not None:
         Path(out_dir, "eval.json").write_text(json.dumps(summary, indent=1))
