@@ -128,6 +128,8 @@ def store_missing(uri: str) -> str | None:
             return f"{f.absolute()} is not an MLflow store (it has no experiments and runs tables)"
         return None
     p = urlparse(uri)
+    if uri.split(":", 1)[0].lower() in ("databricks", "databricks-uc", "uc"):  # remote stores, as check_tracking_uri
+        return None
     if p.scheme.lower() in ("", "file") or (len(p.scheme) == 1 and p.scheme.isalpha()):  # C: is a drive
         local = Path(p.path if p.scheme.lower() == "file" else uri).expanduser()
         if not local.is_dir():

@@ -7,7 +7,7 @@
 INPUT: a video file, an image, or a folder (every video below it, every folder of numbered images — 00001.jpg,
 frame_12.png … — as one video's frames in natural order at `pack.frames_fps`, as `aupretrain-pack` reads them — a
 stray image beside the numbered frames, e.g. cover.jpg, is an input of its own, with a warning naming it — and every
-other image on its own; `--stills`: every image on its own). Images are the types `eval.extract.IMAGE_EXTS` (.jpg
+other image on its own; `--stills`: every image on its own). Images are the types `pack.inputs.IMAGE_EXTS` (.jpg
 .png .webp .bmp .tif …), alone or in a folder; a folder's other files are left out, one line counting them. An input
 in which no face is found gives empty rows and a warning. Faces are detected, tracked and
 aligned exactly as `aupretrain-pack` does (`pack.*` settings; `--align center` for inputs that are already face
@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         s = settings_from(load_config(a.overrides).pack, argparse.Namespace(align=a.align))  # settings first
         inputs = list_inputs(a.input, stills=a.stills)
-        check_out(a.out, inputs)  # before any input is read or the encoder loaded
+        try:
+            check_out(a.out, inputs)  # before any input is read or the encoder loaded
+        except OSError as e:  # not a path to fix (UsageError): the environment — a full disk, an I/O error
+            print(f"aupretrain-extract: error: cannot write {a.out}: {e.strerror or e}", file=sys.stderr)
+            return 1
         enc = load_encoder(encoder_path(a.encoder))
         predictor = None
         if a.head:
@@ -79,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, DetectorUnavailable) as e:  # UsageError is a ValueError
         print(f"aupretrain-extract: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # check_out: the environment (a full disk, an I/O error), not the path
-        print(f"aupretrain-extract: error: cannot write {a.out}: {e.strerror or e}", file=sys.stderr)
+    except OSError as e:  # reading the encoder, the head or the detector's files (unreadable, an I/O error)
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"aupretrain-extract: error: cannot read{where}: {e.strerror or e}", file=sys.stderr)
         return 1
     skipped = []
     if predictor is None:

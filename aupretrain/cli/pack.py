@@ -7,7 +7,7 @@ command after a crash or Ctrl-C resumes. Exit code 0 when something was packed (
 manifest), 2 when nothing could be packed, the input is missing, or OUTPUT cannot be made or lies inside
 INPUT, 1 when the output cannot be written
 (S3 errors after boto3's retries, `storage.s3.*` in configs/config.yaml; disk full; another packer writing
-OUTPUT), 130 when interrupted (Ctrl-C), 143 when stopped by SIGTERM (workers end with the packer either way).
+OUTPUT through the same work folder: on this host, or a --work-dir on a shared file system), 130 when interrupted (Ctrl-C), 143 when stopped by SIGTERM (workers end with the packer either way).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from ..config import load_config
 from ..errors import UsageError
 from ..settings import validate
-from ..pack.packer import PackSettings, pack
+from ..pack.packer import OutputBusy, PackSettings, pack
 from ..data import storage
 from ..data.storage import EnvironmentFault
 
@@ -136,6 +136,9 @@ def _main(argv: list[str] | None, terminated: list[int]) -> int:
     except (FileNotFoundError, RuntimeError, ValueError) as e:  # incl. DetectorUnavailable: once, before any input
         print(f"aupretrain-pack: error: {e}", file=sys.stderr)
         return 2
+    except OutputBusy as e:  # a conflict that clears: not a setting to fix, and a rerun now is refused again
+        print(f"aupretrain-pack: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         how = "stopped (SIGTERM)" if terminated else "interrupted"
         print(f"aupretrain-pack: {how}; run the same command again to resume", file=sys.stderr)

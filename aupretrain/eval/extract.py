@@ -26,15 +26,13 @@ import torch
 from ..pack import alignment, faces
 from ..pack.clips import PackSettings, align_center, center_faces, detector, track
 from ..errors import UsageError
-from ..pack.inputs import NOT_VIDEO_EXTS, VIDEO_EXTS, natural_key
+from ..pack.inputs import IMAGE_EXTS, NOT_VIDEO_EXTS, VIDEO_EXTS, natural_key
 from ..pack.video import VideoError, iter_timed_frames
 
 log = logging.getLogger(__name__)
 
 # The image files extract reads (with OpenCV), alone and in folders alike: a folder's other files are left out
 # (one line counts them); a single file of another type is tried as a video.
-IMAGE_EXTS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".jp2", ".pbm", ".pgm",
-              ".ppm", ".pnm")
 
 
 @dataclass

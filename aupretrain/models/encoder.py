@@ -206,15 +206,16 @@ def save_encoder_folder(encoder: AUEncoder, out, extra: dict | None = None) -> N
 META_KEY = "aupretrain"  # the safetensors metadata key holding config.json's JSON (exports since session 46)
 
 
-def _export_config(folder, path) -> dict:
-    """The export's JSON: from model.safetensors' own metadata where it has it (written with the weights, so the
-    two always match), else (exports written before the metadata) from config.json. Raises ValueError naming the
-    file: unreadable, damaged, or not an aupretrain encoder; FileNotFoundError: a file the export needs is missing."""
+def _export_config(weights, path) -> dict:
+    """The export's JSON: from the weights file's own metadata where it has it (written with the weights, so the
+    two always match), else (exports written before the metadata) from config.json beside it. Raises ValueError
+    naming the file: unreadable, damaged, or not an aupretrain encoder; FileNotFoundError: a file the export needs
+    is missing."""
     import json
 
     from safetensors import safe_open
 
-    weights = folder / "model.safetensors"
+    folder = weights.parent
     if not weights.is_file():
         raise FileNotFoundError(f"{path}: an export folder needs model.safetensors (and config.json)")
     try:
@@ -227,7 +228,7 @@ def _export_config(folder, path) -> dict:
     if text is None:
         if not source.is_file():
             raise FileNotFoundError(f"{path}: an export folder needs config.json and model.safetensors (this "
-                                    "model.safetensors does not carry its config)")
+                                    f"{weights.name} does not carry its config)")
         try:
             text = source.read_text()
         except UnicodeDecodeError as e:
@@ -261,15 +262,15 @@ def load_encoder(path, map_location: str = "cpu") -> AUEncoder:
     from pathlib import Path
 
     p = Path(path)
-    folder = p if p.is_dir() else p.parent if p.suffix == ".safetensors" else None
-    if folder is not None:
+    weights = p / "model.safetensors" if p.is_dir() else p if p.suffix == ".safetensors" else None
+    if weights is not None:  # an export folder, or the weights file given by name (renamed, too)
         from safetensors.torch import load_file
 
-        meta = _export_config(folder, path)
+        meta = _export_config(weights, path)
         try:
-            state = load_file(str(folder / "model.safetensors"), device=map_location)
+            state = load_file(str(weights), device=map_location)
         except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError, OSError: a damaged or truncated file
-            raise ValueError(f"{folder / 'model.safetensors'}: not a readable safetensors file, damaged or "
+            raise ValueError(f"{weights}: not a readable safetensors file, damaged or "
                              f"truncated ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
         cfg = dict(meta["model"])
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -18,25 +19,29 @@ log = logging.getLogger(__name__)
 NUMBERED = re.compile(r"(.*?)(\d+)$")  # a frame's name ends in its number: 00001.jpg, frame_12.png, img-3.jpg
 
 
-def frame_runs(files: list[Path]) -> list[list[tuple[int, Path]]]:
-    """A frame folder's images (in natural name order) as runs without a gap in the footage: (index, file) pairs,
-    the index being the image's position in the folder's natural order (what a face track's JSON frames and the
-    clips' `frames` count). Where every name is one shared prefix and a distinct number (`ffmpeg`'s `%05d.jpg`,
-    frame_12.png), a step between consecutive numbers larger than the folder's usual one (the most common step: 1
-    when every frame was kept, 2 for every other frame ...) ends a run — frames deleted or never extracted —, so
-    no clip reaches across the gap. Other names: one run."""
-    parts = [NUMBERED.fullmatch(f.stem) for f in files]
-    runs: list[list[tuple[int, Path]]] = [[]]
-    numbers = [int(m.group(2)) for m in parts] if all(parts) and len({m.group(1) for m in parts}) == 1 else []
-    if len(numbers) < 3 or len(set(numbers)) != len(numbers) or numbers != sorted(numbers):
-        return [list(enumerate(files))]
+def frame_runs(files: list[Path]) -> tuple[list[list[tuple[int, Path]]], list[Path]]:
+    """A frame folder's images (in natural name order) as runs without a gap in the footage, and the images left out.
+    Runs hold (index, file) pairs, the index being the image's position among the frames kept (what a face track's
+    JSON frames and the clips' `frames` count). Where nine in ten names or more are one shared prefix and a distinct
+    number (`ffmpeg`'s `%05d.jpg`, frame_12.png; at least 3), the others (a `cover.jpg`, a `thumbs.png`) are left
+    out, and a step between consecutive numbers more than twice the folder's usual one (the most common step: 1
+    when every frame was kept, 2 for every other frame; steps of 2 and 3 alternating are one run) ends a run —
+    frames deleted or never extracted —, so no clip reaches across the gap. Otherwise: every image, one run."""
+    parts = {f: NUMBERED.fullmatch(f.stem) for f in files}
+    prefixes = Counter(m.group(1) for m in parts.values() if m)
+    prefix, n = prefixes.most_common(1)[0] if prefixes else ("", 0)
+    kept = [f for f in files if parts[f] and parts[f].group(1) == prefix]
+    numbers = [int(parts[f].group(2)) for f in kept]
+    if n < 3 or n < 0.9 * len(files) or len(set(numbers)) != n or numbers != sorted(numbers):
+        return [list(enumerate(files))], []
     steps = [b - a for a, b in zip(numbers, numbers[1:])]
     usual = min(steps, key=lambda d: (-steps.count(d), d))  # the most common step; the smaller of a tie
-    for i, f in enumerate(files):
-        if i and steps[i - 1] > usual:
+    runs: list[list[tuple[int, Path]]] = [[]]
+    for i, f in enumerate(kept):
+        if i and steps[i - 1] > 2 * usual:
             runs.append([])
         runs[-1].append((i, f))
-    return runs
+    return runs, [f for f in files if f not in set(kept)]
 
 
 def source_runs(item: VideoItem, local: str, frames_fps: float, notes: list[str] | None = None,
@@ -72,13 +77,21 @@ def source_runs(item: VideoItem, local: str, frames_fps: float, notes: list[str]
             prev = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
             yield i, i / frames_fps, prev
 
-    for frames in frame_runs(files):
+    runs, strays = frame_runs(files)
+    if strays:
+        note = (f"{item.path}: {len(strays)} image(s) not named like its numbered frames left out "
+                f"({', '.join(f.name for f in strays[:5])}{' …' if len(strays) > 5 else ''})")
+        if notes is None:
+            log.warning("%s", note)
+        else:
+            notes.append(note)
+    for frames in runs:
         yield run(frames)
-    if len(bad) == len(files):
+    if len(bad) == sum(len(r) for r in runs):
         raise VideoError(f"{item.path}: no frame image can be decoded ({', '.join(bad[:3])}"
                          f"{' …' if len(bad) > 3 else ''})")
     if bad:
-        note = (f"{item.path}: {len(bad)} of {len(files)} frame images cannot be decoded, each "
+        note = (f"{item.path}: {len(bad)} of {sum(len(r) for r in runs)} frame images cannot be decoded, each "
                 f"{'replaced by the frame before it' if hold else 'left out'} "
                 f"({', '.join(bad[:5])}{' …' if len(bad) > 5 else ''})")
         if notes is None:

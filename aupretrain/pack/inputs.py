@@ -38,7 +38,9 @@ VIDEO_EXTS = (".mp4", ".m4v", ".mp4v", ".mov", ".avi", ".mkv", ".webm", ".flv", 
               ".m2v", ".ts", ".mts", ".m2ts", ".wmv", ".asf", ".ogv", ".vob", ".mxf", ".dv", ".y4m")
 NOT_VIDEO_EXTS = (".txt", ".json", ".jsonl", ".csv", ".md", ".xml", ".yaml", ".yml", ".pkl", ".npy", ".npz",
                   ".wav", ".mp3", ".m4a", ".flac", ".aac", ".ogg", ".opus")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+# frame images, read with OpenCV (`aupretrain-extract` takes the same types, alone or in folders)
+IMAGE_EXTS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".jp2", ".pbm", ".pgm",
+              ".ppm", ".pnm")
 LIST_EXTS = (".csv", ".jsonl")
 
 

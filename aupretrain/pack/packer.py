@@ -230,8 +230,11 @@ def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
     """Pack the videos under `source` (folder tree or CSV/JSONL list, local or s3://) into shards + DALI indexes +
     `manifest.json` at `output` (the steps of the module docstring); resumes from the work folder's journal when
     inputs and settings are unchanged, and removes shards of an earlier, larger packing. Returns the manifest
-    written. Raises FileNotFoundError (no videos found), RuntimeError (no clip could be packed), DetectorUnavailable
-    (the face detector cannot be loaded) and storage.EnvironmentFault (disk or storage failure: rerun to resume)."""
+    written. Holds the work folder's lock meanwhile (one packer per output and work folder). Raises
+    FileNotFoundError (no videos found), RuntimeError (no clip could be packed), DetectorUnavailable (the face
+    detector cannot be loaded), UsageError (OUTPUT or the work folder cannot be made; foreign shard files in
+    OUTPUT), OutputBusy (another packer holds the work folder) and storage.EnvironmentFault (disk or storage failure:
+    rerun to resume)."""
     # `in`, `in/` and `/abs/in` are the same run (journal fingerprint, work folder, manifest)
     source, output = (str(p) if storage.is_s3(str(p)) else str(Path(p).resolve()) for p in (source, output))
     storage.check_bucket(output)  # a bucket that does not exist: one line before any video is read
@@ -245,6 +248,7 @@ def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
     if s.align == "detect":
         detector(s)  # the detector loads once here, or the run stops with one clear error (DetectorUnavailable)
     work = work_folder(output, s)
+    made = not work.exists()
     for what, folder in (("OUTPUT", None if storage.is_s3(output) else Path(output)), ("the work folder", work)):
         try:
             if folder is not None:
@@ -259,17 +263,22 @@ def pack(source: str, output: str, s: PackSettings) -> shards.Manifest:
         return _pack(source, output, s, items, list_rejects, work)
     finally:
         locks.release(work / LOCK)
+        if made and work.is_dir() and [p.name for p in work.iterdir()] == [LOCK]:  # refused before any work
+            shutil.rmtree(work, ignore_errors=True)
+
+
+class OutputBusy(Exception):
+    """Another packer holds the output's work folder (`_lock`): a conflict that clears; exit 1."""
 
 
 def _lock(work: Path, output: str) -> None:
     """Take the work folder's lock (`locks.try_lock`: one packer writes a journal and an output at a time).
 
     Raises:
-        storage.EnvironmentFault: another packer holds it (naming its pid, host and start time): a conflict that
-            clears, exit 1 like a full disk."""
+        OutputBusy: another packer holds it (naming its pid, host and start time)."""
     holder = locks.try_lock(work / LOCK, str(work))
     if holder is not None:
-        raise storage.EnvironmentFault(
+        raise OutputBusy(
             f"{output}: another aupretrain-pack is writing it ({holder}); two packers would write one journal and "
             f"the same shards — let it end or stop it, or give another output (if no packer runs — an NFS lock a "
             f"crashed client left — remove {work / LOCK})")
@@ -331,8 +340,8 @@ def _pack(source: str, output: str, s: PackSettings, items: list[VideoItem], lis
         identities=sorted(identities), videos=videos, shards=asm.infos, rejects=rejects,
         stats=totals, settings=s.content() | {"input": str(source)})
     shards.write_manifest(output, manifest)
-    shutil.rmtree(work, ignore_errors=True)
     _remove_stale_shards(output, {i.name for i in asm.infos} | {i.index for i in asm.infos}, previous)
+    shutil.rmtree(work, ignore_errors=True)  # last: its lock file goes with it
     return manifest
 
 

@@ -21,11 +21,14 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _watch_parent(parent: int) -> None:
+def _watch_parent() -> None:
     """Worker initializer: SIGTERM back to its default (the packer's own handler is for the main process), and a
     daemon thread that ends the worker within a second of its parent's death — a packer killed with SIGKILL (the
-    OOM killer, a scheduler's last word) never shuts its pool down, and its workers would run on as orphans."""
+    OOM killer, a scheduler's last word) never shuts its pool down, and its workers would run on as orphans. The
+    parent is the process that started this worker, read here: the packer under `fork`, the server process under
+    `forkserver` (the default from Python 3.14) or `spawn`'s, which ends with the packer."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -36,7 +39,7 @@ def _watch_parent(parent: int) -> None:
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(workers, initializer=_watch_parent, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(workers, initializer=_watch_parent)
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
@@ -53,11 +56,16 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 
 
 def _alone(fn: Callable[[T], R], item: T, on_crash: Callable[[T, BaseException], R]) -> R:
-    with _pool(1) as pool:
-        try:
-            return pool.submit(fn, item).result()
-        except BrokenProcessPool as e:
-            return on_crash(item, e)
+    pool = _pool(1)
+    try:
+        return pool.submit(fn, item).result()
+    except BrokenProcessPool as e:
+        return on_crash(item, e)
+    except BaseException:  # an interrupt while the item runs: its worker ends now, not when the item is done
+        _stop(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int | None = None,

@@ -393,12 +393,19 @@ def test_frame_runs_split_at_gaps_in_the_numbering(tmp_path):
 
     from aupretrain.pack.frames import frame_runs
 
-    def runs(names):
-        return [[i for i, _ in r] for r in frame_runs([Path(n) for n in names])]
+    def runs(names, strays=()):
+        got, left = frame_runs([Path(n) for n in names])
+        assert [f.name for f in left] == list(strays), left
+        return [[i for i, _ in r] for r in got]
 
     assert runs(["f_1.jpg", "f_2.jpg", "f_3.jpg", "f_7.jpg", "f_8.jpg"]) == [[0, 1, 2], [3, 4]]
-    assert runs(["0002.png", "0004.png", "0006.png", "0010.png", "0012.png"]) == [[0, 1, 2], [3, 4]]
+    assert runs(["0002.png", "0004.png", "0006.png", "0012.png", "0014.png"]) == [[0, 1, 2], [3, 4]]
+    assert runs(["0002.png", "0004.png", "0006.png", "0010.png", "0012.png"]) == [[0, 1, 2, 3, 4]]  # 4: not > 2 x 2
+    assert runs([f"{n}.png" for n in (1, 3, 6, 8, 11, 13, 16)]) == [list(range(7))]  # steps 2, 3, 2, 3: one stretch
     assert runs(["1.jpg", "2.jpg", "5.jpg"]) == [[0, 1], [2]]
     assert runs(["a.jpg", "b.jpg", "c.jpg"]) == [[0, 1, 2]]  # not numbered: one stretch, natural order
-    assert runs(["x1.jpg", "y2.jpg", "x5.jpg"]) == [[0, 1, 2]]  # no one prefix
+    assert runs(["x1.jpg", "y2.jpg", "x5.jpg"]) == [[0, 1, 2]]  # no one prefix for nine in ten
     assert runs(["1.jpg", "9.jpg"]) == [[0, 1]]  # two frames say nothing of a usual step
+    frames = [f"{n:05d}.jpg" for n in range(1, 21)]
+    assert runs([*frames[:10], *frames[15:], "cover.jpg"], strays=["cover.jpg"]) == [list(range(10)), list(range(10, 15))]
+    assert runs([*frames[:5], "cover.jpg"]) == [list(range(6))]  # one in six is not a stray: every image, one stretch

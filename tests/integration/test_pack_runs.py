@@ -60,6 +60,12 @@ def test_an_output_inside_the_input_or_one_that_cannot_be_made_is_refused(corpus
     rc = pack_main([str(corpus), str(corpus), *CENTER])
     _one_error(capsys, 2, rc, f"OUTPUT {corpus} is INPUT")
     assert not (corpus / "packed").exists() and not (corpus / ".pack-work").exists()
+    foreign = tmp_path / "foreign"  # refused over someone's shard files: no work folder is left behind
+    foreign.mkdir()
+    (foreign / "shard-000000.tar").write_bytes(b"theirs")
+    rc = pack_main([str(corpus), str(foreign), *CENTER])
+    _one_error(capsys, 2, rc, "holds shard files that no manifest.json or pack journal there accounts for")
+    assert sorted(p.name for p in foreign.iterdir()) == ["shard-000000.tar"]
     rc = pack_main([str(corpus), "/proc/aupretrain-out", *CENTER])
     _one_error(capsys, 2, rc, "OUTPUT /proc/aupretrain-out: the folder cannot be made")
 
@@ -157,7 +163,8 @@ def test_a_second_packer_on_an_output_being_written_is_refused(corpus, tmp_path,
     try:
         assert holder.stdout.readline().strip() == "held"
         rc = pack_main([str(corpus), str(out), *CENTER])
-        _one_error(capsys, 1, rc, f"{out}: another aupretrain-pack is writing it (pid {holder.pid} on host")
+        line = _one_error(capsys, 1, rc, f"{out}: another aupretrain-pack is writing it (pid {holder.pid} on host")
+        assert "run the same command again" not in line, line
         assert not (out / "manifest.json").exists() and not list(out.glob("shard-*"))
     finally:
         holder.kill()

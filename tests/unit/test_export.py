@@ -220,3 +220,14 @@ def test_an_export_folder_caught_between_its_two_renames_loads_the_weights_with_
     (legacy / "config.json").write_text('{"format": "something-else", "model": {}}')
     with pytest.raises(ValueError, match="not an aupretrain encoder"):
         load_encoder(legacy)
+
+
+def test_a_weights_file_given_by_name_is_the_one_read(tmp_path):
+    """Review: load_encoder("dir/X.safetensors") read dir/model.safetensors instead (another model beside it)."""
+    from aupretrain.models.encoder import save_encoder_folder
+
+    save_encoder_folder(AUEncoder(TINY, 32), tmp_path / "a")
+    save_encoder_folder(AUEncoder({**TINY, "au_dim": 20}, 32), tmp_path / "b")
+    (tmp_path / "a" / "wide.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
+    assert load_encoder(tmp_path / "a" / "wide.safetensors").au_dim == 20
+    assert load_encoder(tmp_path / "a").au_dim == 12 == load_encoder(tmp_path / "a" / "model.safetensors").au_dim
