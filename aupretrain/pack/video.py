@@ -1,6 +1,7 @@
 """Video encode/decode with PyAV (bundled FFmpeg): the one place that touches codecs."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -38,7 +39,7 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.
     PyAV 18.1). Callers parallelise over videos, not within one.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two renders of one corpus do not collide
     count = 0
     container = av.open(str(tmp), mode="w", format="mp4")
     try:

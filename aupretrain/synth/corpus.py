@@ -78,7 +78,7 @@ def render_video(job: VideoJob) -> dict:
         "landmark_groups": list(LANDMARK_GROUPS), "landmarks": np.round(np.stack(lms), 2).tolist(),
         "identity_params": ident.to_dict(), "scene_seed": vseed,
     }
-    tmp = out / f".{job.video_name}{LABELS_SUFFIX}.tmp"
+    tmp = out / f".{job.video_name}{LABELS_SUFFIX}.{os.getpid()}.tmp"  # per process, as write_video's
     tmp.write_text(json.dumps(labels))
     tmp.replace(out / f"{job.video_name}{LABELS_SUFFIX}")
     return labels

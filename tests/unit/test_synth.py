@@ -163,3 +163,18 @@ def test_head_motion_zero_holds_the_mean_pose_and_keeps_faces_and_aus(tmp_path):
     with pytest.raises(ValueError, match="head_motion: 0.0 -> 1.0"):  # never mixed with moving heads
         write_corpus(tmp_path / "still", 2, 1, 10, seed=3, workers=1)
     write_corpus(tmp_path / "moving", 2, 1, 10, seed=3, workers=1)  # a corpus from before the knob: unchanged
+
+
+def test_two_renders_of_one_corpus_at_once_both_finish(tmp_path):
+    """Two evaluations started together render the same evaluation corpus: both wrote `.v000.mp4.tmp` and the
+    second rename failed (FileNotFoundError). Temporary names are per process; both renders end with one corpus."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from aupretrain.synth.corpus import write_corpus; "
+            "write_corpus(sys.argv[1], identities=2, videos_per_identity=2, frames=12, seed=5, size=64, workers=1)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert len(list(tmp_path.glob("*/*.mp4"))) == 4 and not list(tmp_path.glob("*/.*.tmp"))
