@@ -220,8 +220,8 @@ def _unique_ids(items: list[VideoItem], named: list[bool]) -> list[VideoItem]:
     """The items with unique ids where rows without a `video` share a default id (`<identity>/<stem>`) with other
     paths: the first row's path keeps it (unless a `video` of another path has it), every other path is named with
     as many parent folders as tell it apart from the rest (the file name with its extension where only that
-    differs): ids that depend on the set of paths, not on their order. The same path twice keeps one id (a
-    duplicate, rejected by `discover`)."""
+    differs). Which path keeps the short id follows the rows' order; the longer ids depend on the set of paths only.
+    The same path twice keeps one id (a duplicate, rejected by `discover`)."""
     def norm(path: str) -> str:
         return path.rstrip("/") if storage.is_s3(path) else os.path.abspath(path)
 
