@@ -87,7 +87,7 @@ def test_extract_skips_a_video_with_no_frames_and_leaves_no_csv_when_nothing_was
     assert extract_main([str(empty), str(out), "--encoder", str(encoder_pt), "--align", "center"]) == 2
     captured = capsys.readouterr()
     assert json.loads(captured.out)["skipped"] == [str(empty)]
-    assert "no input gave a frame" in captured.err and "not written" in captured.err
+    assert "no input gave a frame" in captured.err and "nothing written" in captured.err
     assert "empty.avi: no decodable frames" in caplog.text
     assert not out.exists() and not (tmp_path / "codes.csv.partial").exists()
     # beside a readable video, the empty one is skipped and the other's rows are written (to a folder not there yet)
@@ -110,7 +110,8 @@ def test_extract_refuses_a_batch_below_one_and_an_output_that_is_a_folder(tmp_pa
     assert extract_main([str(image), str(tmp_path / "dir.csv"), "--encoder", str(encoder_pt), "--align",
                          "center"]) == 2
     err = capsys.readouterr().err
-    assert "cannot write" in err and "dir.csv" in err and "Traceback" not in err
+    assert "dir.csv: is a folder; give the CSV file to write" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_a_bad_eval_split_names_the_setting_and_its_choices(encoder_pt, tmp_path, capsys):
