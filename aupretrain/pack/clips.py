@@ -158,8 +158,9 @@ def frame_rate(item: VideoItem, local: str, s: PackSettings, notes: list[str]) -
 def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResult, rate: float | None = None
                    ) -> Iterator[alignment.Aligned]:
     """The aligned faces of one input (`local`: its local copy) in frame order: decoded (counted in `res.frames`),
-    resampled to `rate` frames/s by timestamp (`frame_rate`; None: every frame) (`res.sampled`), then centre-cropped (`align=center`) or detected, tracked (along the item's
-    own face track when it has one) and aligned — each run of unbroken footage (`source_runs`: a frame folder with
+    resampled to `rate` frames/s by timestamp (`frame_rate`; None: every frame; counted in `res.sampled`), then
+    centre-cropped (`align=center`) or detected, tracked (along the item's own face track when it has one) and
+    aligned — each run of unbroken footage (`source_runs`: a frame folder with
     a gap in its numbering has two) on its own, its face segments numbered after the run before's, so no clip
     reaches across a gap. Raises VideoError for an undecodable input or a bad face track, and what `detector`
     raises."""
@@ -180,8 +181,8 @@ def aligned_frames(item: VideoItem, local: str, s: PackSettings, res: VideoResul
                 except (OSError, ValueError) as e:
                     raise VideoError(f"{item.path}: bad face track ({e})") from e
                 frames = _chain(first, frames)
-            aligned = alignment.align(track(frames, det, s, given), np.asarray(s.template), s.size, s.smooth_sigma,
-                                  keep=lambda p: in_clip(p, s))
+            aligned = alignment.align(track(frames, det, s, given), np.asarray(s.template), s.size,
+                                      s.smooth_sigma, keep=lambda p: in_clip(p, s))
         last = -1
         for a in aligned:
             if a.segment >= 0:
@@ -254,7 +255,7 @@ def process_video(item: VideoItem, s: PackSettings, spill_path: str) -> VideoRes
             if not item.frames_dir and Path(local).is_file() and Path(local).stat().st_size == 0:
                 raise VideoError(f"{item.path}: empty file (0 bytes)")
             rate = frame_rate(item, local, s, res.notes)
-            fps = rate or probe_video(local).fps
+            fps = rate or 0.0  # the clips' recorded rate: 0 where the container gives none usable
             params = [cv2.IMWRITE_JPEG_QUALITY, s.jpeg_quality]
             written: dict[tuple[int, int], tuple[int, int]] = {}
             keys: set[str] = set()
