@@ -28,7 +28,8 @@ def validate(cfg: DictConfig | dict, sections: Sequence[str] | None = None, trai
     Raises:
         UsageError: one line naming the key, the bad value and what to set instead.
     """
-    from .settings_checks import _check_together, check_deepspeed_keys, check_present, check_tracking_store
+    from .settings_checks import _check_together, check_deepspeed_keys, check_present
+    from .track.store import check_tracking_store
 
     flags = flags or {}
     if training:  # a key deleted with `~key` (before resolving: other values may interpolate from it)
@@ -153,7 +154,7 @@ def check_shards_setting(shards: Any) -> None:
     Manifest.from_json(text, str(f))  # a manifest that cannot be used: before any run folder or worker
 
 
-_CHECKS = ("_check_together", "check_deepspeed_keys", "check_present", "check_tracking_store", "check_tracking_uri")
+_CHECKS = ("_check_together", "check_deepspeed_keys", "check_present")
 
 
 def __getattr__(name: str):

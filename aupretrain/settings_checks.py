@@ -1,12 +1,11 @@
 """The settings that must agree with each other or with the world outside the config tree, for
 `settings.validate`: model shapes checked together (`model.norm_groups` and the widths it divides, the decoder's
 size), keys the tree always defines and a `~key` deleted (`check_present`), `deepspeed.*` keys DeepSpeed does not
-read (`check_deepspeed_keys`), and the MLflow store (`check_tracking_uri`, `check_tracking_store`). Each raises
+read (`check_deepspeed_keys`); the MLflow store's checks live in `track/store.py`. Each raises
 UsageError with one line naming the key, the value and what to set instead."""
 from __future__ import annotations
 
 import functools
-import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -279,132 +278,3 @@ def check_deepspeed_keys(ds: Any) -> None:
             hint = f"; did you mean deepspeed.{near[0]}? write {shown}"
         raise UsageError(f"deepspeed.{k}: not a setting {what} reads (it is passed on to DeepSpeed, which would ignore "
                          f"it silently){hint}")
-
-
-_STORE_FIX = "sqlite:///<path>/mlflow.db (a local store) or http(s)://host:port (a tracking server)"
-
-
-def _file_store_allowed() -> bool:
-    """Whether the installed MLflow opens a folder as its store: its file store refuses to start (it is "in
-    maintenance mode") unless $MLFLOW_ALLOW_FILE_STORE is true; read from its source, without importing it."""
-    root = _package_root("mlflow")
-    if root is None:
-        return True
-    f = root / "store" / "tracking" / "file_store.py"
-    try:
-        gated = "MLFLOW_ALLOW_FILE_STORE" in f.read_text(errors="ignore")
-    except OSError:
-        return True
-    return not gated or os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1")
-
-
-def _mlflow_schemes() -> list[str]:
-    """The URI schemes the installed MLflow has a tracking store for (plugins included); imports MLflow (~2 s)."""
-    try:
-        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
-
-        return [s for s in _tracking_store_registry._registry if s]
-    except Exception:  # noqa: BLE001 - a private registry: the schemes MLflow documents
-        return ["file", "databricks", "databricks-uc", "uc", "http", "https", "postgresql", "mysql", "sqlite", "mssql"]
-
-
-def check_tracking_uri(uri: str, key: str = "tracking.uri", will_exist: Sequence[str | Path] = ()) -> None:
-    """`uri` is an MLflow tracking store this MLflow can use: http(s)://host[:port], databricks, a database URL
-    (sqlite, postgresql, mysql, mssql, each with an optional +driver) whose sqlite file can be created, or another
-    scheme an installed MLflow plugin registers; a folder (or file://) only where MLflow still opens one. `key`:
-    where the URI was set (`tracking.uri`, `MLFLOW_TRACKING_URI`); `will_exist`: folders the job creates before
-    tracking starts (the run folder), where a sqlite file may be.
-
-    Raises:
-        UsageError: one line naming `key`, the URI (its password hidden) and a store that works."""
-    import importlib.metadata
-    from urllib.parse import urlparse
-
-    from .engine.tracking import redact
-
-    shown = f"{key}={_show(redact(uri))}" + (" (environment)" if key.isupper() else "")
-    where = f"set {key}{' (or tracking.uri)' if key.isupper() else ''} to {_STORE_FIX}"
-    try:
-        p = urlparse(uri)
-        if p.scheme.lower() in ("http", "https"):
-            p.port  # noqa: B018 - raises ValueError on a port that is not a number in 0..65535
-    except ValueError as e:
-        raise UsageError(f"{shown}: not a URL MLflow can read ({e}); {where}") from None
-    scheme = p.scheme.lower()
-    if uri in ("databricks", "databricks-uc", "uc"):  # MLflow takes these names whole (no "://")
-        return
-    if scheme in ("http", "https"):
-        if not p.hostname:
-            raise UsageError(f"{shown}: no host in the URL; {where}")
-        return
-    if scheme in ("databricks", "databricks-uc", "uc"):
-        return
-    db = re.fullmatch(r"(postgresql|mysql|mssql|sqlite)(\+[a-z0-9_]+)?", scheme)
-    if db:
-        if db.group(1) == "sqlite" and uri.lower().startswith("sqlite:///") and len(uri) > len("sqlite:///"):
-            f = Path(uri[len("sqlite:///"):].split("?", 1)[0])
-            later = any(f.absolute().parent == Path(w).absolute() or Path(w).absolute() in f.absolute().parents
-                        for w in will_exist if w)
-            if f.is_dir():
-                raise UsageError(f"{shown}: {f} is a folder, not a database file; set e.g. {key}=sqlite:///"
-                                 f"{f.absolute() / 'mlflow.db'}")
-            if not f.absolute().parent.is_dir() and not later:
-                raise UsageError(f"{shown}: the folder {f.absolute().parent} does not exist (sqlite cannot create the "
-                                 f"database file there); create it, or {where}")
-        return
-    try:
-        version = importlib.metadata.version("mlflow")
-    except importlib.metadata.PackageNotFoundError:
-        version = ""
-    if scheme in ("", "file") or (len(scheme) == 1 and scheme.isalpha()):  # a folder (C: is a drive, not a scheme)
-        local = "/" + p.path.lstrip("/") if scheme == "file" and p.path.startswith("/") else p.path if scheme else uri
-        path = Path(local).expanduser().absolute()
-        if path.is_file():
-            db_file = path.suffix in (".db", ".sqlite", ".sqlite3")
-            raise UsageError(f"{shown}: {path} is a file, not a store folder; set e.g. {key}=sqlite:///"
-                             f"{path if db_file else path.parent / 'mlflow.db'}"
-                             f"{'' if db_file else ' (a database file in that folder)'} or http(s)://host:port")
-        if _file_store_allowed():
-            return
-        raise UsageError(f"{shown}: MLflow {version} does not open a folder as its tracking store (its file store "
-                         "is in maintenance mode and refuses to start without MLFLOW_ALLOW_FILE_STORE=true); set e.g. "
-                         f"{key}=sqlite:///{path / 'mlflow.db'} (a database file in that folder) or "
-                         "http(s)://host:port (a tracking server)")
-    schemes = _mlflow_schemes()
-    if scheme in schemes:
-        return
-    import difflib
-
-    known = [s for s in ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks") if s in schemes]
-    near = difflib.get_close_matches(scheme, known, n=1, cutoff=0.6)
-    hint = f"did you mean {redact(near[0] + uri[len(p.scheme):])}? " if near else ""
-    raise UsageError(f"{shown}: MLflow {version} has no tracking store for the scheme '{p.scheme}:' (it knows "
-                     f"{', '.join(s for s in schemes if s != 'file')}); {hint}{where}")
-
-
-def check_tracking_store(d: dict) -> None:
-    """The store a training run will track to is one MLflow can use (`check_tracking_uri`): `tracking.uri`, else
-    $MLFLOW_TRACKING_URI when the run folder has no record of another store (a resumed run keeps its own; see
-    `engine.tracking.tracking_uri`); the default sqlite store in the working folder is not checked. Raises
-    UsageError."""
-    uri = _get(d, "tracking.uri", None)
-    run_dir, root = _get(d, "run.dir", None), _get(d, "run.root", None)
-    will_exist = [x for x in (run_dir, root) if isinstance(x, str) and x.strip()]
-    if uri is not None and str(uri).strip():
-        check_tracking_uri(str(uri), "tracking.uri", will_exist)
-        return
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if not env:
-        return
-    if isinstance(run_dir, str) and run_dir.strip():
-        import json
-
-        from .engine.tracking import RECORD, redact
-
-        try:
-            rec = json.loads((Path(run_dir) / RECORD).read_text())
-        except (OSError, ValueError):
-            rec = None
-        if isinstance(rec, dict) and rec.get("uri") and redact(env) != rec["uri"]:
-            return  # the run's recorded store is used, not the environment's
-    check_tracking_uri(env, "MLFLOW_TRACKING_URI", will_exist)

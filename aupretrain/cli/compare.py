@@ -19,129 +19,19 @@ never created; every output is checked writable (missing folders are created) be
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from pathlib import Path
 
+from ..track.store import StoreError, quick_http, store_error, store_missing, unreachable
 from .compare_output import check_outputs, show, write_outputs
 
 PROG = "aupretrain-compare"
-# MLflow's HTTP defaults (7 retries with backoff, 120 s timeout) keep a read-only look at a server that is down
-# silent for minutes; this command fails within about a minute instead, unless the user set these variables.
-QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
-
-
-class StoreError(Exception):
-    """The tracking store cannot be read: `status` is the exit status (1: the server does not answer or fails,
-    2: the URI or a request is wrong), the message is the one line to print."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
-
-@contextlib.contextmanager
-def quick_http():
-    """Within: MLflow's HTTP retries and timeout lowered to QUICK_HTTP where the environment does not set them
-    (MLflow reads them at each request); the environment as it was afterwards."""
-    added = [k for k in QUICK_HTTP if k not in os.environ]
-    os.environ.update({k: QUICK_HTTP[k] for k in added})
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
-
-
-def unreachable(e: BaseException) -> BaseException | None:
-    """The failure to reach an HTTP server (connection refused or reset, unknown host, timeout, retries used up)
-    that `e` is, or was raised from or during; None when it is none."""
-    import requests
-
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                          requests.exceptions.RetryError)):
-            return e
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def why_unreachable(e: BaseException) -> str:
-    """A few words on why the server did not answer: the OS's reason (`Connection refused`, `Name or service not
-    known`), `timed out`, else the requests exception's name."""
-    import re
-
-    import requests
-
-    cause = unreachable(e) or e
-    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", f"{e} {cause}")
-    if found:
-        return found[1].strip()
-    if isinstance(cause, requests.exceptions.Timeout):
-        return f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s"
-    return type(cause).__name__
-
-
-def store_error(e: Exception, uri: str) -> StoreError:
-    """The one-line StoreError for an exception raised while reading the store at `uri` (password redacted)."""
-    from ..engine.tracking import redact
-
-    shown = redact(uri)
-    if unreachable(e):
-        return StoreError(f"the tracking server at {shown} does not answer ({why_unreachable(e)}); check "
-                          "--tracking-uri / $MLFLOW_TRACKING_URI and that the server is running", 1)
-    code = getattr(e, "error_code", "")
-    what = " ".join(redact(getattr(e, "message", None) or str(e)).split())[:600]
-    usage = code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST", "ENDPOINT_NOT_FOUND")
-    if type(e).__name__.startswith("Unsupported"):  # an unknown URI scheme
-        usage = True
-    return StoreError(f"tracking store {shown}: {what}", 2 if usage else 1)
-
-
-def store_missing(uri: str) -> str | None:
-    """Why `uri`, a local store (sqlite:///FILE, file:// or a folder), is no MLflow store to read: the file or
-    folder does not exist, or the file is no MLflow database; None when it is one, or is not local. Opening a store
-    that does not exist with MLflow's client would create it (an empty database at a mistyped path)."""
-    import re
-    import sqlite3
-    from urllib.parse import urlparse
-
-    db = re.fullmatch(r"sqlite(?:\+\w+)?://(/?)(.*)", uri, re.IGNORECASE | re.DOTALL)
-    if db:
-        name = db[2].split("?", 1)[0]
-        if not db[1] or not name or name == ":memory:":
-            return "an in-memory sqlite database holds no runs"
-        f = Path(name)
-        if not f.exists():
-            return f"no MLflow store at {f.absolute()} (no such file)"
-        if f.is_dir():
-            return f"no MLflow store at {f.absolute()} (a folder, not a database file)"
-        try:
-            with contextlib.closing(sqlite3.connect(f"{f.absolute().as_uri()}?mode=ro", uri=True)) as c:
-                tables = {t for (t,) in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        except sqlite3.Error as e:
-            return f"{f.absolute()} is not an MLflow store ({e})"
-        if not {"experiments", "runs"} <= tables:
-            return f"{f.absolute()} is not an MLflow store (it has no experiments and runs tables)"
-        return None
-    p = urlparse(uri)
-    if uri.split(":", 1)[0].lower() in ("databricks", "databricks-uc", "uc"):  # remote stores, as check_tracking_uri
-        return None
-    if p.scheme.lower() in ("", "file") or (len(p.scheme) == 1 and p.scheme.isalpha()):  # C: is a drive
-        local = Path(p.path if p.scheme.lower() == "file" else uri).expanduser()
-        if not local.is_dir():
-            return f"no MLflow store at {local.absolute()} (no such folder)"
-    return None
-
-
 def get_runs(client, ids: list[str], uri: str) -> list:
     """The MLflow runs of `ids`, in order. Raises StoreError (status 2) naming every id the store does not have."""
     from mlflow.exceptions import MlflowException
 
-    from ..engine.tracking import redact
+    from ..track.tracker import redact
 
     runs, missing = [], []
     for r in ids:
@@ -323,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the rows as JSON here")
     ap.add_argument("--plot", help="write the bar chart (PNG) here instead of <out>.png")
     a = ap.parse_args(argv)
-    from ..engine.tracking import redact
+    from ..track.tracker import redact
     from ..errors import UsageError
 
     if a.experiment_name and a.experiment and a.experiment_name != a.experiment:
@@ -341,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         check_outputs([("--out", "table", table), ("--plot" if a.plot else "--out", "chart", chart),
                        *([("--json", "JSON", json_path)] if json_path is not None else [])])
         if given:  # a store MLflow cannot open: one line, not a hang
-            from ..settings import check_tracking_uri
+            from ..track.store import check_tracking_uri
 
             check_tracking_uri(uri, given)
         missing = store_missing(uri)
@@ -397,7 +287,7 @@ def read_rows(a: argparse.Namespace, uri: str) -> tuple[list[dict], list[str], l
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from ..engine.tracking import redact
+    from ..track.tracker import redact
 
     left_out, notes = [], []
     try:

@@ -107,9 +107,9 @@ def check_parent_run(uri: str, run_id: str, experiment: str | None) -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from ..engine.tracking import redact
+    from ..track.tracker import redact
     from ..errors import UsageError
-    from .compare import store_missing
+    from ..track.store import store_missing
 
     shown = redact(uri)
     missing = store_missing(uri)
@@ -142,11 +142,11 @@ def eval_tracker(a, cfg, run_dir: Path | None, record: dict | None):
     """The MLflow tracker of this evaluation (see the module docstring), or None for no tracking."""
     from omegaconf import OmegaConf
 
-    from ..engine.tracking import Tracker, tracking_uri
+    from ..track.tracker import Tracker, tracking_uri
 
     if a.no_mlflow:
         return None
-    from ..settings import check_tracking_uri
+    from ..track.store import check_tracking_uri
 
     check_tracking_uri(tracking_uri(cfg, run_dir), "tracking.uri" if cfg.tracking.uri else "MLFLOW_TRACKING_URI")
     dataset, protocol = str(cfg.eval.get("dataset", "synthetic")), str(cfg.eval.get("protocol", "linear"))
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..config import load_config
     from ..settings import validate
-    from ..engine.tracking import read_record
+    from ..track.tracker import read_record
     from ..errors import UsageError
     from ..eval.run import evaluate
     from ..models.encoder import load_encoder

@@ -19,12 +19,12 @@ from ..methods import build_method, method_class
 from ..objectives import build_objective
 from . import checkpoint
 from .distributed import DistInfo, broadcast_object, gather_objects, init_distributed
-from .host import device_description, run_tags
+from ..track.host import device_description, run_tags
 from .metrics import skipped_metrics
 from .optim import build_optimizer, lr_lambda
 from .resume import ResumePlan, describe
 from .run_folder import resolve_run_dir
-from .tracking import Tracker
+from ..track.tracker import Tracker
 
 log = logging.getLogger("aupretrain.train")
 

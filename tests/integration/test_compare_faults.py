@@ -214,7 +214,7 @@ def test_eval_refuses_a_parent_run_the_store_does_not_have(tmp_path, tiny_encode
 
 def test_remote_store_names_are_not_taken_for_missing_local_folders():
     """Review: `databricks`, `databricks-uc` and `uc` (names MLflow takes whole) were refused as missing folders."""
-    from aupretrain.cli.compare import store_missing
+    from aupretrain.track.store import store_missing
 
     for uri in ("databricks", "databricks-uc", "uc", "databricks://profile", "http://127.0.0.1:5000",
                 "postgresql://u@h/db"):

@@ -194,7 +194,7 @@ def test_empty_run_dir_is_refused_and_null_keeps_the_default():
     ("htp://me:secret@host", "http://me:***@host"),
 ])
 def test_tracking_stores_mlflow_cannot_use_are_refused(uri, says, monkeypatch):
-    from aupretrain.settings import check_tracking_uri
+    from aupretrain.track.store import check_tracking_uri
 
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     with pytest.raises(UsageError) as e:
@@ -204,7 +204,7 @@ def test_tracking_stores_mlflow_cannot_use_are_refused(uri, says, monkeypatch):
 
 
 def test_tracking_stores_mlflow_can_use_pass(tmp_path, monkeypatch):
-    from aupretrain.settings import check_tracking_uri
+    from aupretrain.track.store import check_tracking_uri
 
     for uri in ("http://host:5000", "https://me:pw@host", "sqlite:///mlflow.db", f"sqlite:///{tmp_path}/m.db",
                 "postgresql://u@h/db", "postgresql+psycopg2://u@h/db", "mysql+pymysql://u@h/db", "mssql://u@h/db",

@@ -272,11 +272,11 @@ class Tracker:
     def _backfill(self, client) -> None:
         """A resumed training job (`backfill_until`: the step it resumed from): send what earlier jobs of this run
         folder appended to `<run>/metrics.jsonl` up to that step — the last value of each metric and step, the
-        one the checkpoint's history kept — and the store does not hold (`metrics.unsent`): the store was away
+        one the checkpoint's history kept — and the store does not hold (`backfill.unsent`): the store was away
         until a job ended (its run continued now), or for all of it (the run is created now). Tagged
         `aupretrain.backfilled_metrics`. A queued operation of its own, after the start; a failure is said once
         and dropped (the file keeps every value)."""
-        from .metrics import unsent
+        from .backfill import unsent
 
         try:
             missing = unsent(client, self.run_id, self.run_dir / "metrics.jsonl", self._backfill_args,

@@ -1,4 +1,4 @@
-"""Facts about the hosts and devices a run used, for MLflow (`engine/tracking.py`): the tags that let runs be
+"""Facts about the hosts and devices a run used, for MLflow (`track/tracker.py`): the tags that let runs be
 compared weeks later (versions, git commit, world size, hosts, devices) and one sample of system use under MLflow's
 system-metric names."""
 from __future__ import annotations
