@@ -23,15 +23,14 @@ import os
 import sys
 from pathlib import Path
 
-from ..track.store import StoreError, quick_http, store_error, store_missing, unreachable
+from ..track.store import (StoreError, check_tracking_uri, quick_http, redact, store_error, store_missing,
+                           unreachable)
 from .compare_output import check_outputs, show, write_outputs
 
 PROG = "aupretrain-compare"
 def get_runs(client, ids: list[str], uri: str) -> list:
     """The MLflow runs of `ids`, in order. Raises StoreError (status 2) naming every id the store does not have."""
     from mlflow.exceptions import MlflowException
-
-    from ..track.tracker import redact
 
     runs, missing = [], []
     for r in ids:
@@ -213,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the rows as JSON here")
     ap.add_argument("--plot", help="write the bar chart (PNG) here instead of <out>.png")
     a = ap.parse_args(argv)
-    from ..track.tracker import redact
     from ..errors import UsageError
 
     if a.experiment_name and a.experiment and a.experiment_name != a.experiment:
@@ -231,8 +229,6 @@ def main(argv: list[str] | None = None) -> int:
         check_outputs([("--out", "table", table), ("--plot" if a.plot else "--out", "chart", chart),
                        *([("--json", "JSON", json_path)] if json_path is not None else [])])
         if given:  # a store MLflow cannot open: one line, not a hang
-            from ..track.store import check_tracking_uri
-
             check_tracking_uri(uri, given)
         missing = store_missing(uri)
         if missing:
@@ -286,8 +282,6 @@ def read_rows(a: argparse.Namespace, uri: str) -> tuple[list[dict], list[str], l
     experiment or run id, a URI MLflow cannot use, a server that does not answer."""
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from ..track.tracker import redact
 
     left_out, notes = [], []
     try:

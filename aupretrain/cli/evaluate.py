@@ -107,7 +107,7 @@ def check_parent_run(uri: str, run_id: str, experiment: str | None) -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from ..track.tracker import redact
+    from ..track.store import redact
     from ..errors import UsageError
     from ..track.store import store_missing
 
@@ -142,7 +142,8 @@ def eval_tracker(a, cfg, run_dir: Path | None, record: dict | None):
     """The MLflow tracker of this evaluation (see the module docstring), or None for no tracking."""
     from omegaconf import OmegaConf
 
-    from ..track.tracker import Tracker, tracking_uri
+    from ..track.store import tracking_uri
+    from ..track.tracker import Tracker
 
     if a.no_mlflow:
         return None
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..config import load_config
     from ..settings import validate
-    from ..track.tracker import read_record
+    from ..track.store import read_record
     from ..errors import UsageError
     from ..eval.run import evaluate
     from ..models.encoder import load_encoder

@@ -1,18 +1,66 @@
 """The MLflow tracking store itself: a URI this MLflow can use (`check_tracking_uri`, `check_tracking_store`, checked
 with the settings before any run folder or worker), a local store that does not exist or is no MLflow store
 (`store_missing`: read-only commands never create one), and one line for a store that cannot be read
-(`StoreError`, `store_error`; `quick_http` lowers MLflow's HTTP retries for a read-only look)."""
+(`StoreError`, `store_error`; `quick_http` lowers MLflow's HTTP retries for a read-only look); where a job tracks to
+(`tracking_uri`, the run folder's record `tracking.json`: `read_record`) and a URI as it may be shown (`redact`)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from pathlib import Path
 from typing import Sequence
 
+from omegaconf import DictConfig
+
 from ..errors import UsageError
 from ..settings_checks import _get, _package_root
 from ..settings_schema import _show
+
+RECORD = "tracking.json"  # in a run folder: the store and run it is tracked to (`read_record`)
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]*):(?P<password>[^/\s@]+)@")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL's user-info replaced by `***` (`http://user:***@host`): what is
+    logged or written about a store never holds the password that $MLFLOW_TRACKING_URI may carry."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
+
+
+def tracking_uri(cfg: DictConfig, run_dir: str | Path | None = None) -> str:
+    """Where the run is tracked: `tracking.uri`, else the store the run folder recorded (a resumed job),
+    else $MLFLOW_TRACKING_URI, else a sqlite store in the folder the first job started from (a relative sqlite
+    path is made absolute: `absolute_uri`). The record holds
+    the URI without its password (`redact`); the password comes back from $MLFLOW_TRACKING_URI when that names
+    the same store."""
+    if cfg.tracking.uri:
+        return absolute_uri(str(cfg.tracking.uri))
+    rec = read_record(run_dir) if run_dir else None
+    env = absolute_uri(os.environ.get("MLFLOW_TRACKING_URI") or "") or None
+    if rec and rec.get("uri"):
+        return env if env and redact(env) == rec["uri"] else rec["uri"]
+    return env or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def absolute_uri(uri: str) -> str:
+    """A sqlite URI with a relative path (`sqlite:///mlflow.db`: relative to the working directory, SQLAlchemy's
+    convention) made absolute against this job's working directory, so a job resumed from another folder finds
+    the same store through `tracking.json`; other URIs unchanged."""
+    head = "sqlite:///"
+    if uri.startswith(head) and not uri[len(head):].startswith(("/", ":memory:")) and uri[len(head):]:
+        return head + str(Path.cwd() / uri[len(head):])
+    return uri
+
+
+def read_record(run_dir: str | Path) -> dict | None:
+    """`<run>/tracking.json` ({"uri", "experiment", "run_id"}) if the run folder has one."""
+    p = Path(run_dir) / RECORD
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
 
 # MLflow's HTTP defaults (7 retries with backoff, 120 s timeout) keep a read-only look at a server that is down
 # silent for minutes; this command fails within about a minute instead, unless the user set these variables.
@@ -74,8 +122,7 @@ def why_unreachable(e: BaseException) -> str:
 
 def store_error(e: Exception, uri: str) -> StoreError:
     """The one-line StoreError for an exception raised while reading the store at `uri` (password redacted)."""
-    from .tracker import redact
-
+    
     shown = redact(uri)
     if unreachable(e):
         return StoreError(f"the tracking server at {shown} does not answer ({why_unreachable(e)}); check "
@@ -163,8 +210,7 @@ def check_tracking_uri(uri: str, key: str = "tracking.uri", will_exist: Sequence
     import importlib.metadata
     from urllib.parse import urlparse
 
-    from .tracker import redact
-
+    
     shown = f"{key}={_show(redact(uri))}" + (" (environment)" if key.isupper() else "")
     where = f"set {key}{' (or tracking.uri)' if key.isupper() else ''} to {_STORE_FIX}"
     try:
@@ -242,8 +288,7 @@ def check_tracking_store(d: dict) -> None:
     if isinstance(run_dir, str) and run_dir.strip():
         import json
 
-        from .tracker import RECORD, redact
-
+        
         try:
             rec = json.loads((Path(run_dir) / RECORD).read_text())
         except (OSError, ValueError):

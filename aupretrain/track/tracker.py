@@ -24,7 +24,6 @@ import collections
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -35,54 +34,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import flatten
 from .host import system_metrics
+from .store import RECORD, redact, tracking_uri
 
 log = logging.getLogger(__name__)
-RECORD = "tracking.json"
 PERMANENT = {"INVALID_PARAMETER_VALUE", "INVALID_STATE", "BAD_REQUEST"}  # MLflow error codes not worth a retry
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (longer ones are cut, with a marker)
-
-
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]*):(?P<password>[^/\s@]+)@")
-
-
-def redact(text: str) -> str:
-    """`text` with the password of every URL's user-info replaced by `***` (`http://user:***@host`): what is
-    logged or written about a store never holds the password that $MLFLOW_TRACKING_URI may carry."""
-    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
-
-
-def tracking_uri(cfg: DictConfig, run_dir: str | Path | None = None) -> str:
-    """Where the run is tracked: `tracking.uri`, else the store the run folder recorded (a resumed job),
-    else $MLFLOW_TRACKING_URI, else a sqlite store in the folder the first job started from (a relative sqlite
-    path is made absolute: `absolute_uri`). The record holds
-    the URI without its password (`redact`); the password comes back from $MLFLOW_TRACKING_URI when that names
-    the same store."""
-    if cfg.tracking.uri:
-        return absolute_uri(str(cfg.tracking.uri))
-    rec = read_record(run_dir) if run_dir else None
-    env = absolute_uri(os.environ.get("MLFLOW_TRACKING_URI") or "") or None
-    if rec and rec.get("uri"):
-        return env if env and redact(env) == rec["uri"] else rec["uri"]
-    return env or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def absolute_uri(uri: str) -> str:
-    """A sqlite URI with a relative path (`sqlite:///mlflow.db`: relative to the working directory, SQLAlchemy's
-    convention) made absolute against this job's working directory, so a job resumed from another folder finds
-    the same store through `tracking.json`; other URIs unchanged."""
-    head = "sqlite:///"
-    if uri.startswith(head) and not uri[len(head):].startswith(("/", ":memory:")) and uri[len(head):]:
-        return head + str(Path.cwd() / uri[len(head):])
-    return uri
-
-
-def read_record(run_dir: str | Path) -> dict | None:
-    """`<run>/tracking.json` ({"uri", "experiment", "run_id"}) if the run folder has one."""
-    p = Path(run_dir) / RECORD
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 class Tracker:

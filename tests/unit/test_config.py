@@ -46,7 +46,7 @@ def test_a_password_in_the_store_url_is_never_recorded_and_comes_back_from_the_e
     that names the same store (and keeps the recorded store otherwise)."""
     import json
 
-    from aupretrain.track.tracker import redact, tracking_uri
+    from aupretrain.track.store import redact, tracking_uri
 
     url = "http://me:s3cr%40t@mlflow.example:5000"
     assert redact(url) == "http://me:***@mlflow.example:5000"
