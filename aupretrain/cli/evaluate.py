@@ -107,9 +107,8 @@ def check_parent_run(uri: str, run_id: str, experiment: str | None) -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from ..track.store import redact
     from ..errors import UsageError
-    from ..track.store import store_missing
+    from ..track.store import redact, store_missing
 
     shown = redact(uri)
     missing = store_missing(uri)

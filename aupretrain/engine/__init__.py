@@ -1,1 +1,2 @@
-"""Engine: distribution (init, gather), the training loop, checkpoints, tracking, metrics."""
+"""Engine: distribution (init, gather), the training loop, checkpoints, metrics (the MLflow run is
+`aupretrain.track`'s)."""

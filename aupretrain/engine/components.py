@@ -17,14 +17,14 @@ from ..data import storage
 from ..data.dataset import build_loader, manifest_as_read
 from ..methods import build_method, method_class
 from ..objectives import build_objective
+from ..track.host import device_description, run_tags
+from ..track.tracker import Tracker
 from . import checkpoint
 from .distributed import DistInfo, broadcast_object, gather_objects, init_distributed
-from ..track.host import device_description, run_tags
 from .metrics import skipped_metrics
 from .optim import build_optimizer, lr_lambda
 from .resume import ResumePlan, describe
 from .run_folder import resolve_run_dir
-from ..track.tracker import Tracker
 
 log = logging.getLogger("aupretrain.train")
 

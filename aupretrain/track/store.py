@@ -10,13 +10,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from omegaconf import DictConfig
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 from ..errors import UsageError
-from ..settings_checks import _get, _package_root
-from ..settings_schema import _show
 
 RECORD = "tracking.json"  # in a run folder: the store and run it is tracked to (`read_record`)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]*):(?P<password>[^/\s@]+)@")
@@ -57,13 +56,15 @@ def read_record(run_dir: str | Path) -> dict | None:
     """`<run>/tracking.json` ({"uri", "experiment", "run_id"}) if the run folder has one."""
     p = Path(run_dir) / RECORD
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
+        rec = json.loads(p.read_text())
+    except (OSError, ValueError):  # missing, unreadable, not UTF-8, not JSON
         return None
+    return rec if isinstance(rec, dict) else None
 
 
 # MLflow's HTTP defaults (7 retries with backoff, 120 s timeout) keep a read-only look at a server that is down
-# silent for minutes; this command fails within about a minute instead, unless the user set these variables.
+# silent for minutes; within `quick_http` (aupretrain-compare, aupretrain-eval's checks) a command fails within about
+# a minute instead, unless the user set these variables.
 QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
 
@@ -107,8 +108,6 @@ def unreachable(e: BaseException) -> BaseException | None:
 def why_unreachable(e: BaseException) -> str:
     """A few words on why the server did not answer: the OS's reason (`Connection refused`, `Name or service not
     known`), `timed out`, else the requests exception's name."""
-    import re
-
     import requests
 
     cause = unreachable(e) or e
@@ -121,8 +120,8 @@ def why_unreachable(e: BaseException) -> str:
 
 
 def store_error(e: Exception, uri: str) -> StoreError:
-    """The one-line StoreError for an exception raised while reading the store at `uri` (password redacted)."""
-    
+    """The one-line StoreError for an exception raised while reading the store at `uri` (password redacted); the
+    message names aupretrain-compare's `--tracking-uri` flag and $MLFLOW_TRACKING_URI."""
     shown = redact(uri)
     if unreachable(e):
         return StoreError(f"the tracking server at {shown} does not answer ({why_unreachable(e)}); check "
@@ -139,7 +138,6 @@ def store_missing(uri: str) -> str | None:
     """Why `uri`, a local store (sqlite:///FILE, file:// or a folder), is no MLflow store to read: the file or
     folder does not exist, or the file is no MLflow database; None when it is one, or is not local. Opening a store
     that does not exist with MLflow's client would create it (an empty database at a mistyped path)."""
-    import re
     import sqlite3
     from urllib.parse import urlparse
 
@@ -177,6 +175,8 @@ _STORE_FIX = "sqlite:///<path>/mlflow.db (a local store) or http(s)://host:port 
 def _file_store_allowed() -> bool:
     """Whether the installed MLflow opens a folder as its store: its file store refuses to start (it is "in
     maintenance mode") unless $MLFLOW_ALLOW_FILE_STORE is true; read from its source, without importing it."""
+    from ..settings_checks import _package_root
+
     root = _package_root("mlflow")
     if root is None:
         return True
@@ -211,6 +211,8 @@ def check_tracking_uri(uri: str, key: str = "tracking.uri", will_exist: Sequence
     from urllib.parse import urlparse
 
     
+    from ..settings_schema import _show
+
     shown = f"{key}={_show(redact(uri))}" + (" (environment)" if key.isupper() else "")
     where = f"set {key}{' (or tracking.uri)' if key.isupper() else ''} to {_STORE_FIX}"
     try:
@@ -274,8 +276,10 @@ def check_tracking_uri(uri: str, key: str = "tracking.uri", will_exist: Sequence
 def check_tracking_store(d: dict) -> None:
     """The store a training run will track to is one MLflow can use (`check_tracking_uri`): `tracking.uri`, else
     $MLFLOW_TRACKING_URI when the run folder has no record of another store (a resumed run keeps its own; see
-    `tracker.tracking_uri`); the default sqlite store in the working folder is not checked. Raises
+    `tracking_uri`); the default sqlite store in the working folder is not checked. Raises
     UsageError."""
+    from ..settings_checks import _get
+
     uri = _get(d, "tracking.uri", None)
     run_dir, root = _get(d, "run.dir", None), _get(d, "run.root", None)
     will_exist = [x for x in (run_dir, root) if isinstance(x, str) and x.strip()]
@@ -286,13 +290,7 @@ def check_tracking_store(d: dict) -> None:
     if not env:
         return
     if isinstance(run_dir, str) and run_dir.strip():
-        import json
-
-        
-        try:
-            rec = json.loads((Path(run_dir) / RECORD).read_text())
-        except (OSError, ValueError):
-            rec = None
-        if isinstance(rec, dict) and rec.get("uri") and redact(env) != rec["uri"]:
+        rec = read_record(run_dir)
+        if rec and rec.get("uri") and redact(env) != rec["uri"]:
             return  # the run's recorded store is used, not the environment's
     check_tracking_uri(env, "MLFLOW_TRACKING_URI", will_exist)
