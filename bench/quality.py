@@ -21,7 +21,8 @@ corpus, 600 identities x 32 frames with head motion, clips of 8 frames 2 apart, 
 the README job until session 39; folders `data/synthetic-motion`, `shards/synthetic-motion`) or `still-head` (the
 control of docs/benchmarks.md where CLP's headline rows were measured, and the README job's corpus since session 39:
 800 identities x 1 video x 40 frames with the head held still, clips of 4 frames 12 apart, 1,500 steps of 16 clips
-per rank; the CLP presets with HOG terms read both views with one geometry). Each protocol keeps its own corpus
+per rank; the CLP presets with HOG terms read both views with one geometry) or `still-head-80` (the same corpus,
+shards and budget read from 80-px frames instead of the CPU preset's 64, HOG cells of 10 px; CPU only). Each protocol keeps its own corpus
 and shard folders, so one never overwrites the other or the README job's (`data/synthetic`, `shards/synthetic`).
 `--identities N` renders the protocol's corpus with N pretraining identities instead (same budget in steps;
 folders suffixed `-<N>ids`): how a method scales with the unlabelled data it sees.
@@ -88,6 +89,13 @@ PROTOCOLS = {  # corpus (aupretrain-synth flags), clips (aupretrain-pack flags),
                    "method": {m: ["data.augment.shared_geometry=true"] for m in ("clp_flow", "clp_hog", "clp_hog_basis")},
                    "synth_dir": "data/synthetic-still", "shards": "shards/synthetic-still-T4s12"},
 }
+# the still-head control read from 80-px frames on the CPU preset (64 px): the same corpus, shards and budget; the HOG
+# terms' cells scaled with the face (10 px, 8 at 64 px), as the GPU preset scales them to 14 at 112 px
+# (docs/benchmarks.md, "An 80-px input for the HOG-basis preset", sessions 46-47); CPU only (cuda reads 112 px)
+PROTOCOLS["still-head-80"] = {
+    **PROTOCOLS["still-head"], "train": [*PROTOCOLS["still-head"]["train"], "data.input_size=80"], "devices": ("cpu",),
+    "method": {"clp": ["objective.cir.hog_cell=10"],
+               **{m: [*PROTOCOLS["still-head"]["method"][m], "objective.cir.hog_cell=10"] for m in CLP_PRESETS}}}
 DEVICE_PRESETS = {"cpu": ["experiment=cpu"],
                   "cuda": ["experiment=cpu", "model=resnet18", "data.input_size=112", "data.batch_size=64",
                            "data.num_threads=4", "deepspeed.bf16.enabled=true"]}
@@ -237,6 +245,9 @@ def main() -> None:
     a = ap.parse_args()
     os.chdir(ROOT)
     protocol = PROTOCOLS[a.protocol]
+    if a.device not in protocol.get("devices", DEVICE_PRESETS):
+        ap.error(f"--protocol {a.protocol} is measured on {', '.join(protocol['devices'])} only (--device {a.device} "
+                 "has its own input size: DEVICE_PRESETS)")
     if a.identities is not None:
         protocol = with_identities(protocol, a.identities)
     preset = [*DEVICE_PRESETS[a.device], *protocol["train"]]

@@ -84,3 +84,32 @@ def test_the_readme_job_trains_on_the_still_head_protocols_corpus_and_clips():
     assert pack[pack.index("--clip-step") + 1] == str(job.pack.clip_step)
     assert still["method"]["clp_hog_basis"] == ["data.augment.shared_geometry=true"]  # the job's objective
     assert job.data.augment.shared_geometry
+
+
+def test_the_80px_protocol_is_the_still_head_control_read_from_80px_frames_on_cpu_only():
+    """`--protocol still-head-80`: the still-head corpus, shards, clips and budget; every run reads 80-px frames and
+    the CLP objectives' HOG cells scale with the face (10 px); each method's config is one the entry point accepts;
+    `--device cuda` (112 px) is refused in one line before anything runs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench.quality import CLP_PRESETS, DEVICE_PRESETS, PROTOCOLS, checked_config
+
+    still, p80 = PROTOCOLS["still-head"], PROTOCOLS["still-head-80"]
+    for key in ("synth", "pack", "synth_dir", "shards"):
+        assert p80[key] == still[key], key
+    preset = [*DEVICE_PRESETS["cpu"], *p80["train"]]
+    assert checked_config(p80, preset, []).train.steps == checked_config(still, [*DEVICE_PRESETS["cpu"],
+                                                                                  *still["train"]], []).train.steps
+    for method in ("simclr", "supervised", "clp", *CLP_PRESETS):
+        cfg = load_config([*preset, f"objective={method}", *p80["method"].get(method, [])])
+        validate(cfg)
+        assert cfg.data.input_size == 80, method
+        if "cir" in cfg.objective:
+            assert cfg.objective.cir.hog_cell == 10, method
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, str(root / "bench" / "quality.py"), "--protocol", "still-head-80", "--device",
+                        "cuda", "--work", "/nonexistent/never-made"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--protocol still-head-80 is measured on cpu only" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
