@@ -22,8 +22,9 @@ the README job until session 39; folders `data/synthetic-motion`, `shards/synthe
 control of docs/benchmarks.md where CLP's headline rows were measured, and the README job's corpus since session 39:
 800 identities x 1 video x 40 frames with the head held still, clips of 4 frames 12 apart, 1,500 steps of 16 clips
 per rank; the CLP presets with HOG terms read both views with one geometry) or `still-head-80` (the same corpus,
-shards and budget read from 80-px frames instead of the CPU preset's 64, HOG cells of 10 px; CPU only). Each protocol keeps its own corpus
-and shard folders, so one never overwrites the other or the README job's (`data/synthetic`, `shards/synthetic`).
+shards and budget read from 80-px frames instead of the CPU preset's 64, HOG cells of 10 px; CPU only). Each
+protocol keeps its own corpus and shard folders (`still-head-80` shares `still-head`'s), so one never overwrites
+another or the README job's (`data/synthetic`, `shards/synthetic`).
 `--identities N` renders the protocol's corpus with N pretraining identities instead (same budget in steps;
 folders suffixed `-<N>ids`): how a method scales with the unlabelled data it sees.
 

@@ -13,10 +13,10 @@ Also from the worker's queue: system metrics sampled by a daemon thread every `t
 manifest as the run's dataset input (`log_dataset`, MLflow's dataset tracking: name, digest, source URI).
 
 The run folder remembers where its run lives (`<run>/tracking.json`: uri, experiment, run id; read by
-`store.tracking_uri`). A resumed job uses that store (unless `tracking.uri` is set) and that run; if the run is gone from the store, it warns
-and starts a new run tagged `aupretrain.resumed_from_run_id`. A password in the store's URL
-(`http://user:password@host`, e.g. from $MLFLOW_TRACKING_URI) is never logged nor recorded (`store.redact`): a
-resumed job takes it from $MLFLOW_TRACKING_URI again.
+`store.tracking_uri`). A resumed job uses that store (unless `tracking.uri` is set) and that run; if the run is
+gone from the store, it warns and starts a new run tagged `aupretrain.resumed_from_run_id`. A password in the
+store's URL (`http://user:password@host`, e.g. from $MLFLOW_TRACKING_URI) is never logged nor recorded
+(`store.redact`): a resumed job takes it from $MLFLOW_TRACKING_URI again.
 """
 from __future__ import annotations
 
