@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import _stop, free_port, run_env, start_mlflow_server
-from tests.launch import TRAIN, checkpoint_meta, metric_steps
+from tests.launch import TRAIN, checkpoint_meta, checkpoint_steps, metric_steps
 
 pytestmark = pytest.mark.slow
 DOWN = "tracking retries in the background"  # the warning of an outage (once per outage)
@@ -42,13 +42,15 @@ def test_mlflow_remote_server(packed, tmp_path, fault):
     """No server on the tracking URI when training starts: it waits tracking.start_timeout_s, trains on, and the
     run is created (with everything queued meanwhile) once the server is up. Then the server dies mid-run and comes
     back ~8 s later on the same port and store: training never stops or slows down to wait for it, warns once per
-    outage, says when the server is back, and every metric reaches the run."""
+    outage, says when the server is back, and every metric reaches the run. The job is then preempted (SIGTERM) and
+    its relaunch, with train.steps at the stop, exports the encoder under the run created late: the test's length
+    does not depend on the box's step time."""
     from mlflow.tracking import MlflowClient
 
-    # long enough (~0.1 s a step here) that the kill lands mid-run even when the server is slow to come up: with
-    # 60 steps a fast CI box finished training before the run was created and the kill found the trainer waiting
-    # in its final flush instead of training
-    steps = 400
+    # more steps than any box trains in the test's time: the kill always lands mid-run (with 60 steps a fast CI box
+    # finished training before the run was created; with 400 a shared box at 2 s a step ran past the time limit), and
+    # the job is stopped by SIGTERM once the second outage is reported over
+    steps = 100_000
     port, store = free_port(), tmp_path / "server"
     url = f"http://127.0.0.1:{port}"
     run_dir = tmp_path / "run"
@@ -90,7 +92,14 @@ def test_mlflow_remote_server(packed, tmp_path, fault):
         ended_during = proc.poll() is not None
         server = start_mlflow_server(store, port)
         back_at = time.time()
-        rc = proc.wait(timeout=600)
+        wait(lambda: len(gaps(train_log())) == 2 or proc.poll() is not None, "the second gap reported", 300)
+        os.kill(proc.pid, signal.SIGTERM)  # preempted: checkpoint, run KILLED, exit 0
+        rc = proc.wait(timeout=300)
+        stopped = max(checkpoint_steps(run_dir) or [0])
+        # the relaunch trains nothing (train.steps is the checkpoint's step) and exports under the same run
+        again = [a if not a.startswith("train.steps=") else f"train.steps={stopped}" for a in args]
+        relaunch = subprocess.run([sys.executable, TRAIN, *again],
+                                  cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         client = MlflowClient(url)
         run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
         reached = {m.step for m in client.get_metric_history(run_id, "train/loss")}
@@ -101,29 +110,32 @@ def test_mlflow_remote_server(packed, tmp_path, fault):
         if server is not None:
             _stop(server)
     out = train_log()
-    lost = sorted(set(range(1, steps + 1)) - reached)
+    lost = sorted(set(range(1, stopped + 1)) - reached)
     down_warn = warned_at(out, DOWN)
     gave_up = warned_at(out, "did not answer within")  # the trainer stops waiting for the run's creation
     waited = gave_up[0] - down_warn[0] if gave_up and down_warn else None
     fault("MLflow server down at start", f"first attempt refused; training waited {waited and round(waited, 1)} s "
           f"(tracking.start_timeout_s=2), warned and trained on; server started at step {steps_before_server}, the "
           f"run created {created_after:.1f} s after it answered, with the queue (gap reported: "
-          f"{gaps(out)[0] if gaps(out) else None} s); {steps - len(lost)}/{steps} steps reached MLflow",
+          f"{gaps(out)[0] if gaps(out) else None} s); {stopped - len(lost)}/{stopped} steps reached MLflow",
           data_lost=bool(lost), detect_s=None)
     detect = next((t - killed_at for t in down_warn if t >= killed_at - 1), None)
     fault("MLflow server killed mid-run, then back", f"killed at step {at_kill}: training went on ({during} steps in "
           f"the next 8 s{', then ended' if ended_during else ''}), warned {detect and round(detect, 1)} s later; "
           f"server back {back_at - killed_at:.0f} s after the kill, reported gap "
-          f"{gaps(out)[1] if len(gaps(out)) > 1 else None} s; exit {rc}; {steps - len(lost)}/{steps} steps reached MLflow, "
-          f"run {run.info.status}", data_lost=bool(lost), detect_s=detect)
-    assert rc == 0, out[-3000:]
-    assert during > 0 or ended_during  # training went on without the server
+          f"{gaps(out)[1] if len(gaps(out)) > 1 else None} s; SIGTERM at step {stopped}, exit {rc}, relaunch exit "
+          f"{relaunch.returncode}; {stopped - len(lost)}/{stopped} steps reached MLflow, run {run.info.status}",
+          data_lost=bool(lost), detect_s=detect)
+    assert rc == 0 and not ended_during and stopped > at_kill, out[-3000:]
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert during > 0  # training went on without the server
     assert len(gave_up) == 1 and waited is not None and waited < 10, out[-3000:]  # ~start_timeout_s, no more
     assert out.count(DOWN) == 2 and len(gaps(out)) == 2, out[-3000:]  # once per outage, and each gap reported
     assert not lost, lost  # nothing lost: the queue was sent once the server was back
     assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "1"
     assert "mlflow.source.git.commit" in run.data.tags and "version.torch" in run.data.tags
     assert run.data.params.get("train.steps") == str(steps)  # params queued while the server was down reached the run
+    assert run.data.tags.get(f"resume.step_{stopped}.changed") == f"train.steps: {steps} -> {stopped}"  # relaunched
     import torch
 
     exported = torch.load(run_dir / "encoder.pt", weights_only=True)  # the run created late is the one recorded
