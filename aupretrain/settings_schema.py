@@ -222,6 +222,7 @@ SCHEMA: dict[str, Spec] = {
     "objective.cir.hog_basis_second_cell": _int(0, what="HOG cell side of a second grey basis, pixels; 0: none"),
     "objective.cir.id_adversary_weight": _num_spec(0, what="weight of the identity-confusion term, 0: off"),
     "objective.cir.id_adversary_classes": _int(2, what="identity classes of the confusion term's classifier"),
+    "objective.cir.between_clip_weight": _num_spec(0, what="weight of the between-clip share term, 0: off"),
     "objective.queue_size": _int(1),
     "objective.momentum": _num_spec(0, 1),
     "tracking.enabled": BOOL,

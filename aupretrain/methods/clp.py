@@ -113,6 +113,15 @@ def identity_adversary_pass(classifier: nn.Linear, a: torch.Tensor) -> dict[str,
             "code": F.linear(x, classifier.weight.detach(), classifier.bias.detach()).float()}
 
 
+def outside_rows(a: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """a [..., D] -> its part outside the row space of `rows` [k, D] (detached: the projection trains the encoder
+    only), in float32: a − Q Qᵀ a with Q an orthonormal basis of the rows (QR). The between-clip share term reads the
+    AU code outside the HOG-basis head's rows, the dimensions no target constrains (docs/method.md)."""
+    q, _ = torch.linalg.qr(rows.detach().float().T)  # [D, k]
+    x = a.float()
+    return x - (x @ q) @ q.T
+
+
 class CLPMethod(Method):
     """TCL's encoder + projector and CIR's decoder. `request` draws the CIR frames and takes the loader's
     partner of each clip; `forward` then adds `cir` (the pass's tensors, [B, F, ...]) computed on view 1.
@@ -120,7 +129,8 @@ class CLPMethod(Method):
     also reads frame s: D(a, p, x_s)), `objective.cir.flow`, `.flow_max` and `.flow_grid` (it warps frame s:
     D(a, p, x_s, a_s); with a grid, a linear displacement basis of a - a_s), `model.decoder`; `objective.cir.hog_weight`
     (`hog_pass`) and `objective.cir.hog_basis_weight` (`hog_basis_pass`; `after_step` feeds the basis' fit);
-    `objective.cir.id_adversary_weight` and `.id_adversary_classes` (`identity_adversary_pass`)."""
+    `objective.cir.id_adversary_weight` and `.id_adversary_classes` (`identity_adversary_pass`);
+    `objective.cir.between_clip_weight` (both views' codes outside the basis head's rows: `outside_rows`)."""
 
     def __init__(self, model_cfg: dict[str, Any], input_size: int, objective_cfg: Any = None):
         super().__init__(model_cfg, input_size, objective_cfg)
@@ -172,6 +182,8 @@ class CLPMethod(Method):
         self.id_adversary = None
         if float(cir.get("id_adversary_weight", 0.0)) > 0:
             self.id_adversary = nn.Linear(int(model_cfg["au_dim"]), int(cir.get("id_adversary_classes", 1024)))
+        # `cir.between_clip_weight` > 0: the code outside the basis head's rows goes to the between-clip share term
+        self.between_clip = float(cir.get("between_clip_weight", 0.0)) > 0
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -232,6 +244,9 @@ class CLPMethod(Method):
             out["hog"] = self.hog_pass(clips[:b], res["a"][:b], cir, None if hog is None else hog[:b])
         if self.id_adversary is not None:
             out["id_adversary"] = identity_adversary_pass(self.id_adversary, res["a"])
+        if self.between_clip:  # [2B, T, D]: the whole code when there is no basis head
+            rows = None if self.hog_basis_head is None else self.hog_basis_head.weight
+            out["between_clip"] = res["a"].float() if rows is None else outside_rows(res["a"], rows)
         return out
 
     def _hog(self, clips: torch.Tensor, colour: bool = False, cell: int | None = None) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .base import Objective, zero_like
 from .hog import HOG_BASIS_CENTRES, hog_basis_terms, hog_change_terms
-from .identity import identity_confusion_terms
+from .identity import between_clip_share, identity_confusion_terms
 from .tcl import TCLObjective
 
 
@@ -117,6 +117,9 @@ class CLPObjective(TCLObjective):
         self.id_adversary_weight = float(c.get("id_adversary_weight", 0.0))
         if self.id_adversary_weight < 0:
             raise ValueError(f"objective.cir.id_adversary_weight={self.id_adversary_weight}: must be >= 0")
+        self.between_clip_weight = float(c.get("between_clip_weight", 0.0))
+        if self.between_clip_weight < 0:
+            raise ValueError(f"objective.cir.between_clip_weight={self.between_clip_weight}: must be >= 0")
         self.tcl_weight = float(cfg.get("tcl_weight", 1.0))
         if self.tcl_weight < 0:
             raise ValueError(f"objective.tcl_weight={self.tcl_weight}: must be >= 0")
@@ -144,6 +147,10 @@ class CLPObjective(TCLObjective):
             adv = identity_confusion_terms(outputs["id_adversary"], batch["identity"])
             loss = loss + adv["id_adv_ce"] + self.id_adversary_weight * adv["id_adv_confusion"]
             parts = {**parts, **{k: v.detach() for k, v in adv.items()}}
+        if "between_clip" in outputs:  # `cir.between_clip_weight` > 0: the code outside the basis head's rows
+            share = between_clip_share(outputs["between_clip"])
+            loss = loss + self.between_clip_weight * share
+            parts = {**parts, "between_clip_share": share.detach()}
         rank, rank_parts = super().local_loss(outputs, batch)
         if rank is not None:
             loss = loss + rank

@@ -1,4 +1,6 @@
-"""The identity-confusion term (ours; docs/method.md "The identity-confusion term"): the AU code is trained so that
+"""Two terms against identity in the AU code (ours): the identity-confusion term and the between-clip share.
+
+**The identity-confusion term** (docs/method.md "The identity-confusion term"): the AU code is trained so that
 a linear identity classifier, trained beside it on the same codes, cannot tell apart the identities of the batch.
 
 The confusion loss of Alvi et al., "Turning a Blind Eye: Explicit Removal of Biases and Variation from Deep Neural
@@ -10,6 +12,13 @@ to them): the pretraining set's identity count is not a setting, and the code on
 in front of it is who. Measured and not adopted (docs/benchmarks.md, session 41): the classifier is blinded, but a
 probe fitted afresh on the frozen code reads as much identity or more — the encoder evades an adversary trained
 online rather than dropping what it evades.
+
+**The between-clip share** (docs/method.md "The between-clip share term"): no classifier to evade. A clip shows one
+face, so what its frames' codes share — the clip's mean — carries the identity, and what changes within the clip
+carries the AUs that changed. The term is the share of each code dimension's variance over the batch's frames that
+lies between the clips' means (the one-way ANOVA decomposition, total = between + within), averaged over dimensions:
+every dimension is read as the evaluation's probe reads it, standardised, so identity cannot hide in a dimension
+of small variance. It needs no identity labels.
 """
 from __future__ import annotations
 
@@ -58,4 +67,24 @@ def identity_confusion_terms(adv: dict[str, torch.Tensor], identity: torch.Tenso
     return {"id_adv_ce": ce, "id_adv_confusion": confusion, "id_adv_acc": acc}
 
 
-__all__ = ["identity_confusion_terms"]
+def between_clip_share(code: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The between-clip share of the code's variance (a scalar in [0, 1], on the graph).
+
+    code: [N, T, D] the codes of N clips (or views of clips) of T >= 2 frames each. For each dimension d, with m_n
+    the clip means over frames and var the population variance over N·T frames (or N clip means):
+    share_d = var_n(m_n,d) / (var_n,t(code_n,t,d) + eps · mean_d var_n,t(code_n,t,d)); returns mean_d share_d. The
+    total variance is the between-clip plus the within-clip variance (one-way ANOVA), so share_d is 1 when the
+    dimension is constant within each clip and 0 when every clip has the same mean. Scale-free per dimension (it
+    cannot be lowered by shrinking the code), except that a dimension of variance far below eps x the mean variance
+    (a dead one) reads about 0. Raises ValueError for T < 2 or N < 2 (no within- or between-clip
+    variance to compare)."""
+    n, t, _ = code.shape
+    if t < 2 or n < 2:
+        raise ValueError(f"between_clip_share needs >= 2 clips of >= 2 frames each, got {n} clips of {t} frames")
+    x = code.float()
+    total = x.flatten(0, 1).var(0, unbiased=False)  # [D]
+    between = x.mean(1).var(0, unbiased=False)  # [D]
+    return (between / (total + eps * total.mean().detach() + 1e-12)).mean()
+
+
+__all__ = ["between_clip_share", "identity_confusion_terms"]
