@@ -1,0 +1,20 @@
+"""Unit tests run their tensors on one intra-op thread.
+
+Their tensors are small (toy trainings of a few hundred steps, one batch through a method): there PyTorch's OpenMP
+pool costs more than it gives, and on a shared 2-core box its threads spin against the other processes. Measured
+on the 2-core CI-sized box beside a 2-rank training: `tests/unit` in 286 s with the default 2 threads, 159 s with one
+(docs/benchmarks.md, "The test suite's time"). Per test, restored after it: integration tests that train in the pytest
+process keep the default, and processes the tests start read their own settings.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
