@@ -13,7 +13,6 @@ from aupretrain.eval.folds import STANDARD_PARTS, standard_folds, validation_sub
 from aupretrain.eval.report import evaluate_codes
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 EVAL = OmegaConf.create({"folds": 3, "identity_probe": False, "select": "validation", "validation_fraction": 0.25,

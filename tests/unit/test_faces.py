@@ -121,17 +121,6 @@ def test_voxceleb_style_track_file(tmp_path):
     assert np.allclose(pixels[5], [10, 20, 40, 60])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The packer runs the detector on one thread per worker; so do these tests (no oversubscription)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class CountingDetector(faces.Detector):
     """The pack detector, counting its full detections (the real MTCNN runs)."""
 

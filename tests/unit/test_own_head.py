@@ -65,7 +65,6 @@ def test_eval_refuses_a_head_that_does_not_fit_before_reading_any_frame(tmp_path
     assert "the head takes 5-d AU codes" in capsys.readouterr().err
 
 
-@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("protocol", ["linear", "finetune"])
 def test_a_saved_head_marks_aus_without_a_positive_frame_untrained_and_gives_no_value_for_them(tmp_path, caplog,
                                                                                                 protocol):
