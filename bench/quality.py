@@ -65,8 +65,11 @@ ABLATIONS = {  # per CLP preset (--ablate): the preset with one part removed (ob
         "clp, no AU consistency": ["objective.cir.au_weight=0"],
         "clp, no identity consistency": ["objective.cir.id_weight=0"],
     },
-    "clp_hog_basis": {  # the headline preset: TCL + ranking term + flow CIR + HOG-change term + HOG-basis term
-        "no HOG-basis term (= clp_hog)": ["objective.cir.hog_basis_weight=0"],
+    "clp_hog_basis": {  # the headline preset: TCL (own-clip negatives) + ranking term + flow CIR + HOG-change term +
+        # HOG-basis term + between-clip share term
+        "no HOG-basis term": ["objective.cir.hog_basis_weight=0"],
+        "no between-clip share term": ["objective.cir.between_clip_weight=0"],
+        "TCL negatives from other clips too": ["objective.cross_clip_weight=1"],
         "no HOG-change term": ["objective.cir.hog_weight=0"],
         "no TCL term": ["objective.tcl_weight=0"],
         "no ranking term": ["objective.rank_weight=0"],
@@ -77,7 +80,8 @@ ABLATIONS = {  # per CLP preset (--ablate): the preset with one part removed (ob
         "no identity consistency": ["objective.cir.id_weight=0"],
         "HOG-basis term alone": ["objective.tcl_weight=0", "objective.rank_weight=0", "objective.cir.self_weight=0",
                                  "objective.cir.cycle_weight=0", "objective.cir.au_weight=0",
-                                 "objective.cir.id_weight=0", "objective.cir.hog_weight=0"],
+                                 "objective.cir.id_weight=0", "objective.cir.hog_weight=0",
+                                 "objective.cir.between_clip_weight=0"],
     },
 }
 PROTOCOLS = {  # corpus (aupretrain-synth flags), clips (aupretrain-pack flags), budget and per-method overrides

@@ -78,7 +78,8 @@ def test_trained_the_term_takes_the_clip_constant_out_of_the_unread_dimensions_a
 
 
 def test_clp_method_and_objective_wire_the_term_from_the_config():
-    """Off in the preset (no output, no part); with `objective.cir.between_clip_weight` > 0 the method hands both
+    """On in the headline preset, off in the others; at weight 0 no output and no part; with
+    `objective.cir.between_clip_weight` > 0 the method hands both
     views' AU codes outside the basis head's rows to CLP's local loss, which adds the weighted share and logs it;
     a negative weight is refused up front."""
     from aupretrain.config import load_config
@@ -90,8 +91,11 @@ def test_clp_method_and_objective_wire_the_term_from_the_config():
     b, t = 3, 4
     batch = {"partner": torch.tensor([1, 2, 0]), "identity": torch.tensor([0, 7, 51])}
     preset = load_config(["experiment=cpu", "objective=clp_hog_basis"])
-    s = int(preset.data.input_size)
-    method = build_method(preset.objective, preset.model, s)
+    assert preset.objective.cir.between_clip_weight == 1.0  # on in the headline preset (session 49)
+    assert load_config(["experiment=cpu", "objective=clp_hog"]).objective.cir.between_clip_weight == 0.0
+    off = load_config(["experiment=cpu", "objective=clp_hog_basis", "objective.cir.between_clip_weight=0"])
+    s = int(off.data.input_size)
+    method = build_method(off.objective, off.model, s)
     out = split_views(method(torch.randn(2 * b, t, 3, s, s), **method.request(batch, t)), b)
     assert "between_clip" not in out
     cfg = load_config(["experiment=cpu", "objective=clp_hog_basis", "objective.cir.between_clip_weight=3"])

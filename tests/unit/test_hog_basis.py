@@ -102,7 +102,10 @@ def test_clp_method_gathers_fits_then_regresses_the_whitened_projections():
     from aupretrain.objectives import build_objective, split_views
 
     cfg = load_config(["experiment=cpu", "objective=clp_hog_basis", "objective.cir.hog_basis_fit_steps=1",
-                       "objective.cir.hog_basis_k=4", "objective.cir.hog_basis_fit=stream", "objective.cir.hog_basis_whiten=0"])
+                       "objective.cir.hog_basis_k=4", "objective.cir.hog_basis_fit=stream", "objective.cir.hog_basis_whiten=0",
+                       # the preset's own-clip TCL negatives and between-clip share term back to clp_hog's settings:
+                       # the loss then differs from clp_hog's by the basis term alone (checked at the end)
+                       "objective.cross_clip_weight=1", "objective.cir.between_clip_weight=0"])
     method = build_method(cfg.objective, cfg.model, int(cfg.data.input_size))
     objective = build_objective(cfg.objective)
     b, t, s = 2, 4, int(cfg.data.input_size)
