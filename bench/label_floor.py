@@ -13,8 +13,8 @@
 
 Corpora are `aupretrain-synth` folders (`<identity>/<video>.mp4` + `<video>.labels.json`); the still-head protocol's
 are `data/synthetic-still` and `data/synthetic_eval-{validation,test}-*` after one `bench/quality.py --protocol
-still-head` run. Raises SystemExit naming the corpus when it has no label files, no video long enough for a clip, or fewer clips
-than a batch.
+still-head` run. Raises SystemExit naming the corpus when it has no label files, no video long enough for a clip,
+or fewer clips than a batch.
 """
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ def main(argv=None) -> None:
             rows.append({"measure": "identity probe", "corpus": corpus.name, "labels": kind, "value": float(acc),
                          "std": float("nan"), "chance": 1.0 / len(np.unique(d.identity))})
     report(f"The AU labels alone ({len(inten)} clips of {a.clip_len} frames {a.stride} apart; "
-           f"{a.clips_per_rank} clips a rank, two views)", rows, a.json, {"args": {k: str(v) for k, v in vars(a).items()}})
+           f"{a.clips_per_rank} clips a rank, two views)", rows, a.json,
+           {"args": {k: str(v) for k, v in vars(a).items()}})
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ fi
 compiled="$VENV/.aupretrain-bytecode"
 if [ ! -f "$compiled" ] || [ "$(cat "$compiled")" != "$want" ]; then
   echo "[env] compiling byte-code for the stack in $VENV (once per install, about a minute)"
-  "$VENV/bin/python" -m compileall -q -q -j 0 "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" "$ROOT/aupretrain" || true
+  site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  "$VENV/bin/python" -m compileall -q -q -j 0 "$site" "$ROOT/aupretrain" || true
   echo "$want" > "$compiled"
 fi
 )
