@@ -21,6 +21,7 @@ def test_env_refuses_a_disk_too_small_for_the_stack(tmp_path):
     assert "AUPRETRAIN_VENV" in r.stderr  # the way out is named
     assert (venv / "bin" / "python").exists()  # the venv itself was created before the check ...
     assert not (venv / ".aupretrain-installed").exists()  # ... but not marked installed, so a rerun installs
+    assert not (venv / ".aupretrain-bytecode").exists()  # nor its byte-code marked compiled
     assert not (venv / ".pip-tmp").exists()  # and pip's scratch folder is not left behind
 
 
