@@ -30,19 +30,24 @@ from bench.common import report  # noqa: E402
 
 
 def clip_labels(corpus: Path, clip_len: int, stride: int, step: int) -> np.ndarray:
-    """[N, T, A] float32 AU intensities of every clip of every labelled video (frames `stride` apart, one clip every
-    `step` frames, as `pack/clips.py` cuts a face segment). Raises SystemExit when there is none."""
-    span = (clip_len - 1) * stride + 1
-    clips = []
+    """[N, T, A] float32 AU intensities of every clip of every labelled video, each video one face segment cut by the
+    packer's own `pack/clips.py::cut` (frames `stride` apart, one clip every `step` frames). Raises SystemExit when
+    there is none."""
+    from types import SimpleNamespace
+
+    from aupretrain.pack.clips import PackSettings, cut
+
+    settings = PackSettings(clip_len=clip_len, stride=stride, clip_step=step)
     files = sorted(corpus.glob("*/*.labels.json"))
-    for p in files:
-        au = np.asarray(json.loads(p.read_text())["au"], np.float32)
-        for s in range(0, len(au) - span + 1, step):
-            clips.append(au[s:s + span:stride])
     if not files:
         raise SystemExit(f"{corpus}: no label files (<identity>/<video>.labels.json)")
+    clips = []
+    for p in files:
+        au = np.asarray(json.loads(p.read_text())["au"], np.float32)
+        frames = (SimpleNamespace(segment=0, row=i) for i in range(len(au)))
+        clips += [au[[f.row for _, f in clip]] for clip in cut(frames, settings)]
     if not clips:
-        raise SystemExit(f"{corpus}: no labelled video of >= {span} frames "
+        raise SystemExit(f"{corpus}: no labelled video of >= {(clip_len - 1) * stride + 1} frames "
                          f"(--clip-len {clip_len} --stride {stride})")
     return np.stack(clips)
 

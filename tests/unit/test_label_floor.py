@@ -13,7 +13,7 @@ def _write(root, name, au):
     (d / "v000.labels.json").write_text(json.dumps({"identity": name, "aus": ["AU1", "AU2"], "au": au.tolist()}))
 
 
-def test_clips_are_cut_as_the_packer_cuts_them_and_the_share_tells_held_from_flickering_aus(tmp_path, capsys):
+def test_clips_are_cut_as_the_packer_cuts_them_and_the_share_tells_held_from_flickering_aus(tmp_path):
     """40 labelled frames, 4 frames 12 apart, a clip every frame: starts 0..3, frames s, s+12, s+24, s+36. AUs held
     through each clip read a share of 1; AUs drawn afresh every frame about 1/T (a mean of T draws keeps 1/T of the
     variance)."""
