@@ -15,6 +15,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# Under pytest-xdist (`launchers/test.sh` runs `-n auto`), the CPUs are shared among the workers: each worker, and
+# every process its tests start (ranks, launchers, `aupretrain-eval`), runs torch on its share of them, not on every
+# core, where OpenMP's threads would spin against the other worker's (a one-process training with its online
+# probe took 4x as long beside the other worker with 2 threads each). Read before torch is imported; a value the
+# caller exported wins. The product reads it as a Slurm allocation's (`aupretrain.engine.threads.cpu_threads`).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and not os.environ.get("OMP_NUM_THREADS"):
+    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cpus // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -196,3 +205,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_rng():
+    """Every test starts from the same global RNG state (torch, NumPy, `random`): a test's unseeded draws (its
+    random inputs) do not depend on which tests ran before it in the process, which pytest-xdist changes from run
+    to run."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield

@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-head", metavar="PATH", help="keep a head trained on every frame: PATH/head.safetensors + head.json")
     ap.add_argument("--head", metavar="PATH", help="also score this saved linear AU head as it is, no fitting (a supervised "
                     "run's <run>/au_head, or a --save-head folder): row 'pretrained (saved head)'")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: $OMP_NUM_THREADS, else the CPUs this "
+                    "process may use)")
     ap.add_argument("--out", help="folder for eval.json and the plots (default: the encoder's folder)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of configs/ (dataset=bp4d, protocol=finetune, "
                     "eval.root=..., eval.*)")
@@ -194,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..errors import UsageError
     from ..eval.run import evaluate
     from ..models.encoder import load_encoder
+    from ..engine.threads import cpu_threads
 
-    torch.set_num_threads(a.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cpu_threads(a.threads))
     try:
         if a.config:
             from omegaconf import OmegaConf

@@ -25,6 +25,7 @@ from .metrics import skipped_metrics
 from .optim import build_optimizer, lr_lambda
 from .resume import ResumePlan, describe
 from .run_folder import resolve_run_dir
+from .threads import cpu_threads
 
 log = logging.getLogger("aupretrain.train")
 
@@ -70,18 +71,9 @@ def check_settings(cfg: DictConfig, precision: bool = True) -> None:
 
 
 def torch_threads(cfg: DictConfig, local_ranks: int) -> int:
-    """Threads per rank: `train.torch_threads`, else $OMP_NUM_THREADS (what Slurm's --cpus-per-task launchers
-    export) — except the 1 torchrun puts there itself when it is unset and it starts several ranks —, else the
-    CPUs this process may run on (its affinity: a Slurm CPU allocation, `taskset`; not the machine's core count)
-    shared among the ranks on this host."""
-    if cfg.train.torch_threads:
-        return int(cfg.train.torch_threads)
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    torchrun_default = omp == "1" and "TORCHELASTIC_RUN_ID" in os.environ and local_ranks > 1
-    if omp.isdigit() and int(omp) > 0 and not torchrun_default:
-        return int(omp)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // max(1, local_ranks))
+    """Threads per rank: `train.torch_threads`, else what `threads.cpu_threads` reads from $OMP_NUM_THREADS or this
+    process' CPUs, shared among the host's `local_ranks` ranks."""
+    return cpu_threads(cfg.train.torch_threads, local_ranks)
 
 
 def absolute_paths(cfg: DictConfig) -> None:

@@ -90,6 +90,14 @@ def test_threads_follow_the_cpus_this_job_may_use():
         assert torch_threads(cfg, 2) == max(1, len(os.sched_getaffinity(0)) // 2)
         cfg.train.torch_threads = 3
         assert torch_threads(cfg, 2) == 3
+        # aupretrain-eval (one process) reads the same: --threads, else $OMP_NUM_THREADS, else the CPUs it may use
+        from aupretrain.engine.threads import cpu_threads
+
+        os.environ.pop("TORCHELASTIC_RUN_ID")
+        os.environ["OMP_NUM_THREADS"] = "3"
+        assert cpu_threads() == 3 and cpu_threads(5) == 5
+        os.environ.pop("OMP_NUM_THREADS")
+        assert cpu_threads() == len(os.sched_getaffinity(0))
     finally:
         os.environ.pop("OMP_NUM_THREADS", None)
         os.environ.pop("TORCHELASTIC_RUN_ID", None)

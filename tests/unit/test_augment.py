@@ -105,11 +105,13 @@ def test_finish_views_is_the_baseline_loaders_colour_map():
 
 def test_finish_views_blurs_like_the_baseline_loader_on_both_paths():
     """With a blur (and a colour map), OpenCV's uint8 path and torch's path give the baseline loader's
-    `blur_clips` of the colour-mapped, normalised clip, to within 1.5 grey levels (OpenCV rounds to uint8 after
-    the colour map and after the blur)."""
+    `blur_clips` of the colour-mapped, normalised clip, to within 2 grey levels: OpenCV rounds to uint8 after the
+    colour map and after the blur (0.5 + 0.5) and blurs uint8 with fixed-point kernel weights (the worst of 60
+    random inputs read 1.55 levels; 1.5 failed on one). The input is seeded: it must not depend on which tests
+    ran before in the process (pytest-xdist's order)."""
     from aupretrain.data.augment import blur_clips
 
-    x = torch.randint(0, 256, (3, 2, 16, 16, 3), dtype=torch.uint8)
+    x = torch.randint(0, 256, (3, 2, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     s = _colour_settings(brightness=(1.2, 1.2), contrast=(0.9, 0.9), hue=0.0, saturation=(1.1, 1.1),
                          blur_sigma=(0.5, 1.5), input_size=16)
     g = torch.Generator().manual_seed(2)
@@ -118,7 +120,7 @@ def test_finish_views_blurs_like_the_baseline_loader_on_both_paths():
     sigma = 0.5 + torch.rand(3, generator=g)
     unblurred = torch.stack([augment_view(x[i], s, torch.Generator()) for i in range(3)])
     want = blur_clips(unblurred, sigma)
-    tol = 1.5 / (255 * min(s.std))
+    tol = 2.0 / (255 * min(s.std))
     for opencv in (True, False):
         got = finish_views(x, s, torch.Generator().manual_seed(2), opencv=opencv)
         assert (got - want).abs().max() <= tol, (opencv, (got - want).abs().max())
