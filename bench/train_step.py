@@ -2,11 +2,15 @@
 
     python bench/train_step.py --json bench/results/train_step.json                          # CPU preset
     python bench/train_step.py --device cuda --model resnet18 --size 112 --batch 64 --bf16   # a GPU
+    python bench/train_step.py --objectives clp_hog_basis --accum 2 [--gathered]     # gradient accumulation
 
 One process, random clips [B, T, 3, S, S] already on the device (no data loading: this is the compute
 side of a step), the engine's own `train_step` without DeepSpeed (a plain optimizer behind the same
 interface, world size 1: nothing to gather). Reports clip frames/s (T frames per clip, two views each)
-and, on CUDA, the allocator's peak memory of the step.
+and, on CUDA, the allocator's peak memory of the step. `--accum K`: K micro-batches of `--batch` clips a step.
+`--gathered`: an objective whose TCL has own-clip negatives only (`objective.cross_clip_weight=0`, e.g.
+clp_hog_basis) computed through the global path as before session 51 (the same loss; the feature-cache pass
+under accumulation) instead of as a local term.
 """
 from __future__ import annotations
 
@@ -51,6 +55,8 @@ def run(name: str, a) -> dict:
 
     cfg = load_config([f"objective={name}", f"model={a.model}"])
     obj = build_objective(cfg.objective)
+    if a.gathered:
+        obj.has_global = True  # the same TCL (other clips' logits -inf) through gather + feature cache
     dev = torch.device(a.device)
     torch.manual_seed(0)
     model = build_method(cfg.objective, cfg.model, a.size).to(dev)
@@ -75,7 +81,7 @@ def run(name: str, a) -> dict:
             torch.cuda.synchronize()
 
     for _ in range(a.warmup):
-        train_step(engine, obj, [batch], 0)
+        train_step(engine, obj, [batch] * a.accum, 0)
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -83,15 +89,17 @@ def run(name: str, a) -> dict:
     times = []
     for _ in range(a.reps):
         t0 = time.perf_counter()
-        train_step(engine, obj, [batch], 0)
+        train_step(engine, obj, [batch] * a.accum, 0)
         sync()
         times.append(time.perf_counter() - t0)
     # CUDA: the allocator's peak during the step; CPU: not measured (one process runs every objective, and a
     # resident-memory high-water mark cannot be reset between them; bench/loss.py measures the CPU side)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan")
     step = statistics.median(times)
-    return {"objective": name, "model": a.model, "size": a.size, "clips": b, "frames": t, "bf16": a.bf16,
-            "step_s": step, "clip_frames_per_s": b * t / step, "images_per_s": 2 * b * t / step,
+    n = b * a.accum
+    return {"objective": name, "model": a.model, "size": a.size, "clips": n, "accum": a.accum, "gathered": a.gathered,
+            "own_clip_local": not obj.has_global and obj.name in ("tcl", "clp"), "bf16": a.bf16, "frames": t,
+            "step_s": step, "clip_frames_per_s": n * t / step, "images_per_s": 2 * n * t / step,
             "peak_mib": peak, "params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6}
 
 
@@ -101,7 +109,9 @@ def main() -> None:
                                                             "supervised"])
     ap.add_argument("--model", default="resnet_small")
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=16, help="clips per step")
+    ap.add_argument("--batch", type=int, default=16, help="clips per micro-batch")
+    ap.add_argument("--accum", type=int, default=1, help="micro-batches per step (gradient accumulation)")
+    ap.add_argument("--gathered", action="store_true", help="own-clip TCL through the global path (see above)")
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true")

@@ -132,7 +132,13 @@ def tcl_loss(z1: torch.Tensor, z2: torch.Tensor, keys: torch.Tensor, offset: int
 
 
 class TCLObjective(Objective):
-    """Margin temporal contrastive learning within clips (global term) + optional ranking term (local)."""
+    """Margin temporal contrastive learning within clips (global term) + optional ranking term (local).
+
+    With `cross_clip_weight` <= 0 (negatives from the anchor's own clip only) no anchor's loss reads another
+    clip's keys: TCL is then a local term, a mean over this rank's clips (`has_global` False), with the same loss
+    and gradients as the global term whose other clips' logits are all -inf — and the engine gathers no keys
+    across ranks and, under gradient accumulation, runs no extra forward pass to cache the other micro-batches'
+    features (`engine.step.train_step`)."""
 
     name = "tcl"
     has_global = True
@@ -147,6 +153,7 @@ class TCLObjective(Objective):
         self.cross_clip_weight = float(cfg.cross_clip_weight)
         self.same_view_negatives = bool(cfg.get("same_view_negatives", False))
         self.min_change = float(cfg.get("negative_min_change", 0.0))
+        self.has_global = self.cross_clip_weight > 0  # own-clip negatives only: a local term
 
     def features(self, outputs):
         """z1, z2 [B, T, d]; and `change` [B, T, T] when the method measured it (`negative_min_change` > 0)."""
@@ -167,10 +174,17 @@ class TCLObjective(Objective):
                         features.get("change"), self.min_change)
 
     def local_loss(self, outputs, batch):
-        if self.rank_weight <= 0:
-            return None, {}
-        r = 0.5 * (ranking_loss(outputs["z1"], self.rank_margin) + ranking_loss(outputs["z2"], self.rank_margin))
-        return self.rank_weight * r, {"rank": r.detach()}
+        """The ranking term (`rank_weight` > 0) and, with own-clip negatives only (`has_global` False), TCL itself:
+        `global_loss` against this micro-batch's own keys (offset 0). None when there is neither."""
+        loss, parts = None, {}
+        if not self.has_global:
+            feats = self.features(outputs)
+            loss, parts = self.global_loss(feats, self.keys(feats), 0)
+        if self.rank_weight > 0:
+            r = 0.5 * (ranking_loss(outputs["z1"], self.rank_margin) + ranking_loss(outputs["z2"], self.rank_margin))
+            loss = self.rank_weight * r if loss is None else loss + self.rank_weight * r
+            parts = {**parts, "rank": r.detach()}
+        return loss, parts
 
 
 class SimCLRObjective(TCLObjective):

@@ -31,6 +31,10 @@ OBJECTIVES = {
                    rank_margin=0.05, cross_clip_weight=1.0, negative_min_change=0.05,
                    cir=dict(self_weight=1.0, cycle_weight=1.0, au_weight=0.5, id_weight=0.5, frames=2,
                             identity_offset=1, stop_grad_targets=True, source_frame=True, rec_blur=1.0)),
+    "clp_own": dict(name="clp", temperature=0.1, margin=0.2, window=0, symmetric=True, rank_weight=0.3,
+                    rank_margin=0.05, cross_clip_weight=0.0,  # own-clip negatives: TCL is a local term
+                    cir=dict(self_weight=1.0, cycle_weight=1.0, au_weight=0.5, id_weight=0.5, frames=2,
+                             identity_offset=1, stop_grad_targets=True, rec_blur=0.0)),
     "moco": dict(name="moco", temperature=0.2, momentum=0.99, queue_size=1000, symmetric=True),
     "clp_hb": dict(name="clp", temperature=0.1, margin=0.2, window=0, symmetric=True, rank_weight=0.3,
                    rank_margin=0.05, cross_clip_weight=1.0,
@@ -150,10 +154,11 @@ def test_gather_equivalence(tmp_path, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("world,k,name", [(1, 3, "tcl"), (2, 2, "clp"), (2, 2, "clp_nd")])
+@pytest.mark.parametrize("world,k,name", [(1, 3, "tcl"), (2, 2, "clp"), (2, 2, "clp_nd"), (2, 2, "clp_own")])
 def test_accumulation_equivalence(tmp_path, world, k, name):
     """k micro-batches with the feature cache == one batch k times the size (every negative kept; clp_nd:
-    the near-duplicate mask, whose frame change travels with the cached features, and the source-frame decoder)."""
+    the near-duplicate mask, whose frame change travels with the cached features, and the source-frame decoder;
+    clp_own: own-clip negatives, TCL a local term — no gather, no feature cache — on 2 ranks x 2 micro-batches)."""
     got = run_ranks(tmp_path, world=world, k=k, name=name)
     assert_same(got[0], *reference(name, world * k * B))
     assert all(torch.equal(g["delta"], got[0]["delta"]) for g in got)  # every rank applied the same update

@@ -142,3 +142,29 @@ def test_clip_accuracy_counts_retrieval_inside_the_own_clip():
     other = F.normalize(base + 1e-3 * embeddings(b=3, t=6, d=64, seed=13), dim=-1)
     _, parts = tcl_loss(flat, other, torch.stack([flat, other], 1), 0, margin=0.0)
     assert parts["tcl_clip_acc"] < 0.6
+
+
+def test_own_clip_negatives_make_tcl_a_local_term_with_the_global_terms_loss_and_gradient():
+    """cross_clip_weight=0: the objective has no global term (the engine gathers nothing, caches no features), and
+    its local TCL on this rank's clips alone is the global term of the same anchors against every rank's keys
+    (other clips' logits -inf): the same loss, parts and gradient."""
+    from omegaconf import OmegaConf
+
+    from aupretrain.objectives import build_objective
+
+    cfg = dict(name="tcl", temperature=0.1, margin=0.2, window=0, symmetric=True, rank_weight=0.3, rank_margin=0.05,
+               cross_clip_weight=0.0)
+    own = build_objective(OmegaConf.create(cfg))
+    assert not own.has_global and build_objective(OmegaConf.create({**cfg, "cross_clip_weight": 0.5})).has_global
+    g = torch.Generator().manual_seed(3)
+    every = F.normalize(torch.randn(5, 2, 4, 8, generator=g), dim=-1).requires_grad_()  # 5 clips of 2 ranks
+    offset, b = 2, 3  # this rank's clips: 2..4
+    z1, z2 = every[offset:offset + b, 0], every[offset:offset + b, 1]
+    local, parts = own.local_loss({"z1": z1, "z2": z2}, {})
+    (grad_local,) = torch.autograd.grad(local, every)
+    want, want_parts = tcl_loss(z1, z2, every, offset, 0.1, 0.2, 0, True, 0.3, 0.05, cross_clip_weight=0.0)
+    (grad_want,) = torch.autograd.grad(want, every)
+    assert torch.allclose(local, want, atol=1e-6), (local, want)
+    assert torch.allclose(grad_local, grad_want, atol=1e-6) and grad_local[:offset].abs().sum() == 0
+    assert set(parts) == set(want_parts) and all(torch.allclose(parts[k], want_parts[k]) for k in parts)
+    assert own({"z1": z1, "z2": z2}, {})[0].item() == pytest.approx(local.item())  # __call__: local only
