@@ -166,6 +166,17 @@ def eval_tracker(a, cfg, run_dir: Path | None, record: dict | None):
                    experiment=(record or {}).get("experiment"))
 
 
+def _threads(value: str) -> int:
+    """`--threads`: a whole number >= 1 (argparse's error names the flag and the value otherwise)."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 1")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="aupretrain-eval", description=__doc__.splitlines()[0])
     ap.add_argument("encoder", help="run folder, export folder or encoder.pt")
@@ -179,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-head", metavar="PATH", help="keep a head trained on every frame: PATH/head.safetensors + head.json")
     ap.add_argument("--head", metavar="PATH", help="also score this saved linear AU head as it is, no fitting (a supervised "
                     "run's <run>/au_head, or a --save-head folder): row 'pretrained (saved head)'")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: $OMP_NUM_THREADS, else the CPUs this "
+    ap.add_argument("--threads", type=_threads, help="torch CPU threads (default: $OMP_NUM_THREADS, else the CPUs this "
                     "process may use)")
     ap.add_argument("--out", help="folder for eval.json and the plots (default: the encoder's folder)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of configs/ (dataset=bp4d, protocol=finetune, "

@@ -114,6 +114,15 @@ def test_extract_refuses_a_batch_below_one_and_an_output_that_is_a_folder(tmp_pa
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("threads", ["0", "-2", "two"])
+def test_eval_refuses_threads_below_one_naming_the_flag(encoder_pt, tmp_path, capsys, threads):
+    with pytest.raises(SystemExit) as e:
+        eval_main([str(encoder_pt), "--no-mlflow", "--out", str(tmp_path / "ev"), f"--threads={threads}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument --threads: '{threads}' is not a whole number >= 1" in err, err
+    assert "Traceback" not in err
+
+
 def test_a_bad_eval_split_names_the_setting_and_its_choices(encoder_pt, tmp_path, capsys):
     assert eval_main([str(encoder_pt), "--no-mlflow", "--out", str(tmp_path / "ev"), "eval.split=tset"]) == 2
     err = capsys.readouterr().err
