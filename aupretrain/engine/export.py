@@ -346,9 +346,23 @@ def export_run(engine, cfg, run_dir: Path, loader, steps: int, run_id: str | Non
     barrier()
 
 
+def evaluation_env(environ) -> dict[str, str]:
+    """The end-of-run evaluation's environment: the rank's, less the process-group variables (RANK, LOCAL_RANK,
+    WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT: it is no rank), and less the OMP_NUM_THREADS=1 torchrun
+    sets itself when it starts several ranks a host (a share for one of them, not the job's CPU budget; the same
+    rule as the ranks' `threads.cpu_threads`). A value the user set stays."""
+    env = {k: v for k, v in environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                                                         "MASTER_ADDR", "MASTER_PORT")}
+    if (env.get("OMP_NUM_THREADS") == "1" and "TORCHELASTIC_RUN_ID" in env
+            and int(environ.get("LOCAL_WORLD_SIZE", "1") or 1) > 1):
+        env.pop("OMP_NUM_THREADS")
+    return env
+
+
 def evaluate_in_own_process(run_dir: Path, config: Path, step: int, run_id: str | None) -> int:
     """`aupretrain-eval` on the exported encoder as a fresh process (spawned, not forked: no CUDA, NCCL or DALI
-    threads of the training job are inherited, and it gets every core); results go to <run>/eval.json and
+    threads of the training job are inherited, and torch gets every CPU the job may use on this host, or
+    `$OMP_NUM_THREADS` where the user set it: `threads.cpu_threads`); results go to <run>/eval.json and
     the same MLflow run; `<run>/au_head`, when the method wrote one, is scored as a row of its own. Returns its
     exit status (logged as an error when not 0)."""
     import subprocess
@@ -358,9 +372,7 @@ def evaluate_in_own_process(run_dir: Path, config: Path, step: int, run_id: str 
     cmd = [sys.executable, "-m", "aupretrain.cli.evaluate", str(run_dir / "encoder.pt"), "--config", str(config),
            "--step", str(step), *(["--mlflow-run", run_id] if run_id else []),
            *(["--head", str(head)] if (head / "head.json").is_file() else [])]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
-                                                            "MASTER_ADDR", "MASTER_PORT")}
-    rc = subprocess.run(cmd, env=env).returncode
+    rc = subprocess.run(cmd, env=evaluation_env(os.environ)).returncode
     if rc != 0:
         log.error("evaluation failed (exit %d); run it again with: %s", rc, " ".join(cmd))
     return rc

@@ -231,3 +231,18 @@ def test_a_weights_file_given_by_name_is_the_one_read(tmp_path):
     (tmp_path / "a" / "wide.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
     assert load_encoder(tmp_path / "a" / "wide.safetensors").au_dim == 20
     assert load_encoder(tmp_path / "a").au_dim == 12 == load_encoder(tmp_path / "a" / "model.safetensors").au_dim
+
+
+def test_the_end_of_run_evaluation_is_no_rank_and_not_held_to_torchruns_one_thread():
+    """`evaluation_env`: the process-group variables go; torchrun's own OMP_NUM_THREADS=1 (several ranks a host)
+    goes, so the evaluation takes the job's CPUs; a value the user exported, or 1 for a single rank, stays."""
+    from aupretrain.engine.export import evaluation_env
+
+    ranks = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "h",
+             "MASTER_PORT": "1", "TORCHELASTIC_RUN_ID": "r", "PATH": "/bin"}
+    env = evaluation_env({**ranks, "OMP_NUM_THREADS": "1"})
+    assert env == {"TORCHELASTIC_RUN_ID": "r", "PATH": "/bin"}
+    assert evaluation_env({**ranks, "OMP_NUM_THREADS": "4"})["OMP_NUM_THREADS"] == "4"  # the user's budget
+    assert evaluation_env({**ranks, "OMP_NUM_THREADS": "1", "LOCAL_WORLD_SIZE": "1"})["OMP_NUM_THREADS"] == "1"
+    no_torchrun = {k: v for k, v in ranks.items() if k != "TORCHELASTIC_RUN_ID"}
+    assert evaluation_env({**no_torchrun, "OMP_NUM_THREADS": "1"})["OMP_NUM_THREADS"] == "1"
