@@ -21,8 +21,9 @@ BIN = Path(sys.executable).parent
 # probe took 4x as long beside the other worker with 2 threads each). Read before torch is imported; a value the
 # caller exported wins. The product reads it as a Slurm allocation's (`aupretrain.engine.threads.cpu_threads`).
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and not os.environ.get("OMP_NUM_THREADS"):
-    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ["OMP_NUM_THREADS"] = str(max(1, _cpus // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    from aupretrain.engine.threads import cpu_threads  # imports only `os`: torch is not loaded yet
+
+    os.environ["OMP_NUM_THREADS"] = str(cpu_threads(None, int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 def free_port() -> int:
